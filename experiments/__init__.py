@@ -1,0 +1,1 @@
+"""Runnable experiments and benchmarks (not part of the installed package)."""

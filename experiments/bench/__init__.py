@@ -1,0 +1,1 @@
+"""Benchmarks: each script prints a table of pilot vs the reference, measured in one process."""

@@ -1,0 +1,89 @@
+"""The `pilot` command.
+
+Each subcommand is a small function taking parsed arguments; `build_parser` wires them. Heavy
+imports (torch, models) happen inside the subcommands so `pilot --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Sequence
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print versions and the compute devices torch can see."""
+    import torch
+
+    import pilot
+
+    info = {
+        "pilot": pilot.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Load a model (folder, single file or cached repo id) and print what it is."""
+    import pilot
+
+    sd = pilot.load_pipeline(args.path)
+    summary = {
+        "path": args.path,
+        "prediction_type": sd.prediction_type,
+        "unet": _describe(sd.unet),
+        "vae": _describe(sd.vae),
+        "text_encoder": _describe(sd.text_encoder),
+        "tokenizer": {"vocab_size": len(sd.tokenizer.encoder), "pad": sd.tokenizer.pad_token_id},
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _describe(module) -> dict:
+    """Config and parameter count of one component."""
+    n_params = sum(p.numel() for p in module.parameters())
+    return {"config": vars(module.cfg), "params": n_params}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `pilot` command."""
+    parser = argparse.ArgumentParser(
+        prog="pilot",
+        description="Diffusion Pilot: direct image generators frame by frame.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print versions and devices")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("inspect", help="load a Stable Diffusion model and describe it")
+    p.add_argument("path", help="diffusers folder, single .safetensors/.ckpt file, or HF repo id")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pilot` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"pilot {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
