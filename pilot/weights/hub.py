@@ -1,0 +1,75 @@
+"""Resolve what a user passes as a model: a local file or folder, or a Hugging Face repo id.
+
+Repo ids resolve through the local Hugging Face hub cache only (offline first: pilot never
+downloads). The cache folder follows huggingface_hub's environment variables, read at call time:
+`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pilot.weights.io import WeightsError
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache folder the current environment points at."""
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if cache:
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME")
+    if not home:
+        home = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def looks_like_repo_id(name: str) -> bool:
+    """Whether `name` has the `org/name` form of a Hugging Face repo id."""
+    return bool(_REPO_ID.match(name)) and ".." not in name
+
+
+def resolve(path_or_repo: str | os.PathLike, *, revision: str = "main") -> Path:
+    """A local path for a model given as a path or a cached Hugging Face repo id.
+
+    Args:
+        path_or_repo: an existing file or folder, or `org/name` of a repo in the local hub cache.
+        revision: branch, tag or commit of the cached repo.
+
+    Returns:
+        The file or folder (for a repo id, its snapshot folder in the cache).
+
+    Raises:
+        WeightsError: the path does not exist, or the repo is not in the local cache (the message
+            names the cache folder searched and how to download the repo elsewhere).
+    """
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        return path
+    name = os.fspath(path_or_repo)
+    if not looks_like_repo_id(name):
+        raise WeightsError(f"{name}: no such file or folder")
+    return _from_cache(name, revision)
+
+
+def _from_cache(repo_id: str, revision: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = hub_cache_dir()
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, cache_dir=cache, local_files_only=True
+        )
+    except (LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise WeightsError(
+            f"{repo_id}: no such local path, and the Hugging Face repo {repo_id!r} "
+            f"(revision {revision!r}) is not in the local hub cache {cache} "
+            f"(set by HF_HUB_CACHE / HF_HOME). pilot never downloads; on a machine with internet "
+            f"run `huggingface-cli download {repo_id}` (or `hf download {repo_id}`) and copy the "
+            f"cache folder here, or pass a local path."
+        ) from e
+    return Path(folder)

@@ -1,0 +1,304 @@
+"""Reading, writing and loading weight files: safetensors first, pickles only as plain tensors.
+
+Every failure is a `WeightsError` naming the file and the problem. `.ckpt/.pt/.pth/.bin` files go
+through `torch.load(weights_only=True)` only, so a pickle that holds code is refused, never run.
+Models are built on the meta device and filled with `load_state_dict(assign=True)`; `load_into`
+checks keys and shapes first so a wrong file fails with a readable message, not a stack of torch
+internals.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# Keys that real checkpoints carry but no pilot model owns; dropped on purpose, never reported.
+IGNORED_KEYS = (
+    "*position_ids",  # transformers CLIP: a persistent arange buffer in older files
+    "*logit_scale",  # CLIP contrastive temperature, unused for text conditioning
+    "model_ema.*",  # EMA copy of the UNet in training checkpoints; the main weights are used
+)
+
+_MAX_LISTED = 10  # how many keys an error message lists before "... and N more"
+
+
+class WeightsError(ValueError):
+    """A weights file is missing, unreadable, unsafe, or does not fit the model."""
+
+
+@dataclass
+class Checkpoint:
+    """The tensors of a weights file plus the scalar metadata stored next to them.
+
+    Attributes:
+        tensors: flat mapping of key to tensor (a CompVis `state_dict` is already unwrapped).
+        metadata: top-level non-tensor entries, e.g. `global_step` of an original `.ckpt`, or the
+            string metadata of a safetensors header.
+    """
+
+    tensors: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a weights file (safetensors or a tensors-only pickle) with its metadata.
+
+    Args:
+        path: a `.safetensors`, `.ckpt`, `.pt`, `.pth` or `.bin` file.
+        device: where the tensors are placed.
+
+    Returns:
+        The tensors and metadata of the file.
+
+    Raises:
+        WeightsError: the file is missing, truncated, corrupt, holds pickled code, or has an
+            unknown suffix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        kind = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        raise WeightsError(f"{path}: {kind}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path, device)
+    if suffix in PICKLE_SUFFIXES:
+        return _unwrap(_read_pickle(path, device), path)
+    known = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
+    raise WeightsError(f"{path}: unknown weights suffix {suffix!r} (expected one of {known})")
+
+
+def load_state_dict(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
+    """Read the tensors of a weights file; see `read_checkpoint`."""
+    return read_checkpoint(path, device=device).tensors
+
+
+def _read_safetensors(path: Path, device: str | torch.device) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(
+            f"{path}: not a valid safetensors file (truncated or corrupt?): {e}"
+        ) from e
+    return Checkpoint(tensors, metadata)
+
+
+def _read_pickle(path: Path, device: str | torch.device) -> Any:
+    """torch.load with weights_only=True; mmap when the file is a zip-format checkpoint."""
+
+    def load(mmap: bool) -> Any:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            return load(mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return load(mmap=False)  # legacy (pre-zip) torch.save format cannot be mmapped
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():
+            raise WeightsError(
+                f"{path}: holds pickled code or unsafe objects, refused without running it "
+                f"(pilot only reads tensors with torch.load(weights_only=True)). Convert the file "
+                f"to .safetensors with a tool you trust. Detail: {_first_line(e, 'GLOBAL')}"
+            ) from e
+        raise WeightsError(f"{path}: not a readable torch checkpoint: {_first_line(e)}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise WeightsError(
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}"
+        ) from e
+
+
+def _first_line(error: Exception, containing: str = "") -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    picked = [line for line in lines if containing and containing in line]
+    return (picked or lines or [type(error).__name__])[0]
+
+
+def _unwrap(obj: Any, path: Path) -> Checkpoint:
+    """Find the flat tensor dict in a pickle: CompVis ckpts nest it under `state_dict`."""
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    metadata: dict[str, Any] = {}
+    while "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        metadata.update({k: v for k, v in obj.items() if isinstance(v, (int, float, str, bool))})
+        obj = obj["state_dict"]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise WeightsError(f"{path}: holds no tensors (keys: {_listing(list(obj))})")
+    return Checkpoint(tensors, metadata)
+
+
+def save_state_dict(
+    state_dict: Mapping[str, Tensor],
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write tensors to a safetensors file atomically (temporary file, then `os.replace`).
+
+    Shared or non-contiguous tensors are copied to contiguous storage first, so any state dict
+    (tied weights included) can be written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def drop_ignored(
+    state_dict: Mapping[str, Tensor], patterns: Iterable[str] = IGNORED_KEYS
+) -> dict[str, Tensor]:
+    """State dict without the keys matching any glob in `patterns` (see `IGNORED_KEYS`)."""
+    patterns = tuple(patterns)
+    return {k: v for k, v in state_dict.items() if not any(fnmatchcase(k, p) for p in patterns)}
+
+
+def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Run a model constructor on the meta device: shapes only, no memory, no random init."""
+    with torch.device("meta"):
+        return factory()
+
+
+def load_into(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    path: str | os.PathLike,
+    ignore: Iterable[str] = IGNORED_KEYS,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Fill a (meta-device) model with a state dict, checking keys and shapes first.
+
+    Args:
+        model: the model, usually built with `build_on_meta`.
+        state_dict: tensors keyed like `model.state_dict()`.
+        path: the file the tensors came from, named in every error.
+        ignore: globs of checkpoint keys dropped on purpose (default `IGNORED_KEYS`).
+        dtype: floating-point dtype to convert to after loading; None keeps the file's dtype.
+        device: device to move to after loading; None keeps where the tensors are.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        WeightsError: keys are missing or unexpected, or shapes differ; the message names the
+            file, lists the keys and says what the checkpoint looks like.
+    """
+    state_dict = drop_ignored(state_dict, ignore)
+    check_state_dict(model, state_dict, path=path)
+    model.load_state_dict(state_dict, strict=False, assign=True)
+    _materialize_buffers(model, path)
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, path) -> None:
+    """Raise a `WeightsError` unless `state_dict` has exactly the model's keys and shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    name = type(model).__name__
+    if missing or unexpected:
+        looks = describe_state_dict(state_dict)
+        parts = [f"{path}: does not fit {name} ({looks})."]
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {_listing(missing)}.")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {_listing(unexpected)}.")
+        raise WeightsError(" ".join(parts))
+    wrong = [
+        f"{k}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
+        for k, v in expected.items()
+        if tuple(v.shape) != tuple(state_dict[k].shape)
+    ]
+    if wrong:
+        raise WeightsError(
+            f"{path}: shapes do not fit {name} (a different size of model?); "
+            f"{len(wrong)} mismatches: {_listing(wrong)}"
+        )
+
+
+def _materialize_buffers(model: nn.Module, path) -> None:
+    """Non-persistent buffers are not in any file: rebuild them on CPU from the model's config.
+
+    Models follow the `Model(cfg)` convention, so a fresh instance gives the buffers' values.
+    """
+    left = [n for n, b in model.named_buffers() if b.is_meta]
+    left_params = [n for n, p in model.named_parameters() if p.is_meta]
+    if left_params:
+        raise WeightsError(f"{path}: parameters left unloaded: {_listing(left_params)}")
+    if not left:
+        return
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise WeightsError(f"{path}: buffers left unloaded and no cfg to rebuild them: {left}")
+    fresh = dict(type(model)(cfg).named_buffers())
+    for name in left:
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        module._buffers[leaf] = fresh[name]
+
+
+def describe_state_dict(state_dict: Mapping[str, Tensor]) -> str:
+    """A short guess of what a state dict holds, for error messages."""
+    keys = list(state_dict)
+
+    def has(fragment: str) -> bool:
+        return any(fragment in k for k in keys)
+
+    if not keys:
+        return "it is empty"
+    if has("model.diffusion_model.") or has("first_stage_model.") or has("cond_stage_model."):
+        return "it looks like an original CompVis/Stability single-file checkpoint"
+    if has("add_embedding.") or has("conditioner.embedders."):
+        return "it looks like an SDXL UNet or checkpoint, which pilot does not support"
+    if has("controlnet_cond_embedding") or has("input_hint_block"):
+        return "it looks like a ControlNet"
+    if has("lora_") or has(".alpha"):
+        return "it looks like a LoRA, not a full model"
+    if has("down_blocks.") and has("time_embedding."):
+        return "it looks like a diffusers UNet"
+    if has("encoder.down_blocks.") or has("post_quant_conv."):
+        return "it looks like a diffusers VAE (AutoencoderKL)"
+    if has("encoder.down.") or has("decoder.up."):
+        return "it looks like an original-layout VAE"
+    if has("token_embedding") and has("encoder.layers."):
+        return "it looks like a CLIP text encoder"
+    if has("resblocks.") and has("token_embedding"):
+        return "it looks like an OpenCLIP text encoder"
+    return f"unrecognised layout, first keys: {_listing(keys, 3)}"
+
+
+def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
