@@ -14,7 +14,12 @@ Two references exist and differ in small ways; ``unescape_html`` picks between t
 - transformers' (>= 5) ``CLIPTokenizer`` is a ``tokenizers`` pipeline: NFC, whitespace, lower-case,
   no HTML unescaping. ``unescape_html=False`` matches it id for id, except that Python's
   ``str.lower`` writes a word-final Greek capital sigma as ``ς`` where ``tokenizers`` writes ``σ``
-  (Python's choice is also what CLIP does), and characters newer than Python's Unicode tables.
+  and Python counts the controls U+001C..U+001F as spaces (both as CLIP does), and characters
+  newer than Python's Unicode tables.
+
+SD 2 quirk: its tokenizer pads with ``!``. transformers registers that pad token as a special
+token and therefore splits every ``!`` of a prompt off as id 0 (``"cat!"`` -> ``cat</w>``, ``!``);
+we keep CLIP's BPE (``!</w>``, id 256), which is what open_clip produced when SD 2 was trained.
 """
 
 from __future__ import annotations

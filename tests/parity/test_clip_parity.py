@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import html
+import importlib.resources
 import json
 import unicodedata
 
@@ -13,7 +14,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
+from pilot.models.clip import CLIP_PRESETS, CLIPTextConfig, CLIPTextModel
 from pilot.models.tokenizer import CLIPTokenizer
 
 # Prompts as users type them: A1111 emphasis and alternation, unicode, emoji, HTML entities, odd
@@ -112,6 +113,12 @@ def clip_files(tmp_path_factory):
     merges_txt = "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
     (folder / "merges.txt").write_text(merges_txt, encoding="utf-8")
     return folder
+
+
+def test_shipped_vocabulary_is_open_clips():
+    shipped = importlib.resources.files("pilot.models") / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+    with open(open_clip.tokenizer.default_bpe(), "rb") as f:
+        assert shipped.read_bytes() == f.read()
 
 
 def test_prompt_list_is_large_enough():
@@ -222,6 +229,8 @@ def test_text_encoder_matches_transformers(name, num_layers, tmp_path):
     if num_layers is not None:  # preset widths, fewer layers to keep the test fast
         cfg = dataclasses.replace(cfg, num_layers=num_layers)
     ref, model = _perturbed_reference(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert CLIPTextConfig.from_transformers(saved) == cfg
     ids = _prompt_ids(cfg)
     with torch.no_grad():
         out = ref(ids, output_hidden_states=True)
