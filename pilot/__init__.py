@@ -1,3 +1,52 @@
 """Diffusion Pilot: direct image generators frame by frame."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# Public names imported on first use, so `import pilot` (and `pilot --help`) stays light.
+_LAZY = {
+    "load_unet": "pilot.weights.loaders",
+    "load_vae": "pilot.weights.loaders",
+    "load_text_encoder": "pilot.weights.loaders",
+    "load_tokenizer": "pilot.weights.loaders",
+    "load_pipeline": "pilot.weights.loaders",
+    "StableDiffusion": "pilot.weights.loaders",
+    "WeightsError": "pilot.weights.io",
+}
+__all__ = [
+    "StableDiffusion",
+    "WeightsError",
+    "__version__",
+    "load_pipeline",
+    "load_text_encoder",
+    "load_tokenizer",
+    "load_unet",
+    "load_vae",
+]
+
+if TYPE_CHECKING:
+    from pilot.weights.io import WeightsError
+    from pilot.weights.loaders import (
+        StableDiffusion,
+        load_pipeline,
+        load_text_encoder,
+        load_tokenizer,
+        load_unet,
+        load_vae,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pilot' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

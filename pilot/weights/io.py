@@ -86,12 +86,26 @@ def load_state_dict(
     return read_checkpoint(path, device=device).tensors
 
 
+def read_keys(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a weights file; cheap for safetensors (header only)."""
+    path = Path(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES and path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{path}: not a valid safetensors file: {e}") from e
+    return list(read_checkpoint(path).tensors)
+
+
 def _read_safetensors(path: Path, device: str | torch.device) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
             metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(
@@ -155,14 +169,21 @@ def save_state_dict(
 ) -> None:
     """Write tensors to a safetensors file atomically (temporary file, then `os.replace`).
 
-    Shared or non-contiguous tensors are copied to contiguous storage first, so any state dict
-    (tied weights included) can be written.
+    Tensors sharing storage with an earlier one (tied weights, views) or non-contiguous are
+    copied first, so any state dict can be written; the rest are written without a copy.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    tensors, seen = {}, set()
+    for key, value in state_dict.items():
+        value = value.detach()
+        storage = (value.device, value.untyped_storage().data_ptr())
+        if storage in seen or not value.is_contiguous():
+            value = value.contiguous().clone()  # safetensors refuses tensors sharing memory
+        seen.add(storage)
+        tensors[key] = value
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -63,6 +63,8 @@ _OPEN_CLIP_TOP = {
     "ln_final.weight": "final_layer_norm.weight",
     "ln_final.bias": "final_layer_norm.bias",
 }
+# Contrastive-training parts of the OpenCLIP tower, unused for SD conditioning.
+_OPEN_CLIP_DROPPED = ("text_projection", "logit_scale", "attn_mask")
 _OPEN_CLIP_LAYER = {
     "ln_1": "layer_norm1",
     "ln_2": "layer_norm2",
@@ -257,7 +259,7 @@ def unmap_clip_key(key: str) -> str:
 
 
 def map_open_clip_key(key: str, num_layers: int) -> str | None:
-    """OpenCLIP text key (without `cond_stage_model.model.`) -> ours; None when dropped.
+    """OpenCLIP text key (without `cond_stage_model.model.`) -> ours; None when dropped on purpose.
 
     SD 2.x conditions on the penultimate layer of the 24-layer OpenCLIP tower (`layer: penultimate`
     in the v2 yaml), so `resblocks.23` (any block >= `num_layers`) is dropped and our encoder,
@@ -267,9 +269,11 @@ def map_open_clip_key(key: str, num_layers: int) -> str | None:
     """
     if key in _OPEN_CLIP_TOP:
         return _OPEN_CLIP_TOP[key]
+    if key.split(".")[0] in _OPEN_CLIP_DROPPED:
+        return None
     parts = key.split(".")
     if parts[:2] != ["transformer", "resblocks"]:
-        return None
+        return key  # unknown: kept under its own name, so loading reports it as unexpected
     n = int(parts[2])
     if n >= num_layers:
         return None
@@ -308,8 +312,15 @@ def has_component(state_dict: Mapping[str, Tensor], component: str) -> bool:
     """Whether an original file holds `unet`, `vae` or `text_encoder` weights."""
     if component == "text_encoder":
         return text_format(state_dict) is not None
+    if component == "vae" and "encoder.down.0.block.0.conv1.weight" in state_dict:
+        return True  # a VAE-only file in the original layout
     prefix = {"unet": UNET_PREFIX, "vae": VAE_PREFIX}[component]
     return any(k.startswith(prefix) for k in state_dict)
+
+
+def is_original(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether a state dict uses the original single-file layout (any component)."""
+    return any(has_component(state_dict, c) for c in ("unet", "vae", "text_encoder"))
 
 
 def _strip(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

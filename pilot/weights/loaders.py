@@ -1,0 +1,450 @@
+"""Load Stable Diffusion 1.x / 2.x models from what users have on disk.
+
+Every `load_*` takes `path`: a diffusers model folder (`model_index.json` + `unet/ vae/
+text_encoder/ tokenizer/ scheduler/`), one component folder (`config.json` + weights), an
+original CompVis / Stability single file (`.safetensors` or `.ckpt`), or a Hugging Face repo id
+found in the local hub cache (see `pilot.weights.hub`). Models are built on the meta device and
+filled with `load_state_dict(assign=True)`; any missing, unexpected or mis-shaped key is a
+`WeightsError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from pilot.weights import sd_original
+from pilot.weights.hub import resolve
+from pilot.weights.io import (
+    Checkpoint,
+    WeightsError,
+    build_on_meta,
+    describe_state_dict,
+    load_into,
+    read_checkpoint,
+    read_keys,
+)
+
+Component = Literal["unet", "vae", "text_encoder"]
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one component is stored in diffusers folders and detected from single files."""
+
+    label: str  # for messages
+    stems: tuple[str, ...]  # weight file names in a component folder, without suffixes
+    classes: tuple[str, ...]  # `_class_name` / `architectures` a fitting config.json names
+    structure: tuple[str, ...]  # config keys read from weights, compared with the presets
+    # Keys the single-file format fixes whatever the preset says (OpenAI CLIP: quick_gelu,
+    # OpenCLIP: gelu), taken from the detected config over a matching preset.
+    from_format: tuple[str, ...] = ()
+
+
+_KINDS: dict[str, _Kind] = {
+    "unet": _Kind(
+        "UNet",
+        ("diffusion_pytorch_model",),
+        ("UNet2DConditionModel",),
+        (
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "layers_per_block",
+            "down_block_types",
+            "up_block_types",
+            "cross_attention_dim",
+            "use_linear_projection",
+            "transformer_layers_per_block",
+        ),
+    ),
+    "vae": _Kind(
+        "VAE",
+        ("diffusion_pytorch_model",),
+        ("AutoencoderKL",),
+        (
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "layers_per_block",
+            "latent_channels",
+        ),
+    ),
+    "text_encoder": _Kind(
+        "text encoder",
+        ("model", "pytorch_model"),
+        ("CLIPTextModel", "CLIPTextModelWithProjection"),
+        (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "max_position_embeddings",
+        ),
+        ("hidden_act",),
+    ),
+}
+_DETECTORS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Any]]] = {
+    "unet": sd_original.detect_unet_config,
+    "vae": sd_original.detect_vae_config,
+    "text_encoder": sd_original.detect_text_config,
+}
+# Attention names of diffusers VAE folders saved before diffusers 0.14 -> current names.
+_LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+@dataclass(frozen=True)
+class _ModelAPI:
+    """A pilot model family: config <-> diffusers/transformers dict, class, presets."""
+
+    from_dict: Callable[[dict], Any]
+    to_dict: Callable[[Any], dict]
+    model: Callable[[Any], nn.Module]
+    presets: Mapping[str, Any]
+
+
+def _api(component: str) -> _ModelAPI:
+    """The pilot model of a component (imported lazily: `import pilot` stays light)."""
+    if component == "unet":
+        from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
+
+        return _ModelAPI(UNetConfig.from_diffusers, UNetConfig.to_diffusers, UNet, UNET_PRESETS)
+    if component == "vae":
+        from pilot.models.vae import VAE_PRESETS, AutoencoderKL, VAEConfig
+
+        vae_api = (VAEConfig.from_diffusers, VAEConfig.to_diffusers)
+        return _ModelAPI(*vae_api, AutoencoderKL, VAE_PRESETS)
+    from pilot.models.clip import CLIP_PRESETS, CLIPTextConfig, CLIPTextModel
+
+    clip_api = (CLIPTextConfig.from_transformers, CLIPTextConfig.to_transformers)
+    return _ModelAPI(*clip_api, CLIPTextModel, CLIP_PRESETS)
+
+
+@dataclass(frozen=True)
+class StableDiffusion:
+    """The models of a Stable Diffusion 1.x / 2.x checkpoint.
+
+    Attributes:
+        unet: predicts `prediction_type` from latents, timesteps and text embeddings.
+        vae: maps images in [-1, 1] to unscaled latents and back.
+        text_encoder: CLIP text transformer, token ids to (B, 77, C) embeddings.
+        tokenizer: CLIP BPE tokenizer producing (B, 77) ids.
+        prediction_type: `epsilon` (SD 1.x, SD 2 512-base) or `v_prediction` (SD 2.x 768-v).
+    """
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    prediction_type: str
+
+    @property
+    def scaling_factor(self) -> float:
+        """Factor applied to VAE latents before the UNet (0.18215 for SD 1.x / 2.x)."""
+        return self.vae.cfg.scaling_factor
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> StableDiffusion:
+        """Move the three models in place; returns self."""
+        for model in (self.unet, self.vae, self.text_encoder):
+            model.to(device=device, dtype=dtype)
+        return self
+
+
+def load_unet(
+    path: PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    config: Any = None,
+) -> nn.Module:
+    """Load a Stable Diffusion UNet.
+
+    Args:
+        path: diffusers folder (or its `unet/`), original single file, or cached repo id.
+        dtype: floating dtype after loading; None keeps the file's.
+        device: device after loading; None keeps CPU.
+        config: a `UNetConfig` or `UNET_PRESETS` name, overriding `config.json` or, for single
+            files, the config read from weight shapes (needed for heads of unknown sizes).
+
+    Raises:
+        WeightsError: naming the file and the problem.
+    """
+    return _load("unet", path, dtype=dtype, device=device, config=config)
+
+
+def load_vae(
+    path: PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    config: Any = None,
+) -> nn.Module:
+    """Load a Stable Diffusion VAE (AutoencoderKL); also VAE-only original files.
+
+    Args: as `load_unet`, with a `VAEConfig` or `VAE_PRESETS` name for `config`.
+    """
+    return _load("vae", path, dtype=dtype, device=device, config=config)
+
+
+def load_text_encoder(
+    path: PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    config: Any = None,
+) -> nn.Module:
+    """Load a CLIP text encoder (SD 1.x OpenAI CLIP or SD 2.x OpenCLIP, 23 of its 24 layers).
+
+    Args: as `load_unet`, with a `CLIPTextConfig` or `CLIP_PRESETS` name for `config`.
+    """
+    return _load("text_encoder", path, dtype=dtype, device=device, config=config)
+
+
+def load_tokenizer(path: PathLike) -> Any:
+    """Load the CLIP tokenizer of a model.
+
+    A folder gives its `tokenizer/` (vocab.json + merges.txt or tokenizer.json, and its pad
+    token); a single file gives pilot's shipped CLIP vocabulary, padded with `<|endoftext|>` for
+    SD 1.x and `!` for SD 2.x (as the diffusers repos of those models do).
+    """
+    from pilot.models.tokenizer import EOS_TOKEN, CLIPTokenizer
+
+    source = resolve(path)
+    if source.is_dir():
+        folder = source / "tokenizer" if (source / "tokenizer").is_dir() else source
+        try:
+            return CLIPTokenizer.from_folder(folder)
+        except (OSError, ValueError, KeyError) as e:
+            raise WeightsError(f"{folder}: not a CLIP tokenizer folder: {e}") from e
+    if source.name.endswith(".txt.gz"):
+        return CLIPTokenizer.from_bpe_gz(source)
+    fmt = sd_original.text_format(dict.fromkeys(read_keys(source)))
+    return CLIPTokenizer.default(pad_token="!" if fmt == "open_clip" else EOS_TOKEN)
+
+
+def load_pipeline(
+    path: PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    prediction_type: str | None = None,
+) -> StableDiffusion:
+    """Load all four models of a Stable Diffusion 1.x / 2.x checkpoint.
+
+    Args:
+        path: diffusers pipeline folder, original single file, or cached repo id.
+        dtype: floating dtype of the models; None keeps the files'.
+        device: device of the models; None keeps CPU.
+        prediction_type: `epsilon` or `v_prediction`, overriding the folder's
+            `scheduler/scheduler_config.json` or the single-file convention (see
+            `sd_original.detect_prediction_type`: SD 2.x files are v-prediction unless their
+            `global_step` is 875000, the 512-base model; pass it for 512-base .safetensors).
+
+    Raises:
+        WeightsError: naming the file and the problem.
+    """
+    source = resolve(path)
+    kwargs = dict(dtype=dtype, device=device)
+    if source.is_dir():
+        _check_pipeline_folder(source)
+        models = {c: _load(c, source / c, config=None, **kwargs) for c in _KINDS}
+        pred = prediction_type or _folder_prediction_type(source)
+        tokenizer = load_tokenizer(source / "tokenizer")
+    else:
+        ckpt = read_checkpoint(source)
+        models = {c: _from_original(c, ckpt, source, None, **kwargs) for c in _KINDS}
+        pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
+        tokenizer = load_tokenizer(source)
+    if pred not in ("epsilon", "v_prediction"):
+        raise WeightsError(f"{source}: unsupported prediction_type {pred!r}")
+    return StableDiffusion(tokenizer=tokenizer, prediction_type=pred, **models)
+
+
+def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.Module:
+    source = resolve(path)
+    if source.is_dir():
+        return _from_folder(component, _component_folder(source, component), config, dtype, device)
+    ckpt = read_checkpoint(source)
+    if sd_original.is_original(ckpt.tensors):
+        return _from_original(component, ckpt, source, config, dtype=dtype, device=device)
+    # A bare diffusers / transformers weights file: its config.json lies next to it.
+    cfg = _config(component, config) or _config_from_json(component, source.parent / "config.json")
+    state_dict = _normalize_keys(component, ckpt.tensors)
+    return _build(component, cfg, state_dict, source, dtype, device)
+
+
+def _from_folder(component: str, folder: Path, config: Any, dtype, device) -> nn.Module:
+    cfg = _config(component, config) or _config_from_json(component, folder / "config.json")
+    files = _find_weights(folder, _KINDS[component].stems)
+    state_dict: dict[str, Tensor] = {}
+    for file in files:  # one file, or the shards of an index
+        state_dict.update(read_checkpoint(file).tensors)
+    source = files[0] if len(files) == 1 else folder
+    return _build(component, cfg, _normalize_keys(component, state_dict), source, dtype, device)
+
+
+def _from_original(
+    component: str, ckpt: Checkpoint, source: Path, config: Any, *, dtype, device
+) -> nn.Module:
+    tensors = ckpt.tensors
+    kind = _KINDS[component]
+    if any(k.startswith(("conditioner.", "model.diffusion_model.label_emb")) for k in tensors):
+        raise WeightsError(f"{source}: an SDXL checkpoint; pilot loads SD 1.x / 2.x only")
+    if not sd_original.has_component(tensors, component):
+        looks = describe_state_dict(tensors)
+        raise WeightsError(f"{source}: holds no {kind.label} weights ({looks})")
+    cfg = _config(component, config) or _detect_config(component, tensors, source)
+    as_dict = _api(component).to_dict(cfg)
+    if component == "unet":
+        layout = sd_original.UNetLayout.from_config(as_dict)
+        state_dict = sd_original.extract_unet(tensors, layout)
+    elif component == "vae":
+        state_dict = sd_original.extract_vae(tensors, len(as_dict["block_out_channels"]))
+    else:
+        state_dict = sd_original.extract_text_encoder(tensors, as_dict["num_hidden_layers"])
+    return _build(component, cfg, state_dict, source, dtype, device)
+
+
+def _build(component: str, cfg: Any, state_dict, source: Path, dtype, device) -> nn.Module:
+    model_cls = _api(component).model
+    model = build_on_meta(lambda: model_cls(cfg))
+    return load_into(model, state_dict, path=source, dtype=dtype, device=device)
+
+
+def _config(component: str, config: Any) -> Any:
+    """An explicit config: a config object, or the name of a preset."""
+    if config is None or not isinstance(config, str):
+        return config
+    presets = _api(component).presets
+    if config not in presets:
+        raise ValueError(f"unknown {_KINDS[component].label} preset {config!r}: {sorted(presets)}")
+    return presets[config]
+
+
+def _detect_config(component: str, tensors: Mapping[str, Tensor], source: Path) -> Any:
+    """Config read from weight shapes; a preset whose shapes match supplies what is not."""
+    api, kind = _api(component), _KINDS[component]
+    try:
+        derived = _DETECTORS[component](tensors)
+    except (ValueError, StopIteration, IndexError) as e:
+        raise WeightsError(f"{source}: cannot read the {kind.label} architecture: {e}") from e
+    for preset in api.presets.values():
+        reference = api.to_dict(preset)
+        if all(_plain(derived.get(k)) == _plain(reference.get(k)) for k in kind.structure):
+            if all(derived[k] == reference.get(k) for k in kind.from_format):
+                return preset
+            derived = {**reference, **{k: derived[k] for k in kind.from_format}}
+            break
+    try:
+        return api.from_dict(derived)
+    except ValueError as e:
+        raise WeightsError(
+            f"{source}: the {kind.label} shapes {derived} fit no preset and no valid config ({e}); "
+            f"pass config="
+        ) from e
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _config_from_json(component: str, path: Path) -> Any:
+    kind = _KINDS[component]
+    if not path.is_file():
+        raise WeightsError(f"{path.parent}: no config.json, not a diffusers {kind.label} folder")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable config: {e}") from e
+    name = d.get("_class_name") or (d.get("architectures") or [None])[0]
+    if name is not None and name not in kind.classes:
+        raise WeightsError(f"{path}: describes a {name}, not a {kind.label} ({kind.classes[0]})")
+    try:
+        return _api(component).from_dict(d)
+    except ValueError as e:
+        hint = ""
+        if d.get("addition_embed_type") == "text_time" or d.get("cross_attention_dim") == 2048:
+            hint = " It looks like an SDXL UNet; pilot loads SD 1.x / 2.x only."
+        raise WeightsError(f"{path}: unsupported {kind.label} config: {e}.{hint}") from e
+
+
+def _component_folder(source: Path, component: str) -> Path:
+    """`source/<component>` for a pipeline folder, `source` for a component folder."""
+    if (source / component / "config.json").is_file() and not (source / "config.json").is_file():
+        return source / component
+    if (source / "model_index.json").is_file():
+        raise WeightsError(f"{source}: pipeline folder without {component}/config.json")
+    return source
+
+
+def _find_weights(folder: Path, stems: tuple[str, ...]) -> list[Path]:
+    """The weights of a component folder: safetensors before .bin, full before fp16 variant."""
+    for ext in (".safetensors", ".bin"):
+        for variant in ("", ".fp16"):
+            for stem in stems:
+                file = folder / f"{stem}{variant}{ext}"
+                if file.is_file():
+                    return [file]
+                index = folder / f"{stem}{variant}{ext}.index.json"
+                if index.is_file():
+                    return _shards(index)
+    names = ", ".join(f"{s}[.fp16].safetensors|.bin" for s in stems)
+    raise WeightsError(f"{folder}: no weights file (looked for {names})")
+
+
+def _shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{index}: unreadable shard index: {e}") from e
+    return [index.parent / name for name in sorted(set(weight_map.values()))]
+
+
+def _normalize_keys(component: str, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Older diffusers / transformers key spellings -> current ones."""
+    if component == "text_encoder":  # transformers < 5 saved CLIPTextModel under `text_model.`
+        return {k.removeprefix("text_model."): v for k, v in state_dict.items()}
+    if component == "vae":
+        out = {}
+        for key, value in state_dict.items():
+            head, _, leaf = key.rpartition(".")  # leaf: weight / bias
+            owner, _, name = head.rpartition(".")
+            if ".mid_block.attentions." in key and name in _LEGACY_VAE_ATTENTION:
+                key = f"{owner}.{_LEGACY_VAE_ATTENTION[name]}.{leaf}"
+            out[key] = value
+        return out
+    return dict(state_dict)
+
+
+def _check_pipeline_folder(source: Path) -> None:
+    index = source / "model_index.json"
+    if not index.is_file():
+        if all((source / c).is_dir() for c in _KINDS):
+            return
+        raise WeightsError(f"{source}: no model_index.json, not a diffusers pipeline folder")
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{index}: unreadable: {e}") from e
+    if "XL" in name or "StableDiffusion3" in name:
+        raise WeightsError(f"{index}: a {name}; pilot loads SD 1.x / 2.x pipelines only")
+
+
+def _folder_prediction_type(source: Path) -> str:
+    path = source / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return "epsilon"  # diffusers' scheduler default
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("prediction_type", "epsilon")
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable: {e}") from e
