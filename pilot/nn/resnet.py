@@ -69,7 +69,7 @@ class Downsample2D(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map (B, C, H, W) to (B, out, ceil(H/2), ceil(W/2))."""
+        """Map (B, C, H, W) to (B, out, ceil(H/2), ceil(W/2)); floor instead if `padding=0`."""
         if self.padding == 0:
             x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)

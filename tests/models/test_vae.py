@@ -1,0 +1,130 @@
+"""VAE unit tests: shapes per preset (meta device), the posterior, dtypes, config handling."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from pilot.models.vae import VAE_PRESETS, AutoencoderKL, DiagonalGaussian, VAEConfig
+
+TINY = VAE_PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(TINY).eval()
+
+
+@pytest.mark.parametrize("preset", sorted(VAE_PRESETS))
+def test_shapes_per_preset_on_meta(preset):
+    cfg = VAE_PRESETS[preset]
+    f = cfg.downsample_factor
+    with torch.device("meta"):
+        vae = AutoencoderKL(cfg)
+        dist = vae.encode(torch.randn(2, 3, 8 * f, 6 * f))
+        images = vae.decode(torch.randn(2, cfg.latent_channels, 8, 6))
+    assert dist.mean.shape == dist.std.shape == (2, cfg.latent_channels, 8, 6)
+    assert images.shape == (2, cfg.out_channels, 8 * f, 6 * f)
+
+
+def test_sd_downsample_factor():
+    assert VAE_PRESETS["sd15"].downsample_factor == 8 and TINY.downsample_factor == 2
+
+
+def test_tiny_round_trip_shapes_and_odd_sizes(tiny_vae):
+    with torch.no_grad():
+        dist = tiny_vae.encode(torch.rand(1, 3, 15, 20) * 2 - 1)  # odd sides round down
+        assert dist.mean.shape == (1, 4, 7, 10)
+        assert tiny_vae.decode(dist.sample()).shape == (1, 3, 14, 20)
+
+
+def test_posterior_clamps_logvar_and_samples():
+    mean = torch.randn(2, 4, 3, 3)
+    logvar = torch.full_like(mean, 50.0)
+    logvar[0] = -100.0
+    dist = DiagonalGaussian(torch.cat([mean, logvar], dim=1))
+    assert dist.logvar[0].eq(-30).all() and dist.logvar[1].eq(20).all()
+    torch.testing.assert_close(dist.std, torch.exp(0.5 * dist.logvar))
+    assert dist.mode() is dist.mean
+    noise = torch.randn_like(mean)
+    torch.testing.assert_close(dist.sample(noise=noise), mean + dist.std * noise)
+    a = dist.sample(torch.Generator().manual_seed(3))
+    b = dist.sample(generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, dist.sample(torch.Generator().manual_seed(4)))
+
+
+def test_kl_of_standard_normal_is_zero():
+    dist = DiagonalGaussian(torch.zeros(2, 8, 4, 4))
+    torch.testing.assert_close(dist.kl(), torch.zeros(2))
+    assert (DiagonalGaussian(torch.ones(2, 8, 4, 4)).kl() > 0).all()
+
+
+def test_dtype_follows_model():
+    vae = AutoencoderKL(TINY).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        dist = vae.encode(torch.rand(1, 3, 16, 16, dtype=torch.bfloat16))
+        images = vae.decode(dist.sample(torch.Generator().manual_seed(0)))
+    assert dist.mean.dtype == dist.std.dtype == images.dtype == torch.bfloat16
+    assert torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"block_out_channels": (32, 40)}, r"block_out_channels\[1\]=40 is not divisible"),
+        ({"block_out_channels": ()}, r"block_out_channels=\(\)"),
+        ({"layers_per_block": 0}, "layers_per_block=0"),
+    ],
+)
+def test_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **changes)
+
+
+SD15_CONFIG = {  # runwayml/stable-diffusion-v1-5 vae/config.json
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.6.0",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+
+def test_from_diffusers_reads_real_configs():
+    assert VAEConfig.from_diffusers(SD15_CONFIG) == VAE_PRESETS["sd15"]
+    sd21 = {**SD15_CONFIG, "_diffusers_version": "0.8.0", "sample_size": 768}
+    assert VAEConfig.from_diffusers(sd21) == VAE_PRESETS["sd21"]
+    sdxl = {**SD15_CONFIG, "scaling_factor": 0.13025, "force_upcast": True, "sample_size": 1024}
+    assert VAEConfig.from_diffusers(sdxl).scaling_factor == 0.13025
+
+
+@pytest.mark.parametrize("preset", sorted(VAE_PRESETS))
+def test_diffusers_config_round_trip(preset):
+    assert VAEConfig.from_diffusers(VAE_PRESETS[preset].to_diffusers()) == VAE_PRESETS[preset]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shift_factor": 0.0609}, "shift_factor=0.0609"),
+        ({"latent_channels": 16, "use_quant_conv": False}, "use_quant_conv=False"),
+        ({"latents_mean": [0.1] * 4}, "latents_mean="),
+        ({"mid_block_add_attention": False}, "mid_block_add_attention=False"),
+        ({"act_fn": "gelu"}, "act_fn='gelu'"),
+        ({"down_block_types": ["AttnDownEncoderBlock2D"] * 4}, "down_block_types="),
+        ({"up_block_types": ["UpDecoderBlock2D"] * 3}, "up_block_types="),
+        ({"tile_overlap": 0.5}, "tile_overlap"),
+    ],
+)
+def test_from_diffusers_rejects_unsupported(changes, message):
+    with pytest.raises(ValueError, match=message):
+        VAEConfig.from_diffusers({**SD15_CONFIG, **changes})
