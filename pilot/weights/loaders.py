@@ -6,6 +6,9 @@ original CompVis / Stability single file (`.safetensors` or `.ckpt`), or a Huggi
 found in the local hub cache (see `pilot.weights.hub`). Models are built on the meta device and
 filled with `load_state_dict(assign=True)`; any missing, unexpected or mis-shaped key is a
 `WeightsError` naming the file.
+
+Original files that hold both training and EMA UNet weights (`model_ema.*`) load the training
+weights, as diffusers does by default; the `-emaonly` files already hold the EMA weights there.
 """
 
 from __future__ import annotations
@@ -217,7 +220,7 @@ def load_tokenizer(path: PathLike) -> Any:
     token); a single file gives pilot's shipped CLIP vocabulary, padded with `<|endoftext|>` for
     SD 1.x and `!` for SD 2.x (as the diffusers repos of those models do).
     """
-    from pilot.models.tokenizer import EOS_TOKEN, CLIPTokenizer
+    from pilot.models.tokenizer import CLIPTokenizer
 
     source = resolve(path)
     if source.is_dir():
@@ -228,7 +231,14 @@ def load_tokenizer(path: PathLike) -> Any:
             raise WeightsError(f"{folder}: not a CLIP tokenizer folder: {e}") from e
     if source.name.endswith(".txt.gz"):
         return CLIPTokenizer.from_bpe_gz(source)
-    fmt = sd_original.text_format(dict.fromkeys(read_keys(source)))
+    return _default_tokenizer(dict.fromkeys(read_keys(source)))
+
+
+def _default_tokenizer(state_dict: Mapping[str, Any]) -> Any:
+    """Shipped CLIP vocabulary; SD 2.x (OpenCLIP) pads with `!` (id 0), SD 1.x with EOS."""
+    from pilot.models.tokenizer import EOS_TOKEN, CLIPTokenizer
+
+    fmt = sd_original.text_format(state_dict)
     return CLIPTokenizer.default(pad_token="!" if fmt == "open_clip" else EOS_TOKEN)
 
 
@@ -264,7 +274,7 @@ def load_pipeline(
         ckpt = read_checkpoint(source)
         models = {c: _from_original(c, ckpt, source, None, **kwargs) for c in _KINDS}
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
-        tokenizer = load_tokenizer(source)
+        tokenizer = _default_tokenizer(ckpt.tensors)
     if pred not in ("epsilon", "v_prediction"):
         raise WeightsError(f"{source}: unsupported prediction_type {pred!r}")
     return StableDiffusion(tokenizer=tokenizer, prediction_type=pred, **models)

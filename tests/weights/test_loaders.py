@@ -180,6 +180,14 @@ def test_sdxl_like_unet_config(unet_dir, tmp_path):
         pilot.load_unet(folder)
 
 
+def test_sdxl_pipeline_folder(tmp_path):
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionXLPipeline"})
+    )
+    with pytest.raises(WeightsError, match="model_index.json: a StableDiffusionXLPipeline"):
+        pilot.load_pipeline(tmp_path)
+
+
 def test_sdxl_single_file(tmp_path):
     path = tmp_path / "sdxl.safetensors"
     save_state_dict(

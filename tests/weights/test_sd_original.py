@@ -207,7 +207,8 @@ def test_detect_configs_of_sd_sized_files(unet_kwargs, text_kwargs, fmt):
         assert so.count_indices(original, "cond_stage_model.model.transformer.resblocks.") == 24
     unet = so.detect_unet_config(original)
     for key in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types"):
-        assert unet[key] == ref["unet_config"][key] or unet[key] == list(ref["unet_config"][key])
+        expected = ref["unet_config"][key]
+        assert unet[key] == (list(expected) if isinstance(expected, tuple) else expected), key
     assert unet["cross_attention_dim"] == unet_kwargs["cross_attention_dim"]
     assert unet["use_linear_projection"] == unet_kwargs.get("use_linear_projection", False)
     assert unet["attention_head_dim"] == unet_kwargs["attention_head_dim"]  # the heads guess
