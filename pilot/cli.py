@@ -42,7 +42,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "unet": _describe(sd.unet),
         "vae": _describe(sd.vae),
         "text_encoder": _describe(sd.text_encoder),
-        "tokenizer": {"vocab_size": len(sd.tokenizer.encoder), "pad": sd.tokenizer.pad_token_id},
+        "tokenizer": {"vocab_size": len(sd.tokenizer.vocab), "pad": sd.tokenizer.pad_token_id},
     }
     print(json.dumps(summary, indent=2, default=str))
     return 0

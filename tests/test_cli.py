@@ -1,0 +1,53 @@
+"""Smoke tests of the `pilot` command."""
+
+import json
+import subprocess
+import sys
+
+from pilot.cli import main
+
+
+def test_help_runs_as_console_script():
+    out = subprocess.run(
+        [sys.executable, "-m", "pilot.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "inspect" in out.stdout
+
+
+def test_info_prints_versions(capsys):
+    assert main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["torch"] and info["pilot"]
+
+
+def test_inspect_missing_path_is_a_clear_error(capsys, tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    assert main(["inspect", str(missing)]) == 2
+    assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_inspect_single_file(capsys, tmp_path):
+    from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
+    from pilot.models.unet import UNET_PRESETS, UNet
+    from pilot.models.vae import VAE_PRESETS, AutoencoderKL
+    from pilot.weights import sd_original
+    from pilot.weights.io import save_state_dict
+
+    unet, vae = UNet(UNET_PRESETS["tiny"]), AutoencoderKL(VAE_PRESETS["tiny"])
+    text_encoder = CLIPTextModel(CLIP_PRESETS["tiny"])
+    state = sd_original.to_original(
+        {
+            "unet": unet.state_dict(),
+            "vae": vae.state_dict(),
+            "text_encoder": text_encoder.state_dict(),
+        },
+        unet_config=unet.cfg,
+        vae_num_blocks=len(vae.cfg.block_out_channels),
+    )
+    path = tmp_path / "tiny.safetensors"
+    save_state_dict(state, path)
+    assert main(["inspect", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["prediction_type"] == "epsilon"
+    assert summary["unet"]["params"] == sum(p.numel() for p in unet.parameters())
+    assert summary["unet"]["config"]["block_out_channels"] == list(unet.cfg.block_out_channels)
