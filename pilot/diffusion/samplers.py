@@ -61,15 +61,15 @@ class BatchedNoise:
         """Next standard normal tensor of `shape`: one (1, ...) draw per generator, stacked."""
         one = (1, *self.shape[1:])
         gen_device = self.generators[0].device
-        draws = [torch.randn(one, generator=g, device=gen_device, dtype=self.dtype) for g in self]
+        draws = [
+            torch.randn(one, generator=g, device=gen_device, dtype=self.dtype)
+            for g in self.generators
+        ]
         return torch.cat(draws).to(self.device)
 
     def __call__(self, sigma: Tensor | None = None, sigma_next: Tensor | None = None) -> Tensor:
         """Noise-sampler interface: i.i.d. draws, whatever the interval."""
         return self.draw()
-
-    def __iter__(self):
-        return iter(self.generators)
 
 
 def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
