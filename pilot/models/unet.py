@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pilot.models import diffusers_config
 from pilot.nn.attention import SpatialTransformer
 from pilot.nn.embeddings import TimestepEmbedding, timestep_embedding
 from pilot.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
@@ -38,7 +39,7 @@ class UNetConfig:
     # Attention heads per block (int: same for all). SD 1.x: 8 everywhere (head width grows
     # with the block); SD 2.x: (5, 10, 20, 20), i.e. heads of 64 channels. The mid block uses
     # the last entry. diffusers' config calls this `attention_head_dim`: a historical misnomer
-    # it keeps for compatibility (diffusers issue #2011); see `from_diffusers`.
+    # it keeps for compatibility (diffusers issue #2011); `from_diffusers` translates it.
     num_heads: int | tuple[int, ...] = 8
     cross_attention_dim: int = 768  # text-embedding width: 768 (CLIP L), 1024 (OpenCLIP H)
     use_linear_projection: bool = False  # transformer proj_in/out: Linear (SD 2.x) or 1x1 conv
@@ -114,178 +115,15 @@ class UNetConfig:
             ValueError: naming the key and value of any setting this UNet does not implement
                 (SDXL's `addition_embed_type`, class embeddings, other block types, ...).
         """
-        check_diffusers_config(d, _DIFFUSERS_NEUTRAL, _DIFFUSERS_READ, "UNet2DConditionModel")
-        get = lambda key: d.get(key, _DIFFUSERS_READ[key])  # noqa: E731  (diffusers' defaults)
-        down = list(get("down_block_types"))
-        for kind in down:
-            if kind not in ("CrossAttnDownBlock2D", "DownBlock2D"):
-                raise ValueError(f"unsupported UNet down_block_types entry {kind!r}")
-        mirrored = [t.replace("Down", "Up") for t in reversed(down)]
-        if list(get("up_block_types")) != mirrored:
-            raise ValueError(
-                f"unsupported UNet up_block_types={get('up_block_types')!r}: "
-                f"expected the mirror of down_block_types, {mirrored!r}"
-            )
-        if get("norm_num_groups") is None:
-            raise ValueError("unsupported UNet norm_num_groups=None (no output norm)")
-        tlpb = get("transformer_layers_per_block")
-        if isinstance(tlpb, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in tlpb):
-            raise ValueError(f"unsupported UNet transformer_layers_per_block={tlpb!r} (nested)")
-        return cls(
-            in_channels=get("in_channels"),
-            out_channels=get("out_channels"),
-            block_out_channels=tuple(get("block_out_channels")),
-            layers_per_block=_single("layers_per_block", get("layers_per_block")),
-            attention=_attention_or_default(tuple(k == "CrossAttnDownBlock2D" for k in down)),
-            # The misnomer: diffusers' `attention_head_dim` is the number of heads per block
-            # (it sets `num_attention_heads = attention_head_dim`; diffusers issue #2011).
-            num_heads=_int_or_tuple(get("attention_head_dim")),
-            cross_attention_dim=_single("cross_attention_dim", get("cross_attention_dim")),
-            use_linear_projection=get("use_linear_projection"),
-            transformer_layers_per_block=_int_or_tuple(tlpb),
-            norm_num_groups=get("norm_num_groups"),
-            norm_eps=get("norm_eps"),
-            flip_sin_to_cos=get("flip_sin_to_cos"),
-            freq_shift=get("freq_shift"),
-            upcast_attention=get("upcast_attention"),
-            sample_size=_single("sample_size", get("sample_size")),
-        )
+        return cls(**diffusers_config.unet_kwargs(d))
 
     def to_diffusers(self) -> dict:
         """The equivalent diffusers `UNet2DConditionModel` config (JSON-compatible)."""
-        down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.block_attention()]
-        up = [t.replace("Down", "Up") for t in reversed(down)]
-        return {
-            "sample_size": self.sample_size,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "flip_sin_to_cos": self.flip_sin_to_cos,
-            "freq_shift": self.freq_shift,
-            "down_block_types": down,
-            "mid_block_type": "UNetMidBlock2DCrossAttn",
-            "up_block_types": up,
-            "block_out_channels": list(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
-            "act_fn": "silu",
-            "norm_num_groups": self.norm_num_groups,
-            "norm_eps": self.norm_eps,
-            "cross_attention_dim": self.cross_attention_dim,
-            "transformer_layers_per_block": _jsonable(self.transformer_layers_per_block),
-            # The misnomer: diffusers reads this as the number of heads (see `num_heads`).
-            "attention_head_dim": _jsonable(self.num_heads),
-            "use_linear_projection": self.use_linear_projection,
-            "upcast_attention": self.upcast_attention,
-        }
-
-
-# diffusers UNet settings pilot reads, with diffusers' defaults for when a config omits them.
-_DIFFUSERS_READ = {
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    "attention_head_dim": 8,
-    "cross_attention_dim": 1280,
-    "use_linear_projection": False,
-    "transformer_layers_per_block": 1,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "upcast_attention": False,
-    "sample_size": None,
-    # Ignored: dropout acts only in training; the head count of an unused text embedding.
-    "dropout": 0.0,
-    "addition_embed_type_num_heads": 64,
-}
-# diffusers UNet features pilot does not implement, with the values that switch them off.
-_DIFFUSERS_NEUTRAL = {
-    "center_input_sample": (False,),
-    "mid_block_type": ("UNetMidBlock2DCrossAttn",),
-    "only_cross_attention": (False,),
-    "mid_block_only_cross_attention": (None, False),
-    "dual_cross_attention": (False,),
-    "num_attention_heads": (None,),
-    "downsample_padding": (1,),
-    "mid_block_scale_factor": (1,),
-    "act_fn": ("silu", "swish"),
-    "reverse_transformer_layers_per_block": (None,),
-    "encoder_hid_dim": (None,),
-    "encoder_hid_dim_type": (None,),
-    "class_embed_type": (None,),
-    "num_class_embeds": (None,),
-    "class_embeddings_concat": (False,),
-    "projection_class_embeddings_input_dim": (None,),
-    "addition_embed_type": (None,),
-    "addition_time_embed_dim": (None,),
-    "resnet_time_scale_shift": ("default",),
-    "resnet_skip_time_act": (False,),
-    "resnet_out_scale_factor": (1,),
-    "time_embedding_type": ("positional",),
-    "time_embedding_dim": (None,),
-    "time_embedding_act_fn": (None,),
-    "timestep_post_act": (None,),
-    "time_cond_proj_dim": (None,),
-    "conv_in_kernel": (3,),
-    "conv_out_kernel": (3,),
-    "attention_type": ("default",),
-    "cross_attention_norm": (None,),
-}
-
-
-def check_diffusers_config(d: dict, neutral: dict, read: dict, kind: str) -> None:
-    """Reject a diffusers config that uses anything pilot's model does not implement.
-
-    Args:
-        d: The config.json dict. Keys starting with "_" (`_class_name`, ...) are metadata.
-        neutral: Unimplemented settings and the values that switch them off; a list value is
-            neutral when all its entries are.
-        read: Settings the pilot config reads.
-        kind: The diffusers class name, for messages.
-
-    Raises:
-        ValueError: naming the first offending key and its value.
-    """
-    for key, value in d.items():
-        if key.startswith("_") or key in read:
-            continue
-        if key not in neutral:
-            raise ValueError(f"unsupported {kind} config key {key!r} (value {value!r})")
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if any(v not in neutral[key] for v in values):
-            raise ValueError(f"unsupported {kind} setting {key}={value!r}")
-
-
-def _single(key: str, value):
-    """A setting diffusers allows per block but pilot keeps global: all entries must agree."""
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ValueError(f"unsupported per-block {key}={value!r}")
-        return value[0]
-    return value
-
-
-def _attention_or_default(attention: tuple[bool, ...]) -> tuple[bool, ...] | None:
-    """None (the SD layout) when `attention` is that layout, so configs compare equal."""
-    return (
-        None
-        if attention == tuple(i < len(attention) - 1 for i in range(len(attention)))
-        else attention
-    )
-
-
-def _int_or_tuple(value: int | Sequence[int]) -> int | tuple[int, ...]:
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+        return diffusers_config.unet_dict(self)
 
 
 def _per_block(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
     return value if isinstance(value, tuple) else (value,) * n
-
-
-def _jsonable(value: int | tuple[int, ...]) -> int | list[int]:
-    return list(value) if isinstance(value, tuple) else value
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pilot.models.unet import check_diffusers_config
+from pilot.models import diffusers_config
 from pilot.nn.attention import SelfAttention2D
 from pilot.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -62,70 +62,12 @@ class VAEConfig:
             ValueError: naming the key and value of any setting this VAE does not implement
                 (SD3/Flux's `shift_factor`, no quant convs, other block types, ...).
         """
-        check_diffusers_config(d, _DIFFUSERS_NEUTRAL, _DIFFUSERS_READ, "AutoencoderKL")
-        get = lambda key: d.get(key, _DIFFUSERS_READ[key])  # noqa: E731  (diffusers' defaults)
-        n = len(get("block_out_channels"))
-        for key, kind in (
-            ("down_block_types", "DownEncoderBlock2D"),
-            ("up_block_types", "UpDecoderBlock2D"),
-        ):
-            if list(get(key)) != [kind] * n:
-                raise ValueError(f"unsupported AutoencoderKL {key}={get(key)!r}: need {n} x {kind}")
-        return cls(
-            in_channels=get("in_channels"),
-            out_channels=get("out_channels"),
-            latent_channels=get("latent_channels"),
-            block_out_channels=tuple(get("block_out_channels")),
-            layers_per_block=get("layers_per_block"),
-            norm_num_groups=get("norm_num_groups"),
-            scaling_factor=get("scaling_factor"),
-            force_upcast=get("force_upcast"),
-            sample_size=get("sample_size"),
-        )
+        return cls(**diffusers_config.vae_kwargs(d))
 
     def to_diffusers(self) -> dict:
         """The equivalent diffusers `AutoencoderKL` config (JSON-compatible)."""
-        n = len(self.block_out_channels)
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "down_block_types": ["DownEncoderBlock2D"] * n,
-            "up_block_types": ["UpDecoderBlock2D"] * n,
-            "block_out_channels": list(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
-            "act_fn": "silu",
-            "latent_channels": self.latent_channels,
-            "norm_num_groups": self.norm_num_groups,
-            "sample_size": self.sample_size,
-            "scaling_factor": self.scaling_factor,
-            "force_upcast": self.force_upcast,
-        }
+        return diffusers_config.vae_dict(self)
 
-
-# diffusers AutoencoderKL settings pilot reads, with diffusers' defaults for omitted keys.
-_DIFFUSERS_READ = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",),
-    "up_block_types": ("UpDecoderBlock2D",),
-    "block_out_channels": (64,),
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 32,
-    "scaling_factor": 0.18215,
-    "force_upcast": True,
-}
-# diffusers AutoencoderKL features pilot does not implement, with the values that disable them.
-_DIFFUSERS_NEUTRAL = {
-    "act_fn": ("silu", "swish"),
-    "shift_factor": (None,),
-    "latents_mean": (None,),
-    "latents_std": (None,),
-    "use_quant_conv": (True,),
-    "use_post_quant_conv": (True,),
-    "mid_block_add_attention": (True,),
-}
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "sd15": VAEConfig(),

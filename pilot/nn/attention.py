@@ -4,9 +4,9 @@ All attention goes through `F.scaled_dot_product_attention`, which picks a fused
 memory-efficient or CPU flash) for the inputs' device and dtype. Module and parameter names
 (`to_q`, `to_out.0`, `ff.net.2`, `proj_in`, ...) equal diffusers' so checkpoints load by name.
 
-Token tensors are (B, L, C). Feature maps enter and leave as (B, C, H, W); internally they are
-viewed as (B, H*W, C) through `permute(0, 2, 3, 1)`, which costs nothing for channels_last
-tensors (see `pilot.models.unet.UNet`) and one copy otherwise.
+Token tensors are (B, L, C). Feature maps enter and leave as (B, C, H, W); in between they are
+(B, H*W, C) tokens: `permute(0, 2, 3, 1)` on the way in (one copy unless channels_last), and a
+free view on the way out, folded into the residual add.
 """
 
 from __future__ import annotations
