@@ -83,6 +83,11 @@ class UNetConfig:
             if needs_attention and (heads < 1 or ch % heads):
                 raise ValueError(f"block_out_channels[{i}]={ch} is not divisible by {heads} heads")
 
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the time embedding: 4x the first block's channels."""
+        return 4 * self.block_out_channels[0]
+
     def block_attention(self) -> tuple[bool, ...]:
         """Whether each down block has cross-attention (`attention`, or the SD layout)."""
         if self.attention is not None:
@@ -143,26 +148,24 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 
 
 class DownBlock(nn.Module):
-    """Residual blocks (each optionally followed by a transformer), then an optional downsampler."""
+    """Residual blocks (each optionally followed by a transformer), then an optional downsampler.
 
-    def __init__(
-        self, cfg: UNetConfig, i: int, in_channels: int, temb_channels: int, attention: bool
-    ) -> None:
+    Args:
+        cfg: UNet architecture.
+        i: Index of the block in `cfg.block_out_channels` (0 = highest resolution).
+    """
+
+    def __init__(self, cfg: UNetConfig, i: int) -> None:
         super().__init__()
-        ch, groups = cfg.block_out_channels[i], cfg.norm_num_groups
+        chans = cfg.block_out_channels
         self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                in_channels if j == 0 else ch,
-                ch,
-                temb_channels=temb_channels,
-                groups=groups,
-                eps=cfg.norm_eps,
-            )
+            _resnet(cfg, chans[max(i - 1, 0)] if j == 0 else chans[i], chans[i])
             for j in range(cfg.layers_per_block)
         )
+        attention = cfg.block_attention()[i]
         self.attentions = _transformers(cfg, i, cfg.layers_per_block) if attention else None
-        last = i == len(cfg.block_out_channels) - 1
-        self.downsamplers = None if last else nn.ModuleList([Downsample2D(ch)])
+        last = i == len(chans) - 1
+        self.downsamplers = None if last else nn.ModuleList([Downsample2D(chans[i])])
 
     def forward(self, h: Tensor, emb: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Return the block output and its skip connections, in order."""
@@ -179,28 +182,24 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Residual blocks over [h, skip] concatenations (optionally with transformers), then 2x up."""
+    """Residual blocks over [h, skip] concatenations (optionally with transformers), then 2x up.
 
-    def __init__(
-        self, cfg: UNetConfig, i: int, prev_channels: int, temb_channels: int, attention: bool
-    ) -> None:
+    Args:
+        cfg: UNet architecture.
+        i: Index of the down block whose resolution and skips this block mirrors.
+    """
+
+    def __init__(self, cfg: UNetConfig, i: int) -> None:
         super().__init__()
-        chans = cfg.block_out_channels
-        ch, layers = chans[i], cfg.layers_per_block + 1
+        chans, layers = cfg.block_out_channels, cfg.layers_per_block + 1
+        prev = chans[min(i + 1, len(chans) - 1)]  # output of the lower-resolution block
         # Skips are consumed in reverse: the last one comes from the next-higher block's input.
-        skip_in = chans[max(i - 1, 0)]
+        skip = [chans[i]] * (layers - 1) + [chans[max(i - 1, 0)]]
         self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                (prev_channels if j == 0 else ch) + (skip_in if j == layers - 1 else ch),
-                ch,
-                temb_channels=temb_channels,
-                groups=cfg.norm_num_groups,
-                eps=cfg.norm_eps,
-            )
-            for j in range(layers)
+            _resnet(cfg, (prev if j == 0 else chans[i]) + skip[j], chans[i]) for j in range(layers)
         )
-        self.attentions = _transformers(cfg, i, layers) if attention else None
-        self.upsamplers = nn.ModuleList([Upsample2D(ch)]) if i > 0 else None
+        self.attentions = _transformers(cfg, i, layers) if cfg.block_attention()[i] else None
+        self.upsamplers = nn.ModuleList([Upsample2D(chans[i])]) if i > 0 else None
 
     def forward(
         self,
@@ -221,25 +220,34 @@ class UpBlock(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """Resnet, cross-attention transformer, resnet at the lowest resolution."""
+    """Resnet, cross-attention transformer, resnet at the lowest resolution.
 
-    def __init__(self, cfg: UNetConfig, temb_channels: int) -> None:
+    Args:
+        cfg: UNet architecture.
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
-        last = len(cfg.block_out_channels) - 1
-        ch = cfg.block_out_channels[last]
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                ch, ch, temb_channels=temb_channels, groups=cfg.norm_num_groups, eps=cfg.norm_eps
-            )
-            for _ in range(2)
-        )
-        self.attentions = _transformers(cfg, last, 1)
+        ch = cfg.block_out_channels[-1]
+        self.resnets = nn.ModuleList(_resnet(cfg, ch, ch) for _ in range(2))
+        self.attentions = _transformers(cfg, len(cfg.block_out_channels) - 1, 1)
 
     def forward(self, h: Tensor, emb: Tensor, context: Tensor) -> Tensor:
         """Map (B, C, h, w) to (B, C, h, w)."""
         h = self.resnets[0](h, emb)
         h = self.attentions[0](h, context)
         return self.resnets[1](h, emb)
+
+
+def _resnet(cfg: UNetConfig, in_channels: int, out_channels: int) -> ResnetBlock2D:
+    """A time-conditioned residual block with the UNet's norm settings."""
+    return ResnetBlock2D(
+        in_channels,
+        out_channels,
+        temb_channels=cfg.time_embed_dim,
+        groups=cfg.norm_num_groups,
+        eps=cfg.norm_eps,
+    )
 
 
 def _transformers(cfg: UNetConfig, i: int, count: int) -> nn.ModuleList:
@@ -270,19 +278,12 @@ class UNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         chans, n = cfg.block_out_channels, len(cfg.block_out_channels)
-        temb = 4 * chans[0]
-        attention = cfg.block_attention()
         self.conv_in = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(chans[0], temb)
-        self.down_blocks = nn.ModuleList(
-            DownBlock(cfg, i, chans[max(i - 1, 0)], temb, attention[i]) for i in range(n)
-        )
-        self.mid_block = MidBlock(cfg, temb)
+        self.time_embedding = TimestepEmbedding(chans[0], cfg.time_embed_dim)
+        self.down_blocks = nn.ModuleList(DownBlock(cfg, i) for i in range(n))
+        self.mid_block = MidBlock(cfg)
         # Up block u works at the resolution of down block i = n - 1 - u.
-        self.up_blocks = nn.ModuleList(
-            UpBlock(cfg, i, chans[min(i + 1, n - 1)], temb, attention[i])
-            for i in reversed(range(n))
-        )
+        self.up_blocks = nn.ModuleList(UpBlock(cfg, i) for i in reversed(range(n)))
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, chans[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
 
