@@ -93,7 +93,12 @@ class DiagonalGaussian:
     def sample(
         self, generator: torch.Generator | None = None, noise: Tensor | None = None
     ) -> Tensor:
-        """Draw z = mean + std * noise (noise drawn from `generator` unless given)."""
+        """Draw z = mean + std * noise, the reparameterised posterior sample.
+
+        Args:
+            generator: Source of the standard-normal noise (on its own device), if not given.
+            noise: The noise itself, shaped like `mean`; takes precedence over `generator`.
+        """
         if noise is None:
             device = generator.device if generator is not None else self.mean.device
             noise = torch.randn(
