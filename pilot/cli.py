@@ -1,13 +1,16 @@
 """The `pilot` command.
 
-Each subcommand is a small function taking parsed arguments; `build_parser` wires them. Heavy
+Each subcommand is a small function taking parsed arguments; `build_parser` wires them, with the
+groups that live in `pilot/commands/` (one module per group, each with `register(sub)`). Heavy
 imports (torch, models) happen inside the subcommands so `pilot --help` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import pkgutil
 import platform
 import sys
 from collections.abc import Sequence
@@ -68,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="load a Stable Diffusion model and describe it")
     p.add_argument("path", help="diffusers folder, single .safetensors/.ckpt file, or HF repo id")
     p.set_defaults(func=cmd_inspect)
+
+    import pilot.commands
+
+    for module in pkgutil.iter_modules(pilot.commands.__path__):
+        importlib.import_module(f"pilot.commands.{module.name}").register(sub)
     return parser
 
 
