@@ -1,0 +1,1 @@
+"""Data sets: procedural shapes, paired image folders, rendered scenes."""
