@@ -1,0 +1,349 @@
+"""Stable Diffusion generation: txt2img, img2img and inpainting on the k-diffusion contract.
+
+The pipeline is a few plain functions over a `pilot.StableDiffusion` bundle, each readable on its
+own: `encode_text` (prompts -> CLIP embeddings), `encode_images` / `decode_latents` (VAE with the
+scaling factor, optional tiling), `start_latents` (noise or noised init latents, img2img by
+slicing the sigmas) and `sample` (denoiser wrappers + a sampler from `SAMPLERS`). `generate`
+chains them for the common case; the feedback sampler calls the parts itself.
+
+Conventions: images are (B, 3, H, W) float in [0, 1] at the API (the VAE sees [-1, 1]);
+latents are VAE-scaled, (B, 4, H/8, W/8); sampling runs in float32 on the UNet's device while
+the models run in their own dtype; masks are 1 where the image is repainted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pilot.diffusion.denoisers import Denoiser, make_denoiser
+from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
+from pilot.diffusion.prompts import count_chunks, encode_prompts
+from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
+from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
+from pilot.diffusion.tiling import tiled
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample: every field is a swappable component or a dial.
+
+    Attributes:
+        sampler: A name in `pilot.diffusion.SAMPLERS`.
+        schedule: A name in `pilot.diffusion.SCHEDULES` (ignored where `sigmas` are given).
+        steps: Sampling steps of the full schedule (img2img runs `int(steps * strength)`).
+        cfg: Classifier-free guidance scale; 1 disables guidance (one UNet call per step).
+        rescale: Guidance rescale phi in [0, 1] (Lin et al. 2023).
+        eta: Noise of the stochastic samplers (ddim, ancestral, SDE); None keeps each default.
+        clip_skip: Final text encoder layers to leave out (A1111's "clip skip" minus one).
+        quantize: Feed the UNet integer timesteps (diffusers' DPM-Solver with Karras sigmas).
+    """
+
+    sampler: str = "dpmpp_2m"
+    schedule: str = "karras"
+    steps: int = 20
+    cfg: float = 7.5
+    rescale: float = 0.0
+    eta: float | None = None
+    clip_skip: int = 0
+    quantize: bool = False
+
+    def __post_init__(self) -> None:
+        get_sampler(self.sampler)  # raise early, naming the valid choices
+        get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def model_device(sd) -> torch.device:
+    """Device of the UNet: where sampling runs."""
+    return next(sd.unet.parameters()).device
+
+
+def encode_text(
+    sd, prompts: Sequence[str], negative_prompts: Sequence[str], *, clip_skip: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Conditional and unconditional embeddings with the same number of 77-token chunks.
+
+    Returns:
+        `(context, uncond_context)`, each (B, 77 * chunks, D).
+    """
+    if len(prompts) != len(negative_prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+    n = max(count_chunks(sd.tokenizer, prompts), count_chunks(sd.tokenizer, negative_prompts))
+    encode = dict(min_chunks=n, skip=clip_skip)
+    context = encode_prompts(sd.text_encoder, sd.tokenizer, prompts, **encode)
+    uncond = encode_prompts(sd.text_encoder, sd.tokenizer, negative_prompts, **encode)
+    return context, uncond
+
+
+@torch.no_grad()
+def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
+    """VAE-encode images in [0, 1] (B, 3, H, W) to scaled latents (B, 4, H/f, W/f), f = 8 in SD.
+
+    Takes the posterior mean (deterministic, so img2img at strength 0 is a pure VAE round trip).
+
+    Args:
+        tile: Encode in overlapping tiles of this many image pixels (a multiple of 8), for
+            images too large for memory; None encodes whole.
+    """
+    vae = sd.vae
+    check_size(*images.shape[-2:], vae.cfg.downsample_factor)
+    param = next(vae.parameters())
+    x = (images.to(param.device, param.dtype) * 2 - 1).clamp(-1, 1)
+
+    def encode(x: Tensor) -> Tensor:
+        return vae.encode(x).mean
+
+    latents = tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
+    return latents.float() * sd.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(sd, latents: Tensor, *, tile: int | None = None) -> Tensor:
+    """VAE-decode scaled latents (B, 4, h, w) to images in [0, 1], (B, 3, fh, fw) float32.
+
+    Args:
+        tile: Decode in overlapping tiles of this many image pixels (a multiple of 8), blended
+            linearly where they overlap; None decodes whole.
+    """
+    vae = sd.vae
+    param = next(vae.parameters())
+    z = (latents / sd.scaling_factor).to(param.device, param.dtype)
+    if tile:
+        f = vae.cfg.downsample_factor
+        images = tiled(vae.decode, z, tile // f, f)
+    else:
+        images = vae.decode(z)
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def check_size(height: int, width: int, factor: int = 8) -> None:
+    """Raise unless the image size is a positive multiple of the VAE factor (8 for SD)."""
+    if height <= 0 or width <= 0 or height % factor or width % factor:
+        raise ValueError(
+            f"image size {width}x{height} (WxH) must be positive multiples of {factor}"
+        )
+
+
+def img2img_sigmas(sigmas: Tensor, strength: float) -> Tensor:
+    """The tail of a sampling grid that img2img runs: the last `int(steps * strength)` steps.
+
+    Strength 0 keeps only the final sigma (no step: the init latents come back); strength 1
+    keeps the whole grid. Equal to diffusers' img2img `timesteps[t_start:]`.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    steps = len(sigmas) - 1
+    return sigmas[steps - min(int(steps * strength), steps) :]
+
+
+def start_latents(noise: Tensor, sigmas: Tensor, init_latents: Tensor | None = None) -> Tensor:
+    """Initial sampler state at `sigmas[0]`.
+
+    Without init latents (txt2img, or img2img at full strength, which then equals txt2img)
+    it is `noise * sqrt(1 + sigma^2)`, the std of noised unit-variance latents (diffusers' DDIM
+    and DPM-Solver; k-diffusion scales by `sigma`, 0.2% less at SD's sigma_max). With them it is
+    `init + sigma * noise`, the forward process at `sigmas[0]`.
+    """
+    if init_latents is None:
+        return noise * prior_std(sigmas[0], data_std=1.0)
+    return init_latents + noise * sigmas[0]
+
+
+def build_denoiser(
+    sd,
+    settings: SamplingSettings,
+    *,
+    init_latents: Tensor | None = None,
+    mask: Tensor | None = None,
+    noise: Tensor | None = None,
+    wrap_model: Callable[[Denoiser], Denoiser] | None = None,
+) -> Denoiser:
+    """The denoiser stack: model wrapper, [`wrap_model`, e.g. ControlNet], CFG, [inpainting].
+
+    Args:
+        wrap_model: Wraps the model denoiser inside CFG (it sees both branches).
+        init_latents, mask, noise: Given together, mask-blend inpainting outside CFG.
+    """
+    denoiser = make_denoiser(sd.unet, sd.prediction_type, quantize=settings.quantize)
+    if wrap_model is not None:
+        denoiser = wrap_model(denoiser)
+    denoiser = CFGDenoiser(denoiser, settings.cfg, rescale=settings.rescale)
+    if mask is not None:
+        denoiser = InpaintDenoiser(denoiser, init_latents, mask, noise)
+    return denoiser
+
+
+def sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    settings: SamplingSettings,
+    *,
+    context: Tensor,
+    uncond_context: Tensor,
+    noise: BatchedNoise | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Run `settings.sampler` from `x` over `sigmas`; returns the final latents."""
+    kwargs = {} if settings.eta is None else {"eta": settings.eta}
+    extra_args = {"context": context, "uncond_context": uncond_context}
+    sampler = get_sampler(settings.sampler)
+    return sampler(
+        denoiser, x, sigmas, extra_args=extra_args, callback=callback, noise=noise, **kwargs
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation call: what to draw, at what size, from what.
+
+    Attributes:
+        prompts: B prompts (A1111 emphasis and long prompts allowed).
+        negative_prompts: B negative prompts (the unconditional branch of CFG).
+        seeds: B seeds, one per image: an image reproduces in any batch.
+        width, height: Output size in pixels, multiples of 8 (ignored with init images).
+        init_images: (B, 3, H, W) in [0, 1] for img2img / inpainting.
+        strength: img2img strength in [0, 1]: the fraction of the schedule re-run.
+        mask: (B or 1, 1, H, W) in [0, 1], 1 = repaint, with init images (inpainting).
+    """
+
+    prompts: Sequence[str]
+    negative_prompts: Sequence[str] | None = None
+    seeds: Sequence[int] = (0,)
+    width: int = 512
+    height: int = 512
+    init_images: Tensor | None = None
+    strength: float = 1.0
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("at least one prompt is needed")
+        negative = self.negative_prompts or [""] * len(self.prompts)
+        object.__setattr__(self, "negative_prompts", list(negative))
+        if len(self.seeds) != len(self.prompts):
+            raise ValueError(f"{len(self.seeds)} seeds for {len(self.prompts)} prompts")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if self.init_images is None:
+            check_size(self.height, self.width)
+            if self.mask is not None:
+                raise ValueError("a mask needs init images to inpaint")
+        else:
+            self._check_images()
+
+    def _check_images(self) -> None:
+        images, mask = self.init_images, self.mask
+        if images.ndim != 4 or images.shape[:2] != (len(self.prompts), 3):
+            raise ValueError(
+                f"init images must be (B={len(self.prompts)}, 3, H, W), got {tuple(images.shape)}"
+            )
+        check_size(*images.shape[-2:])
+        if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
+            raise ValueError(f"mask must be (B or 1, 1, H, W), got {tuple(mask.shape)}")
+        if mask is not None and mask.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"mask size {tuple(mask.shape[-2:])} differs from image size "
+                f"{tuple(images.shape[-2:])} (H, W)"
+            )
+        object.__setattr__(self, "height", images.shape[-2])
+        object.__setattr__(self, "width", images.shape[-1])
+
+
+@torch.no_grad()
+def generate_latents(
+    sd,
+    request: Request,
+    settings: SamplingSettings = SamplingSettings(),
+    *,
+    sigmas: Tensor | None = None,
+    callback: Callback | None = None,
+    wrap_model: Callable[[Denoiser], Denoiser] | None = None,
+    vae_tile: int | None = None,
+) -> Tensor:
+    """txt2img, img2img or inpainting, to final scaled latents (B, 4, H/8, W/8) float32.
+
+    Args:
+        sd: A `pilot.StableDiffusion` (models on any device, any dtype).
+        request: Prompts, seeds, size and optional init images / mask.
+        settings: Sampler, schedule, steps, guidance.
+        sigmas: Explicit full sampling grid ending in 0, instead of `settings.schedule`.
+        callback: Called each step with `{"i", "x", "sigma", "denoised"}`.
+        wrap_model: Denoiser wrapper inside CFG (ControlNet).
+        vae_tile: Tile size in image pixels for encoding init images (see `encode_images`).
+    """
+    device = model_device(sd)
+    context, uncond = encode_text(
+        sd, request.prompts, request.negative_prompts, clip_skip=settings.clip_skip
+    )
+    if sigmas is None:
+        sigmas = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
+    sigmas = sigmas.to(device)
+    f = sd.vae.cfg.downsample_factor
+    check_size(request.height, request.width, f)
+    shape = (
+        len(request.prompts),
+        sd.vae.cfg.latent_channels,
+        request.height // f,
+        request.width // f,
+    )
+    noise = BatchedNoise(request.seeds, shape, device=device)
+    first = noise.draw()
+    init = mask = None
+    if request.init_images is not None:
+        init = encode_images(sd, request.init_images, tile=vae_tile)
+        sigmas = img2img_sigmas(sigmas, request.strength)
+        if request.mask is not None:
+            mask = _latent_mask(request.mask, shape).to(device)
+    full_strength = request.strength == 1.0 and mask is None
+    x = start_latents(first, sigmas, None if full_strength else init)
+    denoiser = build_denoiser(
+        sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap_model
+    )
+    return sample(
+        denoiser, x, sigmas, settings, context=context, uncond_context=uncond,
+        noise=noise, callback=callback,
+    )  # fmt: skip
+
+
+def _latent_mask(mask: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Image mask (B or 1, 1, H, W) to latent resolution by area averaging."""
+    return torch.nn.functional.interpolate(mask.float(), size=shape[-2:], mode="area")
+
+
+def generate(
+    sd,
+    request: Request,
+    settings: SamplingSettings = SamplingSettings(),
+    *,
+    vae_tile: int | None = None,
+    **kwargs,
+) -> Tensor:
+    """`generate_latents`, then VAE decode: images (B, 3, H, W) in [0, 1], float32 on CPU.
+
+    Args:
+        vae_tile: Tile size in image pixels for the VAE (a multiple of 8), for large images.
+        **kwargs: `sigmas`, `callback`, `wrap_model` of `generate_latents`.
+    """
+    latents = generate_latents(sd, request, settings, vae_tile=vae_tile, **kwargs)
+    return decode_latents(sd, latents, tile=vae_tile).cpu()
+
+
+__all__ = [
+    "Request",
+    "SamplingSettings",
+    "build_denoiser",
+    "decode_latents",
+    "encode_images",
+    "encode_text",
+    "generate",
+    "generate_latents",
+    "img2img_sigmas",
+    "sample",
+    "start_latents",
+]

@@ -1,0 +1,138 @@
+"""txt2img / img2img / inpainting behaviour of the pipeline on a tiny random model."""
+
+import pytest
+import torch
+
+from pilot.diffusion.pipeline import (
+    Request,
+    SamplingSettings,
+    decode_latents,
+    encode_images,
+    generate,
+    generate_latents,
+    img2img_sigmas,
+)
+
+SETTINGS = SamplingSettings(sampler="euler_ancestral", schedule="karras", steps=4, cfg=5.0)
+SIZE = dict(width=32, height=24)
+
+
+def request(**kwargs) -> Request:
+    args = dict(prompts=["a red wall", "(blue:1.2) fog"], seeds=[3, 4], **SIZE)
+    return Request(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def init_images() -> torch.Tensor:
+    return torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_txt2img_shapes_range_and_callback(tiny_sd):
+    steps = []
+    images = generate(tiny_sd, request(), SETTINGS, callback=steps.append)
+    assert images.shape == (2, 3, 24, 32) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1 and images.std() > 0
+    assert [s["i"] for s in steps] == [0, 1, 2, 3]
+    assert set(steps[0]) == {"i", "x", "sigma", "denoised"}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "heun", "dpmpp_2m_sde", "dpmpp_sde", "lcm"])
+def test_every_sampler_runs(tiny_sd, sampler):
+    settings = SamplingSettings(sampler=sampler, schedule="leading", steps=3, cfg=3.0)
+    latents = generate_latents(tiny_sd, request(), settings)
+    assert latents.shape == (2, 4, 12, 16) and torch.isfinite(latents).all()
+
+
+def test_same_seed_is_bit_identical_and_items_reproduce_in_any_batch(tiny_sd):
+    a = generate_latents(tiny_sd, request(), SETTINGS)
+    b = generate_latents(tiny_sd, request(), SETTINGS)
+    assert torch.equal(a, b)
+    alone = generate_latents(tiny_sd, request(prompts=["(blue:1.2) fog"], seeds=[4]), SETTINGS)
+    # Equal up to batch-size-dependent float rounding of the convolutions.
+    assert (alone[0] - a[1]).abs().max() <= 1e-5 * a[1].abs().max()
+
+
+def test_long_prompt_and_negative_prompt(tiny_sd):
+    long = " ".join(["brick"] * 90)
+    latents = generate_latents(
+        tiny_sd, request(prompts=[long, "a cat"], negative_prompts=["blurry", ""]), SETTINGS
+    )
+    assert torch.isfinite(latents).all()
+
+
+def test_img2img_strength_zero_is_the_vae_round_trip(tiny_sd, init_images):
+    latents = generate_latents(tiny_sd, request(init_images=init_images, strength=0.0), SETTINGS)
+    assert torch.equal(latents, encode_images(tiny_sd, init_images))
+    images = generate(tiny_sd, request(init_images=init_images, strength=0.0), SETTINGS)
+    assert torch.equal(images, decode_latents(tiny_sd, latents))
+
+
+def test_img2img_strength_one_equals_txt2img(tiny_sd, init_images):
+    txt = generate_latents(tiny_sd, request(), SETTINGS)
+    img = generate_latents(tiny_sd, request(init_images=init_images, strength=1.0), SETTINGS)
+    assert torch.equal(txt, img)
+
+
+def test_img2img_partial_strength_stays_near_the_init(tiny_sd, init_images):
+    init = encode_images(tiny_sd, init_images)
+    low = generate_latents(tiny_sd, request(init_images=init_images, strength=0.3), SETTINGS)
+    high = generate_latents(tiny_sd, request(init_images=init_images, strength=0.9), SETTINGS)
+    assert (low - init).abs().mean() < (high - init).abs().mean()
+
+
+def test_img2img_sigmas_slice_the_tail():
+    sigmas = torch.arange(10, -1, -1.0)  # 10 steps
+    assert torch.equal(img2img_sigmas(sigmas, 0.5), sigmas[5:])
+    assert torch.equal(img2img_sigmas(sigmas, 0.0), sigmas[-1:])
+    assert torch.equal(img2img_sigmas(sigmas, 1.0), sigmas)
+
+
+def test_inpainting_keeps_the_unmasked_region(tiny_sd, init_images):
+    mask = torch.zeros(1, 1, 24, 32)
+    mask[..., 8:16, 8:24] = 1
+    req = request(init_images=init_images, strength=1.0, mask=mask)
+    latents = generate_latents(tiny_sd, req, SETTINGS)
+    init = encode_images(tiny_sd, init_images)
+    keep = torch.ones(1, 1, 12, 16, dtype=torch.bool)
+    keep[..., 3:9, 3:13] = False  # latent cells touched by the mask
+    assert torch.allclose(latents.masked_select(keep), init.masked_select(keep), atol=1e-6)
+    assert not torch.allclose(latents[..., 4:8, 4:12], init[..., 4:8, 4:12], atol=1e-2)
+
+
+def test_vae_tiling_whole_tile_is_exact_and_small_tiles_are_close(tiny_sd):
+    latents = torch.randn(1, 4, 24, 40, generator=torch.Generator().manual_seed(1))
+    whole = decode_latents(tiny_sd, latents)
+    assert torch.equal(decode_latents(tiny_sd, latents, tile=80), whole)
+    tiled = decode_latents(tiny_sd, latents, tile=32)  # 16 latent px tiles with overlap
+    assert (tiled - whole).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(width=30), "multiples of 8"),
+        (dict(strength=1.5), "strength must be in"),
+        (dict(seeds=[1]), "1 seeds for 2 prompts"),
+        (dict(prompts=[], seeds=[]), "at least one prompt"),
+        (dict(mask=torch.ones(1, 1, 24, 32)), "mask needs init images"),
+        (dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 16, 32)), "mask size"),
+        (dict(init_images=torch.rand(2, 3, 20, 32)), "multiples of 8"),
+        (dict(init_images=torch.rand(3, 3, 24, 32)), r"init images must be \(B=2"),
+    ],
+)
+def test_bad_requests(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        request(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sampler="eulr"), "unknown sampler 'eulr'; valid: .*euler_ancestral"),
+        (dict(schedule="cosine"), "unknown schedule 'cosine'; valid: .*karras"),
+        (dict(steps=0), "steps must be"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingSettings(**kwargs)
