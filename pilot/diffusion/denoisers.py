@@ -35,6 +35,13 @@ def _model_dtype(model: Callable, default: torch.dtype) -> torch.dtype:
     return default
 
 
+def _batch_sigma(x: Tensor, sigma: Tensor | float) -> Tensor:
+    """Noise levels as a (B,) tensor on `x`'s device, float32 (or float64 if given so)."""
+    sigma = torch.as_tensor(sigma, device=x.device)
+    sigma = sigma.float() if sigma.dtype != torch.float64 else sigma
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+
+
 class DiscreteDenoiser:
     """Base for UNets trained on a discrete DDPM schedule (k-diffusion's `DiscreteSchedule`).
 
@@ -65,14 +72,24 @@ class DiscreteDenoiser:
 
         Extra keyword arguments go to the UNet unchanged (e.g. `down_residuals`).
         """
-        sigma = torch.as_tensor(sigma, device=x.device)
-        sigma = sigma.float() if sigma.dtype != torch.float64 else sigma
-        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-        c_skip, c_out, c_in = (append_dims(c, x.ndim).to(x.dtype) for c in self.scalings(sigma))
-        t = self.schedule.sigma_to_t(sigma, quantize=self.quantize)  # c_noise, (B,)
-        model_in = (x * c_in).to(_model_dtype(self.unet, x.dtype))
+        sigma = _batch_sigma(x, sigma)
+        model_in, t = self.model_inputs(x, sigma)
+        c_skip, c_out, _ = (append_dims(c, x.ndim).to(x.dtype) for c in self.scalings(sigma))
         out = self.unet(model_in, t, context, **kwargs).to(x.dtype)
         return x * c_skip + out * c_out
+
+    def model_inputs(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """The UNet's inputs for `x` at `sigma`: `c_in * x` in the UNet's dtype and `c_noise`.
+
+        A ControlNet takes the same inputs as the UNet it controls (`ControlDenoiser`).
+
+        Returns:
+            `(model_in, t)`: (B, C, H, W) and the timesteps (B,).
+        """
+        sigma = _batch_sigma(x, sigma)
+        c_in = append_dims(self.scalings(sigma)[2], x.ndim).to(x.dtype)
+        t = self.schedule.sigma_to_t(sigma, quantize=self.quantize)  # c_noise, (B,)
+        return (x * c_in).to(_model_dtype(self.unet, x.dtype)), t
 
 
 class EpsDenoiser(DiscreteDenoiser):

@@ -1,0 +1,195 @@
+"""ControlNet guidance as a denoiser wrapper (Zhang et al. 2023), any number of ControlNets.
+
+`ControlDenoiser(denoiser, controls, sigmas)` is a denoiser `D(x, sigma, **cond)`: it runs each
+active ControlNet on the inputs the UNet will get (`DiscreteDenoiser.model_inputs`), sums their
+residuals (MultiControlNet) and calls the inner denoiser with them as the UNet's
+`down_residuals` / `mid_residual` keyword arguments. It goes inside CFG, which doubles the batch
+to `[uncond, cond]` (both halves are controlled, as in diffusers), and inside inpainting:
+
+    InpaintDenoiser(CFGDenoiser(ControlDenoiser(EpsDenoiser(unet), controls, sigmas), 7.5), ...)
+
+`controlled_cfg(...)` builds the CFG part and tells the ControlNets how the batch is laid out.
+
+Start / end: each control acts on the sampling steps i (of n = len(sigmas) - 1) with
+`start <= i / n` and `(i + 1) / n <= end`, diffusers' `control_guidance_start/end` rule. The
+wrapper finds i from sigma: the step whose sigma is nearest in log-sigma (ties to the earlier
+step), so samplers that evaluate between grid points (Heun, DPM2, DPM++ 2S / SDE, churn) work.
+For img2img pass the sliced sigmas the sampler runs (diffusers' fractions are of those steps).
+
+Guess mode (diffusers' `guess_mode`): residuals scaled from 0.1 (first skip) to 1 (mid block),
+and under CFG applied to the conditional half only, the unconditional half getting none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pilot.diffusion.denoisers import DiscreteDenoiser
+from pilot.diffusion.guidance import CFGDenoiser
+from pilot.models.controlnet import ControlNet
+
+
+@dataclass(frozen=True, eq=False)
+class Control:
+    """One ControlNet and how it steers sampling.
+
+    Attributes:
+        controlnet: The ControlNet (its UNet config must match the controlled UNet's).
+        image: Control image, (B or 1, C, H, W) in [0, 1], `controlnet.cfg.downscale` (8) times
+            the latents' height and width; RGB unless the model says otherwise.
+        scale: Conditioning scale (diffusers' `controlnet_conditioning_scale`); 0 = no control.
+        start: Fraction of the sampling steps before which the control is off.
+        end: Fraction of the sampling steps after which the control is off.
+        guess_mode: Log-spaced per-block scales, conditional branch only (see module docstring).
+    """
+
+    controlnet: ControlNet
+    image: Tensor
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    guess_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(
+                f"control start={self.start}, end={self.end}: need 0 <= start <= end <= 1"
+            )
+        channels = self.controlnet.cfg.conditioning_channels
+        if self.image.ndim != 4 or self.image.shape[1] != channels:
+            raise ValueError(
+                f"control image of shape {tuple(self.image.shape)}: expected (B, {channels}, H, W)"
+            )
+
+    def active(self, step: Tensor, num_steps: int) -> Tensor:
+        """Whether the control acts at sampling steps `step` (B,) of `num_steps`; bool (B,)."""
+        i = step.double()
+        return ~((i / num_steps < self.start) | ((i + 1) / num_steps > self.end))  # diffusers
+
+
+class ControlDenoiser:
+    """ControlNet residuals for the inner denoiser's UNet, summed over any number of controls.
+
+    Args:
+        denoiser: The inner denoiser: a `DiscreteDenoiser` (`EpsDenoiser`, `VDenoiser`) whose
+            UNet takes `down_residuals` and `mid_residual`.
+        controls: The ControlNets with their images, scales, step windows and modes.
+        sigmas: The (n + 1,) sigmas the sampler runs (img2img: the sliced ones), for start / end.
+        cfg_batch: True when called by a guiding `CFGDenoiser`: the batch is `[uncond, cond]`
+            halves and guess-mode controls act on the second half only. `controlled_cfg` sets it.
+    """
+
+    def __init__(
+        self,
+        denoiser: DiscreteDenoiser,
+        controls: Sequence[Control],
+        sigmas: Tensor,
+        *,
+        cfg_batch: bool = False,
+    ) -> None:
+        if not isinstance(denoiser, DiscreteDenoiser):
+            raise TypeError(
+                f"ControlDenoiser wraps a DiscreteDenoiser (EpsDenoiser / VDenoiser), not "
+                f"{type(denoiser).__name__}: put CFG and inpainting outside it"
+            )
+        self.denoiser, self.controls, self.cfg_batch = denoiser, tuple(controls), cfg_batch
+        grid = sigmas[sigmas > 0].double()
+        if grid.numel() == 0 or grid.numel() < len(sigmas) - 1:
+            raise ValueError(f"sigmas {sigmas.tolist()}: need positive noise levels, then 0")
+        self.log_grid, self.num_steps = grid.log(), len(sigmas) - 1
+        self._hints: dict[tuple, Tensor] = {}  # memoised hint features (no-grad calls only)
+
+    def step_index(self, sigma: Tensor) -> Tensor:
+        """Sampling step (B,) of noise levels `sigma` (B,): nearest grid sigma in log-sigma."""
+        log_grid = self.log_grid.to(sigma.device)
+        distance = (sigma.double().log()[:, None] - log_grid[None]).abs()  # (B, n)
+        bias = torch.arange(len(log_grid), device=sigma.device) * 1e-6  # ties -> earlier step
+        return (distance + bias).argmin(dim=1)
+
+    def __call__(self, x: Tensor, sigma: Tensor, *, context: Tensor, **kwargs) -> Tensor:
+        """Denoised estimate of `x` (B, C, h, w) at `sigma` (B,) under control."""
+        sigma = torch.as_tensor(sigma, device=x.device)
+        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+        step = self.step_index(sigma)
+        model_in, t = self.denoiser.model_inputs(x, sigma)
+        down, mid = kwargs.pop("down_residuals", None), kwargs.pop("mid_residual", None)
+        for k, control in enumerate(self.controls):
+            active = control.active(step, self.num_steps)
+            if control.scale == 0 or not active.any():
+                continue  # exactly the uncontrolled call when nothing is active
+            scale = control.scale if active.all() else control.scale * active.to(x.dtype)
+            d, m = self._residuals(k, control, model_in, t, context, scale)
+            down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
+            mid = m if mid is None else mid + m
+        if down is not None:
+            kwargs = {**kwargs, "down_residuals": down, "mid_residual": mid}
+        return self.denoiser(x, sigma, context=context, **kwargs)
+
+    def _residuals(
+        self,
+        k: int,
+        control: Control,
+        model_in: Tensor,
+        t: Tensor,
+        context: Tensor,
+        scale: float | Tensor,
+    ) -> tuple[list[Tensor], Tensor]:
+        """One ControlNet's residuals; guess mode under CFG runs on the cond half only."""
+        cond_only = control.guess_mode and self.cfg_batch
+        if cond_only:
+            half = model_in.shape[0] // 2
+            model_in, t, context = model_in[half:], t[half:], context[half:]
+            scale = scale[half:] if isinstance(scale, Tensor) else scale
+        hint = self._hint(k, control, model_in)
+        dtype = control.controlnet.conv_in.weight.dtype  # may differ from the UNet's
+        down, mid = control.controlnet(
+            model_in.to(dtype),
+            t,
+            context.to(dtype),
+            hint=hint,
+            scale=scale,
+            guess_mode=control.guess_mode,
+        )
+        down, mid = [r.to(model_in.dtype) for r in down], mid.to(model_in.dtype)
+        if cond_only:  # zero residuals for the unconditional half (diffusers)
+            down = [torch.cat([torch.zeros_like(r), r]) for r in down]
+            mid = torch.cat([torch.zeros_like(mid), mid])
+        return down, mid
+
+    def _hint(self, k: int, control: Control, model_in: Tensor) -> Tensor:
+        """Hint features of the control image for a batch like `model_in` (memoised)."""
+        n, image = model_in.shape[0], control.image
+        if n % image.shape[0]:
+            raise ValueError(
+                f"control image batch {image.shape[0]} does not divide the model batch {n}"
+            )
+        key = (k, n, model_in.device, model_in.dtype)
+        if key in self._hints:
+            return self._hints[key]
+        image = image.to(model_in.device).repeat(n // image.shape[0], 1, 1, 1)  # [img, img] CFG
+        hint = control.controlnet.embed_hint(image)
+        if not torch.is_grad_enabled():
+            self._hints[key] = hint
+        return hint
+
+
+def controlled_cfg(
+    denoiser: DiscreteDenoiser,
+    controls: Sequence[Control],
+    sigmas: Tensor,
+    scale: float | Tensor = 7.5,
+    *,
+    rescale: float = 0.0,
+) -> CFGDenoiser:
+    """Classifier-free guidance over a ControlNet-controlled denoiser.
+
+    `CFGDenoiser(ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...), scale, rescale)`,
+    with `cfg_batch` set to whether CFG doubles the batch (every scale but the number 1).
+    """
+    doubled = not (isinstance(scale, (int, float)) and scale == 1)
+    inner = ControlDenoiser(denoiser, controls, sigmas, cfg_batch=doubled)
+    return CFGDenoiser(inner, scale, rescale=rescale)
