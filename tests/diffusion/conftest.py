@@ -38,3 +38,12 @@ def make_tiny_sd(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffu
 @pytest.fixture(scope="session")
 def tiny_sd() -> StableDiffusion:
     return make_tiny_sd()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,18 +11,16 @@ UNet), with the float32 references rounded to float16 values first: pilot loads 
 """
 
 import gc
-import json
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from sd_references import fill, hf_tokenizer, rel_err
 from transformers import CLIPTextConfig, CLIPTextModel
-from transformers import CLIPTokenizer as HFTokenizer
 
 import pilot
 from pilot.models.clip import CLIP_PRESETS
 from pilot.models.clip import CLIPTextConfig as PilotTextConfig
-from pilot.models.tokenizer import CLIPTokenizer
 from pilot.models.unet import UNET_PRESETS
 from pilot.models.vae import VAE_PRESETS
 from pilot.weights import sd_original
@@ -30,29 +28,6 @@ from pilot.weights.io import save_state_dict
 
 TOL = 1e-5
 PROMPTS = ["a red brick corridor, thick blue fog", "a cat"]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def fill(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Seeded random weights, exact in float16: U(+-1/sqrt(fan_in)) matrices, noisy norms/biases.
-
-    Biases and norm scales are not their constant init, so a swapped key would show.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                bound = p[0].numel() ** -0.5
-                value = torch.empty(p.shape).uniform_(-bound, bound, generator=g)
-            else:
-                value = torch.randn(p.shape, generator=g) * 0.05
-                if "norm" in name and name.endswith("weight"):
-                    value += 1
-            p.copy_(value.half())  # values a float16 file holds exactly
-    return model.eval()
 
 
 def reference_models(size: str, seed: int = 0, text_act: str | None = None) -> dict:
@@ -113,16 +88,6 @@ def assert_parity(ours: dict, reference: dict, label: str) -> dict:
     print(f"\n{label}: " + ", ".join(f"{k} {e:.2e}" for k, e in errors.items()))
     assert all(e <= TOL for e in errors.values()), errors
     return errors
-
-
-def hf_tokenizer(folder, pad_token: str) -> HFTokenizer:
-    """A transformers CLIPTokenizer over pilot's shipped CLIP vocabulary."""
-    tok = CLIPTokenizer.default()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(tok.vocab))
-    merges = sorted(tok.ranks, key=tok.ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
-    return HFTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token)
 
 
 def save_pipeline(models: dict, folder, *, prediction_type: str, pad_token: str, **save_kwargs):

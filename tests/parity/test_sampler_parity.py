@@ -19,26 +19,21 @@ diffusers quirks reproduced here (each is commented where it lives in pilot):
   trained range (DPM-Solver); with the default "linspace" spacing both are the full range.
 """
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
     UNet2DConditionModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
+from scheduler_cases import CASES, SD, Case, pilot_sigmas
 
 from pilot.diffusion import (
     SAMPLERS,
     BatchedNoise,
     CFGDenoiser,
     DiscreteSchedule,
-    get_sigmas_discrete,
-    get_sigmas_karras,
     make_denoiser,
     prior_std,
 )
@@ -48,7 +43,6 @@ SEEDS = (11, 22)  # two items, each with its own generator
 SHAPE = (len(SEEDS), 4, 8, 8)
 STEPS = 10
 CFG_SCALE = 7.5
-SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -112,58 +106,6 @@ def contexts() -> tuple[torch.Tensor, torch.Tensor]:
     return cond, uncond
 
 
-@dataclass
-class Case:
-    sampler: str
-    scheduler: type
-    config: dict = field(default_factory=dict)  # scheduler config on top of SD's betas
-    step_kwargs: dict = field(default_factory=dict)  # for scheduler.step
-    sampler_kwargs: dict = field(default_factory=dict)
-    karras: bool = False
-
-
-CASES = {
-    "ddim": Case("ddim", DDIMScheduler, dict(steps_offset=1, clip_sample=False)),
-    "ddim_sd_config": Case(
-        "ddim", DDIMScheduler, dict(steps_offset=1, clip_sample=False, set_alpha_to_one=False)
-    ),
-    "ddim_eta1_sd_config": Case(
-        "ddim",
-        DDIMScheduler,
-        dict(steps_offset=1, clip_sample=False, set_alpha_to_one=False),
-        step_kwargs=dict(eta=1.0),
-        sampler_kwargs=dict(eta=1.0),
-    ),
-    "euler_leading": Case(
-        "euler", EulerDiscreteScheduler, dict(timestep_spacing="leading", steps_offset=1)
-    ),
-    "euler_linspace": Case("euler", EulerDiscreteScheduler),
-    "euler_trailing": Case("euler", EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
-    "euler_karras": Case(
-        "euler", EulerDiscreteScheduler, dict(use_karras_sigmas=True), karras=True
-    ),
-    "euler_ancestral_leading": Case(
-        "euler_ancestral",
-        EulerAncestralDiscreteScheduler,
-        dict(timestep_spacing="leading", steps_offset=1),
-    ),
-    "euler_ancestral_linspace": Case("euler_ancestral", EulerAncestralDiscreteScheduler),
-    "dpmpp_2m": Case("dpmpp_2m", DPMSolverMultistepScheduler),
-    "dpmpp_2m_leading": Case(
-        "dpmpp_2m", DPMSolverMultistepScheduler, dict(timestep_spacing="leading", steps_offset=1)
-    ),
-    "dpmpp_2m_karras": Case(
-        "dpmpp_2m", DPMSolverMultistepScheduler, dict(use_karras_sigmas=True), karras=True
-    ),
-    "dpmpp_2m_sde_karras": Case(
-        "dpmpp_2m_sde",
-        DPMSolverMultistepScheduler,
-        dict(use_karras_sigmas=True, algorithm_type="sde-dpmsolver++"),
-        karras=True,
-    ),
-}
-
-
 def run_diffusers(case: Case, scheduler, unet, cond, uncond) -> torch.Tensor:
     """diffusers' StableDiffusionPipeline denoising loop, written out."""
     generators = [torch.Generator().manual_seed(s) for s in SEEDS]
@@ -180,31 +122,9 @@ def run_diffusers(case: Case, scheduler, unet, cond, uncond) -> torch.Tensor:
     return latents
 
 
-def pilot_sigmas(case: Case, scheduler, schedule: DiscreteSchedule) -> torch.Tensor:
-    cfg = scheduler.config
-    if case.karras:
-        if case.scheduler is DPMSolverMultistepScheduler:
-            lo, hi = schedule.sigma_min, schedule.sigma_max  # the full trained range
-        else:  # the end points of the spaced timesteps
-            spaced = get_sigmas_discrete(schedule, STEPS, cfg.timestep_spacing)
-            lo, hi = spaced[-2].item(), spaced[0].item()
-        return get_sigmas_karras(STEPS, lo, hi)
-    final = "zero"
-    if case.scheduler is DDIMScheduler and not cfg.set_alpha_to_one:
-        final = "sigma_min"
-    return get_sigmas_discrete(
-        schedule,
-        STEPS,
-        cfg.timestep_spacing,
-        steps_offset=cfg.steps_offset,
-        final=final,
-        dpm_solver_grid=case.scheduler is DPMSolverMultistepScheduler,
-    )
-
-
 def run_pilot(case: Case, scheduler, unet, cond, uncond, prediction_type: str) -> torch.Tensor:
     schedule = DiscreteSchedule.scaled_linear()
-    sigmas = pilot_sigmas(case, scheduler, schedule)
+    sigmas = pilot_sigmas(case, scheduler, schedule, STEPS)
     vp_prior = case.scheduler in (DDIMScheduler, DPMSolverMultistepScheduler) or (
         scheduler.config.timestep_spacing == "leading"
     )
