@@ -1,0 +1,201 @@
+"""Procedural plane renderer: exact ray casting of textured rectangles, vectorised over a batch.
+
+Every pixel's ray is intersected with every plane of its scene at once (three batched matmuls),
+the nearest hit wins, and the hit's plane coordinates drive the hatching and texture patterns of
+`pilot.scenes.materials`. One call renders a batch of scenes on any device and returns all passes:
+hatched line drawing, lit colour, fog, fogged image, metric z-depth, camera-space normals and the
+plane id of each pixel. Cameras follow `pilot.scenes.camera` (OpenCV axes, z-up metric world).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pilot.scenes import materials
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A batch of scenes made of double-sided rectangles, padded to the same plane count P.
+
+    Attributes:
+        center: (B, P, 3) rectangle centres, world metres.
+        u: (B, P, 3) unit in-plane axis (texture u); `v` is the second, orthogonal one.
+        v: (B, P, 3) unit in-plane axis (texture v).
+        half: (B, P, 2) half extents along u and v in metres.
+        material: (B, P, materials.N_FIELDS) material rows.
+        valid: (B, P) bool, False for padding planes.
+        light: (B, 3) unit direction towards the sun.
+        ambient: (B,) ambient light level in [0, 1].
+        fog_density: (B,) exponential fog density per metre of ray length.
+        fog_rgb: (B, 3) fog (and sky) colour in [0, 1].
+    """
+
+    center: Tensor
+    u: Tensor
+    v: Tensor
+    half: Tensor
+    material: Tensor
+    valid: Tensor
+    light: Tensor
+    ambient: Tensor
+    fog_density: Tensor
+    fog_rgb: Tensor
+
+    def to(self, device: torch.device | str) -> Scene:
+        """The same scenes on another device."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def normal(self) -> Tensor:
+        """(B, P, 3) unit plane normals u x v."""
+        return torch.linalg.cross(self.u, self.v)
+
+
+def stack_scenes(scenes: list[Scene]) -> Scene:
+    """Concatenate scenes along the batch, padding the plane axis with invalid planes."""
+    p_max = max(s.center.shape[1] for s in scenes)
+    out = {}
+    for f in fields(Scene):
+        parts = []
+        for s in scenes:
+            x = getattr(s, f.name)
+            if f.name in ("center", "u", "v", "half", "material", "valid"):
+                pad = [0, 0] * (x.dim() - 2) + [0, p_max - x.shape[1]]
+                x = F.pad(x, pad) if x.dtype != torch.bool else F.pad(x.int(), pad).bool()
+            parts.append(x)
+        out[f.name] = torch.cat(parts)
+    return Scene(**out)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Camera range limits and working-set size of the renderer."""
+
+    near: float = 0.05  # metres; hits closer than this along z are ignored
+    far: float = 1000.0  # metres; depth written where a ray hits nothing (sky)
+    chunk_rays: int = 2**16  # rays shaded together (all scenes of the batch)
+
+
+def pixel_rays(K: Tensor, c2w: Tensor, height: int, width: int) -> Tensor:
+    """World ray directions (B, H*W, 3) scaled so their camera-space z is 1.
+
+    A point at parameter s along such a ray has z-depth s. Pixel centres are integer coordinates.
+    """
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=K.dtype, device=K.device),
+        torch.arange(width, dtype=K.dtype, device=K.device),
+        indexing="ij",
+    )
+    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3)  # (1, HW, 3)
+    d_cam = pix @ torch.linalg.inv(K).transpose(1, 2)  # (B, HW, 3), z = 1
+    return d_cam @ c2w[:, :3, :3].transpose(1, 2)
+
+
+def intersect(scene: Scene, origin: Tensor, d: Tensor, near: float) -> dict[str, Tensor]:
+    """Nearest ray-rectangle hits. origin (B, 3), d (B, N, 3) -> per-ray tensors (B, N).
+
+    Returns `s` (ray parameter, inf on a miss), `index` (plane id), `u`, `v` (hit coordinates in
+    the plane, metres) and `dn` (d . normal, sign tells which side was hit). Work tensors are
+    laid out (B, P, N) so every plane's test runs over contiguous memory.
+    """
+    normal = scene.normal
+    P = normal.shape[1]
+    axes = torch.cat([normal, scene.u, scene.v], 1)  # (B, 3P, 3)
+    dn, du, dv = (axes @ d.transpose(1, 2)).split(P, 1)  # (B, P, N) each
+    oc = origin[:, None] - scene.center  # (B, P, 3)
+    on, ou, ov = (oc * normal).sum(-1), (oc * scene.u).sum(-1), (oc * scene.v).sum(-1)
+    half = torch.where(scene.valid[..., None], scene.half, -1.0)  # padding planes never hit
+    s = (-on)[..., None] / dn  # (B, P, N); NaN only for rays lying in a plane
+    pu = torch.addcmul(ou[..., None], s, du)
+    pv = torch.addcmul(ov[..., None], s, dv)
+    hit = s > near
+    hit &= pu.abs() <= half[..., 0, None]
+    hit &= pv.abs() <= half[..., 1, None]
+    s, index = torch.where(hit, s, torch.inf).min(1)  # (B, N)
+    pick = index[:, None]
+    out = {"s": s, "index": index}
+    for name, x in (("u", pu), ("v", pv), ("dn", dn)):
+        out[name] = x.gather(1, pick).squeeze(1)
+    return out
+
+
+def render(
+    scene: Scene,
+    K: Tensor,
+    c2w: Tensor,
+    height: int,
+    width: int,
+    cfg: RenderConfig = RenderConfig(),
+) -> dict[str, Tensor]:
+    """Ray-cast a batch of plane scenes and shade every pass.
+
+    Rays are processed in chunks of about `cfg.chunk_rays` (all scenes together) so the
+    (B, P, rays) work tensors stay in cache; the result does not depend on the chunking.
+
+    Args:
+        scene: B scenes (see `Scene`).
+        K: (B, 3, 3) intrinsics in pixels.
+        c2w: (B, 4, 4) camera-to-world poses, OpenCV axes.
+        height, width: image size in pixels.
+        cfg: near / far limits and chunk size.
+
+    Returns:
+        dict of (B, C, H, W) float tensors in [0, 1] unless stated: `hatched` (1, ink 0 on paper
+        1), `textured` (3, lit albedo without fog), `fog` (1, fog amount), `image` (3, textured
+        seen through the fog), `depth` (1, z-depth in metres, `cfg.far` on sky), `normals` (3,
+        camera-space unit normals facing the camera, 0 on sky), and `plane` (1, long, -1 on sky).
+    """
+    B = c2w.shape[0]
+    if K.shape != (B, 3, 3) or c2w.shape != (B, 4, 4) or scene.center.shape[0] != B:
+        raise ValueError(
+            f"render: K {tuple(K.shape)}, c2w {tuple(c2w.shape)} and {scene.center.shape[0]} "
+            f"scenes do not describe one batch"
+        )
+    d = pixel_rays(K, c2w, height, width)  # (B, HW, 3)
+    step = max(1, cfg.chunk_rays // B)
+    parts = [shade_rays(scene, K, c2w, d[:, i : i + step], cfg) for i in range(0, d.shape[1], step)]
+    passes = {k: torch.cat([p[k] for p in parts], 1) for k in parts[0]}
+    return {k: x.reshape(B, height, width, -1).permute(0, 3, 1, 2) for k, x in passes.items()}
+
+
+def shade_rays(
+    scene: Scene, K: Tensor, c2w: Tensor, d: Tensor, cfg: RenderConfig
+) -> dict[str, Tensor]:
+    """All passes of `render` for rays d (B, N, 3), as (B, N, C) tensors."""
+    B, N = d.shape[:2]
+    hit = intersect(scene, c2w[:, :3, 3], d, cfg.near)
+    sky = torch.isinf(hit["s"])  # (B, N)
+    s = torch.where(sky, cfg.far, hit["s"])
+    u, v = torch.where(sky, 0.0, hit["u"]), torch.where(sky, 0.0, hit["v"])
+    idx = hit["index"][..., None]
+    m = scene.material.gather(1, idx.expand(-1, -1, materials.N_FIELDS))  # (B, N, F)
+    n_w = scene.normal.gather(1, idx.expand(-1, -1, 3))  # (B, N, 3)
+    n_w = n_w * -torch.sign(hit["dn"])[..., None]  # face the camera
+    ray_len = d.norm(dim=-1)  # (B, N) metres of ray per metre of depth
+    cos_view = (hit["dn"].abs() / ray_len).nan_to_num(1.0)
+    footprint = s / K[:, 0, 0, None] / cos_view.clamp_min(0.05)  # metres per pixel on the surface
+
+    flat = (B * N, -1)
+    hatched = materials.hatch(u.flatten(), v.flatten(), m.reshape(flat), footprint.flatten())
+    colour = materials.albedo(u.flatten(), v.flatten(), m.reshape(flat), footprint.flatten())
+    lambert = (n_w * scene.light[:, None]).sum(-1).clamp_min(0)
+    amb = scene.ambient[:, None]
+    shade = amb + (1 - amb) * (0.7 * lambert + 0.3 * cos_view)  # sun plus a soft headlight
+    textured = colour.reshape(B, N, 3) * shade[..., None]
+    fog_rgb = scene.fog_rgb[:, None].expand(B, N, 3)
+    textured = torch.where(sky[..., None], fog_rgb, textured)
+    fog = torch.where(sky, 1.0, 1 - torch.exp(-scene.fog_density[:, None] * s * ray_len))
+    return {
+        "hatched": torch.where(sky, 1.0, hatched.reshape(B, N))[..., None],
+        "textured": textured,
+        "fog": fog[..., None],
+        "image": torch.lerp(textured, fog_rgb, fog[..., None]),
+        "depth": s[..., None],
+        "normals": (n_w @ c2w[:, :3, :3]) * ~sky[..., None],  # world -> camera: R^T n
+        "plane": torch.where(sky, -1, hit["index"])[..., None],
+    }

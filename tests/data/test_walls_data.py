@@ -1,0 +1,57 @@
+"""Walls pair data set: determinism by seed, item independence, writer manifest and reader."""
+
+import json
+
+import pytest
+import torch
+
+from pilot.data.walls import WallsFolder, render_pairs, write_pairs
+
+
+def test_same_seed_same_pairs_and_item_independent_of_batch():
+    a = render_pairs(4, 32, seed=7, batch=4)
+    b = render_pairs(4, 32, seed=7, batch=4)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # item 2 rendered alone, in another batch composition
+    c = render_pairs(1, 32, seed=7, start=2, batch=1)
+    assert torch.equal(c["c2w"][0], a["c2w"][2]) and torch.equal(c["layout"][0], a["layout"][2])
+    for k in ("hatched", "textured", "fog", "depth"):
+        assert (c[k][0] - a[k][2]).abs().mean() < 1e-4, k
+    d = render_pairs(4, 32, seed=8, batch=4)
+    assert not torch.equal(a["textured"], d["textured"])
+
+
+def test_shapes_and_ranges():
+    out = render_pairs(3, 40, seed=0)
+    assert out["hatched"].shape == (3, 1, 40, 40) and out["textured"].shape == (3, 3, 40, 40)
+    assert out["fog"].shape == (3, 1, 40, 40) and out["K"].shape == (3, 3, 3)
+    for k in ("hatched", "textured", "fog"):
+        assert 0 <= out[k].min() and out[k].max() <= 1, k
+    with pytest.raises(ValueError, match="unknown layouts"):
+        render_pairs(1, 32, seed=0, layout_names=["cave"])
+
+
+def test_writer_manifest_and_reader(tmp_path):
+    manifest = write_pairs(tmp_path, 5, 32, seed=3, passes=("hatched", "textured", "fog", "depth"))
+    meta = json.loads(manifest.read_text())
+    assert meta["count"] == 5 and len(meta["items"]) == 5 and meta["seed"] == 3
+    assert sorted(p.name for p in (tmp_path / "textured").iterdir())[0] == "000000.png"
+    ds = WallsFolder(tmp_path, passes=("hatched", "textured", "fog", "depth"))
+    item = ds[4]
+    assert item["hatched"].shape == (1, 32, 32) and item["textured"].shape == (3, 32, 32)
+    ref = render_pairs(1, 32, seed=3, start=4)
+    assert ((item["textured"] + 1) / 2 - ref["textured"][0]).abs().max() <= 1 / 255 + 1e-6
+    assert torch.allclose(item["depth"], ref["depth"][0], rtol=1e-5)
+    assert -1 <= item["fog"].min() and item["fog"].max() <= 1
+
+
+def test_reader_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        WallsFolder(tmp_path)
+    write_pairs(tmp_path, 2, 16, seed=0)
+    (tmp_path / "fog" / "000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="000001.png"):
+        WallsFolder(tmp_path)[1]
+    with pytest.raises(ValueError, match="depth"):
+        WallsFolder(tmp_path, passes=("hatched", "depth"))
