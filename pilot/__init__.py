@@ -15,12 +15,14 @@ _LAZY = {
     "load_tokenizer": "pilot.weights.loaders",
     "load_pipeline": "pilot.weights.loaders",
     "StableDiffusion": "pilot.weights.loaders",
+    "load_controlnet": "pilot.weights.controlnet_loader",
     "WeightsError": "pilot.weights.io",
 }
 __all__ = [
     "StableDiffusion",
     "WeightsError",
     "__version__",
+    "load_controlnet",
     "load_pipeline",
     "load_text_encoder",
     "load_tokenizer",
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from pilot.weights.controlnet_loader import load_controlnet
     from pilot.weights.io import WeightsError
     from pilot.weights.loaders import (
         StableDiffusion,
