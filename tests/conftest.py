@@ -1,7 +1,15 @@
-"""Shared test set-up: deterministic CPU threads, `gpu` marker skipped without CUDA."""
+"""Shared test set-up: `gpu` marker skipped without CUDA, seeded torch, a tiny random SD."""
+
+from dataclasses import replace
 
 import pytest
 import torch
+
+from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
+from pilot.models.tokenizer import CLIPTokenizer
+from pilot.models.unet import UNET_PRESETS, UNet
+from pilot.models.vae import VAE_PRESETS, AutoencoderKL
+from pilot.weights.loaders import StableDiffusion
 
 
 def pytest_collection_modifyitems(config, items):
@@ -16,3 +24,39 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def tiny_text_config():
+    """The tiny CLIP preset widened to the real 49408-token vocabulary."""
+    tok = CLIPTokenizer.default()
+    return replace(
+        CLIP_PRESETS["tiny"],
+        vocab_size=len(tok.vocab),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def make_tiny_sd(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusion:
+    torch.manual_seed(seed)
+    return StableDiffusion(
+        unet=UNet(UNET_PRESETS["tiny"]).eval(),
+        vae=AutoencoderKL(VAE_PRESETS["tiny"]).eval(),
+        text_encoder=CLIPTextModel(tiny_text_config()).eval(),
+        tokenizer=CLIPTokenizer.default(),
+        prediction_type=prediction_type,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sd() -> StableDiffusion:
+    return make_tiny_sd()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory, tiny_sd):
+    """`tiny_sd` written as a diffusers pipeline folder by `pilot.weights.save.save_pipeline`."""
+    from pilot.weights.save import save_pipeline
+
+    return save_pipeline(tiny_sd, tmp_path_factory.mktemp("models") / "tiny-sd")

@@ -1,0 +1,188 @@
+"""`pilot generate`: txt2img, img2img and inpainting from the command line.
+
+Each image is written as a PNG whose text chunk holds the generation parameters, both in the
+A1111 `parameters` format that image-sharing sites and front ends read and as pilot's own JSON
+(`pilot` key) from which the same image can be made again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def register(sub) -> None:
+    """Add `pilot generate` to the subparsers `sub`."""
+    p = sub.add_parser(
+        "generate",
+        help="txt2img / img2img / inpainting with a Stable Diffusion model",
+        description="Generate images; with --init, img2img; with --init and --mask, inpainting.",
+    )
+    p.add_argument("--model", required=True, help="diffusers folder, .safetensors/.ckpt, repo id")
+    p.add_argument("--prompt", required=True, help="prompt; A1111 emphasis like (fog:1.3) works")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from")
+    p.add_argument("--sampler", default="dpmpp_2m", help="sampler name (default dpmpp_2m)")
+    p.add_argument("--schedule", default="karras", help="sigma schedule name (default karras)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
+    p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
+    p.add_argument("--eta", type=float, default=None, help="noise of stochastic samplers")
+    p.add_argument("--clip-skip", type=int, default=0, help="text encoder layers to skip")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image (then +1 each)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default 512 or the init's)")
+    p.add_argument("--height", type=int, default=None, help="pixels (default 512 or the init's)")
+    p.add_argument("--init", type=Path, default=None, help="init image for img2img")
+    p.add_argument("--strength", type=float, default=0.75, help="img2img strength in [0, 1]")
+    p.add_argument("--mask", type=Path, default=None, help="inpainting mask, white = repaint")
+    p.add_argument("--vae-tile", type=int, default=None, help="VAE tile size in pixels")
+    p.add_argument("--device", default=None, help="torch device (default cuda if present)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
+    p.add_argument("--prediction-type", default=None, help="override: epsilon or v_prediction")
+    p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Load the model, generate `--batch` images, write PNGs, report."""
+    import torch
+    from tqdm import tqdm
+
+    import pilot
+    from pilot.diffusion.pipeline import Request, SamplingSettings, generate
+
+    settings = SamplingSettings(  # checks names before the (slow) model load
+        sampler=args.sampler,
+        schedule=args.schedule,
+        steps=args.steps,
+        cfg=args.cfg,
+        rescale=args.rescale,
+        eta=args.eta,
+        clip_skip=args.clip_skip,
+    )
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    init, mask = load_inputs(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    start = time.perf_counter()
+    sd = pilot.load_pipeline(
+        args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
+    )
+    seeds = [args.seed + i for i in range(args.batch)]
+    request = Request(
+        prompts=[args.prompt] * args.batch,
+        negative_prompts=[args.negative_prompt] * args.batch,
+        seeds=seeds,
+        width=args.width or 512,
+        height=args.height or 512,
+        init_images=None if init is None else init.expand(args.batch, -1, -1, -1),
+        strength=args.strength if init is not None else 1.0,
+        mask=mask,
+    )
+    steps = settings.steps if init is None else int(settings.steps * request.strength)
+    with tqdm(total=steps, desc="sampling", unit="step") as bar:
+        images = generate(
+            sd, request, settings, vae_tile=args.vae_tile, callback=lambda _: bar.update()
+        )
+    paths = write_outputs(args, request, settings, images, seeds)
+    summary = {
+        "images": [str(p) for p in paths],
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "parameters": parameters(args, request, settings),
+    }
+    print(json.dumps(summary, indent=2) if args.json else "\n".join(summary["images"]))
+    return 0
+
+
+def load_inputs(args: argparse.Namespace):
+    """Init image (1, 3, H, W) and mask (1, 1, H, W) in [0, 1], resized to --width/--height."""
+    import torch.nn.functional as F
+
+    from pilot.imageio import read_image
+
+    if args.mask is not None and args.init is None:
+        raise ValueError("--mask needs --init (the image to inpaint)")
+    if args.init is None:
+        return None, None
+    init = read_image(args.init)[None]  # (1, 3, H, W)
+    size = (args.height or init.shape[-2], args.width or init.shape[-1])
+    if size != tuple(init.shape[-2:]):
+        init = F.interpolate(init, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    if args.mask is None:
+        return init, None
+    mask = read_image(args.mask, mode="L")[None]  # (1, 1, h, w)
+    if mask.shape[-2:] != init.shape[-2:] and args.width is None and args.height is None:
+        raise ValueError(
+            f"{args.mask}: mask is {mask.shape[-1]}x{mask.shape[-2]} but {args.init} is "
+            f"{init.shape[-1]}x{init.shape[-2]} (WxH); pass --width/--height to resize both"
+        )
+    return init, F.interpolate(mask, size=size, mode="bilinear", antialias=True)
+
+
+def parameters(args: argparse.Namespace, request, settings) -> dict:
+    """Everything needed to make the images again."""
+    params = {
+        "model": str(args.model),
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        **vars(settings),
+        "seed": args.seed,
+        "batch": args.batch,
+        "width": request.width,
+        "height": request.height,
+    }
+    if args.init is not None:
+        params.update(init=str(args.init), strength=request.strength)
+    if args.mask is not None:
+        params["mask"] = str(args.mask)
+    return params
+
+
+def a1111_parameters(params: dict, seed: int) -> str:
+    """The `parameters` text A1111 writes (prompt, negative prompt, then a settings line)."""
+    line = [
+        f"Steps: {params['steps']}",
+        f"Sampler: {params['sampler']}",
+        f"Schedule type: {params['schedule']}",
+        f"CFG scale: {params['cfg']}",
+        f"Seed: {seed}",
+        f"Size: {params['width']}x{params['height']}",
+        f"Model: {Path(params['model']).name}",
+    ]
+    if "strength" in params:
+        line.append(f"Denoising strength: {params['strength']}")
+    if params["clip_skip"]:
+        line.append(f"Clip skip: {params['clip_skip'] + 1}")
+    text = params["prompt"]
+    if params["negative_prompt"]:
+        text += f"\nNegative prompt: {params['negative_prompt']}"
+    return text + "\n" + ", ".join(line)
+
+
+def write_outputs(args, request, settings, images, seeds) -> list[Path]:
+    """One PNG per image, `NNNNN-SEED.png`, numbered after what the folder already holds."""
+    from pilot.imageio import write_png
+
+    params = parameters(args, request, settings)
+    taken = [int(m.group(1)) for p in args.out.glob("*.png") if (m := _NAME.match(p.name))]
+    first = max(taken, default=-1) + 1
+    paths = []
+    for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+        text = {
+            "parameters": a1111_parameters(params, seed),
+            "pilot": json.dumps({**params, "seed": seed, "batch": 1}),
+        }
+        paths.append(write_png(args.out / f"{first + i:05d}-{seed}.png", image, text))
+    return paths
+
+
+_NAME = re.compile(r"^(\d{5,})-")

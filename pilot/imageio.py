@@ -1,0 +1,86 @@
+"""Image files: reading to tensors, atomic writes, PNG text chunks (generation parameters).
+
+Every writer goes through `atomic_output`: data lands in a temporary file next to the target and
+is `os.replace`d onto it, so a crash never leaves a half-written image behind a finished name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+from torch import Tensor
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path next to `path`, moved onto `path` when the block ends without error.
+
+    The parent folder is created; on error the temporary file is removed and `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB") -> Tensor:
+    """An image file as float (C, H, W) in [0, 1]; `mode` "RGB" (C = 3) or "L" (C = 1).
+
+    Grey, palette and RGBA files are converted (alpha dropped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable image (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode))
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    array = array[..., None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, C) uint8 (C = 1 gives (H, W))."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    array = array.permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def write_png(
+    path: str | os.PathLike, image: Tensor, text: Mapping[str, str] | None = None
+) -> Path:
+    """Write (C, H, W) in [0, 1] (C = 1 or 3) as a PNG, atomically, with optional text chunks.
+
+    Text chunks are how Stable Diffusion front ends share settings: A1111 and ComfyUI read a
+    `parameters` key.
+    """
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    with atomic_output(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """The text chunks of a PNG file."""
+    with Image.open(path) as image:
+        return dict(getattr(image, "text", {}))
