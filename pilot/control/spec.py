@@ -1,0 +1,150 @@
+"""`KIND:IMAGE[:SCALE[:START:END]]` control arguments and the image preprocessors they name.
+
+`parse_control_arg("depth:shot/0001.png:0.8:0:0.6")` gives a `ControlSpec`; `spec.control_image()`
+reads the picture and runs the kind's preprocessor, giving the (1, 3, H, W) tensor in [0, 1]
+that `pilot.diffusion.control.Control` takes. Kinds (`PREPROCESSORS`):
+
+- `canny`, `softedge`, `lineart`: edges of a photo or render (`pilot.control.edges`);
+- `depth`: the picture is a depth map, near bright (as pilot and the ControlNet annotators save
+  them); it is used as it is, made grey;
+- `normal`: the picture is a normal map in the 1.1 normalbae colours, used as it is;
+- `hatch`: the picture is a near-bright depth map; normals come from it (`normals_from_depth`
+  with a 50 degree horizontal field of view) and `pilot.control.hatching.hatch` draws it;
+- `image`: the picture is already a control image.
+
+Scene passes (metric depth, normal passes) go through `depth_to_control`, `normals_to_control`
+and `hatch` directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pilot.control.depth import normals_from_depth
+from pilot.control.edges import canny, line_art, luma, soft_edges
+from pilot.control.hatching import hatch
+
+
+def _grey(image: Tensor) -> Tensor:
+    return luma(image).expand(-1, 3, -1, -1).contiguous()
+
+
+def _hatch_from_depth_image(image: Tensor, fov_x_deg: float = 50.0) -> Tensor:
+    """Hatching from a near-bright depth picture: depth = 1 / (0.05 + brightness), 50 deg fov."""
+    depth = 1 / (0.05 + luma(image).float())
+    W = image.shape[-1]
+    f = W / 2 / math.tan(math.radians(fov_x_deg) / 2)
+    K = torch.tensor([[f, 0, (W - 1) / 2], [0, f, (image.shape[-2] - 1) / 2], [0, 0, 1.0]])
+    return hatch(depth, normals_from_depth(depth, K)).to(image.dtype)
+
+
+PREPROCESSORS: dict[str, Callable[[Tensor], Tensor]] = {
+    "canny": canny,
+    "softedge": soft_edges,
+    "lineart": line_art,
+    "depth": _grey,
+    "normal": lambda image: image,
+    "hatch": _hatch_from_depth_image,
+    "image": lambda image: image,
+}
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One parsed `--control KIND:IMAGE[:SCALE[:START:END]]`.
+
+    Attributes:
+        kind: A `PREPROCESSORS` key.
+        image: Path of the picture.
+        scale: Conditioning scale (default 1).
+        start: Fraction of the sampling steps where the control starts (default 0).
+        end: Fraction where it ends (default 1).
+    """
+
+    kind: str
+    image: Path
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PREPROCESSORS:
+            raise ValueError(
+                f"unknown control kind {self.kind!r}; valid: {', '.join(PREPROCESSORS)}"
+            )
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(
+                f"control start={self.start}, end={self.end}: need 0 <= start <= end <= 1"
+            )
+
+    def control_image(self, size: tuple[int, int] | None = None) -> Tensor:
+        """The preprocessed control image (1, 3, H, W) in [0, 1].
+
+        Args:
+            size: (height, width) to resize the picture to first (the generated image's size).
+        """
+        return PREPROCESSORS[self.kind](read_image(self.image, size))
+
+
+def parse_control_arg(text: str) -> ControlSpec:
+    """Parse `KIND:IMAGE[:SCALE[:START:END]]`, e.g. `depth:img.png:0.8:0:1`.
+
+    The image path may itself contain colons (`C:/x.png`, `a:b.png`): trailing numeric fields
+    are taken from the right, the kind is everything before the first colon.
+
+    Raises:
+        ValueError: naming the argument and what is wrong with it.
+    """
+    kind, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"--control {text!r}: expected KIND:IMAGE[:SCALE[:START:END]]")
+    parts = rest.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 3 and _is_number(parts[-1]):
+        numbers.insert(0, float(parts.pop()))
+    if len(numbers) == 2:  # IMAGE:SCALE:START without END is ambiguous: refuse it
+        raise ValueError(f"--control {text!r}: give SCALE, or SCALE:START:END")
+    scale, start, end = [*numbers, 0.0, 1.0] if len(numbers) == 1 else numbers or [1.0, 0.0, 1.0]
+    try:
+        return ControlSpec(kind, Path(":".join(parts)), scale, start, end)
+    except ValueError as e:
+        raise ValueError(f"--control {text!r}: {e}") from e
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
+    """Read a picture as (1, 3, H, W) float32 RGB in [0, 1], optionally resized (bicubic).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such control image")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+            pixels = data.reshape(im.size[1], im.size[0], 3)
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{path}: not a readable image: {e}") from e
+    return pixels.permute(2, 0, 1)[None].float() / 255

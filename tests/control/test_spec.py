@@ -1,0 +1,64 @@
+"""`KIND:IMAGE[:SCALE[:START:END]]` parsing and control images read from files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pilot.control import PREPROCESSORS, ControlSpec, parse_control_arg, read_image
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("depth:img.png", ("depth", "img.png", 1.0, 0.0, 1.0)),
+        ("canny:img.png:0.8", ("canny", "img.png", 0.8, 0.0, 1.0)),
+        ("depth:img.png:0.8:0:1", ("depth", "img.png", 0.8, 0.0, 1.0)),
+        ("hatch:shots/a:b.png:1.2:0.1:0.6", ("hatch", "shots/a:b.png", 1.2, 0.1, 0.6)),
+        ("normal:C:/frames/0001.png:0.5", ("normal", "C:/frames/0001.png", 0.5, 0.0, 1.0)),
+    ],
+)
+def test_parse_control_arg(text, expected):
+    spec = parse_control_arg(text)
+    assert (spec.kind, str(spec.image), spec.scale, spec.start, spec.end) == (
+        expected[0],
+        str(Path(expected[1])),
+        *expected[2:],
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("depth", "expected KIND:IMAGE"),
+        ("depth:", "expected KIND:IMAGE"),
+        ("blur:img.png", "unknown control kind 'blur'"),
+        ("depth:img.png:0.8:0.2", "give SCALE, or SCALE:START:END"),
+        ("depth:img.png:1:0.7:0.2", "start=0.7, end=0.2"),
+    ],
+)
+def test_parse_control_arg_errors_name_the_argument(text, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_control_arg(text)
+    assert repr(text) in str(info.value)
+
+
+def test_control_image_reads_resizes_and_preprocesses(tmp_path):
+    pixels = torch.zeros(40, 48, 3, dtype=torch.uint8)
+    pixels[10:30, 12:36] = 255
+    path = tmp_path / "square.png"
+    Image.fromarray(pixels.numpy()).save(path)
+    image = read_image(path)
+    assert image.shape == (1, 3, 40, 48) and image.max() == 1 and image.min() == 0
+    assert read_image(path, (32, 24)).shape == (1, 3, 32, 24)
+    for kind in PREPROCESSORS:
+        control = ControlSpec(kind, path).control_image((32, 32))
+        assert control.shape == (1, 3, 32, 32) and 0 <= control.min() <= control.max() <= 1
+    edges = ControlSpec("canny", path).control_image()
+    assert edges[0, 0, 20, 24] == 0 and edges[0, 0].sum() > 0
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError, match="bad.png: not a readable image"):
+        read_image(tmp_path / "bad.png")
