@@ -1,0 +1,168 @@
+"""Multi-view geometry of shots: reprojection flow from depth, occlusion tests, flow warping.
+
+Conventions (see `pilot.scenes.camera`): OpenCV camera axes, camera-to-world poses, z-depth in
+metres, pixel centres at integer coordinates. A flow field `flow_ij` (B, 2, H, W) holds, for
+every pixel p of frame i, the displacement (dx, dy) in pixels to where the same surface point
+appears in frame j: p_j = p + flow_ij(p). `warp(image_j, flow_ij)` therefore pulls frame j's
+pixels into frame i's layout (backward warping), the operation the animation code uses to carry
+the previous frame forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pixel_grid(height: int, width: int, like: Tensor) -> Tensor:
+    """Pixel centre coordinates (1, 2, H, W): channel 0 = x (column), 1 = y (row)."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=like.dtype, device=like.device),
+        torch.arange(width, dtype=like.dtype, device=like.device),
+        indexing="ij",
+    )
+    return torch.stack([xs, ys])[None]
+
+
+def _check(depth: Tensor, K: Tensor, c2w: Tensor, name: str) -> None:
+    B = depth.shape[0]
+    if depth.dim() != 4 or depth.shape[1] != 1:
+        raise ValueError(f"{name}: depth must be (B, 1, H, W), got {tuple(depth.shape)}")
+    if K.shape != (B, 3, 3) or c2w.shape != (B, 4, 4):
+        raise ValueError(
+            f"{name}: K {tuple(K.shape)} / c2w {tuple(c2w.shape)} must be ({B}, 3, 3) / ({B}, 4, 4)"
+        )
+
+
+def rigid_inverse(c2w: Tensor) -> Tensor:
+    """World-to-camera matrices (B, 4, 4) of rigid poses: [R^T, -R^T t]."""
+    R, t = c2w[:, :3, :3], c2w[:, :3, 3:]
+    w2c = torch.zeros_like(c2w)
+    w2c[:, :3, :3] = R.transpose(1, 2)
+    w2c[:, :3, 3:] = -R.transpose(1, 2) @ t
+    w2c[:, 3, 3] = 1.0
+    return w2c
+
+
+def backproject(depth: Tensor, K: Tensor) -> Tensor:
+    """Camera-space points (B, 3, H, W) of every pixel: z-depth times K^-1 [x, y, 1]."""
+    B, _, H, W = depth.shape
+    pix = pixel_grid(H, W, depth).expand(B, -1, -1, -1)
+    ones = torch.ones_like(depth)
+    rays = torch.linalg.inv(K) @ torch.cat([pix, ones], 1).flatten(2)  # (B, 3, HW), z = 1
+    return rays.view(B, 3, H, W) * depth
+
+
+def reproject(
+    depth_i: Tensor, K_i: Tensor, c2w_i: Tensor, K_j: Tensor, c2w_j: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Where frame i's pixels land in camera j: coords (B, 2, H, W) and z-depth in j (B, 1, H, W).
+
+    Points behind camera j (z <= 0) get coordinates far outside the image.
+    """
+    _check(depth_i, K_i, c2w_i, "frame i")
+    _check(depth_i, K_j, c2w_j, "frame j")
+    B, _, H, W = depth_i.shape
+    p_i = backproject(depth_i, K_i).flatten(2)  # (B, 3, HW)
+    T = rigid_inverse(c2w_j) @ c2w_i  # camera i -> camera j
+    p_j = T[:, :3, :3] @ p_i + T[:, :3, 3:]  # (B, 3, HW)
+    z = p_j[:, 2:]
+    uv = (K_j @ p_j)[:, :2] / torch.where(z > 1e-9, z, 1e-9)
+    uv = torch.where(z > 1e-9, uv, torch.full_like(uv, -1e9))
+    return uv.view(B, 2, H, W), z.view(B, 1, H, W)
+
+
+def reprojection_flow(
+    depth_i: Tensor, K_i: Tensor, c2w_i: Tensor, K_j: Tensor, c2w_j: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Optical flow i -> j (B, 2, H, W) in pixels induced by camera motion over static geometry.
+
+    Returns the flow and the z-depth of frame i's points seen from camera j (B, 1, H, W).
+    """
+    uv, z = reproject(depth_i, K_i, c2w_i, K_j, c2w_j)
+    return uv - pixel_grid(*depth_i.shape[2:], depth_i), z
+
+
+def warp(
+    image: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str = "border"
+) -> Tensor:
+    """Backward warp: out[..., y, x] = image[..., y + flow_y, x + flow_x] (grid_sample).
+
+    Args:
+        image: (B, C, H, W) frame j.
+        flow: (B, 2, H, W) flow i -> j in pixels.
+        mode: grid_sample interpolation, "bilinear", "nearest" or "bicubic".
+        padding_mode: grid_sample padding for samples outside frame j.
+
+    Returns:
+        (B, C, H, W) frame j resampled onto frame i's pixels.
+    """
+    if flow.dim() != 4 or flow.shape[1] != 2 or flow.shape[2:] != image.shape[2:]:
+        raise ValueError(
+            f"warp: flow {tuple(flow.shape)} must be (B, 2, H, W) matching image "
+            f"{tuple(image.shape)}"
+        )
+    H, W = image.shape[2:]
+    coords = pixel_grid(H, W, flow) + flow.to(image.dtype)  # (B, 2, H, W)
+    scale = torch.tensor([max(W - 1, 1), max(H - 1, 1)], dtype=coords.dtype, device=coords.device)
+    grid = (2 * coords / scale[None, :, None, None] - 1).permute(0, 2, 3, 1)  # (B, H, W, 2)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def visibility(
+    flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 0.01, stencil_tol: float = 0.05
+) -> Tensor:
+    """Depth test: True (B, 1, H, W) where frame i's pixel is seen in frame j.
+
+    A pixel is visible when it lands inside frame j, in front of camera j, its depth in camera j
+    agrees with frame j's bilinear depth there within `rel_tol` (relative), and each of the four
+    pixels of that bilinear stencil is within `stencil_tol`. The first test finds occlusion; the
+    second rejects stencils that straddle two surfaces, whose blended depth can pass the first
+    test by chance while the flow sampled there is a blend of two motions. Very grazing surfaces
+    (depth changing by more than `stencil_tol` per pixel) are rejected too: conservative.
+    """
+    H, W = depth_j.shape[2:]
+    grid = pixel_grid(H, W, flow_ij)
+    uv = grid + flow_ij
+    inside = (uv[:, :1] >= 0) & (uv[:, :1] <= W - 1) & (uv[:, 1:] >= 0) & (uv[:, 1:] <= H - 1)
+    seen = warp(depth_j, flow_ij)
+    padded = F.pad(depth_j, (0, 1, 0, 1), mode="replicate")
+    d_max = F.max_pool2d(padded, 2, stride=1)  # (B, 1, H, W): max over pixels [y, y+1]x[x, x+1]
+    d_min = -F.max_pool2d(-padded, 2, stride=1)
+    corner = uv.clamp(min=0).floor() - grid  # flow to the stencil's top-left pixel
+    d_max, d_min = warp(d_max, corner, mode="nearest"), warp(d_min, corner, mode="nearest")
+    agree = (z_ij - seen).abs() <= rel_tol * z_ij
+    stencil = (d_max - z_ij <= stencil_tol * z_ij) & (z_ij - d_min <= stencil_tol * z_ij)
+    return inside & (z_ij > 0) & agree & stencil
+
+
+def forward_backward_error(flow_ij: Tensor, flow_ji: Tensor) -> Tensor:
+    """Round-trip error (B, 1, H, W) in pixels: |flow_ij(p) + flow_ji(p + flow_ij(p))|."""
+    return (flow_ij + warp(flow_ji, flow_ij)).norm(dim=1, keepdim=True)
+
+
+def flow_pair(
+    depth_i: Tensor,
+    depth_j: Tensor,
+    K_i: Tensor,
+    c2w_i: Tensor,
+    K_j: Tensor,
+    c2w_j: Tensor,
+    rel_tol: float = 0.01,
+    stencil_tol: float = 0.05,
+) -> dict[str, Tensor]:
+    """Forward and backward reprojection flow between two frames with their visibility masks.
+
+    Returns:
+        `flow_ij`, `flow_ji` (B, 2, H, W) and `visible_ij` (frame i pixels seen in j; False =
+        occluded or out of view), `visible_ji` (frame j pixels seen in i; False = disoccluded).
+    """
+    flow_ij, z_ij = reprojection_flow(depth_i, K_i, c2w_i, K_j, c2w_j)
+    flow_ji, z_ji = reprojection_flow(depth_j, K_j, c2w_j, K_i, c2w_i)
+    return {
+        "flow_ij": flow_ij,
+        "flow_ji": flow_ji,
+        "visible_ij": visibility(flow_ij, z_ij, depth_j, rel_tol, stencil_tol),
+        "visible_ji": visibility(flow_ji, z_ji, depth_i, rel_tol, stencil_tol),
+    }

@@ -1,0 +1,69 @@
+"""Procedural shots: a random corridor fly-through rendered and written as a shot folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pilot.scenes.geometry import reprojection_flow
+from pilot.scenes.layouts import fly_through
+from pilot.scenes.render import RenderConfig, render, stack_scenes
+from pilot.scenes.shot import ShotWriter
+
+
+def motion_from_depth(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
+    """Motion pass (N, 4, H, W) of a static scene: flow to previous frame, then to next frame.
+
+    The first frame's previous and the last frame's next are the frame itself (zero flow), as
+    Blender does for a camera that holds still outside its keys.
+    """
+    prev = torch.cat([torch.arange(1), torch.arange(len(depth) - 1)])
+    nxt = torch.cat([torch.arange(1, len(depth)), torch.tensor([len(depth) - 1])])
+    to_prev, _ = reprojection_flow(depth, K, c2w, K[prev], c2w[prev])
+    to_next, _ = reprojection_flow(depth, K, c2w, K[nxt], c2w[nxt])
+    return torch.cat([to_prev, to_next], 1)
+
+
+def fly_through_shot(
+    root: str | Path,
+    seed: int = 0,
+    n_frames: int = 24,
+    width: int = 256,
+    height: int = 256,
+    fps: float = 24.0,
+    batch: int = 8,
+) -> Path:
+    """Render a corridor fly-through (`layouts.fly_through`) and write it as a shot.
+
+    Passes: depth, camera-space normals, motion (from depth and poses, exact for this static
+    scene) and the fogged colour image. Returns the path of shot.json.
+    """
+    if n_frames < 2:
+        raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
+    scene, path = fly_through(np.random.default_rng(seed))
+    c2w = path.poses(n_frames)  # (N, 4, 4)
+    K = path.intrinsics(width, height).expand(n_frames, 3, 3).contiguous()
+    cfg = RenderConfig()
+    parts = []
+    for lo in range(0, n_frames, batch):
+        hi = min(lo + batch, n_frames)
+        parts.append(render(stack_scenes([scene] * (hi - lo)), K[lo:hi], c2w[lo:hi], height, width))
+    out = {k: torch.cat([p[k] for p in parts]) for k in ("image", "depth", "normals")}
+    motion = motion_from_depth(out["depth"], K, c2w)
+    provenance = {"source": "pilot.scenes.procedural.fly_through_shot", "seed": seed}
+    writer = ShotWriter(root, width, height, fps=fps, far=cfg.far, provenance=provenance)
+    image = (out["image"].clamp(0, 1) * 255).round().to(torch.uint8)
+    for k in range(n_frames):
+        writer.add(
+            K[k].numpy(),
+            c2w[k].numpy(),
+            out["depth"][k, 0].numpy(),
+            normals=out["normals"][k].permute(1, 2, 0).numpy(),
+            motion=motion[k].permute(1, 2, 0).numpy(),
+            image=image[k].permute(1, 2, 0).numpy(),
+            source_frame=k,
+        )
+    return writer.close()

@@ -1,0 +1,259 @@
+"""Shot folders: the passes and cameras of one camera move, frame by frame, on disk.
+
+A shot is a folder (format "pilot-shot", version 1)::
+
+    shot.json              metadata and cameras (below); written last, so it marks a complete shot
+    depth/000000.npy       float32 (H, W): z-depth in metres (distance along the camera's +z axis,
+                           not along the ray); finite and > 0; pixels with no surface hold `far`
+    normals/000000.npy     optional float32 (H, W, 3): unit normals in CAMERA space (OpenCV axes),
+                           facing the camera; (0, 0, 0) where there is no surface
+    motion/000000.npy      optional float32 (H, W, 4): flow to the previous frame (dx, dy) then to
+                           the next frame (dx, dy), pixels, x right, y down: p_prev = p + m[..., :2]
+    image/000000.png       optional 8-bit sRGB RGB
+
+Files are numbered by position in the shot (0, 1, ...); `frames[k]["source_frame"]` keeps the
+frame number of the source (e.g. Blender's). Float passes are .npy: lossless, no EXR codec needed.
+
+shot.json::
+
+    {"format": "pilot-shot", "version": 1, "width": W, "height": H, "fps": 24.0,
+     "units": "metres", "far": 1000.0, "passes": ["depth", "normals", ...],
+     "conventions": {...},                  # the axis and pixel conventions, spelled out
+     "provenance": {"source": "blender", ...},
+     "frames": [{"source_frame": 1, "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],
+                 "c2w": 4x4 camera-to-world, OpenCV camera axes (x right, y down, z forward),
+                 world right-handed z-up metres}, ...]}
+
+Pixel centres are integer coordinates (top-left pixel centre = (0, 0)). This module imports only
+numpy at load time so the Blender bridge can write shots from Blender's own Python; reading
+returns torch tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT, VERSION = "pilot-shot", 1
+PASSES = ("depth", "normals", "motion", "image")  # depth is required
+CHANNELS = {"depth": 1, "normals": 3, "motion": 4, "image": 3}
+CONVENTIONS = {
+    "camera": "OpenCV: x right, y down, z forward; c2w maps camera to world coordinates",
+    "world": "right-handed, z up, metres",
+    "pixels": "centre of the top-left pixel is (0, 0); x right, y down",
+    "depth": "z-depth along the camera z axis in metres; `far` where nothing was hit",
+    "normals": "camera space, unit, facing the camera; zero where nothing was hit",
+    "motion": "(dx, dy) to previous frame, (dx, dy) to next frame, pixels, y down",
+}
+
+
+def _save_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """8-bit RGB PNG encoding of a uint8 (H, W, 3) array, numpy + zlib only (PNG spec, 2003)."""
+    h, w = rgb.shape[:2]
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], 1).tobytes()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        body = tag + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    head = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", head)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + (chunk(b"IEND", b""))
+    )
+
+
+def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
+    """ValueError naming `where` unless K is a valid pinhole matrix and c2w a rigid pose."""
+    K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    if K.shape != (3, 3) or c2w.shape != (4, 4):
+        raise ValueError(f"{where}: K must be 3x3 and c2w 4x4, got {K.shape} and {c2w.shape}")
+    if not (np.isfinite(K).all() and np.isfinite(c2w).all()):
+        raise ValueError(f"{where}: camera matrices contain NaN or inf")
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]) or K[1, 0] != 0:
+        raise ValueError(f"{where}: K is not an invertible pinhole matrix: {K.tolist()}")
+    R = c2w[:3, :3]
+    if not np.allclose(c2w[3], [0, 0, 0, 1]) or not np.allclose(R.T @ R, np.eye(3), atol=1e-4):
+        raise ValueError(f"{where}: c2w is not an invertible rigid pose (rotation + translation)")
+    if np.linalg.det(R) < 0:
+        raise ValueError(f"{where}: c2w rotation is a reflection (det < 0)")
+
+
+class ShotWriter:
+    """Write a shot frame by frame (numpy arrays); `close()` writes shot.json.
+
+    Args:
+        root: output folder (created).
+        width, height: resolution in pixels.
+        fps: frames per second of the move.
+        far: depth stored where nothing was hit.
+        provenance: free-form description of the source, stored in shot.json.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        width: int,
+        height: int,
+        fps: float = 24.0,
+        far: float = 1000.0,
+        provenance: dict[str, Any] | None = None,
+    ):
+        self.root, self.width, self.height = Path(root), width, height
+        self.meta = {"fps": float(fps), "far": float(far), "provenance": provenance or {}}
+        self.frames: list[dict[str, Any]] = []
+        self.passes: list[str] | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add(
+        self,
+        K: np.ndarray,
+        c2w: np.ndarray,
+        depth: np.ndarray,
+        *,
+        normals: np.ndarray | None = None,
+        motion: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        source_frame: int | None = None,
+    ) -> None:
+        """Append one frame. Arrays are (H, W[, C]); image is uint8 RGB; passes as documented."""
+        k = len(self.frames)
+        check_camera(K, c2w, f"frame {k}")
+        arrays = {"depth": depth, "normals": normals, "motion": motion, "image": image}
+        given = [p for p in PASSES if arrays[p] is not None]
+        if self.passes is None:
+            self.passes = given
+        elif given != self.passes:
+            raise ValueError(f"frame {k}: passes {given} differ from frame 0's {self.passes}")
+        for p in given:
+            a = np.asarray(arrays[p])
+            want = (self.height, self.width) + ((CHANNELS[p],) if p != "depth" else ())
+            if a.shape != want:
+                raise ValueError(f"frame {k}: {p} has shape {a.shape}, expected {want}")
+            (self.root / p).mkdir(exist_ok=True)
+            if p == "image":
+                _save_atomic(self.root / p / f"{k:06d}.png", png_bytes(a.astype(np.uint8)))
+            else:
+                f = io.BytesIO()
+                np.save(f, a.astype(np.float32))
+                _save_atomic(self.root / p / f"{k:06d}.npy", f.getvalue())
+        src = k if source_frame is None else int(source_frame)
+        cam = {"K": np.asarray(K).tolist(), "c2w": np.asarray(c2w).tolist()}
+        self.frames.append({"source_frame": src, **cam})
+
+    def close(self) -> Path:
+        """Write shot.json (atomically) and return its path."""
+        if not self.frames:
+            raise ValueError(f"{self.root}: a shot needs at least one frame")
+        meta = {"format": FORMAT, "version": VERSION, "width": self.width, "height": self.height}
+        meta.update(self.meta, units="metres", passes=self.passes, conventions=CONVENTIONS)
+        meta["frames"] = self.frames
+        path = self.root / "shot.json"
+        _save_atomic(path, json.dumps(meta, indent=1).encode())
+        return path
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a shot as torch tensors (channels first); absent passes are None."""
+
+    index: int
+    K: Any  # (3, 3) float32
+    c2w: Any  # (4, 4) float32
+    depth: Any  # (1, H, W) metres
+    normals: Any = None  # (3, H, W)
+    motion: Any = None  # (4, H, W) pixels
+    image: Any = None  # (3, H, W) in [0, 1]
+
+
+class Shot:
+    """A shot folder opened for reading: metadata now, frame files when asked for.
+
+    Opening checks shot.json (keys, resolution, every camera) and that every frame's files
+    exist; `shot[k]` loads and checks frame k's arrays (shape, finite depth). Errors are
+    FileNotFoundError / ValueError naming the frame and the file.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        path = self.root / "shot.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no shot.json (not a shot folder, or unfinished)")
+        try:
+            meta = json.loads(path.read_text())
+            self.width, self.height = int(meta["width"]), int(meta["height"])
+            self.fps, self.far, frames = float(meta["fps"]), float(meta["far"]), meta["frames"]
+            self.passes = list(meta["passes"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: bad or missing key ({e})") from e
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file")
+        if "depth" not in self.passes or set(self.passes) - set(PASSES):
+            raise ValueError(f"{path}: passes {self.passes} must include depth, within {PASSES}")
+        self.meta, self.frames = meta, frames
+        for k, fr in enumerate(frames):
+            check_camera(fr["K"], fr["c2w"], f"{path} frame {k}")
+            for p in self.passes:
+                f = self.file(k, p)
+                if not f.is_file():
+                    raise FileNotFoundError(f"frame {k}: missing {p} file {f}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def file(self, k: int, p: str) -> Path:
+        """Path of pass `p` of frame `k`."""
+        return self.root / p / f"{k:06d}.{'png' if p == 'image' else 'npy'}"
+
+    def _load(self, k: int, p: str) -> np.ndarray:
+        f = self.file(k, p)
+        if p == "image":
+            import cv2
+
+            a = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if a is None:
+                raise ValueError(f"frame {k}: unreadable image {f}")
+            a = a[:, :, ::-1].astype(np.float32) / 255
+        else:
+            try:
+                a = np.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"frame {k}: unreadable {p} file {f} ({e})") from e
+        want = (self.height, self.width) + ((CHANNELS[p],) if p != "depth" else ())
+        if a.shape != want:
+            raise ValueError(f"frame {k}: {f} has shape {a.shape}, shot.json says {want}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"frame {k}: {f} has {int((~np.isfinite(a)).sum())} NaN/inf values")
+        if p == "depth" and (a <= 0).any():
+            raise ValueError(f"frame {k}: {f} has {int((a <= 0).sum())} depths <= 0")
+        return a
+
+    def __getitem__(self, k: int) -> Frame:
+        import torch
+
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"{self.root}: frame {k} out of range (shot has {len(self)})")
+        k = k % len(self)
+        fr = self.frames[k]
+        data = {}
+        for p in self.passes:
+            a = torch.from_numpy(np.ascontiguousarray(self._load(k, p)))
+            data[p] = a[None] if p == "depth" else a.permute(2, 0, 1)
+        K = torch.tensor(fr["K"], dtype=torch.float32)
+        return Frame(k, K, torch.tensor(fr["c2w"], dtype=torch.float32), **data)

@@ -1,0 +1,95 @@
+"""Shot folders: round trip of a procedural fly-through, and clear errors on broken folders."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pilot.scenes.geometry import reprojection_flow
+from pilot.scenes.procedural import fly_through_shot
+from pilot.scenes.shot import Shot, ShotWriter, png_bytes
+
+
+@pytest.fixture(scope="module")
+def shot_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shot")
+    fly_through_shot(root, seed=3, n_frames=4, width=32, height=24)
+    return root
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_and_motion(shot_dir):
+    shot = Shot(shot_dir)
+    assert len(shot) == 4 and (shot.width, shot.height) == (32, 24)
+    f1, f2 = shot[1], shot[2]
+    assert f1.depth.shape == (1, 24, 24 + 8) and f1.normals.shape == (3, 24, 32)
+    assert f1.motion.shape == (4, 24, 32) and f1.image.shape == (3, 24, 32)
+    flow, _ = reprojection_flow(f1.depth[None], f1.K[None], f1.c2w[None], f2.K[None], f2.c2w[None])
+    assert torch.allclose(f1.motion[2:], flow[0], atol=1e-3)
+    assert shot[-1].index == 3
+    with pytest.raises(IndexError, match="frame 4"):
+        shot[4]
+
+
+def test_png_encoder_round_trips():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    back = cv2.imdecode(np.frombuffer(png_bytes(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert np.array_equal(back, rgb)
+
+
+def test_missing_frame_names_frame_and_file(shot_dir, tmp_path):
+    root = _copy(shot_dir, tmp_path / "s")
+    (root / "normals" / "000002.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"frame 2: .*normals/000002\.npy"):
+        Shot(root)
+
+
+def test_mismatched_resolution_and_nan_depth(shot_dir, tmp_path):
+    root = _copy(shot_dir, tmp_path / "s")
+    np.save(root / "depth" / "000001.npy", np.ones((24, 31), np.float32))
+    bad = np.ones((24, 32), np.float32)
+    bad[3, 4] = np.nan
+    np.save(root / "depth" / "000003.npy", bad)
+    shot = Shot(root)  # files exist: opening is fine, loading the frames is not
+    with pytest.raises(ValueError, match=r"frame 1: .*000001\.npy has shape \(24, 31\)"):
+        shot[1]
+    with pytest.raises(ValueError, match=r"frame 3: .*000003\.npy has 1 NaN/inf"):
+        shot[3]
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("c2w", [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "not an invertible"),
+        ("K", [[0, 0, 16], [0, 20, 12], [0, 0, 1]], "not an invertible pinhole"),
+        ("c2w", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, float("nan")], [0, 0, 0, 1]], "NaN"),
+    ],
+)
+def test_bad_camera_names_frame(shot_dir, tmp_path, key, value, message):
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    meta["frames"][2][key] = value
+    (root / "shot.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"shot.json frame 2: .*{message}"):
+        Shot(root)
+
+
+def test_writer_rejects_inconsistent_frames(tmp_path):
+    w = ShotWriter(tmp_path, 8, 6)
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    w.add(K, c2w, np.ones((6, 8)))
+    with pytest.raises(ValueError, match="frame 1: depth has shape"):
+        w.add(K, c2w, np.ones((6, 7)))
+    with pytest.raises(ValueError, match="frame 1: passes"):
+        w.add(K, c2w, np.ones((6, 8)), normals=np.zeros((6, 8, 3)))
+    assert Shot(w.root if (w.close()) else None)[0].depth.shape == (1, 6, 8)
+    with pytest.raises(FileNotFoundError, match="shot.json"):
+        Shot(tmp_path / "nothing")
