@@ -8,7 +8,8 @@ to `[uncond, cond]` (both halves are controlled, as in diffusers), and inside in
 
     InpaintDenoiser(CFGDenoiser(ControlDenoiser(EpsDenoiser(unet), controls, sigmas), 7.5), ...)
 
-`controlled_cfg(...)` builds the CFG part and tells the ControlNets how the batch is laid out.
+`controlled_cfg(...)` builds the CFG part and tells the ControlNets how the batch is laid out;
+`control_wrapper(...)` does the latter for a pipeline that adds CFG itself.
 
 Start / end: each control acts on the sampling steps i (of n = len(sigmas) - 1) with
 `start <= i / n` and `(i + 1) / n <= end`, diffusers' `control_guidance_start/end` rule. The
@@ -22,7 +23,7 @@ and under CFG applied to the conditional half only, the unconditional half getti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +178,20 @@ class ControlDenoiser:
         return hint
 
 
+def cfg_doubles_batch(scale: float | Tensor) -> bool:
+    """Whether `CFGDenoiser(..., scale)` calls its inner denoiser with `[uncond, cond]` halves."""
+    return not (isinstance(scale, (int, float)) and scale == 1)
+
+
+def control_wrapper(
+    controls: Sequence[Control], sigmas: Tensor, *, cfg_scale: float | Tensor
+) -> Callable[[DiscreteDenoiser], ControlDenoiser]:
+    """`denoiser -> ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...)`, for a pipeline
+    that builds the model denoiser itself and puts CFG (scale `cfg_scale`) around the result."""
+    doubled = cfg_doubles_batch(cfg_scale)
+    return lambda denoiser: ControlDenoiser(denoiser, controls, sigmas, cfg_batch=doubled)
+
+
 def controlled_cfg(
     denoiser: DiscreteDenoiser,
     controls: Sequence[Control],
@@ -190,6 +205,5 @@ def controlled_cfg(
     `CFGDenoiser(ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...), scale, rescale)`,
     with `cfg_batch` set to whether CFG doubles the batch (every scale but the number 1).
     """
-    doubled = not (isinstance(scale, (int, float)) and scale == 1)
-    inner = ControlDenoiser(denoiser, controls, sigmas, cfg_batch=doubled)
+    inner = control_wrapper(controls, sigmas, cfg_scale=scale)(denoiser)
     return CFGDenoiser(inner, scale, rescale=rescale)

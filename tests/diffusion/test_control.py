@@ -4,7 +4,7 @@ img2img and inpainting. Parity with diffusers lives in tests/parity/test_control
 import pytest
 import torch
 
-from pilot.diffusion.control import Control, ControlDenoiser, controlled_cfg
+from pilot.diffusion.control import Control, ControlDenoiser, control_wrapper, controlled_cfg
 from pilot.diffusion.denoisers import EpsDenoiser
 from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.samplers import SAMPLERS, BatchedNoise
@@ -192,3 +192,11 @@ def test_bad_input_raises_clear_errors(unet, controlnet):
     odd = ControlDenoiser(inner, [Control(controlnet, torch.rand(2, 3, 64, 64))], s)
     with torch.no_grad(), pytest.raises(ValueError, match="batch 2 does not divide"):
         odd(x[:1], s[0], context=cond[:1])
+
+
+def test_control_wrapper_knows_when_cfg_doubles_the_batch(unet, controlnet):
+    _, _, _, image = data()
+    controls, s, inner = [Control(controlnet, image)], sigmas(4), EpsDenoiser(unet, SCHEDULE)
+    for scale, doubled in [(1.0, False), (1, False), (7.5, True), (torch.tensor([1.0, 2.0]), True)]:
+        wrapped = control_wrapper(controls, s, cfg_scale=scale)(inner)
+        assert isinstance(wrapped, ControlDenoiser) and wrapped.cfg_batch is doubled
