@@ -110,30 +110,40 @@ def warp(
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
-def visibility(
-    flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 0.01, stencil_tol: float = 0.05
-) -> Tensor:
+def _slope(z: Tensor) -> Tensor:
+    """Per-pixel |dz/dx| + |dz/dy| (B, 1, H, W), each the smaller one-sided difference.
+
+    Taking the smaller side keeps a pixel next to a depth edge at its own surface's slope.
+    """
+    p = F.pad(z, (1, 1, 1, 1), mode="replicate")
+    c = p[..., 1:-1, 1:-1]
+    gx = torch.minimum((p[..., 1:-1, 2:] - c).abs(), (c - p[..., 1:-1, :-2]).abs())
+    gy = torch.minimum((p[..., 2:, 1:-1] - c).abs(), (c - p[..., :-2, 1:-1]).abs())
+    return gx + gy
+
+
+def visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 0.01) -> Tensor:
     """Depth test: True (B, 1, H, W) where frame i's pixel is seen in frame j.
 
-    A pixel is visible when it lands inside frame j, in front of camera j, its depth in camera j
-    agrees with frame j's bilinear depth there within `rel_tol` (relative), and each of the four
-    pixels of that bilinear stencil is within `stencil_tol`. The first test finds occlusion; the
-    second rejects stencils that straddle two surfaces, whose blended depth can pass the first
-    test by chance while the flow sampled there is a blend of two motions. Very grazing surfaces
-    (depth changing by more than `stencil_tol` per pixel) are rejected too: conservative.
+    A pixel is visible when it lands inside frame j, in front of camera j, and both
+    (1) its depth in camera j agrees with frame j's bilinear depth there within `rel_tol`, and
+    (2) each of the four pixels of that bilinear stencil is within `rel_tol` plus two pixels'
+    worth of the point's own depth slope. (1) finds occlusion; (2) rejects stencils straddling
+    two surfaces, whose blended depth can pass (1) by chance while the flow sampled there blends
+    two motions.
     """
     H, W = depth_j.shape[2:]
     grid = pixel_grid(H, W, flow_ij)
     uv = grid + flow_ij
     inside = (uv[:, :1] >= 0) & (uv[:, :1] <= W - 1) & (uv[:, 1:] >= 0) & (uv[:, 1:] <= H - 1)
-    seen = warp(depth_j, flow_ij)
+    agree = (z_ij - warp(depth_j, flow_ij)).abs() <= rel_tol * z_ij
     padded = F.pad(depth_j, (0, 1, 0, 1), mode="replicate")
     d_max = F.max_pool2d(padded, 2, stride=1)  # (B, 1, H, W): max over pixels [y, y+1]x[x, x+1]
     d_min = -F.max_pool2d(-padded, 2, stride=1)
     corner = uv.clamp(min=0).floor() - grid  # flow to the stencil's top-left pixel
     d_max, d_min = warp(d_max, corner, mode="nearest"), warp(d_min, corner, mode="nearest")
-    agree = (z_ij - seen).abs() <= rel_tol * z_ij
-    stencil = (d_max - z_ij <= stencil_tol * z_ij) & (z_ij - d_min <= stencil_tol * z_ij)
+    tol = rel_tol * z_ij + 2 * _slope(z_ij)
+    stencil = (d_max - z_ij <= tol) & (z_ij - d_min <= tol)
     return inside & (z_ij > 0) & agree & stencil
 
 
@@ -150,7 +160,6 @@ def flow_pair(
     K_j: Tensor,
     c2w_j: Tensor,
     rel_tol: float = 0.01,
-    stencil_tol: float = 0.05,
 ) -> dict[str, Tensor]:
     """Forward and backward reprojection flow between two frames with their visibility masks.
 
@@ -163,6 +172,6 @@ def flow_pair(
     return {
         "flow_ij": flow_ij,
         "flow_ji": flow_ji,
-        "visible_ij": visibility(flow_ij, z_ij, depth_j, rel_tol, stencil_tol),
-        "visible_ji": visibility(flow_ji, z_ji, depth_i, rel_tol, stencil_tol),
+        "visible_ij": visibility(flow_ij, z_ij, depth_j, rel_tol),
+        "visible_ji": visibility(flow_ji, z_ji, depth_i, rel_tol),
     }

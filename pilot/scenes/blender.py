@@ -1,0 +1,173 @@
+"""Blender bridge: export the scene camera's animation as a pilot shot, with Cycles passes.
+
+Two ways to run it, same code:
+
+    blender -b scene.blend --python pilot/scenes/blender.py -- OUT [--frames 1 48] [--samples 4]
+    python -c "import bpy; from pilot.scenes.blender import export_shot; export_shot('OUT')"
+    pilot shot export scene.blend OUT          # uses the bpy module, else a `blender` executable
+
+Each frame is rendered by Cycles on the CPU into an uncompressed multilayer EXR (read back with
+`pilot.scenes.exr`, numpy only, so Blender's own Python suffices) and converted to our
+conventions (`pilot.scenes.shot`):
+
+* camera: Blender cameras look down -Z with +Y up; c2w = matrix_world @ diag(1, -1, -1, 1) gives
+  OpenCV axes. K follows lens, sensor size and fit, shift and render resolution (square pixels).
+* depth: Cycles' Z pass is already z-depth along the view axis; misses (1e10) become `far`,
+  the camera's clip end.
+* normals: Cycles' Normal pass is world space; rotated into camera space, flipped to face the
+  camera.
+* motion: Cycles' Vector pass holds (prev - current, current - next) in pixels with y up; the
+  motion pass stores (prev - current, next - current) with y down: (X, -Y, -Z, W).
+* image: the Combined pass, linear RGB encoded with the sRGB transfer curve (no view transform).
+
+The pixel filter is shrunk to 0.01 px so every pass samples pixel centres (no blending across
+edges); motion blur is turned off (Cycles writes no Vector pass with it on). The open scene's
+render settings are changed (not saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run by `blender --python`: make `pilot` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pilot.scenes.exr import read_exr  # noqa: E402
+from pilot.scenes.shot import ShotWriter  # noqa: E402
+
+BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: flip y and z
+
+
+def camera_intrinsics(cam_obj, scene) -> tuple[np.ndarray, int, int]:
+    """K (3, 3), width, height of a perspective Blender camera at the scene's render size."""
+    r, cam = scene.render, cam_obj.data
+    if cam.type != "PERSP":
+        raise ValueError(f"camera {cam_obj.name!r} is {cam.type}; only PERSP is supported")
+    if r.pixel_aspect_x != r.pixel_aspect_y:
+        raise ValueError(f"non-square pixels ({r.pixel_aspect_x}:{r.pixel_aspect_y})")
+    W = round(r.resolution_x * r.resolution_percentage / 100)
+    H = round(r.resolution_y * r.resolution_percentage / 100)
+    fit = cam.sensor_fit
+    if fit == "AUTO":
+        fit, sensor = ("HORIZONTAL" if W >= H else "VERTICAL"), cam.sensor_width
+    else:
+        sensor = cam.sensor_width if fit == "HORIZONTAL" else cam.sensor_height
+    f = cam.lens / sensor * (W if fit == "HORIZONTAL" else H)
+    side = max(W, H)  # shifts are fractions of the larger side
+    cx = (W - 1) / 2 - cam.shift_x * side
+    cy = (H - 1) / 2 + cam.shift_y * side
+    return np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]]), W, H
+
+
+def camera_pose(cam_obj) -> np.ndarray:
+    """OpenCV camera-to-world (4, 4) of a Blender camera object (scale removed)."""
+    M = np.array(cam_obj.matrix_world, dtype=np.float64)
+    M[:3, :3] /= np.linalg.norm(M[:3, :3], axis=0, keepdims=True)
+    return M @ BLENDER_TO_OPENCV
+
+
+def configure(scene, samples: int) -> None:
+    """Cycles on the CPU, depth/normal/vector passes, uncompressed multilayer EXR output."""
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.cycles.filter_width = 0.01  # sample pixel centres: passes are not blended at edges
+    scene.render.use_motion_blur = False  # Cycles writes no Vector pass with motion blur
+    for layer in scene.view_layers:
+        layer.use_pass_z = layer.use_pass_normal = layer.use_pass_vector = True
+    fmt = scene.render.image_settings
+    fmt.file_format, fmt.color_depth, fmt.exr_codec = "OPEN_EXR_MULTILAYER", "32", "NONE"
+    scene.render.use_file_extension = True
+    scene.render.use_compositing = False
+
+
+def _pass(channels: dict[str, np.ndarray], name: str, comps: str, path: Path) -> np.ndarray:
+    """(H, W, len(comps)) array of pass `name` from the first view layer that has it."""
+    out = []
+    for c in comps:
+        keys = [k for k in channels if k.endswith(f".{name}.{c}")]
+        if not keys:
+            raise ValueError(f"{path}: no {name}.{c} channel (have {sorted(channels)})")
+        out.append(channels[sorted(keys)[0]])
+    return np.stack(out, -1)
+
+
+def convert_passes(path: Path, K: np.ndarray, c2w: np.ndarray, far: float) -> dict:
+    """Read one frame's multilayer EXR and convert its passes to shot conventions."""
+    ch = read_exr(path)
+    depth = _pass(ch, "Depth", "Z", path)[..., 0]
+    depth = np.where(np.isfinite(depth) & (depth < far), depth, far).astype(np.float32)
+    n = _pass(ch, "Normal", "XYZ", path) @ c2w[:3, :3]  # world -> camera: R^T n per pixel
+    H, W = depth.shape
+    xs, ys = np.meshgrid(np.arange(W), np.arange(H))
+    rays = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], np.ones_like(depth)], -1)
+    n = np.where(((n * rays).sum(-1) > 0)[..., None], -n, n)  # face the camera
+    v = _pass(ch, "Vector", "XYZW", path)
+    motion = np.stack([v[..., 0], -v[..., 1], -v[..., 2], v[..., 3]], -1)
+    rgb = np.clip(_pass(ch, "Combined", "RGB", path), 0, 1)
+    srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
+    image = np.round(srgb * 255).astype(np.uint8)
+    return {"depth": depth, "normals": n.astype(np.float32), "motion": motion, "image": image}
+
+
+def export_shot(
+    out: str | Path,
+    frames: tuple[int, int] | None = None,
+    samples: int = 1,
+    fps: float | None = None,
+) -> Path:
+    """Render the active scene's camera over `frames` (inclusive, default the scene range).
+
+    Returns the path of the written shot.json.
+    """
+    import bpy
+
+    scene = bpy.context.scene
+    cam = scene.camera
+    if cam is None:
+        raise ValueError(f"scene {scene.name!r} has no active camera")
+    first, last = frames or (scene.frame_start, scene.frame_end)
+    if last < first:
+        raise ValueError(f"frame range {first}..{last} is empty")
+    configure(scene, samples)
+    _, W, H = camera_intrinsics(cam, scene)
+    fps = fps or scene.render.fps / scene.render.fps_base
+    far = float(cam.data.clip_end)
+    blend = bpy.data.filepath or "<unsaved>"
+    provenance = {"source": "blender", "blender": bpy.app.version_string, "file": blend,
+                  "camera": cam.name, "engine": "CYCLES", "samples": samples}  # fmt: skip
+    writer = ShotWriter(out, W, H, fps=fps, far=far, provenance=provenance)
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in range(first, last + 1):
+            scene.frame_set(f)
+            K, _, _ = camera_intrinsics(cam, scene)  # lens may be animated
+            c2w = camera_pose(cam)
+            scene.render.filepath = str(Path(tmp) / f"frame_{f:06d}")
+            bpy.ops.render.render(write_still=True)
+            passes = convert_passes(Path(tmp) / f"frame_{f:06d}.exr", K, c2w, far)
+            writer.add(K, c2w, source_frame=f, **passes)
+    return writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line inside Blender: arguments after `--`."""
+    if argv is None:
+        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    parser = argparse.ArgumentParser(prog="blender -b FILE --python blender.py --")
+    parser.add_argument("out", help="shot folder to write")
+    parser.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"))
+    parser.add_argument("--samples", type=int, default=1, help="Cycles samples per pixel")
+    args = parser.parse_args(argv)
+    path = export_shot(args.out, tuple(args.frames) if args.frames else None, args.samples)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
