@@ -40,6 +40,23 @@ def register(sub) -> None:
     p.add_argument("--init", type=Path, default=None, help="init image for img2img")
     p.add_argument("--strength", type=float, default=0.75, help="img2img strength in [0, 1]")
     p.add_argument("--mask", type=Path, default=None, help="inpainting mask, white = repaint")
+    p.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="KIND:IMAGE[:SCALE[:START:END]]",
+        help="ControlNet input (repeatable); KIND: canny, softedge, lineart, depth, normal, "
+        "hatch, image",
+    )
+    p.add_argument(
+        "--controlnet",
+        action="append",
+        default=[],
+        metavar="[KIND=]PATH",
+        help="ControlNet weights (repeatable): one for all controls, one per control in order, "
+        "or KIND=PATH per kind",
+    )
+    p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode")
     p.add_argument("--vae-tile", type=int, default=None, help="VAE tile size in pixels")
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
@@ -76,12 +93,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
     )
     seeds = [args.seed + i for i in range(args.batch)]
+    height = init.shape[-2] if init is not None else args.height or 512
+    width = init.shape[-1] if init is not None else args.width or 512
+    controls = load_controls(args, (height, width), device, dtype)
     request = Request(
         prompts=[args.prompt] * args.batch,
         negative_prompts=[args.negative_prompt] * args.batch,
         seeds=seeds,
-        width=args.width or 512,
-        height=args.height or 512,
+        width=width,
+        height=height,
         init_images=None if init is None else init.expand(args.batch, -1, -1, -1),
         strength=args.strength if init is not None else 1.0,
         mask=mask,
@@ -89,7 +109,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     steps = settings.steps if init is None else int(settings.steps * request.strength)
     with tqdm(total=steps, desc="sampling", unit="step") as bar:
         images = generate(
-            sd, request, settings, vae_tile=args.vae_tile, callback=lambda _: bar.update()
+            sd,
+            request,
+            settings,
+            controls=controls,
+            vae_tile=args.vae_tile,
+            callback=lambda _: bar.update(),
         )
     paths = write_outputs(args, request, settings, images, seeds)
     summary = {
@@ -128,6 +153,58 @@ def load_inputs(args: argparse.Namespace):
     return init, F.interpolate(mask, size=size, mode="bilinear", antialias=True)
 
 
+def load_controls(args: argparse.Namespace, size: tuple[int, int], device, dtype) -> list:
+    """`Control`s from --control specs and the --controlnet weights each one uses."""
+    import pilot
+    from pilot.control.spec import parse_control_arg
+    from pilot.diffusion.control import Control
+
+    specs = [parse_control_arg(text) for text in args.control]
+    if not specs:
+        if args.controlnet:
+            raise ValueError("--controlnet needs at least one --control KIND:IMAGE")
+        return []
+    paths = match_controlnets([s.kind for s in specs], args.controlnet)
+    loaded = {path: pilot.load_controlnet(path, dtype=dtype, device=device) for path in set(paths)}
+    return [
+        Control(
+            loaded[path],
+            spec.control_image(size).to(device, dtype),
+            spec.scale,
+            spec.start,
+            spec.end,
+            guess_mode=args.guess_mode,
+        )
+        for spec, path in zip(specs, paths, strict=True)
+    ]
+
+
+def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:
+    """The ControlNet path of each control: by KIND=PATH, by position, or one for all."""
+    from pilot.control.spec import PREPROCESSORS
+
+    by_kind = {}
+    for entry in entries:
+        kind, sep, path = entry.partition("=")
+        if sep and kind in PREPROCESSORS:
+            by_kind[kind] = path
+    if by_kind and len(by_kind) != len(entries):
+        raise ValueError("--controlnet: use KIND=PATH for all of them or for none")
+    if by_kind:
+        missing = sorted(set(kinds) - set(by_kind))
+        if missing:
+            raise ValueError(f"--control kinds {missing} have no --controlnet KIND=PATH")
+        return [by_kind[k] for k in kinds]
+    if len(entries) == 1:
+        return entries * len(kinds)
+    if len(entries) != len(kinds):
+        raise ValueError(
+            f"{len(kinds)} --control but {len(entries)} --controlnet: give one ControlNet for "
+            "all, one per control in order, or KIND=PATH"
+        )
+    return list(entries)
+
+
 def parameters(args: argparse.Namespace, request, settings) -> dict:
     """Everything needed to make the images again."""
     params = {
@@ -144,6 +221,8 @@ def parameters(args: argparse.Namespace, request, settings) -> dict:
         params.update(init=str(args.init), strength=request.strength)
     if args.mask is not None:
         params["mask"] = str(args.mask)
+    if args.control:
+        params.update(control=args.control, controlnet=args.controlnet, guess_mode=args.guess_mode)
     return params
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pilot.diffusion.control import Control, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
 from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
@@ -263,7 +264,7 @@ def generate_latents(
     *,
     sigmas: Tensor | None = None,
     callback: Callback | None = None,
-    wrap_model: Callable[[Denoiser], Denoiser] | None = None,
+    controls: Sequence[Control] = (),
     vae_tile: int | None = None,
 ) -> Tensor:
     """txt2img, img2img or inpainting, to final scaled latents (B, 4, H/8, W/8) float32.
@@ -274,7 +275,8 @@ def generate_latents(
         settings: Sampler, schedule, steps, guidance.
         sigmas: Explicit full sampling grid ending in 0, instead of `settings.schedule`.
         callback: Called each step with `{"i", "x", "sigma", "denoised"}`.
-        wrap_model: Denoiser wrapper inside CFG (ControlNet).
+        controls: ControlNets with their images and scales (`pilot.diffusion.control.Control`;
+            images at the output size); their start / end fractions count the steps run.
         vae_tile: Tile size in image pixels for encoding init images (see `encode_images`).
     """
     device = model_device(sd)
@@ -302,8 +304,9 @@ def generate_latents(
             mask = _latent_mask(request.mask, shape).to(device)
     full_strength = request.strength == 1.0 and mask is None
     x = start_latents(first, sigmas, None if full_strength else init)
+    wrap = control_wrapper(controls, sigmas, cfg_scale=settings.cfg) if controls else None
     denoiser = build_denoiser(
-        sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap_model
+        sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap
     )
     return sample(
         denoiser, x, sigmas, settings, context=context, uncond_context=uncond,
@@ -328,7 +331,7 @@ def generate(
 
     Args:
         vae_tile: Tile size in image pixels for the VAE (a multiple of 8), for large images.
-        **kwargs: `sigmas`, `callback`, `wrap_model` of `generate_latents`.
+        **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
     latents = generate_latents(sd, request, settings, vae_tile=vae_tile, **kwargs)
     return decode_latents(sd, latents, tile=vae_tile).cpu()

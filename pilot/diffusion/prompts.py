@@ -11,10 +11,10 @@ to 77, and the embeddings are concatenated along the sequence: (B, 77 * chunks, 
 attention takes any sequence length, so the UNet sees the whole prompt.
 
 Weighting, as A1111 does it: each token's embedding is multiplied by its weight, then the chunk
-is rescaled so its mean equals the unweighted mean (unless that mean is about zero). Quirk: A1111 takes that mean over the whole
-batch; we take it per prompt so a prompt's embedding does not depend on its batch (identical for
-a batch of one). A prompt of at most 75 tokens without emphasis encodes exactly as diffusers'
-`StableDiffusionPipeline` does.
+is rescaled so its mean equals the unweighted mean (unless that mean is about zero). Quirk:
+A1111 takes that mean over the whole batch; we take it per prompt so a prompt's embedding does
+not depend on its batch (identical for a batch of one). A prompt of at most 75 tokens without
+emphasis encodes exactly as diffusers' `StableDiffusionPipeline` does.
 """
 
 from __future__ import annotations

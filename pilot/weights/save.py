@@ -40,13 +40,18 @@ def save_pipeline(sd, folder: str | os.PathLike, *, overwrite: bool = False) -> 
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
     """
+    return _write_folder(folder, lambda tmp: _write_components(sd, tmp), overwrite=overwrite)
+
+
+def _write_folder(folder: str | os.PathLike, write, *, overwrite: bool) -> Path:
+    """Run `write(tmp)` on a fresh folder beside `folder`, then rename it onto `folder`."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _write_components(sd, tmp)
+        write(tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             os.replace(folder, old)
@@ -95,6 +100,26 @@ def _write_components(sd, folder: Path) -> None:
         "requires_safety_checker": False,
     }
     _write_json(folder / "model_index.json", index)
+
+
+def save_controlnet(controlnet, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a `pilot.models.controlnet.ControlNet` as a diffusers `ControlNetModel` folder.
+
+    Atomic like `save_pipeline`; `pilot.load_controlnet` and diffusers read it.
+
+    Raises:
+        FileExistsError: `folder` exists and `overwrite` is False.
+    """
+    config = {
+        "_class_name": "ControlNetModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        **controlnet.cfg.to_diffusers(),
+    }
+    return _write_folder(
+        folder,
+        lambda tmp: _write_model(tmp, controlnet, config, "diffusion_pytorch_model"),
+        overwrite=overwrite,
+    )
 
 
 def _write_model(folder: Path, model, config: dict, stem: str) -> None:

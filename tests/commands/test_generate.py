@@ -73,3 +73,64 @@ def test_empty_model_folder_is_a_clear_error(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["generate", "--model", str(tmp_path / "empty"), "--prompt", "x"]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def controlnet_folder(tiny_sd, tmp_path_factory):
+    """A tiny ControlNet for the tiny model (hint encoder /2 like its VAE), zero convs perturbed."""
+    from pilot.models.controlnet import ControlNet
+    from pilot.weights.save import save_controlnet
+
+    net = ControlNet.from_unet(tiny_sd.unet, hint_channels=(16, 32))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "zero" in name or "controlnet_" in name or "conv_out" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+    return save_controlnet(net, tmp_path_factory.mktemp("cn") / "tiny-depth")
+
+
+def test_controlnet_steers_the_image(capsys, tiny_sd_folder, controlnet_folder, tmp_path):
+    depth = torch.linspace(0, 1, 32).expand(1, 24, 32)
+    write_png(tmp_path / "depth.png", depth)
+    base = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    plain = run(capsys, *base)
+    control = ["--control", f"depth:{tmp_path / 'depth.png'}:1.0", "--controlnet",
+               str(controlnet_folder)]  # fmt: skip
+    steered = run(capsys, *base, *control)
+    off = run(capsys, *base, "--control", f"depth:{tmp_path / 'depth.png'}:0.0",
+              "--controlnet", f"depth={controlnet_folder}")  # fmt: skip
+    image = {
+        k: read_image(v["images"][0]) for k, v in dict(plain=plain, on=steered, off=off).items()
+    }
+    assert torch.equal(image["off"], image["plain"])
+    assert (image["on"] - image["plain"]).abs().mean() > 1e-3
+    assert steered["parameters"]["control"] == [f"depth:{tmp_path / 'depth.png'}:1.0"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--controlnet", "x"], "--controlnet needs at least one --control"),
+        (["--control", "depth:d.png", "--controlnet", "canny=x"], "kinds ['depth'] have no"),
+        (["--control", "dept:d.png", "--controlnet", "x"], "unknown control kind 'dept'"),
+        (
+            [
+                "--control",
+                "depth:d.png",
+                "--control",
+                "canny:d.png",
+                "--controlnet",
+                "a",
+                "--controlnet",
+                "b",
+                "--controlnet",
+                "c",
+            ],
+            "2 --control but 3 --controlnet",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_control_arguments(capsys, tiny_sd_folder, argv, message):
+    code = main(["generate", "--model", str(tiny_sd_folder), "--prompt", "x", *FAST, *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
