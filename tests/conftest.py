@@ -26,6 +26,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and elementwise work run fastest on one thread, and least disturbed by
+    other jobs; use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_text_config():
     """The tiny CLIP preset widened to the real 49408-token vocabulary."""
     tok = CLIPTokenizer.default()

@@ -36,7 +36,7 @@ _PIECES = re.compile(
     \\[()\[\]\\]              # escaped bracket or backslash
     | \(                      # open round
     | \[                      # open square
-    | :\s*([+-]?[.\d]+)\s*\)  # ":1.3)" closes a round bracket with an explicit weight
+    | :\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)  # ":1.3)" closes a round bracket with a weight
     | \)                      # close round
     | \]                      # close square
     | \bBREAK\b               # chunk break
@@ -78,7 +78,7 @@ def parse_emphasis(prompt: str) -> list[WeightedText]:
             round_open.append(len(runs))
         elif piece == "[":
             square_open.append(len(runs))
-        elif weight is not None and round_open and _is_number(weight):
+        elif weight is not None and round_open:
             scale_from(round_open.pop(), float(weight))
         elif piece == ")" and round_open:
             scale_from(round_open.pop(), ROUND_FACTOR)
@@ -93,14 +93,6 @@ def parse_emphasis(prompt: str) -> list[WeightedText]:
     for start in square_open:
         scale_from(start, SQUARE_FACTOR)
     return _merge(runs) or [WeightedText("", 1.0)]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _merge(runs: list[list]) -> list[WeightedText]:

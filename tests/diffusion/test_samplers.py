@@ -50,13 +50,7 @@ class Gaussian:
         return (x - self.mu) / self.s
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Elementwise work on 1e5 numbers: one thread is fastest and robust to busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -45,13 +45,7 @@ STEPS = 10
 CFG_SCALE = 7.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest (and least disturbed by other jobs) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class UNetAdapter(torch.nn.Module):
