@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +28,12 @@ class DCGANConfig:
     g_channels: int = 32  # generator width at half resolution; doubles per stage towards 4x4
     d_channels: int = 32  # discriminator width at half resolution; doubles towards 4x4
     max_channels: int = 512  # cap on the width of the deep (low-resolution) stages
+    d_norm: Literal["batch", "none"] = "batch"  # discriminator norm (the paper's is batch)
+    minibatch_std: bool = False  # discriminator sees the batch's feature std at 4x4 (ProGAN)
 
     def __post_init__(self) -> None:
+        if self.d_norm not in ("batch", "none"):
+            raise ValueError(f"d_norm={self.d_norm!r} is not one of ('batch', 'none')")
         if self.image_size not in (32, 64, 128):
             raise ValueError(f"image_size={self.image_size} must be 32, 64 or 128")
         for name in ("channels", "latent_dim", "g_channels", "d_channels", "max_channels"):
@@ -54,13 +59,14 @@ def _widths(base: int, stages: int, cap: int) -> list[int]:
     return [min(base * 2**i, cap) for i in range(stages)]
 
 
-def init_dcgan_weights(module: nn.Module) -> None:
-    """The paper's initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02), zero bias."""
+def init_gan_weights(module: nn.Module) -> None:
+    """DCGAN's initialisation (also Pix2Pix's): conv weights N(0, 0.02), norm scales N(1, 0.02),
+    zero biases. Use as `model.apply(init_gan_weights)`."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.weight is not None:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -85,7 +91,7 @@ class DCGANGenerator(nn.Module):
             ]
         layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, 4, 2, 1), nn.Tanh()]  # (B, C, S, S)
         self.net = nn.Sequential(*layers)
-        self.apply(init_dcgan_weights)
+        self.apply(init_gan_weights)
 
     def forward(self, z: Tensor) -> Tensor:
         """Images (B, channels, S, S) in [-1, 1] from latents (B, latent_dim)."""
@@ -103,7 +109,13 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """DCGAN discriminator: image (B, channels, S, S) -> real/fake logit (B,)."""
+    """DCGAN discriminator: image (B, channels, S, S) -> real/fake logit (B,).
+
+    With `minibatch_std` (Karras et al. 2018, "Progressive Growing of GANs", section 3), the
+    standard deviation of the 4x4 features over the batch, averaged to one number, is appended
+    as an extra channel before the last convolution: a batch of near-identical fakes is easy to
+    tell apart, which counters mode collapse. Logits then depend on the whole batch.
+    """
 
     def __init__(self, cfg: DCGANConfig) -> None:
         super().__init__()
@@ -115,13 +127,13 @@ class DCGANDiscriminator(nn.Module):
         ]
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [
-                nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),  # halves the side
-                nn.BatchNorm2d(c_out),
+                nn.Conv2d(c_in, c_out, 4, 2, 1, bias=cfg.d_norm == "none"),  # halves the side
+                nn.BatchNorm2d(c_out) if cfg.d_norm == "batch" else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0))  # (B, 1, 1, 1)
-        self.net = nn.Sequential(*layers)
-        self.apply(init_dcgan_weights)
+        self.net = nn.Sequential(*layers)  # (B, w, 4, 4)
+        self.head = nn.Conv2d(widths[-1] + int(cfg.minibatch_std), 1, 4, 1, 0)  # (B, 1, 1, 1)
+        self.apply(init_gan_weights)
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits (B,) of images (B, channels, S, S) in [-1, 1] being real."""
@@ -130,4 +142,8 @@ class DCGANDiscriminator(nn.Module):
             raise ValueError(
                 f"images have shape {tuple(images.shape)}, expected (B, {c}, {s}, {s})"
             )
-        return self.net(images).flatten()
+        h = self.net(images)
+        if self.cfg.minibatch_std:
+            std = h.float().std(dim=0, correction=0).mean() if len(h) > 1 else h.new_zeros(())
+            h = torch.cat([h, std.to(h.dtype).expand(len(h), 1, *h.shape[2:])], dim=1)
+        return self.head(h).flatten()

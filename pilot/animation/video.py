@@ -1,0 +1,118 @@
+"""Writing frame sequences as GIF (Pillow) and MP4 (OpenCV), atomically.
+
+Frames are uint8 RGB arrays (H, W, 3), all the same size. Each writer renders into a temporary
+file next to the target and `os.replace`s it, so a reader (or a killed training) never sees a
+half-written video.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
+    """(H, W) shared by all frames; ValueError naming the first frame that differs."""
+    if not frames:
+        raise ValueError("no frames to write")
+    h, w = frames[0].shape[:2]
+    for i, frame in enumerate(frames):
+        if frame.dtype != np.uint8 or frame.shape != (h, w, 3):
+            raise ValueError(
+                f"frame {i} is {frame.dtype} {frame.shape}, expected uint8 ({h}, {w}, 3) RGB"
+            )
+    return h, w
+
+
+def _temp_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
+    """Write an endlessly looping GIF; returns the path."""
+    _check_frames(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        images = [Image.fromarray(frame) for frame in frames]
+        duration = max(20, round(1000 / fps))  # ms per frame; browsers clamp below 20 ms
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
+    """Write an MP4 (MPEG-4 part 2, 'mp4v', which OpenCV's wheels encode without ffmpeg).
+
+    Odd frame sizes are padded by one pixel of black (most players need even sides).
+    """
+    h, w = _check_frames(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    pad_h, pad_w = h % 2, w % 2
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w + pad_w, h + pad_h))
+    try:
+        if not writer.isOpened():
+            raise OSError(f"{path}: OpenCV cannot open an mp4v video writer here")
+        for frame in frames:
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)))
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        writer.release()
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
+    """Write a GIF or an MP4, chosen by the suffix of `path`."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        return write_gif(frames, path, fps=fps)
+    if suffix == ".mp4":
+        return write_mp4(frames, path, fps=fps)
+    raise ValueError(f"{path}: unknown video suffix {suffix!r} (expected one of {VIDEO_SUFFIXES})")
+
+
+def read_frame(path: str | os.PathLike) -> np.ndarray:
+    """An image file as a uint8 RGB array (H, W, 3); ValueError naming an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def write_frame(frame: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write one RGB frame as an image (format from the suffix), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        Image.fromarray(frame).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1] -> uint8 in [0, 255] (values outside are clipped)."""
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)

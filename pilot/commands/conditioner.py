@@ -1,0 +1,71 @@
+"""`pilot conditioner apply --checkpoint ... --shot ...`: a trained Pix2Pix conditioner over the
+hatched frames of a shot, written as a video (the seed's fly-through test).
+
+The shot's frames are the images in `<shot>/<pass>/` (default pass `hatched`) or, when that
+folder does not exist, the images in `<shot>/` itself, in name order. Each frame is converted to
+the model's input channels (grey or RGB, see `pilot.data.paired`), resized to the model's
+training side, and shown next to every predicted head (e.g. input | texture | fog).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def shot_frames(shot: Path, pass_name: str) -> list[Path]:
+    """Frame files of one pass of a shot folder, in name order; errors name the folder."""
+    from pilot.data.paired import list_images
+
+    folder = shot / pass_name
+    if not shot.is_dir():
+        raise FileNotFoundError(f"{shot}: no such shot folder")
+    return list(list_images(folder if folder.is_dir() else shot).values())
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Run the conditioner frame by frame and write the video (and PNG frames if asked)."""
+    import torch
+
+    from pilot.animation.video import to_uint8, write_frame, write_video
+    from pilot.data.paired import read_image
+    from pilot.weights.gan import load_generator
+
+    _, generator = load_generator(args.checkpoint, kind="pix2pix")
+    cfg = generator.cfg
+    size = args.size or cfg.image_size
+    if size % cfg.image_size:
+        raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")
+    frames = []
+    for path in shot_frames(args.shot, args.pass_name):
+        x = torch.from_numpy(read_image(path, cfg.in_channels).copy()).permute(2, 0, 1)
+        x = x[None].float().div(127.5).sub(1.0)  # (1, C, H, W) in [-1, 1]
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+        with torch.no_grad():
+            heads = generator.split_heads(generator(x))
+        panels = [x, *heads.values()]
+        row = torch.cat(
+            [p[:, :3] if p.shape[1] >= 3 else p.expand(-1, 3, -1, -1) for p in panels], 3
+        )
+        frame = to_uint8(row[0].permute(1, 2, 0).numpy())  # (S, S * panels, 3)
+        frames.append(frame)
+        if args.frames_dir is not None:
+            write_frame(frame, args.frames_dir / f"{path.stem}.png")
+    out = write_video(frames, args.out, fps=args.fps)
+    print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `conditioner` command group to the `pilot` parser."""
+    p = sub.add_parser("conditioner", help="apply a trained Pix2Pix conditioner")
+    groups = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = groups.add_parser("apply", help="run it over a shot's hatched frames, write a video")
+    a.add_argument("--checkpoint", required=True, help="Pix2Pix .ckpt or exported .safetensors")
+    a.add_argument("--shot", required=True, type=Path, help="shot folder (or folder of frames)")
+    a.add_argument("--pass", dest="pass_name", default="hatched", help="pass sub-folder")
+    a.add_argument("--out", type=Path, default=Path("conditioned.mp4"), help=".mp4 or .gif")
+    a.add_argument("--fps", type=float, default=12.0)
+    a.add_argument("--size", type=int, help="square side to run at (multiple of the model's)")
+    a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
+    a.set_defaults(func=cmd_apply)

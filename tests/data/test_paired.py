@@ -1,0 +1,114 @@
+"""Paired folders: matching, identical jitter on both sides, conversions, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pilot.data.paired import PairedConfig, PairedImages
+
+
+def _write(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+
+
+def _ramp(h=40, w=40):
+    """RGB image whose red channel is the column index: shows crops and flips."""
+    x = np.zeros((h, w, 3), np.uint8)
+    x[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None]
+    x[..., 1] = np.linspace(0, 255, h, dtype=np.uint8)[:, None]
+    return x
+
+
+CFG = PairedConfig(image_size=32, load_size=40)
+
+
+def test_folders_match_by_name_and_jitter_both_sides_alike(tmp_path):
+    for name in ("a", "b", "c"):
+        _write(tmp_path / "A" / f"{name}.png", _ramp())
+        _write(tmp_path / "B" / f"{name}.jpg", _ramp())  # other suffix, same name
+    ds = PairedImages(tmp_path, CFG, augment=True)
+    assert ds.names == ["a", "b", "c"]
+    for _ in range(5):
+        item = ds[0]
+        assert item["A"].shape == item["B"].shape == (3, 32, 32)
+        # same crop and flip: the jpg side differs only by compression error
+        assert (item["A"] - item["B"]).abs().max() < 0.1
+    flips = {bool(ds[0]["A"][0, 0, 0] > ds[0]["A"][0, 0, -1]) for _ in range(20)}
+    assert flips == {True, False}
+
+
+def test_side_by_side_splits_halves(tmp_path):
+    a, b = np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)
+    _write(tmp_path / "x.png", np.concatenate([a, b], axis=1))
+    cfg = PairedConfig(layout="side_by_side", image_size=32, load_size=32)
+    item = PairedImages(tmp_path, cfg, augment=False)[0]
+    assert torch.all(item["A"] == -1) and torch.all(item["B"] == 1)
+
+
+def test_grey_rgba_and_mixed_sizes_are_converted(tmp_path):
+    rgba = np.zeros((50, 50, 4), np.uint8)  # fully transparent: white after compositing
+    _write(tmp_path / "A" / "p.png", rgba, "RGBA")
+    _write(tmp_path / "B" / "p.png", np.full((50, 50), 0, np.uint8), "L")  # grey -> RGB
+    _write(tmp_path / "A" / "q.png", _ramp(20, 20))  # another size: resized
+    _write(tmp_path / "B" / "q.png", _ramp(20, 20))
+    cfg = PairedConfig(image_size=32, load_size=32, input_channels=(1,))
+    ds = PairedImages(tmp_path, cfg, augment=False)
+    p = ds[0]
+    assert p["A"].shape == (1, 32, 32) and torch.allclose(p["A"], torch.ones(1))
+    assert p["B"].shape == (3, 32, 32) and torch.allclose(p["B"], -torch.ones(1))
+    assert ds[1]["B"].shape == (3, 32, 32)
+
+
+def test_multi_folder_targets_concatenate(tmp_path):
+    _write(tmp_path / "hatched" / "0.png", np.zeros((32, 32), np.uint8), "L")
+    _write(tmp_path / "textured" / "0.png", _ramp(32, 32))
+    _write(tmp_path / "fog" / "0.png", np.full((32, 32), 255, np.uint8), "L")
+    cfg = PairedConfig(
+        inputs=("hatched",),
+        input_channels=(1,),
+        targets=("textured", "fog"),
+        target_channels=(3, 1),
+        image_size=32,
+        load_size=32,
+    )
+    item = PairedImages(tmp_path, cfg, augment=False)[0]
+    assert item["A"].shape == (1, 32, 32) and item["B"].shape == (4, 32, 32)
+    assert torch.allclose(item["B"][3], torch.ones(1))
+
+
+def test_unmatched_names_are_listed(tmp_path):
+    _write(tmp_path / "A" / "one.png", _ramp())
+    _write(tmp_path / "A" / "two.png", _ramp())
+    _write(tmp_path / "B" / "one.png", _ramp())
+    _write(tmp_path / "B" / "three.png", _ramp())
+    with pytest.raises(ValueError, match=r"only in A/: two.png; only in B/: three.png"):
+        PairedImages(tmp_path, CFG)
+
+
+def test_empty_and_missing_folders(tmp_path):
+    (tmp_path / "A").mkdir()
+    _write(tmp_path / "B" / "x.png", _ramp())
+    with pytest.raises(ValueError, match=r"A: no images"):
+        PairedImages(tmp_path, CFG)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        PairedImages(tmp_path / "nowhere", CFG)
+
+
+def test_corrupt_image_and_size_mismatch_are_named(tmp_path):
+    _write(tmp_path / "A" / "x.png", _ramp())
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"B/x.png: not a readable image"):
+        PairedImages(tmp_path, CFG)
+    _write(tmp_path / "B" / "x.png", _ramp(20, 30))
+    with pytest.raises(ValueError, match=r"mixes image sizes: .*40x40.*30x20"):
+        PairedImages(tmp_path, CFG)[0]
+
+
+def test_bad_config_names_values():
+    with pytest.raises(ValueError, match="load_size=16 < image_size=32"):
+        PairedConfig(image_size=32, load_size=16)
+    with pytest.raises(ValueError, match=r"got \(2,\)"):
+        PairedConfig(input_channels=(2,))

@@ -1,0 +1,93 @@
+"""Smoke tests of `pilot train`, `pilot walk` and `pilot conditioner apply`."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pilot.cli import main
+from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
+from pilot.models.pix2pix import Pix2PixConfig, UNetGenerator
+from pilot.weights.gan import export_generator
+
+
+@pytest.fixture
+def dcgan_file(tmp_path):
+    path = tmp_path / "g.safetensors"
+    export_generator("dcgan", DCGANGenerator(DCGAN_PRESETS["tiny"]), path)
+    return path
+
+
+@pytest.fixture
+def pix2pix_file(tmp_path):
+    cfg = Pix2PixConfig(
+        image_size=64,
+        in_channels=1,
+        head_names=("texture", "fog"),
+        head_channels=(3, 1),
+        base_channels=4,
+        max_mult=2,
+    )
+    path = tmp_path / "c.safetensors"
+    export_generator("pix2pix", UNetGenerator(cfg), path)
+    return path
+
+
+def test_walk_writes_gif_and_mp4(tmp_path, dcgan_file, capsys):
+    out = tmp_path / "walk.gif"
+    args = ["walk", "--checkpoint", str(dcgan_file), "--frames", "6", "--grid", "2"]
+    assert main([*args, "--out", str(out), "--scale", "2"]) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 6 and gif.size == (128, 128)  # 2 x 2 cells of 32 px, scaled x2
+    assert main([*args, "--out", str(tmp_path / "walk.mp4")]) == 0
+    assert (tmp_path / "walk.mp4").stat().st_size > 0
+
+
+def test_walk_errors_are_clear(tmp_path, pix2pix_file, dcgan_file, capsys):
+    assert main(["walk", "--checkpoint", str(tmp_path / "none.ckpt")]) == 2
+    assert "none.ckpt" in capsys.readouterr().err
+    assert main(["walk", "--checkpoint", str(pix2pix_file)]) == 2
+    assert "holds a pix2pix generator, expected dcgan" in capsys.readouterr().err
+    assert main(["walk", "--checkpoint", str(dcgan_file), "--frames", "1"]) == 2
+    assert "--frames >= 2" in capsys.readouterr().err
+
+
+def test_conditioner_apply_over_a_shot(tmp_path, pix2pix_file):
+    shot = tmp_path / "shot" / "hatched"
+    shot.mkdir(parents=True)
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 256, (50, 70), dtype=np.uint8)
+        Image.fromarray(pixels, "L").save(shot / f"{i:04d}.png")
+    out, frames = tmp_path / "out.gif", tmp_path / "frames"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot"]
+    assert main([*args, str(shot.parent), "--out", str(out), "--frames-dir", str(frames)]) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 3 and gif.size == (64 * 3, 64)  # input | texture | fog
+    assert len(list(frames.glob("*.png"))) == 3
+
+
+def test_conditioner_apply_errors(tmp_path, pix2pix_file, dcgan_file, capsys):
+    (tmp_path / "empty").mkdir()
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot"]
+    assert main([*args, str(tmp_path / "empty")]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "missing")]) == 2
+    assert "no such shot folder" in capsys.readouterr().err
+    bad = ["conditioner", "apply", "--checkpoint", str(dcgan_file), "--shot", str(tmp_path)]
+    assert main(bad) == 2
+    assert "expected pix2pix" in capsys.readouterr().err
+
+
+def test_train_fast_dev_run(tmp_path):
+    pytest.importorskip("lightning")
+    from tests.train.helpers import dcgan_config, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path))
+    assert main(["train", "dcgan", "--config", str(cfg), "--fast-dev-run", "--threads", "1"]) == 0
+    assert (tmp_path / "timelapse" / "frames").is_dir()
+
+
+def test_train_bad_system_and_threads(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "gan"])
+    assert main(["train", "dcgan", "--threads", "0"]) == 2
+    assert "--threads=0" in capsys.readouterr().err

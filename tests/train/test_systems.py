@@ -1,0 +1,112 @@
+"""Smoke tests of the training systems: one fast_dev_run step each, resume keeps the timelapse,
+W&B offline and W&B absent, bad configs rejected."""
+
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from tests.train.helpers import dcgan_config, pix2pix_config, write_pairs, write_yaml  # noqa: E402
+from train.cli import run  # noqa: E402
+
+
+def test_dcgan_fast_dev_run(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, fast_dev_run=True))
+    cli = run("dcgan", ["fit", "--config", str(cfg)])
+    assert cli.trainer.global_step == 2  # one D and one G update
+    assert (tmp_path / "timelapse" / "timelapse.gif").is_file()
+
+
+def test_pix2pix_fast_dev_run_with_validation_metrics(tmp_path):
+    data = write_pairs(tmp_path / "pairs")
+    cfg = pix2pix_config(tmp_path, data, fast_dev_run=True)
+    cli = run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    metrics = cli.trainer.callback_metrics
+    assert {"val/texture_l1", "val/texture_psnr", "val/fog_corr", "l1_fog"} <= set(metrics)
+    frame = sorted((tmp_path / "timelapse" / "frames").glob("*.png"))
+    assert frame, "no timelapse frame"
+
+
+def test_resume_keeps_timelapse_frames(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=10))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    frames = tmp_path / "timelapse" / "frames"
+    first = sorted(p.name for p in frames.glob("*.png"))
+    assert first[0] == "00000002.png" and first[-1] == "00000010.png"
+    # a run killed after step 8: its last checkpoint is step 8 and frame 10 is newer than that
+    ckpt = tmp_path / "ckpt" / "epoch=0-step=8.ckpt"
+    assert ckpt.is_file()
+    cli = run(
+        "dcgan",
+        ["fit", "--config", str(cfg), "--trainer.max_steps", "14", "--ckpt_path", str(ckpt)],
+    )
+    assert cli.trainer.global_step == 14
+    names = sorted(p.name for p in frames.glob("*.png"))
+    assert names[: len(first)] == first  # earlier frames kept (10 remade after the resume)
+    assert names[-1] == "00000014.png"
+    steps = [s for s, _ in next(iter(cli.trainer.callbacks[0].history.values()))]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated history
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(tmp_path / "timelapse" / "timelapse.gif") as gif:
+        assert gif.n_frames == len(names)
+    assert np.asarray(Image.open(frames / names[0])).shape[2] == 3
+
+
+def test_checkpoint_loads_without_lightning(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # no pickled code
+    assert ckpt["pilot_kind"] == "dcgan"
+
+
+def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = dcgan_config(tmp_path, max_steps=4)
+    cfg["wandb"] = "auto"  # not logged in: offline
+    cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    from lightning.pytorch.loggers import WandbLogger
+
+    assert isinstance(cli.trainer.logger, WandbLogger)
+    cli.trainer.logger.experiment.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run written"
+    media = list(runs[0].rglob("*.png"))
+    assert media, "timelapse frames were not logged to W&B"
+
+
+def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    cfg = dcgan_config(tmp_path, max_steps=2)
+    cfg["wandb"] = "auto"
+    cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    from lightning.pytorch.loggers import CSVLogger
+
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    assert (tmp_path / "timelapse" / "timelapse.mp4").is_file()
+    cfg["wandb"] = "offline"
+    with pytest.raises(ValueError, match="needs the wandb package"):
+        run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+
+
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
+    cfg = dcgan_config(tmp_path, fast_dev_run=True)
+    cfg["model"]["generator"]["image_sise"] = 32
+    with pytest.raises(SystemExit):
+        run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    assert "image_sise" in capsys.readouterr().err
+
+
+def test_discriminator_channels_must_fit(tmp_path):
+    from pilot.models.pix2pix import PatchGANConfig, Pix2PixConfig
+    from train.pix2pix import Pix2PixSystem
+
+    with pytest.raises(ValueError, match="in_channels=6 must be generator in_channels"):
+        Pix2PixSystem(Pix2PixConfig(in_channels=1), PatchGANConfig(in_channels=6))

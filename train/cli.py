@@ -1,0 +1,122 @@
+"""LightningCLI entry points of the training systems: `python -m train.cli dcgan fit --config ...`.
+
+The YAML files under `experiments/` map onto the systems' `__init__` arguments and the config
+dataclasses they take (unknown keys are errors). Beyond Lightning's own `trainer`, `model`,
+`data` and `ckpt_path`, each config has:
+
+- `timelapse`: the `train.timelapse.Timelapse` callback (always attached);
+- `checkpoint`: Lightning's `ModelCheckpoint` (always attached; set `every_n_train_steps` and
+  `save_last` so a killed run resumes with `--ckpt_path last`);
+- `wandb`: "auto" (log to W&B online when logged in, offline otherwise, CSV files only when
+  wandb is not installed), "online", "offline" or "disabled"; `wandb_project` names the project.
+
+Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 4 --trainer.strategy ddp`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import netrc
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from train.timelapse import Timelapse
+
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B credentials exist (WANDB_API_KEY or a netrc entry for api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_logger(mode: WandbMode, project: str, save_dir: str) -> Logger:
+    """W&B logger (online only when asked for or logged in) or, without wandb, a CSV logger.
+
+    Raises:
+        ValueError: mode "online"/"offline" was asked for but wandb is not installed.
+    """
+    has_wandb = importlib.util.find_spec("wandb") is not None
+    if mode in ("online", "offline") and not has_wandb:
+        raise ValueError(f"wandb={mode!r} needs the wandb package (pip install wandb)")
+    if mode == "disabled" or not has_wandb:
+        return CSVLogger(save_dir=save_dir, name="csv")
+    from lightning.pytorch.loggers import WandbLogger
+
+    offline = mode == "offline" or (mode == "auto" and not wandb_logged_in())
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=project, save_dir=save_dir, offline=offline)
+
+
+class PilotCLI(LightningCLI):
+    """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(Timelapse, "timelapse")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument("--wandb", type=WandbMode, default="auto", help="W&B logging mode")
+        parser.add_argument("--wandb_project", type=str, default="diffusion-pilot")
+
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer_cfg = config["trainer"]
+        if trainer_cfg.get("logger") in (None, True) and not trainer_cfg.get("fast_dev_run"):
+            root = trainer_cfg.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = make_logger(config["wandb"], config["wandb_project"], root)
+        return super().instantiate_trainer(**kwargs)
+
+
+SYSTEMS = ("dcgan", "pix2pix")
+
+
+def _system_classes(system: str) -> tuple[type, type]:
+    if system == "dcgan":
+        from train.dcgan import DCGANSystem, ShapesDataModule
+
+        return DCGANSystem, ShapesDataModule
+    from train.pix2pix import PairedDataModule, Pix2PixSystem
+
+    return Pix2PixSystem, PairedDataModule
+
+
+def run(system: str, args: Sequence[str]) -> PilotCLI:
+    """Run the LightningCLI of `system` ("dcgan" or "pix2pix") on command-line style `args`.
+
+    Raises:
+        ValueError: unknown system name.
+    """
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
+    model_class, data_class = _system_classes(system)
+    return PilotCLI(
+        model_class,
+        data_class,
+        args=list(args),
+        save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
+        parser_kwargs={"prog": f"pilot train {system}"},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m train.cli SYSTEM SUBCOMMAND ...`, e.g. `dcgan fit --config x.yaml`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        raise SystemExit("usage: python -m train.cli {dcgan,pix2pix} {fit,validate} --config ...")
+    run(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Image-to-image metrics for held-out pairs: L1, PSNR, Pearson correlation, and the baselines a
+conditioner must beat (copying its input, predicting the mean training image).
+
+Images are in [-1, 1]; PSNR is computed on [0, 1] (peak 1), L1 on [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def l1(pred: Tensor, target: Tensor) -> float:
+    """Mean absolute error in [-1, 1] units."""
+    return (pred.float() - target.float()).abs().mean().item()
+
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images mapped to [0, 1], over the whole batch."""
+    mse = ((pred.float() - target.float()) / 2).square().mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def pearson(pred: Tensor, target: Tensor) -> float:
+    """Pearson correlation of all pixel values (0 when either side is constant)."""
+    x, y = pred.float().flatten(), target.float().flatten()
+    x, y = x - x.mean(), y - y.mean()
+    denom = (x.norm() * y.norm()).item()
+    return 0.0 if denom == 0 else (x @ y).item() / denom
+
+
+def head_metrics(pred: Tensor, target: Tensor, prefix: str = "") -> dict[str, float]:
+    """L1, PSNR and correlation of one head's prediction against its target."""
+    return {
+        f"{prefix}l1": l1(pred, target),
+        f"{prefix}psnr": psnr(pred, target),
+        f"{prefix}corr": pearson(pred, target),
+    }
+
+
+def input_copy(condition: Tensor, channels: int) -> Tensor:
+    """The input-copy baseline: the condition itself, grey repeated or RGB cut to `channels`."""
+    if condition.shape[1] == channels:
+        return condition
+    if condition.shape[1] == 1:
+        return condition.repeat(1, channels, 1, 1)
+    return condition.mean(1, keepdim=True).repeat(1, channels, 1, 1)[:, :channels]
+
+
+def mean_image(targets: Tensor, n: int) -> Tensor:
+    """The mean-image baseline: the per-pixel mean of training targets, repeated n times."""
+    return targets.float().mean(0, keepdim=True).expand(n, -1, -1, -1)
+
+
+def split(x: Tensor, channels: tuple[int, ...]) -> list[Tensor]:
+    """Channel blocks of sizes `channels` (the heads of a multi-head target)."""
+    return list(torch.split(x, list(channels), dim=1))

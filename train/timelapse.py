@@ -1,0 +1,251 @@
+"""Training timelapse: fixed samples plus loss curves, one frame every N steps, as GIF and MP4.
+
+The LightningModule owns what is drawn: `timelapse_panels()` returns named image batches made
+from inputs fixed at construction (latents, validation pairs), and `training_step` returns its
+losses as a dict. This rank-zero callback keeps the loss history, renders a frame keyed by
+`trainer.global_step` into `<dirpath>/frames/<step>.png`, rebuilds `timelapse.gif` and
+`timelapse.mp4` from every frame on disk, and logs frames and video to W&B when a `WandbLogger`
+is attached. The history is part of the checkpoint and the frames stay on disk, so a training
+resumed from its last checkpoint keeps the frames it had made (frames newer than the checkpoint
+are dropped and made again).
+
+Note: with manual optimisation Lightning counts every optimiser step, so a GAN step (one
+discriminator and one generator update) advances `global_step` by 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from pilot.animation.video import read_frame, to_uint8, write_frame, write_gif, write_mp4
+
+_CURVE_COLOURS = [(230, 80, 60), (60, 120, 230), (60, 170, 80), (200, 150, 30), (150, 70, 200)]
+_LABEL_W = 70  # pixels left of each panel row for its name
+
+
+def image_grid(images: Tensor, ncol: int) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] (C = 1 shown grey, C >= 3 first three as RGB) -> uint8 grid
+    (rows * H, ncol * W, 3) with a 2-pixel gap."""
+    images = images.detach().float().cpu()[:, :3]
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    n, _, h, w = images.shape
+    nrow = -(-n // ncol)
+    grid = np.full((nrow * (h + 2), ncol * (w + 2), 3), 255, dtype=np.uint8)
+    tiles = to_uint8(images.permute(0, 2, 3, 1).numpy())  # (N, H, W, 3)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, ncol)
+        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = tile
+    return grid
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(np.pad(values, (window - 1, 0), mode="edge"), kernel, mode="valid")
+
+
+def plot_curves(history: dict[str, list[tuple[int, float]]], width: int, height: int) -> np.ndarray:
+    """Loss curves (moving average over ~2% of the points) as a uint8 RGB image."""
+    plot = np.full((height, width, 3), 255, dtype=np.uint8)
+    series = {k: np.asarray(v, dtype=np.float64) for k, v in history.items() if len(v) > 1}
+    if not series:
+        return plot
+    x0, x1 = 40, width - 10
+    y0, y1 = 18, height - 16
+    steps = np.concatenate([s[:, 0] for s in series.values()])
+    smoothed = {k: _smooth(s[:, 1], max(1, len(s) // 50)) for k, s in series.items()}
+    ys = np.concatenate(list(smoothed.values()))
+    lo, hi = np.percentile(ys, 1), np.percentile(ys, 99)
+    hi = hi if hi > lo else lo + 1.0
+    s_max = max(float(steps.max()), 1.0)
+    cv2.rectangle(plot, (x0, y0), (x1, y1), (200, 200, 200), 1)
+    for text, y in ((f"{hi:.2f}", y0 + 8), (f"{lo:.2f}", y1)):
+        cv2.putText(plot, text, (2, y), cv2.FONT_HERSHEY_PLAIN, 0.8, (90, 90, 90), 1)
+    cv2.putText(plot, f"{int(s_max)}", (x1 - 40, height - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (0,) * 3)
+    for i, (name, s) in enumerate(series.items()):
+        colour = _CURVE_COLOURS[i % len(_CURVE_COLOURS)]
+        px = x0 + (s[:, 0] / s_max) * (x1 - x0)
+        py = y1 - (np.clip(smoothed[name], lo, hi) - lo) / (hi - lo) * (y1 - y0)
+        pts = np.stack([px, py], axis=1).round().astype(np.int32)[None]
+        cv2.polylines(plot, pts, False, colour, 1, lineType=cv2.LINE_AA)
+        cv2.putText(plot, name, (x0 + 5 + 90 * i, 13), cv2.FONT_HERSHEY_PLAIN, 0.9, colour, 1)
+    return plot
+
+
+def render_frame(
+    panels: list[tuple[str, Tensor]],
+    history: dict[str, list[tuple[int, float]]],
+    step: int,
+    *,
+    ncol: int = 8,
+    curve_height: int = 110,
+) -> np.ndarray:
+    """One timelapse frame: a row of samples per named panel above the loss curves so far."""
+    grids = [(name, image_grid(images, min(ncol, len(images)))) for name, images in panels]
+    width = _LABEL_W + max(g.shape[1] for _, g in grids)
+    rows = [np.full((20, width, 3), 255, dtype=np.uint8)]
+    cv2.putText(rows[0], f"step {step}", (4, 15), cv2.FONT_HERSHEY_PLAIN, 1.1, (0, 0, 0), 1)
+    for name, grid in grids:
+        row = np.full((grid.shape[0], width, 3), 255, dtype=np.uint8)
+        row[:, _LABEL_W : _LABEL_W + grid.shape[1]] = grid
+        cv2.putText(row, name[:9], (3, 14), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
+        rows.append(row)
+    rows.append(plot_curves(history, width, curve_height))
+    return np.concatenate(rows, axis=0)
+
+
+class Timelapse(L.Callback):
+    """Every `every_n_steps` global steps, draw the module's `timelapse_panels()` and the losses.
+
+    Args:
+        every_n_steps: global steps between frames (a GAN step counts 2, see the module note).
+        dirpath: output folder; default `<trainer.log_dir or default_root_dir>/timelapse`.
+        fps: frame rate of the GIF and MP4.
+        video_every_n_frames: rebuild the videos after this many new frames (and at the end).
+        log_wandb: also log frames and the final video to an attached `WandbLogger`.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        dirpath: str | None = None,
+        fps: float = 8.0,
+        video_every_n_frames: int = 10,
+        log_wandb: bool = True,
+    ) -> None:
+        if every_n_steps < 1 or video_every_n_frames < 1 or fps <= 0:
+            raise ValueError(
+                f"need every_n_steps >= 1, video_every_n_frames >= 1, fps > 0; got "
+                f"{every_n_steps}, {video_every_n_frames}, {fps}"
+            )
+        self.every_n_steps, self.fps = every_n_steps, fps
+        self.video_every_n_frames, self.log_wandb = video_every_n_frames, log_wandb
+        self.dirpath = Path(dirpath) if dirpath else None
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.last_frame_step: int | None = None
+        self._new_frames = 0
+
+    @property
+    def frames_dir(self) -> Path:
+        assert self.dirpath is not None, "the folder is set when the training starts"
+        return self.dirpath / "frames"
+
+    def frame_paths(self) -> list[Path]:
+        """Frame files on disk, in step order."""
+        return sorted(self.frames_dir.glob("*.png")) if self.frames_dir.is_dir() else []
+
+    def state_dict(self) -> dict[str, Any]:
+        history = {k: [list(p) for p in v] for k, v in self.history.items()}
+        return {"history": history, "last_frame_step": self.last_frame_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: [tuple(p) for p in v] for k, v in state_dict["history"].items()}
+        self.last_frame_step = state_dict["last_frame_step"]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            root = trainer.log_dir or trainer.default_root_dir
+            self.dirpath = Path(root) / "timelapse"
+        if not hasattr(pl_module, "timelapse_panels"):
+            raise ValueError(f"{type(pl_module).__name__} has no timelapse_panels() to draw")
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step  # restored by now when resuming
+        for path in self.frame_paths():  # made after the checkpoint we resume from
+            if int(path.stem) > step:
+                path.unlink()
+        self.history = {k: [p for p in v if p[0] <= step] for k, v in self.history.items()}
+        if self.last_frame_step is not None and self.last_frame_step > step:
+            self.last_frame_step = None
+
+    @rank_zero_only
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        step = trainer.global_step
+        if isinstance(outputs, dict):
+            for name, value in outputs.items():
+                if isinstance(value, (Tensor, float, int)) and name != "loss":
+                    self.history.setdefault(name, []).append((step, float(value)))
+        due = self.last_frame_step is None or step >= self.last_frame_step + self.every_n_steps
+        if due and not trainer.sanity_checking:
+            self.make_frame(trainer, pl_module)
+
+    def make_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        """Render, write and (maybe) log the frame of the current step; returns its path."""
+        step = trainer.global_step
+        with torch.no_grad():
+            panels = pl_module.timelapse_panels()
+        frame = render_frame(panels, self.history, step)
+        path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
+        self.last_frame_step = step
+        self._new_frames += 1
+        if self._new_frames >= self.video_every_n_frames:
+            self.write_videos()
+        logger = self._wandb_logger(trainer)
+        if logger is not None:
+            logger.log_image(key="timelapse/frame", images=[frame], step=step)
+        self._write_history()
+        return path
+
+    def write_videos(self) -> list[Path]:
+        """Rebuild timelapse.gif and timelapse.mp4 from every frame on disk."""
+        frames = [read_frame(p) for p in self.frame_paths()]
+        self._new_frames = 0
+        if not frames:
+            return []
+        size = frames[-1].shape  # frames can grow if a panel changes; pad to the last one
+        frames = [_fit(f, size) for f in frames]
+        return [
+            write_gif(frames, self.dirpath / "timelapse.gif", fps=self.fps),
+            write_mp4(frames, self.dirpath / "timelapse.mp4", fps=self.fps),
+        ]
+
+    def _write_history(self) -> None:
+        tmp = self.dirpath / ".losses.json.tmp"
+        tmp.write_text(json.dumps(self.history))
+        os.replace(tmp, self.dirpath / "losses.json")
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_frame_step != trainer.global_step:
+            self.make_frame(trainer, pl_module)
+        paths = self.write_videos()
+        logger = self._wandb_logger(trainer)
+        if logger is not None and paths:
+            import wandb
+
+            logger.experiment.log({"timelapse/video": wandb.Video(str(paths[0]), format="gif")})
+
+    @rank_zero_only
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error: Exception):
+        if self.dirpath is not None and self._new_frames:
+            self.write_videos()  # keep what was made when a training is interrupted
+
+    def _wandb_logger(self, trainer: L.Trainer):
+        if not self.log_wandb:
+            return None
+        from lightning.pytorch.loggers import WandbLogger
+
+        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def _fit(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Crop or pad (white) a frame to `shape`."""
+    out = np.full(shape, 255, dtype=np.uint8)
+    h, w = min(shape[0], frame.shape[0]), min(shape[1], frame.shape[1])
+    out[:h, :w] = frame[:h, :w]
+    return out
