@@ -37,17 +37,20 @@ def depth_to_control(
     mode: Literal["inverse", "linear"] = "inverse",
     valid: Tensor | None = None,
     far: float | None = None,
+    disparity: bool = False,
 ) -> Tensor:
     """Near-bright depth control image from metric z-depth (MiDaS convention, see module doc).
 
     Args:
-        depth: (B, 1, H, W) z-depth in metres (> 0).
+        depth: (B, 1, H, W) z-depth in metres (> 0), or inverse depth if `disparity`.
         per: "frame" normalises each image on its own; "shot" over the whole batch.
         mode: "inverse" normalises 1 / depth (MiDaS disparity, what the models saw); "linear"
             normalises depth itself, reversed (for flat-looking ranges).
         valid: (B, 1, H, W) bool, False where there is no surface (drawn black, excluded from
             the range). Default: every pixel with finite depth below `far`.
         far: Depth at or beyond which a pixel is background (e.g. the renderer's sky).
+        disparity: `depth` already holds inverse depth (near = large, e.g. a MiDaS output or a
+            disparity pass); it is normalised as it is, whatever `mode` says.
 
     Returns:
         (B, 3, H, W) in [0, 1], near = 1.
@@ -57,8 +60,11 @@ def depth_to_control(
     if valid is None:
         valid = torch.isfinite(depth) & (depth > 0)
         if far is not None:
-            valid &= depth < far
-    value = 1 / depth.clamp_min(1e-6) if mode == "inverse" else -depth
+            valid &= (1 / depth if disparity else depth) < far
+    if disparity:
+        value = depth
+    else:
+        value = 1 / depth.clamp_min(1e-6) if mode == "inverse" else -depth
     dims = (0, 1, 2, 3) if per == "shot" else (1, 2, 3)
     lo = torch.where(valid, value, torch.inf).amin(dim=dims, keepdim=True)
     hi = torch.where(valid, value, -torch.inf).amax(dim=dims, keepdim=True)
@@ -97,12 +103,19 @@ def normals_from_depth(depth: Tensor, K: Tensor) -> Tensor:
     return F.normalize(n, dim=1)
 
 
-def normals_to_control(normals: Tensor, convention: NormalConvention = "bae") -> Tensor:
-    """Normal control image from camera-space unit normals (OpenCV axes, facing the camera).
+def normals_to_control(
+    normals: Tensor,
+    convention: NormalConvention = "bae",
+    *,
+    axes: Literal["opencv", "opengl"] = "opencv",
+) -> Tensor:
+    """Normal control image from camera-space unit normals facing the camera.
 
     Args:
         normals: (B, 3, H, W); zero vectors mark background.
         convention: "bae" for ControlNet 1.1 normalbae, "midas" for the 1.0 normal model.
+        axes: The normals' camera axes: "opencv" (x right, y down, z forward: pilot's renderer)
+            or "opengl" (x right, y up, z backward: Blender's camera-space normal pass).
 
     Returns:
         (B, 3, H, W) in [0, 1] (see the module docstring for the colours).
@@ -111,6 +124,10 @@ def normals_to_control(normals: Tensor, convention: NormalConvention = "bae") ->
         raise ValueError(f"normals of shape {tuple(normals.shape)}: expected (B, 3, H, W)")
     if convention not in ("bae", "midas"):
         raise ValueError(f"normal convention {convention!r}: use 'bae' (1.1) or 'midas' (1.0)")
+    if axes == "opengl":
+        normals = normals * torch.tensor([1.0, -1.0, -1.0], device=normals.device).view(1, 3, 1, 1)
+    elif axes != "opencv":
+        raise ValueError(f"normal axes {axes!r}: use 'opencv' or 'opengl'")
     image = ((1 - normals) / 2).clamp(0, 1)  # (left, up, towards)
     background = (normals == 0).all(dim=1, keepdim=True)
     image = torch.where(background, 0.5, image)

@@ -52,6 +52,8 @@ def test_tilted_plane_gives_its_normal_and_the_normalbae_colour():
     torch.testing.assert_close(colour, expected, atol=1e-5, rtol=0)
     midas = normals_to_control(normals, "midas")[0, :, 10, 20]  # 1.0 model: channels reversed
     torch.testing.assert_close(midas, expected.flip(0), atol=1e-5, rtol=0)
+    opengl = normals * torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # Blender camera axes
+    torch.testing.assert_close(normals_to_control(opengl, axes="opengl")[0, :, 10, 20], expected)
 
 
 def test_floor_is_green_facing_camera_is_lavender_background_grey():
@@ -76,6 +78,8 @@ def test_depth_is_near_bright_inverse_normalised_per_frame_or_shot():
     assert torch.equal(per_frame[0], per_frame[1])  # each frame spans [0, 1] on its own
     torch.testing.assert_close(per_shot[1, 0, 0], torch.tensor([3 / 7, 1 / 7, 0.0]))
     assert per_shot.shape == (2, 3, 1, 3)
+    inverse = depth_to_control(1 / depth, disparity=True, far=500.0)[0, 0, 0]  # a MiDaS output
+    torch.testing.assert_close(inverse, frame)
     with pytest.raises(ValueError, match=r"expected \(B, 1, H, W\)"):
         depth_to_control(torch.ones(1, 3, 4, 4))
 
