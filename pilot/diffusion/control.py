@@ -98,9 +98,9 @@ class ControlDenoiser:
                 f"{type(denoiser).__name__}: put CFG and inpainting outside it"
             )
         self.denoiser, self.controls, self.cfg_batch = denoiser, tuple(controls), cfg_batch
-        grid = sigmas[sigmas > 0].double()
-        if grid.numel() == 0 or grid.numel() < len(sigmas) - 1:
-            raise ValueError(f"sigmas {sigmas.tolist()}: need positive noise levels, then 0")
+        grid = sigmas[:-1].double()  # where the steps start; the last sigma ends the last step
+        if grid.numel() == 0 or not (grid > 0).all():
+            raise ValueError(f"sigmas {sigmas.tolist()}: need positive noise levels, then the end")
         self.log_grid, self.num_steps = grid.log(), len(sigmas) - 1
         self._hints: dict[tuple, Tensor] = {}  # memoised hint features (no-grad calls only)
 

@@ -189,6 +189,8 @@ def test_bad_input_raises_clear_errors(unet, controlnet):
     small = ControlDenoiser(inner, [Control(controlnet, image[..., :32, :32])], s)
     with torch.no_grad(), pytest.raises(ValueError, match="8x the latents"):
         small(x, s[0], context=cond)
+    with pytest.raises(ValueError, match="need positive noise levels"):
+        ControlDenoiser(inner, [], torch.tensor([1.0, 0.0, 0.0]))
     odd = ControlDenoiser(inner, [Control(controlnet, torch.rand(2, 3, 64, 64))], s)
     with torch.no_grad(), pytest.raises(ValueError, match="batch 2 does not divide"):
         odd(x[:1], s[0], context=cond[:1])
