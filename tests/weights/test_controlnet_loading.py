@@ -5,6 +5,7 @@ converter reads the same file back to the same weights, which checks the mapping
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import pilot
 from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet, ControlNetConfig
 from pilot.models.unet import UNetConfig
 from pilot.weights import controlnet_original as original
+from pilot.weights.controlnet_loader import _detect_config
 from pilot.weights.io import WeightsError, save_state_dict
 from pilot.weights.sd_original import UNetLayout
 
@@ -98,15 +100,18 @@ def test_diffusers_folders_and_bare_file(ref, tmp_path):
     assert_same_weights(pilot.load_controlnet(bare), ref)
 
 
-def test_config_from_weights_shuffle_name_and_explicit_config(ref, tmp_path):
-    sd15 = CONTROLNET_PRESETS["sd15"]
+@pytest.mark.parametrize("preset", ["sd15", "sd21"])
+def test_config_from_original_weights_is_the_preset(preset):
+    cfg = CONTROLNET_PRESETS[preset]
     with torch.device("meta"):
-        keys = ControlNet(sd15).state_dict()
+        keys = ControlNet(cfg).state_dict()
     tensors = {k: torch.empty(v.shape, device="meta") for k, v in keys.items()}
-    stripped = original.strip_prefix(original.to_original(tensors, sd15.unet), "v1.1")
-    detected = ControlNetConfig.from_diffusers(original.detect_controlnet_config(stripped))
-    assert detected.unet.block_out_channels == sd15.unet.block_out_channels
-    assert detected.hint_channels == sd15.hint_channels
+    stripped = original.strip_prefix(original.to_original(tensors, cfg.unet, prefix=""), "bare")
+    assert _detect_config(stripped, Path(f"control_{preset}.pth")) == cfg
+
+
+def test_shuffle_name_and_explicit_config(ref, tmp_path):
+    sd15 = CONTROLNET_PRESETS["sd15"]
     file = tmp_path / "control_v11e_sd15_shuffle.safetensors"
     save_state_dict(original.to_original(ref.state_dict(), sd15.unet), file)
     shuffle = pilot.load_controlnet(file)
