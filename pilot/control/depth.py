@@ -21,6 +21,7 @@ Background pixels (zero normals, e.g. the renderer's sky) are given (0.5, 0.5, 0
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -73,19 +74,18 @@ def depth_to_control(
     return out.expand(-1, 3, -1, -1).contiguous()
 
 
-def normals_from_depth(depth: Tensor, K: Tensor) -> Tensor:
-    """Camera-space unit normals facing the camera from z-depth and pinhole intrinsics.
+def pinhole(height: int, width: int, fov_x_deg: float = 50.0) -> Tensor:
+    """(3, 3) intrinsics of a centred pinhole camera with a horizontal field of view."""
+    f = width / 2 / math.tan(math.radians(fov_x_deg) / 2)
+    return torch.tensor([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
 
-    Pixels are back-projected to points `z K^-1 (u, v, 1)`; central differences along u and v
-    span the local tangent plane, and their cross product is the normal. On a plane both
-    differences lie in the plane, so the normal is exact there (one-sided at the border).
+
+def back_project(depth: Tensor, K: Tensor) -> Tensor:
+    """Camera-space points `z K^-1 (u, v, 1)` (B, 3, H, W) of z-depth (B, 1, H, W).
 
     Args:
-        depth: (B, 1, H, W) z-depth in metres.
-        K: (3, 3) or (B, 3, 3) intrinsics in pixels (OpenCV axes).
-
-    Returns:
-        (B, 3, H, W) unit normals, OpenCV camera axes, pointing towards the camera.
+        depth: (B, 1, H, W) z-depth.
+        K: (3, 3) or (B, 3, 3) intrinsics in pixels; pixel centres at integer coordinates.
     """
     B, _, H, W = depth.shape
     K = K.to(depth).expand(B, 3, 3)
@@ -95,12 +95,40 @@ def normals_from_depth(depth: Tensor, K: Tensor) -> Tensor:
         indexing="ij",
     )
     pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)  # (3, HW)
-    rays = (torch.linalg.inv(K) @ pix).reshape(B, 3, H, W)
-    points = rays * depth  # (B, 3, H, W) camera-space points
-    du, dv = torch.gradient(points, dim=(3, 2))  # central; one-sided at the border
+    return (torch.linalg.inv(K) @ pix).reshape(B, 3, H, W) * depth
+
+
+def normals_from_depth(depth: Tensor, K: Tensor) -> Tensor:
+    """Camera-space unit normals facing the camera from z-depth and pinhole intrinsics.
+
+    Pixels are back-projected to points `z K^-1 (u, v, 1)`; differences to the neighbours along
+    u and v span the local tangent plane, and their cross product is the normal. Each axis uses
+    the one-sided difference with the smaller step, so a pixel next to a depth discontinuity
+    takes its own surface's neighbour; on a plane both differences lie in it: the normal is exact.
+
+    Args:
+        depth: (B, 1, H, W) z-depth in metres.
+        K: (3, 3) or (B, 3, 3) intrinsics in pixels (OpenCV axes).
+
+    Returns:
+        (B, 3, H, W) unit normals, OpenCV camera axes, pointing towards the camera.
+    """
+    points = back_project(depth, K)  # (B, 3, H, W) camera-space points
+    du, dv = _tangent(points, 3), _tangent(points, 2)
     n = torch.linalg.cross(du, dv, dim=1)
     n = torch.where((n * points).sum(1, keepdim=True) > 0, -n, n)  # face the camera
     return F.normalize(n, dim=1)
+
+
+def _tangent(points: Tensor, dim: int) -> Tensor:
+    """Per pixel, the shorter of the forward and backward differences of `points` along `dim`."""
+    diff = points.diff(dim=dim)
+    pad = (0, 0, 1, 0) if dim == 2 else (1, 0)
+    before = F.pad(diff, pad, value=float("inf"))
+    after = F.pad(diff, pad[::-1] if dim == 3 else (0, 0, 0, 1), value=float("inf"))
+    return torch.where(
+        before.norm(dim=1, keepdim=True) <= after.norm(dim=1, keepdim=True), before, after
+    )
 
 
 def normals_to_control(

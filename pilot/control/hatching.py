@@ -1,14 +1,17 @@
 """Hatched-sketch control images from depth and normals: outlines plus tonal hatching.
 
-The seed's look is a pen sketch: contour lines where the geometry breaks, and parallel hatch
-strokes whose density follows the shading and whose direction follows the surface. Drawn here
-from a depth and a normal pass (renderer output, or `normals_from_depth`):
+The seed's look is walls in 3D covered with a hatched texture: parallel pen strokes lying on
+each surface, in perspective, denser where the surface is darker, plus contour lines where the
+geometry breaks. Drawn here from a depth and a normal pass (renderer output, or
+`normals_from_depth`) and the camera intrinsics:
 
 - tone: Lambert shading `ambient + (1 - ambient) * max(0, n . light)`;
-- strokes: straight stripes across each surface, running perpendicular to the normal's
-  projection on the image (so they follow the surface's slope; a 45 degree default where a
-  surface faces the camera), at `spacing` pixels; a second, crossing layer below `tone < 0.45`,
-  a third, diagonal one below `0.2`; the first layer only below `0.8`;
+- strokes: stripes of constant `(axis . P) / spacing_world` on the back-projected points P,
+  so they lie on the surface and converge in perspective. Strokes run along the surface's
+  "upright" direction (camera up projected on it; camera forward on floors and ceilings); the
+  first layer below `tone < 0.8`, a crossing one below `0.45`, a diagonal one below `0.2`.
+  `spacing` is the stroke distance in pixels on a surface facing the camera at the median
+  depth; strokes that get denser than the pen can draw turn into an even tone (no moire);
 - outlines: depth discontinuities (relative depth jump > `depth_edge`) and creases (normals of
   neighbours differing by more than `crease_deg`).
 
@@ -24,14 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pilot.control.depth import back_project, pinhole
+
 # Towards the upper left and the viewer, camera axes (x right, y down, z forward).
 DEFAULT_LIGHT = (-0.5, -0.6, -0.62)
-_LAYERS = ((0.8, 0.0), (0.45, math.pi / 2), (0.2, math.pi / 4))  # (tone below, angle offset)
+_LAYERS = (0.8, 0.45, 0.2)  # tone below which each stroke layer is drawn
 
 
 def hatch(
     depth: Tensor,
     normals: Tensor,
+    K: Tensor | None = None,
     *,
     light: tuple[float, float, float] = DEFAULT_LIGHT,
     ambient: float = 0.15,
@@ -46,9 +52,10 @@ def hatch(
         depth: (B, 1, H, W) z-depth (any positive unit); non-finite or <= 0 is background.
         normals: (B, 3, H, W) camera-space unit normals facing the camera (OpenCV axes); zero
             vectors are background.
+        K: (3, 3) or (B, 3, 3) intrinsics in pixels; default a 50 degree centred pinhole.
         light: Direction towards the light, camera axes.
         ambient: Tone of unlit surfaces.
-        spacing: Distance between hatch strokes, pixels.
+        spacing: Stroke distance in pixels at the median depth.
         width: Stroke width, pixels.
         depth_edge: Relative depth jump between neighbours drawn as an outline.
         crease_deg: Angle between neighbouring normals drawn as an outline.
@@ -56,47 +63,82 @@ def hatch(
     Returns:
         (B, 3, H, W) in [0, 1], 1 = ink.
     """
-    if (
-        depth.ndim != 4
-        or depth.shape[1] != 1
-        or normals.shape != (depth.shape[0], 3, *depth.shape[2:])
-    ):
+    B, _, H, W = depth.shape
+    if depth.shape[1] != 1 or normals.shape != (B, 3, H, W):
         raise ValueError(
             f"depth {tuple(depth.shape)} and normals {tuple(normals.shape)}: expected "
             "(B, 1, H, W) and (B, 3, H, W)"
         )
     surface = (normals != 0).any(1, keepdim=True) & torch.isfinite(depth) & (depth > 0)
+    K = (pinhole(H, W) if K is None else K).to(depth).expand(B, 3, 3)
     l_dir = F.normalize(torch.tensor(light, dtype=normals.dtype, device=normals.device), dim=0)
-    tone = ambient + (1 - ambient) * (normals * l_dir.view(1, 3, 1, 1)).sum(
-        1, keepdim=True
-    ).clamp_min(0)
-    strokes = _strokes(normals, tone, spacing, width)
+    lambert = (normals * l_dir.view(1, 3, 1, 1)).sum(1, keepdim=True).clamp_min(0)
+    tone = ambient + (1 - ambient) * lambert
+    strokes = _strokes(depth, normals, surface, K, tone, spacing, width)
     ink = torch.maximum(
         strokes * surface, outlines(depth, normals, surface, depth_edge, crease_deg)
     )
     return ink.expand(-1, 3, -1, -1).contiguous()
 
 
-def _strokes(normals: Tensor, tone: Tensor, spacing: float, width: float) -> Tensor:
-    """Anti-aliased hatch layers (B, 1, H, W) in [0, 1]."""
-    B, _, H, W = normals.shape
-    y, x = torch.meshgrid(
-        torch.arange(H, device=normals.device, dtype=normals.dtype),
-        torch.arange(W, device=normals.device, dtype=normals.dtype),
-        indexing="ij",
+def _stroke_axes(normals: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit in-surface directions (B, 3, H, W): along the strokes `d`, across them `t`."""
+    up = torch.tensor([0.0, -1.0, 0.0], device=normals.device, dtype=normals.dtype).view(1, 3, 1, 1)
+    forward = torch.tensor([0.0, 0.0, 1.0], device=normals.device, dtype=normals.dtype)
+    forward = forward.view(1, 3, 1, 1)
+
+    def on_surface(v: Tensor) -> Tensor:
+        return v - (v * normals).sum(1, keepdim=True) * normals
+
+    d_up, d_forward = on_surface(up), on_surface(forward)
+    upright = d_up.norm(dim=1, keepdim=True) > 0.3  # not a floor or ceiling
+    d = F.normalize(torch.where(upright, d_up, d_forward), dim=1)
+    return d, torch.linalg.cross(normals, d, dim=1)
+
+
+def _strokes(
+    depth: Tensor,
+    normals: Tensor,
+    surface: Tensor,
+    K: Tensor,
+    tone: Tensor,
+    spacing: float,
+    width: float,
+) -> Tensor:
+    """Anti-aliased perspective hatch layers (B, 1, H, W) in [0, 1]."""
+    z = torch.where(surface, depth, torch.ones_like(depth))
+    points = back_project(z, K)  # (B, 3, H, W)
+    median = torch.stack(
+        [
+            zi[si].median() if si.any() else zi.new_ones(())
+            for zi, si in zip(z, surface, strict=True)
+        ]
     )
-    nx, ny = normals[:, :1], normals[:, 1:2]
-    slanted = (nx**2 + ny**2) > 1e-4  # the surface is seen at an angle
-    # Strokes run perpendicular to the projected normal: their normal (nx, ny) is the stripe axis.
-    base = torch.where(slanted, torch.atan2(ny, nx), torch.full_like(nx, math.pi / 4))
+    world = spacing * median.view(-1, 1, 1, 1) / K[:, 0, 0].view(-1, 1, 1, 1)  # stroke distance
+    d, t = _stroke_axes(normals)
     ink = torch.zeros_like(tone)
-    for threshold, offset in _LAYERS:
-        angle = base + offset
-        s = (x * torch.cos(angle) + y * torch.sin(angle)) / spacing
-        distance = (s - s.round()).abs() * spacing  # pixels to the nearest stroke centre
+    for axis, threshold in zip((t, d, (t + d) / math.sqrt(2)), _LAYERS, strict=True):
+        phase = (axis * points).sum(1, keepdim=True) / world  # stroke index, continuous
+        rate = _phase_rate(phase)  # strokes per pixel
+        distance = (phase - phase.round()).abs() / rate  # pixels to the nearest stroke centre
         line = (width / 2 + 0.5 - distance).clamp(0, 1)
+        even = (width * rate).clamp(max=1)  # the average ink where strokes are too dense
+        line = torch.where(rate > 1 / (2 * width + 1), even, line)
         ink = torch.maximum(ink, line * (tone < threshold))
     return ink
+
+
+def _phase_rate(phase: Tensor) -> Tensor:
+    """|grad phase| per pixel, each axis from the smaller one-sided difference (so a jump
+    between surfaces does not count), at least 1e-6."""
+    squares = torch.zeros_like(phase)
+    for dim in (2, 3):
+        diff = phase.diff(dim=dim).abs()
+        before = F.pad(diff, _pad(dim, after=False), value=float("inf"))
+        after = F.pad(diff, _pad(dim, after=True), value=float("inf"))
+        rate = torch.minimum(before, after)
+        squares = squares + torch.where(torch.isinf(rate), 0.0, rate) ** 2
+    return squares.sqrt().clamp_min(1e-6)
 
 
 def outlines(
@@ -107,15 +149,7 @@ def outlines(
     edge = torch.zeros_like(depth, dtype=torch.bool)
     cos_limit = math.cos(math.radians(crease_deg))
     for dim in (2, 3):
-        z_a, z_b = z.narrow(dim, 0, z.shape[dim] - 1), z.narrow(dim, 1, z.shape[dim] - 1)
-        s_a, s_b = (
-            surface.narrow(dim, 0, z.shape[dim] - 1),
-            surface.narrow(dim, 1, z.shape[dim] - 1),
-        )
-        n_a, n_b = (
-            normals.narrow(dim, 0, z.shape[dim] - 1),
-            normals.narrow(dim, 1, z.shape[dim] - 1),
-        )
+        (z_a, z_b), (s_a, s_b), (n_a, n_b) = (_neighbours(v, dim) for v in (z, surface, normals))
         near = torch.minimum(z_a, z_b)
         jump = (z_a - z_b).abs() > depth_edge * near
         crease = (n_a * n_b).sum(1, keepdim=True) < cos_limit
@@ -128,6 +162,12 @@ def outlines(
             | F.pad(hit & ~mark_a, _pad(dim, after=False))
         )
     return edge.to(depth.dtype)
+
+
+def _neighbours(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Each pixel and its next neighbour along `dim` (one fewer along it)."""
+    n = x.shape[dim] - 1
+    return x.narrow(dim, 0, n), x.narrow(dim, 1, n)
 
 
 def _pad(dim: int, *, after: bool) -> tuple[int, ...]:

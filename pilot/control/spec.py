@@ -18,7 +18,6 @@ and `hatch` directly.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pilot.control.depth import normals_from_depth
+from pilot.control.depth import normals_from_depth, pinhole
 from pilot.control.edges import canny, line_art, luma, soft_edges
 from pilot.control.hatching import hatch
 
@@ -36,13 +35,11 @@ def _grey(image: Tensor) -> Tensor:
     return luma(image).expand(-1, 3, -1, -1).contiguous()
 
 
-def _hatch_from_depth_image(image: Tensor, fov_x_deg: float = 50.0) -> Tensor:
+def _hatch_from_depth_image(image: Tensor) -> Tensor:
     """Hatching from a near-bright depth picture: depth = 1 / (0.05 + brightness), 50 deg fov."""
     depth = 1 / (0.05 + luma(image).float())
-    W = image.shape[-1]
-    f = W / 2 / math.tan(math.radians(fov_x_deg) / 2)
-    K = torch.tensor([[f, 0, (W - 1) / 2], [0, f, (image.shape[-2] - 1) / 2], [0, 0, 1.0]])
-    return hatch(depth, normals_from_depth(depth, K)).to(image.dtype)
+    K = pinhole(*image.shape[-2:])
+    return hatch(depth, normals_from_depth(depth, K), K).to(image.dtype)
 
 
 PREPROCESSORS: dict[str, Callable[[Tensor], Tensor]] = {
