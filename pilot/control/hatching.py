@@ -12,8 +12,9 @@ geometry breaks. Drawn here from a depth and a normal pass (renderer output, or
   first layer below `tone < 0.8`, a crossing one below `0.45`, a diagonal one below `0.2`.
   `spacing` is the stroke distance in pixels on a surface facing the camera at the median
   depth; strokes that get denser than the pen can draw turn into an even tone (no moire);
-- outlines: depth discontinuities (relative depth jump > `depth_edge`) and creases (normals of
-  neighbours differing by more than `crease_deg`).
+- outlines: silhouettes, depth discontinuities (a disparity step that breaks the surface's own
+  slope by more than `depth_edge` relative, see `_disparity_jumps`; grazing surfaces such as a
+  floor are not outlined) and creases (neighbour normals more than `crease_deg` apart).
 
 The result is white lines on black, (B, 3, H, W) in [0, 1], the line-type ControlNets'
 convention (lineart, scribble, softedge); `1 - hatch(...)` is the paper-white drawing.
@@ -57,7 +58,7 @@ def hatch(
         ambient: Tone of unlit surfaces.
         spacing: Stroke distance in pixels at the median depth.
         width: Stroke width, pixels.
-        depth_edge: Relative depth jump between neighbours drawn as an outline.
+        depth_edge: Relative disparity jump between neighbours drawn as an outline.
         crease_deg: Angle between neighbouring normals drawn as an outline.
 
     Returns:
@@ -150,8 +151,7 @@ def outlines(
     cos_limit = math.cos(math.radians(crease_deg))
     for dim in (2, 3):
         (z_a, z_b), (s_a, s_b), (n_a, n_b) = (_neighbours(v, dim) for v in (z, surface, normals))
-        near = torch.minimum(z_a, z_b)
-        jump = (z_a - z_b).abs() > depth_edge * near
+        jump = _disparity_jumps(1 / z, dim, depth_edge)
         crease = (n_a * n_b).sum(1, keepdim=True) < cos_limit
         hit = (s_a != s_b) | ((s_a & s_b) & (jump | crease))
         # mark the nearer pixel of each pair (the silhouette belongs to the foreground)
@@ -162,6 +162,27 @@ def outlines(
             | F.pad(hit & ~mark_a, _pad(dim, after=False))
         )
     return edge.to(depth.dtype)
+
+
+def _disparity_jumps(disparity: Tensor, dim: int, threshold: float) -> Tensor:
+    """Steps between neighbours along `dim` that break the surface's own slope.
+
+    Disparity (1 / z) is affine in pixel coordinates on a plane, so its steps are equal along a
+    surface, however grazing. A step is a jump when it differs from the steps on both sides by
+    more than `threshold` times the nearer disparity (a crease changes the slope on one side
+    only). Returns (B, 1, ...) bool with one fewer entry along `dim`.
+    """
+    step = disparity.diff(dim=dim)
+    nan = float("nan")
+    before = F.pad(step.narrow(dim, 0, step.shape[dim] - 1), _pad(dim, after=False), value=nan)
+    after = F.pad(step.narrow(dim, 1, step.shape[dim] - 1), _pad(dim, after=True), value=nan)
+    a, b = _neighbours(disparity, dim)
+    limit = threshold * torch.maximum(a, b)
+
+    def breaks(other: Tensor) -> Tensor:
+        return ((step - other).abs() > limit) | other.isnan()
+
+    return breaks(before) & breaks(after) & ~(before.isnan() & after.isnan())
 
 
 def _neighbours(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:

@@ -134,3 +134,18 @@ def test_hatch_strokes_follow_a_slanted_surface():
     inner = ink[2:-2, 2:-2]
     assert inner.max() == 1  # strokes are vertical: every row alike
     torch.testing.assert_close(inner, inner[:1].expand_as(inner), atol=0.02, rtol=0)
+
+
+def test_hatch_strokes_converge_in_perspective_on_a_floor():
+    floor = torch.tensor([0.0, -1.0, 0.0])  # horizontal floor below a level camera
+    v, u = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    depth = torch.where(v > K[1, 2] + 2, 1.5 * F_PX / (v - K[1, 2]), torch.inf)[None, None]
+    normals = torch.where(torch.isfinite(depth), floor.view(1, 3, 1, 1), 0.0)
+    ink = hatch(depth, normals, K, light=(0.0, -0.5, -1.0), spacing=6)[0, 0]  # one layer
+
+    def strokes(row: int) -> int:
+        return int(((ink[row, 1:] > 0.5) & (ink[row, :-1] <= 0.5)).sum())
+
+    assert strokes(24) > strokes(31) > 0  # farther rows hold more (converging) strokes
+    assert ink[18:20].min() > 0.5  # strokes too dense to draw become an even tone, no moire
+    assert not ink[:17].any()  # nothing above the horizon, no outline across the floor
