@@ -19,6 +19,7 @@ and `hatch` directly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +116,11 @@ def parse_control_arg(text: str) -> ControlSpec:
         raise ValueError(f"--control {text!r}: {e}") from e
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(text) is not None
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:

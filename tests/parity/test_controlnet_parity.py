@@ -51,16 +51,21 @@ def compare(cfg, ours, ref, unets, batch, h, w, guess_mode) -> tuple[float, floa
         res_err = max(errors + [max_rel_error(mid, ref_mid)])
         if unets is None:
             return res_err, 0.0
-        unet, ref_unet = unets
-        out = unet(x, t, context, down_residuals=down, mid_residual=mid)
-        expected = ref_unet(
-            x,
-            t,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=ref_down,
-            mid_block_additional_residual=ref_mid,
-        ).sample
-    return res_err, max_rel_error(out, expected)
+    return res_err, controlled_unet_error(*unets, x, t, context, down, mid, ref_down, ref_mid)
+
+
+@torch.no_grad()
+def controlled_unet_error(unet, ref_unet, x, t, context, down, mid, ref_down, ref_mid) -> float:
+    """Max rel error of pilot's UNet with our residuals against diffusers' with theirs."""
+    out = unet(x, t, context, down_residuals=down, mid_residual=mid)
+    expected = ref_unet(
+        x,
+        t,
+        encoder_hidden_states=context,
+        down_block_additional_residuals=ref_down,
+        mid_block_additional_residual=ref_mid,
+    ).sample
+    return max_rel_error(out, expected)
 
 
 TINY = {name: ControlNetConfig(unet=u) for name, u in TINY_VARIANTS.items()}
@@ -104,19 +109,11 @@ def test_controlnet_and_controlled_unet_parity_sd15():
         down, mid = ref(x, t, context, image, conditioning_scale=0.8, return_dict=False)
     del ours, ref
     gc.collect()
-    unet, ref_unet = unet_pair(cfg, seed=1)
-    with torch.no_grad():
-        out = unet(x, t, context, down_residuals=down, mid_residual=mid)
-        expected = ref_unet(
-            x,
-            t,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
-    del unet, ref_unet
+    unets = unet_pair(cfg, seed=1)
+    out_err = controlled_unet_error(*unets, x, t, context, down, mid, down, mid)
+    del unets
     gc.collect()
-    assert res_err <= TOL and max_rel_error(out, expected) <= TOL
+    assert res_err <= TOL and out_err <= TOL
 
 
 def diffusers_cfg_step(unet, multi, x, sigma, cond, uncond, images, scales, guess_mode, schedule):
