@@ -1,12 +1,14 @@
 """Walls pair throughput: procedural renders per second, in memory and written to disk.
 
-    python -m experiments.bench.render                        # 256x256, 64 pairs per timing
-    python -m experiments.bench.render --size 512 --device cuda
+    python -m experiments.bench.render                       # 256x256, 64 pairs per timing
+    python -m experiments.bench.render --write-n 2000        # also time a 2000-pair write
+    python -m experiments.bench.render --device cuda --threads 8
 
-Times `render_pairs` (scene sampling + ray casting + shading, all passes) and `write_pairs`
-(the same plus PNG encoding of hatched/textured/fog and atomic writes) interleaved over several
-rounds, so load from other processes on a shared machine hits both alike. Prints the median and
-the best round; the load average before and after says how busy the machine was.
+Times `render_pairs` (scene sampling + ray casting + shading, every pass) with 1 and with 2
+torch threads, interleaved over several rounds so load from other programs on a shared machine
+hits both alike; prints median and best round, the process CPU seconds per pair (a figure the
+load barely moves), and the load average before and after. `--write-n` then times one
+`write_pairs` run (PNG files + manifest, `--workers` processes, spawn time included).
 """
 
 from __future__ import annotations
@@ -15,51 +17,67 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 
 import torch
 
-from experiments.bench.common import device_name, format_table, time_ms
+from experiments.bench.common import device_name, format_table
 from pilot.data.walls import render_pairs, write_pairs
 
 
+def _time(fn, threads: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call with `threads` torch threads."""
+    torch.set_num_threads(threads)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main(argv=None) -> None:
-    """Parse arguments, time both paths round by round, print the table."""
+    """Parse arguments, time the paths round by round, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--n", type=int, default=64, help="pairs per timed call")
+    parser.add_argument("--n", type=int, default=64, help="pairs per timed render call")
     parser.add_argument("--batch", type=int, default=16, help="scenes rendered together")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--write-n", type=int, default=0, help="pairs for the write timing")
+    parser.add_argument("--workers", type=int, default=2, help="write_pairs processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        fns = {
-            "render_pairs (memory)": lambda: render_pairs(
-                args.n, args.size, seed=0, batch=args.batch, device=device
-            ),
-            "write_pairs (PNG on disk)": lambda: write_pairs(
-                tmp, args.n, args.size, seed=0, batch=args.batch, device=device
-            ),
-        }
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for fn in fns.values():
-            fn()  # warm-up
-        for _ in range(args.rounds):
-            for name, fn in fns.items():
-                times[name].append(time_ms(fn, device, warmup=0, iters=1))
+
+    def run():
+        render_pairs(args.n, args.size, seed=0, batch=args.batch, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    _time(run, args.threads[0])  # warm-up
+    times = {t: [] for t in args.threads}
+    for _ in range(args.rounds):
+        for t in args.threads:
+            times[t].append(_time(run, t))
     rows = []
-    for name, ts in times.items():
-        med, best = statistics.median(ts), min(ts)
-        rows.append([name, f"{args.n / med * 1e3:.1f}", f"{args.n / best * 1e3:.1f}"])
+    for t, ts in times.items():
+        walls = [w for w, _ in ts]
+        cpu_ms = statistics.median(c for _, c in ts) / args.n * 1e3
+        rate, best = args.n / statistics.median(walls), args.n / min(walls)
+        rows.append([f"render_pairs, {t} thread(s)", f"{rate:.1f}", f"{best:.1f}", f"{cpu_ms:.0f}"])
+    if args.write_n:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall = time.perf_counter()
+            write_pairs(tmp, args.write_n, args.size, 0, batch=args.batch, workers=args.workers)
+            rate = args.write_n / (time.perf_counter() - wall)
+        rows.append([f"write_pairs {args.write_n}, {args.workers} workers", f"{rate:.1f}", "", ""])
     print(
         f"Walls pairs, {args.size}x{args.size}, {args.n} pairs per call, batch {args.batch}, "
-        f"{args.rounds} rounds, {device_name(device)}, torch {torch.__version__}, "
+        f"{args.rounds} rounds, {device_name(device).split(' (')[0]} ({os.cpu_count()} cores), "
+        f"torch {torch.__version__}, "
         f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}"
     )
-    print(format_table(["path", "pairs/s (median)", "pairs/s (best round)"], rows))
+    header = ["path", "pairs/s (median)", "pairs/s (best round)", "CPU ms / pair"]
+    print(format_table(header, rows))
 
 
 if __name__ == "__main__":

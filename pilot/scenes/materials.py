@@ -1,7 +1,8 @@
 """Procedural plane materials: line hatching and colour textures (bricks, tiles, panels, plaster).
 
 A material is a row of `N_FIELDS` floats (column indices below); planes stack their rows into a
-(P, N_FIELDS) tensor so the renderer shades every pixel of a batch in one vectorised pass. The
+(P, N_FIELDS) tensor, and the renderer hands the shaders one contiguous (N_FIELDS, N) block of
+per-pixel fields so every pixel of a batch is shaded in one vectorised pass. The
 patterns live in the plane's own (u, v) coordinates in metres, so they follow perspective, and
 are anti-aliased with the pixel footprint (metres per pixel on the surface). Noise is integer
 value noise: it hashes lattice coordinates with int64 arithmetic, so a seed gives the same
@@ -114,25 +115,27 @@ def hatch(u: Tensor, v: Tensor, m: Tensor, footprint: Tensor) -> Tensor:
 
     Args:
         u, v: (N,) surface coordinates in metres.
-        m: (N, N_FIELDS) material rows of the pixels.
+        m: (N_FIELDS, N) material fields of the pixels (field-major: each field contiguous).
         footprint: (N,) metres per pixel on the surface.
     """
-    a, density, width = m[:, HATCH_ANGLE], m[:, HATCH_DENSITY], m[:, HATCH_WIDTH]
+    a, density, width = m[HATCH_ANGLE], m[HATCH_DENSITY], m[HATCH_WIDTH]
     cos, sin = a.cos(), a.sin()
     fp = footprint * density
     ink = _lines((u * cos + v * sin) * density, width, fp)
-    cross = _lines((v * cos - u * sin) * density, width, fp) * m[:, CROSS]
+    cross = _lines((v * cos - u * sin) * density, width, fp) * m[CROSS]
     return 1 - torch.maximum(ink, cross)
 
 
 def albedo(u: Tensor, v: Tensor, m: Tensor, footprint: Tensor) -> Tensor:
-    """Procedural colour (N, 3) in [0, 1]: running-bond bricks, tiles, panels or plaster.
+    """Procedural colour (3, N) in [0, 1]: running-bond bricks, tiles, panels or plaster.
+
+    Arguments as for `hatch`.
 
     Each cell gets a hashed brightness jitter, joints are box-filtered lines of the joint colour,
     then fine grain and large stains (value noise) modulate the result.
     """
-    kind, seed = m[:, KIND].long(), m[:, SEED].int()
-    cu, cv = m[:, CELL_U], m[:, CELL_V]
+    kind, seed = m[KIND].long(), m[SEED].int()
+    cu, cv = m[CELL_U], m[CELL_V]
     y = v / cv
     row = y.floor()
     x = u / cu + torch.where(kind == BRICKS, 0.5 * torch.remainder(row, 2), 0.0)
@@ -143,10 +146,10 @@ def albedo(u: Tensor, v: Tensor, m: Tensor, footprint: Tensor) -> Tensor:
     joint = ((joint_w / 2 - edge) / footprint.clamp_min(1e-4) + 0.5).clamp(0, 1)
     joint = joint * (joint_w > 0)
     jitter = hash_uniform(col.int(), row.int(), seed) - 0.5  # (N,) per cell
-    base = m[:, RGB] * (1 + 0.35 * jitter)[:, None]
-    colour = torch.lerp(base, m[:, JOINT_RGB], joint[:, None])
+    base = m[RGB] * (1 + 0.35 * jitter)  # (3, N)
+    colour = torch.lerp(base, m[JOINT_RGB], joint)
     fade = (1 - footprint * 30).clamp(0, 1)  # grain period ~3 cm: fade where it would alias
     grain = value_noise(u * 40, v * 40, seed) - 0.5
     stain = ((value_noise(u * 0.9, v * 0.9, seed + 1) - 0.5) / 0.3).clamp(0, 1)
-    shade = (1 + m[:, GRAIN] * grain * fade) * (1 - m[:, STAIN] * stain)
-    return (colour * shade[:, None]).clamp(0, 1)
+    shade = (1 + m[GRAIN] * grain * fade) * (1 - m[STAIN] * stain)
+    return (colour * shade).clamp(0, 1)

@@ -81,46 +81,59 @@ class RenderConfig:
     chunk_rays: int = 2**16  # rays shaded together (all scenes of the batch)
 
 
-def pixel_rays(K: Tensor, c2w: Tensor, height: int, width: int) -> Tensor:
-    """World ray directions (B, H*W, 3) scaled so their camera-space z is 1.
+def to_camera(scene: Scene, c2w: Tensor) -> dict[str, Tensor]:
+    """Plane centres and axes (B, P, 3) and the sun (B, 3) in each camera's frame (OpenCV axes)."""
+    R, o = c2w[:, :3, :3], c2w[:, :3, 3]
+    out = {k: getattr(scene, k) @ R for k in ("u", "v", "normal")}  # R^T a, row-wise
+    out["center"] = (scene.center - o[:, None]) @ R
+    out["light"] = (scene.light[:, None] @ R)[:, 0]  # (B, 3) sun direction
+    return out
 
-    A point at parameter s along such a ray has z-depth s. Pixel centres are integer coordinates.
+
+def _project(a: Tensor, K_inv: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """a . (K^-1 [x, y, 1]) for camera-space vectors a (B, P, 3) and pixels x, y (N,) -> (B, P, N).
+
+    K is upper triangular, so the dot product is affine in (x, y): two fused multiply-adds.
     """
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=K.dtype, device=K.device),
-        torch.arange(width, dtype=K.dtype, device=K.device),
-        indexing="ij",
-    )
-    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3)  # (1, HW, 3)
-    d_cam = pix @ torch.linalg.inv(K).transpose(1, 2)  # (B, HW, 3), z = 1
-    return d_cam @ c2w[:, :3, :3].transpose(1, 2)
+    ax, ay, az = a.unbind(-1)
+    alpha = ax * K_inv[:, None, 0, 0]
+    beta = ax * K_inv[:, None, 0, 1] + ay * K_inv[:, None, 1, 1]
+    gamma = ax * K_inv[:, None, 0, 2] + ay * K_inv[:, None, 1, 2] + az
+    return torch.addcmul(torch.addcmul(gamma[..., None], alpha[..., None], x), beta[..., None], y)
 
 
-def intersect(scene: Scene, origin: Tensor, d: Tensor, near: float) -> dict[str, Tensor]:
-    """Nearest ray-rectangle hits. origin (B, 3), d (B, N, 3) -> per-ray tensors (B, N).
+def intersect(
+    cam: dict[str, Tensor], half: Tensor, K_inv: Tensor, x: Tensor, y: Tensor, near: float
+) -> dict[str, Tensor]:
+    """Nearest ray-rectangle hits of the rays through pixels (x, y) (N,) -> per-ray (B, N).
 
-    Returns `s` (ray parameter, inf on a miss), `index` (plane id), `u`, `v` (hit coordinates in
-    the plane, metres) and `dn` (d . normal, sign tells which side was hit). Work tensors are
-    laid out (B, P, N) so every plane's test runs over contiguous memory.
+    Rays are d = K^-1 [x, y, 1] (z = 1), so the ray parameter `s` of a hit is its z-depth.
+
+    Args:
+        cam: camera-space planes from `to_camera`.
+        half: (B, P, 2) half extents, negative for padding planes (never hit).
+        K_inv: (B, 3, 3) inverse intrinsics.
+        x, y: (N,) pixel coordinates.
+        near: hits with s <= near are ignored.
+
+    Returns:
+        `s` (inf on a miss), `index` (plane id), `u`, `v` (hit coordinates in the plane,
+        metres) and `dn` (d . normal, its sign tells which side was hit).
     """
-    normal = scene.normal
-    P = normal.shape[1]
-    axes = torch.cat([normal, scene.u, scene.v], 1)  # (B, 3P, 3)
-    dn, du, dv = (axes @ d.transpose(1, 2)).split(P, 1)  # (B, P, N) each
-    oc = origin[:, None] - scene.center  # (B, P, 3)
-    on, ou, ov = (oc * normal).sum(-1), (oc * scene.u).sum(-1), (oc * scene.v).sum(-1)
-    half = torch.where(scene.valid[..., None], scene.half, -1.0)  # padding planes never hit
-    s = (-on)[..., None] / dn  # (B, P, N); NaN only for rays lying in a plane
-    pu = torch.addcmul(ou[..., None], s, du)
-    pv = torch.addcmul(ov[..., None], s, dv)
+    dn, du, dv = (_project(cam[k], K_inv, x, y) for k in ("normal", "u", "v"))  # (B, P, N)
+    c = cam["center"]
+    on, ou, ov = (-(c * cam[k]).sum(-1)[..., None] for k in ("normal", "u", "v"))  # (B, P, 1)
+    s = -on / dn  # NaN only for rays lying in a plane
+    pu = torch.addcmul(ou, s, du)
+    pv = torch.addcmul(ov, s, dv)
     hit = s > near
     hit &= pu.abs() <= half[..., 0, None]
     hit &= pv.abs() <= half[..., 1, None]
     s, index = torch.where(hit, s, torch.inf).min(1)  # (B, N)
     pick = index[:, None]
     out = {"s": s, "index": index}
-    for name, x in (("u", pu), ("v", pv), ("dn", dn)):
-        out[name] = x.gather(1, pick).squeeze(1)
+    for name, t in (("u", pu), ("v", pv), ("dn", dn)):
+        out[name] = t.gather(1, pick).squeeze(1)
     return out
 
 
@@ -156,37 +169,57 @@ def render(
             f"render: K {tuple(K.shape)}, c2w {tuple(c2w.shape)} and {scene.center.shape[0]} "
             f"scenes do not describe one batch"
         )
-    d = pixel_rays(K, c2w, height, width)  # (B, HW, 3)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=K.dtype, device=K.device),
+        torch.arange(width, dtype=K.dtype, device=K.device),
+        indexing="ij",
+    )
+    xs, ys = xs.flatten(), ys.flatten()  # (HW,) pixel centres
+    K_inv, cam = torch.linalg.inv(K), to_camera(scene, c2w)
+    half = torch.where(scene.valid[..., None], scene.half, -1.0)
     step = max(1, cfg.chunk_rays // B)
-    parts = [shade_rays(scene, K, c2w, d[:, i : i + step], cfg) for i in range(0, d.shape[1], step)]
+    parts = [
+        shade_rays(scene, cam, half, K_inv, xs[i : i + step], ys[i : i + step], cfg)
+        for i in range(0, xs.shape[0], step)
+    ]
     passes = {k: torch.cat([p[k] for p in parts], 1) for k in parts[0]}
-    return {k: x.reshape(B, height, width, -1).permute(0, 3, 1, 2) for k, x in passes.items()}
+    return {k: t.reshape(B, height, width, -1).permute(0, 3, 1, 2) for k, t in passes.items()}
 
 
 def shade_rays(
-    scene: Scene, K: Tensor, c2w: Tensor, d: Tensor, cfg: RenderConfig
+    scene: Scene,
+    cam: dict[str, Tensor],
+    half: Tensor,
+    K_inv: Tensor,
+    x: Tensor,
+    y: Tensor,
+    cfg: RenderConfig,
 ) -> dict[str, Tensor]:
-    """All passes of `render` for rays d (B, N, 3), as (B, N, C) tensors."""
-    B, N = d.shape[:2]
-    hit = intersect(scene, c2w[:, :3, 3], d, cfg.near)
+    """All passes of `render` for the pixels (x, y) (N,), as (B, N, C) tensors."""
+    B, N = K_inv.shape[0], x.shape[0]
+    hit = intersect(cam, half, K_inv, x, y, cfg.near)
     sky = torch.isinf(hit["s"])  # (B, N)
     s = torch.where(sky, cfg.far, hit["s"])
     u, v = torch.where(sky, 0.0, hit["u"]), torch.where(sky, 0.0, hit["v"])
     idx = hit["index"][..., None]
-    m = scene.material.gather(1, idx.expand(-1, -1, materials.N_FIELDS))  # (B, N, F)
-    n_w = scene.normal.gather(1, idx.expand(-1, -1, 3))  # (B, N, 3)
-    n_w = n_w * -torch.sign(hit["dn"])[..., None]  # face the camera
-    ray_len = d.norm(dim=-1)  # (B, N) metres of ray per metre of depth
+    F_ = materials.N_FIELDS
+    table = scene.material.permute(2, 0, 1)  # (F, B, P)
+    m = table.gather(2, hit["index"][None].expand(F_, -1, -1)).view(F_, B * N)  # field-major
+    n = cam["normal"].gather(1, idx.expand(-1, -1, 3))  # (B, N, 3) camera space
+    n = n * -torch.sign(hit["dn"])[..., None]  # face the camera
+    dx = K_inv[:, 0, 0, None] * x + K_inv[:, 0, 1, None] * y + K_inv[:, 0, 2, None]  # (B, N)
+    dy = K_inv[:, 1, 1, None] * y + K_inv[:, 1, 2, None]
+    ray_len = (dx * dx + dy * dy + 1).sqrt()  # metres of ray per metre of depth
     cos_view = (hit["dn"].abs() / ray_len).nan_to_num(1.0)
-    footprint = s / K[:, 0, 0, None] / cos_view.clamp_min(0.05)  # metres per pixel on the surface
+    footprint = s * K_inv[:, 0, 0, None] / cos_view.clamp_min(0.05)  # metres per pixel
 
-    flat = (B * N, -1)
-    hatched = materials.hatch(u.flatten(), v.flatten(), m.reshape(flat), footprint.flatten())
-    colour = materials.albedo(u.flatten(), v.flatten(), m.reshape(flat), footprint.flatten())
-    lambert = (n_w * scene.light[:, None]).sum(-1).clamp_min(0)
+    u, v, footprint = u.flatten(), v.flatten(), footprint.flatten()
+    hatched = materials.hatch(u, v, m, footprint)  # (B * N,)
+    colour = materials.albedo(u, v, m, footprint).view(3, B, N).permute(1, 2, 0)
+    lambert = (n * cam["light"][:, None]).sum(-1).clamp_min(0)
     amb = scene.ambient[:, None]
     shade = amb + (1 - amb) * (0.7 * lambert + 0.3 * cos_view)  # sun plus a soft headlight
-    textured = colour.reshape(B, N, 3) * shade[..., None]
+    textured = colour * shade[..., None]
     fog_rgb = scene.fog_rgb[:, None].expand(B, N, 3)
     textured = torch.where(sky[..., None], fog_rgb, textured)
     fog = torch.where(sky, 1.0, 1 - torch.exp(-scene.fog_density[:, None] * s * ray_len))
@@ -196,6 +229,6 @@ def shade_rays(
         "fog": fog[..., None],
         "image": torch.lerp(textured, fog_rgb, fog[..., None]),
         "depth": s[..., None],
-        "normals": (n_w @ c2w[:, :3, :3]) * ~sky[..., None],  # world -> camera: R^T n
+        "normals": n * ~sky[..., None],
         "plane": torch.where(sky, -1, hit["index"])[..., None],
     }

@@ -55,3 +55,16 @@ def test_reader_errors_name_the_file(tmp_path):
         WallsFolder(tmp_path)[1]
     with pytest.raises(ValueError, match="depth"):
         WallsFolder(tmp_path, passes=("hatched", "depth"))
+
+
+@pytest.mark.slow  # spawning two workers imports torch twice: ~5-20 s on a busy 2-core box
+def test_worker_processes_write_identical_files(tmp_path):
+    write_pairs(tmp_path / "one", 3, 16, seed=5)
+    write_pairs(tmp_path / "two", 3, 16, seed=5, workers=2)
+    a = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert a == b
+    for p in ("hatched", "textured", "fog"):
+        for i in range(3):
+            name = f"{p}/{i:06d}.png"
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
