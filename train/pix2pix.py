@@ -10,6 +10,7 @@ Trainer's `precision`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -22,6 +23,52 @@ from pilot.data.paired import PairedConfig, PairedImages
 from pilot.models.pix2pix import PatchDiscriminator, PatchGANConfig, Pix2PixConfig, UNetGenerator
 from train.losses import GANLoss, discriminator_loss, generator_loss
 from train.metrics import head_metrics, split
+
+
+def pix2pix_step(
+    generator: UNetGenerator,
+    discriminator: PatchDiscriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    a: Tensor,
+    b: Tensor,
+    *,
+    loss: GANLoss,
+    l1_weight: float,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> dict[str, Tensor]:
+    """One Pix2Pix update: the discriminator on (a, b) vs (a, G(a)), then the generator on the
+    adversarial loss plus `l1_weight` times L1 (Isola et al. 2017, eq. 4).
+
+    Args:
+        a: conditions (B, Ca, S, S) in [-1, 1].
+        b: targets (B, Cb, S, S) in [-1, 1], heads concatenated.
+        backward: how to backpropagate (Lightning's `manual_backward` applies AMP scaling).
+
+    Returns:
+        d_loss, g_adv, l1 and one `l1_<head>` per generator head (detached except the first 3).
+    """
+    fake = generator(a)  # (B, Cb, S, S)
+    real_logits = discriminator(torch.cat([a, b], 1))
+    fake_logits = discriminator(torch.cat([a, fake.detach()], 1))
+    d_loss = discriminator_loss(loss, real_logits, fake_logits)
+    opt_d.zero_grad(set_to_none=True)
+    backward(d_loss)
+    opt_d.step()
+
+    discriminator.requires_grad_(False)  # the generator step needs no discriminator gradients
+    g_adv = generator_loss(loss, discriminator(torch.cat([a, fake], 1)))
+    error = (fake.float() - b.float()).abs()
+    l1 = error.mean()
+    opt_g.zero_grad(set_to_none=True)
+    backward(g_adv + l1_weight * l1)
+    opt_g.step()
+    discriminator.requires_grad_(True)
+
+    cfg = generator.cfg
+    heads = split(error.detach(), cfg.head_channels)
+    per_head = {f"l1_{n}": h.mean() for n, h in zip(cfg.head_names, heads, strict=True)}
+    return {"d_loss": d_loss, "g_adv": g_adv, "l1": l1, **per_head}
 
 
 class PairedDataModule(L.LightningDataModule):
@@ -132,32 +179,20 @@ class Pix2PixSystem(L.LightningModule):
         return [opt_g, opt_d]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        a, b = batch["A"], batch["B"]  # (B, Ca, S, S), (B, Cb, S, S) in [-1, 1]
         opt_g, opt_d = self.optimizers()
-        fake = self.generator(a)
-
-        self.toggle_optimizer(opt_d)
-        real_logits = self.discriminator(torch.cat([a, b], 1))
-        fake_logits = self.discriminator(torch.cat([a, fake.detach()], 1))
-        d_loss = discriminator_loss(self.loss_kind, real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
-        self.untoggle_optimizer(opt_d)
-
-        self.toggle_optimizer(opt_g)
-        g_adv = generator_loss(self.loss_kind, self.discriminator(torch.cat([a, fake], 1)))
-        heads = split((fake.float() - b.float()).abs(), self.cfg.head_channels)
-        l1_heads = {f"l1_{n}": h.mean() for n, h in zip(self.cfg.head_names, heads, strict=True)}
-        l1 = (fake.float() - b.float()).abs().mean()
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_adv + self.l1_weight * l1)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
-        losses = {"d_loss": d_loss, "g_adv": g_adv, "l1": l1, **l1_heads}
+        losses = pix2pix_step(
+            self.generator,
+            self.discriminator,
+            opt_g,
+            opt_d,
+            batch["A"],
+            batch["B"],
+            loss=self.loss_kind,
+            l1_weight=self.l1_weight,
+            backward=self.manual_backward,
+        )
         self.log_dict(losses, prog_bar=True)
-        return {"d_loss": d_loss.detach(), "g_adv": g_adv.detach(), "l1": l1.detach()}
+        return {k: losses[k].detach() for k in ("d_loss", "g_adv", "l1")}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         pred = self.generator(batch["A"])

@@ -1,0 +1,61 @@
+"""Acceptance check of the hatched-walls conditioner on held-out pairs: texture L1 / PSNR and fog
+correlation of the model against the input-copy and mean-image baselines.
+
+    python -m experiments.walls_eval --checkpoint runs/hatched_walls_pix2pix/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from pilot.data.paired import PairedConfig, PairedImages
+from pilot.weights.gan import load_generator
+from train.metrics import head_metrics, input_copy, mean_image, split
+
+WALLS = PairedConfig(
+    inputs=("hatched",),
+    input_channels=(1,),
+    targets=("textured", "fog"),
+    target_channels=(3, 1),
+    image_size=128,
+    load_size=128,
+)
+
+
+def stack(dataset: PairedImages, limit: int) -> dict[str, torch.Tensor]:
+    items = [dataset[i] for i in range(min(limit, len(dataset)))]
+    return {k: torch.stack([it[k] for it in items]) for k in ("A", "B")}
+
+
+def evaluate(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Texture and fog metrics of one prediction (N, 4, S, S) against the targets."""
+    (p_tex, p_fog), (t_tex, t_fog) = split(pred, (3, 1)), split(target, (3, 1))
+    return {**head_metrics(p_tex, t_tex, "texture_"), **head_metrics(p_fog, t_fog, "fog_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--root", default="runs/data/walls128", help="training pairs (mean image)")
+    parser.add_argument("--val-root", default="runs/data/walls128_val", help="held-out pairs")
+    parser.add_argument("--mean-count", type=int, default=1000)
+    args = parser.parse_args()
+    _, generator = load_generator(args.checkpoint, kind="pix2pix")
+    held = stack(PairedImages(args.val_root, WALLS, augment=False), 10_000)
+    train = stack(PairedImages(args.root, WALLS, augment=False), args.mean_count)
+    with torch.no_grad():
+        pred = torch.cat([generator(a) for a in held["A"].split(16)])
+    n = len(held["A"])
+    results = {
+        "model": evaluate(pred, held["B"]),
+        "input_copy": evaluate(input_copy(held["A"], 4), held["B"]),
+        "mean_image": evaluate(mean_image(train["B"], n), held["B"]),
+    }
+    print(json.dumps({"held_out_pairs": n, **results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

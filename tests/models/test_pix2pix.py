@@ -1,0 +1,92 @@
+"""Pix2Pix U-Net and PatchGAN: depth from image size, heads, skips, dropout, config errors."""
+
+import pytest
+import torch
+
+from pilot.models.pix2pix import (
+    PIX2PIX_PRESETS,
+    PatchDiscriminator,
+    PatchGANConfig,
+    Pix2PixConfig,
+    UNetGenerator,
+)
+
+TINY = dict(base_channels=2, max_mult=2)
+
+
+@pytest.mark.parametrize("size, depth", [(64, 6), (128, 7), (256, 8)])
+def test_depth_follows_image_size(size, depth):
+    g = UNetGenerator(Pix2PixConfig(image_size=size, **TINY))
+    assert len(g.down) == depth and len(g.up) == depth - 1
+    assert g(torch.randn(1, 3, size, size)).shape == (1, 3, size, size)
+
+
+def test_heads_are_separate_channels():
+    cfg = Pix2PixConfig(
+        image_size=64, in_channels=1, head_names=("texture", "fog"), head_channels=(3, 1), **TINY
+    )
+    g = UNetGenerator(cfg).eval()
+    out = g(torch.randn(2, 1, 64, 64))
+    heads = g.split_heads(out)
+    assert out.shape == (2, 4, 64, 64) and heads["fog"].shape == (2, 1, 64, 64)
+    assert out.abs().max() <= 1
+    with torch.no_grad():  # zeroing the fog head changes only the fog channel
+        g.heads["fog"][1].weight.zero_()
+        g.heads["fog"][1].bias.zero_()
+    out2 = g(torch.randn(2, 1, 64, 64).copy_(torch.zeros(1)))
+    assert torch.all(out2[:, 3] == 0)
+
+
+def test_dropout_is_noise_in_training_and_optional_in_eval():
+    x = torch.randn(2, 3, 64, 64)
+    g = UNetGenerator(Pix2PixConfig(image_size=64, norm="instance", **TINY))
+    g.eval()
+    assert torch.equal(g(x), g(x))
+    cfg = Pix2PixConfig(image_size=64, norm="instance", dropout_in_eval=True, **TINY)
+    noisy = UNetGenerator(cfg)
+    noisy.eval()
+    assert not torch.equal(noisy(x), noisy(x))
+
+
+def test_larger_inputs_run_fully_convolutionally():
+    g = UNetGenerator(Pix2PixConfig(image_size=64, **TINY)).eval()
+    assert g(torch.randn(1, 3, 128, 192)).shape == (1, 3, 128, 192)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        g(torch.randn(1, 3, 100, 100))
+
+
+@pytest.mark.parametrize("n_layers, side", [(1, 30), (3, 6)])
+def test_patchgan_receptive_grid(n_layers, side):
+    d = PatchDiscriminator(PatchGANConfig(in_channels=4, base_channels=2, n_layers=n_layers))
+    assert d(torch.randn(2, 4, 64, 64)).shape == (2, 1, side, side)
+
+
+def test_pixelgan_is_per_pixel():
+    d = PatchDiscriminator(PatchGANConfig(in_channels=4, base_channels=2, kind="pixel")).eval()
+    x = torch.randn(1, 4, 8, 8)
+    y = d(x)
+    x2 = x.clone()
+    x2[..., 0, 0] += 1  # one pixel changed: only its logit changes
+    changed = (d(x2) != y).flatten().nonzero().flatten().tolist()
+    assert y.shape == (1, 1, 8, 8) and changed == [0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image_size": 96}, "image_size=96"),
+        ({"head_names": ("a", "b")}, "same length"),
+        ({"norm": "layer"}, "norm='layer'"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+    ],
+)
+def test_bad_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Pix2PixConfig(**kwargs)
+
+
+def test_presets_and_yaml_lists():
+    assert PIX2PIX_PRESETS["walls128"].out_channels == 4
+    assert Pix2PixConfig(head_names=["x"], head_channels=[2]).head_channels == (2,)
+    with pytest.raises(ValueError, match="kind='voxel'"):
+        PatchGANConfig(kind="voxel")
