@@ -16,6 +16,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from experiments.bench.common import device_name, format_table, max_rel_error, time_pair_ms
+from experiments.bench.flops import unet_flops
 from pilot.models.unet import UNET_PRESETS, UNet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -32,7 +33,7 @@ def build_pair(preset: str, seed: int) -> tuple[UNet, UNet2DConditionModel]:
     return ours, ref
 
 
-def bench_dtype(ours, ref, dtype, device, args) -> list[str]:
+def bench_dtype(ours, ref, dtype, device, args, flops: int) -> list[str]:
     """One table row: time both models at one dtype and compare their outputs."""
     cfg = ours.cfg
     ours, ref = ours.to(device, dtype), ref.to(device, dtype)
@@ -49,7 +50,15 @@ def bench_dtype(ours, ref, dtype, device, args) -> list[str]:
             run_ours, run_ref, device, warmup=args.warmup, iters=args.iters
         )
     name = [k for k, v in DTYPES.items() if v == dtype][0]
-    return [name, f"{ms_ours:.1f}", f"{ms_ref:.1f}", f"{ms_ours / ms_ref:.2f}x", f"{err:.1e}"]
+    tflops = [f"{flops / ms / 1e9:.2f}" for ms in (ms_ours, ms_ref)]  # FLOP / ms -> TFLOP/s
+    return [
+        name,
+        f"{ms_ours:.1f}",
+        f"{ms_ref:.1f}",
+        f"{ms_ours / ms_ref:.2f}x",
+        *tflops,
+        f"{err:.1e}",
+    ]
 
 
 def main(argv=None) -> None:
@@ -63,17 +72,22 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtypes = args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")
 
     ours, ref = build_pair(args.preset, args.seed)
-    rows = [bench_dtype(ours, ref, DTYPES[d], device, args) for d in dtypes.split(",")]
+    flops = unet_flops(args.preset, args.size, args.batch)
+    rows = [bench_dtype(ours, ref, DTYPES[d], device, args, flops) for d in dtypes.split(",")]
     print(
         f"UNet forward, preset {args.preset}, {args.size}x{args.size} px, batch {args.batch}, "
-        f"{device_name(device)}, torch {torch.__version__}"
+        f"{flops / 1e12:.3f} TFLOP per call, {device_name(device)}, torch {torch.__version__}"
     )
-    header = ["dtype", "pilot ms", "diffusers ms", "pilot/diffusers", "max rel err"]
+    header = ["dtype", "pilot ms", "diffusers ms", "pilot/diffusers", "pilot TFLOP/s"]
+    header += ["diffusers TFLOP/s", "max rel err"]
     print(format_table(header, rows))
 
 

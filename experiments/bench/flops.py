@@ -1,0 +1,93 @@
+"""FLOPs of a model call, counted from its config (torch's FlopCounterMode on the meta device).
+
+    python -m experiments.bench.flops                 # SD UNet / ControlNet / VAE per call
+
+The model is built on the meta device from its config and called on meta inputs, so nothing is
+allocated or computed: the count is every matmul, convolution and attention the call dispatches
+(2 FLOPs per multiply-add), not a hard-coded figure. Achieved TFLOP/s = FLOPs / measured time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.bench.common import format_table
+from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet
+from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
+from pilot.models.vae import VAE_PRESETS, AutoencoderKL
+
+
+def count_flops(build: Callable[[], torch.nn.Module], *args, **kwargs) -> int:
+    """FLOPs of `build()(*args, **kwargs)`, model and inputs on the meta device."""
+    with torch.device("meta"):
+        model = build()
+        args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args, **kwargs)
+    return counter.get_total_flops()
+
+
+def unet_inputs(cfg: UNetConfig, size: int, batch: int, factor: int = 8) -> tuple:
+    """Meta inputs of one UNet call at `size` pixels: latents, timesteps, 77-token context."""
+    with torch.device("meta"):
+        x = torch.empty(batch, cfg.in_channels, size // factor, size // factor)
+        context = torch.empty(batch, 77, cfg.cross_attention_dim)
+        return x, torch.empty(batch), context
+
+
+def unet_flops(preset: str, size: int, batch: int = 2) -> int:
+    """FLOPs of one UNet call (batch 2 = one CFG step of one image)."""
+    cfg = UNET_PRESETS[preset]
+    return count_flops(lambda: UNet(cfg), *unet_inputs(cfg, size, batch))
+
+
+def controlnet_flops(preset: str, size: int, batch: int = 2) -> int:
+    """FLOPs of one ControlNet call (hint encoder included)."""
+    cfg = CONTROLNET_PRESETS[preset]
+    x, t, context = unet_inputs(cfg.unet, size, batch)
+    hint = torch.empty(batch, cfg.conditioning_channels, size, size, device="meta")
+    return count_flops(lambda: ControlNet(cfg), x, t, context, hint)
+
+
+def vae_decode_flops(preset: str, size: int, batch: int = 1) -> int:
+    """FLOPs of one VAE decode to `size` pixels."""
+    cfg = VAE_PRESETS[preset]
+    f = cfg.downsample_factor
+    z = torch.empty(batch, cfg.latent_channels, size // f, size // f, device="meta")
+    return count_flops(lambda: AutoencoderKL(cfg).decode, z)
+
+
+def main(argv=None) -> None:
+    """Print the FLOPs of the SD components at the given sizes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="sd15,sd21")
+    parser.add_argument("--sizes", default="256,512")
+    args = parser.parse_args(argv)
+    rows = []
+    for preset in args.presets.split(","):
+        for size in map(int, args.sizes.split(",")):
+            rows.append(
+                [
+                    preset,
+                    f"{size}x{size}",
+                    f"{unet_flops(preset, size) / 1e12:.3f}",
+                    f"{controlnet_flops(preset, size) / 1e12:.3f}",
+                    f"{vae_decode_flops(preset, size) / 1e12:.3f}",
+                ]
+            )
+    header = [
+        "preset",
+        "size",
+        "UNet CFG step TFLOP",
+        "ControlNet CFG step TFLOP",
+        "VAE decode TFLOP",
+    ]
+    print(format_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
