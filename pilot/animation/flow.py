@@ -1,0 +1,185 @@
+"""Flow sources for the feedback sampler: where each pixel of frame k was in frame k - 1.
+
+A flow source is a callable `source(k) -> FlowField` for k >= 1: the backward flow
+`flow_{k -> k-1}` (1, 2, H, W) in pixels, the displacement from a pixel of frame k to the same
+surface point in frame k - 1, so `warp(previous_output, field.flow)` (`pilot.scenes.geometry`)
+carries the previous frame onto the new camera, and a mask `visible` (1, 1, H, W), False where
+the point was not seen in frame k - 1 (disoccluded or outside the old view): the pixels the
+sampler must dream fresh instead of smearing.
+
+Three sources, all swappable:
+
+- `GeometryFlow`: exact reprojection of the shot's depth through its cameras, occlusion by a
+  depth test (`pilot.scenes.geometry.flow_pair`);
+- `VectorFlow`: the shot's motion pass (Blender's vector pass), masked by forward-backward
+  consistency with the next-frame vectors of frame k - 1;
+- `EstimatedFlow`: OpenCV's DIS optical flow (Kroeger et al. 2016) between video frames in both
+  directions, masked by forward-backward consistency (Sundaram et al. 2010): for plain video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pilot.scenes.geometry import flow_pair, forward_backward_error, pixel_grid, warp
+
+
+@dataclass(frozen=True)
+class FlowField:
+    """Backward flow of one frame and where it can be trusted.
+
+    Attributes:
+        flow: (1, 2, H, W) float32 pixels, frame k -> frame k - 1 (x right, y down).
+        visible: (1, 1, H, W) bool, True where frame k's pixel was seen in frame k - 1.
+    """
+
+    flow: Tensor
+    visible: Tensor
+
+
+class FlowSource(Protocol):
+    """`source(k)`: the `FlowField` from frame k back to frame k - 1, for 1 <= k < len."""
+
+    def __call__(self, k: int) -> FlowField: ...
+
+
+def _check_index(k: int, n: int, name: str) -> None:
+    if not 1 <= k < n:
+        raise IndexError(f"{name}: flow to the previous frame needs 1 <= k < {n}, got {k}")
+
+
+def inside(flow: Tensor) -> Tensor:
+    """True (B, 1, H, W) where `p + flow(p)` lies inside the image."""
+    H, W = flow.shape[-2:]
+    uv = pixel_grid(H, W, flow) + flow
+    x, y = uv[:, :1], uv[:, 1:]
+    return (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+
+
+def consistency_mask(
+    flow_ij: Tensor, flow_ji: Tensor, *, alpha: float = 0.01, beta: float = 0.5
+) -> Tensor:
+    """Forward-backward consistency (Sundaram et al. 2010): True (B, 1, H, W) where trusted.
+
+    A pixel passes when its round trip `|f_ij + f_ji(p + f_ij)|^2` is below
+    `alpha (|f_ij|^2 + |f_ji(p + f_ij)|^2) + beta` and it lands inside frame j.
+    """
+    back = warp(flow_ji, flow_ij)
+    error = forward_backward_error(flow_ij, flow_ji) ** 2
+    bound = alpha * (flow_ij.square().sum(1, keepdim=True) + back.square().sum(1, keepdim=True))
+    return (error <= bound + beta) & inside(flow_ij)
+
+
+class GeometryFlow:
+    """Exact backward flow from a shot's depth and cameras, occlusion by the depth test.
+
+    Args:
+        shot: A `pilot.scenes.shot.Shot`.
+        rel_tol: Relative depth tolerance of the visibility test.
+    """
+
+    def __init__(self, shot, rel_tol: float = 0.01) -> None:
+        self.shot, self.rel_tol = shot, rel_tol
+
+    def __call__(self, k: int) -> FlowField:
+        _check_index(k, len(self.shot), str(self.shot.root))
+        cur, prev = self.shot[k], self.shot[k - 1]
+        pair = flow_pair(
+            cur.depth[None], prev.depth[None], cur.K[None], cur.c2w[None],
+            prev.K[None], prev.c2w[None], self.rel_tol,
+        )  # fmt: skip
+        return FlowField(pair["flow_ij"], pair["visible_ij"])
+
+
+class VectorFlow:
+    """Backward flow from a shot's motion pass (Blender's vector pass), consistency-masked.
+
+    The motion pass of frame k holds the flow to frame k - 1 in channels 0-1; frame k - 1's
+    channels 2-3 (its flow to the next frame) close the round trip.
+    """
+
+    def __init__(self, shot, *, alpha: float = 0.01, beta: float = 0.5) -> None:
+        if "motion" not in shot.passes:
+            raise ValueError(f"{shot.root}: no motion pass (passes: {shot.passes})")
+        self.shot, self.alpha, self.beta = shot, alpha, beta
+
+    def __call__(self, k: int) -> FlowField:
+        _check_index(k, len(self.shot), str(self.shot.root))
+        to_prev = self.shot[k].motion[None, :2].float()  # (1, 2, H, W)
+        to_next = self.shot[k - 1].motion[None, 2:].float()
+        visible = consistency_mask(to_prev, to_next, alpha=self.alpha, beta=self.beta)
+        return FlowField(to_prev, visible)
+
+
+def dis_flow(image_i: Tensor, image_j: Tensor, preset: str = "medium") -> Tensor:
+    """DIS optical flow i -> j (1, 2, H, W) between two (3, H, W) images in [0, 1].
+
+    `p_j = p_i + flow(p_i)`, the convention of `pilot.scenes.geometry`.
+    """
+    import cv2
+
+    presets = {
+        "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+        "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+        "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+    }
+    if preset not in presets:
+        raise ValueError(f"DIS preset {preset!r}; valid: {', '.join(presets)}")
+
+    def grey(image: Tensor) -> np.ndarray:
+        rgb = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return cv2.cvtColor(rgb.permute(1, 2, 0).cpu().numpy(), cv2.COLOR_RGB2GRAY)
+
+    dis = cv2.DISOpticalFlow_create(presets[preset])
+    flow = dis.calc(grey(image_i), grey(image_j), None)  # (H, W, 2) float32
+    return torch.from_numpy(flow).permute(2, 0, 1)[None].contiguous()
+
+
+class EstimatedFlow:
+    """Backward flow estimated from the frames themselves (DIS both ways, consistency mask).
+
+    Args:
+        frames: `frames(k)` gives frame k as (3, H, W) in [0, 1] (a video's source frames).
+        n_frames: Number of frames.
+        preset: DIS preset, "ultrafast", "fast" or "medium".
+    """
+
+    def __init__(
+        self,
+        frames: Callable[[int], Tensor],
+        n_frames: int,
+        *,
+        preset: Literal["ultrafast", "fast", "medium"] = "medium",
+        alpha: float = 0.01,
+        beta: float = 0.5,
+    ) -> None:
+        self.frames, self.n_frames, self.preset = frames, n_frames, preset
+        self.alpha, self.beta = alpha, beta
+
+    def __call__(self, k: int) -> FlowField:
+        _check_index(k, self.n_frames, "video")
+        cur, prev = self.frames(k), self.frames(k - 1)
+        to_prev = dis_flow(cur, prev, self.preset)
+        to_next = dis_flow(prev, cur, self.preset)
+        visible = consistency_mask(to_prev, to_next, alpha=self.alpha, beta=self.beta)
+        return FlowField(to_prev, visible)
+
+
+def downsample_flow(field: FlowField, factor: int) -> FlowField:
+    """The flow field at 1 / `factor` resolution (latents): averaged flow in the new pixels,
+    visible only where the whole `factor` x `factor` cell was visible."""
+    if factor == 1:
+        return field
+    H, W = field.flow.shape[-2:]
+    if H % factor or W % factor:
+        raise ValueError(f"flow of size {W}x{H} is not a multiple of {factor}")
+    flow = F.avg_pool2d(field.flow, factor) / factor  # (1, 2, H/f, W/f)
+    visible = -F.max_pool2d(-field.visible.float(), factor) > 0.5
+    return FlowField(flow, visible)

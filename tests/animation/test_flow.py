@@ -1,0 +1,94 @@
+"""Flow sources (shot geometry, motion pass, DIS), consistency masks and temporal metrics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pilot.animation.flow import (
+    EstimatedFlow,
+    FlowField,
+    GeometryFlow,
+    VectorFlow,
+    consistency_mask,
+    dis_flow,
+    downsample_flow,
+)
+from pilot.animation.metrics import flicker_indices, temporal_metrics, warp_errors
+from pilot.scenes.geometry import warp
+
+
+def texture(h=48, w=64, seed=0):
+    """A smooth random colour texture (3, H, W) in [0, 1] with detail for DIS to track."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, h // 4, w // 4, generator=g)
+    return F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
+def shifted(image, dx, dy):
+    """Frame whose pixel p shows `image` at p - (dx, dy): content moved by (dx, dy)."""
+    return torch.roll(image, shifts=(dy, dx), dims=(1, 2))
+
+
+def test_integer_shift_is_found_by_dis_and_masked_at_the_border():
+    prev = texture()
+    cur = shifted(prev, 3, 2)
+    field = EstimatedFlow(lambda k: [prev, cur][k], 2)(1)
+    interior = field.flow[..., 8:-8, 8:-8]  # the content moved +3, +2: flow back is -3, -2
+    assert interior[:, 0].median() == pytest.approx(-3, abs=0.15)
+    assert interior[:, 1].median() == pytest.approx(-2, abs=0.15)
+    assert field.visible[..., 8:-8, 8:-8].float().mean() > 0.9
+    assert not field.visible[..., :, :2].any()  # p - 3 leaves the frame on the left edge
+
+
+def test_zero_flow_is_identity_and_consistent():
+    image = texture()[None]
+    zero = torch.zeros(1, 2, 48, 64)
+    assert torch.allclose(warp(image, zero), image, atol=1e-6)
+    assert consistency_mask(zero, zero).all()
+    half = downsample_flow(FlowField(torch.full((1, 2, 48, 64), 4.0), zero[:, :1] == 0), 2)
+    assert half.flow.shape == (1, 2, 24, 32) and torch.all(half.flow == 2.0)
+
+
+def test_shot_flow_sources_agree(small_shot):
+    geometry, vector = GeometryFlow(small_shot), VectorFlow(small_shot)
+    for k in (1, 12, 23):
+        g, v = geometry(k), vector(k)
+        both = g.visible & v.visible
+        assert both.float().mean() > 0.5
+        assert (g.flow - v.flow).abs().amax(1, keepdim=True)[both].max() < 1e-3
+        assert 0.5 < g.visible.float().mean() < 1.0  # some pixels are disoccluded
+    with pytest.raises(IndexError, match="needs 1 <= k < 24, got 24"):
+        geometry(24)
+
+
+def test_dis_follows_the_true_flow_on_a_shot(small_shot):
+    estimated = EstimatedFlow(lambda k: small_shot[k].image, len(small_shot))
+    k = 5
+    true, est = GeometryFlow(small_shot)(k), estimated(k)
+    both = true.visible & est.visible
+    epe = (true.flow - est.flow).norm(dim=1, keepdim=True)[both]
+    moving = true.flow.norm(dim=1, keepdim=True)[both].median()
+    assert epe.median() < 0.5 * moving  # DIS on 32 px hatching is rough, but it tracks
+
+
+def test_dis_preset_is_checked():
+    with pytest.raises(ValueError, match="DIS preset 'slow'"):
+        dis_flow(texture(), texture(), "slow")
+
+
+def test_metrics_are_zero_for_exact_motion_and_see_brightness_flicker():
+    prev = texture()
+    frames = torch.stack([prev, shifted(prev, 2, 1)])
+    flow = torch.zeros(1, 2, 48, 64)
+    flow[:, 0], flow[:, 1] = -2.0, -1.0
+    visible = torch.zeros(1, 1, 48, 64, dtype=torch.bool)
+    visible[..., 4:, 4:] = True  # away from the wrapped-around border
+    field = FlowField(flow, visible)
+    assert warp_errors(frames, [field]).item() < 1e-5
+    brighter = torch.stack([prev, (shifted(prev, 2, 1) + 0.1)])
+    assert flicker_indices(brighter, [field]).item() == pytest.approx(0.1, abs=1e-5)
+    assert warp_errors(brighter, [field]).item() == pytest.approx(0.1, abs=1e-5)
+    summary = temporal_metrics(brighter, lambda k: field)
+    assert summary["frames"] == 2 and summary["flicker"] == pytest.approx(0.1, abs=1e-5)
+    with pytest.raises(ValueError, match="2 flow fields for 2 frames"):
+        warp_errors(frames, [field, field])
