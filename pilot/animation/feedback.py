@@ -1,0 +1,315 @@
+"""The temporal feedback sampler: img2img every frame from the previous result warped by flow.
+
+Per frame k (Deforum / WarpFusion's loop, taken apart into small swappable parts):
+
+1. dials from keyframe schedules (`FeedbackConfig`): strength, CFG, seed, ControlNet scales,
+   and the prompt embedding (interpolated between keyed prompts);
+2. control images from the frame source's passes (`pilot.animation.inputs`);
+3. init = frame k - 1 *as written to disk*, warped by the flow source onto frame k's camera,
+   optionally colour-matched in LAB to a reference frame and mixed with a video's own frame;
+4. pixels not seen in frame k - 1 (the flow source's `visible` mask, dilated) are handled by
+   the occlusion mode: "ignore" (plain warping: smeared there), "renoise" (they start from a
+   higher noise level, `fresh_strength`, while the rest waits at the img2img level and joins
+   when sampling gets there) or "inpaint" (only they are generated; the rest is kept);
+5. initial noise "fresh" (a seed per frame), "fixed" (one noise for every frame) or "warped"
+   (the previous frame's noise carried by the flow, fresh where disoccluded: noise that
+   follows the scene);
+6. sampling with any sampler of `pilot.diffusion.SAMPLERS`, VAE decode, then the blending rule
+   (none, or a mix with the warped previous frame on visible pixels, in latent or pixel space).
+
+Frame 0 (and any frame without a previous one) is txt2img, or img2img from the source frame in
+video mode. Everything frame k needs is re-read from the run folder, and seeds derive from the
+base seed and k, so a resumed run reproduces an uninterrupted one byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pilot.animation.color import match_color
+from pilot.animation.flow import FlowField, downsample_flow
+from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
+from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule
+from pilot.diffusion.control import Control, control_wrapper
+from pilot.diffusion.denoisers import Denoiser
+from pilot.diffusion.guidance import InpaintDenoiser
+from pilot.diffusion.pipeline import (
+    SamplingSettings,
+    build_denoiser,
+    decode_latents,
+    encode_images,
+    encode_text,
+    img2img_sigmas,
+    sample,
+    start_latents,
+)
+from pilot.diffusion.samplers import BatchedNoise
+from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas
+from pilot.scenes.geometry import warp
+
+OcclusionMode = Literal["ignore", "renoise", "inpaint"]
+NoiseMode = Literal["fresh", "fixed", "warped"]
+BlendSpace = Literal["latent", "pixel"]
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Dials of the feedback loop; schedules are keyframe strings (`pilot.animation.schedules`).
+
+    Attributes:
+        strength: img2img strength per frame (share of the schedule re-run on the warped init).
+        cfg: Classifier-free guidance scale per frame.
+        seed: Seed per frame as a schedule of t; None = base seed + frame number.
+        noise: Initial noise: "fresh" (per-frame seed), "fixed" (base seed's noise every frame)
+            or "warped" (previous noise carried by the flow).
+        occlusion: Disoccluded pixels: "ignore", "renoise" or "inpaint" (module docstring).
+        fresh_strength: Strength where disoccluded ("renoise"/"inpaint"), >= strength.
+        dilate: Grow the disocclusion mask by this many pixels (flow edges are unreliable).
+        color_reference: Frame whose colours the init is matched to in LAB; None = no matching.
+        blend: Mix of the warped previous frame into the new one on visible pixels, in [0, 1].
+        blend_space: Where that mix happens: "latent" (before decoding) or "pixel".
+        source_mix: Video mode: share of the source frame in the init, in [0, 1].
+        interpolation: Interpolation of all the numeric schedules.
+    """
+
+    strength: str = "0.5"
+    cfg: str = "7.5"
+    seed: str | None = None
+    noise: NoiseMode = "fresh"
+    occlusion: OcclusionMode = "renoise"
+    fresh_strength: float = 1.0
+    dilate: int = 0
+    color_reference: int | None = 0
+    blend: float = 0.0
+    blend_space: BlendSpace = "pixel"
+    source_mix: float = 0.0
+    interpolation: Literal["linear", "step", "smooth"] = "linear"
+
+    def __post_init__(self) -> None:
+        for name, allowed in [
+            ("noise", NoiseMode.__args__),
+            ("occlusion", OcclusionMode.__args__),
+            ("blend_space", BlendSpace.__args__),
+        ]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; valid: {', '.join(allowed)}")
+        for name in ("fresh_strength", "blend", "source_mix"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.dilate < 0:
+            raise ValueError(f"dilate must be >= 0, got {self.dilate}")
+        for name in ("strength", "cfg", "seed"):
+            if getattr(self, name) is not None:
+                parse_schedule(getattr(self, name), self.interpolation)  # ScheduleError early
+
+    def schedule(self, name: str) -> Schedule:
+        return parse_schedule(getattr(self, name), self.interpolation)
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """The dials of one frame, read off the schedules."""
+
+    strength: float
+    cfg: float
+    seed: int
+    scales: tuple[float, ...]
+
+
+def frame_params(config: FeedbackConfig, tracks: Sequence[ControlTrack], base_seed: int, k: int):
+    """`FrameParams` of frame k; ValueError naming a schedule that leaves its range."""
+    strength = config.schedule("strength")(k)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength schedule {config.strength!r} gives {strength} at frame {k}")
+    seed = base_seed + k if config.seed is None else int(round(config.schedule("seed")(k)))
+    scales = tuple(track.scale(k) for track in tracks)
+    return FrameParams(strength, config.schedule("cfg")(k), seed, scales)
+
+
+class FeedbackSampler:
+    """The frame loop over a frame source, writing each frame to a `FrameStore`.
+
+    Args:
+        sd: A `pilot.StableDiffusion`.
+        settings: Sampler, schedule, steps (cfg is overridden per frame).
+        config: The feedback dials.
+        frames: A `ShotFrames` or `VideoFrames`.
+        prompts: Keyed prompts; negative: the negative prompt for every frame.
+        tracks: ControlNets with their control kinds and scales.
+        store: Where frames are read back from and written to.
+        base_seed: Seed of frame 0 (frame k: base_seed + k unless `config.seed`).
+    """
+
+    def __init__(
+        self,
+        sd,
+        settings: SamplingSettings,
+        config: FeedbackConfig,
+        frames: FrameSource,
+        prompts: PromptSchedule,
+        store: FrameStore,
+        *,
+        negative: str = "",
+        tracks: Sequence[ControlTrack] = (),
+        base_seed: int = 0,
+    ) -> None:
+        self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
+        self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
+        self.store, self.base_seed = store, base_seed
+        for track in self.tracks:
+            frames.check_kind(track.kind)
+        self.device = next(sd.unet.parameters()).device
+        self.factor = sd.vae.cfg.downsample_factor
+        self._embeddings: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def context(self, k: int) -> tuple[Tensor, Tensor]:
+        """Text embeddings of frame k: keyed prompts' embeddings, interpolated."""
+        a, b, w = self.prompts.at(k)
+        for prompt in {a, b} - set(self._embeddings):
+            self._embeddings[prompt] = encode_text(
+                self.sd, [prompt], [self.negative], clip_skip=self.settings.clip_skip
+            )
+        (ca, ua), (cb, _) = self._embeddings[a], self._embeddings[b]
+        if ca.shape != cb.shape:
+            raise ValueError(f"prompts {a!r} and {b!r} encode to different lengths; shorten one")
+        return torch.lerp(ca, cb, w), ua
+
+    def controls(self, k: int, params: FrameParams, sigmas: Tensor) -> Callable | None:
+        """ControlNet wrapper of frame k (None without ControlNets)."""
+        if not self.tracks:
+            return None
+        dtype = next(self.sd.unet.parameters()).dtype
+        controls = [
+            Control(
+                t.controlnet,
+                self.frames.control_image(t.kind, k).to(self.device, dtype),
+                scale,
+                t.start,
+                t.end,
+                guess_mode=t.guess_mode,
+            )  # fmt: skip
+            for t, scale in zip(self.tracks, params.scales, strict=True)
+        ]
+        return control_wrapper(controls, sigmas, cfg_scale=params.cfg)
+
+    def render(self, k: int, flow: FlowField | None = None) -> Tensor:
+        """Make frame k (its previous frame must be in the store if k > 0); returns
+        (1, 3, H, W) in [0, 1] after writing it."""
+        params = frame_params(self.config, self.tracks, self.base_seed, k)
+        has_prev = k > 0 and self.store.has(k - 1)
+        if has_prev and flow is None:
+            flow = self.frames.flow(k)
+        init = self.init_image(k, flow if has_prev else None)
+        image = self.sample_frame(k, params, init, flow if has_prev else None)
+        self.store.write(k, image)
+        return self.store.read(k)
+
+    def init_image(self, k: int, flow: FlowField | None) -> Tensor | None:
+        """The img2img start of frame k (1, 3, H, W): the warped previous frame [colour-matched,
+        mixed with the source frame in video mode], the source frame alone for a video's first
+        frame, or None (txt2img)."""
+        source = self.frames.source_image(k) if isinstance(self.frames, VideoFrames) else None
+        if flow is None:
+            return source
+        init = warp(self.store.read(k - 1), flow.flow)
+        ref = self.config.color_reference
+        if ref is not None and ref < k and self.store.has(ref):
+            init = match_color(init, self.store.read(ref))
+        if source is not None and self.config.source_mix > 0:
+            init = torch.lerp(init, source, self.config.source_mix)
+        return init
+
+    def noise(
+        self, k: int, params: FrameParams, shape, flow: FlowField | None
+    ) -> tuple[BatchedNoise, Tensor]:
+        """Per-frame noise sampler and its first draw, replaced as the noise mode says."""
+        noise = BatchedNoise([params.seed], shape, device=self.device)
+        first = noise.draw()
+        mode = self.config.noise
+        if mode == "fixed":
+            first = BatchedNoise([self.base_seed], shape, device=self.device).draw()
+        elif mode == "warped" and flow is not None and self.store.noise_path(k - 1).is_file():
+            lat = downsample_flow(flow, self.factor)
+            prev = self.store.read_noise(k - 1).to(self.device)
+            carried = warp(prev, lat.flow.to(self.device), mode="nearest")
+            first = torch.where(lat.visible.to(self.device), carried, first)
+        if mode == "warped":
+            self.store.write_noise(k, first)
+        return noise, first
+
+    def sample_frame(
+        self, k: int, params: FrameParams, init: Tensor | None, flow: FlowField | None
+    ) -> Tensor:
+        """Sample frame k's latents from the init and decode them: (1, 3, H, W) in [0, 1]."""
+        shape = (1, self.sd.vae.cfg.latent_channels, self.frames.height // self.factor,
+                 self.frames.width // self.factor)  # fmt: skip
+        noise, first = self.noise(k, params, shape, flow)
+        settings = replace(self.settings, cfg=params.cfg)
+        full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
+        full = full.to(self.device)
+        init_latents = None if init is None else encode_images(self.sd, init)
+        strength = 1.0 if init is None else params.strength
+        aware = flow is not None and self.config.occlusion != "ignore"
+        mask = self.disocclusion(flow) if aware else None
+        top = strength if mask is None else max(strength, self.config.fresh_strength)
+        sigmas = img2img_sigmas(full, top)
+        x = start_latents(first, sigmas, None if top == 1.0 else init_latents)
+        denoiser = build_denoiser(self.sd, settings, wrap_model=self.controls(k, params, sigmas))
+        if mask is not None:  # carried pixels wait at their own noise level (StagedInpaint)
+            x = torch.lerp(start_latents(first, sigmas, init_latents), x, mask)
+            join = img2img_sigmas(full, strength)[0]
+            join = join.new_zeros(()) if self.config.occlusion == "inpaint" else join
+            denoiser = StagedInpaint(denoiser, init_latents, mask, first, join)
+        if len(sigmas) == 1:
+            latents = init_latents  # strength 0: nothing to sample
+        else:
+            context, uncond = self.context(k)
+            latents = sample(denoiser, x, sigmas, settings, context=context,
+                             uncond_context=uncond, noise=noise)  # fmt: skip
+        return self.blend(latents, init_latents, init, flow)
+
+    def disocclusion(self, flow: FlowField) -> Tensor:
+        """Latent mask (1, 1, h, w), 1 where any pixel was not seen in frame k - 1 (dilated)."""
+        hidden = (~flow.visible).float()
+        d = self.config.dilate
+        if d:
+            hidden = F.max_pool2d(hidden, 2 * d + 1, stride=1, padding=d)
+        return F.max_pool2d(hidden, self.factor).to(self.device)  # (1, 1, H/f, W/f)
+
+    def blend(self, latents: Tensor, init_latents, init, flow: FlowField | None) -> Tensor:
+        """The blending rule: mix the warped previous frame in on visible pixels."""
+        b = self.config.blend
+        if b == 0 or flow is None or init is None:
+            return decode_latents(self.sd, latents).cpu()
+        if self.config.blend_space == "latent":
+            keep = 1 - self.disocclusion(flow)
+            return decode_latents(self.sd, torch.lerp(latents, init_latents, b * keep)).cpu()
+        image = decode_latents(self.sd, latents).cpu()
+        return torch.lerp(image, init.cpu(), b * flow.visible.float())
+
+
+class StagedInpaint:
+    """Masked re-noising: the unmasked region is held at `init + sigma * noise` (inpainting,
+    `InpaintDenoiser`) while sigma > `sigma_join`, then sampled freely with the rest.
+
+    With `sigma_join` = the img2img start of the frame's strength, the masked (disoccluded)
+    region is denoised from a higher noise level than the region carried from the last frame;
+    with `sigma_join` = 0 the carried region is kept as it is (pure inpainting).
+    """
+
+    def __init__(
+        self, denoiser: Denoiser, init: Tensor, mask: Tensor, noise: Tensor, sigma_join: Tensor
+    ) -> None:
+        self.free, self.held = denoiser, InpaintDenoiser(denoiser, init, mask, noise)
+        self.sigma_join = float(sigma_join)
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        held = s > self.sigma_join * (1 + 1e-6) or self.sigma_join == 0
+        return (self.held if held else self.free)(x, sigma, **cond)

@@ -1,0 +1,253 @@
+"""What the feedback sampler reads: frame sources (shots, videos), control tracks, the run folder.
+
+- `ShotFrames` / `VideoFrames`: a shot folder or a plain video as frames with a size, an fps,
+  a flow source and control images per frame. A shot's control images come from its passes
+  (`depth`, `normal`, `hatch` from geometry; `canny`, `softedge`, `lineart`, `image` from its
+  colour pass); a video has only colour, so geometric kinds are refused up front.
+- `ControlTrack`: one ControlNet over the whole animation, its control kind and a keyframed scale.
+- `FrameStore`: the run folder's frames (PNG) and per-frame noise, each written atomically as it is
+  made. The sampler re-reads frame k - 1 from disk, so a resumed run sees exactly the bytes an
+  uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pilot.animation.flow import EstimatedFlow, FlowSource, GeometryFlow, VectorFlow
+from pilot.animation.schedules import Schedule
+from pilot.imageio import atomic_output, read_image, write_png
+
+GEOMETRY_KINDS = {"depth": ("depth",), "normal": ("normals",), "hatch": ("depth", "normals")}
+IMAGE_KINDS = ("canny", "softedge", "lineart", "image")
+
+
+def _image_control(kind: str, image: Tensor) -> Tensor:
+    from pilot.control.spec import PREPROCESSORS
+
+    return PREPROCESSORS[kind](image).clamp(0, 1)
+
+
+class ShotFrames:
+    """A shot folder as the animation's frames.
+
+    Args:
+        shot: A `pilot.scenes.shot.Shot`.
+        flow: "geometry" (exact, from depth and cameras), "vector" (the motion pass) or
+            "estimated" (DIS on the colour pass).
+    """
+
+    def __init__(self, shot, flow: str = "geometry") -> None:
+        self.shot, self.name = shot, str(shot.root)
+        self.width, self.height, self.fps = shot.width, shot.height, shot.fps
+        self.passes = set(shot.passes)
+        if flow == "geometry":
+            self.flow: FlowSource = GeometryFlow(shot)
+        elif flow == "vector":
+            self.flow = VectorFlow(shot)
+        elif flow == "estimated":
+            self._need("image", "estimated flow")
+            self.flow = EstimatedFlow(lambda k: shot[k].image, len(shot))
+        else:
+            raise ValueError(f"flow source {flow!r}; valid: geometry, vector, estimated")
+        self._depth_range: tuple[float, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.shot)
+
+    def _need(self, p: str, what: str) -> None:
+        if p not in self.passes:
+            raise ValueError(
+                f"{what} needs a {p} pass, but shot {self.name} has only {sorted(self.passes)}"
+            )
+
+    def check_kind(self, kind: str) -> None:
+        """ValueError unless the shot has the passes control `kind` is made from."""
+        for p in GEOMETRY_KINDS.get(kind, ("image",) if kind in IMAGE_KINDS else ()):
+            self._need(p, f"{kind} control")
+        if kind not in GEOMETRY_KINDS and kind not in IMAGE_KINDS:
+            raise ValueError(f"unknown control kind {kind!r}; valid: {_kinds()}")
+
+    def depth_range(self) -> tuple[float, float]:
+        """Inverse-depth range over the whole shot (one range: no per-frame flicker)."""
+        if self._depth_range is None:
+            lo, hi = float("inf"), 0.0
+            for k in range(len(self.shot)):
+                d = self.shot[k].depth
+                inv = 1 / d[d < self.shot.far]
+                if inv.numel():
+                    lo, hi = min(lo, float(inv.min())), max(hi, float(inv.max()))
+            self._depth_range = (lo, hi) if hi > 0 else (0.0, 1.0)
+        return self._depth_range
+
+    def control_image(self, kind: str, k: int) -> Tensor:
+        """Control image (1, 3, H, W) in [0, 1] of frame k (near-bright depth, bae normals...)."""
+        from pilot.control.depth import normals_to_control
+        from pilot.control.hatching import hatch
+
+        self.check_kind(kind)
+        frame = self.shot[k]
+        if kind == "depth":
+            lo, hi = self.depth_range()
+            depth = frame.depth[None]
+            value = ((1 / depth - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+            return torch.where(depth < self.shot.far, value, 0.0).expand(-1, 3, -1, -1)
+        if kind == "normal":
+            return normals_to_control(frame.normals[None])
+        if kind == "hatch":
+            return hatch(frame.depth[None], frame.normals[None])
+        return _image_control(kind, frame.image[None])
+
+    def source_image(self, k: int) -> Tensor | None:
+        """The shot's colour pass (1, 3, H, W) of frame k, if it has one."""
+        return self.shot[k].image[None] if "image" in self.passes else None
+
+
+def _kinds() -> str:
+    return ", ".join([*GEOMETRY_KINDS, *IMAGE_KINDS])
+
+
+class VideoFrames:
+    """A plain video (or a folder of images) as the animation's frames: "video in" mode.
+
+    Frames are read once and resized to `size` (H, W) if given; flow is estimated with DIS.
+
+    Args:
+        path: A video file OpenCV can read, or a folder of PNG/JPEG frames (sorted by name).
+        size: (H, W) to resize to, multiples of 8; default the video's own size.
+        fps: Frame rate for a folder of frames (videos report their own).
+    """
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int] | None = None, fps=24.0):
+        self.name = str(path)
+        frames, self.fps = _read_video(Path(path), fps)
+        if not frames:
+            raise ValueError(f"{path}: no frames")
+        video = torch.stack(frames)  # (N, 3, H, W)
+        if size is not None and tuple(video.shape[-2:]) != tuple(size):
+            video = F.interpolate(video, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+        self.frames = video
+        self.height, self.width = video.shape[-2:]
+        self.flow: FlowSource = EstimatedFlow(lambda k: self.frames[k], len(video))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def check_kind(self, kind: str) -> None:
+        if kind in GEOMETRY_KINDS:
+            raise ValueError(
+                f"{kind} control needs a {GEOMETRY_KINDS[kind][0]} pass; video {self.name} has "
+                f"only colour (use {', '.join(IMAGE_KINDS)}, or render a shot)"
+            )
+        if kind not in IMAGE_KINDS:
+            raise ValueError(f"unknown control kind {kind!r}; valid: {_kinds()}")
+
+    def control_image(self, kind: str, k: int) -> Tensor:
+        self.check_kind(kind)
+        return _image_control(kind, self.frames[k][None])
+
+    def source_image(self, k: int) -> Tensor:
+        return self.frames[k][None]
+
+
+def _read_video(path: Path, fps: float) -> tuple[list[Tensor], float]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        return [read_image(p) for p in files], fps
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such video file or frame folder")
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        frames.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    video_fps = capture.get(cv2.CAP_PROP_FPS) or fps
+    capture.release()
+    return frames, float(video_fps)
+
+
+@dataclass(frozen=True, eq=False)
+class ControlTrack:
+    """One ControlNet steering every frame.
+
+    Attributes:
+        controlnet: The ControlNet model.
+        kind: Control image kind, made per frame by the frame source (`depth`, `hatch`...).
+        scale: Keyframed conditioning scale.
+        start, end: Fractions of each frame's sampling steps where the control acts.
+        guess_mode: ControlNet guess mode.
+    """
+
+    controlnet: torch.nn.Module
+    kind: str
+    scale: Schedule
+    start: float = 0.0
+    end: float = 1.0
+    guess_mode: bool = False
+
+
+def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
+    """ValueError unless a ControlNet was made for this UNet family (SD1 vs SD2, sizes)."""
+    keys = ("cross_attention_dim", "block_out_channels", "in_channels", "use_linear_projection")
+    differ = {
+        k: (getattr(controlnet_cfg.unet, k), getattr(unet_cfg, k))
+        for k in keys
+        if getattr(controlnet_cfg.unet, k) != getattr(unet_cfg, k)
+    }
+    if differ:
+        detail = ", ".join(f"{k}: ControlNet {a} vs model {b}" for k, (a, b) in differ.items())
+        hint = ""
+        if "cross_attention_dim" in differ:
+            families = {768: "SD 1.x", 1024: "SD 2.x"}
+            a, b = differ["cross_attention_dim"]
+            hint = f" (a {families.get(a, str(a))} ControlNet on a {families.get(b, str(b))} model)"
+        raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
+
+
+class FrameStore:
+    """A run folder's frames `frames/NNNNNN.png` and noise `state/NNNNNN.npy`, atomic writes."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def frame_path(self, k: int) -> Path:
+        return self.root / "frames" / f"{k:06d}.png"
+
+    def has(self, k: int) -> bool:
+        return self.frame_path(k).is_file()
+
+    def read(self, k: int) -> Tensor:
+        """Frame k as (1, 3, H, W) in [0, 1]."""
+        return read_image(self.frame_path(k))[None]
+
+    def write(self, k: int, image: Tensor) -> Path:
+        """Write frame k ((1, 3, H, W) in [0, 1]) as an 8-bit PNG."""
+        return write_png(self.frame_path(k), image[0].cpu())
+
+    def noise_path(self, k: int) -> Path:
+        return self.root / "state" / f"{k:06d}.npy"
+
+    def read_noise(self, k: int) -> Tensor:
+        return torch.from_numpy(np.load(self.noise_path(k)))
+
+    def write_noise(self, k: int, noise: Tensor) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, noise.detach().cpu().float().numpy())
+        with atomic_output(self.noise_path(k)) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+
+
+FrameSource = ShotFrames | VideoFrames
