@@ -104,6 +104,7 @@ def _png_bytes(x: Tensor) -> bytes:
     a = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     if a.shape[2] == 3:
         a = a[:, :, ::-1]  # OpenCV writes BGR
+    a = np.ascontiguousarray(a)
     ok, buf = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fast, lossless
     if not ok:
         raise ValueError("PNG encoding failed")

@@ -1,6 +1,6 @@
 """Procedural plane renderer: exact ray casting of textured rectangles, vectorised over a batch.
 
-Every pixel's ray is intersected with every plane of its scene at once (three batched matmuls),
+Every pixel's ray is intersected with every plane of its scene at once (affine in the pixel),
 the nearest hit wins, and the hit's plane coordinates drive the hatching and texture patterns of
 `pilot.scenes.materials`. One call renders a batch of scenes on any device and returns all passes:
 hatched line drawing, lit colour, fog, fogged image, metric z-depth, camera-space normals and the
@@ -178,12 +178,14 @@ def render(
     K_inv, cam = torch.linalg.inv(K), to_camera(scene, c2w)
     half = torch.where(scene.valid[..., None], scene.half, -1.0)
     step = max(1, cfg.chunk_rays // B)
-    parts = [
-        shade_rays(scene, cam, half, K_inv, xs[i : i + step], ys[i : i + step], cfg)
-        for i in range(0, xs.shape[0], step)
-    ]
-    passes = {k: torch.cat([p[k] for p in parts], 1) for k in parts[0]}
-    return {k: t.reshape(B, height, width, -1).permute(0, 3, 1, 2) for k, t in passes.items()}
+    out: dict[str, Tensor] = {}
+    for i in range(0, xs.shape[0], step):
+        part = shade_rays(scene, cam, half, K_inv, xs[i : i + step], ys[i : i + step], cfg)
+        for k, t in part.items():  # (B, C, n) chunk into a channel-first buffer
+            if k not in out:
+                out[k] = torch.empty(B, t.shape[1], xs.shape[0], dtype=t.dtype, device=t.device)
+            out[k][:, :, i : i + step] = t
+    return {k: t.view(B, -1, height, width) for k, t in out.items()}
 
 
 def shade_rays(
@@ -195,7 +197,7 @@ def shade_rays(
     y: Tensor,
     cfg: RenderConfig,
 ) -> dict[str, Tensor]:
-    """All passes of `render` for the pixels (x, y) (N,), as (B, N, C) tensors."""
+    """All passes of `render` for the pixels (x, y) (N,), as (B, C, N) tensors."""
     B, N = K_inv.shape[0], x.shape[0]
     hit = intersect(cam, half, K_inv, x, y, cfg.near)
     sky = torch.isinf(hit["s"])  # (B, N)
@@ -224,11 +226,11 @@ def shade_rays(
     textured = torch.where(sky[..., None], fog_rgb, textured)
     fog = torch.where(sky, 1.0, 1 - torch.exp(-scene.fog_density[:, None] * s * ray_len))
     return {
-        "hatched": torch.where(sky, 1.0, hatched.reshape(B, N))[..., None],
-        "textured": textured,
-        "fog": fog[..., None],
-        "image": torch.lerp(textured, fog_rgb, fog[..., None]),
-        "depth": s[..., None],
-        "normals": n * ~sky[..., None],
-        "plane": torch.where(sky, -1, hit["index"])[..., None],
+        "hatched": torch.where(sky, 1.0, hatched.view(B, N))[:, None],
+        "textured": textured.transpose(1, 2),
+        "fog": fog[:, None],
+        "image": torch.lerp(textured, fog_rgb, fog[..., None]).transpose(1, 2),
+        "depth": s[:, None],
+        "normals": (n * ~sky[..., None]).transpose(1, 2),
+        "plane": torch.where(sky, -1, hit["index"])[:, None],
     }
