@@ -78,6 +78,15 @@ class PilotCLI(LightningCLI):
             kwargs["logger"] = make_logger(config["wandb"], config["wandb_project"], root)
         return super().instantiate_trainer(**kwargs)
 
+    def after_fit(self) -> None:
+        """Write `last.ckpt` once more at the end: a run stopped by `max_time` or `max_steps`
+        between two periodic checkpoints would otherwise lose its last steps."""
+        trainer, ckpt = self.trainer, self.trainer.checkpoint_callback
+        if trainer.fast_dev_run or not isinstance(ckpt, ModelCheckpoint) or not ckpt.save_last:
+            return
+        if ckpt.dirpath is not None:
+            trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt")
+
 
 SYSTEMS = ("dcgan", "pix2pix")
 

@@ -31,12 +31,19 @@ def pearson(pred: Tensor, target: Tensor) -> float:
     return 0.0 if denom == 0 else (x @ y).item() / denom
 
 
+def pearson_per_image(pred: Tensor, target: Tensor) -> float:
+    """Mean over images (dim 0) of the Pearson correlation within each image: whether the
+    spatial structure is right, whatever the per-image scale (e.g. a scene's fog density)."""
+    return sum(pearson(p, t) for p, t in zip(pred, target, strict=True)) / len(pred)
+
+
 def head_metrics(pred: Tensor, target: Tensor, prefix: str = "") -> dict[str, float]:
     """L1, PSNR and correlation of one head's prediction against its target."""
     return {
         f"{prefix}l1": l1(pred, target),
         f"{prefix}psnr": psnr(pred, target),
         f"{prefix}corr": pearson(pred, target),
+        f"{prefix}corr_per_image": pearson_per_image(pred, target),
     }
 
 
