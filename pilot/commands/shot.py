@@ -78,7 +78,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     """Write the hatched -> textured + fog pair data set."""
     from pilot.data.walls import write_pairs
 
-    path = write_pairs(args.out, args.n, args.size, args.seed, passes=args.passes)
+    path = write_pairs(
+        args.out, args.n, args.size, args.seed, passes=args.passes, workers=args.workers
+    )
     print(f"wrote {args.n} pairs, manifest {path}")
     return 0
 
@@ -115,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
     p.add_argument(
         "--passes",
         nargs="+",
