@@ -209,11 +209,13 @@ def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
     }
     if differ:
         detail = ", ".join(f"{k}: ControlNet {a} vs model {b}" for k, (a, b) in differ.items())
-        hint = ""
-        if "cross_attention_dim" in differ:
-            families = {768: "SD 1.x", 1024: "SD 2.x"}
-            a, b = differ["cross_attention_dim"]
-            hint = f" (a {families.get(a, str(a))} ControlNet on a {families.get(b, str(b))} model)"
+        families = {768: "SD 1.x", 1024: "SD 2.x"}  # by text-embedding width
+        a, b = differ.get("cross_attention_dim", (None, None))
+        hint = (
+            f" (an {families[a]} ControlNet on an {families[b]} model)"
+            if a in families and b in families
+            else ""
+        )
         raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
 
 

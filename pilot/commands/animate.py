@@ -1,0 +1,242 @@
+"""`pilot animate`: the feedback sampler over a shot (or a video) into a resumable run folder.
+
+Run folder (default: the output path without its suffix, plus `.run`)::
+
+    settings.json        everything that decides the pixels; a re-run must match it
+    frames/NNNNNN.png    every frame, written atomically as soon as it is made
+    state/NNNNNN.npy     per-frame noise (only with --noise warped)
+    metrics.json         warp error and flicker index (true flow for shots), seconds per frame
+
+Re-running the same command continues at the first missing frame; since frame k is made from
+frame k - 1 as read back from disk and from seeds derived from the base seed and k, the result is
+byte-identical to an uninterrupted run. The MP4 and a GIF beside it are written at the shot's fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DTYPES = ("float32", "float16", "bfloat16")
+# Arguments that do not change the pixels: excluded from the settings a re-run must match.
+_NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device")
+
+
+def register(sub) -> None:
+    """Add `pilot animate` to the subparsers `sub`."""
+    p = sub.add_parser(
+        "animate",
+        help="animate Stable Diffusion over a shot (or restyle a video) with the feedback sampler",
+        description="Render a shot frame by frame: each frame is img2img from the previous one "
+        "warped by optical flow, steered by ControlNets fed from the shot's passes.",
+    )
+    p.add_argument("--model", required=True, help="diffusers folder, .safetensors/.ckpt, repo id")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shot", type=Path, help="shot folder (pilot shot render/export)")
+    src.add_argument("--video", type=Path, help="video file or frame folder to restyle")
+    p.add_argument("--prompt", required=True, help='prompt, or keyed "0: a | 24: b" / JSON')
+    p.add_argument("--negative-prompt", default="", help="negative prompt for every frame")
+    p.add_argument("--controlnet", action="append", default=[], metavar="KIND=PATH",
+                   help="ControlNet per control kind (depth, normal, hatch, canny, softedge, "
+                   "lineart, image); repeatable")  # fmt: skip
+    p.add_argument("--control-scale", default="1.0", help="ControlNet scale schedule")
+    p.add_argument(
+        "--strength", default="0.5", help='img2img strength schedule, "0:(0.6), 24:(0.4)"'
+    )
+    p.add_argument("--cfg", default="7.5", help="guidance scale schedule")
+    p.add_argument("--seed", type=int, default=0, help="base seed (frame k: seed + k)")
+    p.add_argument("--seed-schedule", default=None, help="seed per frame as a schedule of t")
+    p.add_argument("--interpolation", choices=("linear", "step", "smooth"), default="linear")
+    p.add_argument("--noise", choices=("fresh", "fixed", "warped"), default="fresh")
+    p.add_argument("--occlusion", choices=("ignore", "renoise", "inpaint"), default="renoise")
+    p.add_argument("--fresh-strength", type=float, default=1.0, help="strength where disoccluded")
+    p.add_argument("--dilate", type=int, default=0, help="grow the disocclusion mask (pixels)")
+    p.add_argument(
+        "--color-reference", type=int, default=0, help="LAB colour reference frame; -1 off"
+    )
+    p.add_argument("--blend", type=float, default=0.0, help="mix of the warped previous frame")
+    p.add_argument("--blend-space", choices=("latent", "pixel"), default="pixel")
+    p.add_argument("--source-mix", type=float, default=0.0, help="video mode: source frame share")
+    p.add_argument("--flow", choices=("geometry", "vector", "estimated"), default="geometry",
+                   help="flow source for shots (videos always use estimated DIS flow)")  # fmt: skip
+    p.add_argument("--sampler", default="euler", help="sampler name (default euler)")
+    p.add_argument("--schedule", default="karras", help="sigma schedule (default karras)")
+    p.add_argument("--steps", type=int, default=20, help="steps of the full schedule")
+    p.add_argument("--frames", default=None, metavar="START:END", help="frame range (end excl.)")
+    p.add_argument("--width", type=int, default=None, help="video mode: resize width")
+    p.add_argument("--height", type=int, default=None, help="video mode: resize height")
+    p.add_argument("--device", default=None, help="torch device (default cuda if present)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
+    p.add_argument("--run", type=Path, default=None, help="run folder (default OUT.run)")
+    p.add_argument("--out", type=Path, required=True, help="output .mp4 (a .gif is written too)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_animate)
+
+
+def feedback_config(args: argparse.Namespace):
+    """`FeedbackConfig` from the arguments (schedules are checked here, before any loading)."""
+    from pilot.animation.feedback import FeedbackConfig
+
+    return FeedbackConfig(
+        strength=args.strength, cfg=args.cfg, seed=args.seed_schedule, noise=args.noise,
+        occlusion=args.occlusion, fresh_strength=args.fresh_strength, dilate=args.dilate,
+        color_reference=None if args.color_reference < 0 else args.color_reference,
+        blend=args.blend, blend_space=args.blend_space, source_mix=args.source_mix,
+        interpolation=args.interpolation,
+    )  # fmt: skip
+
+
+def open_frames(args: argparse.Namespace):
+    """The frame source: a shot folder or a video."""
+    from pilot.animation.inputs import ShotFrames, VideoFrames
+    from pilot.scenes.shot import Shot
+
+    if args.shot is not None:
+        return ShotFrames(Shot(args.shot), flow=args.flow)
+    size = None
+    if args.width or args.height:
+        if not (args.width and args.height):
+            raise ValueError("--width and --height go together")
+        size = (args.height, args.width)
+    return VideoFrames(args.video, size=size)
+
+
+def frame_range(text: str | None, n: int) -> range:
+    """`START:END` (END exclusive, either may be empty) checked against a source of n frames."""
+    if text is None:
+        return range(n)
+    start, sep, end = text.partition(":")
+    try:
+        lo = int(start) if start.strip() else 0
+        hi = int(end) if end.strip() else n
+    except ValueError:
+        raise ValueError(f"--frames {text!r}: expected START:END with integers") from None
+    if not sep or not 0 <= lo < hi <= n:
+        raise ValueError(f"--frames {text!r} is outside the shot's frames 0:{n} (END exclusive)")
+    return range(lo, hi)
+
+
+def load_tracks(args: argparse.Namespace, frames, sd, device, dtype) -> list:
+    """One `ControlTrack` per --controlnet KIND=PATH, checked against the source and model."""
+    import pilot
+    from pilot.animation.inputs import ControlTrack, check_controlnet_family
+    from pilot.animation.schedules import parse_schedule
+
+    scale = parse_schedule(args.control_scale, args.interpolation)
+    tracks = []
+    for entry in args.controlnet:
+        kind, path = controlnet_arg(entry)
+        net = pilot.load_controlnet(path, dtype=dtype, device=device)
+        check_controlnet_family(sd.unet.cfg, net.cfg, path)
+        tracks.append(ControlTrack(net, kind, scale))
+    return tracks
+
+
+def controlnet_arg(entry: str) -> tuple[str, str]:
+    """`KIND=PATH` -> (kind, path)."""
+    kind, sep, path = entry.partition("=")
+    if not sep or not kind or not path:
+        raise ValueError(f"--controlnet {entry!r}: expected KIND=PATH, e.g. depth=models/cn-depth")
+    return kind, path
+
+
+def check_run_folder(run: Path, settings: dict) -> None:
+    """Write settings.json, or check a resumed run's against it (frames are never touched)."""
+    from pilot.imageio import atomic_output
+
+    path = run / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+            raise ValueError(
+                f"run folder {run} was made with other settings ({detail}); its frames are kept: "
+                "use another --run folder, or the original settings to resume"
+            )
+        return
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    """Check everything, load the models, render the missing frames, write videos and metrics."""
+    import torch
+
+    import pilot
+    from pilot.animation.inputs import FrameStore
+    from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
+    from pilot.diffusion.pipeline import SamplingSettings, check_size
+
+    settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
+    config = feedback_config(args)
+    parse_schedule(args.control_scale, args.interpolation)  # ScheduleError before loading
+    prompts = parse_prompt_schedule(args.prompt, args.interpolation)
+    if args.out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out {args.out}: expected a .mp4 path (a .gif is written beside it)")
+    frames = open_frames(args)
+    check_size(frames.height, frames.width)
+    todo = frame_range(args.frames, len(frames))
+    for entry in args.controlnet:
+        frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
+    tracks = load_tracks(args, frames, sd, device, dtype)
+    run = args.run or args.out.with_suffix(".run")
+    chosen = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    check_run_folder(run, json.loads(json.dumps(chosen, default=str)))
+    store = FrameStore(run)
+    seconds = render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo)
+    summary = finish(args, frames, store, todo, run, seconds)
+    print(json.dumps(summary, indent=2) if args.json else f"wrote {args.out} ({run})")
+    return 0
+
+
+def render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo) -> list[float]:
+    """Render the frames of `todo` missing from the store; returns seconds per rendered frame."""
+    from tqdm import tqdm
+
+    from pilot.animation.feedback import FeedbackSampler
+
+    sampler = FeedbackSampler(
+        sd, settings, config, frames, prompts, store,
+        negative=args.negative_prompt, tracks=tracks, base_seed=args.seed,
+    )  # fmt: skip
+    missing = [k for k in todo if not store.has(k)]
+    seconds = []
+    with tqdm(total=len(todo), initial=len(todo) - len(missing), unit="frame") as bar:
+        for k in missing:
+            start = time.perf_counter()
+            sampler.render(k)
+            seconds.append(time.perf_counter() - start)
+            bar.set_postfix(frame=k, s_per_frame=f"{seconds[-1]:.2f}")
+            bar.update()
+    return seconds
+
+
+def finish(args, frames, store, todo, run: Path, seconds: list[float]) -> dict:
+    """MP4 + GIF of the range's frames, and metrics.json."""
+    import torch
+
+    from pilot.animation.metrics import temporal_metrics
+    from pilot.animation.video import write_gif, write_mp4
+    from pilot.imageio import atomic_output, to_uint8
+
+    images = torch.cat([store.read(k) for k in todo])  # (N, 3, H, W)
+    video = [to_uint8(image) for image in images]
+    write_mp4(video, args.out, fps=frames.fps)
+    write_gif(video, args.out.with_suffix(".gif"), fps=frames.fps)
+    metrics = temporal_metrics(images, frames.flow, first=todo.start)
+    metrics.update(
+        first_frame=todo.start,
+        flow=args.flow if args.shot is not None else "estimated",
+        seconds_per_frame=round(sum(seconds) / len(seconds), 4) if seconds else None,
+        rendered_now=len(seconds),
+        mp4=str(args.out),
+    )
+    with atomic_output(run / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1))
+    return metrics

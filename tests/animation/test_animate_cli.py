@@ -1,0 +1,140 @@
+"""`pilot animate`: a controlled run with resume after a crash (byte-identical frames),
+video-in mode, and clear errors for bad input that never cost a finished frame."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pilot.animation.feedback import FeedbackSampler
+from pilot.cli import main
+from pilot.imageio import write_png
+
+
+@pytest.fixture(scope="module")
+def model_folder(animation_sd, tmp_path_factory):
+    from pilot.weights.save import save_pipeline
+
+    return save_pipeline(animation_sd, tmp_path_factory.mktemp("models") / "anim-sd")
+
+
+def make_controlnet(unet, folder, **unet_changes):
+    """A tiny ControlNet for `unet` (hint encoder at full size: the test VAE has factor 1)."""
+    from pilot.models.controlnet import ControlNet, ControlNetConfig
+    from pilot.weights.save import save_controlnet
+
+    cfg = ControlNetConfig(unet=replace(unet.cfg, **unet_changes), hint_channels=(16,))
+    net = ControlNet(cfg).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "zero" in name or "controlnet_" in name or "conv_out" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+    return save_controlnet(net, folder)
+
+
+@pytest.fixture(scope="module")
+def controlnet_folder(animation_sd, tmp_path_factory):
+    return make_controlnet(animation_sd.unet, tmp_path_factory.mktemp("cn") / "depth")
+
+
+def animate(model, shot, out, *extra):
+    return main(["animate", "--model", str(model), "--shot", str(shot.root), "--prompt",
+                 "0: a corridor | 5: a cave", "--steps", "4", "--strength", "0:(0.6), 5:(0.4)",
+                 "--cfg", "2", "--noise", "warped", "--seed", "11", "--out", str(out),
+                 *extra])  # fmt: skip
+
+
+def test_resume_after_a_crash_is_byte_identical(
+    model_folder, controlnet_folder, small_shot, tmp_path, monkeypatch, capsys
+):
+    control = ["--controlnet", f"depth={controlnet_folder}", "--control-scale", "0.8"]
+    assert animate(model_folder, small_shot, tmp_path / "a.mp4", *control, "--frames", "0:4") == 0
+    render = FeedbackSampler.render
+
+    def crash_at_2(self, k, flow=None):
+        if k == 2:
+            raise RuntimeError("killed")
+        return render(self, k, flow)
+
+    monkeypatch.setattr(FeedbackSampler, "render", crash_at_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        animate(model_folder, small_shot, tmp_path / "b.mp4", *control, "--frames", "0:4")
+    monkeypatch.setattr(FeedbackSampler, "render", render)
+    frames_b = tmp_path / "b.run" / "frames"
+    assert sorted(p.name for p in frames_b.iterdir()) == [f"{k:06d}.png" for k in range(2)]
+    capsys.readouterr()
+    assert animate(model_folder, small_shot, tmp_path / "b.mp4", *control, "--frames", "0:4",
+                   "--json") == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["rendered_now"] == 2 and metrics["frames"] == 4
+    for k in range(4):
+        a = (tmp_path / "a.run" / "frames" / f"{k:06d}.png").read_bytes()
+        assert a == (frames_b / f"{k:06d}.png").read_bytes(), f"frame {k} differs after resume"
+    for k in range(4):
+        noise = f"state/{k:06d}.npy"
+        assert (tmp_path / "a.run" / noise).read_bytes() == (
+            tmp_path / "b.run" / noise
+        ).read_bytes()
+    assert (tmp_path / "b.mp4").stat().st_size > 0 and (tmp_path / "b.gif").stat().st_size > 0
+    saved = json.loads((tmp_path / "b.run" / "metrics.json").read_text())
+    assert saved["warp_error"] == metrics["warp_error"] and len(saved["warp_error_per_frame"]) == 3
+
+
+def test_video_in_mode(model_folder, small_shot, tmp_path, capsys):
+    video = tmp_path / "video"
+    for k in range(4):
+        write_png(video / f"{k:04d}.png", small_shot[k].image)
+    argv = ["animate", "--model", str(model_folder), "--video", str(video), "--prompt", "ink",
+            "--steps", "4", "--source-mix", "0.3", "--cfg", "1", "--out", str(tmp_path / "v.mp4"),
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["flow"] == "estimated" and metrics["frames"] == 4
+    assert len(list((tmp_path / "v.run" / "frames").glob("*.png"))) == 4
+
+
+@pytest.fixture(scope="module")
+def sd2_controlnet(animation_sd, tmp_path_factory):
+    return make_controlnet(animation_sd.unet, tmp_path_factory.mktemp("cn2") / "wide",
+                           cross_attention_dim=64)  # fmt: skip
+
+
+def test_bad_input_is_a_clear_error_and_keeps_finished_frames(
+    model_folder, controlnet_folder, sd2_controlnet, small_shot, tmp_path, capsys
+):
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, small_shot, out, "--frames", "0:2", "--cfg", "1") == 0
+    finished = {p.name: p.read_bytes() for p in (tmp_path / "film.run" / "frames").iterdir()}
+    capsys.readouterr()
+    video = tmp_path / "video"
+    write_png(video / "0000.png", small_shot[0].image)
+    write_png(video / "0001.png", small_shot[1].image)
+    cases = [
+        (["--strength", "0:(0.5), 10:(0.4 +)"], "at character 19:"),
+        (["--frames", "20:30"], "--frames '20:30' is outside the shot's frames 0:24"),
+        (["--controlnet", f"depth={sd2_controlnet}"],
+         "cross_attention_dim: ControlNet 64 vs model 32"),
+        (["--cfg", "3"], "was made with other settings (cfg: '1' -> '3')"),
+        (["--controlnet", f"canny{controlnet_folder}"], "expected KIND=PATH"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        assert animate(model_folder, small_shot, out, "--cfg", "1", *extra) == 2, extra
+        assert message in capsys.readouterr().err
+    argv = ["animate", "--model", str(model_folder), "--video", str(video), "--prompt", "x",
+            "--controlnet", f"depth={controlnet_folder}", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert "depth control needs a depth pass; video" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in (tmp_path / "film.run" / "frames").iterdir()}
+    assert after == finished
+
+
+def test_sd1_controlnet_on_sd2_model_is_named():
+    from pilot.animation.inputs import check_controlnet_family
+    from pilot.models.controlnet import CONTROLNET_PRESETS
+    from pilot.models.unet import UNET_PRESETS
+
+    with pytest.raises(ValueError, match=r"an SD 1.x ControlNet on an SD 2.x model\): "
+                       "cross_attention_dim: ControlNet 768 vs model 1024"):  # fmt: skip
+        check_controlnet_family(UNET_PRESETS["sd21"], CONTROLNET_PRESETS["sd15"], "cn.safetensors")
+    check_controlnet_family(UNET_PRESETS["sd15"], CONTROLNET_PRESETS["sd15"], "cn.safetensors")
