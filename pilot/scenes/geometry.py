@@ -175,3 +175,16 @@ def flow_pair(
         "visible_ij": visibility(flow_ij, z_ij, depth_j, rel_tol),
         "visible_ji": visibility(flow_ji, z_ji, depth_i, rel_tol),
     }
+
+
+def frame_flow(frame_i, frame_j, rel_tol: float = 0.01) -> dict[str, Tensor]:
+    """`flow_pair` between two `pilot.scenes.shot.Frame`s; every result has batch size 1."""
+    return flow_pair(
+        frame_i.depth[None],
+        frame_j.depth[None],
+        frame_i.K[None],
+        frame_i.c2w[None],
+        frame_j.K[None],
+        frame_j.c2w[None],
+        rel_tol,
+    )

@@ -109,3 +109,15 @@ def test_fly_through_stays_inside_corridor():
     poses = path.poses(6)
     out = render(stack_scenes([scene] * 6), path.intrinsics(24, 24).expand(6, 3, 3), poses, 24, 24)
     assert (out["plane"] >= 0).all()  # a closed corridor: every ray hits a wall
+
+
+@pytest.mark.gpu
+def test_cuda_render_matches_cpu():
+    from pilot.data.walls import render_pairs
+
+    cpu = render_pairs(4, 48, seed=2)
+    gpu = render_pairs(4, 48, seed=2, device="cuda")
+    for k in ("depth", "normals", "plane"):
+        assert (gpu[k].cpu().float() - cpu[k].float()).abs().mean() < 1e-3, k
+    for k in ("hatched", "textured", "fog"):
+        assert (gpu[k].cpu() - cpu[k]).abs().mean() < 1e-2, k

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pilot.scenes.geometry import reprojection_flow
+from pilot.scenes.geometry import forward_backward_error, frame_flow, reprojection_flow
 from pilot.scenes.procedural import fly_through_shot
 from pilot.scenes.shot import Shot, ShotWriter, png_bytes
 
@@ -34,6 +34,10 @@ def test_round_trip_and_motion(shot_dir):
     assert f1.motion.shape == (4, 24, 32) and f1.image.shape == (3, 24, 32)
     flow, _ = reprojection_flow(f1.depth[None], f1.K[None], f1.c2w[None], f2.K[None], f2.c2w[None])
     assert torch.allclose(f1.motion[2:], flow[0], atol=1e-3)
+    pair = frame_flow(f1, f2)
+    assert torch.equal(pair["flow_ij"], flow) and pair["visible_ij"].any()
+    err = forward_backward_error(pair["flow_ij"], pair["flow_ji"])[pair["visible_ij"]]
+    assert err.max() < 0.05  # metres-long steps between 4 frames: big, but consistent
     assert shot[-1].index == 3
     with pytest.raises(IndexError, match="frame 4"):
         shot[4]
