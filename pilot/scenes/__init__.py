@@ -1,1 +1,13 @@
-"""scenes."""
+"""3D shots: procedural plane scenes, camera paths, shot folders, geometry and the Blender bridge.
+
+camera      pinhole intrinsics, OpenCV look-at poses, Catmull-Rom camera paths
+materials   hatching and colour texture shaders (bricks, tiles, panels, plaster, noise)
+layouts     random rooms, corridors, free-standing walls, cameras and fly-through paths
+render      vectorised ray casting of plane scenes: hatched, textured, fog, depth, normals
+geometry    reprojection flow, visibility masks, forward-backward error, grid_sample warp
+shot        the shot folder format (reader and writer, numpy-only at import)
+procedural  procedural fly-through shots
+exr         numpy reader for uncompressed scanline EXR (Blender's multilayer passes)
+blender     export a Blender camera animation as a shot (bpy module or `blender --python`)
+preview     colourised depth / normals / flow and labelled contact sheets
+"""
