@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run by `blender --python`: make `pilot` importable
+if not globals().get("__package__"):  # run by `blender --python`: make `pilot` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pilot.scenes.exr import read_exr  # noqa: E402

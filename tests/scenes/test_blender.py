@@ -67,3 +67,24 @@ def test_reprojection_flow_matches_blender_vector_pass(tmp_path):
     assert torch.allclose(
         normals.norm(dim=0)[frames[1].depth[0] < shot.far], torch.tensor(1.0), atol=1e-3
     )
+
+
+def test_runs_as_blender_python_script(tmp_path, monkeypatch):
+    """What `blender -b file --python pilot/scenes/blender.py -- OUT` does: exec the file as
+    __main__ in a bare namespace (no package), arguments after `--`."""
+    import sys
+    from pathlib import Path
+
+    import pilot.scenes.blender as bridge
+
+    _build_scene()
+    bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y = 16, 12
+    path = Path(bridge.__file__)
+    argv = ["blender", "-b", "--python", str(path), "--", str(tmp_path), "--frames", "2", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    with pytest.raises(SystemExit) as done:
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    assert done.value.code == 0
+    shot = Shot(tmp_path)
+    assert len(shot) == 2 and [f["source_frame"] for f in shot.frames] == [2, 3]
