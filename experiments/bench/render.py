@@ -1,6 +1,6 @@
 """Walls pair throughput: procedural renders per second, in memory and written to disk.
 
-    python -m experiments.bench.render                       # 256x256, 64 pairs per timing
+    OMP_WAIT_POLICY=PASSIVE python -m experiments.bench.render   # 256x256, 64 pairs per timing
     python -m experiments.bench.render --write-n 2000        # also time a 2000-pair write
     python -m experiments.bench.render --device cuda --threads 8
 
@@ -8,7 +8,8 @@ Times `render_pairs` (scene sampling + ray casting + shading, every pass) with 1
 torch threads, interleaved over several rounds so load from other programs on a shared machine
 hits both alike; prints median and best round, the process CPU seconds per pair (a figure the
 load barely moves), and the load average before and after. `--write-n` then times one
-`write_pairs` run (PNG files + manifest, `--workers` processes, spawn time included).
+`write_pairs` run (PNG files + manifest, `--workers` processes, spawn time included). On a
+shared machine keep OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads otherwise lose ~10x.
 """
 
 from __future__ import annotations
