@@ -1,0 +1,147 @@
+"""Seconds per frame of the feedback sampler, and the share of flow, VAE, UNet and ControlNet.
+
+    python -m experiments.bench.animate                              # tiny models, 64 px, CPU
+    python -m experiments.bench.animate --preset sd15 --size 256 --frames 4 --steps 8
+    python -m experiments.bench.animate --preset sd15 --size 512 --device cuda --dtype fp16
+
+Random weights of the preset's shapes (SD 1.5 UNet / VAE / CLIP + a depth ControlNet made from
+the UNet), a procedural fly-through shot, the default occlusion-aware loop (`pilot animate`'s
+defaults: renoise, fresh noise, LAB colour match) at CFG 7.5. Module time is taken by forward
+hooks (synchronised on CUDA); flow is the flow source's time (exact reprojection with the depth
+test). Frame 0 (txt2img) is left out of the per-frame figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from experiments.bench.common import device_name, format_table
+from pilot.animation.feedback import FeedbackConfig, FeedbackSampler
+from pilot.animation.inputs import ControlTrack, FrameStore, ShotFrames
+from pilot.animation.schedules import Schedule, parse_prompt_schedule
+from pilot.diffusion.pipeline import SamplingSettings
+from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
+from pilot.models.controlnet import ControlNet
+from pilot.models.tokenizer import CLIPTokenizer
+from pilot.models.unet import UNET_PRESETS, UNet
+from pilot.models.vae import VAE_PRESETS, AutoencoderKL
+from pilot.scenes.procedural import fly_through_shot
+from pilot.scenes.shot import Shot
+from pilot.weights.loaders import StableDiffusion
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class PartTimer:
+    """Wall time spent inside modules and callables, summed per part name."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.device = device
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def module(self, name: str, module: torch.nn.Module) -> None:
+        start = []
+        module.register_forward_pre_hook(lambda m, a: start.append(self._now()))
+        module.register_forward_hook(
+            lambda m, a, o: self.seconds.__setitem__(
+                name, self.seconds[name] + self._now() - start.pop()
+            )
+        )
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            t0 = self._now()
+            out = fn(*args, **kwargs)
+            self.seconds[name] += self._now() - t0
+            return out
+
+        return timed
+
+
+def build(preset: str, device, dtype) -> tuple[StableDiffusion, ControlNet]:
+    """Random SD of a preset's shapes and a ControlNet copied from its UNet."""
+    torch.manual_seed(0)
+    tok = CLIPTokenizer.default()
+    text = replace(CLIP_PRESETS[preset], vocab_size=len(tok.vocab), bos_token_id=tok.bos_token_id,
+                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    sd = StableDiffusion(
+        unet=UNet(UNET_PRESETS[preset]).eval().to(device, dtype),
+        vae=AutoencoderKL(VAE_PRESETS[preset]).eval().to(device, dtype),
+        text_encoder=CLIPTextModel(text).eval().to(device, dtype),
+        tokenizer=tok,
+        prediction_type="epsilon",
+    )
+    f = sd.vae.cfg.downsample_factor
+    hint = (16, 32, 96, 256)[: f.bit_length()]  # 2^(len - 1) = the VAE factor
+    return sd, ControlNet.from_unet(sd.unet, hint_channels=hint).eval().to(device, dtype)
+
+
+def run(args) -> dict:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    sd, net = build(args.preset, device, dtype)
+    timer = PartTimer(device)
+    timer.module("UNet", sd.unet)
+    timer.module("ControlNet", net)
+    timer.module("VAE", sd.vae.encoder)
+    timer.module("VAE", sd.vae.decoder)
+    with tempfile.TemporaryDirectory() as tmp:
+        fly_through_shot(
+            Path(tmp) / "shot", n_frames=args.frames, width=args.size, height=args.size
+        )
+        frames = ShotFrames(Shot(Path(tmp) / "shot"))
+        frames.flow = timer.wrap("flow", frames.flow)
+        sampler = FeedbackSampler(
+            sd, SamplingSettings(sampler="euler", steps=args.steps, cfg=7.5),
+            FeedbackConfig(strength=str(args.strength)), frames,
+            parse_prompt_schedule("a hatched corridor"), FrameStore(Path(tmp) / "run"),
+            tracks=[ControlTrack(net, "depth", Schedule.constant(1.0))],
+        )  # fmt: skip
+        sampler.render(0)
+        timer.seconds.clear()
+        start = time.perf_counter()
+        for k in range(1, args.frames):
+            sampler.render(k)
+        total = time.perf_counter() - start
+    n = args.frames - 1
+    parts = {name: timer.seconds[name] / n for name in ("flow", "VAE", "UNet", "ControlNet")}
+    parts["other"] = total / n - sum(parts.values())
+    return {"s_per_frame": total / n, "parts": parts}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=("tiny", "sd15", "sd21"), default="tiny")
+    p.add_argument("--size", type=int, default=64, help="shot side in pixels")
+    p.add_argument("--frames", type=int, default=5, help="frames rendered (first one excluded)")
+    p.add_argument("--steps", type=int, default=8, help="steps of the full schedule")
+    p.add_argument("--strength", type=float, default=0.5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    s = result["s_per_frame"]
+    rows = [[name, f"{t:.3f}", f"{100 * t / s:.1f}%"] for name, t in result["parts"].items()]
+    rows.append(["frame", f"{s:.3f}", "100%"])
+    print(f"{device_name(torch.device(args.device))}, {args.preset} {args.size}x{args.size}, "
+          f"{args.steps} steps, strength {args.strength}, CFG 7.5, 1 ControlNet, "
+          f"{args.frames - 1} frames")  # fmt: skip
+    print(format_table(["part", "s/frame", "share"], rows))
+
+
+if __name__ == "__main__":
+    main()
