@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from pilot.animation.video import write_frame
 from pilot.data.walls import render_pairs
-from pilot.scenes.preview import colorize_depth, contact_sheet, normals_rgb, write_image
+from pilot.scenes.preview import colorize_depth, contact_sheet, normals_rgb
 
 OUT = Path(__file__).with_name("walls_sheet.png")
 
@@ -38,7 +39,7 @@ def main(argv=None) -> None:
             "normals (camera)": normals_rgb(out["normals"]),
         }
     )
-    write_image(args.out, sheet)
+    write_frame(sheet, args.out)
     print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 

@@ -44,33 +44,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    """Contact sheet of a shot: one row per sampled frame, one column per pass."""
+    """Contact sheet (one row per sampled frame) or MP4/GIF (every frame) of a shot's passes."""
     import torch
 
-    from pilot.scenes.preview import (
-        colorize_depth,
-        contact_sheet,
-        flow_rgb,
-        normals_rgb,
-        write_image,
-    )
+    from pilot.animation.video import VIDEO_SUFFIXES, write_frame, write_video
+    from pilot.scenes.preview import contact_sheet, pass_columns
     from pilot.scenes.shot import Shot
 
     shot = Shot(args.shot)
+    if Path(args.out).suffix.lower() in VIDEO_SUFFIXES:
+        frames = [contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot))]
+        print(f"wrote {write_video(frames, args.out, fps=shot.fps)} ({len(frames)} frames)")
+        return 0
     rows = min(args.rows, len(shot))
     picks = torch.linspace(0, len(shot) - 1, rows).round().long().tolist()
-    frames = [shot[k] for k in picks]
-    columns = {}
-    if "image" in shot.passes:
-        columns["image"] = torch.stack([f.image for f in frames])
-    columns["depth"] = colorize_depth(torch.stack([f.depth for f in frames]), far=shot.far)
-    if "normals" in shot.passes:
-        columns["normals"] = normals_rgb(torch.stack([f.normals for f in frames]))
-    if "motion" in shot.passes:
-        motion = torch.stack([f.motion for f in frames])
-        columns["motion to next"] = flow_rgb(motion[:, 2:])
-    write_image(args.out, contact_sheet(columns))
-    print(f"wrote {args.out} (frames {picks})")
+    sheet = contact_sheet(pass_columns([shot[k] for k in picks], shot.far))
+    print(f"wrote {write_frame(sheet, args.out)} (frames {picks})")
     return 0
 
 
@@ -106,9 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=24.0)
     p.set_defaults(func=cmd_render)
 
-    p = group.add_parser("preview", help="contact sheet PNG of a shot's passes")
+    p = group.add_parser("preview", help="contact sheet or video of a shot's passes")
     p.add_argument("shot", help="shot folder")
-    p.add_argument("out", help="image to write (.png or .jpg)")
+    p.add_argument("out", help=".png/.jpg contact sheet, or .mp4/.gif of every frame")
     p.add_argument("--rows", type=int, default=6, help="frames shown, evenly spaced")
     p.set_defaults(func=cmd_preview)
 

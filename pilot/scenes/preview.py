@@ -1,9 +1,6 @@
-"""Pass visualisation: colourised depth, normals and flow, labelled contact sheets."""
+"""Pass visualisation: colourised depth, normals and flow, labelled contact sheets of shots."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -73,12 +70,17 @@ def contact_sheet(columns: dict[str, Tensor], pad: int = 2, label_height: int = 
     return sheet
 
 
-def write_image(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image (PNG, JPEG... by extension) atomically."""
-    path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-    if not ok:
-        raise ValueError(f"{path}: cannot encode an image with this extension")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+def pass_columns(frames: list, far: float) -> dict[str, Tensor]:
+    """Visualised passes of shot frames (`pilot.scenes.shot.Frame`), one column per pass.
+
+    Returns name -> (B, 3, H, W) in [0, 1]: image, turbo depth, normals, motion to next frame.
+    """
+    columns = {}
+    if frames[0].image is not None:
+        columns["image"] = torch.stack([f.image for f in frames])
+    columns["depth"] = colorize_depth(torch.stack([f.depth for f in frames]), far=far)
+    if frames[0].normals is not None:
+        columns["normals"] = normals_rgb(torch.stack([f.normals for f in frames]))
+    if frames[0].motion is not None:
+        columns["motion to next"] = flow_rgb(torch.stack([f.motion[2:] for f in frames]))
+    return columns

@@ -18,6 +18,10 @@ def test_render_then_preview(tmp_path, capsys):
     assert main(["shot", "preview", str(shot), str(sheet), "--rows", "2"]) == 0
     img = cv2.imread(str(sheet))
     assert img.shape[1] >= 4 * 40 and img.shape[0] >= 2 * 32  # 4 passes x 2 frames
+    video = tmp_path / "passes.mp4"
+    assert main(["shot", "preview", str(shot), str(video)]) == 0
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
 def test_pairs_writes_manifest(tmp_path):
