@@ -8,7 +8,7 @@ units are metres, z up, floor at z = 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -44,11 +44,13 @@ def _u(g: np.random.Generator, lo: float, hi: float) -> float:
 class _Builder:
     """Collects rectangles and their materials for one scene."""
 
-    def __init__(self, g: np.random.Generator, cfg: LayoutConfig):
+    def __init__(self, g: np.random.Generator, cfg: LayoutConfig, hatch_scale: float = 1.0):
+        lo, hi = cfg.material.hatch_density
+        self.material = replace(cfg.material, hatch_density=(lo * hatch_scale, hi * hatch_scale))
         self.g, self.cfg, self.rows = g, cfg, []
 
     def add(self, center, u, v, half_u: float, half_v: float) -> None:
-        mat = materials.sample_material(self.g, self.cfg.material)
+        mat = materials.sample_material(self.g, self.material)
         self.rows.append((center, u, v, (half_u + _SEAM, half_v + _SEAM), mat))
 
     def vertical(self, x: float, y: float, yaw: float, width: float, height: float) -> None:
@@ -135,8 +137,12 @@ def corridor(g: np.random.Generator, cfg: LayoutConfig = LayoutConfig()) -> View
 
 
 def walls(g: np.random.Generator, cfg: LayoutConfig = LayoutConfig()) -> View:
-    """Free-standing walls on a ground plane under open sky, camera looking at one of them."""
-    b = _Builder(g, cfg)
+    """Free-standing walls on a ground plane under open sky, camera looking at one of them.
+
+    Seen from further away than room walls, they get 0.4x the hatch density so the lines stay
+    above the Nyquist limit at 256 px (denser lines fade to flat grey).
+    """
+    b = _Builder(g, cfg, hatch_scale=0.4)
     b.add((0, 0, 0), _X, _Y, 40, 40)
     centres = []
     for _ in range(int(g.integers(3, 9))):

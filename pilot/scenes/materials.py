@@ -4,7 +4,8 @@ A material is a row of `N_FIELDS` floats (column indices below); planes stack th
 (P, N_FIELDS) tensor, and the renderer hands the shaders one contiguous (N_FIELDS, N) block of
 per-pixel fields so every pixel of a batch is shaded in one vectorised pass. The
 patterns live in the plane's own (u, v) coordinates in metres, so they follow perspective, and
-are anti-aliased with the pixel footprint (metres per pixel on the surface). Noise is integer
+are anti-aliased with the exact screen-space derivatives of (u, v) (the pixel footprint of each
+line direction). Noise is integer
 value noise: it hashes lattice coordinates with int64 arithmetic, so a seed gives the same
 pattern on every device and batch size.
 """
@@ -102,37 +103,41 @@ def value_noise(x: Tensor, y: Tensor, seed: Tensor) -> Tensor:
 def _lines(x: Tensor, width: Tensor, footprint: Tensor) -> Tensor:
     """Coverage in [0, 1] of lines at integer `x` of relative `width`, box-filtered.
 
-    `x` and `footprint` are in line periods; once a pixel spans about a period the coverage
-    fades to the mean ink `width` instead of aliasing.
+    `x` and `footprint` are in line periods; as the period nears two pixels (the Nyquist limit,
+    footprint 0.3 -> 0.5) the coverage fades to the mean ink `width` instead of aliasing.
     """
     d = (x - x.round()).abs()
     ink = ((width / 2 - d) / footprint.clamp_min(1e-4) + 0.5).clamp(0, 1)
-    return torch.lerp(ink, width, (footprint - 0.5).clamp(0, 1))
+    return torch.lerp(ink, width, ((footprint - 0.3) / 0.2).clamp(0, 1))
 
 
-def hatch(u: Tensor, v: Tensor, m: Tensor, footprint: Tensor) -> Tensor:
+def _footprint(grad: Tensor, cu: Tensor | float, cv: Tensor | float) -> Tensor:
+    """Pixel footprint (N,) of the coordinate t = cu * u + cv * v: |dt/dx| + |dt/dy|."""
+    return (grad[0] * cu + grad[2] * cv).abs() + (grad[1] * cu + grad[3] * cv).abs()
+
+
+def hatch(u: Tensor, v: Tensor, m: Tensor, grad: Tensor) -> Tensor:
     """Line hatching (N,) in [0, 1] (1 = paper, 0 = ink) along the plane's UV axes.
 
     Args:
         u, v: (N,) surface coordinates in metres.
         m: (N_FIELDS, N) material fields of the pixels (field-major: each field contiguous).
-        footprint: (N,) metres per pixel on the surface.
+        grad: (4, N) du/dx, du/dy, dv/dx, dv/dy in metres per pixel (`render.uv_gradients`).
     """
     a, density, width = m[HATCH_ANGLE], m[HATCH_DENSITY], m[HATCH_WIDTH]
     cos, sin = a.cos(), a.sin()
-    fp = footprint * density
-    ink = _lines((u * cos + v * sin) * density, width, fp)
-    cross = _lines((v * cos - u * sin) * density, width, fp) * m[CROSS]
+    ink = _lines((u * cos + v * sin) * density, width, _footprint(grad, cos, sin) * density)
+    fp_cross = _footprint(grad, -sin, cos) * density
+    cross = _lines((v * cos - u * sin) * density, width, fp_cross) * m[CROSS]
     return 1 - torch.maximum(ink, cross)
 
 
-def albedo(u: Tensor, v: Tensor, m: Tensor, footprint: Tensor) -> Tensor:
+def albedo(u: Tensor, v: Tensor, m: Tensor, grad: Tensor) -> Tensor:
     """Procedural colour (3, N) in [0, 1]: running-bond bricks, tiles, panels or plaster.
 
-    Arguments as for `hatch`.
-
-    Each cell gets a hashed brightness jitter, joints are box-filtered lines of the joint colour,
-    then fine grain and large stains (value noise) modulate the result.
+    Arguments as for `hatch`. Each cell gets a hashed brightness jitter, joints are
+    box-filtered lines of the joint colour, then fine grain and large stains (value noise)
+    modulate the result.
     """
     kind, seed = m[KIND].long(), m[SEED].int()
     cu, cv = m[CELL_U], m[CELL_V]
@@ -140,15 +145,15 @@ def albedo(u: Tensor, v: Tensor, m: Tensor, footprint: Tensor) -> Tensor:
     row = y.floor()
     x = u / cu + torch.where(kind == BRICKS, 0.5 * torch.remainder(row, 2), 0.0)
     col = x.floor()
-    fx, fy = x - col, y - row
-    edge = torch.minimum(torch.minimum(fx, 1 - fx) * cu, torch.minimum(fy, 1 - fy) * cv)
     joint_w = torch.tensor(_JOINT_WIDTH, dtype=u.dtype, device=u.device)[kind]
-    joint = ((joint_w / 2 - edge) / footprint.clamp_min(1e-4) + 0.5).clamp(0, 1)
-    joint = joint * (joint_w > 0)
+    fu, fv = _footprint(grad, 1.0, 0.0), _footprint(grad, 0.0, 1.0)  # metres per pixel
+    joint_u = _lines(x, joint_w / cu, fu / cu)  # joints between columns, in cell periods
+    joint_v = _lines(y, joint_w / cv, fv / cv)
+    joint = torch.maximum(joint_u, joint_v) * (joint_w > 0)
     jitter = hash_uniform(col.int(), row.int(), seed) - 0.5  # (N,) per cell
     base = m[RGB] * (1 + 0.35 * jitter)  # (3, N)
     colour = torch.lerp(base, m[JOINT_RGB], joint)
-    fade = (1 - footprint * 30).clamp(0, 1)  # grain period ~3 cm: fade where it would alias
+    fade = (1 - torch.maximum(fu, fv) * 30).clamp(0, 1)  # grain period ~3 cm: fade, not alias
     grain = value_noise(u * 40, v * 40, seed) - 0.5
     stain = ((value_noise(u * 0.9, v * 0.9, seed + 1) - 0.5) / 0.3).clamp(0, 1)
     shade = (1 + m[GRAIN] * grain * fade) * (1 - m[STAIN] * stain)

@@ -118,7 +118,7 @@ def intersect(
 
     Returns:
         `s` (inf on a miss), `index` (plane id), `u`, `v` (hit coordinates in the plane,
-        metres) and `dn` (d . normal, its sign tells which side was hit).
+        metres), `dn` (d . normal, its sign tells which side was hit), `du`, `dv` (d . u, d . v).
     """
     dn, du, dv = (_project(cam[k], K_inv, x, y) for k in ("normal", "u", "v"))  # (B, P, N)
     c = cam["center"]
@@ -132,7 +132,7 @@ def intersect(
     s, index = torch.where(hit, s, torch.inf).min(1)  # (B, N)
     pick = index[:, None]
     out = {"s": s, "index": index}
-    for name, t in (("u", pu), ("v", pv), ("dn", dn)):
+    for name, t in (("u", pu), ("v", pv), ("dn", dn), ("du", du), ("dv", dv)):
         out[name] = t.gather(1, pick).squeeze(1)
     return out
 
@@ -188,6 +188,27 @@ def render(
     return {k: t.view(B, -1, height, width) for k, t in out.items()}
 
 
+def uv_gradients(
+    cam: dict[str, Tensor], hit: dict[str, Tensor], idx: Tensor, s: Tensor, K_inv: Tensor
+) -> Tensor:
+    """Screen-space derivatives (4, B, N) of the hits' plane coordinates: u_x, u_y, v_x, v_y.
+
+    For rays d(x, y) = K^-1 [x, y, 1] and a plane with normal n, the hit s d moves per pixel by
+    s (d' - (n . d') / (n . d) d) with d' = dd/dx or dd/dy; projecting on the plane axes gives
+    metres of u and v per pixel, the exact footprint the shaders filter their lines with.
+    """
+    k00, k01, k11 = (K_inv[:, i, j, None] for i, j in ((0, 0), (0, 1), (1, 1)))  # (B, 1)
+    ax = {k: cam[k][..., :2].gather(1, idx.expand(-1, -1, 2)) for k in ("normal", "u", "v")}
+    n_x, n_y = ax["normal"].unbind(-1)  # (B, N) each
+    ratio = s / hit["dn"]
+    out = []
+    for k, d_k in (("u", hit["du"]), ("v", hit["dv"])):
+        a_x, a_y = ax[k].unbind(-1)
+        out.append(s * a_x * k00 - ratio * n_x * k00 * d_k)  # d(k)/dx
+        out.append(s * (a_x * k01 + a_y * k11) - ratio * (n_x * k01 + n_y * k11) * d_k)  # /dy
+    return torch.stack(out).nan_to_num(0.0, 0.0, 0.0)
+
+
 def shade_rays(
     scene: Scene,
     cam: dict[str, Tensor],
@@ -208,16 +229,16 @@ def shade_rays(
     table = scene.material.permute(2, 0, 1)  # (F, B, P)
     m = table.gather(2, hit["index"][None].expand(F_, -1, -1)).view(F_, B * N)  # field-major
     n = cam["normal"].gather(1, idx.expand(-1, -1, 3))  # (B, N, 3) camera space
+    grad = uv_gradients(cam, hit, idx, s, K_inv).view(4, B * N)
     n = n * -torch.sign(hit["dn"])[..., None]  # face the camera
     dx = K_inv[:, 0, 0, None] * x + K_inv[:, 0, 1, None] * y + K_inv[:, 0, 2, None]  # (B, N)
     dy = K_inv[:, 1, 1, None] * y + K_inv[:, 1, 2, None]
     ray_len = (dx * dx + dy * dy + 1).sqrt()  # metres of ray per metre of depth
     cos_view = (hit["dn"].abs() / ray_len).nan_to_num(1.0)
-    footprint = s * K_inv[:, 0, 0, None] / cos_view.clamp_min(0.05)  # metres per pixel
 
-    u, v, footprint = u.flatten(), v.flatten(), footprint.flatten()
-    hatched = materials.hatch(u, v, m, footprint)  # (B * N,)
-    colour = materials.albedo(u, v, m, footprint).view(3, B, N).permute(1, 2, 0)
+    u, v = u.flatten(), v.flatten()
+    hatched = materials.hatch(u, v, m, grad)  # (B * N,)
+    colour = materials.albedo(u, v, m, grad).view(3, B, N).permute(1, 2, 0)
     lambert = (n * cam["light"][:, None]).sum(-1).clamp_min(0)
     amb = scene.ambient[:, None]
     shade = amb + (1 - amb) * (0.7 * lambert + 0.3 * cos_view)  # sun plus a soft headlight
