@@ -66,7 +66,7 @@ class ShotFrames:
     def _need(self, p: str, what: str) -> None:
         if p not in self.passes:
             raise ValueError(
-                f"{what} needs a {p} pass, but shot {self.name} has only {sorted(self.passes)}"
+                f"{what} needs the {p} pass, but shot {self.name} has only {sorted(self.passes)}"
             )
 
     def check_kind(self, kind: str) -> None:

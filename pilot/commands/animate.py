@@ -130,6 +130,11 @@ def load_tracks(args: argparse.Namespace, frames, sd, device, dtype) -> list:
         kind, path = controlnet_arg(entry)
         net = pilot.load_controlnet(path, dtype=dtype, device=device)
         check_controlnet_family(sd.unet.cfg, net.cfg, path)
+        if net.cfg.downscale != sd.vae.cfg.downsample_factor:
+            raise ValueError(
+                f"ControlNet {path} takes images {net.cfg.downscale}x its latents, but the "
+                f"model's VAE downsamples {sd.vae.cfg.downsample_factor}x"
+            )
         tracks.append(ControlTrack(net, kind, scale))
     return tracks
 
@@ -195,7 +200,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo) -> list[float]:
+def render_frames(
+    args: argparse.Namespace, sd, settings, config, frames, prompts, store, tracks, todo: range
+) -> list[float]:
     """Render the frames of `todo` missing from the store; returns seconds per rendered frame."""
     from tqdm import tqdm
 
@@ -217,7 +224,9 @@ def render_frames(args, sd, settings, config, frames, prompts, store, tracks, to
     return seconds
 
 
-def finish(args, frames, store, todo, run: Path, seconds: list[float]) -> dict:
+def finish(
+    args: argparse.Namespace, frames, store, todo: range, run: Path, seconds: list[float]
+) -> dict:
     """MP4 + GIF of the range's frames, and metrics.json."""
     import torch
 

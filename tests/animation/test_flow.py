@@ -92,3 +92,24 @@ def test_metrics_are_zero_for_exact_motion_and_see_brightness_flicker():
     assert summary["frames"] == 2 and summary["flicker"] == pytest.approx(0.1, abs=1e-5)
     with pytest.raises(ValueError, match="2 flow fields for 2 frames"):
         warp_errors(frames, [field, field])
+
+
+def test_missing_passes_are_named(tmp_path, small_shot):
+    import numpy as np
+
+    from pilot.animation.inputs import ShotFrames
+    from pilot.scenes.shot import Shot, ShotWriter
+
+    writer = ShotWriter(tmp_path / "bare", 8, 8)
+    for _ in range(2):
+        writer.add(small_shot.frames[0]["K"], np.eye(4), np.ones((8, 8), np.float32))
+    bare = Shot(writer.close().parent)
+    with pytest.raises(ValueError, match="no motion pass"):
+        VectorFlow(bare)
+    frames = ShotFrames(bare)
+    with pytest.raises(ValueError, match=r"hatch control needs the normals pass, but shot .*bare"):
+        frames.check_kind("hatch")
+    with pytest.raises(ValueError, match="canny control needs the image pass"):
+        frames.check_kind("canny")
+    assert frames.control_image("depth", 1).shape == (1, 3, 8, 8)
+    assert ShotFrames(small_shot).control_image("hatch", 3).shape == (1, 3, 32, 32)
