@@ -101,12 +101,12 @@ def run(args) -> dict:
             Path(tmp) / "shot", n_frames=args.frames, width=args.size, height=args.size
         )
         frames = ShotFrames(Shot(Path(tmp) / "shot"))
-        frames.flow = timer.wrap("flow", frames.flow)
         sampler = FeedbackSampler(
             sd, SamplingSettings(sampler="euler", steps=args.steps, cfg=7.5),
             FeedbackConfig(strength=str(args.strength)), frames,
             parse_prompt_schedule("a hatched corridor"), FrameStore(Path(tmp) / "run"),
             tracks=[ControlTrack(net, "depth", Schedule.constant(1.0))],
+            flow=timer.wrap("flow", frames.flow),
         )  # fmt: skip
         sampler.render(0)
         timer.seconds.clear()

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pilot.animation.color import match_color
-from pilot.animation.flow import FlowField, downsample_flow
+from pilot.animation.flow import FlowField, FlowSource, downsample_flow
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
 from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule
 from pilot.diffusion.control import Control, control_wrapper
@@ -144,6 +144,7 @@ class FeedbackSampler:
         tracks: ControlNets with their control kinds and scales.
         store: Where frames are read back from and written to.
         base_seed: Seed of frame 0 (frame k: base_seed + k unless `config.seed`).
+        flow: Flow source, default the frame source's own (`frames.flow`).
     """
 
     def __init__(
@@ -158,10 +159,12 @@ class FeedbackSampler:
         negative: str = "",
         tracks: Sequence[ControlTrack] = (),
         base_seed: int = 0,
+        flow: FlowSource | None = None,
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
         self.store, self.base_seed = store, base_seed
+        self.flow = frames.flow if flow is None else flow
         for track in self.tracks:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
@@ -204,7 +207,7 @@ class FeedbackSampler:
         params = frame_params(self.config, self.tracks, self.base_seed, k)
         has_prev = k > 0 and self.store.has(k - 1)
         if has_prev and flow is None:
-            flow = self.frames.flow(k)
+            flow = self.flow(k)
         init = self.init_image(k, flow if has_prev else None)
         image = self.sample_frame(k, params, init, flow if has_prev else None)
         self.store.write(k, image)
