@@ -97,3 +97,15 @@ def test_color_match_moves_lab_statistics_to_the_reference():
     target = rgb_to_lab(reference)
     assert abs(matched[..., 0].mean() - target[..., 0].mean()) < 1.0  # L in [0, 100]
     assert abs(matched[..., 0].std() - target[..., 0].std()) < 1.0
+
+
+@pytest.mark.parametrize("space", ["pixel", "latent"])
+def test_full_blend_returns_the_warped_previous_frame_on_visible_pixels(
+    animation_sd, small_shot, tmp_path, space
+):
+    out = render(animation_sd, small_shot, tmp_path, n=2, strength="0.5", blend=1.0,
+                 blend_space=space, color_reference=None)  # fmt: skip
+    field = ShotFrames(small_shot).flow(1)
+    difference = (out[1:2] - warp(out[0:1], field.flow)).abs()
+    assert masked_mean(difference, field.visible) < 1.5 / 255
+    assert masked_mean(difference, ~field.visible) > 0.05  # disoccluded: sampled
