@@ -22,7 +22,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from pilot.scenes.blender import export_shot
 
         bpy.ops.wm.open_mainfile(filepath=str(blend.resolve()))
-        print(f"wrote {export_shot(args.out, frames, args.samples)}")
+        size = tuple(args.size) if args.size else None
+        print(f"wrote {export_shot(args.out, frames, args.samples, size=size)}")
         return 0
     exe = args.blender or shutil.which("blender")
     if exe is None:
@@ -30,6 +31,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     script = Path(__file__).resolve().parents[1] / "scenes" / "blender.py"
     cmd = [exe, "-b", str(blend), "--python", str(script), "--", str(args.out)]
     cmd += ["--samples", str(args.samples)] + (["--frames", *map(str, frames)] if frames else [])
+    cmd += ["--size", *map(str, args.size)] if args.size else []
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -84,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="shot folder to write")
     p.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"))
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="override resolution")
     p.add_argument("--blender", help="Blender executable (default: bpy module, else PATH)")
     p.set_defaults(func=cmd_export)
 

@@ -121,10 +121,12 @@ def export_shot(
     frames: tuple[int, int] | None = None,
     samples: int = 1,
     fps: float | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Path:
     """Render the active scene's camera over `frames` (inclusive, default the scene range).
 
-    Returns the path of the written shot.json.
+    `size` (width, height) overrides the scene's render resolution. Returns the path of the
+    written shot.json.
     """
     import bpy
 
@@ -136,6 +138,9 @@ def export_shot(
     if last < first:
         raise ValueError(f"frame range {first}..{last} is empty")
     configure(scene, samples)
+    if size is not None:
+        scene.render.resolution_x, scene.render.resolution_y = size
+        scene.render.resolution_percentage = 100
     _, W, H = camera_intrinsics(cam, scene)
     fps = fps or scene.render.fps / scene.render.fps_base
     far = float(cam.data.clip_end)
@@ -163,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="shot folder to write")
     parser.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"))
     parser.add_argument("--samples", type=int, default=1, help="Cycles samples per pixel")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resolution")
     args = parser.parse_args(argv)
-    path = export_shot(args.out, tuple(args.frames) if args.frames else None, args.samples)
+    frames, size = (tuple(a) if a else None for a in (args.frames, args.size))
+    path = export_shot(args.out, frames, args.samples, size=size)
     print(f"wrote {path}")
     return 0
 
