@@ -59,3 +59,35 @@ def test_export_blend_file(tmp_path):
     assert meta["width"] == 32 and meta["provenance"]["file"].endswith("scene.blend")
     # the camera looks along world +y: OpenCV z axis (third column) is (0, 1, 0)
     assert [round(r[2], 6) for r in meta["frames"][0]["c2w"][:3]] == [0, 1, 0]
+
+
+def test_export_through_a_blender_executable(tmp_path):
+    """Without bpy, or with --blender, it runs `blender -b FILE --python bridge -- ...`."""
+    import stat
+    import sys
+
+    log = tmp_path / "argv.json"
+    fake = tmp_path / "blender"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(log)!r}, 'w'))\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER")
+    out = tmp_path / "shot"
+    args = ["--frames", "3", "9", "--samples", "2", "--size", "64", "48", "--blender", str(fake)]
+    assert main(["shot", "export", str(blend), str(out), *args]) == 0
+    argv = json.loads(log.read_text())
+    assert argv[:3] == ["-b", str(blend), "--python"] and argv[3].endswith("scenes/blender.py")
+    assert argv[4:] == [
+        "--",
+        str(out),
+        "--samples",
+        "2",
+        "--frames",
+        "3",
+        "9",
+        "--size",
+        "64",
+        "48",
+    ]
