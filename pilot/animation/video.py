@@ -35,6 +35,7 @@ def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
 def _temp_path(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; written files are ordinary shared outputs
     return Path(tmp)
 
 
