@@ -21,12 +21,13 @@ Background pixels (zero normals, e.g. the renderer's sky) are given (0.5, 0.5, 0
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pilot.scenes.geometry import backproject
 
 NormalConvention = Literal["bae", "midas"]
 
@@ -74,30 +75,6 @@ def depth_to_control(
     return out.expand(-1, 3, -1, -1).contiguous()
 
 
-def pinhole(height: int, width: int, fov_x_deg: float = 50.0) -> Tensor:
-    """(3, 3) intrinsics of a centred pinhole camera with a horizontal field of view."""
-    f = width / 2 / math.tan(math.radians(fov_x_deg) / 2)
-    return torch.tensor([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
-
-
-def back_project(depth: Tensor, K: Tensor) -> Tensor:
-    """Camera-space points `z K^-1 (u, v, 1)` (B, 3, H, W) of z-depth (B, 1, H, W).
-
-    Args:
-        depth: (B, 1, H, W) z-depth.
-        K: (3, 3) or (B, 3, 3) intrinsics in pixels; pixel centres at integer coordinates.
-    """
-    B, _, H, W = depth.shape
-    K = K.to(depth).expand(B, 3, 3)
-    v, u = torch.meshgrid(
-        torch.arange(H, device=depth.device, dtype=depth.dtype),
-        torch.arange(W, device=depth.device, dtype=depth.dtype),
-        indexing="ij",
-    )
-    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)  # (3, HW)
-    return (torch.linalg.inv(K) @ pix).reshape(B, 3, H, W) * depth
-
-
 def normals_from_depth(depth: Tensor, K: Tensor) -> Tensor:
     """Camera-space unit normals facing the camera from z-depth and pinhole intrinsics.
 
@@ -113,7 +90,7 @@ def normals_from_depth(depth: Tensor, K: Tensor) -> Tensor:
     Returns:
         (B, 3, H, W) unit normals, OpenCV camera axes, pointing towards the camera.
     """
-    points = back_project(depth, K)  # (B, 3, H, W) camera-space points
+    points = backproject(depth, K.to(depth))  # (B, 3, H, W) camera-space points
     du, dv = _tangent(points, 3), _tangent(points, 2)
     n = torch.linalg.cross(du, dv, dim=1)
     n = torch.where((n * points).sum(1, keepdim=True) > 0, -n, n)  # face the camera

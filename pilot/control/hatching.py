@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pilot.control.depth import back_project, pinhole
+from pilot.scenes.camera import intrinsics
+from pilot.scenes.geometry import backproject
 
 # Towards the upper left and the viewer, camera axes (x right, y down, z forward).
 DEFAULT_LIGHT = (-0.5, -0.6, -0.62)
@@ -71,7 +72,7 @@ def hatch(
             "(B, 1, H, W) and (B, 3, H, W)"
         )
     surface = (normals != 0).any(1, keepdim=True) & torch.isfinite(depth) & (depth > 0)
-    K = (pinhole(H, W) if K is None else K).to(depth).expand(B, 3, 3)
+    K = (intrinsics(50.0, W, H) if K is None else K).to(depth).expand(B, 3, 3)
     l_dir = F.normalize(torch.tensor(light, dtype=normals.dtype, device=normals.device), dim=0)
     lambert = (normals * l_dir.view(1, 3, 1, 1)).sum(1, keepdim=True).clamp_min(0)
     tone = ambient + (1 - ambient) * lambert
@@ -108,7 +109,7 @@ def _strokes(
 ) -> Tensor:
     """Anti-aliased perspective hatch layers (B, 1, H, W) in [0, 1]."""
     z = torch.where(surface, depth, torch.ones_like(depth))
-    points = back_project(z, K)  # (B, 3, H, W)
+    points = backproject(z, K)  # (B, 3, H, W)
     median = torch.stack(
         [
             zi[si].median() if si.any() else zi.new_ones(())

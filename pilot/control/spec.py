@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pilot.control.depth import normals_from_depth, pinhole
+from pilot.control.depth import normals_from_depth
 from pilot.control.edges import canny, line_art, luma, soft_edges
 from pilot.control.hatching import hatch
+from pilot.scenes.camera import intrinsics
 
 
 def _grey(image: Tensor) -> Tensor:
@@ -39,7 +40,7 @@ def _grey(image: Tensor) -> Tensor:
 def _hatch_from_depth_image(image: Tensor) -> Tensor:
     """Hatching from a near-bright depth picture: depth = 1 / (0.05 + brightness), 50 deg fov."""
     depth = 1 / (0.05 + luma(image).float())
-    K = pinhole(*image.shape[-2:])
+    K = intrinsics(50.0, image.shape[-1], image.shape[-2])
     return hatch(depth, normals_from_depth(depth, K), K).to(image.dtype)
 
 
