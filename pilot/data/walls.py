@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from pilot.scenes import layouts
 from pilot.scenes.camera import intrinsics
-from pilot.scenes.render import render, stack_scenes
+from pilot.scenes.render import Scene, render, stack_scenes
 
 PAIR_PASSES = ("hatched", "textured", "fog")
 PNG_PASSES = ("hatched", "textured", "fog", "image")
@@ -48,6 +48,25 @@ MANIFEST_VERSION = 1
 def item_generator(seed: int, index: int) -> np.random.Generator:
     """The random stream of item `index` of the data set `seed` (independent of batching)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, index])))
+
+
+def sample_item(
+    seed: int,
+    index: int,
+    layout_names: Sequence[str] = layouts.LAYOUTS,
+    cfg: layouts.LayoutConfig | None = None,
+) -> tuple[Scene, Tensor, float, int]:
+    """The scene of item `index` of the data set `seed`, without rendering it.
+
+    Returns:
+        (one-scene `Scene`, c2w (4, 4), horizontal fov in degrees, index into `layout_names`):
+        exactly what `render_pairs` renders for that item, so a render's parameters (materials,
+        fog) can be read back from `(seed, index)` alone.
+    """
+    g = item_generator(seed, index)
+    k = int(g.integers(len(layout_names)))
+    scene, pose, fov = layouts.SAMPLERS[layout_names[k]](g, cfg or layouts.LayoutConfig())
+    return scene, pose, fov, k
 
 
 def render_pairs(
@@ -79,9 +98,7 @@ def render_pairs(
     for lo in range(start, start + n, batch):
         scenes, K, c2w, kind = [], [], [], []
         for i in range(lo, min(lo + batch, start + n)):
-            g = item_generator(seed, i)
-            k = int(g.integers(len(layout_names)))
-            scene, pose, fov = layouts.SAMPLERS[layout_names[k]](g, cfg or layouts.LayoutConfig())
+            scene, pose, fov, k = sample_item(seed, i, layout_names, cfg)
             scenes.append(scene)
             K.append(intrinsics(fov, size, size))
             c2w.append(pose)
