@@ -122,6 +122,26 @@ def save_controlnet(controlnet, folder: str | os.PathLike, *, overwrite: bool = 
     )
 
 
+def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a `pilot.models.vae.AutoencoderKL` as a diffusers `AutoencoderKL` folder.
+
+    Atomic like `save_pipeline`; `pilot.load_vae` and diffusers read it (a pipeline's `vae/`).
+
+    Raises:
+        FileExistsError: `folder` exists and `overwrite` is False.
+    """
+    config = {
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        **vae.cfg.to_diffusers(),
+    }
+    return _write_folder(
+        folder,
+        lambda tmp: _write_model(tmp, vae, config, "diffusion_pytorch_model"),
+        overwrite=overwrite,
+    )
+
+
 def _write_model(folder: Path, model, config: dict, stem: str) -> None:
     _write_json(folder / "config.json", config)
     save_state_dict(model.state_dict(), folder / f"{stem}.safetensors")
