@@ -88,7 +88,7 @@ class PilotCLI(LightningCLI):
             trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt")
 
 
-SYSTEMS = ("dcgan", "pix2pix")
+SYSTEMS = ("dcgan", "pix2pix", "tiny_sd_vae", "tiny_sd_unet", "tiny_sd_controlnet")
 
 
 def _system_classes(system: str) -> tuple[type, type]:
@@ -96,13 +96,23 @@ def _system_classes(system: str) -> tuple[type, type]:
         from train.dcgan import DCGANSystem, ShapesDataModule
 
         return DCGANSystem, ShapesDataModule
+    if system.startswith("tiny_sd"):  # the three stages of experiments/tiny_sd/train.sh
+        from train.tiny_sd import CaptionedDataModule, VAESystem
+        from train.tiny_sd_diffusion import DepthControlNetSystem, TextToImageSystem
+
+        stages = {
+            "tiny_sd_vae": VAESystem,
+            "tiny_sd_unet": TextToImageSystem,
+            "tiny_sd_controlnet": DepthControlNetSystem,
+        }
+        return stages[system], CaptionedDataModule
     from train.pix2pix import PairedDataModule, Pix2PixSystem
 
     return Pix2PixSystem, PairedDataModule
 
 
 def run(system: str, args: Sequence[str]) -> PilotCLI:
-    """Run the LightningCLI of `system` ("dcgan" or "pix2pix") on command-line style `args`.
+    """Run the LightningCLI of `system` (one of `SYSTEMS`) on command-line style `args`.
 
     Raises:
         ValueError: unknown system name.
@@ -123,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m train.cli SYSTEM SUBCOMMAND ...`, e.g. `dcgan fit --config x.yaml`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        raise SystemExit("usage: python -m train.cli {dcgan,pix2pix} {fit,validate} --config ...")
+        raise SystemExit(f"usage: python -m train.cli {{{','.join(SYSTEMS)}}} {{fit,validate}} ...")
     run(argv[0], argv[1:])
 
 

@@ -1,0 +1,134 @@
+"""Smoke tests of the tiny SD stages: VAE, UNet + text encoder, depth ControlNet, each a step or
+two at 32 px, exported in the diffusers layout and loaded back by `pilot` to generate."""
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+import pilot  # noqa: E402
+from pilot.diffusion.control import Control  # noqa: E402
+from pilot.diffusion.pipeline import Request, SamplingSettings, generate  # noqa: E402
+from tests.train.helpers import write_yaml  # noqa: E402
+from train.cli import run  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 32
+
+
+def stage_config(root, stage: str, model: dict, **trainer) -> dict:
+    """A stage at 32 px on 4 training and 2 held-out renders, batch 2."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(root / stage),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **trainer,
+        },
+        "model": {"export_dir": str(root / "export" / stage), "timelapse_inputs": 2, **model},
+        "data": {"size": SIZE, "count": 4, "val_count": 2, "batch_size": 2},
+        "timelapse": {"every_n_steps": 1, "dirpath": str(root / stage / "timelapse")},
+        "checkpoint": {"dirpath": str(root / stage / "ckpt"), "save_last": True},
+        "wandb": "disabled",
+    }
+
+
+VAE = {"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4}
+UNET = {
+    "block_out_channels": [16, 16],
+    "cross_attention_dim": 16,
+    "num_heads": 2,
+    "norm_num_groups": 8,
+    "sample_size": SIZE // 8,
+}
+TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2}
+DIFFUSION = {"timelapse_steps": 2, "timelapse_cfg": 2.0}
+
+
+def fit(root, system: str, cfg: dict, *extra: str):
+    path = write_yaml(root / f"{system}.yaml", cfg)
+    return run(system, ["fit", "--config", str(path), *extra])
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """The three stages run in order (VAE one step, UNet two steps, ControlNet one step)."""
+    root = tmp_path_factory.mktemp("tiny_sd")
+    vae = fit(root, "tiny_sd_vae", stage_config(root, "vae", {"vae": VAE}, fast_dev_run=True))
+    model = {"vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT, **DIFFUSION}
+    unet = fit(root, "tiny_sd_unet", stage_config(root, "unet", model, max_steps=2))
+    model = {"pipeline": str(root / "export" / "unet"), "hint_channels": [8, 8, 8, 8], **DIFFUSION}
+    cnet = fit(root, "tiny_sd_controlnet", stage_config(root, "cnet", model, fast_dev_run=True))
+    return root, vae, unet, cnet
+
+
+def test_vae_stage_exports_with_measured_latent_scale(stages):
+    root, vae, _, _ = stages
+    assert vae.trainer.global_step == 1
+    loaded = pilot.load_vae(root / "export" / "vae")
+    assert loaded.cfg.downsample_factor == 8 and loaded.cfg.latent_channels == 4
+    assert loaded.cfg.scaling_factor == vae.model.vae.cfg.scaling_factor != 0.18215
+    assert (root / "vae" / "timelapse" / "timelapse.gif").is_file()
+
+
+def test_two_step_unet_export_loads_and_generates(stages):
+    root, _, unet, _ = stages
+    assert unet.trainer.global_step == 2
+    frames = sorted((root / "unet" / "timelapse" / "frames").glob("*.png"))
+    assert [p.stem for p in frames] == ["00000001", "00000002"]
+    sd = pilot.load_pipeline(root / "export" / "unet")
+    trained = unet.model.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in sd.unet.state_dict().items())
+    cap = "red brick corridor, thick blue fog"
+    assert len(sd.tokenizer.encode(cap)) == 7  # the caption tokenizer came along
+    request = Request(prompts=[cap], seeds=[0], width=SIZE, height=SIZE)
+    image = generate(sd, request, SamplingSettings(sampler="euler", steps=2, cfg=2.0))
+    assert image.shape == (1, 3, SIZE, SIZE) and torch.isfinite(image).all()
+    again = generate(sd, request, SamplingSettings(sampler="euler", steps=2, cfg=2.0))
+    assert torch.equal(image, again)
+
+
+def test_controlnet_stage_exports_and_controls(stages):
+    root, _, unet, cnet = stages
+    assert cnet.trainer.global_step == 1
+    sd = pilot.load_pipeline(root / "export" / "unet")
+    controlnet = pilot.load_controlnet(root / "export" / "cnet")
+    trained = cnet.model.controlnet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in controlnet.state_dict().items())
+    # the frozen UNet was not touched by the ControlNet stage
+    assert all(
+        torch.equal(v, sd.unet.state_dict()[k]) for k, v in cnet.model.unet.state_dict().items()
+    )
+    control = cnet.datamodule.val_set[0]["control"][None]
+    request = Request(
+        prompts=["grey plaster room, thin white fog"], seeds=[0], width=SIZE, height=SIZE
+    )
+    settings = SamplingSettings(sampler="euler", steps=2, cfg=2.0)
+    image = generate(sd, request, settings, controls=[Control(controlnet, control)])
+    assert image.shape == (1, 3, SIZE, SIZE) and torch.isfinite(image).all()
+    assert (root / "cnet" / "timelapse" / "frames").is_dir()
+
+
+def test_unet_stage_resumes_from_last_checkpoint(stages, tmp_path):
+    root = stages[0]
+    model = {"vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT, **DIFFUSION}
+    cfg = stage_config(tmp_path, "unet", model, max_steps=3)
+    cfg["timelapse"]["every_n_steps"] = 10  # no sampling: this test is about resuming
+    fit(tmp_path, "tiny_sd_unet", cfg)
+    last = tmp_path / "unet" / "ckpt" / "last.ckpt"
+    assert last.is_file()
+    cli = fit(tmp_path, "tiny_sd_unet", cfg, "--trainer.max_steps", "4", "--ckpt_path", str(last))
+    assert cli.trainer.global_step == 4
+
+
+def test_stage_configs_are_checked(tmp_path):
+    model = {"vae": str(tmp_path), "unet": UNET, "text_encoder": {**TEXT, "hidden_size": 32}}
+    with pytest.raises(ValueError, match="cross_attention_dim=16 must equal"):
+        fit(tmp_path, "tiny_sd_unet", stage_config(tmp_path, "unet", model, fast_dev_run=True))
+    bad = {"vae": {**VAE, "block_out_channels": [8, 8, 8]}}
+    with pytest.raises(ValueError, match="f=8 and 4 latent channels"):
+        fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))

@@ -1,0 +1,198 @@
+"""Tiny Stable Diffusion on captioned procedural renders, stage 1: the data and the VAE (issue 8).
+
+The stages, run in order by `experiments/tiny_sd/train.sh`:
+
+1. `VAESystem` (here): an AutoencoderKL (f = 8, 4 latent channels) trained on the renders with
+   L1 reconstruction plus a small KL term (Rombach et al. 2022, sec. 3 and appendix G); exports a
+   diffusers `vae/` folder whose `scaling_factor` is 1 / std of the held-out latents (as LDM
+   picks it), so the UNet stage sees unit-variance latents.
+2. `train.tiny_sd_diffusion.TextToImageSystem`: UNet + CLIP text encoder, trained jointly.
+3. `train.tiny_sd_diffusion.DepthControlNetSystem`: a depth ControlNet seeded from the UNet.
+
+Each stage is an ordinary LightningCLI system (`python -m train.cli tiny_sd_vae fit ...`):
+resumable with `--ckpt_path last`, drawn by the `Timelapse` callback, and it writes its result in
+the diffusers layout into `export_dir` at the end of `fit`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from pilot.data.captioned import CaptionedRenders
+from pilot.models.vae import AutoencoderKL, VAEConfig
+from pilot.weights.save import save_vae
+from train.metrics import psnr
+
+TINY_VAE = VAEConfig(  # f = 8 (4 blocks), 4 latent channels, ~1.3 M parameters
+    block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=64
+)
+
+
+class CaptionedDataModule(L.LightningDataModule):
+    """`pilot.data.captioned.CaptionedRenders`: training items and held-out items after them.
+
+    Args:
+        size: Image side in pixels (multiple of 8).
+        count: Training items `0 .. count - 1` of the data set `seed`.
+        val_count: Held-out items `count .. count + val_count - 1` (never trained on).
+        seed: Data set seed.
+        batch_size: Items per step.
+        num_workers: DataLoader worker processes (the items are already in memory).
+    """
+
+    def __init__(
+        self,
+        size: int = 64,
+        count: int = 2000,
+        val_count: int = 32,
+        seed: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if count < 1 or val_count < 1 or batch_size < 1:
+            raise ValueError(
+                f"need count, val_count, batch_size >= 1; got {count}, {val_count}, {batch_size}"
+            )
+        self.size, self.count, self.val_count, self.seed = size, count, val_count, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: CaptionedRenders | None = None
+        self.val_set: CaptionedRenders | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = CaptionedRenders(self.count, self.size, self.seed)
+            self.val_set = CaptionedRenders(self.val_count, self.size, self.seed, start=self.count)
+
+    def _loader(self, dataset: CaptionedRenders, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+
+def held_out(module: L.LightningModule, n: int) -> dict[str, Tensor | list[str]] | None:
+    """The first `n` held-out items of the attached data module, stacked (timelapse inputs)."""
+    dm = getattr(module.trainer, "datamodule", None)
+    val = getattr(dm, "val_set", None)
+    if val is None or not len(val) or n < 1:
+        return None
+    items = [val[i] for i in range(min(n, len(val)))]
+    out: dict[str, Tensor | list[str]] = {
+        k: torch.stack([it[k] for it in items]) for k in ("image", "control")
+    }
+    out["caption"] = [it["caption"] for it in items]
+    return out
+
+
+def vae_loss(vae: AutoencoderKL, images: Tensor, kl_weight: float) -> dict[str, Tensor]:
+    """L1 reconstruction plus `kl_weight` times the KL of the posterior to N(0, I).
+
+    The KL is summed over latent dimensions and divided by the image's values (3 H W), so
+    `kl_weight` has the meaning of LDM's (summed KL against summed reconstruction, 1e-6).
+
+    Args:
+        images: (B, 3, H, W) in [-1, 1].
+    """
+    posterior = vae.encode(images)
+    recon = vae.decode(posterior.sample())  # (B, 3, H, W)
+    l1 = (recon.float() - images.float()).abs().mean()
+    kl = posterior.kl().mean() / images[0].numel()
+    return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, images: Tensor, seed: int = 0) -> float:
+    """1 / std of posterior samples of `images` (B, 3, H, W): LDM's latent scaling factor."""
+    noise = torch.Generator(images.device).manual_seed(seed)
+    z = vae.encode(images).sample(generator=noise)
+    return 1.0 / z.float().std().clamp_min(1e-6).item()
+
+
+class VAESystem(L.LightningModule):
+    """Stage 1: AutoencoderKL on the renders (automatic optimisation, Adam).
+
+    Args:
+        vae: Architecture; its `scaling_factor` is replaced at export by the measured one.
+        kl_weight: Weight of the KL term (see `vae_loss`).
+        lr: Adam learning rate.
+        export_dir: Folder the diffusers `AutoencoderKL` is written to when `fit` ends.
+        timelapse_inputs: Held-out images the timelapse reconstructs.
+    """
+
+    def __init__(
+        self,
+        vae: VAEConfig = TINY_VAE,
+        kl_weight: float = 1e-6,
+        lr: float = 4.5e-4,
+        export_dir: str | None = None,
+        timelapse_inputs: int = 6,
+    ) -> None:
+        super().__init__()
+        if vae.downsample_factor != 8 or vae.latent_channels != 4:
+            raise ValueError(
+                f"the tiny SD VAE must have f=8 and 4 latent channels (SD's layout), got "
+                f"f={vae.downsample_factor} (block_out_channels={vae.block_out_channels}) and "
+                f"latent_channels={vae.latent_channels}"
+            )
+        self.vae = AutoencoderKL(vae)
+        self.kl_weight, self.lr, self.export_dir = kl_weight, lr, export_dir
+        self.timelapse_inputs = timelapse_inputs
+        self.fixed: dict | None = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.vae.parameters(), lr=self.lr, betas=(0.5, 0.9))
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        losses = vae_loss(self.vae, batch["image"], self.kl_weight)
+        self.log_dict(losses, prog_bar=True)
+        return losses
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        recon = self.vae.decode(self.vae.encode(images).mode()).clamp(-1, 1)
+        self.log("val/psnr", psnr(recon, images), batch_size=len(images), sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        self.fixed = held_out(self, self.timelapse_inputs)
+
+    @torch.no_grad()
+    def timelapse_panels(self) -> list[tuple[str, Tensor]]:
+        """Held-out images and their reconstructions (posterior mean, eval mode)."""
+        if self.fixed is None:
+            return []
+        images = self.fixed["image"].to(self.device)
+        was_training = self.vae.training
+        self.vae.eval()
+        recon = self.vae.decode(self.vae.encode(images).mode())
+        self.vae.train(was_training)
+        return [("image", images), ("recon", recon.clamp(-1, 1))]
+
+    def on_train_end(self) -> None:
+        if self.export_dir is None or not self.trainer.is_global_zero:
+            return
+        dm = self.trainer.datamodule
+        images = dm.val_set.images[: 4 * dm.batch_size].to(self.device)
+        self.vae.eval()
+        scale = latent_scale(self.vae, images)
+        if not math.isfinite(scale):
+            raise ValueError(f"latent scale {scale} of the held-out images is not finite")
+        self.vae.cfg = replace(self.vae.cfg, scaling_factor=round(scale, 5))
+        save_vae(self.vae, Path(self.export_dir), overwrite=True)

@@ -1,0 +1,284 @@
+"""Tiny Stable Diffusion, stages 2 and 3: text-to-image UNet and depth ControlNet (issue 8).
+
+Stage 2, `TextToImageSystem`: eps-prediction on the VAE's scaled latents with SD's training
+schedule (`DiscreteSchedule.scaled_linear()`, DDPM's loss ||eps - eps_theta(x_t, t, c)||^2, Ho et
+al. 2020), captions dropped to "" with probability `caption_dropout` for classifier-free guidance
+(Ho & Salimans 2022). The text encoder (CLIP architecture, caption-word vocabulary from
+`pilot.data.captions.build_tokenizer`) is trained jointly with the UNet through the same loss,
+as LDM trains its text transformer for text-to-image from scratch (Rombach et al. 2022, sec.
+4.3.1). Why not a separate objective: a contrastive CLIP loss needs an image tower and large
+batches of distinct captions (our grammar has ~2k captions, many repeats per batch), and a
+caption-reconstruction loss needs a decoder; both only train the embedding the UNet needs
+indirectly, whereas the diffusion loss trains exactly that embedding. Exports a full diffusers
+pipeline folder (`pilot.load_pipeline` loads it).
+
+Stage 3, `DepthControlNetSystem`: a ControlNet seeded with `ControlNet.from_unet` from the stage
+2 pipeline, trained on the same loss with the UNet, VAE and text encoder frozen and half the
+captions dropped (Zhang et al. 2023, sec. 3.3), on near-bright depth control images. Exports a
+diffusers `ControlNetModel` folder (`pilot.load_controlnet`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pilot.data.captions import build_tokenizer
+from pilot.diffusion.control import Control
+from pilot.diffusion.pipeline import Request, SamplingSettings, generate
+from pilot.diffusion.schedules import DiscreteSchedule
+from pilot.models.clip import CLIPTextConfig, CLIPTextModel
+from pilot.models.controlnet import ControlNet
+from pilot.models.tokenizer import CLIPTokenizer
+from pilot.models.unet import UNet, UNetConfig
+from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
+from pilot.weights.save import save_controlnet, save_pipeline
+from train.tiny_sd import held_out
+
+TINY_UNET = UNetConfig(  # 8 x 8 latents of 64 px images; ~2.5 M parameters
+    block_out_channels=(64, 128), cross_attention_dim=64, num_heads=4, sample_size=8
+)
+
+
+@dataclass(frozen=True)
+class TextEncoderSize:
+    """Width and depth of the tiny CLIP text encoder; its vocabulary comes from the tokenizer."""
+
+    hidden_size: int = 64  # must equal the UNet's cross_attention_dim
+    intermediate_size: int = 256  # MLP width, 4 x hidden
+    num_layers: int = 2
+    num_heads: int = 4
+
+
+def text_config(size: TextEncoderSize, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    """A `CLIPTextConfig` of `size` whose vocabulary and special ids are `tokenizer`'s."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer.vocab),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_layers=size.num_layers,
+        num_heads=size.num_heads,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def noise_latents(latents: Tensor, alphas_cumprod: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """DDPM forward process at uniform random timesteps: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps.
+
+    Args:
+        latents: (B, 4, h, w) scaled latents x_0.
+        alphas_cumprod: (T,) cumulative alpha products of the training schedule.
+
+    Returns:
+        x_t (B, 4, h, w), integer timesteps t (B,), the noise eps (B, 4, h, w).
+    """
+    t = torch.randint(0, len(alphas_cumprod), (len(latents),), device=latents.device)
+    eps = torch.randn_like(latents)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1).to(latents.dtype)
+    return a.sqrt() * latents + (1 - a).sqrt() * eps, t, eps
+
+
+def drop_captions(captions: list[str], p: float) -> list[str]:
+    """Replace each caption by "" with probability `p` (classifier-free guidance training)."""
+    keep = torch.rand(len(captions)) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients and eval mode (these models have no dropout or batch norm either way)."""
+    return module.requires_grad_(False).eval()
+
+
+class _DiffusionStage(L.LightningModule):
+    """What both diffusion stages share: the schedule, latents, text, timelapse and loss log."""
+
+    sd: StableDiffusion
+    caption_dropout: float
+    timelapse_inputs: int
+    timelapse_steps: int
+    timelapse_cfg: float
+
+    def __init__(self) -> None:
+        super().__init__()
+        schedule = DiscreteSchedule.scaled_linear()
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float(), persistent=False)
+        self.fixed: dict | None = None
+
+    @torch.no_grad()
+    def latents(self, images: Tensor) -> Tensor:
+        """Scaled latents (B, 4, H/8, W/8) of images (B, 3, H, W) in [-1, 1]."""
+        return self.sd.vae.encode(images).sample() * self.sd.scaling_factor
+
+    def context(self, captions: list[str]) -> Tensor:
+        """Text embeddings (B, 77, C) of the captions, some dropped to ""."""
+        ids = self.sd.tokenizer(drop_captions(list(captions), self.caption_dropout))
+        return self.sd.text_encoder(ids.to(self.device))
+
+    def on_fit_start(self) -> None:
+        self.fixed = held_out(self, self.timelapse_inputs)
+
+    def on_train_epoch_start(self) -> None:
+        for model in self.frozen_models():  # Lightning put the whole system in train mode
+            model.eval()
+
+    def frozen_models(self) -> list[nn.Module]:
+        """The models this stage does not train."""
+        raise NotImplementedError
+
+    def sample(self, controls: list[Control] | None = None) -> Tensor:
+        """Images of the fixed held-out captions, fixed seeds, in [-1, 1] (eval mode)."""
+        images = self.fixed["image"]
+        request = Request(
+            prompts=self.fixed["caption"],
+            seeds=list(range(len(images))),
+            width=images.shape[-1],
+            height=images.shape[-2],
+        )
+        settings = SamplingSettings(
+            sampler="euler", steps=self.timelapse_steps, cfg=self.timelapse_cfg
+        )
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = generate(self.sd, request, settings, controls=controls or ())
+        self.train(was_training)
+        return out * 2 - 1
+
+
+class TextToImageSystem(_DiffusionStage):
+    """Stage 2: UNet and text encoder from scratch on a trained VAE (automatic optimisation).
+
+    Args:
+        vae: Folder of the stage 1 export (a diffusers `AutoencoderKL`).
+        unet: UNet architecture; `cross_attention_dim` must equal the text encoder's width.
+        text_encoder: Text encoder size (vocabulary from the caption tokenizer).
+        caption_dropout: Probability of training on the empty caption (CFG's unconditional).
+        lr: AdamW learning rate of the UNet and the text encoder.
+        export_dir: Pipeline folder written when `fit` ends.
+        timelapse_inputs: Held-out captions sampled by the timelapse.
+        timelapse_steps: Euler steps of the timelapse samples.
+        timelapse_cfg: Guidance scale of the timelapse samples.
+    """
+
+    def __init__(
+        self,
+        vae: str,
+        unet: UNetConfig = TINY_UNET,
+        text_encoder: TextEncoderSize = TextEncoderSize(),  # noqa: B008 (frozen)
+        caption_dropout: float = 0.1,
+        lr: float = 2e-4,
+        export_dir: str | None = None,
+        timelapse_inputs: int = 6,
+        timelapse_steps: int = 20,
+        timelapse_cfg: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if unet.cross_attention_dim != text_encoder.hidden_size:
+            raise ValueError(
+                f"unet.cross_attention_dim={unet.cross_attention_dim} must equal "
+                f"text_encoder.hidden_size={text_encoder.hidden_size}"
+            )
+        if not 0 <= caption_dropout < 1:
+            raise ValueError(f"caption_dropout={caption_dropout} must be in [0, 1)")
+        tokenizer = build_tokenizer()
+        self.unet = UNet(unet)
+        self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
+        self.vae = freeze(load_vae(vae))
+        self.sd = StableDiffusion(self.unet, self.vae, self.text_encoder, tokenizer, "epsilon")
+        self.caption_dropout, self.lr, self.export_dir = caption_dropout, lr, export_dir
+        self.timelapse_inputs, self.timelapse_steps = timelapse_inputs, timelapse_steps
+        self.timelapse_cfg = timelapse_cfg
+
+    def frozen_models(self) -> list[nn.Module]:
+        return [self.vae]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [*self.unet.parameters(), *self.text_encoder.parameters()]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        x_t, t, eps = noise_latents(self.latents(batch["image"]), self.alphas_cumprod)
+        loss = F.mse_loss(self.unet(x_t, t, self.context(batch["caption"])).float(), eps.float())
+        self.log("loss", loss, prog_bar=True)
+        return {"loss": loss}
+
+    def timelapse_panels(self) -> list[tuple[str, Tensor]]:
+        """Held-out renders and samples of their captions."""
+        if self.fixed is None:
+            return []
+        return [("render", self.fixed["image"]), ("sample", self.sample())]
+
+    def on_train_end(self) -> None:
+        if self.export_dir is not None and self.trainer.is_global_zero:
+            save_pipeline(self.sd, Path(self.export_dir), overwrite=True)
+
+
+class DepthControlNetSystem(_DiffusionStage):
+    """Stage 3: depth ControlNet seeded from the stage 2 UNet, which stays frozen.
+
+    Args:
+        pipeline: Folder of the stage 2 export (a diffusers pipeline).
+        hint_channels: Hint encoder widths (4 entries: the image is downsampled 8x).
+        caption_dropout: Probability of the empty caption (the paper drops 50%).
+        lr: AdamW learning rate of the ControlNet.
+        export_dir: ControlNet folder written when `fit` ends.
+        timelapse_inputs, timelapse_steps, timelapse_cfg: as for `TextToImageSystem`.
+    """
+
+    def __init__(
+        self,
+        pipeline: str,
+        hint_channels: tuple[int, ...] = (16, 32, 64, 64),
+        caption_dropout: float = 0.5,
+        lr: float = 1e-4,
+        export_dir: str | None = None,
+        timelapse_inputs: int = 6,
+        timelapse_steps: int = 20,
+        timelapse_cfg: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= caption_dropout <= 1:
+            raise ValueError(f"caption_dropout={caption_dropout} must be in [0, 1]")
+        self.sd = load_pipeline(pipeline)
+        for model in (self.sd.unet, self.sd.vae, self.sd.text_encoder):
+            freeze(model)
+        self.unet, self.vae, self.text_encoder = self.sd.unet, self.sd.vae, self.sd.text_encoder
+        self.controlnet = ControlNet.from_unet(self.sd.unet, hint_channels=hint_channels)
+        self.caption_dropout, self.lr, self.export_dir = caption_dropout, lr, export_dir
+        self.timelapse_inputs, self.timelapse_steps = timelapse_inputs, timelapse_steps
+        self.timelapse_cfg = timelapse_cfg
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.controlnet.parameters(), lr=self.lr, weight_decay=1e-2)
+
+    def frozen_models(self) -> list[nn.Module]:
+        return [self.unet, self.vae, self.text_encoder]
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        x_t, t, eps = noise_latents(self.latents(batch["image"]), self.alphas_cumprod)
+        with torch.no_grad():
+            context = self.context(batch["caption"])
+        down, mid = self.controlnet(x_t, t, context, batch["control"])
+        pred = self.unet(x_t, t, context, down_residuals=down, mid_residual=mid)
+        loss = F.mse_loss(pred.float(), eps.float())
+        self.log("loss", loss, prog_bar=True)
+        return {"loss": loss}
+
+    def timelapse_panels(self) -> list[tuple[str, Tensor]]:
+        """Held-out depth controls, their renders and controlled samples of their captions."""
+        if self.fixed is None:
+            return []
+        control = self.fixed["control"].to(self.device)
+        sample = self.sample([Control(self.controlnet, control)])
+        return [("depth", control * 2 - 1), ("render", self.fixed["image"]), ("sample", sample)]
+
+    def on_train_end(self) -> None:
+        if self.export_dir is not None and self.trainer.is_global_zero:
+            save_controlnet(self.controlnet, Path(self.export_dir), overwrite=True)
