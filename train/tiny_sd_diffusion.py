@@ -40,7 +40,7 @@ from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
 from pilot.weights.save import save_controlnet, save_pipeline
 from train.tiny_sd import held_out
 
-TINY_UNET = UNetConfig(  # 8 x 8 latents of 64 px images; ~2.5 M parameters
+TINY_UNET = UNetConfig(  # 8 x 8 latents of 64 px images; 4.4 M parameters
     block_out_channels=(64, 128), cross_attention_dim=64, num_heads=4, sample_size=8
 )
 

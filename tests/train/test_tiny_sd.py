@@ -132,3 +132,20 @@ def test_stage_configs_are_checked(tmp_path):
     bad = {"vae": {**VAE, "block_out_channels": [8, 8, 8]}}
     with pytest.raises(ValueError, match="f=8 and 4 latent channels"):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet", "controlnet"])
+def test_experiment_configs_parse(stage, capsys):
+    """experiments/tiny_sd/<stage>.yaml maps onto the system's dataclasses (unknown keys fail)."""
+    config = f"experiments/tiny_sd/{stage}.yaml"
+    with pytest.raises(SystemExit) as done:
+        run(f"tiny_sd_{stage}", ["fit", "--config", config, "--print_config"])
+    assert done.value.code in (0, None)
+    assert "export_dir: runs/tiny_sd/export/" in capsys.readouterr().out
+
+
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
+    cfg = stage_config(tmp_path, "vae", {"vae": {**VAE, "blocks": 3}}, fast_dev_run=True)
+    with pytest.raises(SystemExit):
+        fit(tmp_path, "tiny_sd_vae", cfg)
+    assert "blocks" in capsys.readouterr().err
