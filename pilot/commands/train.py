@@ -1,4 +1,7 @@
-"""`pilot train dcgan|pix2pix --config ...`: the Lightning training systems of `train/`.
+"""`pilot train SYSTEM --config ...`: the Lightning training systems of `train/`.
+
+Systems: `dcgan`, `pix2pix`, and the tiny Stable Diffusion stages `tiny_sd_vae`, `tiny_sd_unet`,
+`tiny_sd_controlnet` (run in order by `experiments/tiny_sd/train.sh`).
 
 Everything after the system name that this command does not know goes to the LightningCLI
 `fit` subcommand, e.g. `--trainer.max_steps 100 --ckpt_path last --data.batch_size 8`.
@@ -45,11 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `train` command to the `pilot` parser."""
     p = sub.add_parser(
         "train",
-        help="train a DCGAN or a Pix2Pix conditioner (LightningCLI)",
+        help="train a DCGAN, a Pix2Pix conditioner or a tiny SD stage (LightningCLI)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("system", choices=["dcgan", "pix2pix"], help="which training system")
+    systems = ["dcgan", "pix2pix", "tiny_sd_vae", "tiny_sd_unet", "tiny_sd_controlnet"]
+    p.add_argument("system", choices=systems, help="which training system")
     _add_own_options(p)
     p.add_argument("lightning_args", nargs=argparse.REMAINDER, help="passed to LightningCLI fit")
     p.set_defaults(func=cmd_train)

@@ -149,3 +149,13 @@ def test_unknown_config_key_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fit(tmp_path, "tiny_sd_vae", cfg)
     assert "blocks" in capsys.readouterr().err
+
+
+def test_pilot_train_offers_every_system(capsys):
+    from pilot.cli import main
+    from train.cli import SYSTEMS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in SYSTEMS)
