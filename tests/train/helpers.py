@@ -12,18 +12,22 @@ def write_yaml(path: Path, config: dict) -> Path:
     return path
 
 
+def _trainer(root: Path, overrides: dict) -> dict:
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "default_root_dir": str(root),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **overrides,
+    }
+
+
 def dcgan_config(root: Path, **trainer) -> dict:
     """DCGAN at 32 px with 4-channel layers: a step takes milliseconds."""
     return {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "default_root_dir": str(root),
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            **trainer,
-        },
+        "trainer": _trainer(root, trainer),
         "model": {
             "generator": {"image_size": 32, "latent_dim": 8, "g_channels": 4, "d_channels": 4},
             "timelapse_samples": 4,
@@ -54,14 +58,7 @@ def pix2pix_config(root: Path, data_root: Path, **trainer) -> dict:
     """Pix2Pix at 64 px, hatched (1) -> texture (3) + fog (1), 4-channel layers."""
     return {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "default_root_dir": str(root),
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            **trainer,
-        },
+        "trainer": _trainer(root, trainer),
         "model": {
             "generator": {
                 "image_size": 64,
