@@ -12,9 +12,10 @@ from tests.train.helpers import dcgan_config, pix2pix_config, write_pairs, write
 from train.cli import run  # noqa: E402
 
 
-def test_dcgan_fast_dev_run(tmp_path):
-    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, fast_dev_run=True))
-    cli = run("dcgan", ["fit", "--config", str(cfg)])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16-mixed: CPU AMP
+def test_dcgan_fast_dev_run(tmp_path, precision):
+    config = dcgan_config(tmp_path, fast_dev_run=True, precision=precision)
+    cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", config))])
     assert cli.trainer.global_step == 2  # one D and one G update
     assert (tmp_path / "timelapse" / "timelapse.gif").is_file()
 
