@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from pilot.data.paired import PairedConfig, PairedImages
 from pilot.models.pix2pix import PatchDiscriminator, PatchGANConfig, Pix2PixConfig, UNetGenerator
+from train.loaders import make_loader
 from train.losses import GANLoss, discriminator_loss, generator_loss
 from train.metrics import head_metrics, split
 
@@ -117,14 +118,7 @@ class PairedDataModule(L.LightningDataModule):
         self.val_set = PairedImages(self.root, self.cfg, augment=False, names=held)
 
     def _loader(self, dataset: PairedImages, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(dataset, self.batch_size, self.num_workers, train=train)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from pilot.data.captioned import CaptionedRenders
 from pilot.models.vae import AutoencoderKL, VAEConfig
 from pilot.weights.save import save_vae
+from train.loaders import make_loader
 from train.metrics import psnr
 
 TINY_VAE = VAEConfig(  # f = 8 (4 blocks), 4 latent channels, ~1.3 M parameters
@@ -72,14 +73,7 @@ class CaptionedDataModule(L.LightningDataModule):
             self.val_set = CaptionedRenders(self.val_count, self.size, self.seed, start=self.count)
 
     def _loader(self, dataset: CaptionedRenders, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(dataset, self.batch_size, self.num_workers, train=train)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

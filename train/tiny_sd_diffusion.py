@@ -100,13 +100,22 @@ class _DiffusionStage(L.LightningModule):
     """What both diffusion stages share: the schedule, latents, text, timelapse and loss log."""
 
     sd: StableDiffusion
-    caption_dropout: float
-    timelapse_inputs: int
-    timelapse_steps: int
-    timelapse_cfg: float
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        caption_dropout: float,
+        lr: float,
+        export_dir: str | None,
+        timelapse_inputs: int,
+        timelapse_steps: int,
+        timelapse_cfg: float,
+    ) -> None:
         super().__init__()
+        if not 0 <= caption_dropout <= 1:
+            raise ValueError(f"caption_dropout={caption_dropout} must be in [0, 1]")
+        self.caption_dropout, self.lr, self.export_dir = caption_dropout, lr, export_dir
+        self.timelapse_inputs, self.timelapse_steps = timelapse_inputs, timelapse_steps
+        self.timelapse_cfg = timelapse_cfg
         schedule = DiscreteSchedule.scaled_linear()
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float(), persistent=False)
         self.fixed: dict | None = None
@@ -179,22 +188,21 @@ class TextToImageSystem(_DiffusionStage):
         timelapse_steps: int = 20,
         timelapse_cfg: float = 3.0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            caption_dropout, lr, export_dir, timelapse_inputs, timelapse_steps, timelapse_cfg
+        )
         if unet.cross_attention_dim != text_encoder.hidden_size:
             raise ValueError(
                 f"unet.cross_attention_dim={unet.cross_attention_dim} must equal "
                 f"text_encoder.hidden_size={text_encoder.hidden_size}"
             )
-        if not 0 <= caption_dropout < 1:
-            raise ValueError(f"caption_dropout={caption_dropout} must be in [0, 1)")
+        if caption_dropout == 1:
+            raise ValueError("caption_dropout=1 would never show the UNet a caption")
         tokenizer = build_tokenizer()
         self.unet = UNet(unet)
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
         self.vae = freeze(load_vae(vae))
         self.sd = StableDiffusion(self.unet, self.vae, self.text_encoder, tokenizer, "epsilon")
-        self.caption_dropout, self.lr, self.export_dir = caption_dropout, lr, export_dir
-        self.timelapse_inputs, self.timelapse_steps = timelapse_inputs, timelapse_steps
-        self.timelapse_cfg = timelapse_cfg
 
     def frozen_models(self) -> list[nn.Module]:
         return [self.vae]
@@ -243,17 +251,14 @@ class DepthControlNetSystem(_DiffusionStage):
         timelapse_steps: int = 20,
         timelapse_cfg: float = 3.0,
     ) -> None:
-        super().__init__()
-        if not 0 <= caption_dropout <= 1:
-            raise ValueError(f"caption_dropout={caption_dropout} must be in [0, 1]")
+        super().__init__(
+            caption_dropout, lr, export_dir, timelapse_inputs, timelapse_steps, timelapse_cfg
+        )
         self.sd = load_pipeline(pipeline)
         for model in (self.sd.unet, self.sd.vae, self.sd.text_encoder):
             freeze(model)
         self.unet, self.vae, self.text_encoder = self.sd.unet, self.sd.vae, self.sd.text_encoder
         self.controlnet = ControlNet.from_unet(self.sd.unet, hint_channels=hint_channels)
-        self.caption_dropout, self.lr, self.export_dir = caption_dropout, lr, export_dir
-        self.timelapse_inputs, self.timelapse_steps = timelapse_inputs, timelapse_steps
-        self.timelapse_cfg = timelapse_cfg
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.controlnet.parameters(), lr=self.lr, weight_decay=1e-2)

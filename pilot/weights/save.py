@@ -110,16 +110,7 @@ def save_controlnet(controlnet, folder: str | os.PathLike, *, overwrite: bool = 
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
     """
-    config = {
-        "_class_name": "ControlNetModel",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        **controlnet.cfg.to_diffusers(),
-    }
-    return _write_folder(
-        folder,
-        lambda tmp: _write_model(tmp, controlnet, config, "diffusion_pytorch_model"),
-        overwrite=overwrite,
-    )
+    return _save_diffusers_model(controlnet, "ControlNetModel", folder, overwrite=overwrite)
 
 
 def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -130,14 +121,21 @@ def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
     """
+    return _save_diffusers_model(vae, "AutoencoderKL", folder, overwrite=overwrite)
+
+
+def _save_diffusers_model(
+    model, class_name: str, folder: str | os.PathLike, *, overwrite: bool
+) -> Path:
+    """One diffusers model folder (config.json + diffusion_pytorch_model.safetensors), atomic."""
     config = {
-        "_class_name": "AutoencoderKL",
+        "_class_name": class_name,
         "_diffusers_version": DIFFUSERS_VERSION,
-        **vae.cfg.to_diffusers(),
+        **model.cfg.to_diffusers(),
     }
     return _write_folder(
         folder,
-        lambda tmp: _write_model(tmp, vae, config, "diffusion_pytorch_model"),
+        lambda tmp: _write_model(tmp, model, config, "diffusion_pytorch_model"),
         overwrite=overwrite,
     )
 
