@@ -159,3 +159,16 @@ def test_pilot_train_offers_every_system(capsys):
         main(["train", "--help"])
     usage = capsys.readouterr().out
     assert all(name in usage for name in SYSTEMS)
+
+
+def test_evaluate_reports_the_acceptance_measures(stages):
+    from experiments.tiny_sd.evaluate import evaluate
+
+    root, _, _, _ = stages
+    sd = pilot.load_pipeline(root / "export" / "unet")
+    controlnet = pilot.load_controlnet(root / "export" / "cnet")
+    settings = SamplingSettings(sampler="euler", steps=2, cfg=2.0)
+    m = evaluate(sd, controlnet, count=3, size=SIZE, seed=0, start=10, settings=settings, batch=2)
+    assert m["count"] == 3 and m["vae_psnr"] > 0
+    assert 0 <= m["colour_match"] <= 1 and 0 <= m["colour_match_renders"] <= 1
+    assert -1 <= m["edge_corr"] <= 1 and -1 <= m["edge_corr_chance"] <= 1
