@@ -215,7 +215,7 @@ class TextToImageSystem(_DiffusionStage):
         x_t, t, eps = noise_latents(self.latents(batch["image"]), self.alphas_cumprod)
         loss = F.mse_loss(self.unet(x_t, t, self.context(batch["caption"])).float(), eps.float())
         self.log("loss", loss, prog_bar=True)
-        return {"loss": loss}
+        return {"loss": loss, "eps_mse": loss.detach()}  # the timelapse skips "loss"
 
     def timelapse_panels(self) -> list[tuple[str, Tensor]]:
         """Held-out renders and samples of their captions."""
@@ -274,7 +274,7 @@ class DepthControlNetSystem(_DiffusionStage):
         pred = self.unet(x_t, t, context, down_residuals=down, mid_residual=mid)
         loss = F.mse_loss(pred.float(), eps.float())
         self.log("loss", loss, prog_bar=True)
-        return {"loss": loss}
+        return {"loss": loss, "eps_mse": loss.detach()}  # the timelapse skips "loss"
 
     def timelapse_panels(self) -> list[tuple[str, Tensor]]:
         """Held-out depth controls, their renders and controlled samples of their captions."""

@@ -80,6 +80,7 @@ def test_two_step_unet_export_loads_and_generates(stages):
     assert unet.trainer.global_step == 2
     frames = sorted((root / "unet" / "timelapse" / "frames").glob("*.png"))
     assert [p.stem for p in frames] == ["00000001", "00000002"]
+    assert len(unet.trainer.callbacks[0].history["eps_mse"]) == 2  # drawn as a loss curve
     sd = pilot.load_pipeline(root / "export" / "unet")
     trained = unet.model.unet.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in sd.unet.state_dict().items())
