@@ -90,7 +90,9 @@ class SelfAttention2D(Attention):
         """Map (B, C, H, W) to (B, C, H, W)."""
         height, width = x.shape[-2:]
         h = super().forward(to_tokens(self.group_norm(x)))  # (B, H*W, C)
-        return x + to_feature_map(h, height, width)
+        # Attention output first: the sum keeps its channels_last strides, as diffusers' does; the
+        # next GroupNorm reduces in another order on contiguous input (different float rounding).
+        return to_feature_map(h, height, width) + x
 
 
 class GEGLU(nn.Module):
