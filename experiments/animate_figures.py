@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from experiments.bench.common import format_table
+from pilot.animation.compare import INDEPENDENT, disoccluded_distance, render_video
 from pilot.animation.feedback import FeedbackConfig, FeedbackSampler
 from pilot.animation.inputs import FrameStore, ShotFrames
-from pilot.animation.metrics import masked_mean, temporal_metrics
+from pilot.animation.metrics import temporal_metrics
 from pilot.animation.schedules import parse_prompt_schedule
 from pilot.diffusion.pipeline import SamplingSettings
 from pilot.scenes.procedural import fly_through_shot
@@ -31,7 +31,7 @@ from pilot.scenes.shot import Shot
 from tests.animation.conftest import make_animation_sd
 
 MODES = {
-    "independent": dict(strength="1.0", occlusion="ignore", color_reference=None),
+    "independent": INDEPENDENT,
     "plain warping": dict(occlusion="ignore"),
     "occlusion-aware (renoise)": dict(),
     "occlusion-aware, fresh 0.7": dict(fresh_strength=0.7),
@@ -46,9 +46,8 @@ def render(sd, frames, root: Path, config: dict) -> tuple[torch.Tensor, float]:
         sd, SamplingSettings(sampler="euler", steps=4, cfg=1.0), FeedbackConfig(**config),
         frames, parse_prompt_schedule("a corridor"), FrameStore(root), base_seed=3,
     )  # fmt: skip
-    start = time.perf_counter()
-    video = torch.cat([sampler.render(k) for k in range(len(frames))])
-    return video, (time.perf_counter() - start) / len(frames)
+    video, seconds = render_video(sampler, len(frames))
+    return video, sum(seconds) / len(seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,13 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             config = {"strength": args.strength, **config}
             videos[name], seconds = render(sd, frames, root / str(len(videos)), config)
             m = temporal_metrics(videos[name], frames.flow)
-            fresh = [
-                masked_mean((videos[name][k] - videos["independent"][k]).abs()[None],
-                            ~frames.flow(k).visible)
-                for k in range(1, args.frames)
-            ]  # fmt: skip
-            rows.append([name, m["warp_error"], m["flicker"], torch.stack(fresh).nanmean().item(),
-                         seconds])  # fmt: skip
+            fresh = disoccluded_distance(videos[name], videos["independent"], frames.flow)
+            rows.append([name, m["warp_error"], m["flicker"], fresh, seconds])
     base = rows[0][1]
     table = [
         [name, f"{warp:.4f}", f"{warp / base:.2f}", f"{flicker:.4f}", f"{fresh:.4f}", f"{s:.2f}"]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,14 @@ class ShotFrames:
         shot: A `pilot.scenes.shot.Shot`.
         flow: "geometry" (exact, from depth and cameras), "vector" (the motion pass) or
             "estimated" (DIS on the colour pass).
+        depth_per: Depth control normalised over the whole "shot" (steady brightness) or per
+            "frame" (each frame spans [0, 1], as single-image depth models are trained).
     """
 
-    def __init__(self, shot, flow: str = "geometry") -> None:
-        self.shot, self.name = shot, str(shot.root)
+    def __init__(self, shot, flow: str = "geometry", depth_per: str = "shot") -> None:
+        if depth_per not in ("shot", "frame"):
+            raise ValueError(f"depth_per={depth_per!r}; valid: shot, frame")
+        self.shot, self.name, self.depth_per = shot, str(shot.root), depth_per
         self.width, self.height, self.fps = shot.width, shot.height, shot.fps
         self.passes = set(shot.passes)
         if flow == "geometry":
@@ -95,6 +100,10 @@ class ShotFrames:
 
         self.check_kind(kind)
         frame = self.shot[k]
+        if kind == "depth" and self.depth_per == "frame":
+            from pilot.control.depth import depth_to_control
+
+            return depth_to_control(frame.depth[None], far=self.shot.far)
         if kind == "depth":
             lo, hi = self.depth_range()
             depth = frame.depth[None]
@@ -219,6 +228,17 @@ def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
         raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
 
 
+def check_controlnet_fits(sd, controlnet, name: str) -> None:
+    """ValueError unless `controlnet` fits the pipeline `sd`: its UNet family
+    (`check_controlnet_family`) and its hint encoder's downscale = the VAE's factor."""
+    check_controlnet_family(sd.unet.cfg, controlnet.cfg, name)
+    if controlnet.cfg.downscale != sd.vae.cfg.downsample_factor:
+        raise ValueError(
+            f"ControlNet {name} takes images {controlnet.cfg.downscale}x its latents, but the "
+            f"model's VAE downsamples {sd.vae.cfg.downsample_factor}x"
+        )
+
+
 class FrameStore:
     """A run folder's frames `frames/NNNNNN.png` and noise `state/NNNNNN.npy`, atomic writes."""
 
@@ -250,6 +270,31 @@ class FrameStore:
         np.save(buffer, noise.detach().cpu().float().numpy())
         with atomic_output(self.noise_path(k)) as tmp:
             tmp.write_bytes(buffer.getvalue())
+
+
+def check_run_folder(
+    run: Path, settings: dict, hint: str = "use another --run folder, or the original settings"
+) -> None:
+    """Write `run/settings.json`, or check a resumed run's against it (frames are never touched).
+
+    `hint` ends the error message: what the user can do instead.
+
+    Raises:
+        ValueError: the folder was made with other settings; the message names every key.
+    """
+    path = run / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+            raise ValueError(
+                f"run folder {run} was made with other settings ({detail}); its frames are kept: "
+                f"{hint} to resume"
+            )
+        return
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
 
 
 FrameSource = ShotFrames | VideoFrames

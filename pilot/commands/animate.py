@@ -121,7 +121,7 @@ def frame_range(text: str | None, n: int) -> range:
 def load_tracks(args: argparse.Namespace, frames, sd, device, dtype) -> list:
     """One `ControlTrack` per --controlnet KIND=PATH, checked against the source and model."""
     import pilot
-    from pilot.animation.inputs import ControlTrack, check_controlnet_family
+    from pilot.animation.inputs import ControlTrack, check_controlnet_fits
     from pilot.animation.schedules import parse_schedule
 
     scale = parse_schedule(args.control_scale, args.interpolation)
@@ -129,12 +129,7 @@ def load_tracks(args: argparse.Namespace, frames, sd, device, dtype) -> list:
     for entry in args.controlnet:
         kind, path = controlnet_arg(entry)
         net = pilot.load_controlnet(path, dtype=dtype, device=device)
-        check_controlnet_family(sd.unet.cfg, net.cfg, path)
-        if net.cfg.downscale != sd.vae.cfg.downsample_factor:
-            raise ValueError(
-                f"ControlNet {path} takes images {net.cfg.downscale}x its latents, but the "
-                f"model's VAE downsamples {sd.vae.cfg.downsample_factor}x"
-            )
+        check_controlnet_fits(sd, net, path)
         tracks.append(ControlTrack(net, kind, scale))
     return tracks
 
@@ -147,31 +142,12 @@ def controlnet_arg(entry: str) -> tuple[str, str]:
     return kind, path
 
 
-def check_run_folder(run: Path, settings: dict) -> None:
-    """Write settings.json, or check a resumed run's against it (frames are never touched)."""
-    from pilot.imageio import atomic_output
-
-    path = run / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
-            raise ValueError(
-                f"run folder {run} was made with other settings ({detail}); its frames are kept: "
-                "use another --run folder, or the original settings to resume"
-            )
-        return
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1))
-
-
 def cmd_animate(args: argparse.Namespace) -> int:
     """Check everything, load the models, render the missing frames, write videos and metrics."""
     import torch
 
     import pilot
-    from pilot.animation.inputs import FrameStore
+    from pilot.animation.inputs import FrameStore, check_run_folder
     from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
     from pilot.diffusion.pipeline import SamplingSettings, check_size
 
