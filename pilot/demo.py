@@ -1,0 +1,385 @@
+"""`pilot demo`: the whole pipeline out of the box, with the tiny SD this project trains itself.
+
+One call renders a procedural corridor fly-through, animates it twice with the tiny Stable
+Diffusion + its depth ControlNet (same prompt, seeds and dials): *independent* frames (per-frame
+txt2img, `pilot.animation.compare.independent`) and *feedback* frames (the occlusion-aware
+feedback sampler), and measures how much the loop steadies the video (warp error with the
+shot's exact flow). Output folder::
+
+    settings.json         everything that decides the pixels, with a hash of the weights
+    shot/                 the fly-through: depth, normals, motion, colour render (pilot/scenes)
+    independent/frames/   NNNNNN.png, per-frame txt2img + depth control
+    feedback/frames/      NNNNNN.png, the feedback sampler
+    demo.mp4              the feedback frames, upscaled
+    side_by_side.mp4      depth control | independent | feedback, upscaled
+    contact_sheet.png     a few frames: passes | independent | feedback
+    metrics.json          warp error and flicker of both, their ratio, timings, settings
+
+Every file is written atomically. Re-running into the same folder with the same settings and
+weights resumes: finished frames are kept, missing ones made (frame k is made from frame k - 1
+as read back from disk, so the result equals an uninterrupted run); other settings or other
+weights are refused, naming what differs. A non-empty folder that is not a demo folder is
+refused too.
+
+Weights: `<weights>/pipeline` (`pilot.load_pipeline`) and `<weights>/controlnet_depth`
+(`pilot.load_controlnet`); by default the ones shipped in `pilot/assets/tiny_sd`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used, so `pilot --help` stays light
+    import torch
+    from torch import Tensor
+
+TRAIN_HINT = (
+    "train the tiny SD with experiments/tiny_sd/train.sh (it exports to runs/tiny_sd/export) "
+    "and pass --weights runs/tiny_sd/export"
+)
+VIDEO_SIDE = 256  # frames are upscaled (nearest) to this side in the videos
+SHEET_SIDE = 128  # and to this side in the contact sheet
+OUTPUTS = ("demo.mp4", "side_by_side.mp4", "contact_sheet.png", "metrics.json")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of the demo; the defaults run in about 2 minutes on one CPU core.
+
+    Attributes:
+        frames: Frames of the fly-through.
+        size: Frame side in pixels (the tiny SD is trained at 64), a multiple of 8.
+        steps: Steps of the full sampling schedule.
+        strength: Feedback img2img strength (disoccluded pixels always start from noise).
+        cfg: Classifier-free guidance scale.
+        control_scale: Depth ControlNet scale.
+        prompt: Prompt, in the captions' grammar (`pilot.data.captions`), or keyed prompts.
+        sampler, schedule: Names in `pilot.diffusion.SAMPLERS` / `SCHEDULES`.
+        seed: Base seed (frame k: seed + k, the same in both passes).
+        shot_seed: Seed of the procedural corridor.
+        rows: Frames shown in the contact sheet.
+        depth_per: Depth control normalised per "frame" (what the tiny ControlNet was trained
+            on, `pilot.data.captioned`) or over the whole "shot".
+    """
+
+    frames: int = 48
+    size: int = 64
+    steps: int = 12
+    strength: float = 0.4
+    cfg: float = 3.0
+    control_scale: float = 1.0
+    prompt: str = "red brick corridor, thick blue fog"
+    sampler: str = "euler"
+    schedule: str = "karras"
+    seed: int = 0
+    shot_seed: int = 0
+    rows: int = 6
+    depth_per: str = "frame"
+
+    def __post_init__(self) -> None:
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8 (the VAE factor), got {self.size}")
+        for name, low in (("frames", 2), ("size", 8), ("steps", 1), ("rows", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.depth_per not in ("frame", "shot"):
+            raise ValueError(f"depth_per={self.depth_per!r}; valid: frame, shot")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+
+
+def packaged_weights() -> Path:
+    """The tiny SD weights folder shipped inside the package (`pilot/assets/tiny_sd`)."""
+    return Path(__file__).resolve().parent / "assets" / "tiny_sd"
+
+
+def weight_folders(weights: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(`<weights>/pipeline`, `<weights>/controlnet_depth`), checked to exist.
+
+    Raises:
+        FileNotFoundError: naming the missing folder and how to get the weights.
+    """
+    root = packaged_weights() if weights is None else Path(weights)
+    folders = root / "pipeline", root / "controlnet_depth"
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        what = (
+            "this install has no packaged tiny SD weights"
+            if weights is None
+            else "--weights must hold pipeline/ (a diffusers pipeline folder) and "
+            "controlnet_depth/ (a diffusers ControlNet folder)"
+        )
+        raise FileNotFoundError(f"{', '.join(missing)}: no such folder; {what}; {TRAIN_HINT}")
+    return folders
+
+
+def weights_digest(folders: tuple[Path, ...]) -> str:
+    """SHA-256 over the relative paths and bytes of every file in `folders` (16 hex digits)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(f"{folder.name}/{path.relative_to(folder)}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_demo(
+    out_dir: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    config: DemoConfig | None = None,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Render, animate twice (independent, feedback), measure and write the demo folder.
+
+    Args:
+        out_dir: Output folder (module docstring); resumed when it holds this demo's frames.
+        weights: Folder with `pipeline/` and `controlnet_depth/`; None = the packaged weights.
+        config: Settings; None = `DemoConfig()`.
+        threads: torch CPU threads for the run (restored afterwards); None keeps torch's.
+        device: torch device; None = cuda if present, else cpu.
+        progress: Show a progress bar per pass.
+        log: Where the summary lines go (None: silent).
+
+    Returns:
+        The metrics written to `metrics.json`.
+
+    Raises:
+        FileNotFoundError: missing weights folders (the message says how to train them).
+        ValueError: bad settings, or an output folder of another run.
+    """
+    import torch
+
+    from pilot.animation.inputs import check_run_folder
+
+    config = config or DemoConfig()
+    out = Path(out_dir)
+    dials = sampling_dials(config)  # bad names and schedules fail before any work
+    folders = weight_folders(weights)
+    settings = {**asdict(config), "weights_sha256": weights_digest(folders)}
+    _check_out_dir(out)
+    check_run_folder(out, settings, hint="pass another --out, or the original settings")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    with _torch_threads(threads):
+        seconds = {"shot": _timed(lambda: render_shot(out / "shot", config))}
+        load_start = time.perf_counter()
+        sd, tracks = load_models(folders, config, device)
+        seconds["load"] = time.perf_counter() - load_start
+        videos, timing = animate_passes(out, sd, tracks, dials, config, progress)
+        metrics = measure(out, videos, config)
+        write_outputs(out, videos, config)
+    seconds.update({k: v for k, v in timing.items() if k != "rendered_now"})
+    seconds["total"] = time.perf_counter() - start
+    metrics.update(
+        seconds={k: None if v is None else round(v, 3) for k, v in seconds.items()},
+        rendered_now=timing["rendered_now"],
+        weights=str(folders[0].parent.resolve()),
+        device=str(device),
+        threads=torch.get_num_threads() if threads is None else threads,
+        settings=settings,
+    )
+    _write_json(out / "metrics.json", metrics)
+    if log is not None:
+        log(summary(out, metrics))
+    return metrics
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
+        raise ValueError(
+            f"--out {out} is not empty and holds no demo (no settings.json): pass a new or "
+            "empty folder, so nothing of yours is overwritten"
+        )
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def render_shot(root: Path, config: DemoConfig) -> Path:
+    """The procedural fly-through as a shot folder at `root` (kept if already there).
+
+    Rendered beside `root` and renamed onto it, so `root` is either absent or complete.
+    """
+    from pilot.scenes.procedural import fly_through_shot
+
+    if (root / "shot.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        fly_through_shot(tmp, config.shot_seed, config.frames, config.size, config.size)
+        shutil.rmtree(root, ignore_errors=True)  # a folder without shot.json: never finished
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a shot is an ordinary shared output
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def load_models(folders: tuple[Path, Path], config: DemoConfig, device: torch.device):
+    """The pipeline and a depth `ControlTrack` (float32), checked to fit each other."""
+    import torch
+
+    import pilot
+    from pilot.animation.inputs import ControlTrack, check_controlnet_fits
+    from pilot.animation.schedules import parse_schedule
+
+    pipeline, controlnet = folders
+    sd = pilot.load_pipeline(pipeline, dtype=torch.float32, device=device)
+    net = pilot.load_controlnet(controlnet, dtype=torch.float32, device=device)
+    check_controlnet_fits(sd, net, str(controlnet))
+    return sd, [ControlTrack(net, "depth", parse_schedule(str(config.control_scale)))]
+
+
+def sampling_dials(config: DemoConfig) -> tuple:
+    """(`SamplingSettings`, feedback `FeedbackConfig`, `PromptSchedule`) of the demo."""
+    from pilot.animation.feedback import FeedbackConfig
+    from pilot.animation.schedules import parse_prompt_schedule
+    from pilot.diffusion.pipeline import SamplingSettings
+
+    return (
+        SamplingSettings(sampler=config.sampler, schedule=config.schedule, steps=config.steps),
+        FeedbackConfig(strength=str(config.strength), cfg=str(config.cfg)),
+        parse_prompt_schedule(config.prompt),
+    )
+
+
+def animate_passes(out: Path, sd, tracks, dials: tuple, config: DemoConfig, progress: bool):
+    """Both passes over the shot `out/shot`, resumably, same seeds (frame k: seed + k).
+
+    Returns name -> (N, 3, H, W) video in [0, 1], and the frames made now and their mean
+    seconds per pass (`{name}_per_frame`: None if every frame was on disk already).
+    """
+    from pilot.animation.compare import independent, render_video
+    from pilot.animation.feedback import FeedbackSampler
+    from pilot.animation.inputs import FrameStore, ShotFrames
+    from pilot.scenes.shot import Shot
+
+    settings, feedback, prompts = dials
+    frames = ShotFrames(Shot(out / "shot"), depth_per=config.depth_per)
+    videos, timing = {}, {"rendered_now": 0}
+    for name, dials in (("independent", independent(feedback)), ("feedback", feedback)):
+        sampler = FeedbackSampler(
+            sd, settings, dials, frames, prompts, FrameStore(out / name),
+            tracks=tracks, base_seed=config.seed,
+        )  # fmt: skip
+        videos[name], seconds = render_video(sampler, len(frames), progress=progress, desc=name)
+        timing[f"{name}_per_frame"] = sum(seconds) / len(seconds) if seconds else None
+        timing["rendered_now"] += len(seconds)
+    return videos, timing
+
+
+def measure(out: Path, videos: dict[str, Tensor], config: DemoConfig) -> dict:
+    """Warp error and flicker of both passes with the shot's exact flow, and their ratios."""
+    from pilot.animation.compare import disoccluded_distance
+    from pilot.animation.flow import GeometryFlow
+    from pilot.animation.metrics import temporal_metrics
+    from pilot.scenes.shot import Shot
+
+    flow = GeometryFlow(Shot(out / "shot"))
+    passes = {name: temporal_metrics(video, flow) for name, video in videos.items()}
+    ind, fb = passes["independent"], passes["feedback"]
+    return {
+        "warp_error": {"independent": ind["warp_error"], "feedback": fb["warp_error"],
+                       "ratio": fb["warp_error"] / ind["warp_error"]},
+        "flicker": {"independent": ind["flicker"], "feedback": fb["flicker"],
+                    "ratio": fb["flicker"] / ind["flicker"]},
+        "disoccluded_distance": disoccluded_distance(videos["feedback"], videos["independent"],
+                                                     flow),
+        "per_frame": {name: {"warp_error": m["warp_error_per_frame"],
+                             "flicker": m["flicker_per_frame"]} for name, m in passes.items()},
+        "frames": config.frames,
+        "outputs": {name: str(out / name) for name in OUTPUTS},
+    }  # fmt: skip
+
+
+def upscale(images: Tensor, side: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, side, side * W / H), nearest neighbour (pixels stay honest)."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[-2:]
+    return F.interpolate(images, size=(side, round(side * w / h)), mode="nearest")
+
+
+def write_outputs(out: Path, videos: dict[str, Tensor], config: DemoConfig) -> None:
+    """demo.mp4, side_by_side.mp4 and contact_sheet.png (all atomic)."""
+    import torch
+
+    from pilot.animation.inputs import ShotFrames
+    from pilot.animation.video import write_frame, write_mp4
+    from pilot.imageio import to_uint8
+    from pilot.scenes.preview import contact_sheet, pass_columns
+    from pilot.scenes.shot import Shot
+
+    shot = Shot(out / "shot")
+    frames = ShotFrames(shot, depth_per=config.depth_per)
+    control = torch.cat([frames.control_image("depth", k) for k in range(len(shot))])
+    feedback = upscale(videos["feedback"], VIDEO_SIDE)
+    write_mp4([to_uint8(image) for image in feedback], out / "demo.mp4", fps=shot.fps)
+    columns = {"depth control": control, **videos}
+    sheets = [
+        contact_sheet({name: upscale(v[k : k + 1], VIDEO_SIDE) for name, v in columns.items()})
+        for k in range(len(shot))
+    ]
+    write_mp4(sheets, out / "side_by_side.mp4", fps=shot.fps)
+    picks = torch.linspace(0, len(shot) - 1, min(config.rows, len(shot))).round().long().tolist()
+    rows = pass_columns([shot[k] for k in picks], shot.far)
+    rows["hatch"] = torch.cat([frames.control_image("hatch", k) for k in picks])
+    rows.update({name: video[picks] for name, video in videos.items()})
+    sheet = contact_sheet({name: upscale(v, SHEET_SIDE) for name, v in rows.items()})
+    write_frame(sheet, out / "contact_sheet.png")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from pilot.imageio import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
+def summary(out: Path, metrics: dict) -> str:
+    """The lines printed at the end: the warp-error figure and where the results are."""
+    w, n, made = metrics["warp_error"], metrics["frames"], metrics["rendered_now"]
+    resumed = f", {2 * n - made} of them resumed from disk" if made < 2 * n else ""
+    return (
+        f"warp error: feedback {w['feedback']:.4f} vs independent {w['independent']:.4f} "
+        f"(ratio {w['ratio']:.2f}; lower = steadier)\n"
+        f"{n} frames x 2 passes{resumed}, {metrics['seconds']['total']:.0f} s; "
+        f"results in {out}/: " + ", ".join(OUTPUTS)
+    )
