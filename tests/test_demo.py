@@ -104,7 +104,8 @@ def test_missing_weights_name_the_folder_and_the_way_to_train(tmp_path, monkeypa
     [
         ({"size": 36}, "size must be a multiple of 8"),
         ({"frames": 1}, "frames must be >= 2"),
-        ({"strength": 0.0}, r"strength must be in \(0, 1\]"),
+        ({"strength": 0.0}, "need 0 < strength <= fresh_strength <= 1"),
+        ({"strength": 0.8, "fresh_strength": 0.7}, "strength 0.8, fresh_strength 0.7"),
         ({"depth_per": "scene"}, "depth_per='scene'"),
     ],
 )

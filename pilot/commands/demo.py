@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help=f"sampling steps (default {d.steps})")
     p.add_argument("--strength", type=float, default=d.strength,
                    help=f"feedback img2img strength (default {d.strength})")  # fmt: skip
+    p.add_argument("--fresh-strength", type=float, default=d.fresh_strength,
+                   help="strength where the previous frame did not see the pixels (default "
+                   f"{d.fresh_strength})")  # fmt: skip
     p.add_argument("--cfg", type=float, default=d.cfg, help=f"guidance scale (default {d.cfg})")
     p.add_argument("--control-scale", type=float, default=d.control_scale,
                    help=f"depth ControlNet scale (default {d.control_scale})")  # fmt: skip
@@ -54,9 +57,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig(
         frames=args.frames, size=args.size, steps=args.steps, strength=args.strength,
-        cfg=args.cfg, control_scale=args.control_scale, prompt=args.prompt,
-        sampler=args.sampler, schedule=args.schedule, seed=args.seed, shot_seed=args.shot_seed,
-        rows=args.rows,
+        fresh_strength=args.fresh_strength, cfg=args.cfg, control_scale=args.control_scale,
+        prompt=args.prompt, sampler=args.sampler, schedule=args.schedule, seed=args.seed,
+        shot_seed=args.shot_seed, rows=args.rows,
     )  # fmt: skip
     metrics = run_demo(
         args.out, weights=args.weights, config=config, threads=args.threads, device=args.device,
