@@ -39,8 +39,10 @@ def evaluate(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--root", default="runs/data/walls128", help="training pairs (mean image)")
-    parser.add_argument("--val-root", default="runs/data/walls128_val", help="held-out pairs")
+    parser.add_argument(
+        "--root", default="runs/data/walls128fog", help="training pairs (mean image)"
+    )
+    parser.add_argument("--val-root", default="runs/data/walls128fog_val", help="held-out pairs")
     parser.add_argument("--mean-count", type=int, default=1000)
     args = parser.parse_args()
     _, generator = load_generator(args.checkpoint, kind="pix2pix")

@@ -178,7 +178,9 @@ class Timelapse(L.Callback):
         step = trainer.global_step
         if isinstance(outputs, dict):
             for name, value in outputs.items():
-                if isinstance(value, (Tensor, float, int)) and name != "loss":
+                if isinstance(value, Tensor) and name != "loss":
+                    self.history.setdefault(name, []).append((step, value.detach().item()))
+                elif isinstance(value, (float, int)) and name != "loss":
                     self.history.setdefault(name, []).append((step, float(value)))
         due = self.last_frame_step is None or step >= self.last_frame_step + self.every_n_steps
         if due and not trainer.sanity_checking:

@@ -119,11 +119,27 @@ class _DiffusionStage(L.LightningModule):
         schedule = DiscreteSchedule.scaled_linear()
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float(), persistent=False)
         self.fixed: dict | None = None
+        self.moments: dict[int, tuple[Tensor, Tensor]] = {}  # item index -> VAE posterior
 
     @torch.no_grad()
-    def latents(self, images: Tensor) -> Tensor:
-        """Scaled latents (B, 4, H/8, W/8) of images (B, 3, H, W) in [-1, 1]."""
-        return self.sd.vae.encode(images).sample() * self.sd.scaling_factor
+    def latents(self, images: Tensor, index: Tensor | None = None) -> Tensor:
+        """Scaled posterior samples (B, 4, H/8, W/8) of images (B, 3, H, W) in [-1, 1].
+
+        With the items' data set `index` (B,), the frozen VAE's posterior (mean, std) of each
+        item is computed once and kept (the VAE encoder costs more than the tiny UNet's
+        training step); a fresh sample is still drawn from it at every step.
+        """
+        if index is None:
+            return self.sd.vae.encode(images).sample() * self.sd.scaling_factor
+        keys = index.tolist()
+        missing = [k for k, i in enumerate(keys) if i not in self.moments]
+        if missing:
+            post = self.sd.vae.encode(images[missing])
+            for k, mean, std in zip(missing, post.mean, post.std, strict=True):
+                self.moments[keys[k]] = (mean, std)
+        mean = torch.stack([self.moments[i][0] for i in keys])
+        std = torch.stack([self.moments[i][1] for i in keys])
+        return (mean + std * torch.randn_like(mean)) * self.sd.scaling_factor
 
     def context(self, captions: list[str]) -> Tensor:
         """Text embeddings (B, 77, C) of the captions, some dropped to ""."""
@@ -212,7 +228,9 @@ class TextToImageSystem(_DiffusionStage):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        x_t, t, eps = noise_latents(self.latents(batch["image"]), self.alphas_cumprod)
+        x_t, t, eps = noise_latents(
+            self.latents(batch["image"], batch["index"]), self.alphas_cumprod
+        )
         loss = F.mse_loss(self.unet(x_t, t, self.context(batch["caption"])).float(), eps.float())
         self.log("loss", loss, prog_bar=True)
         return {"loss": loss, "eps_mse": loss.detach()}  # the timelapse skips "loss"
@@ -267,7 +285,9 @@ class DepthControlNetSystem(_DiffusionStage):
         return [self.unet, self.vae, self.text_encoder]
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        x_t, t, eps = noise_latents(self.latents(batch["image"]), self.alphas_cumprod)
+        x_t, t, eps = noise_latents(
+            self.latents(batch["image"], batch["index"]), self.alphas_cumprod
+        )
         with torch.no_grad():
             context = self.context(batch["caption"])
         down, mid = self.controlnet(x_t, t, context, batch["control"])

@@ -7,8 +7,8 @@ On `count` renders after the training set (never trained on), at the training si
 - `vae_psnr`: PSNR (dB) of VAE reconstructions (posterior mean) of the renders.
 - `colour_match`: share of depth-controlled samples of each render's caption whose captioned
   plane (the render's dominant plane, same pixels) has the caption's colour name
-  (`experiments.tiny_sd.caption_stats.region_colour`); `colour_match_renders` is the same check
-  on the renders themselves, the ceiling the fog leaves (see caption_stats).
+  (`pilot.data.captions.region_colour`); `colour_match_renders` is the same check on the renders
+  themselves (1 when captions name colours as seen, see `pilot.data.captions`).
 - `edge_corr`: mean per-image correlation of soft edge maps of samples and their renders;
   `edge_corr_chance` pairs each sample with another render instead (structure not followed).
 """
@@ -24,10 +24,9 @@ import torch
 from torch import Tensor
 
 import pilot
-from experiments.tiny_sd.caption_stats import region_colour
 from pilot.control.edges import soft_edges
 from pilot.data.captioned import CaptionedRenders
-from pilot.data.captions import dominant_plane
+from pilot.data.captions import dominant_plane, region_colour
 from pilot.data.walls import render_pairs
 from pilot.diffusion.control import Control
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate

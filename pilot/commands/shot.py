@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -68,9 +69,21 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_pairs(args: argparse.Namespace) -> int:
     """Write the hatched -> textured + fog pair data set."""
     from pilot.data.walls import write_pairs
+    from pilot.scenes.layouts import LayoutConfig
 
+    cfg = None
+    if args.fog_density is not None:
+        lo, hi = args.fog_density[0], args.fog_density[-1]
+        if len(args.fog_density) > 2 or not 0 <= lo <= hi:
+            print(
+                f"pilot shot pairs: --fog-density takes D or LO HI with 0 <= LO <= HI, "
+                f"got {args.fog_density}",
+                file=sys.stderr,
+            )
+            return 2
+        cfg = LayoutConfig(fog_density=(lo, hi))
     path = write_pairs(
-        args.out, args.n, args.size, args.seed, passes=args.passes, workers=args.workers
+        args.out, args.n, args.size, args.seed, passes=args.passes, workers=args.workers, cfg=cfg
     )
     print(f"wrote {args.n} pairs, manifest {path}")
     return 0
@@ -110,6 +123,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
+    p.add_argument(
+        "--fog-density",
+        type=float,
+        nargs="+",
+        metavar="D",
+        help="fog density per metre: one value (fixed) or LO HI (default 0.02 0.25, random)",
+    )
     p.add_argument(
         "--passes",
         nargs="+",

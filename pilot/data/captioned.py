@@ -1,7 +1,8 @@
 """Captioned procedural renders: (image, caption, depth) triples for text-to-image training.
 
 The images are `pilot.data.walls` renders (the fogged colour `image` pass), the captions come
-from their scene parameters (`pilot.data.captions`) and the depth is the render's z-depth, also
+from their scene parameters and the wall colour as it looks in that image
+(`pilot.data.captions`), and the depth is the render's z-depth, also
 given as a ControlNet depth control image (`pilot.control.depth.depth_to_control`). Item `i` is a
 pure function of `(seed, start + i)`: a held-out set is the same seed from another `start`.
 
@@ -59,7 +60,9 @@ class CaptionedRenders(Dataset):
             out = render_pairs(m, size, seed, start=lo, layout_names=layout_names, batch=batch)
             images.append(out["image"] * 2 - 1)  # (m, 3, S, S) in [-1, 1]
             depths.append(out["depth"])  # (m, 1, S, S) metres, RenderConfig.far on sky
-            self.captions += caption_items(seed, range(lo, lo + m), out["plane"], layout_names)
+            self.captions += caption_items(
+                seed, range(lo, lo + m), out["plane"], layout_names, images=out["image"]
+            )
         self.images, self.depth = torch.cat(images), torch.cat(depths)
         # Sky (depth >= far) is no surface: black in the control image.
         self.control = depth_to_control(self.depth, far=RenderConfig().far)  # (n, 3, S, S)

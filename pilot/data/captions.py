@@ -4,8 +4,10 @@ A caption names what dominates the picture, from the parameters the renderer dre
 
     "<colour> <material> <room>, <amount> <colour> fog"   e.g. "red brick corridor, thick blue fog"
 
-- material and colour: those of the plane covering the most pixels (the render's `plane` pass),
-  its material kind and base colour named by hue (`colour_name`);
+- material and colour: those of the plane covering the most pixels (the render's `plane` pass):
+  its material kind, and its colour named by hue (`colour_name`) as it *looks*: the mean of the
+  fogged `image` pass over that plane's pixels when the image is given (a red wall deep in thick
+  white fog is captioned "grey", as a person would see it), else the material's base colour;
 - room: the layout (`room`, `corridor`; free-standing `walls` are a `yard`);
 - fog: the scene's fog density in three bands and the fog colour's name.
 
@@ -82,13 +84,29 @@ def dominant_plane(plane: Tensor) -> int:
     return int(torch.bincount(visible.flatten()).argmax())
 
 
-def describe(scene: Scene, layout: str, plane: Tensor) -> SceneWords:
-    """The caption words of a one-scene `Scene` seen with the plane pass `plane` (1, H, W)."""
+def region_colour(image: Tensor, mask: Tensor) -> str:
+    """Colour name of the mean of `image` (3, H, W) in [0, 1] over `mask` (H, W) (all if empty)."""
+    mean_rgb = image[:, mask].mean(1) if mask.any() else image.mean((1, 2))
+    return colour_name(mean_rgb.tolist())
+
+
+def describe(scene: Scene, layout: str, plane: Tensor, image: Tensor | None = None) -> SceneWords:
+    """The caption words of a one-scene `Scene` seen with the plane pass `plane` (1, H, W).
+
+    Args:
+        image: (3, H, W) the fogged render in [0, 1]: the wall colour is named as it looks there
+            (`region_colour` over the dominant plane); None names the material's base colour.
+    """
     if layout not in ROOM_WORDS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {list(ROOM_WORDS)}")
-    row = scene.material[0, dominant_plane(plane)]  # (N_FIELDS,)
+    index = dominant_plane(plane)
+    row = scene.material[0, index]  # (N_FIELDS,)
+    if image is None:
+        colour = colour_name(row[materials.RGB].tolist())
+    else:
+        colour = region_colour(image, plane.reshape(image.shape[1:]) == index)
     return SceneWords(
-        colour=colour_name(row[materials.RGB].tolist()),
+        colour=colour,
         material=MATERIAL_WORDS[int(row[materials.KIND])],
         room=ROOM_WORDS[layout],
         fog_amount=fog_amount(float(scene.fog_density[0])),
@@ -104,20 +122,25 @@ def caption_items(
     planes: Tensor,
     layout_names: Sequence[str] = layouts.LAYOUTS,
     cfg: layouts.LayoutConfig | None = None,
+    images: Tensor | None = None,
 ) -> list[str]:
     """Captions of items `indices` of the `pilot.data.walls` data set `seed`.
 
     Args:
         planes: (N, 1, H, W) long plane passes of those items (`render_pairs(...)["plane"]`).
         layout_names, cfg: as given to `render_pairs` (they decide the scenes).
+        images: (N, 3, H, W) their fogged `image` passes: colours named as seen (`describe`).
     """
     indices = list(indices)
     if len(indices) != len(planes):
         raise ValueError(f"{len(indices)} indices but {len(planes)} plane passes")
+    if images is not None and images.shape[0] != len(planes):
+        raise ValueError(f"{images.shape[0]} images but {len(planes)} plane passes")
     captions = []
-    for i, plane in zip(indices, planes, strict=True):
+    for j, (i, plane) in enumerate(zip(indices, planes, strict=True)):
         scene, _, _, k = sample_item(seed, i, layout_names, cfg)
-        captions.append(describe(scene, layout_names[k], plane).text())
+        image = None if images is None else images[j]
+        captions.append(describe(scene, layout_names[k], plane, image).text())
     return captions
 
 

@@ -146,6 +146,7 @@ def _write_range(
     layout_names: Sequence[str],
     batch: int,
     device: torch.device | str | None,
+    cfg: layouts.LayoutConfig | None,
     threads: int | None = None,
 ) -> list[dict]:
     """Render and write items lo .. hi - 1; returns their manifest entries."""
@@ -155,7 +156,14 @@ def _write_range(
     for start in range(lo, hi, batch * 4):
         m = min(batch * 4, hi - start)
         out = render_pairs(
-            m, size, seed, start=start, layout_names=layout_names, batch=batch, device=device
+            m,
+            size,
+            seed,
+            start=start,
+            layout_names=layout_names,
+            batch=batch,
+            device=device,
+            cfg=cfg,
         )
         for j in range(m):
             name = f"{start + j:06d}"
@@ -179,8 +187,14 @@ def write_pairs(
     batch: int = 16,
     device: torch.device | str | None = None,
     workers: int = 1,
+    cfg: layouts.LayoutConfig | None = None,
 ) -> Path:
     """Render `n` pairs and write them under `root` with a manifest; returns the manifest path.
+
+    `cfg` sets the ranges scenes are drawn from (default `layouts.LayoutConfig()`); e.g. a fixed
+    `fog_density=(0.1, 0.1)` makes the fog a function of the geometry alone, which a
+    conditioner can learn from the hatched input (a random density per scene is invisible there).
+    The manifest records the fog density range.
 
     `workers` > 1 splits the items over that many processes with one torch thread each: on a
     small, shared CPU this beats one process with several intra-op threads, whose OpenMP
@@ -194,7 +208,7 @@ def write_pairs(
         raise ValueError(f"need n >= 1 and workers >= 1, got n={n}, workers={workers}")
     for p in passes:
         (root / p).mkdir(parents=True, exist_ok=True)
-    args = (size, seed, tuple(passes), tuple(layout_names), batch, device)
+    args = (size, seed, tuple(passes), tuple(layout_names), batch, device, cfg)
     if workers == 1:
         items = _write_range(root, 0, n, *args)
     else:
@@ -211,6 +225,7 @@ def write_pairs(
         "size": size,
         "seed": seed,
         "layouts": list(layout_names),
+        "fog_density": list((cfg or layouts.LayoutConfig()).fog_density),
         "passes": {p: _PASS_INFO[p] for p in passes},
         "items": items,
     }

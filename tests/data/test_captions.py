@@ -14,6 +14,7 @@ from pilot.data.captions import (
     dominant_plane,
     fog_amount,
     learn_merges,
+    region_colour,
 )
 from pilot.data.walls import render_pairs, sample_item
 from pilot.models.tokenizer import CLIPTokenizer
@@ -57,6 +58,32 @@ def test_captions_follow_the_grammar_and_the_dominant_plane():
         assert set(cap.replace(",", "").split()) <= set(caption_words())
     with pytest.raises(ValueError, match="2 indices but 6"):
         caption_items(3, range(2), out["plane"])
+
+
+def test_captions_name_the_colour_as_seen_through_the_fog():
+    out = render_pairs(12, 32, seed=4)
+    base = caption_items(4, range(12), out["plane"])
+    seen = caption_items(4, range(12), out["plane"], images=out["image"])
+    for cap_base, cap_seen, image, plane in zip(
+        base, seen, out["image"], out["plane"], strict=True
+    ):
+        assert cap_seen.split()[1:] == cap_base.split()[1:]  # only the colour word may change
+        assert cap_seen.split()[0] == region_colour(image, plane[0] == dominant_plane(plane))
+    # A red wall seen through thick white fog is grey; nothing fogged stays the base colour.
+    assert (
+        region_colour(
+            torch.tensor([0.9, 0.1, 0.1])[:, None, None].expand(3, 4, 4),
+            torch.ones(4, 4, dtype=torch.bool),
+        )
+        == "red"
+    )
+    fogged = torch.lerp(torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.9, 0.9, 0.9]), 0.9)
+    assert (
+        region_colour(fogged[:, None, None].expand(3, 4, 4), torch.zeros(4, 4, dtype=torch.bool))
+        == "grey"
+    )
+    with pytest.raises(ValueError, match="3 images but 12"):
+        caption_items(4, range(12), out["plane"], images=out["image"][:3])
 
 
 def test_learned_merges_keep_tricky_words_whole():

@@ -4,6 +4,7 @@ import json
 import math
 
 import cv2
+import numpy as np
 import pytest
 
 from pilot.cli import main
@@ -27,6 +28,22 @@ def test_render_then_preview(tmp_path, capsys):
 def test_pairs_writes_manifest(tmp_path):
     assert main(["shot", "pairs", str(tmp_path), "--n", "2", "--size", "16"]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["count"] == 2
+
+
+def test_pairs_fixed_fog_density(tmp_path, capsys):
+    out = tmp_path / "fixed"
+    args = ["shot", "pairs", str(out), "--n", "3", "--size", "16", "--passes", "fog", "depth"]
+    assert main([*args, "--fog-density", "0.1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fog_density"] == [0.1, 0.1]
+    for item in manifest["items"]:  # fog = 1 - exp(-d ray length) >= 1 - exp(-d depth)
+        d = 0.1 * (0.4 if item["layout"] == "walls" else 1)  # open-air yards: 0.4x fog
+        fog = cv2.imread(str(out / "fog" / f"{item['file']}.png"), cv2.IMREAD_UNCHANGED) / 255
+        depth = np.load(out / "depth" / f"{item['file']}.npy")[0]
+        assert (fog >= 1 - np.exp(-d * depth) - 1 / 255).all()
+        assert (fog <= 1 - np.exp(-d * depth * 2) + 1 / 255).all()  # fov <= 95 deg: ray < 2 depth
+    assert main([*args, "--fog-density", "0.2", "0.1"]) == 2
+    assert "--fog-density" in capsys.readouterr().err
 
 
 def test_errors_name_the_path(tmp_path, capsys):

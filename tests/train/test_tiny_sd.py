@@ -93,6 +93,23 @@ def test_two_step_unet_export_loads_and_generates(stages):
     assert torch.equal(image, again)
 
 
+def test_unet_stage_encodes_each_item_once(stages):
+    _, _, unet, _ = stages
+    system = unet.model
+    assert sorted(system.moments) == [0, 1, 2, 3]  # the 4 training items seen in 2 steps
+    images = torch.zeros(2, 3, SIZE, SIZE)
+    post = system.sd.vae.encode(images)
+    mean, std = system.moments[0]
+    assert not torch.equal(mean, post.mean[0])  # item 0 is a render, not zeros: kept, not redone
+    torch.manual_seed(0)
+    z = system.latents(images, torch.tensor([0, 0]))
+    torch.manual_seed(0)
+    expected = (mean + std * torch.randn(2, *mean.shape)) * system.sd.scaling_factor
+    torch.testing.assert_close(z, expected)
+    uncached = system.latents(images)  # no index: encoded now
+    assert uncached.shape == z.shape
+
+
 def test_controlnet_stage_exports_and_controls(stages):
     root, _, unet, cnet = stages
     assert cnet.trainer.global_step == 1
