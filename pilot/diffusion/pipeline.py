@@ -13,8 +13,11 @@ the models run in their own dtype; masks are 1 where the image is repainted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -26,6 +29,10 @@ from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
 from pilot.diffusion.tiling import tiled
+
+# float32 rules of a half-precision VAE decode (`decode_latents`).
+VAEUpcast = Literal["auto", "always", "never"]
+VAE_UPCASTS: tuple[str, ...] = get_args(VAEUpcast)
 
 
 @dataclass(frozen=True)
@@ -104,13 +111,40 @@ def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
 
 
 @torch.no_grad()
-def decode_latents(sd, latents: Tensor, *, tile: int | None = None) -> Tensor:
+def decode_latents(
+    sd, latents: Tensor, *, tile: int | None = None, upcast: VAEUpcast = "auto"
+) -> Tensor:
     """VAE-decode scaled latents (B, 4, h, w) to images in [0, 1], (B, 3, fh, fw) float32.
 
     Args:
         tile: Decode in overlapping tiles of this many image pixels (a multiple of 8), blended
             linearly where they overlap; None decodes whole.
+        upcast: Precision of a half-precision VAE (see `VAE_UPCASTS`): SD's VAE decoder can
+            overflow float16 in its last up blocks (activations beyond 65504 turn to inf, then
+            NaN pixels). "auto" decodes in the VAE's dtype and, if any pixel is not finite,
+            decodes again in float32 (and warns); "always" decodes in float32; "never" in the
+            VAE's dtype. A float32 VAE decodes in float32 under every rule.
     """
+    if upcast not in VAE_UPCASTS:
+        raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
+    half = next(sd.vae.parameters()).dtype != torch.float32
+    if half and upcast == "always":
+        with _float32(sd.vae):
+            return _decode(sd, latents, tile)
+    images = _decode(sd, latents, tile)
+    if half and upcast == "auto" and not torch.isfinite(images).all():
+        warnings.warn(
+            "the half-precision VAE decode overflowed (non-finite pixels); decoded again in "
+            "float32. Pass upcast='always' (or keep the VAE in float32) to skip the first try",
+            stacklevel=2,
+        )
+        with _float32(sd.vae):
+            return _decode(sd, latents, tile)
+    return images
+
+
+def _decode(sd, latents: Tensor, tile: int | None) -> Tensor:
+    """Decode in the VAE's own dtype; images in [0, 1], float32."""
     vae = sd.vae
     param = next(vae.parameters())
     z = (latents / sd.scaling_factor).to(param.device, param.dtype)
@@ -120,6 +154,18 @@ def decode_latents(sd, latents: Tensor, *, tile: int | None = None) -> Tensor:
     else:
         images = vae.decode(z)
     return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+@contextmanager
+def _float32(module: torch.nn.Module) -> Iterator[None]:
+    """Cast `module` to float32 in place for the block, then back: half -> float32 -> half
+    round-trips exactly, and no second copy of the weights is held."""
+    dtype = next(module.parameters()).dtype
+    module.float()
+    try:
+        yield
+    finally:
+        module.to(dtype)
 
 
 def check_size(height: int, width: int, factor: int = 8) -> None:
@@ -325,21 +371,29 @@ def generate(
     settings: SamplingSettings = SamplingSettings(),
     *,
     vae_tile: int | None = None,
+    vae_upcast: VAEUpcast = "auto",
     **kwargs,
 ) -> Tensor:
     """`generate_latents`, then VAE decode: images (B, 3, H, W) in [0, 1], float32 on CPU.
 
+    Half precision: load or cast the models to float16 / bfloat16 (`pilot.load_pipeline(...,
+    dtype=torch.float16)`, `sd.to(dtype=...)`); sampling stays float32, the UNet runs in its
+    dtype and the VAE decode follows `vae_upcast`.
+
     Args:
         vae_tile: Tile size in image pixels for the VAE (a multiple of 8), for large images.
+        vae_upcast: float32 rule of a half-precision VAE decode (see `decode_latents`).
         **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
     latents = generate_latents(sd, request, settings, vae_tile=vae_tile, **kwargs)
-    return decode_latents(sd, latents, tile=vae_tile).cpu()
+    return decode_latents(sd, latents, tile=vae_tile, upcast=vae_upcast).cpu()
 
 
 __all__ = [
+    "VAE_UPCASTS",
     "Request",
     "SamplingSettings",
+    "VAEUpcast",
     "build_denoiser",
     "decode_latents",
     "encode_images",

@@ -1,0 +1,216 @@
+"""Inference speed-ups of the sampling models: channels_last, torch.compile, CUDA graphs.
+
+    sd = pilot.load_pipeline(path, dtype=torch.float16, device="cuda")
+    sd = optimize(sd, SpeedSettings(channels_last=True, compile=True, cuda_graphs=True))
+    net = optimize_model(controlnet, SpeedSettings(...))   # ControlNets: the same per model
+    images = generate(sd, request, settings)
+
+- channels_last stores convolution weights NHWC; convolutions then produce NHWC activations,
+  which tensor-core convolutions prefer, and the transformers' (B, H*W, C) token view of a
+  feature map becomes a free view instead of a copy (`pilot.nn.attention.to_tokens`).
+- `compile` runs `torch.compile` on the UNet / ControlNet in place with static shapes
+  (`dynamic=False`): one graph per input shape, compiled on the first call with that shape
+  (tens of seconds for SD on a GPU; minutes with `max-autotune-no-cudagraphs`).
+- `cuda_graphs` wraps the UNet / ControlNet in `CUDAGraphed`: each sampling step's model call is
+  replayed as one CUDA graph, so the step costs no per-kernel launch time. It composes with
+  `compile` (the compiled code is captured, as vLLM does), which is why the compile modes on
+  offer are the ones without inductor's own CUDA graphs.
+
+Precision is not set here: cast the models (`dtype=` on load, `sd.to(dtype=...)`); the VAE's
+float32 rule is `decode_latents(..., upcast=...)`. The VAE gets channels_last only: its decode
+runs once per image, tiled at varying sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Which inference speed-ups `optimize` applies (all off by default: eager PyTorch).
+
+    Attributes:
+        channels_last: NHWC memory format for the UNet, ControlNets and VAE.
+        compile: `torch.compile` the UNet and ControlNets, static shapes.
+        compile_mode: Inductor mode; "max-autotune-no-cudagraphs" benchmarks kernel choices
+            (slow to compile, faster to run on GPUs).
+        cuda_graphs: Replay the UNet / ControlNet calls as CUDA graphs (models on CUDA only).
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: CompileMode = "default"
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"unknown compile mode {self.compile_mode!r}; valid: {', '.join(COMPILE_MODES)} "
+                "(CUDA graphs are `cuda_graphs=True`, which also covers compiled models)"
+            )
+
+    def describe(self) -> str:
+        """Short label of the settings on, e.g. "channels_last+compile", or "eager"."""
+        on = [name for name in ("channels_last", "compile", "cuda_graphs") if getattr(self, name)]
+        if self.compile and self.compile_mode != "default":
+            on[on.index("compile")] = f"compile({self.compile_mode})"
+        return "+".join(on) or "eager"
+
+
+def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
+    """Apply `settings` to a UNet or ControlNet: converted and compiled in place.
+
+    Returns:
+        `model` itself, or a `CUDAGraphed` wrapper of it with `settings.cuda_graphs`.
+
+    Raises:
+        ValueError: CUDA graphs asked for a model that is not on a CUDA device.
+    """
+    if settings.cuda_graphs:
+        check_cuda(model)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if settings.compile:
+        model.compile(dynamic=False, mode=settings.compile_mode)
+    return CUDAGraphed(model) if settings.cuda_graphs else model
+
+
+def optimize(sd, settings: SpeedSettings):
+    """Apply `settings` to a `pilot.StableDiffusion` bundle's UNet (and the VAE's memory format).
+
+    The models are converted and compiled in place; the returned bundle holds them, with the
+    UNet wrapped in `CUDAGraphed` when `settings.cuda_graphs` (keep using the returned one).
+    Apply `optimize_model` to the ControlNets of `pilot.diffusion.control.Control`s yourself.
+    """
+    unet = optimize_model(sd.unet, settings)
+    if settings.channels_last:
+        sd.vae.to(memory_format=torch.channels_last)
+    return replace(sd, unet=unet)
+
+
+def check_cuda(model: nn.Module) -> None:
+    """Raise a ValueError unless `model`'s parameters are on a CUDA device."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(
+            f"CUDA graphs need the model on a CUDA device; {type(model).__name__} is on "
+            f"{device} (move it with .to('cuda') first, or leave cuda_graphs off)"
+        )
+
+
+class CUDAGraphed(nn.Module):
+    """A module whose no-grad calls replay CUDA graphs, one per input signature.
+
+    A signature is the call's structure: every tensor's shape, dtype and device and every other
+    argument's value. Its first call runs the module `warmup` times on a side stream (cuDNN
+    autotuning, torch.compile), then captures one call into a graph that reads static copies of
+    the tensor inputs. Each call copies its tensors into those, replays the graph and returns
+    clones of the graph's outputs (so a later replay cannot overwrite them). Each graph keeps
+    its inputs, outputs and working memory allocated; calls with gradients enabled run eagerly.
+    Attributes other than `module` are the wrapped module's (`cfg`, `embed_hint`, ...).
+
+    Args:
+        module: The model, on a CUDA device; it must not synchronise with the host (no
+            `.item()`, no data-dependent Python branches) in its forward.
+        warmup: Eager calls before capture.
+    """
+
+    def __init__(self, module: nn.Module, *, warmup: int = 2) -> None:
+        super().__init__()
+        check_cuda(module)
+        self.module = module
+        self.warmup = warmup
+        self.graphs: dict[str, tuple[torch.cuda.CUDAGraph, list[Tensor], Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not yet set (unpickling): no recursion
+                raise
+            return getattr(self.module, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's output for these arguments, from a replayed graph when no grad."""
+        if torch.is_grad_enabled():
+            return self.module(*args, **kwargs)
+        tensors: list[Tensor] = []
+        spec = _flatten((args, kwargs), tensors)
+        key = repr(spec)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(spec, tensors)
+        graph, static, out = self.graphs[key]
+        for s, t in zip(static, tensors, strict=True):
+            s.copy_(t)
+        graph.replay()
+        outputs: list[Tensor] = []
+        out_spec = _flatten(out, outputs)
+        return _fill(out_spec, [t.clone() for t in outputs])
+
+    def _capture(self, spec: Any, tensors: list[Tensor]) -> tuple:
+        """Warm up on a side stream, then capture one call on static input copies."""
+        static = [t.clone() for t in tensors]
+        args, kwargs = _fill(spec, static)
+        stream = torch.cuda.Stream(device=static[0].device if static else None)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                self.module(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.module(*args, **kwargs)
+        return graph, static, out
+
+
+class _Slot:
+    """Placeholder of the i-th tensor in a flattened argument structure."""
+
+    def __init__(self, i: int, t: Tensor) -> None:
+        self.i = i
+        self.signature = (tuple(t.shape), t.dtype, t.device)
+
+    def __repr__(self) -> str:
+        return f"Slot{self.i}{self.signature}"
+
+
+def _flatten(value: Any, tensors: list[Tensor]) -> Any:
+    """`value` with every tensor (in lists, tuples, dicts) replaced by a `_Slot` into `tensors`."""
+    if isinstance(value, Tensor):
+        tensors.append(value)
+        return _Slot(len(tensors) - 1, value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_flatten(v, tensors) for v in value)
+    if isinstance(value, dict):
+        return {k: _flatten(v, tensors) for k, v in value.items()}
+    return value
+
+
+def _fill(spec: Any, tensors: list[Tensor]) -> Any:
+    """Inverse of `_flatten`: the structure with its slots filled from `tensors`."""
+    if isinstance(spec, _Slot):
+        return tensors[spec.i]
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(_fill(v, tensors) for v in spec)
+    if isinstance(spec, dict):
+        return {k: _fill(v, tensors) for k, v in spec.items()}
+    return spec
+
+
+__all__ = [
+    "COMPILE_MODES",
+    "CUDAGraphed",
+    "CompileMode",
+    "SpeedSettings",
+    "check_cuda",
+    "optimize",
+    "optimize_model",
+]
