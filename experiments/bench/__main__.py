@@ -2,10 +2,16 @@
 
     python -m experiments.bench --all                 # every benchmark with its defaults
     python -m experiments.bench unet pipeline         # some of them
+    python -m experiments.bench --all --size 512 --dtype fp16              # GPU: eager
+    python -m experiments.bench --all --size 512 --dtype fp16 --channels-last --cuda-graphs
+    python -m experiments.bench --all --size 512 --dtype fp16 --compile --cuda-graphs
+    python -m experiments.bench --all --preset tiny   # a quick smoke run of the harness
 
 Each benchmark prints its own table (pilot vs the reference, measured in one process) with its
 default settings (CUDA when present, else CPU); this runner only runs them one after the other,
-so a figure is never taken while another runs. Run a benchmark module itself for other settings.
+so a figure is never taken while another runs. The shared options below go to the benchmarks
+that take them (each module's `SHARED_OPTIONS`); run a benchmark module itself for the others.
+A benchmark that fails is reported and the next one runs; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -13,8 +19,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from experiments.bench.common import COMPILE_MODES, DTYPES
 
 BENCHMARKS = ("flops", "unet", "controlnet", "pipeline", "animate", "render", "pix2pix")
+
+
+def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
+    """The command-line arguments of `args` that a benchmark with `SHARED_OPTIONS` takes."""
+    argv = []
+    for name in options:
+        if name == "speed":
+            argv += [f"--{flag}" for flag in ("channels-last", "compile", "cuda-graphs")
+                     if getattr(args, flag.replace("-", "_"))]  # fmt: skip
+            if args.compile_mode != "default":
+                argv += ["--compile-mode", args.compile_mode]
+        elif getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    return argv
 
 
 def main(argv=None) -> None:
@@ -22,20 +45,47 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)}")
     parser.add_argument("--all", action="store_true", help="run every benchmark")
+    shared = parser.add_argument_group("shared options (each benchmark's default if not given)")
+    shared.add_argument("--preset", choices=("tiny", "sd15", "sd21"))
+    shared.add_argument("--size", type=int, help="image side in pixels")
+    shared.add_argument("--dtype", choices=tuple(DTYPES))
+    shared.add_argument("--device")
+    shared.add_argument("--threads", type=int)
+    shared.add_argument("--channels-last", action="store_true")
+    shared.add_argument("--compile", action="store_true")
+    shared.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    shared.add_argument("--cuda-graphs", action="store_true")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if args.all else args.names
     unknown = sorted(set(names) - set(BENCHMARKS))
     if not names or unknown:
         parser.error(f"name benchmarks from {', '.join(BENCHMARKS)} or pass --all")
+    if args.cuda_graphs and not _cuda_device(args.device):
+        parser.error("--cuda-graphs needs a CUDA device")
+    failed = []
     for name in names:
         try:
             module = importlib.import_module(f"experiments.bench.{name}")
         except ModuleNotFoundError as e:
             print(f"## {name}: not available ({e})\n")
             continue
-        print(f"## {name}", flush=True)
-        module.main([])
+        bench_argv = forwarded(args, getattr(module, "SHARED_OPTIONS", ()))
+        print(f"## {name} {' '.join(bench_argv)}".rstrip(), flush=True)
+        try:
+            module.main(bench_argv)
+        except Exception:  # report and go on: one failure should not lose the other figures
+            traceback.print_exc()
+            failed.append(name)
         print(flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        sys.exit(1)
+
+
+def _cuda_device(device: str | None) -> bool:
+    import torch
+
+    return device.startswith("cuda") if device else torch.cuda.is_available()
 
 
 if __name__ == "__main__":

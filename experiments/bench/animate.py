@@ -37,6 +37,8 @@ from pilot.scenes.shot import Shot
 from pilot.weights.loaders import StableDiffusion
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads")
 
 
 class PartTimer:

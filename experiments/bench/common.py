@@ -1,12 +1,19 @@
-"""Timing helpers shared by the benchmarks: CUDA events on GPU, perf_counter on CPU."""
+"""Helpers shared by the benchmarks: timing (CUDA events on GPU, perf_counter on CPU), peak
+memory, the speed-up options, tables."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+
+from pilot.diffusion.speed import COMPILE_MODES, SpeedSettings
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int, iters: int) -> float:
@@ -39,12 +46,114 @@ def time_pair_ms(
     rounds: int = 3,
 ) -> tuple[float, float]:
     """Median times of two functions, interleaved in rounds so drift hits both alike."""
-    a, b = [], []
+    a, b = time_many_ms([fn_a, fn_b], device, warmup=warmup, iters=iters, rounds=rounds)
+    return a, b
+
+
+def time_many_ms(
+    fns: Sequence[Callable[[], object]],
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+    rounds: int = 3,
+) -> list[float]:
+    """Median times of several functions, interleaved in rounds so drift hits all alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
-        a.append(time_ms(fn_a, device, warmup=warmup, iters=iters))
-        b.append(time_ms(fn_b, device, warmup=warmup, iters=iters))
+        for fn, t in zip(fns, times, strict=True):
+            t.append(time_ms(fn, device, warmup=warmup, iters=iters))
         warmup = max(1, warmup // 2)
-    return statistics.median(a), statistics.median(b)
+    return [statistics.median(t) for t in times]
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory of one `fn()` call above what was allocated before it, in MiB.
+
+    CUDA: `torch.cuda.max_memory_allocated` (tensors only; weights already resident are not
+    counted). CPU: the process's resident-set high-water mark (Linux `VmHWM`, reset through
+    `/proc/self/clear_refs`) above the resident set before the call: allocator caching makes it
+    a rough figure. None where neither is available.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _proc_status_kib("VmRSS")
+        fn()
+        return (_proc_status_kib("VmHWM") - before) / 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def memory_label(device: torch.device) -> str:
+    """Column header of `peak_memory_mib`'s figures on `device`."""
+    if device.type == "cuda":
+        return "peak MiB (CUDA allocated)"
+    return "peak MiB (RSS high-water)"
+
+
+def format_mib(mib: float | None) -> str:
+    return "n/a" if mib is None else f"{mib:.0f}"
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pilot speed-up options (`pilot.diffusion.speed.SpeedSettings`) as flags."""
+    group = parser.add_argument_group("pilot speed-ups (diffusers gets --compile too)")
+    group.add_argument("--channels-last", action="store_true", help="NHWC weights")
+    group.add_argument("--compile", action="store_true", help="torch.compile, static shapes")
+    group.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    group.add_argument("--cuda-graphs", action="store_true", help="replay model calls (CUDA)")
+
+
+def speed_settings(args: argparse.Namespace) -> SpeedSettings:
+    """`SpeedSettings` of the flags added by `add_speed_arguments`."""
+    return SpeedSettings(
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        cuda_graphs=args.cuda_graphs,
+    )
+
+
+def check_speed_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device
+) -> None:
+    """Exit with a usage error for flags the device cannot honour (CUDA graphs off CUDA)."""
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error(f"--cuda-graphs needs a CUDA device, got --device {device}")
+
+
+def compile_reference(model: torch.nn.Module, args: argparse.Namespace) -> Callable:
+    """diffusers' model compiled as its documentation advises: channels_last when pilot gets
+    it, `mode="reduce-overhead"` (inductor's CUDA graphs) when pilot gets CUDA graphs.
+
+    The model is not modified (`torch.compile` wraps it); with channels_last pass a copy.
+    """
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mode = "reduce-overhead" if args.cuda_graphs else args.compile_mode
+    compiled = torch.compile(model, dynamic=False, mode=mode)
+    if mode != "reduce-overhead":
+        return compiled
+
+    def call(*a, **k):
+        torch.compiler.cudagraph_mark_step_begin()  # outputs of the last replay are dead
+        return compiled(*a, **k)
+
+    return call
 
 
 def max_rel_error(a: torch.Tensor, ref: torch.Tensor) -> float:

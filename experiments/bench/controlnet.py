@@ -3,32 +3,53 @@
     python -m experiments.bench.controlnet                    # SD 1.5 shapes, 256x256, CFG
     python -m experiments.bench.controlnet --preset tiny --size 128
     python -m experiments.bench.controlnet --device cuda --dtype fp16 --size 512
+    python -m experiments.bench.controlnet --dtype fp16 --size 512 --compile --cuda-graphs
 
 One step is one classifier-free-guided denoiser call (batch 2: [uncond, cond]) of one image.
 Pilot: `CFGDenoiser(EpsDenoiser(unet))` vs `controlled_cfg(EpsDenoiser(unet), [Control(...)])`.
 diffusers: the UNet call of StableDiffusionPipeline's loop vs the ControlNet + UNet calls of
-StableDiffusionControlNetPipeline's loop (control image doubled for CFG). Prints each stack's
-times, its overhead (with / without) and the max relative error of pilot's controlled step
-against diffusers'. Weights are random (zero convolutions too, so the control acts); pilot
+StableDiffusionControlNetPipeline's loop (control image doubled for CFG). Stacks: diffusers
+eager, diffusers compiled (`--compile`; channels_last and "reduce-overhead" when pilot gets
+them), pilot eager, pilot with the speed-up flags (`pilot.diffusion.speed.optimize_model` on the
+UNet and the ControlNet). Prints each stack's times, its overhead (with / without), its
+controlled step against diffusers eager's, the controlled step's peak memory above the
+resident weights and the max relative error of its controlled step against diffusers eager's
+(same dtype). Weights are random (zero convolutions too, so the control acts); pilot
 memoises the control image's hint features across steps, diffusers recomputes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from experiments.bench.common import device_name, format_table, max_rel_error, time_pair_ms
+from experiments.bench.common import (
+    DTYPES,
+    add_speed_arguments,
+    check_speed_arguments,
+    compile_reference,
+    device_name,
+    format_mib,
+    format_table,
+    max_rel_error,
+    memory_label,
+    peak_memory_mib,
+    speed_settings,
+    time_pair_ms,
+)
 from pilot.diffusion.control import Control, controlled_cfg
 from pilot.diffusion.denoisers import EpsDenoiser
 from pilot.diffusion.guidance import CFGDenoiser
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas_karras
+from pilot.diffusion.speed import optimize_model
 from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet
 from pilot.models.unet import UNet
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "speed")
 GUIDANCE = 7.5
 
 
@@ -50,29 +71,41 @@ def build_models(preset: str, seed: int, device, dtype):
     return [m.to(device, dtype) for m in (unet, net, ref_unet, ref_net)]
 
 
-def steps(unet, net, ref_unet, ref_net, args, device, dtype):
-    """The four step functions (pilot / diffusers, without / with control) on shared inputs."""
-    cfg, schedule = net.cfg, DiscreteSchedule.scaled_linear()
+def draw_inputs(cfg, args, device, dtype) -> dict:
+    """Latents, text embeddings, control image and sigmas of one step, shared by every stack."""
     g = torch.Generator().manual_seed(args.seed)
     h = args.size // cfg.downscale
     x = torch.randn(1, cfg.unet.in_channels, h, h, generator=g).to(device, dtype)
-    cond, uncond = torch.randn(2, 1, 77, cfg.unet.cross_attention_dim, generator=g).to(
-        device, dtype
-    )
+    cond, uncond = torch.randn(2, 1, 77, cfg.unet.cross_attention_dim, generator=g)
     image = torch.rand(1, 3, args.size, args.size, generator=g).to(device, dtype)
+    schedule = DiscreteSchedule.scaled_linear()
     sigmas = get_sigmas_karras(20, schedule.sigma_min, schedule.sigma_max, device=device)
-    sigma = sigmas[5]
+    cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+    return dict(x=x, cond=cond, uncond=uncond, image=image, sigmas=sigmas, schedule=schedule)
+
+
+def pilot_steps(unet, net, inputs: dict) -> tuple:
+    """Pilot's step without and with the ControlNet: CFG denoiser calls at sigma_5."""
+    schedule, sigmas, x = inputs["schedule"], inputs["sigmas"], inputs["x"]
     plain = CFGDenoiser(EpsDenoiser(unet, schedule), GUIDANCE)
-    controlled = controlled_cfg(
-        EpsDenoiser(unet, schedule), [Control(net, image, 0.9)], sigmas, GUIDANCE
+    control = Control(net, inputs["image"], 0.9)
+    controlled = controlled_cfg(EpsDenoiser(unet, schedule), [control], sigmas, GUIDANCE)
+    extra = {"context": inputs["cond"], "uncond_context": inputs["uncond"]}
+    return (
+        lambda: plain(x, sigmas[5], **extra),
+        lambda: controlled(x, sigmas[5], **extra),
     )
-    extra = {"context": cond, "uncond_context": uncond}
 
-    t = schedule.sigma_to_t(sigma.reshape(1))
+
+def diffusers_steps(ref_unet, ref_net, inputs: dict, dtype) -> tuple:
+    """The same steps as StableDiffusion(ControlNet)Pipeline's loop computes them."""
+    x, sigma = inputs["x"], inputs["sigmas"][5]
+    t = inputs["schedule"].sigma_to_t(sigma.reshape(1))
     latent_in = (torch.cat([x, x]) / (sigma**2 + 1) ** 0.5).to(dtype)
-    embeds, images = torch.cat([uncond, cond]), torch.cat([image, image])
+    embeds = torch.cat([inputs["uncond"], inputs["cond"]])
+    images = torch.cat([inputs["image"], inputs["image"]])
 
-    def diffusers_step(control: bool) -> torch.Tensor:
+    def step(control: bool) -> torch.Tensor:
         kwargs = {}
         if control:
             down, mid = ref_net(
@@ -83,12 +116,22 @@ def steps(unet, net, ref_unet, ref_net, args, device, dtype):
         eps_uncond, eps_cond = eps.chunk(2)
         return x - sigma * (eps_uncond + GUIDANCE * (eps_cond - eps_uncond))
 
-    return (
-        lambda: plain(x, sigma, **extra),
-        lambda: controlled(x, sigma, **extra),
-        lambda: diffusers_step(False),
-        lambda: diffusers_step(True),
-    )
+    return lambda: step(False), lambda: step(True)
+
+
+def stacks(models: list, args, inputs: dict, dtype) -> dict:
+    """Stack name -> (step without control, step with control)."""
+    unet, net, ref_unet, ref_net = models
+    out = {"diffusers eager": diffusers_steps(ref_unet, ref_net, inputs, dtype)}
+    if args.compile:
+        compiled = [compile_reference(copy.deepcopy(m), args) for m in (ref_unet, ref_net)]
+        out["diffusers compile"] = diffusers_steps(*compiled, inputs, dtype)
+    out["pilot eager"] = pilot_steps(unet, net, inputs)
+    settings = speed_settings(args)
+    if settings.describe() != "eager":
+        fast = [optimize_model(copy.deepcopy(m), settings) for m in (unet, net)]
+        out[f"pilot {settings.describe()}"] = pilot_steps(*fast, inputs)
+    return out
 
 
 def main(argv=None) -> None:
@@ -102,27 +145,45 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    check_speed_arguments(parser, args, device)
     models = build_models(args.preset, args.seed, device, dtype)
-    ours_off, ours_on, ref_off, ref_on = steps(*models, args, device, dtype)
+    inputs = draw_inputs(models[1].cfg, args, device, dtype)
+    timing = dict(warmup=args.warmup, iters=args.iters)
+    rows, times = [], {}
     with torch.inference_mode():
-        err = max_rel_error(ours_on(), ref_on())
-        timing = dict(warmup=args.warmup, iters=args.iters)
-        ours = time_pair_ms(ours_off, ours_on, device, **timing)
-        ref = time_pair_ms(ref_off, ref_on, device, **timing)
+        steps = stacks(models, args, inputs, dtype)
+        expected = steps["diffusers eager"][1]()
+        for name, (off, on) in steps.items():
+            err = max_rel_error(on(), expected)  # first calls: compile / capture
+            off()
+            times[name] = time_pair_ms(off, on, device, **timing)
+            memory = peak_memory_mib(on, device)
+            rows.append([name, err, memory])
     print(
         f"CFG step with / without one ControlNet, preset {args.preset}, {args.size}x{args.size} "
         f"px, {args.dtype}, {device_name(device)}, torch {torch.__version__}"
     )
-    rows = [
-        [name, f"{off:.1f}", f"{on:.1f}", f"{on / off:.2f}x"]
-        for name, (off, on) in (("pilot", ours), ("diffusers", ref))
+    reference = times["diffusers eager"][1]
+    table = [
+        [
+            name,
+            f"{times[name][0]:.1f}",
+            f"{times[name][1]:.1f}",
+            f"{times[name][1] / times[name][0]:.2f}x",
+            f"{times[name][1] / reference:.2f}x",
+            format_mib(memory),
+            f"{err:.1e}",
+        ]
+        for name, err, memory in rows
     ]
-    print(format_table(["stack", "no control ms", "1 ControlNet ms", "overhead"], rows))
-    print(f"pilot / diffusers with control: {ours[1] / ref[1]:.2f}x; max rel err {err:.1e}")
+    header = ["stack", "no control ms", "1 ControlNet ms", "overhead", "/ diffusers eager"]
+    header += [memory_label(device) + ", controlled", "max rel err"]
+    print(format_table(header, table))
 
 
 if __name__ == "__main__":

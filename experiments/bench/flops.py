@@ -20,6 +20,9 @@ from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet
 from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
 from pilot.models.vae import VAE_PRESETS, AutoencoderKL
 
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size")
+
 
 def count_flops(build: Callable[[], torch.nn.Module], *args, **kwargs) -> int:
     """FLOPs of `build()(*args, **kwargs)`, model and inputs on the meta device."""
@@ -64,8 +67,8 @@ def vae_decode_flops(preset: str, size: int, batch: int = 1) -> int:
 def main(argv=None) -> None:
     """Print the FLOPs of the SD components at the given sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="sd15,sd21")
-    parser.add_argument("--sizes", default="256,512")
+    parser.add_argument("--presets", "--preset", default="sd15,sd21", help="comma list")
+    parser.add_argument("--sizes", "--size", default="256,512", help="comma list, pixels")
     args = parser.parse_args(argv)
     rows = []
     for preset in args.presets.split(","):

@@ -2,20 +2,28 @@
 
     python -m experiments.bench.pipeline                        # SD 1.5 shapes, 256x256, CPU
     python -m experiments.bench.pipeline --size 512 --dtype fp16   # on a GPU
+    python -m experiments.bench.pipeline --size 512 --dtype fp16 --compile --cuda-graphs
+    python -m experiments.bench.pipeline --preset tiny --size 128 --steps 4   # a smoke run
 
 Both sides: text encoding of prompt + negative prompt, `--steps` Euler steps with CFG ("leading"
 spacing, SD's scheduler config), VAE decode; pilot's `generate` against diffusers'
-`StableDiffusionPipeline` (no safety checker). One untimed run each (its images give the max
-relative error), then `--rounds` interleaved timed runs; the table shows the fastest run's
-seconds per image and per step (the least disturbed by other programs on a shared machine) and
-the ratio pilot / diffusers (< 1 is faster). Weights are random: speed
-does not depend on their values.
+`StableDiffusionPipeline` (no safety checker). Rows: diffusers eager, diffusers with its UNet
+compiled (`--compile`; channels_last and "reduce-overhead" when pilot gets them), pilot eager
+and pilot with the speed-up flags (`pilot.diffusion.speed.optimize`). One untimed run each (the
+first-call seconds: compilation, graph capture; its image gives the max relative error against
+diffusers' float32 image), then `--rounds` interleaved timed runs; the table shows the fastest
+run's seconds per image and per step (the least disturbed by other programs on a shared
+machine), the ratio to diffusers eager (< 1 is faster) and the peak memory of one run above the
+resident weights. Weights are random: speed does not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
+import time
+from dataclasses import replace
 
 import torch
 from diffusers import (
@@ -27,8 +35,22 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers import CLIPTokenizer as HFTokenizer
 
-from experiments.bench.common import device_name, format_table, max_rel_error, time_ms
+from experiments.bench.common import (
+    DTYPES,
+    add_speed_arguments,
+    check_speed_arguments,
+    compile_reference,
+    device_name,
+    format_mib,
+    format_table,
+    max_rel_error,
+    memory_label,
+    peak_memory_mib,
+    speed_settings,
+    time_ms,
+)
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate
+from pilot.diffusion.speed import optimize
 from pilot.models.clip import CLIP_PRESETS
 from pilot.models.clip import CLIPTextModel as PilotText
 from pilot.models.tokenizer import CLIPTokenizer
@@ -38,7 +60,8 @@ from pilot.models.vae import AutoencoderKL as PilotVAE
 from pilot.weights.loaders import StableDiffusion
 from pilot.weights.save import write_tokenizer
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "speed")
 PROMPT = "a red brick corridor, thick blue fog, hatched walls"
 NEGATIVE = "blurry, low quality"
 
@@ -46,10 +69,19 @@ NEGATIVE = "blurry, low quality"
 def build(preset: str, seed: int) -> tuple[StableDiffusion, StableDiffusionPipeline]:
     """A random diffusers pipeline and a pilot bundle holding the same weights."""
     torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.default("!" if preset == "sd21" else "<|endoftext|>")
+    text_cfg = CLIP_PRESETS[preset]
+    if preset == "tiny":  # the real vocabulary, so the real tokenizer fits
+        text_cfg = replace(
+            text_cfg,
+            vocab_size=len(tokenizer.vocab),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     unet = UNet2DConditionModel(**UNET_PRESETS[preset].to_diffusers()).eval()
     vae = AutoencoderKL(**VAE_PRESETS[preset].to_diffusers()).eval()
-    text = CLIPTextModel(CLIPTextConfig(**CLIP_PRESETS[preset].to_transformers())).eval()
-    tokenizer = CLIPTokenizer.default("!" if preset == "sd21" else "<|endoftext|>")
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg.to_transformers())).eval()
     with tempfile.TemporaryDirectory() as folder:
         write_tokenizer(tokenizer, folder)
         hf_tokenizer = HFTokenizer.from_pretrained(folder)
@@ -67,7 +99,7 @@ def build(preset: str, seed: int) -> tuple[StableDiffusion, StableDiffusionPipel
     sd = StableDiffusion(
         unet=_copy(UNet(UNET_PRESETS[preset]), unet),
         vae=_copy(PilotVAE(VAE_PRESETS[preset]), vae),
-        text_encoder=_copy(PilotText(CLIP_PRESETS[preset]), text),
+        text_encoder=_copy(PilotText(text_cfg), text),
         tokenizer=tokenizer,
         prediction_type="epsilon",
     )
@@ -79,10 +111,74 @@ def _copy(ours: torch.nn.Module, ref: torch.nn.Module) -> torch.nn.Module:
     return ours.eval()
 
 
+def diffusers_image(pipe: StableDiffusionPipeline, args) -> torch.Tensor:
+    """diffusers' image, (1, 3, H, W) float32 on CPU in [0, 1]."""
+    generator = torch.Generator().manual_seed(args.seed)
+    out = pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        height=args.size,
+        width=args.size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.cfg,
+        generator=generator,
+        output_type="pt",
+    )
+    return out.images.float().cpu()
+
+
+def variants(sd, pipe, args, device, dtype) -> dict:
+    """Name -> image function `() -> (1, 3, H, W)` float32 on CPU, models on `device` in `dtype`."""
+    sd.to(device, dtype)
+    pipe.to(device, dtype)
+    request = Request([PROMPT], [NEGATIVE], seeds=[args.seed], width=args.size, height=args.size)
+    sampling = SamplingSettings(sampler="euler", schedule="leading", steps=args.steps, cfg=args.cfg)
+
+    runs = {"diffusers eager": lambda: diffusers_image(pipe, args)}
+    if args.compile:
+        unet = compile_reference(copy.deepcopy(pipe.unet), args)
+        compiled = StableDiffusionPipeline(**{**pipe.components, "unet": unet})
+        compiled.set_progress_bar_config(disable=True)
+        runs["diffusers compile"] = lambda: diffusers_image(compiled, args)
+    runs["pilot eager"] = lambda: generate(sd, request, sampling)
+    settings = speed_settings(args)
+    if settings.describe() != "eager":
+        fast = optimize(copy.deepcopy(sd), settings)
+        runs[f"pilot {settings.describe()}"] = lambda: generate(fast, request, sampling)
+    return runs
+
+
+def measure(runs: dict, args, device: torch.device, expected: torch.Tensor) -> list[list[str]]:
+    """Table rows: first call, fastest of the interleaved rounds, peak memory, error."""
+    first, errors, seconds = {}, {}, {name: [] for name in runs}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            start = time.perf_counter()
+            errors[name] = max_rel_error(run(), expected)
+            first[name] = time.perf_counter() - start
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                seconds[name].append(time_ms(run, device, warmup=0, iters=1) / 1e3)
+        memory = {name: peak_memory_mib(run, device) for name, run in runs.items()}
+    best = {name: min(s) for name, s in seconds.items()}
+    return [
+        [
+            name,
+            f"{best[name]:.2f}",
+            f"{best[name] / args.steps:.3f}",
+            f"{best[name] / best['diffusers eager']:.2f}x",
+            f"{first[name]:.1f}",
+            format_mib(memory[name]),
+            f"{errors[name]:.1e}",
+        ]
+        for name in runs
+    ]
+
+
 def main(argv=None) -> None:
     """Parse arguments, time both pipelines, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sd15", choices=["sd15", "sd21"])
+    parser.add_argument("--preset", default="sd15", choices=["sd15", "sd21", "tiny"])
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.5)
@@ -91,53 +187,24 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each, interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    check_speed_arguments(parser, args, device)
 
     sd, pipe = build(args.preset, args.seed)
-    sd.to(device, dtype)
-    pipe.to(device, dtype)
-    request = Request([PROMPT], [NEGATIVE], seeds=[args.seed], width=args.size, height=args.size)
-    settings = SamplingSettings(sampler="euler", schedule="leading", steps=args.steps, cfg=args.cfg)
-
-    def run_ours() -> torch.Tensor:
-        return generate(sd, request, settings)
-
-    def run_ref() -> torch.Tensor:
-        return (
-            pipe(
-                PROMPT,
-                negative_prompt=NEGATIVE,
-                height=args.size,
-                width=args.size,
-                num_inference_steps=args.steps,
-                guidance_scale=args.cfg,
-                generator=torch.Generator().manual_seed(args.seed),
-                output_type="pt",
-            )
-            .images.float()
-            .cpu()
-        )
-
     with torch.inference_mode():
-        err = max_rel_error(run_ours(), run_ref())  # also the warm-up of both
-        ours, ref = [], []
-        for _ in range(args.rounds):
-            ours.append(time_ms(run_ours, device, warmup=0, iters=1) / 1e3)
-            ref.append(time_ms(run_ref, device, warmup=0, iters=1) / 1e3)
-    s_ours, s_ref = min(ours), min(ref)
-    rows = [
-        ["s / image", f"{s_ours:.2f}", f"{s_ref:.2f}", f"{s_ours / s_ref:.2f}x"],
-        ["s / step", f"{s_ours / args.steps:.3f}", f"{s_ref / args.steps:.3f}", ""],
-    ]
+        expected = diffusers_image(pipe.to(device), args)  # the float32 reference image
+    rows = measure(variants(sd, pipe, args, device, dtype), args, device, expected)
     print(
         f"txt2img, preset {args.preset}, {args.size}x{args.size} px, {args.steps} Euler steps, "
-        f"CFG {args.cfg}, {args.dtype}, {device_name(device)}, torch {torch.__version__}; "
-        f"image max rel err {err:.1e}"
+        f"CFG {args.cfg}, {args.dtype}, {device_name(device)}, torch {torch.__version__}"
     )
-    print(format_table(["", "pilot", "diffusers", "pilot/diffusers"], rows))
+    header = ["variant", "s / image", "s / step", "/ diffusers eager", "first call s"]
+    header += [memory_label(device), "image max rel err vs fp32"]
+    print(format_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -2,25 +2,46 @@
 
     python -m experiments.bench.unet                      # SD 1.5 shapes, 256x256, CFG batch 2
     python -m experiments.bench.unet --size 512 --dtypes fp32,fp16,bf16   # on a GPU
+    python -m experiments.bench.unet --size 512 --dtype fp16 --channels-last --compile --cuda-graphs
 
-Prints one row per dtype: pilot ms, diffusers ms, ratio (pilot / diffusers; < 1 is faster) and
-the max relative error of pilot's output against diffusers'. Weights are random: speed does not
-depend on their values.
+Rows per dtype: diffusers eager, diffusers compiled (with `--compile`: torch.compile as its
+docs advise, channels_last and "reduce-overhead" when pilot gets them), pilot eager, and pilot
+with the speed-up flags (`pilot.diffusion.speed`) when any is given. Columns: ms per call
+(median of interleaved rounds), ratios to diffusers eager / compiled (< 1 is faster), achieved
+TFLOP/s against the FLOPs counted from the config, the first call's seconds (compilation,
+graph capture), the call's peak memory above the resident weights, and the max relative error
+against diffusers' float32 output. Weights are random: speed does not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import time
 
 import torch
 from diffusers import UNet2DConditionModel
 
-from experiments.bench.common import device_name, format_table, max_rel_error, time_pair_ms
+from experiments.bench.common import (
+    DTYPES,
+    add_speed_arguments,
+    check_speed_arguments,
+    compile_reference,
+    device_name,
+    format_mib,
+    format_table,
+    max_rel_error,
+    memory_label,
+    peak_memory_mib,
+    speed_settings,
+    time_many_ms,
+)
 from experiments.bench.flops import unet_flops
+from pilot.diffusion.speed import optimize_model
 from pilot.models.unet import UNET_PRESETS, UNet
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CONTEXT_DIMS = {"sd15": 768, "sd21": 1024}
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "speed")
 
 
 def build_pair(preset: str, seed: int) -> tuple[UNet, UNet2DConditionModel]:
@@ -33,32 +54,64 @@ def build_pair(preset: str, seed: int) -> tuple[UNet, UNet2DConditionModel]:
     return ours, ref
 
 
-def bench_dtype(ours, ref, dtype, device, args, flops: int) -> list[str]:
-    """One table row: time both models at one dtype and compare their outputs."""
-    cfg = ours.cfg
-    ours, ref = ours.to(device, dtype), ref.to(device, dtype)
-    g = torch.Generator().manual_seed(args.seed)
-    h = args.size // 8
-    x = torch.randn(args.batch, cfg.in_channels, h, h, generator=g).to(device, dtype)
-    context = torch.randn(args.batch, 77, cfg.cross_attention_dim, generator=g).to(device, dtype)
-    t = torch.tensor(500, device=device)
-    with torch.inference_mode():
-        run_ours = lambda: ours(x, t, context)  # noqa: E731
-        run_ref = lambda: ref(x, t, encoder_hidden_states=context).sample  # noqa: E731
-        err = max_rel_error(run_ours(), run_ref())
-        ms_ours, ms_ref = time_pair_ms(
-            run_ours, run_ref, device, warmup=args.warmup, iters=args.iters
+def variants(ours, ref, dtype, device, args) -> dict:
+    """Name -> model call `(x, t, context) -> output` for one dtype (models copied as needed)."""
+    settings = speed_settings(args)
+    fast = settings.describe() != "eager"
+
+    def cast(model: torch.nn.Module) -> torch.nn.Module:  # float32 models are used as they are
+        return (
+            model.to(device, dtype)
+            if dtype == torch.float32
+            else copy.deepcopy(model).to(device, dtype)
         )
-    name = [k for k, v in DTYPES.items() if v == dtype][0]
-    tflops = [f"{flops / ms / 1e9:.2f}" for ms in (ms_ours, ms_ref)]  # FLOP / ms -> TFLOP/s
-    return [
-        name,
-        f"{ms_ours:.1f}",
-        f"{ms_ref:.1f}",
-        f"{ms_ours / ms_ref:.2f}x",
-        *tflops,
-        f"{err:.1e}",
-    ]
+
+    ref_eager, ours_eager = cast(ref), cast(ours)
+    calls = {"diffusers eager": lambda x, t, c: ref_eager(x, t, encoder_hidden_states=c).sample}
+    if args.compile:
+        ref_compiled = compile_reference(copy.deepcopy(ref_eager), args)
+        calls["diffusers compile"] = lambda x, t, c: (
+            ref_compiled(x, t, encoder_hidden_states=c).sample
+        )
+    calls["pilot eager"] = ours_eager
+    if fast:
+        calls[f"pilot {settings.describe()}"] = optimize_model(copy.deepcopy(ours_eager), settings)
+    return calls
+
+
+def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[list[str]]:
+    """Table rows of one dtype: time every variant, compare outputs with the fp32 reference."""
+    x, t, context = draw_inputs(ours.cfg, args, device, dtype)
+    calls = variants(ours, ref, dtype, device, args)
+    runs = {name: (lambda call=call: call(x, t, context)) for name, call in calls.items()}
+    first, errors, memory = {}, {}, {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            start = time.perf_counter()
+            errors[name] = max_rel_error(run(), expected)  # first call: compile / capture
+            first[name] = time.perf_counter() - start
+        timing = dict(warmup=args.warmup, iters=args.iters)
+        ms = dict(zip(runs, time_many_ms(list(runs.values()), device, **timing), strict=True))
+        for name, run in runs.items():
+            memory[name] = peak_memory_mib(run, device)
+    name_of = {v: k for k, v in DTYPES.items()}[dtype]
+    rows = []
+    for name in runs:
+        compiled = ms.get("diffusers compile")
+        rows.append(
+            [
+                name,
+                name_of,
+                f"{ms[name]:.1f}",
+                f"{ms[name] / ms['diffusers eager']:.2f}x",
+                f"{ms[name] / compiled:.2f}x" if compiled else "-",
+                f"{flops / ms[name] / 1e9:.2f}",  # FLOP / ms -> TFLOP/s
+                f"{first[name]:.1f}",
+                format_mib(memory[name]),
+                f"{errors[name]:.1e}",
+            ]
+        )
+    return rows
 
 
 def main(argv=None) -> None:
@@ -67,28 +120,51 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="sd15", choices=sorted(UNET_PRESETS))
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent /8)")
     parser.add_argument("--batch", type=int, default=2, help="2 = one CFG step of one image")
-    parser.add_argument("--dtypes", default=None, help="comma list of fp32,fp16,bf16")
+    parser.add_argument("--dtypes", "--dtype", default=None, help="comma list of fp32,fp16,bf16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtypes = args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")
+    dtypes = (args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(",")
+    if unknown := sorted(set(dtypes) - set(DTYPES)):
+        parser.error(f"unknown dtypes {unknown}; valid: {', '.join(DTYPES)}")
+    check_speed_arguments(parser, args, device)
 
     ours, ref = build_pair(args.preset, args.seed)
     flops = unet_flops(args.preset, args.size, args.batch)
-    rows = [bench_dtype(ours, ref, DTYPES[d], device, args, flops) for d in dtypes.split(",")]
+    expected = reference_output(ours, ref, args, device)
+    rows = []
+    for d in dtypes:
+        rows += bench_dtype(ours, ref, DTYPES[d], device, args, flops, expected)
     print(
         f"UNet forward, preset {args.preset}, {args.size}x{args.size} px, batch {args.batch}, "
-        f"{flops / 1e12:.3f} TFLOP per call, {device_name(device)}, torch {torch.__version__}"
+        f"{flops / 1e9:.1f} GFLOP per call, {device_name(device)}, torch {torch.__version__}"
     )
-    header = ["dtype", "pilot ms", "diffusers ms", "pilot/diffusers", "pilot TFLOP/s"]
-    header += ["diffusers TFLOP/s", "max rel err"]
+    header = ["variant", "dtype", "ms", "/ diffusers eager", "/ diffusers compile", "TFLOP/s"]
+    header += ["first call s", memory_label(device), "max rel err vs fp32"]
     print(format_table(header, rows))
+
+
+def draw_inputs(cfg, args, device: torch.device, dtype: torch.dtype) -> tuple:
+    """The benchmark's `(x, t, context)`: the same draws for every dtype."""
+    g = torch.Generator().manual_seed(args.seed)
+    h = args.size // 8
+    x = torch.randn(args.batch, cfg.in_channels, h, h, generator=g).to(device, dtype)
+    context = torch.randn(args.batch, 77, cfg.cross_attention_dim, generator=g).to(device, dtype)
+    return x, torch.tensor(500, device=device), context
+
+
+def reference_output(ours: UNet, ref: UNet2DConditionModel, args, device) -> torch.Tensor:
+    """diffusers' float32 output on the benchmark's inputs."""
+    x, t, context = draw_inputs(ours.cfg, args, device, torch.float32)
+    with torch.inference_mode():
+        return ref.to(device)(x, t, encoder_hidden_states=context).sample
 
 
 if __name__ == "__main__":

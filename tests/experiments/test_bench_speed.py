@@ -1,0 +1,61 @@
+"""The benchmark harness: shared options, timing, peak memory, tiny runs of the speed flags."""
+
+import argparse
+
+import pytest
+import torch
+
+from experiments.bench import __main__ as runner
+from experiments.bench import controlnet, pipeline, unet
+from experiments.bench.common import peak_memory_mib, time_many_ms
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["--preset", "tiny", "--size", "32", "--threads", "1"]
+
+
+def test_runner_forwards_the_options_a_benchmark_takes():
+    args = argparse.Namespace(
+        preset="tiny", size=64, dtype="bf16", device=None, threads=1, channels_last=True,
+        compile=False, compile_mode="max-autotune-no-cudagraphs", cuda_graphs=False,
+    )  # fmt: skip
+    assert runner.forwarded(args, unet.SHARED_OPTIONS) == [
+        "--preset", "tiny", "--size", "64", "--dtype", "bf16", "--threads", "1",
+        "--channels-last", "--compile-mode", "max-autotune-no-cudagraphs",
+    ]  # fmt: skip
+    assert runner.forwarded(args, ("preset", "size")) == ["--preset", "tiny", "--size", "64"]
+    assert runner.forwarded(args, ()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_cuda_graphs_refused_without_cuda(capsys):
+    for main in (runner.main, unet.main, pipeline.main, controlnet.main):
+        with pytest.raises(SystemExit):
+            main(["unet", "--cuda-graphs"] if main is runner.main else ["--cuda-graphs"])
+        assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+def test_time_many_and_peak_memory_on_cpu():
+    times = time_many_ms([lambda: None, lambda: torch.ones(100).sum()], torch.device("cpu"),
+                         warmup=0, iters=2, rounds=2)  # fmt: skip
+    assert len(times) == 2 and min(times) >= 0
+    mib = peak_memory_mib(lambda: torch.ones(64, 2**20).sum(), torch.device("cpu"))  # 256 MiB
+    assert mib is None or mib > 100  # None where /proc/self/clear_refs is missing
+
+
+def test_unet_bench_rows_with_speed_flags(capsys):
+    unet.main([*TINY, "--dtype", "fp32,bf16", "--channels-last", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "peak MiB (RSS high-water)" in out
+    for row in (
+        "diffusers eager     | fp32",
+        "pilot eager         | bf16",
+        "pilot channels_last | bf16",
+    ):
+        assert row in out
+
+
+def test_controlnet_and_pipeline_bench_rows(capsys):
+    controlnet.main([*TINY, "--channels-last", "--iters", "1", "--warmup", "0"])
+    pipeline.main([*TINY, "--steps", "1", "--rounds", "1", "--channels-last"])
+    out = capsys.readouterr().out
+    assert out.count("| pilot channels_last |") == 2 and "image max rel err vs fp32" in out
