@@ -7,7 +7,7 @@ import torch
 
 from experiments.bench import __main__ as runner
 from experiments.bench import controlnet, pipeline, unet
-from experiments.bench.common import peak_memory_mib, time_many_ms
+from experiments.bench.common import compile_reference, peak_memory_mib, time_many_ms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--preset", "tiny", "--size", "32", "--threads", "1"]
@@ -59,3 +59,12 @@ def test_controlnet_and_pipeline_bench_rows(capsys):
     pipeline.main([*TINY, "--steps", "1", "--rounds", "1", "--channels-last"])
     out = capsys.readouterr().out
     assert out.count("| pilot channels_last |") == 2 and "image max rel err vs fp32" in out
+
+
+def test_compile_reference_wraps_without_compiling_yet():
+    """diffusers' compiled row: channels_last applied, compilation deferred to the first call."""
+    model = torch.nn.Conv2d(4, 4, 3)
+    args = argparse.Namespace(channels_last=True, cuda_graphs=False, compile_mode="default")
+    compiled = compile_reference(model, args)
+    assert compiled._orig_mod is model
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
