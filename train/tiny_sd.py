@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from pilot.data.captioned import CaptionedRenders
 from pilot.models.vae import AutoencoderKL, VAEConfig
+from pilot.weights.loaders import load_vae
 from pilot.weights.save import save_vae
 from train.loaders import make_loader
 from train.metrics import psnr
@@ -112,6 +114,20 @@ def vae_loss(vae: AutoencoderKL, images: Tensor, kl_weight: float) -> dict[str, 
     return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
 
 
+def initial_weights(path: str) -> dict[str, Tensor]:
+    """VAE weights to start from: a checkpoint of `VAESystem` (.ckpt) or a diffusers folder."""
+    source = Path(path)
+    if source.is_dir():
+        return load_vae(source).state_dict()
+    if not source.is_file():
+        raise FileNotFoundError(f"init_from={path}: no such checkpoint or VAE folder")
+    state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.")}
+    if not weights:
+        raise ValueError(f"init_from={path}: the checkpoint holds no 'vae.*' weights")
+    return weights
+
+
 @torch.no_grad()
 def latent_scale(vae: AutoencoderKL, images: Tensor, seed: int = 0) -> float:
     """1 / std of posterior samples of `images` (B, 3, H, W): LDM's latent scaling factor."""
@@ -129,6 +145,10 @@ class VAESystem(L.LightningModule):
         lr: Adam learning rate.
         betas: Adam betas (LDM's (0.5, 0.9) are for its adversarial stage; with no
             discriminator Adam's defaults learn faster).
+        lr_schedule: "constant", or "cosine": from `lr` down to 1% of it over the trainer's
+            `max_steps` (per step).
+        init_from: Start from these weights instead of random ones: a checkpoint of this stage
+            (.ckpt) or a diffusers `AutoencoderKL` folder; the architecture must match.
         export_dir: Folder the diffusers `AutoencoderKL` is written to when `fit` ends.
         timelapse_inputs: Held-out images the timelapse reconstructs.
     """
@@ -139,10 +159,14 @@ class VAESystem(L.LightningModule):
         kl_weight: float = 1e-6,
         lr: float = 4.5e-4,
         betas: tuple[float, float] = (0.9, 0.999),
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        init_from: str | None = None,
         export_dir: str | None = None,
         timelapse_inputs: int = 6,
     ) -> None:
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}; valid: constant, cosine")
         if vae.downsample_factor != 8 or vae.latent_channels != 4:
             raise ValueError(
                 f"the tiny SD VAE must have f=8 and 4 latent channels (SD's layout), got "
@@ -150,12 +174,22 @@ class VAESystem(L.LightningModule):
                 f"latent_channels={vae.latent_channels}"
             )
         self.vae = AutoencoderKL(vae)
+        if init_from is not None:
+            self.vae.load_state_dict(initial_weights(init_from))
         self.kl_weight, self.lr, self.betas, self.export_dir = kl_weight, lr, betas, export_dir
+        self.lr_schedule = lr_schedule
         self.timelapse_inputs = timelapse_inputs
         self.fixed: dict | None = None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.vae.parameters(), lr=self.lr, betas=self.betas)
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.vae.parameters(), lr=self.lr, betas=self.betas)
+        if self.lr_schedule == "constant":
+            return opt
+        total = self.trainer.max_steps
+        if total is None or total < 1:
+            raise ValueError("lr_schedule='cosine' needs trainer.max_steps >= 1")
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=self.lr / 100)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         losses = vae_loss(self.vae, batch["image"], self.kl_weight)

@@ -143,6 +143,25 @@ def test_unet_stage_resumes_from_last_checkpoint(stages, tmp_path):
     assert cli.trainer.global_step == 4
 
 
+def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
+    root, vae, _, _ = stages
+    last = root / "vae" / "ckpt" / "last.ckpt"
+    model = {"vae": VAE, "init_from": str(last), "lr_schedule": "cosine", "lr": 1e-3}
+    cfg = stage_config(tmp_path, "vae_anneal", model, max_steps=2)
+    cfg["model"]["export_dir"] = None
+    cli = fit(tmp_path, "tiny_sd_vae", cfg)
+    opt = cli.trainer.optimizers[0]
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # cosine end: 1% of lr
+    from train.tiny_sd import initial_weights
+
+    start = initial_weights(str(last))
+    assert all(torch.equal(v, vae.model.vae.state_dict()[k]) for k, v in start.items())
+    assert set(start) == set(cli.model.vae.state_dict())
+    assert initial_weights(str(root / "export" / "vae")).keys() == start.keys()
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        initial_weights(str(tmp_path / "nope.ckpt"))
+
+
 def test_stage_configs_are_checked(tmp_path):
     model = {"vae": str(tmp_path), "unet": UNET, "text_encoder": {**TEXT, "hidden_size": 32}}
     with pytest.raises(ValueError, match="cross_attention_dim=16 must equal"):
@@ -152,12 +171,15 @@ def test_stage_configs_are_checked(tmp_path):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))
 
 
-@pytest.mark.parametrize("stage", ["vae", "unet", "controlnet"])
+@pytest.mark.parametrize("stage", ["vae", "vae_anneal", "unet", "controlnet"])
 def test_experiment_configs_parse(stage, capsys):
     """experiments/tiny_sd/<stage>.yaml maps onto the system's dataclasses (unknown keys fail)."""
     config = f"experiments/tiny_sd/{stage}.yaml"
     with pytest.raises(SystemExit) as done:
-        run(f"tiny_sd_{stage}", ["fit", "--config", config, "--print_config"])
+        run(
+            f"tiny_sd_{stage.removesuffix('_anneal')}",
+            ["fit", "--config", config, "--print_config"],
+        )
     assert done.value.code in (0, None)
     assert "export_dir: runs/tiny_sd/export/" in capsys.readouterr().out
 
