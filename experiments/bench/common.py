@@ -91,15 +91,35 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | N
         return None
 
 
+def first_call(
+    fn: Callable[[], object], device: torch.device, consume: Callable[[object], float]
+) -> tuple[float, float, float]:
+    """The first call of `fn` (where compilation and graph capture happen).
+
+    Returns:
+        `(consume(fn()), seconds, retained MiB)`: the MiB the call left allocated once its
+        output is consumed (CUDA graph pools and static buffers, compiled kernels'
+        workspaces), to add to `peak_memory_mib` of the later calls; 0 on CPU.
+    """
+    cuda = device.type == "cuda"
+    before = torch.cuda.memory_allocated(device) if cuda else 0
+    start = time.perf_counter()
+    value = consume(fn())
+    seconds = time.perf_counter() - start
+    retained = (torch.cuda.memory_allocated(device) - before) / 2**20 if cuda else 0.0
+    return value, seconds, retained
+
+
 def memory_label(device: torch.device) -> str:
-    """Column header of `peak_memory_mib`'s figures on `device`."""
+    """Column header of the peak memory figures (`first_call` + `peak_memory_mib`)."""
     if device.type == "cuda":
-        return "peak MiB (CUDA allocated)"
+        return "peak MiB (CUDA allocated, graphs incl.)"
     return "peak MiB (RSS high-water)"
 
 
-def format_mib(mib: float | None) -> str:
-    return "n/a" if mib is None else f"{mib:.0f}"
+def format_mib(mib: float | None, retained: float = 0.0) -> str:
+    """A peak memory figure (plus what earlier calls left allocated), or n/a."""
+    return "n/a" if mib is None else f"{mib + retained:.0f}"
 
 
 def _proc_status_kib(field: str) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
-import time
 from dataclasses import replace
 
 import torch
@@ -41,6 +40,7 @@ from experiments.bench.common import (
     check_speed_arguments,
     compile_reference,
     device_name,
+    first_call,
     format_mib,
     format_table,
     max_rel_error,
@@ -150,12 +150,11 @@ def variants(sd, pipe, args, device, dtype) -> dict:
 
 def measure(runs: dict, args, device: torch.device, expected: torch.Tensor) -> list[list[str]]:
     """Table rows: first call, fastest of the interleaved rounds, peak memory, error."""
-    first, errors, seconds = {}, {}, {name: [] for name in runs}
+    first, errors, retained, seconds = {}, {}, {}, {name: [] for name in runs}
     with torch.inference_mode():
         for name, run in runs.items():
-            start = time.perf_counter()
-            errors[name] = max_rel_error(run(), expected)
-            first[name] = time.perf_counter() - start
+            consume = lambda image: max_rel_error(image, expected)  # noqa: E731
+            errors[name], first[name], retained[name] = first_call(run, device, consume)
         for _ in range(args.rounds):
             for name, run in runs.items():
                 seconds[name].append(time_ms(run, device, warmup=0, iters=1) / 1e3)
@@ -168,7 +167,7 @@ def measure(runs: dict, args, device: torch.device, expected: torch.Tensor) -> l
             f"{best[name] / args.steps:.3f}",
             f"{best[name] / best['diffusers eager']:.2f}x",
             f"{first[name]:.1f}",
-            format_mib(memory[name]),
+            format_mib(memory[name], retained[name]),
             f"{errors[name]:.1e}",
         ]
         for name in runs

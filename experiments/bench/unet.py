@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -28,6 +27,7 @@ from experiments.bench.common import (
     check_speed_arguments,
     compile_reference,
     device_name,
+    first_call,
     format_mib,
     format_table,
     max_rel_error,
@@ -84,12 +84,11 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     x, t, context = draw_inputs(ours.cfg, args, device, dtype)
     calls = variants(ours, ref, dtype, device, args)
     runs = {name: (lambda call=call: call(x, t, context)) for name, call in calls.items()}
-    first, errors, memory = {}, {}, {}
+    first, errors, memory, retained = {}, {}, {}, {}
     with torch.inference_mode():
-        for name, run in runs.items():
-            start = time.perf_counter()
-            errors[name] = max_rel_error(run(), expected)  # first call: compile / capture
-            first[name] = time.perf_counter() - start
+        for name, run in runs.items():  # first calls: compile / capture
+            consume = lambda out: max_rel_error(out, expected)  # noqa: E731
+            errors[name], first[name], retained[name] = first_call(run, device, consume)
         timing = dict(warmup=args.warmup, iters=args.iters)
         ms = dict(zip(runs, time_many_ms(list(runs.values()), device, **timing), strict=True))
         for name, run in runs.items():
@@ -107,7 +106,7 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
                 f"{ms[name] / compiled:.2f}x" if compiled else "-",
                 f"{flops / ms[name] / 1e9:.2f}",  # FLOP / ms -> TFLOP/s
                 f"{first[name]:.1f}",
-                format_mib(memory[name]),
+                format_mib(memory[name], retained[name]),
                 f"{errors[name]:.1e}",
             ]
         )

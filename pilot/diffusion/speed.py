@@ -109,12 +109,13 @@ def check_cuda(model: nn.Module) -> None:
 class CUDAGraphed(nn.Module):
     """A module whose no-grad calls replay CUDA graphs, one per input signature.
 
-    A signature is the call's structure: every tensor's shape, dtype and device and every other
-    argument's value. Its first call runs the module `warmup` times on a side stream (cuDNN
-    autotuning, torch.compile), then captures one call into a graph that reads static copies of
-    the tensor inputs. Each call copies its tensors into those, replays the graph and returns
-    clones of the graph's outputs (so a later replay cannot overwrite them). Each graph keeps
-    its inputs, outputs and working memory allocated; calls with gradients enabled run eagerly.
+    A signature is the call's structure: every tensor's shape, dtype and device, every other
+    argument's value, and whether inference mode is on. Its first call runs the module `warmup`
+    times on a side stream (cuDNN autotuning, torch.compile), then captures one call into a
+    graph that reads static copies of the tensor inputs. Each call copies its tensors into
+    those, replays the graph and returns clones of the graph's outputs (so a later replay cannot
+    overwrite them). Each graph keeps its inputs, outputs and working memory allocated; calls
+    with gradients enabled run eagerly.
     Attributes other than `module` are the wrapped module's (`cfg`, `embed_hint`, ...).
 
     Args:
@@ -144,7 +145,7 @@ class CUDAGraphed(nn.Module):
             return self.module(*args, **kwargs)
         tensors: list[Tensor] = []
         spec = _flatten((args, kwargs), tensors)
-        key = repr(spec)
+        key = repr((spec, torch.is_inference_mode_enabled()))  # inference tensors differ
         if key not in self.graphs:
             self.graphs[key] = self._capture(spec, tensors)
         graph, static, out = self.graphs[key]
