@@ -156,24 +156,24 @@ def check_speed_arguments(
         parser.error(f"--cuda-graphs needs a CUDA device, got --device {device}")
 
 
-def compile_reference(model: torch.nn.Module, args: argparse.Namespace) -> Callable:
+def compile_reference(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
     """diffusers' model compiled as its documentation advises: channels_last when pilot gets
     it, `mode="reduce-overhead"` (inductor's CUDA graphs) when pilot gets CUDA graphs.
 
-    The model is not modified (`torch.compile` wraps it); with channels_last pass a copy.
+    `torch.compile` wraps the model without modifying it; channels_last converts it in place,
+    so pass a copy. Call `mark_step(args)` before each call outside a diffusers pipeline.
     """
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     mode = "reduce-overhead" if args.cuda_graphs else args.compile_mode
-    compiled = torch.compile(model, dynamic=False, mode=mode)
-    if mode != "reduce-overhead":
-        return compiled
+    return torch.compile(model, dynamic=False, mode=mode)
 
-    def call(*a, **k):
-        torch.compiler.cudagraph_mark_step_begin()  # outputs of the last replay are dead
-        return compiled(*a, **k)
 
-    return call
+def mark_step(args: argparse.Namespace) -> None:
+    """Tell inductor's CUDA graphs ("reduce-overhead") that a new step begins: the outputs of
+    the last replay are dead (what diffusers' pipelines do by consuming them)."""
+    if args.compile and args.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def max_rel_error(a: torch.Tensor, ref: torch.Tensor) -> float:

@@ -35,6 +35,7 @@ from experiments.bench.common import (
     first_call,
     format_mib,
     format_table,
+    mark_step,
     max_rel_error,
     memory_label,
     peak_memory_mib,
@@ -98,8 +99,9 @@ def pilot_steps(unet, net, inputs: dict) -> tuple:
     )
 
 
-def diffusers_steps(ref_unet, ref_net, inputs: dict, dtype) -> tuple:
-    """The same steps as StableDiffusion(ControlNet)Pipeline's loop computes them."""
+def diffusers_steps(ref_unet, ref_net, inputs: dict, dtype, begin=lambda: None) -> tuple:
+    """The same steps as StableDiffusion(ControlNet)Pipeline's loop computes them; `begin()`
+    starts each."""
     x, sigma = inputs["x"], inputs["sigmas"][5]
     t = inputs["schedule"].sigma_to_t(sigma.reshape(1))
     latent_in = (torch.cat([x, x]) / (sigma**2 + 1) ** 0.5).to(dtype)
@@ -107,6 +109,7 @@ def diffusers_steps(ref_unet, ref_net, inputs: dict, dtype) -> tuple:
     images = torch.cat([inputs["image"], inputs["image"]])
 
     def step(control: bool) -> torch.Tensor:
+        begin()
         kwargs = {}
         if control:
             down, mid = ref_net(
@@ -126,7 +129,8 @@ def stacks(models: list, args, inputs: dict, dtype) -> dict:
     out = {"diffusers eager": diffusers_steps(ref_unet, ref_net, inputs, dtype)}
     if args.compile:
         compiled = [compile_reference(copy.deepcopy(m), args) for m in (ref_unet, ref_net)]
-        out["diffusers compile"] = diffusers_steps(*compiled, inputs, dtype)
+        begin = lambda: mark_step(args)  # noqa: E731
+        out["diffusers compile"] = diffusers_steps(*compiled, inputs, dtype, begin)
     out["pilot eager"] = pilot_steps(unet, net, inputs)
     settings = speed_settings(args)
     if settings.describe() != "eager":

@@ -30,6 +30,7 @@ from experiments.bench.common import (
     first_call,
     format_mib,
     format_table,
+    mark_step,
     max_rel_error,
     memory_label,
     peak_memory_mib,
@@ -70,9 +71,12 @@ def variants(ours, ref, dtype, device, args) -> dict:
     calls = {"diffusers eager": lambda x, t, c: ref_eager(x, t, encoder_hidden_states=c).sample}
     if args.compile:
         ref_compiled = compile_reference(copy.deepcopy(ref_eager), args)
-        calls["diffusers compile"] = lambda x, t, c: (
-            ref_compiled(x, t, encoder_hidden_states=c).sample
-        )
+
+        def compiled_call(x, t, c):
+            mark_step(args)
+            return ref_compiled(x, t, encoder_hidden_states=c).sample
+
+        calls["diffusers compile"] = compiled_call
     calls["pilot eager"] = ours_eager
     if fast:
         calls[f"pilot {settings.describe()}"] = optimize_model(copy.deepcopy(ours_eager), settings)
