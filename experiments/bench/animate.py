@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=5, help="frames rendered (first one excluded)")
     p.add_argument("--steps", type=int, default=8, help="steps of the full schedule")
     p.add_argument("--strength", type=float, default=0.5)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)

@@ -137,7 +137,8 @@ def variants(sd, pipe, args, device, dtype) -> dict:
     runs = {"diffusers eager": lambda: diffusers_image(pipe, args)}
     if args.compile:
         unet = compile_reference(copy.deepcopy(pipe.unet), args)
-        compiled = StableDiffusionPipeline(**{**pipe.components, "unet": unet})
+        components = {**pipe.components, "unet": unet}
+        compiled = StableDiffusionPipeline(**components, requires_safety_checker=False)
         compiled.set_progress_bar_config(disable=True)
         runs["diffusers compile"] = lambda: diffusers_image(compiled, args)
     runs["pilot eager"] = lambda: generate(sd, request, sampling)
