@@ -116,7 +116,9 @@ class CUDAGraphed(nn.Module):
     those, replays the graph and returns clones of the graph's outputs (so a later replay cannot
     overwrite them). Each graph keeps its inputs, outputs and working memory allocated; calls
     with gradients enabled run eagerly.
-    Attributes other than `module` are the wrapped module's (`cfg`, `embed_hint`, ...).
+    Attributes other than `module` are the wrapped module's (`cfg`, `embed_hint`, ...), and so
+    are the state dict's keys. Weights loaded in place (`load_state_dict` into `module`) reach
+    the graphs; parameters replaced by new tensors do not.
 
     Args:
         module: The model, on a CUDA device; it must not synchronise with the host (no
@@ -138,6 +140,10 @@ class CUDAGraphed(nn.Module):
             if name == "module":  # not yet set (unpickling): no recursion
                 raise
             return getattr(self.module, name)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The wrapped module's state dict (its own key names: saving works as unwrapped)."""
+        return self.module.state_dict(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The module's output for these arguments, from a replayed graph when no grad."""

@@ -104,6 +104,7 @@ def test_cuda_graphed_unet_and_controlnet_match_eager():
     net = controlnet().cuda()
     graphed_unet, graphed_net = CUDAGraphed(unet), CUDAGraphed(net)
     assert graphed_net.cfg is net.cfg  # attributes come from the wrapped model
+    assert graphed_unet.state_dict().keys() == unet.state_dict().keys()
     image = torch.rand(2, 3, 64, 64, device="cuda")
     for seed in (0, 1):  # the second call replays the first call's graph with new inputs
         x, t, context = unet_inputs("cuda")
