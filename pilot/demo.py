@@ -72,6 +72,9 @@ class DemoConfig:
         rows: Frames shown in the contact sheet.
         depth_per: Depth control normalised per "frame" (what the tiny ControlNet was trained
             on, `pilot.data.captioned`) or over the whole "shot".
+        batch: Frames sampled at once where they depend on no other frame (the whole
+            independent pass, `pilot.animation.compare.render_video`). It does not change the
+            pixels beyond float rounding, so it is not one of the settings a resume must match.
     """
 
     frames: int = 48
@@ -88,11 +91,12 @@ class DemoConfig:
     shot_seed: int = 0
     rows: int = 6
     depth_per: str = "frame"
+    batch: int = 4
 
     def __post_init__(self) -> None:
         if self.size % 8:
             raise ValueError(f"size must be a multiple of 8 (the VAE factor), got {self.size}")
-        for name, low in (("frames", 2), ("size", 8), ("steps", 1), ("rows", 1)):
+        for name, low in (("frames", 2), ("size", 8), ("steps", 1), ("rows", 1), ("batch", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.depth_per not in ("frame", "shot"):
@@ -175,7 +179,7 @@ def run_demo(
     out = Path(out_dir)
     dials = sampling_dials(config)  # bad names and schedules fail before any work
     folders = weight_folders(weights)
-    settings = {**asdict(config), "weights_sha256": weights_digest(folders)}
+    settings = {**pixel_settings(config), "weights_sha256": weights_digest(folders)}
     _check_out_dir(out)
     check_run_folder(out, settings, hint="pass another --out, or the original settings")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -195,6 +199,7 @@ def run_demo(
         rendered_now=timing["rendered_now"],
         weights=str(folders[0].parent.resolve()),
         device=str(device),
+        batch=config.batch,
         threads=torch.get_num_threads() if threads is None else threads,
         settings=settings,
     )
@@ -202,6 +207,11 @@ def run_demo(
     if log is not None:
         log(summary(out, metrics))
     return metrics
+
+
+def pixel_settings(config: DemoConfig) -> dict:
+    """The config's fields that decide the pixels (all but `batch`): what a resume must match."""
+    return {k: v for k, v in asdict(config).items() if k != "batch"}
 
 
 def _check_out_dir(out: Path) -> None:
@@ -293,8 +303,9 @@ def sampling_dials(config: DemoConfig) -> tuple:
 def animate_passes(out: Path, sd, tracks, dials: tuple, config: DemoConfig, progress: bool):
     """Both passes over the shot `out/shot`, resumably, same seeds (frame k: seed + k).
 
-    Returns name -> (N, 3, H, W) video in [0, 1], and the frames made now and their mean
-    seconds per pass (`{name}_per_frame`: None if every frame was on disk already).
+    Independent frames are sampled `config.batch` at a time. Returns name -> (N, 3, H, W)
+    video in [0, 1], and the frames made now and their mean seconds per pass
+    (`{name}_per_frame`: None if every frame was on disk already).
     """
     from pilot.animation.compare import independent, render_video
     from pilot.animation.feedback import FeedbackSampler
@@ -309,7 +320,9 @@ def animate_passes(out: Path, sd, tracks, dials: tuple, config: DemoConfig, prog
             sd, settings, dials, frames, prompts, FrameStore(out / name),
             tracks=tracks, base_seed=config.seed,
         )  # fmt: skip
-        videos[name], seconds = render_video(sampler, len(frames), progress=progress, desc=name)
+        videos[name], seconds = render_video(
+            sampler, len(frames), batch=config.batch, progress=progress, desc=name
+        )
         timing[f"{name}_per_frame"] = sum(seconds) / len(seconds) if seconds else None
         timing["rendered_now"] += len(seconds)
     return videos, timing

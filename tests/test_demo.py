@@ -72,6 +72,26 @@ def test_demo_writes_the_folder_and_resumes(weights, tmp_path):
     assert before == {p: p.read_bytes() for p in out.glob("*/frames/*.png")}
 
 
+def test_batch_does_not_change_the_demo(weights, tmp_path):
+    """Independent frames sampled 3 at a time = one by one (8-bit frames); a folder made with
+    one batch size resumes with another (batch is not a pixel setting)."""
+    from dataclasses import replace
+
+    one = run_demo(tmp_path / "one", weights=weights, config=replace(SMALL, batch=1),
+                   progress=False, log=None)  # fmt: skip
+    three = run_demo(tmp_path / "three", weights=weights, config=replace(SMALL, batch=3),
+                     progress=False, log=None)  # fmt: skip
+    assert (one["batch"], three["batch"]) == (1, 3) and "batch" not in three["settings"]
+    for name in ("independent", "feedback"):
+        for k in range(3):
+            a, b = (read_image(tmp_path / d / name / "frames" / f"{k:06d}.png")
+                    for d in ("one", "three"))  # fmt: skip
+            assert (a - b).abs().max() <= 1 / 255 + 1e-6, (name, k)
+    assert three["warp_error"]["ratio"] == pytest.approx(one["warp_error"]["ratio"], abs=0.02)
+    again = run_demo(tmp_path / "three", weights=weights, config=SMALL, progress=False, log=None)
+    assert again["rendered_now"] == 0
+
+
 def test_demo_refuses_other_settings_and_foreign_folders(weights, tmp_path):
     out = tmp_path / "demo"
     run_demo(out, weights=weights, config=SMALL, progress=False, log=None)
@@ -107,6 +127,7 @@ def test_missing_weights_name_the_folder_and_the_way_to_train(tmp_path, monkeypa
         ({"strength": 0.0}, "need 0 < strength <= fresh_strength <= 1"),
         ({"strength": 0.8, "fresh_strength": 0.7}, "strength 0.8, fresh_strength 0.7"),
         ({"depth_per": "scene"}, "depth_per='scene'"),
+        ({"batch": 0}, "batch must be >= 1"),
     ],
 )
 def test_bad_settings_are_clear_errors(changes, message):

@@ -36,13 +36,22 @@ def independent(config: FeedbackConfig) -> FeedbackConfig:
 
 
 def render_video(
-    sampler: FeedbackSampler, n_frames: int, *, progress: bool = False, desc: str | None = None
+    sampler: FeedbackSampler,
+    n_frames: int,
+    *,
+    batch: int = 1,
+    progress: bool = False,
+    desc: str | None = None,
 ) -> tuple[Tensor, list[float]]:
     """Render frames 0 .. n_frames - 1 of `sampler` that its store lacks, in order.
 
     Frames already in the store are kept (a resumed run equals an uninterrupted one: the
-    sampler re-reads frame k - 1 from disk). Returns the whole video as read back from the store,
-    (N, 3, H, W) in [0, 1], and the seconds each frame rendered now took.
+    sampler re-reads frame k - 1 from disk). With `batch` > 1, runs of frames that depend on no
+    other frame (`FeedbackSampler.independent`, e.g. every frame of an `independent` config) are
+    sampled up to `batch` at a time (`FeedbackSampler.render_batch`: the same pixels up to float
+    rounding); the others one by one. Returns the whole video as read back from the store,
+    (N, 3, H, W) in [0, 1], and the seconds each frame rendered now took (a batch's time is
+    shared equally by its frames).
     """
     missing = [k for k in range(n_frames) if not sampler.store.has(k)]
     seconds = []
@@ -51,12 +60,15 @@ def render_video(
         from tqdm import tqdm
 
         bar = tqdm(total=n_frames, initial=n_frames - len(missing), unit="frame", desc=desc)
-    for k in missing:
+    for ks in sampler.batches(missing, batch):
         start = time.perf_counter()
-        sampler.render(k)
-        seconds.append(time.perf_counter() - start)
+        if len(ks) > 1:
+            sampler.render_batch(ks)
+        else:
+            sampler.render(ks[0])
+        seconds += [(time.perf_counter() - start) / len(ks)] * len(ks)
         if bar is not None:
-            bar.update()
+            bar.update(len(ks))
     if bar is not None:
         bar.close()
     return torch.cat([sampler.store.read(k) for k in range(n_frames)]), seconds

@@ -20,6 +20,13 @@ Per frame k (Deforum / WarpFusion's loop, taken apart into small swappable parts
 Frame 0 (and any frame without a previous one) is txt2img, or img2img from the source frame in
 video mode. Everything frame k needs is re-read from the run folder, and seeds derive from the
 base seed and k, so a resumed run reproduces an uninterrupted one byte for byte.
+
+Frame batching: a frame whose pixels depend on no other frame (`FeedbackSampler.independent`:
+frame 0, or any frame at strength 1 with occlusion "ignore", no blend and no warped noise, as in
+`pilot.animation.compare.independent`) can be sampled together with others of its kind:
+`render_batch(ks)` runs the UNet, ControlNets and VAE on B frames at once. Each frame keeps its
+own seed (`BatchedNoise`: one generator per frame), so it equals `render(k)` up to float rounding
+whatever batch it is in.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pilot.diffusion.denoisers import Denoiser
 from pilot.diffusion.guidance import InpaintDenoiser
 from pilot.diffusion.pipeline import (
     SamplingSettings,
+    VAEUpcast,
     build_denoiser,
     decode_latents,
     encode_images,
@@ -145,6 +153,7 @@ class FeedbackSampler:
         store: Where frames are read back from and written to.
         base_seed: Seed of frame 0 (frame k: base_seed + k unless `config.seed`).
         flow: Flow source, default the frame source's own (`frames.flow`).
+        vae_upcast: float32 rule of a half-precision VAE decode (`decode_latents`).
     """
 
     def __init__(
@@ -160,11 +169,13 @@ class FeedbackSampler:
         tracks: Sequence[ControlTrack] = (),
         base_seed: int = 0,
         flow: FlowSource | None = None,
+        vae_upcast: VAEUpcast = "auto",
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
         self.store, self.base_seed = store, base_seed
         self.flow = frames.flow if flow is None else flow
+        self.vae_upcast = vae_upcast
         for track in self.tracks:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
@@ -183,15 +194,17 @@ class FeedbackSampler:
             raise ValueError(f"prompts {a!r} and {b!r} encode to different lengths; shorten one")
         return torch.lerp(ca, cb, w), ua
 
-    def controls(self, k: int, params: FrameParams, sigmas: Tensor) -> Callable | None:
-        """ControlNet wrapper of frame k (None without ControlNets)."""
+    def controls(self, ks: Sequence[int], params: FrameParams, sigmas: Tensor) -> Callable | None:
+        """ControlNet wrapper of frames ks (one batch; None without ControlNets)."""
         if not self.tracks:
             return None
         dtype = next(self.sd.unet.parameters()).dtype
         controls = [
             Control(
                 t.controlnet,
-                self.frames.control_image(t.kind, k).to(self.device, dtype),
+                torch.cat([self.frames.control_image(t.kind, k) for k in ks]).to(
+                    self.device, dtype
+                ),  # (B, 3, H, W)
                 scale,
                 t.start,
                 t.end,
@@ -209,9 +222,68 @@ class FeedbackSampler:
         if has_prev and flow is None:
             flow = self.flow(k)
         init = self.init_image(k, flow if has_prev else None)
-        image = self.sample_frame(k, params, init, flow if has_prev else None)
+        image = self.sample_frames([k], [params], init, flow if has_prev else None)
         self.store.write(k, image)
         return self.store.read(k)
+
+    def independent(self, k: int) -> bool:
+        """Whether frame k's pixels depend on no other frame: frame 0, or a frame that ignores
+        its previous one (strength 1, occlusion "ignore", no blend, noise not "warped")."""
+        c = self.config
+        if k == 0:
+            return True
+        ignores = c.noise != "warped" and c.occlusion == "ignore" and c.blend == 0
+        return ignores and frame_params(c, self.tracks, self.base_seed, k).strength == 1.0
+
+    def batch_key(self, k: int) -> tuple:
+        """What frames of one batch share: strength, CFG, ControlNet scales (one sigma grid and
+        one guidance scale per call) and the text embedding's length."""
+        p = frame_params(self.config, self.tracks, self.base_seed, k)
+        return p.strength, p.cfg, p.scales, tuple(self.context(k)[0].shape)
+
+    def batches(self, ks: Sequence[int], size: int) -> list[list[int]]:
+        """`ks` in order, cut into runs of at most `size` consecutive `independent` frames with
+        one `batch_key`; every other frame is a batch of its own (it needs the one before)."""
+        if size < 1:
+            raise ValueError(f"batch size must be >= 1, got {size}")
+        out: list[list[int]] = []
+        key = None
+        for k in ks:
+            free = size > 1 and self.independent(k)
+            k_key = self.batch_key(k) if free else None
+            if free and out and key == k_key and len(out[-1]) < size:
+                out[-1].append(k)
+            else:
+                out.append([k])
+                key = k_key
+        return out
+
+    def render_batch(self, ks: Sequence[int]) -> Tensor:
+        """Make the `independent` frames ks in one batch; returns them (B, 3, H, W) in [0, 1]
+        after writing each. Each equals `render(k)` up to float rounding (per-frame seeds).
+
+        Raises:
+            ValueError: a frame depends on its previous one, or the frames differ in
+                `batch_key` (strength, CFG, ControlNet scales, prompt length).
+        """
+        ks = list(ks)
+        tied = [k for k in ks if not self.independent(k)]
+        if tied:
+            raise ValueError(
+                f"frames {tied} depend on their previous frame (strength < 1, occlusion "
+                f"{self.config.occlusion!r}, blend {self.config.blend} or noise "
+                f"{self.config.noise!r}); render them one by one"
+            )
+        keys = {k: self.batch_key(k) for k in ks}
+        if len(set(keys.values())) > 1:
+            raise ValueError(f"frames {ks} differ in (strength, cfg, scales, prompt shape): {keys}")
+        params = [frame_params(self.config, self.tracks, self.base_seed, k) for k in ks]
+        inits = [self.init_image(k, None) for k in ks]
+        init = None if inits[0] is None else torch.cat(inits)  # (B, 3, H, W)
+        images = self.sample_frames(ks, params, init, None)
+        for k, image in zip(ks, images, strict=True):
+            self.store.write(k, image[None])
+        return torch.cat([self.store.read(k) for k in ks])
 
     def init_image(self, k: int, flow: FlowField | None) -> Tensor | None:
         """The img2img start of frame k (1, 3, H, W): the warped previous frame [colour-matched,
@@ -229,30 +301,53 @@ class FeedbackSampler:
         return init
 
     def noise(
-        self, k: int, params: FrameParams, shape, flow: FlowField | None
+        self, ks: Sequence[int], params: Sequence[FrameParams], shape, flow: FlowField | None
     ) -> tuple[BatchedNoise, Tensor]:
-        """Per-frame noise sampler and its first draw, replaced as the noise mode says."""
-        noise = BatchedNoise([params.seed], shape, device=self.device)
+        """Noise sampler of frames ks (a generator per frame's seed) and its first draw (B, ...),
+        replaced as the noise mode says (warped: one frame, carried along `flow`)."""
+        noise = BatchedNoise([p.seed for p in params], shape, device=self.device)
         first = noise.draw()
-        mode = self.config.noise
+        mode, k = self.config.noise, ks[0]
         if mode == "fixed":
-            first = BatchedNoise([self.base_seed], shape, device=self.device).draw()
+            one = (1, *shape[1:])
+            first = BatchedNoise([self.base_seed], one, device=self.device).draw()
+            first = first.repeat(len(ks), 1, 1, 1)
         elif mode == "warped" and flow is not None and self.store.noise_path(k - 1).is_file():
             lat = downsample_flow(flow, self.factor)
             prev = self.store.read_noise(k - 1).to(self.device)
             carried = warp(prev, lat.flow.to(self.device), mode="nearest")
             first = torch.where(lat.visible.to(self.device), carried, first)
         if mode == "warped":
-            self.store.write_noise(k, first)
+            for i, k in enumerate(ks):
+                self.store.write_noise(k, first[i : i + 1])
         return noise, first
 
-    def sample_frame(
-        self, k: int, params: FrameParams, init: Tensor | None, flow: FlowField | None
+    def sample_frames(
+        self,
+        ks: Sequence[int],
+        batch: Sequence[FrameParams],
+        init: Tensor | None,
+        flow: FlowField | None,
     ) -> Tensor:
-        """Sample frame k's latents from the init and decode them: (1, 3, H, W) in [0, 1]."""
-        shape = (1, self.sd.vae.cfg.latent_channels, self.frames.height // self.factor,
+        """Sample frames ks' latents from the init (B, 3, H, W) and decode them: (B, 3, H, W)
+        in [0, 1]. Several frames only without `flow`, sharing strength, CFG and scales."""
+        latents, init_latents = self.sample_latents(ks, batch, init, flow)
+        return self.blend(latents, init_latents, init, flow)
+
+    def sample_latents(
+        self,
+        ks: Sequence[int],
+        batch: Sequence[FrameParams],
+        init: Tensor | None,
+        flow: FlowField | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """`sample_frames` before decoding: final latents (B, 4, h, w) and the init's latents."""
+        if flow is not None and len(ks) > 1:
+            raise ValueError("frames carried along a flow are sampled one at a time")
+        params = batch[0]
+        shape = (len(ks), self.sd.vae.cfg.latent_channels, self.frames.height // self.factor,
                  self.frames.width // self.factor)  # fmt: skip
-        noise, first = self.noise(k, params, shape, flow)
+        noise, first = self.noise(ks, batch, shape, flow)
         settings = replace(self.settings, cfg=params.cfg)
         full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
         full = full.to(self.device)
@@ -263,7 +358,7 @@ class FeedbackSampler:
         top = strength if mask is None else max(strength, self.config.fresh_strength)
         sigmas = img2img_sigmas(full, top)
         x = start_latents(first, sigmas, None if top == 1.0 else init_latents)
-        denoiser = build_denoiser(self.sd, settings, wrap_model=self.controls(k, params, sigmas))
+        denoiser = build_denoiser(self.sd, settings, wrap_model=self.controls(ks, params, sigmas))
         if mask is not None:  # carried pixels wait at their own noise level (StagedInpaint)
             x = torch.lerp(start_latents(first, sigmas, init_latents), x, mask)
             join = img2img_sigmas(full, strength)[0]
@@ -272,10 +367,11 @@ class FeedbackSampler:
         if len(sigmas) == 1:
             latents = init_latents  # strength 0: nothing to sample
         else:
-            context, uncond = self.context(k)
+            pairs = [self.context(k) for k in ks]  # (1, S, D) each
+            context, uncond = (torch.cat(c) for c in zip(*pairs, strict=True))
             latents = sample(denoiser, x, sigmas, settings, context=context,
                              uncond_context=uncond, noise=noise)  # fmt: skip
-        return self.blend(latents, init_latents, init, flow)
+        return latents, init_latents
 
     def disocclusion(self, flow: FlowField) -> Tensor:
         """Latent mask (1, 1, h, w), 1 where any pixel was not seen in frame k - 1 (dilated)."""
@@ -289,11 +385,12 @@ class FeedbackSampler:
         """The blending rule: mix the warped previous frame in on visible pixels."""
         b = self.config.blend
         if b == 0 or flow is None or init is None:
-            return decode_latents(self.sd, latents).cpu()
+            return decode_latents(self.sd, latents, upcast=self.vae_upcast).cpu()
         if self.config.blend_space == "latent":
             keep = 1 - self.disocclusion(flow)
-            return decode_latents(self.sd, torch.lerp(latents, init_latents, b * keep)).cpu()
-        image = decode_latents(self.sd, latents).cpu()
+            mixed = torch.lerp(latents, init_latents, b * keep)
+            return decode_latents(self.sd, mixed, upcast=self.vae_upcast).cpu()
+        image = decode_latents(self.sd, latents, upcast=self.vae_upcast).cpu()
         return torch.lerp(image, init.cpu(), b * flow.visible.float())
 
 

@@ -44,6 +44,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="base seed (frame k: seed + k)")
     p.add_argument("--shot-seed", type=int, default=d.shot_seed, help="procedural corridor seed")
     p.add_argument("--rows", type=int, default=d.rows, help="frames in the contact sheet")
+    p.add_argument("--batch", type=int, default=d.batch,
+                   help=f"independent frames sampled at once (default {d.batch})")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -59,7 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         frames=args.frames, size=args.size, steps=args.steps, strength=args.strength,
         fresh_strength=args.fresh_strength, cfg=args.cfg, control_scale=args.control_scale,
         prompt=args.prompt, sampler=args.sampler, schedule=args.schedule, seed=args.seed,
-        shot_seed=args.shot_seed, rows=args.rows,
+        shot_seed=args.shot_seed, rows=args.rows, batch=args.batch,
     )  # fmt: skip
     metrics = run_demo(
         args.out, weights=args.weights, config=config, threads=args.threads, device=args.device,
