@@ -10,6 +10,11 @@ Run folder (default: the output path without its suffix, plus `.run`)::
 Re-running the same command continues at the first missing frame; since frame k is made from
 frame k - 1 as read back from disk and from seeds derived from the base seed and k, the result is
 byte-identical to an uninterrupted run. The MP4 and a GIF beside it are written at the shot's fps.
+
+The speed flags (--channels-last, --compile, --cuda-graphs, --batch) change float rounding, not
+what is computed, so they are not settings: a run may be resumed with other ones. --vae-upcast
+decides the precision of a half-precision VAE decode, so it is one (recorded in settings.json
+when not the default "auto", so folders made before the flag resume with the default).
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import json
 import time
 from pathlib import Path
 
+from pilot.commands.generate import add_speed_arguments, speed_settings
+
 DTYPES = ("float32", "float16", "bfloat16")
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
-_NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device")
+_NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
+                 "channels_last", "compile", "cuda_graphs", "batch")  # fmt: skip
 
 
 def register(sub) -> None:
@@ -69,6 +77,10 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=None, help="video mode: resize height")
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
+    add_speed_arguments(p)
+    p.add_argument("--batch", type=int, default=1,
+                   help="frames sampled at once where they depend on no other frame (strength "
+                   "1, --occlusion ignore, no blend, noise not warped); default 1")  # fmt: skip
     p.add_argument("--run", type=Path, default=None, help="run folder (default OUT.run)")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (a .gif is written too)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -118,11 +130,13 @@ def frame_range(text: str | None, n: int) -> range:
     return range(lo, hi)
 
 
-def load_tracks(args: argparse.Namespace, frames, sd, device, dtype) -> list:
-    """One `ControlTrack` per --controlnet KIND=PATH, checked against the source and model."""
+def load_tracks(args: argparse.Namespace, frames, sd, device, dtype, speed) -> list:
+    """One `ControlTrack` per --controlnet KIND=PATH, checked against the source and model,
+    sped up by `speed` (a `SpeedSettings`)."""
     import pilot
     from pilot.animation.inputs import ControlTrack, check_controlnet_fits
     from pilot.animation.schedules import parse_schedule
+    from pilot.diffusion.speed import optimize_model
 
     scale = parse_schedule(args.control_scale, args.interpolation)
     tracks = []
@@ -130,7 +144,7 @@ def load_tracks(args: argparse.Namespace, frames, sd, device, dtype) -> list:
         kind, path = controlnet_arg(entry)
         net = pilot.load_controlnet(path, dtype=dtype, device=device)
         check_controlnet_fits(sd, net, path)
-        tracks.append(ControlTrack(net, kind, scale))
+        tracks.append(ControlTrack(optimize_model(net, speed), kind, scale))
     return tracks
 
 
@@ -150,11 +164,16 @@ def cmd_animate(args: argparse.Namespace) -> int:
     from pilot.animation.inputs import FrameStore, check_run_folder
     from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
     from pilot.diffusion.pipeline import SamplingSettings, check_size
+    from pilot.diffusion.speed import optimize
 
     settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
     config = feedback_config(args)
     parse_schedule(args.control_scale, args.interpolation)  # ScheduleError before loading
     prompts = parse_prompt_schedule(args.prompt, args.interpolation)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    speed = speed_settings(args, device)
     if args.out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {args.out}: expected a .mp4 path (a .gif is written beside it)")
     frames = open_frames(args)
@@ -162,12 +181,13 @@ def cmd_animate(args: argparse.Namespace) -> int:
     todo = frame_range(args.frames, len(frames))
     for entry in args.controlnet:
         frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
-    sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
-    tracks = load_tracks(args, frames, sd, device, dtype)
     run = args.run or args.out.with_suffix(".run")
     chosen = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    if chosen["vae_upcast"] == "auto":  # the rule before the flag existed: old folders resume
+        del chosen["vae_upcast"]
+    sd = optimize(pilot.load_pipeline(args.model, dtype=dtype, device=device), speed)
+    tracks = load_tracks(args, frames, sd, device, dtype, speed)
     check_run_folder(run, json.loads(json.dumps(chosen, default=str)))
     store = FrameStore(run)
     seconds = render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo)
@@ -187,16 +207,20 @@ def render_frames(
     sampler = FeedbackSampler(
         sd, settings, config, frames, prompts, store,
         negative=args.negative_prompt, tracks=tracks, base_seed=args.seed,
+        vae_upcast=args.vae_upcast,
     )  # fmt: skip
     missing = [k for k in todo if not store.has(k)]
     seconds = []
     with tqdm(total=len(todo), initial=len(todo) - len(missing), unit="frame") as bar:
-        for k in missing:
+        for ks in sampler.batches(missing, args.batch):
             start = time.perf_counter()
-            sampler.render(k)
-            seconds.append(time.perf_counter() - start)
-            bar.set_postfix(frame=k, s_per_frame=f"{seconds[-1]:.2f}")
-            bar.update()
+            if len(ks) > 1:
+                sampler.render_batch(ks)
+            else:
+                sampler.render(ks[0])
+            seconds += [(time.perf_counter() - start) / len(ks)] * len(ks)
+            bar.set_postfix(frame=ks[-1], s_per_frame=f"{seconds[-1]:.2f}")
+            bar.update(len(ks))
     return seconds
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 DTYPES = ("float32", "float16", "bfloat16")
+VAE_UPCASTS = ("auto", "always", "never")  # pilot.diffusion.pipeline.VAE_UPCASTS (no torch here)
 
 
 def register(sub) -> None:
@@ -61,9 +62,45 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
     p.add_argument("--prediction-type", default=None, help="override: epsilon or v_prediction")
+    add_speed_arguments(p)
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=cmd_generate)
+
+
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """--channels-last, --compile [MODE], --cuda-graphs, --vae-upcast (`pilot.diffusion.speed`)."""
+    g = p.add_argument_group("speed (pilot.diffusion.speed; the same pixels up to float rounding)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC UNet, ControlNets, VAE")
+    g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the UNet and ControlNets (static shapes); MODE default "
+                   "or max-autotune-no-cudagraphs")  # fmt: skip
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay UNet / ControlNet calls as CUDA graphs (CUDA only)")  # fmt: skip
+    g.add_argument("--vae-upcast", choices=VAE_UPCASTS, default="auto",
+                   help="float32 rule of a half-precision VAE decode: auto (again in float32 "
+                   "if it overflows), always, never (default auto)")  # fmt: skip
+
+
+def speed_settings(args: argparse.Namespace, device):
+    """`SpeedSettings` of the speed arguments, checked against the device before any work.
+
+    Raises:
+        ValueError: --cuda-graphs off CUDA, or an unknown --compile mode.
+    """
+    from pilot.diffusion.speed import SpeedSettings
+
+    if args.cuda_graphs and device.type != "cuda":
+        raise ValueError(
+            f"--cuda-graphs needs a CUDA device, but the models would run on {device} "
+            "(pass --device cuda on a machine with an NVIDIA GPU, or leave --cuda-graphs out)"
+        )
+    return SpeedSettings(
+        channels_last=args.channels_last,
+        compile=args.compile is not None,
+        compile_mode=args.compile or "default",
+        cuda_graphs=args.cuda_graphs,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -73,6 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import pilot
     from pilot.diffusion.pipeline import Request, SamplingSettings, generate
+    from pilot.diffusion.speed import optimize
 
     settings = SamplingSettings(  # checks names before the (slow) model load
         sampler=args.sampler,
@@ -85,17 +123,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    init, mask = load_inputs(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    speed = speed_settings(args, device)
+    init, mask = load_inputs(args)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     start = time.perf_counter()
     sd = pilot.load_pipeline(
         args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
     )
+    sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
     height = init.shape[-2] if init is not None else args.height or 512
     width = init.shape[-1] if init is not None else args.width or 512
-    controls = load_controls(args, (height, width), device, dtype)
+    controls = load_controls(args, (height, width), device, dtype, speed)
     request = Request(
         prompts=[args.prompt] * args.batch,
         negative_prompts=[args.negative_prompt] * args.batch,
@@ -114,6 +154,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             settings,
             controls=controls,
             vae_tile=args.vae_tile,
+            vae_upcast=args.vae_upcast,
             callback=lambda _: bar.update(),
         )
     paths = write_outputs(args, request, settings, images, seeds)
@@ -122,6 +163,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 3),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "speed": speed.describe(),
         "parameters": parameters(args, request, settings),
     }
     print(json.dumps(summary, indent=2) if args.json else "\n".join(summary["images"]))
@@ -153,11 +195,15 @@ def load_inputs(args: argparse.Namespace):
     return init, F.interpolate(mask, size=size, mode="bilinear", antialias=True)
 
 
-def load_controls(args: argparse.Namespace, size: tuple[int, int], device, dtype) -> list:
-    """`Control`s from --control specs and the --controlnet weights each one uses."""
+def load_controls(
+    args: argparse.Namespace, size: tuple[int, int], device, dtype, speed=None
+) -> list:
+    """`Control`s from --control specs and the --controlnet weights each one uses
+    (each ControlNet sped up by `speed`, a `SpeedSettings`, if given)."""
     import pilot
     from pilot.control.spec import parse_control_arg
     from pilot.diffusion.control import Control
+    from pilot.diffusion.speed import SpeedSettings, optimize_model
 
     specs = [parse_control_arg(text) for text in args.control]
     if not specs:
@@ -165,7 +211,11 @@ def load_controls(args: argparse.Namespace, size: tuple[int, int], device, dtype
             raise ValueError("--controlnet needs at least one --control KIND:IMAGE")
         return []
     paths = match_controlnets([s.kind for s in specs], args.controlnet)
-    loaded = {path: pilot.load_controlnet(path, dtype=dtype, device=device) for path in set(paths)}
+    speed = speed or SpeedSettings()
+    loaded = {
+        path: optimize_model(pilot.load_controlnet(path, dtype=dtype, device=device), speed)
+        for path in set(paths)
+    }
     return [
         Control(
             loaded[path],
@@ -223,6 +273,8 @@ def parameters(args: argparse.Namespace, request, settings) -> dict:
         params["mask"] = str(args.mask)
     if args.control:
         params.update(control=args.control, controlnet=args.controlnet, guess_mode=args.guess_mode)
+    if args.vae_upcast != "auto":  # can change float16 pixels; the default is left out
+        params["vae_upcast"] = args.vae_upcast
     return params
 
 

@@ -1,0 +1,57 @@
+"""`pilot animate` speed flags and --batch: the same frames as the default run, not settings a
+resume must match (--vae-upcast is one), --cuda-graphs refused off CUDA before any work."""
+
+import json
+
+from pilot.cli import main
+from pilot.imageio import read_image
+from tests.animation.test_animate_cli import controlnet_folder, model_folder  # noqa: F401
+
+
+def animate(model, shot, out, *extra):
+    return main(["animate", "--model", str(model), "--shot", str(shot.root), "--prompt",
+                 "0: a corridor | 5: a cave", "--steps", "3", "--strength", "1.0", "--occlusion",
+                 "ignore", "--cfg", "2", "--seed", "11", "--frames", "0:3", "--out", str(out),
+                 *extra])  # fmt: skip
+
+
+def test_speed_flags_and_batch_keep_the_frames(
+    model_folder,  # noqa: F811 (fixtures imported above)
+    controlnet_folder,  # noqa: F811
+    small_shot,
+    tmp_path,
+    capsys,
+):
+    control = ["--controlnet", f"depth={controlnet_folder}"]
+    assert animate(model_folder, small_shot, tmp_path / "a.mp4", *control) == 0
+    assert animate(model_folder, small_shot, tmp_path / "b.mp4", *control, "--channels-last",
+                   "--batch", "3", "--vae-upcast", "always") == 0  # fmt: skip
+    for k in range(3):
+        a, b = (read_image(tmp_path / f"{r}.run" / "frames" / f"{k:06d}.png") for r in "ab")
+        assert (a - b).abs().max() <= 1 / 255 + 1e-6, k  # 8-bit frames of float-equal images
+    settings = json.loads((tmp_path / "b.run" / "settings.json").read_text())
+    assert settings["vae_upcast"] == "always" and "batch" not in settings
+    assert "vae_upcast" not in json.loads((tmp_path / "a.run" / "settings.json").read_text())
+    capsys.readouterr()
+    argv = [*control, "--channels-last", "--batch", "2", "--json"]
+    assert animate(model_folder, small_shot, tmp_path / "a.mp4", *argv) == 0  # resumes
+    assert json.loads(capsys.readouterr().out)["rendered_now"] == 0
+    assert animate(model_folder, small_shot, tmp_path / "a.mp4", *control, "--vae-upcast",
+                   "never") == 2  # fmt: skip
+    assert "(vae_upcast: None -> 'never')" in capsys.readouterr().err
+
+
+def test_cuda_graphs_off_cuda_is_refused_before_any_work(
+    model_folder,  # noqa: F811
+    small_shot,
+    tmp_path,
+    capsys,
+):
+    out = tmp_path / "c.mp4"
+    assert animate(model_folder, small_shot, out, "--cuda-graphs", "--device", "cpu") == 2
+    assert "--cuda-graphs needs a CUDA device, but the models would run on cpu" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "c.run").exists()
+    assert animate(model_folder, small_shot, out, "--batch", "0") == 2
+    assert "--batch must be >= 1, got 0" in capsys.readouterr().err
