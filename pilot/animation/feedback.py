@@ -215,10 +215,11 @@ class FeedbackSampler:
         return control_wrapper(controls, sigmas, cfg_scale=params.cfg)
 
     def render(self, k: int, flow: FlowField | None = None) -> Tensor:
-        """Make frame k (its previous frame must be in the store if k > 0); returns
-        (1, 3, H, W) in [0, 1] after writing it."""
+        """Make frame k (its previous frame must be in the store if k > 0 and frame k is not
+        `independent`); returns (1, 3, H, W) in [0, 1] after writing it."""
         params = frame_params(self.config, self.tracks, self.base_seed, k)
-        has_prev = k > 0 and self.store.has(k - 1)
+        # An independent frame ignores its previous one: no flow, no warp, no VAE encode of it.
+        has_prev = k > 0 and self.store.has(k - 1) and not self.independent(k)
         if has_prev and flow is None:
             flow = self.flow(k)
         init = self.init_image(k, flow if has_prev else None)
