@@ -8,7 +8,9 @@ On `count` renders after the training set (never trained on), at the training si
 - `colour_match`: share of depth-controlled samples of each render's caption whose captioned
   plane (the render's dominant plane, same pixels) has the caption's colour name
   (`pilot.data.captions.region_colour`); `colour_match_renders` is the same check on the renders
-  themselves (1 when captions name colours as seen, see `pilot.data.captions`).
+  themselves (1 when captions name colours as seen, see `pilot.data.captions`);
+  `colour_match_non_grey` leaves out the captions whose colour is "grey" (about half: fog
+  greys walls), the easy case, counted in `non_grey_count`.
 - `edge_corr`: mean per-image correlation of soft edge maps of samples and their renders;
   `edge_corr_chance` pairs each sample with another render instead (structure not followed).
 """
@@ -65,9 +67,13 @@ def evaluate(
     colours = [c.split()[0] for c in data.captions]
     masks = [p[0] == dominant_plane(p) for p in planes]
 
-    def match(images: Tensor) -> float:
-        hits = [region_colour(im, m) == c for im, m, c in zip(images, masks, colours, strict=True)]
-        return sum(hits) / len(hits)
+    def match(images: Tensor, skip_grey: bool = False) -> float:
+        hits = [
+            region_colour(im, m) == c
+            for im, m, c in zip(images, masks, colours, strict=True)
+            if not (skip_grey and c == "grey")
+        ]
+        return sum(hits) / max(len(hits), 1)
 
     edges_s, edges_r = soft_edges(samples)[:, :1], soft_edges(renders)[:, :1]
     return {
@@ -78,6 +84,8 @@ def evaluate(
         "vae_psnr": psnr(recon, data.images),
         "colour_match": match(samples),
         "colour_match_renders": match(renders),
+        "colour_match_non_grey": match(samples, skip_grey=True),
+        "non_grey_count": sum(c != "grey" for c in colours),
         "edge_corr": pearson_per_image(edges_s, edges_r),
         "edge_corr_chance": pearson_per_image(edges_s, edges_r.roll(1, dims=0)),
     }

@@ -210,5 +210,6 @@ def test_evaluate_reports_the_acceptance_measures(stages):
     settings = SamplingSettings(sampler="euler", steps=2, cfg=2.0)
     m = evaluate(sd, controlnet, count=3, size=SIZE, seed=0, start=10, settings=settings, batch=2)
     assert m["count"] == 3 and m["vae_psnr"] > 0
-    assert 0 <= m["colour_match"] <= 1 and 0 <= m["colour_match_renders"] <= 1
+    assert 0 <= m["colour_match"] <= 1 and m["colour_match_renders"] == 1  # captions as seen
+    assert 0 <= m["colour_match_non_grey"] <= 1 and 0 <= m["non_grey_count"] <= m["count"]
     assert -1 <= m["edge_corr"] <= 1 and -1 <= m["edge_corr_chance"] <= 1
