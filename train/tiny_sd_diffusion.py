@@ -1,8 +1,8 @@
 """Tiny Stable Diffusion, stages 2 and 3: text-to-image UNet and depth ControlNet (issue 8).
 
-Stage 2, `TextToImageSystem`: eps-prediction on the VAE's scaled latents with SD's training
+Stage 2, `TextToImageSystem`: eps- or v-prediction on the VAE's scaled latents with SD's training
 schedule (`DiscreteSchedule.scaled_linear()`, DDPM's loss ||eps - eps_theta(x_t, t, c)||^2, Ho et
-al. 2020), captions dropped to "" with probability `caption_dropout` for classifier-free guidance
+al. 2020, or its v form, `diffusion_target`), captions dropped to "" with probability `caption_dropout` for classifier-free guidance
 (Ho & Salimans 2022). The text encoder (CLIP architecture, caption-word vocabulary from
 `pilot.data.captions.build_tokenizer`) is trained jointly with the UNet through the same loss,
 as LDM trains its text transformer for text-to-image from scratch (Rombach et al. 2022, sec.
@@ -83,6 +83,19 @@ def noise_latents(latents: Tensor, alphas_cumprod: Tensor) -> tuple[Tensor, Tens
     eps = torch.randn_like(latents)
     a = alphas_cumprod[t].view(-1, 1, 1, 1).to(latents.dtype)
     return a.sqrt() * latents + (1 - a).sqrt() * eps, t, eps
+
+
+def diffusion_target(
+    latents: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str
+) -> Tensor:
+    """What the UNet learns to output for x_t: the noise eps ("epsilon") or the velocity
+    v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 ("v_prediction", Salimans & Ho 2022)."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type != "v_prediction":
+        raise ValueError(f"prediction_type={prediction_type!r}; valid: epsilon, v_prediction")
+    a = alphas_cumprod[t].view(-1, 1, 1, 1).to(latents.dtype)
+    return a.sqrt() * eps - (1 - a).sqrt() * latents
 
 
 def drop_captions(captions: list[str], p: float) -> list[str]:
@@ -185,6 +198,10 @@ class TextToImageSystem(_DiffusionStage):
         unet: UNet architecture; `cross_attention_dim` must equal the text encoder's width.
         text_encoder: Text encoder size (vocabulary from the caption tokenizer).
         caption_dropout: Probability of training on the empty caption (CFG's unconditional).
+        prediction_type: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x). With SD's schedule the
+            noisiest step keeps 7% of the image, so predicting eps there barely depends on the
+            image: an eps-model learns what the caption says (the colour) only slowly, while
+            v at high noise is mostly -x_0, which the caption decides.
         lr: AdamW learning rate of the UNet and the text encoder.
         export_dir: Pipeline folder written when `fit` ends.
         timelapse_inputs: Held-out captions sampled by the timelapse.
@@ -198,6 +215,7 @@ class TextToImageSystem(_DiffusionStage):
         unet: UNetConfig = TINY_UNET,
         text_encoder: TextEncoderSize = TextEncoderSize(),  # noqa: B008 (frozen)
         caption_dropout: float = 0.1,
+        prediction_type: str = "epsilon",
         lr: float = 2e-4,
         export_dir: str | None = None,
         timelapse_inputs: int = 6,
@@ -207,6 +225,8 @@ class TextToImageSystem(_DiffusionStage):
         super().__init__(
             caption_dropout, lr, export_dir, timelapse_inputs, timelapse_steps, timelapse_cfg
         )
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type={prediction_type!r}; valid: epsilon, v_prediction")
         if unet.cross_attention_dim != text_encoder.hidden_size:
             raise ValueError(
                 f"unet.cross_attention_dim={unet.cross_attention_dim} must equal "
@@ -218,7 +238,9 @@ class TextToImageSystem(_DiffusionStage):
         self.unet = UNet(unet)
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
         self.vae = freeze(load_vae(vae))
-        self.sd = StableDiffusion(self.unet, self.vae, self.text_encoder, tokenizer, "epsilon")
+        self.sd = StableDiffusion(
+            self.unet, self.vae, self.text_encoder, tokenizer, prediction_type
+        )
 
     def frozen_models(self) -> list[nn.Module]:
         return [self.vae]
@@ -228,12 +250,12 @@ class TextToImageSystem(_DiffusionStage):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        x_t, t, eps = noise_latents(
-            self.latents(batch["image"], batch["index"]), self.alphas_cumprod
-        )
-        loss = F.mse_loss(self.unet(x_t, t, self.context(batch["caption"])).float(), eps.float())
+        latents = self.latents(batch["image"], batch["index"])
+        x_t, t, eps = noise_latents(latents, self.alphas_cumprod)
+        target = diffusion_target(latents, eps, t, self.alphas_cumprod, self.sd.prediction_type)
+        loss = F.mse_loss(self.unet(x_t, t, self.context(batch["caption"])).float(), target.float())
         self.log("loss", loss, prog_bar=True)
-        return {"loss": loss, "eps_mse": loss.detach()}  # the timelapse skips "loss"
+        return {"loss": loss, "mse": loss.detach()}  # the timelapse skips "loss"
 
     def timelapse_panels(self) -> list[tuple[str, Tensor]]:
         """Held-out renders and samples of their captions."""
@@ -285,16 +307,16 @@ class DepthControlNetSystem(_DiffusionStage):
         return [self.unet, self.vae, self.text_encoder]
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        x_t, t, eps = noise_latents(
-            self.latents(batch["image"], batch["index"]), self.alphas_cumprod
-        )
+        latents = self.latents(batch["image"], batch["index"])
+        x_t, t, eps = noise_latents(latents, self.alphas_cumprod)
+        target = diffusion_target(latents, eps, t, self.alphas_cumprod, self.sd.prediction_type)
         with torch.no_grad():
             context = self.context(batch["caption"])
         down, mid = self.controlnet(x_t, t, context, batch["control"])
         pred = self.unet(x_t, t, context, down_residuals=down, mid_residual=mid)
-        loss = F.mse_loss(pred.float(), eps.float())
+        loss = F.mse_loss(pred.float(), target.float())
         self.log("loss", loss, prog_bar=True)
-        return {"loss": loss, "eps_mse": loss.detach()}  # the timelapse skips "loss"
+        return {"loss": loss, "mse": loss.detach()}  # the timelapse skips "loss"
 
     def timelapse_panels(self) -> list[tuple[str, Tensor]]:
         """Held-out depth controls, their renders and controlled samples of their captions."""

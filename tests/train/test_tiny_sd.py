@@ -59,7 +59,13 @@ def stages(tmp_path_factory):
     """The three stages run in order (VAE one step, UNet two steps, ControlNet one step)."""
     root = tmp_path_factory.mktemp("tiny_sd")
     vae = fit(root, "tiny_sd_vae", stage_config(root, "vae", {"vae": VAE}, fast_dev_run=True))
-    model = {"vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT, **DIFFUSION}
+    model = {
+        "vae": str(root / "export" / "vae"),
+        "unet": UNET,
+        "text_encoder": TEXT,
+        "prediction_type": "v_prediction",  # the tiny SD's; the ControlNet stage inherits it
+        **DIFFUSION,
+    }
     unet = fit(root, "tiny_sd_unet", stage_config(root, "unet", model, max_steps=2))
     model = {"pipeline": str(root / "export" / "unet"), "hint_channels": [8, 8, 8, 8], **DIFFUSION}
     cnet = fit(root, "tiny_sd_controlnet", stage_config(root, "cnet", model, fast_dev_run=True))
@@ -80,8 +86,9 @@ def test_two_step_unet_export_loads_and_generates(stages):
     assert unet.trainer.global_step == 2
     frames = sorted((root / "unet" / "timelapse" / "frames").glob("*.png"))
     assert [p.stem for p in frames] == ["00000001", "00000002"]
-    assert len(unet.trainer.callbacks[0].history["eps_mse"]) == 2  # drawn as a loss curve
+    assert len(unet.trainer.callbacks[0].history["mse"]) == 2  # drawn as a loss curve
     sd = pilot.load_pipeline(root / "export" / "unet")
+    assert sd.prediction_type == "v_prediction"
     trained = unet.model.unet.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in sd.unet.state_dict().items())
     cap = "red brick corridor, thick blue fog"
@@ -91,6 +98,22 @@ def test_two_step_unet_export_loads_and_generates(stages):
     assert image.shape == (1, 3, SIZE, SIZE) and torch.isfinite(image).all()
     again = generate(sd, request, SamplingSettings(sampler="euler", steps=2, cfg=2.0))
     assert torch.equal(image, again)
+
+
+def test_v_target_recovers_the_clean_latents():
+    from train.tiny_sd_diffusion import diffusion_target, noise_latents
+
+    torch.manual_seed(0)
+    ac = torch.linspace(0.99, 0.01, 10)
+    x0 = torch.randn(6, 4, 2, 2)
+    x_t, t, eps = noise_latents(x0, ac)
+    v = diffusion_target(x0, eps, t, ac, "v_prediction")
+    a = ac[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(a.sqrt() * x_t - (1 - a).sqrt() * v, x0)  # x_0 from (x_t, v)
+    torch.testing.assert_close(a.sqrt() * v + (1 - a).sqrt() * x_t, eps)  # eps from (x_t, v)
+    assert diffusion_target(x0, eps, t, ac, "epsilon") is eps
+    with pytest.raises(ValueError, match="sample"):
+        diffusion_target(x0, eps, t, ac, "sample")
 
 
 def test_unet_stage_encodes_each_item_once(stages):
@@ -133,7 +156,13 @@ def test_controlnet_stage_exports_and_controls(stages):
 
 def test_unet_stage_resumes_from_last_checkpoint(stages, tmp_path):
     root = stages[0]
-    model = {"vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT, **DIFFUSION}
+    model = {
+        "vae": str(root / "export" / "vae"),
+        "unet": UNET,
+        "text_encoder": TEXT,
+        "prediction_type": "v_prediction",  # the tiny SD's; the ControlNet stage inherits it
+        **DIFFUSION,
+    }
     cfg = stage_config(tmp_path, "unet", model, max_steps=3)
     cfg["timelapse"]["every_n_steps"] = 10  # no sampling: this test is about resuming
     fit(tmp_path, "tiny_sd_unet", cfg)
