@@ -2,15 +2,15 @@
 
 Stage 2, `TextToImageSystem`: eps- or v-prediction on the VAE's scaled latents with SD's training
 schedule (`DiscreteSchedule.scaled_linear()`, DDPM's loss ||eps - eps_theta(x_t, t, c)||^2, Ho et
-al. 2020, or its v form, `diffusion_target`), captions dropped to "" with probability `caption_dropout` for classifier-free guidance
-(Ho & Salimans 2022). The text encoder (CLIP architecture, caption-word vocabulary from
-`pilot.data.captions.build_tokenizer`) is trained jointly with the UNet through the same loss,
-as LDM trains its text transformer for text-to-image from scratch (Rombach et al. 2022, sec.
-4.3.1). Why not a separate objective: a contrastive CLIP loss needs an image tower and large
-batches of distinct captions (our grammar has ~2k captions, many repeats per batch), and a
-caption-reconstruction loss needs a decoder; both only train the embedding the UNet needs
-indirectly, whereas the diffusion loss trains exactly that embedding. Exports a full diffusers
-pipeline folder (`pilot.load_pipeline` loads it).
+al. 2020, or its v form, `diffusion_target`), captions dropped to "" with probability
+`caption_dropout` for classifier-free guidance (Ho & Salimans 2022). The text encoder (CLIP
+architecture, caption-word vocabulary from `pilot.data.captions.build_tokenizer`) is trained
+jointly with the UNet through the same loss, as LDM trains its text transformer for text-to-image
+from scratch (Rombach et al. 2022, sec. 4.3.1). Why not a separate objective: a contrastive CLIP
+loss needs an image tower and large batches of distinct captions (our grammar has ~2k captions,
+many repeats per batch), and a caption-reconstruction loss needs a decoder; both only train the
+embedding the UNet needs indirectly, whereas the diffusion loss trains exactly that embedding.
+Exports a full diffusers pipeline folder (`pilot.load_pipeline` loads it).
 
 Stage 3, `DepthControlNetSystem`: a ControlNet seeded with `ControlNet.from_unet` from the stage
 2 pipeline, trained on the same loss with the UNet, VAE and text encoder frozen and half the
@@ -38,10 +38,14 @@ from pilot.models.tokenizer import CLIPTokenizer
 from pilot.models.unet import UNet, UNetConfig
 from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
 from pilot.weights.save import save_controlnet, save_pipeline
-from train.tiny_sd import held_out
+from train.tiny_sd import check_group_norm, held_out
 
 TINY_UNET = UNetConfig(  # 8 x 8 latents of 64 px images; 4.4 M parameters
-    block_out_channels=(64, 128), cross_attention_dim=64, num_heads=4, sample_size=8
+    block_out_channels=(64, 128),
+    cross_attention_dim=64,
+    num_heads=4,
+    norm_num_groups=8,  # 8+ channels per group (`train.tiny_sd.check_group_norm`)
+    sample_size=8,
 )
 
 
@@ -234,6 +238,7 @@ class TextToImageSystem(_DiffusionStage):
             )
         if caption_dropout == 1:
             raise ValueError("caption_dropout=1 would never show the UNet a caption")
+        check_group_norm(unet.block_out_channels, unet.norm_num_groups, "unet")
         tokenizer = build_tokenizer()
         self.unet = UNet(unet)
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))

@@ -37,12 +37,12 @@ def stage_config(root, stage: str, model: dict, **trainer) -> dict:
     }
 
 
-VAE = {"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4}
+VAE = {"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 2}
 UNET = {
     "block_out_channels": [16, 16],
     "cross_attention_dim": 16,
     "num_heads": 2,
-    "norm_num_groups": 8,
+    "norm_num_groups": 4,
     "sample_size": SIZE // 8,
 }
 TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2}
@@ -195,6 +195,9 @@ def test_stage_configs_are_checked(tmp_path):
     model = {"vae": str(tmp_path), "unet": UNET, "text_encoder": {**TEXT, "hidden_size": 32}}
     with pytest.raises(ValueError, match="cross_attention_dim=16 must equal"):
         fit(tmp_path, "tiny_sd_unet", stage_config(tmp_path, "unet", model, fast_dev_run=True))
+    grey = {"vae": {**VAE, "norm_num_groups": 8}}  # one channel per group: colour erased
+    with pytest.raises(ValueError, match="overall colour"):
+        fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", grey, fast_dev_run=True))
     bad = {"vae": {**VAE, "block_out_channels": [8, 8, 8]}}
     with pytest.raises(ValueError, match="f=8 and 4 latent channels"):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))
