@@ -10,7 +10,6 @@ than smeared over by the warp). Used by `pilot demo` and `experiments/animate_fi
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import torch
@@ -60,13 +59,8 @@ def render_video(
         from tqdm import tqdm
 
         bar = tqdm(total=n_frames, initial=n_frames - len(missing), unit="frame", desc=desc)
-    for ks in sampler.batches(missing, batch):
-        start = time.perf_counter()
-        if len(ks) > 1:
-            sampler.render_batch(ks)
-        else:
-            sampler.render(ks[0])
-        seconds += [(time.perf_counter() - start) / len(ks)] * len(ks)
+    for ks, per_frame in sampler.render_missing(missing, batch):
+        seconds += [per_frame] * len(ks)
         if bar is not None:
             bar.update(len(ks))
     if bar is not None:

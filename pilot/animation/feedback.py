@@ -31,7 +31,8 @@ whatever batch it is in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -258,6 +259,24 @@ class FeedbackSampler:
                 out.append([k])
                 key = k_key
         return out
+
+    def render_missing(
+        self, ks: Sequence[int], batch: int = 1
+    ) -> Iterator[tuple[list[int], float]]:
+        """Make the frames of `ks` that the store lacks, in order: runs of `independent` frames
+        up to `batch` at a time (`render_batch`), the others one by one (`render`).
+
+        Yields:
+            (the frames just made, seconds per frame: a batch's time shared equally).
+        """
+        missing = [k for k in ks if not self.store.has(k)]
+        for group in self.batches(missing, batch):
+            start = time.perf_counter()
+            if len(group) > 1:
+                self.render_batch(group)
+            else:
+                self.render(group[0])
+            yield group, (time.perf_counter() - start) / len(group)
 
     def render_batch(self, ks: Sequence[int]) -> Tensor:
         """Make the `independent` frames ks in one batch; returns them (B, 3, H, W) in [0, 1]

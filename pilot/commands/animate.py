@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from pilot.commands.generate import add_speed_arguments, speed_settings
@@ -212,13 +211,8 @@ def render_frames(
     missing = [k for k in todo if not store.has(k)]
     seconds = []
     with tqdm(total=len(todo), initial=len(todo) - len(missing), unit="frame") as bar:
-        for ks in sampler.batches(missing, args.batch):
-            start = time.perf_counter()
-            if len(ks) > 1:
-                sampler.render_batch(ks)
-            else:
-                sampler.render(ks[0])
-            seconds += [(time.perf_counter() - start) / len(ks)] * len(ks)
+        for ks, per_frame in sampler.render_missing(missing, args.batch):
+            seconds += [per_frame] * len(ks)
             bar.set_postfix(frame=ks[-1], s_per_frame=f"{seconds[-1]:.2f}")
             bar.update(len(ks))
     return seconds
