@@ -158,6 +158,13 @@ class _DiffusionStage(L.LightningModule):
         std = torch.stack([self.moments[i][1] for i in keys])
         return (mean + std * torch.randn_like(mean)) * self.sd.scaling_factor
 
+    def noised(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """A training batch's noised latents x_t, timesteps t and the UNet's target there."""
+        latents = self.latents(batch["image"], batch["index"])
+        x_t, t, eps = noise_latents(latents, self.alphas_cumprod)
+        target = diffusion_target(latents, eps, t, self.alphas_cumprod, self.sd.prediction_type)
+        return x_t, t, target
+
     def context(self, captions: list[str]) -> Tensor:
         """Text embeddings (B, 77, C) of the captions, some dropped to ""."""
         ids = self.sd.tokenizer(drop_captions(list(captions), self.caption_dropout))
@@ -255,9 +262,7 @@ class TextToImageSystem(_DiffusionStage):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        latents = self.latents(batch["image"], batch["index"])
-        x_t, t, eps = noise_latents(latents, self.alphas_cumprod)
-        target = diffusion_target(latents, eps, t, self.alphas_cumprod, self.sd.prediction_type)
+        x_t, t, target = self.noised(batch)
         loss = F.mse_loss(self.unet(x_t, t, self.context(batch["caption"])).float(), target.float())
         self.log("loss", loss, prog_bar=True)
         return {"loss": loss, "mse": loss.detach()}  # the timelapse skips "loss"
@@ -312,9 +317,7 @@ class DepthControlNetSystem(_DiffusionStage):
         return [self.unet, self.vae, self.text_encoder]
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        latents = self.latents(batch["image"], batch["index"])
-        x_t, t, eps = noise_latents(latents, self.alphas_cumprod)
-        target = diffusion_target(latents, eps, t, self.alphas_cumprod, self.sd.prediction_type)
+        x_t, t, target = self.noised(batch)
         with torch.no_grad():
             context = self.context(batch["caption"])
         down, mid = self.controlnet(x_t, t, context, batch["control"])

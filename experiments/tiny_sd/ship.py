@@ -27,8 +27,9 @@ from pilot.diffusion.pipeline import Request, SamplingSettings, generate
 from pilot.weights.save import save_controlnet, save_pipeline
 
 ASSETS = Path(__file__).resolve().parents[2] / "pilot" / "assets" / "tiny_sd"
-STAGES = ("vae", "unet", "controlnet")
-LOSS = {"vae": "l1", "unet": "loss", "controlnet": "loss"}
+STAGES = ("vae", "vae_anneal", "unet", "controlnet")  # as experiments/tiny_sd/train.sh runs them
+OPTIONAL = {"vae_anneal"}  # a run may skip it (STAGES="vae unet controlnet")
+LOSS = {"vae": "l1", "vae_anneal": "l1", "unet": "loss", "controlnet": "loss"}
 
 
 def stage_log(runs: Path, stage: str) -> dict:
@@ -59,8 +60,9 @@ def half_error(export: Path, shipped: Path) -> float:
         sd = pilot.load_pipeline(root / "pipeline", dtype=torch.float32)
         net = pilot.load_controlnet(root / "controlnet_depth", dtype=torch.float32)
         depth = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
-        request = Request(prompts=["red brick corridor, soft white fog"], seeds=[0])
-        request = Request(prompts=request.prompts, seeds=[0], width=64, height=64)
+        request = Request(
+            prompts=["red brick corridor, soft white fog"], seeds=[0], width=64, height=64
+        )
         settings = SamplingSettings(sampler="euler", steps=10, cfg=3.0)
         images.append(generate(sd, request, settings, controls=[Control(net, depth)]))
     return (images[0] - images[1]).abs().max().item()
@@ -90,8 +92,7 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
         "  colour named as it looks through the fog.",
         "- Training (`experiments/tiny_sd/train.sh`, configs in `experiments/tiny_sd/`, CPU):",
     ]
-    for stage in STAGES:
-        log = logs[stage]
+    for stage, log in logs.items():  # in STAGES order
         extra = f", held-out PSNR {log['val_psnr']:.2f} dB" if "val_psnr" in log else ""
         name = LOSS[stage]
         lines.append(f"  - {stage}: {log['steps']} steps, final {name} {log[name]:.4f}{extra}")
@@ -126,7 +127,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ASSETS)
     args = p.parse_args()
     export = args.runs / "export"
-    logs = {stage: stage_log(args.runs, stage) for stage in STAGES}
+    logs = {
+        stage: stage_log(args.runs, stage)
+        for stage in STAGES
+        if stage not in OPTIONAL or (args.runs / stage / "csv").is_dir()
+    }
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     sd = pilot.load_pipeline(export / "pipeline", dtype=torch.float16)
     net = pilot.load_controlnet(export / "controlnet_depth", dtype=torch.float16)
