@@ -43,8 +43,10 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def make_logger(mode: WandbMode, project: str, save_dir: str) -> Logger:
-    """W&B logger (online only when asked for or logged in) or, without wandb, a CSV logger.
+def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
+    """A CSV logger (`<save_dir>/csv/version_*/metrics.csv`, always: the model cards and
+    figures are read from it) and, with wandb installed and not disabled, a W&B logger (online
+    only when asked for or logged in).
 
     Raises:
         ValueError: mode "online"/"offline" was asked for but wandb is not installed.
@@ -52,13 +54,14 @@ def make_logger(mode: WandbMode, project: str, save_dir: str) -> Logger:
     has_wandb = importlib.util.find_spec("wandb") is not None
     if mode in ("online", "offline") and not has_wandb:
         raise ValueError(f"wandb={mode!r} needs the wandb package (pip install wandb)")
+    csv = CSVLogger(save_dir=save_dir, name="csv")
     if mode == "disabled" or not has_wandb:
-        return CSVLogger(save_dir=save_dir, name="csv")
+        return [csv]
     from lightning.pytorch.loggers import WandbLogger
 
     offline = mode == "offline" or (mode == "auto" and not wandb_logged_in())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, offline=offline)
+    return [WandbLogger(project=project, save_dir=save_dir, offline=offline), csv]
 
 
 class PilotCLI(LightningCLI):

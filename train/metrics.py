@@ -23,6 +23,13 @@ def psnr(pred: Tensor, target: Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
+def colour_spread(images: Tensor) -> float:
+    """How saturated pictures are overall: the mean over images (B, 3, H, W) of max - min of
+    their mean R, G, B (in the images' units)."""
+    rgb = images.float().mean((2, 3))
+    return (rgb.max(1).values - rgb.min(1).values).mean().item()
+
+
 def pearson(pred: Tensor, target: Tensor) -> float:
     """Pearson correlation of all pixel values (0 when either side is constant)."""
     x, y = pred.float().flatten(), target.float().flatten()

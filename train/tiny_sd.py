@@ -32,7 +32,7 @@ from pilot.models.vae import AutoencoderKL, VAEConfig
 from pilot.weights.loaders import load_vae
 from pilot.weights.save import save_vae
 from train.loaders import make_loader
-from train.metrics import psnr
+from train.metrics import colour_spread, psnr
 
 TINY_VAE = VAEConfig(  # f = 8 (4 blocks), 4 latent channels, 0.98 M parameters
     block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=4, sample_size=64
@@ -99,18 +99,48 @@ def held_out(module: L.LightningModule, n: int) -> dict[str, Tensor | list[str]]
     return out
 
 
-def vae_loss(vae: AutoencoderKL, images: Tensor, kl_weight: float) -> dict[str, Tensor]:
+# RGB -> (Y, Cb, Cr), BT.601 full range: luminance and two colour-difference channels.
+YCBCR = (
+    (0.299, 0.587, 0.114),
+    (-0.168736, -0.331264, 0.5),
+    (0.5, -0.418688, -0.081312),
+)
+
+
+def recon_l1(recon: Tensor, images: Tensor, chroma_weight: float | None = None) -> Tensor:
+    """Mean L1 of (B, 3, H, W) `recon` against `images`: in R, G, B, or with `chroma_weight` in
+    Y, Cb, Cr weighted (1, w, w) (see `vae_loss`)."""
+    err = recon.float() - images.float()
+    if chroma_weight is None:
+        return err.abs().mean()
+    m = torch.tensor(YCBCR, device=err.device)
+    w = torch.tensor([1.0, chroma_weight, chroma_weight], device=err.device)
+    return (torch.einsum("ij,bjhw->bihw", m, err).abs() * w[:, None, None]).mean()
+
+
+def vae_loss(
+    vae: AutoencoderKL, images: Tensor, kl_weight: float, chroma_weight: float | None = None
+) -> dict[str, Tensor]:
     """L1 reconstruction plus `kl_weight` times the KL of the posterior to N(0, I).
 
     The KL is summed over latent dimensions and divided by the image's values (3 H W), so
     `kl_weight` has the meaning of LDM's (summed KL against summed reconstruction, 1e-6).
 
+    With `chroma_weight` the L1 is taken in Y, Cb, Cr with weights (1, w, w) instead of R, G, B.
+    An RGB L1 hardly teaches colour where luminance errors are larger than the colours are
+    saturated: the three channels' errors then share one sign, so the gradient of
+    |dR| + |dG| + |dB| moves R, G and B together and is zero along any change of colour at
+    constant R + G + B. On the procedural renders
+    (muted walls in coloured fog) a tiny VAE so learned luminance only and decoded every render
+    grey (see README, tiny SD).
+
     Args:
         images: (B, 3, H, W) in [-1, 1].
+        chroma_weight: Weight of the Cb and Cr errors (Y has weight 1); None: plain RGB L1.
     """
     posterior = vae.encode(images)
     recon = vae.decode(posterior.sample())  # (B, 3, H, W)
-    l1 = (recon.float() - images.float()).abs().mean()
+    l1 = recon_l1(recon, images, chroma_weight)
     kl = posterior.kl().mean() / images[0].numel()
     return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
 
@@ -167,6 +197,8 @@ class VAESystem(L.LightningModule):
             discriminator Adam's defaults learn faster).
         lr_schedule: "constant", or "cosine": from `lr` down to 1% of it over the trainer's
             `max_steps` (per step).
+        chroma_weight: Take the reconstruction L1 in Y, Cb, Cr with this weight on Cb and Cr (see
+            `vae_loss`); None: in R, G, B.
         init_from: Start from these weights instead of random ones: a checkpoint of this stage
             (.ckpt) or a diffusers `AutoencoderKL` folder; the architecture must match.
         export_dir: Folder the diffusers `AutoencoderKL` is written to when `fit` ends.
@@ -180,11 +212,14 @@ class VAESystem(L.LightningModule):
         lr: float = 4.5e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        chroma_weight: float | None = None,
         init_from: str | None = None,
         export_dir: str | None = None,
         timelapse_inputs: int = 6,
     ) -> None:
         super().__init__()
+        if chroma_weight is not None and chroma_weight <= 0:
+            raise ValueError(f"chroma_weight={chroma_weight} must be > 0 (or None: RGB L1)")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule={lr_schedule!r}; valid: constant, cosine")
         if vae.downsample_factor != 8 or vae.latent_channels != 4:
@@ -198,7 +233,7 @@ class VAESystem(L.LightningModule):
         if init_from is not None:
             self.vae.load_state_dict(initial_weights(init_from))
         self.kl_weight, self.lr, self.betas, self.export_dir = kl_weight, lr, betas, export_dir
-        self.lr_schedule = lr_schedule
+        self.lr_schedule, self.chroma_weight = lr_schedule, chroma_weight
         self.timelapse_inputs = timelapse_inputs
         self.fixed: dict | None = None
 
@@ -213,7 +248,7 @@ class VAESystem(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        losses = vae_loss(self.vae, batch["image"], self.kl_weight)
+        losses = vae_loss(self.vae, batch["image"], self.kl_weight, self.chroma_weight)
         self.log_dict(losses, prog_bar=True)
         return losses
 
@@ -221,6 +256,15 @@ class VAESystem(L.LightningModule):
         images = batch["image"]
         recon = self.vae.decode(self.vae.encode(images).mode()).clamp(-1, 1)
         self.log("val/psnr", psnr(recon, images), batch_size=len(images), sync_dist=True)
+        # a VAE that drops colour decodes grey at a fine PSNR: log how saturated it decodes
+        self.log_dict(
+            {
+                "val/colour_spread": colour_spread(recon),
+                "val/colour_spread_true": colour_spread(images),
+            },
+            batch_size=len(images),
+            sync_dist=True,
+        )
 
     def on_fit_start(self) -> None:
         self.fixed = held_out(self, self.timelapse_inputs)

@@ -22,18 +22,11 @@ import time
 from dataclasses import replace
 
 import torch
-from torch import Tensor
 
 from pilot.data.captioned import CaptionedRenders
 from pilot.models.vae import AutoencoderKL
-from train.metrics import psnr
+from train.metrics import colour_spread, psnr
 from train.tiny_sd import TINY_VAE, vae_loss
-
-
-def colour_spread(images: Tensor) -> float:
-    """Mean over images (B, 3, H, W) of max - min of their mean R, G, B."""
-    rgb = images.float().mean((2, 3))
-    return (rgb.max(1).values - rgb.min(1).values).mean().item()
 
 
 def main() -> None:
@@ -44,6 +37,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=4.5e-4)
     p.add_argument("--groups", type=int, default=TINY_VAE.norm_num_groups)
     p.add_argument("--loss", choices=["l1", "mse"], default="l1")
+    p.add_argument("--chroma-weight", type=float, help="L1 in Y Cb Cr, weights (1, w, w)")
     p.add_argument("--logvar-bias", type=float, default=0.0, help="added to the initial logvar")
     p.add_argument("--fixed-batch", action="store_true", help="train on one batch (overfit)")
     p.add_argument("--count", type=int, default=2000)
@@ -63,7 +57,7 @@ def main() -> None:
     for step in range(args.steps + 1):
         x = data if args.fixed_batch else data[torch.randint(len(data), (args.batch,), generator=g)]
         if args.loss == "l1":
-            loss = vae_loss(vae, x, 1e-6)["loss"]
+            loss = vae_loss(vae, x, 1e-6, args.chroma_weight)["loss"]
         else:
             loss = (vae.decode(vae.encode(x).sample()) - x).square().mean()
         opt.zero_grad()

@@ -70,7 +70,7 @@ def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    cfg = dcgan_config(tmp_path, max_steps=4)
+    cfg = dcgan_config(tmp_path, max_steps=4, log_every_n_steps=1)
     cfg["wandb"] = "auto"  # not logged in: offline
     cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
     from lightning.pytorch.loggers import WandbLogger
@@ -81,6 +81,7 @@ def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
     assert runs, "no offline W&B run written"
     media = list(runs[0].rglob("*.png"))
     assert media, "timelapse frames were not logged to W&B"
+    assert list(tmp_path.glob("csv/version_*/metrics.csv")), "no CSV log next to W&B"
 
 
 def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from pilot.diffusion.control import Control  # noqa: E402
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate  # noqa: E402
 from tests.train.helpers import write_yaml  # noqa: E402
 from train.cli import run  # noqa: E402
+from train.tiny_sd import YCBCR, recon_l1  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,9 +199,35 @@ def test_stage_configs_are_checked(tmp_path):
     grey = {"vae": {**VAE, "norm_num_groups": 8}}  # one channel per group: colour erased
     with pytest.raises(ValueError, match="overall colour"):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", grey, fast_dev_run=True))
+    with pytest.raises(ValueError, match="chroma_weight=0"):
+        fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", {"chroma_weight": 0}))
     bad = {"vae": {**VAE, "block_out_channels": [8, 8, 8]}}
     with pytest.raises(ValueError, match="f=8 and 4 latent channels"):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))
+
+
+def test_chroma_l1_weighs_colour_apart_from_luminance():
+    images = torch.rand(2, 3, 4, 4) * 2 - 1
+    grey = torch.full((2, 3, 4, 4), 0.25)  # equal R, G, B error: luminance only
+    for w in (None, 1.0, 4.0):
+        assert recon_l1(images + grey, images, w).item() == pytest.approx(0.25 / (3 if w else 1))
+    cb = torch.linalg.inv(torch.tensor(YCBCR))[:, 1]  # RGB of a unit Cb, no Y or Cr
+    colour = 0.1 * cb[None, :, None, None].expand(2, 3, 4, 4)
+    assert recon_l1(images + colour, images, 4.0) == pytest.approx(
+        4 * recon_l1(images + colour, images, 1.0)
+    )
+
+
+def test_rgb_l1_has_no_colour_gradient_under_a_larger_luminance_error():
+    """Why the tiny VAE decoded grey: while the luminance error is larger, the RGB L1 gives a
+    change of colour at constant R + G + B no gradient; the Y Cb Cr L1 does."""
+    target = torch.tensor([0.1, -0.1, 0.0])[None, :, None, None].expand(1, 3, 2, 2)  # coloured
+    red_not_green = torch.tensor([1.0, -1.0, 0.0])
+    for w, has_gradient in ((None, False), (1.0, True)):
+        a = torch.zeros((), requires_grad=True)  # how much redder than green the output is
+        recon = 0.5 + a * red_not_green[None, :, None, None]  # too bright by 0.5, grey
+        recon_l1(recon, target, w).backward()
+        assert (a.grad.abs() > 0.01) == has_gradient, (w, a.grad)
 
 
 @pytest.mark.parametrize("stage", ["vae", "vae_anneal", "unet", "controlnet"])
