@@ -45,6 +45,13 @@ def stage_log(runs: Path, stage: str) -> dict:
     out = {"steps": int(rows[-1]["step"]) + 1, LOSS[stage]: sum(last) / len(last)}
     if psnr:
         out["val_psnr"] = psnr[-1]
+    spread = [
+        (float(r["val/colour_spread"]), float(r["val/colour_spread_true"]))
+        for r in rows
+        if r.get("val/colour_spread")
+    ]
+    if spread:
+        out["val_colour_spread"], out["val_colour_spread_true"] = spread[-1]
     return out
 
 
@@ -90,10 +97,18 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
         "- Data: items 0..1999 of seed 0 (64 px), held out: items after 2064.",
         '  Captions: "<colour> <material> <room>, <thin|soft|thick> <colour> fog", the wall',
         "  colour named as it looks through the fog.",
-        "- Training (`experiments/tiny_sd/train.sh`, configs in `experiments/tiny_sd/`, CPU):",
+        "- Training (`experiments/tiny_sd/train.sh`, configs in `experiments/tiny_sd/`, CPU).",
+        "  The VAE's L1 is taken in Y, Cb, Cr with the colour channels weighted (4, then 1 in",
+        "  the anneal): with an RGB L1 it learned luminance only and decoded every render grey.",
+        "  Colour spread: mean over images of max - min of the mean R, G, B, in [-1, 1] units.",
     ]
     for stage, log in logs.items():  # in STAGES order
         extra = f", held-out PSNR {log['val_psnr']:.2f} dB" if "val_psnr" in log else ""
+        if "val_colour_spread" in log:
+            extra += (
+                f", colour spread of reconstructions {log['val_colour_spread']:.3f} "
+                f"(renders {log['val_colour_spread_true']:.3f})"
+            )
         name = LOSS[stage]
         lines.append(f"  - {stage}: {log['steps']} steps, final {name} {log[name]:.4f}{extra}")
     if metrics is not None:
