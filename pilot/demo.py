@@ -63,6 +63,8 @@ class DemoConfig:
         strength: Feedback img2img strength of pixels seen in the previous frame.
         fresh_strength: Strength of the latent cells holding any pixel the previous frame did
             not see (`FeedbackConfig.fresh_strength`, >= strength; 1 = from pure noise).
+        hidden_share: Share of a latent cell's pixels that must be unseen for the cell to count
+            as not seen (`FeedbackConfig.hidden_share`; 0 = any pixel).
         cfg: Classifier-free guidance scale.
         control_scale: Depth ControlNet scale.
         prompt: Prompt, in the captions' grammar (`pilot.data.captions`), or keyed prompts.
@@ -82,6 +84,7 @@ class DemoConfig:
     steps: int = 12
     strength: float = 0.4
     fresh_strength: float = 0.7
+    hidden_share: float = 0.0
     cfg: float = 3.0
     control_scale: float = 1.0
     prompt: str = "red brick corridor, thick blue fog"
@@ -295,6 +298,7 @@ def sampling_dials(config: DemoConfig) -> tuple:
             strength=str(config.strength),
             cfg=str(config.cfg),
             fresh_strength=config.fresh_strength,
+            hidden_share=config.hidden_share,
         ),  # fmt: skip
         parse_prompt_schedule(config.prompt),
     )

@@ -80,6 +80,10 @@ class FeedbackConfig:
         occlusion: Disoccluded pixels: "ignore", "renoise" or "inpaint" (module docstring).
         fresh_strength: Strength where disoccluded ("renoise"/"inpaint"), >= strength.
         dilate: Grow the disocclusion mask by this many pixels (flow edges are unreliable).
+        hidden_share: A latent cell (f x f pixels) counts as disoccluded when more than this
+            share of its pixels was not seen; 0 = any pixel. The visibility test also rejects
+            stray pixels along creases and the image border, which at small sizes flags most
+            cells; 0.25 keeps those cells carried over.
         color_reference: Frame whose colours the init is matched to in LAB; None = no matching.
         blend: Mix of the warped previous frame into the new one on visible pixels, in [0, 1].
         blend_space: Where that mix happens: "latent" (before decoding) or "pixel".
@@ -94,6 +98,7 @@ class FeedbackConfig:
     occlusion: OcclusionMode = "renoise"
     fresh_strength: float = 1.0
     dilate: int = 0
+    hidden_share: float = 0.0
     color_reference: int | None = 0
     blend: float = 0.0
     blend_space: BlendSpace = "pixel"
@@ -113,6 +118,8 @@ class FeedbackConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.dilate < 0:
             raise ValueError(f"dilate must be >= 0, got {self.dilate}")
+        if not 0.0 <= self.hidden_share < 1.0:
+            raise ValueError(f"hidden_share must be in [0, 1), got {self.hidden_share}")
         for name in ("strength", "cfg", "seed"):
             if getattr(self, name) is not None:
                 parse_schedule(getattr(self, name), self.interpolation)  # ScheduleError early
@@ -394,12 +401,14 @@ class FeedbackSampler:
         return latents, init_latents
 
     def disocclusion(self, flow: FlowField) -> Tensor:
-        """Latent mask (1, 1, h, w), 1 where any pixel was not seen in frame k - 1 (dilated)."""
+        """Latent mask (1, 1, h, w), 1 where more than `hidden_share` of a cell's pixels (any,
+        at 0) were not seen in frame k - 1 (after dilation)."""
         hidden = (~flow.visible).float()
         d = self.config.dilate
         if d:
             hidden = F.max_pool2d(hidden, 2 * d + 1, stride=1, padding=d)
-        return F.max_pool2d(hidden, self.factor).to(self.device)  # (1, 1, H/f, W/f)
+        share = F.avg_pool2d(hidden, self.factor)  # (1, 1, H/f, W/f)
+        return (share > self.config.hidden_share).float().to(self.device)
 
     def blend(self, latents: Tensor, init_latents, init, flow: FlowField | None) -> Tensor:
         """The blending rule: mix the warped previous frame in on visible pixels."""

@@ -60,6 +60,9 @@ def register(sub) -> None:
     p.add_argument("--occlusion", choices=("ignore", "renoise", "inpaint"), default="renoise")
     p.add_argument("--fresh-strength", type=float, default=1.0, help="strength where disoccluded")
     p.add_argument("--dilate", type=int, default=0, help="grow the disocclusion mask (pixels)")
+    p.add_argument("--hidden-share", type=float, default=0.0,
+                   help="a latent cell is disoccluded when more than this share of its pixels "
+                   "was not seen (default 0: any pixel)")  # fmt: skip
     p.add_argument(
         "--color-reference", type=int, default=0, help="LAB colour reference frame; -1 off"
     )
@@ -93,6 +96,7 @@ def feedback_config(args: argparse.Namespace):
     return FeedbackConfig(
         strength=args.strength, cfg=args.cfg, seed=args.seed_schedule, noise=args.noise,
         occlusion=args.occlusion, fresh_strength=args.fresh_strength, dilate=args.dilate,
+        hidden_share=args.hidden_share,
         color_reference=None if args.color_reference < 0 else args.color_reference,
         blend=args.blend, blend_space=args.blend_space, source_mix=args.source_mix,
         interpolation=args.interpolation,

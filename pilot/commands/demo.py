@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--fresh-strength", type=float, default=d.fresh_strength,
                    help="strength where the previous frame did not see the pixels (default "
                    f"{d.fresh_strength})")  # fmt: skip
+    p.add_argument("--hidden-share", type=float, default=d.hidden_share,
+                   help="share of a latent cell's pixels unseen before it counts as unseen "
+                   f"(default {d.hidden_share}: any pixel)")  # fmt: skip
     p.add_argument("--cfg", type=float, default=d.cfg, help=f"guidance scale (default {d.cfg})")
     p.add_argument("--control-scale", type=float, default=d.control_scale,
                    help=f"depth ControlNet scale (default {d.control_scale})")  # fmt: skip
@@ -59,7 +62,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig(
         frames=args.frames, size=args.size, steps=args.steps, strength=args.strength,
-        fresh_strength=args.fresh_strength, cfg=args.cfg, control_scale=args.control_scale,
+        fresh_strength=args.fresh_strength, hidden_share=args.hidden_share, cfg=args.cfg,
+        control_scale=args.control_scale,
         prompt=args.prompt, sampler=args.sampler, schedule=args.schedule, seed=args.seed,
         shot_seed=args.shot_seed, rows=args.rows, batch=args.batch,
     )  # fmt: skip

@@ -109,3 +109,28 @@ def test_full_blend_returns_the_warped_previous_frame_on_visible_pixels(
     difference = (out[1:2] - warp(out[0:1], field.flow)).abs()
     assert masked_mean(difference, field.visible) < 1.5 / 255
     assert masked_mean(difference, ~field.visible) > 0.05  # disoccluded: sampled
+
+
+@pytest.mark.parametrize(("share", "cells"), [(0.0, 2.0), (0.1, 1.0), (0.5, 0.0)])
+def test_a_latent_cell_is_disoccluded_by_its_share_of_unseen_pixels(
+    animation_sd, small_shot, tmp_path, share, cells
+):
+    from pilot.animation.flow import FlowField
+
+    frames = ShotFrames(small_shot)
+    sampler = FeedbackSampler(
+        animation_sd, SETTINGS, FeedbackConfig(hidden_share=share), frames,
+        parse_prompt_schedule("0: a wall"), FrameStore(tmp_path),
+    )  # fmt: skip
+    sampler.factor = f = 4  # the test VAE is the identity (f = 1); 4x4-pixel cells here
+    visible = torch.ones(1, 1, 2 * f, 2 * f, dtype=torch.bool)
+    visible[0, 0, 0, 0] = False  # one stray pixel in cell (0, 0)
+    visible[0, 0, f : f + f // 2, f : f + f // 2] = False  # a quarter of cell (1, 1)
+    mask = sampler.disocclusion(FlowField(torch.zeros(1, 2, 2 * f, 2 * f), visible))
+    assert mask.shape == (1, 1, 2, 2) and mask.sum().item() == cells
+    assert mask[0, 0, 1, 1] == (share < 0.25)
+
+
+def test_hidden_share_must_be_a_share():
+    with pytest.raises(ValueError, match="hidden_share must be in"):
+        FeedbackConfig(hidden_share=1.0)
