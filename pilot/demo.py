@@ -84,7 +84,7 @@ class DemoConfig:
     steps: int = 12
     strength: float = 0.4
     fresh_strength: float = 0.7
-    hidden_share: float = 0.0
+    hidden_share: float = 0.25
     cfg: float = 3.0
     control_scale: float = 1.0
     prompt: str = "red brick corridor, thick blue fog"

@@ -37,7 +37,7 @@ def register(sub) -> None:
                    f"{d.fresh_strength})")  # fmt: skip
     p.add_argument("--hidden-share", type=float, default=d.hidden_share,
                    help="share of a latent cell's pixels unseen before it counts as unseen "
-                   f"(default {d.hidden_share}: any pixel)")  # fmt: skip
+                   f"(default {d.hidden_share}; 0: any pixel)")  # fmt: skip
     p.add_argument("--cfg", type=float, default=d.cfg, help=f"guidance scale (default {d.cfg})")
     p.add_argument("--control-scale", type=float, default=d.control_scale,
                    help=f"depth ControlNet scale (default {d.control_scale})")  # fmt: skip
