@@ -61,8 +61,8 @@ class DemoConfig:
         size: Frame side in pixels (the tiny SD is trained at 64), a multiple of 8.
         steps: Steps of the full sampling schedule.
         strength: Feedback img2img strength of pixels seen in the previous frame.
-        fresh_strength: Strength of the latent cells holding any pixel the previous frame did
-            not see (`FeedbackConfig.fresh_strength`, >= strength; 1 = from pure noise).
+        fresh_strength: Strength of the latent cells the previous frame did not see (see
+            `hidden_share`; `FeedbackConfig.fresh_strength`, >= strength; 1 = from pure noise).
         hidden_share: Share of a latent cell's pixels that must be unseen for the cell to count
             as not seen (`FeedbackConfig.hidden_share`; 0 = any pixel).
         cfg: Classifier-free guidance scale.

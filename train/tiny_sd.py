@@ -130,9 +130,8 @@ def vae_loss(
     An RGB L1 hardly teaches colour where luminance errors are larger than the colours are
     saturated: the three channels' errors then share one sign, so the gradient of
     |dR| + |dG| + |dB| moves R, G and B together and is zero along any change of colour at
-    constant R + G + B. On the procedural renders
-    (muted walls in coloured fog) a tiny VAE so learned luminance only and decoded every render
-    grey (see README, tiny SD).
+    constant R + G + B. On the procedural renders (muted walls in coloured fog) a tiny VAE so
+    learned luminance only and decoded every render grey (see README, tiny SD).
 
     Args:
         images: (B, 3, H, W) in [-1, 1].

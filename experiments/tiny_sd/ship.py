@@ -95,7 +95,7 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
         f"- Files: pipeline {sizes['pipeline']:.1f} MB, controlnet_depth "
         f"{sizes['controlnet_depth']:.1f} MB (float16); the float16 copy generates within "
         f"{fp16_error:.1e} (max abs, [0, 1] pixels) of the float32 export.",
-        "- Data: items 0..1999 of seed 0 (64 px), held out: items after 2064.",
+        "- Data: items 0..1999 of seed 0 (64 px), held out: items from 2064.",
         '  Captions: "<colour> <material> <room>, <thin|soft|thick> <colour> fog", the wall',
         "  colour named as it looks through the fog.",
         "- Training (`experiments/tiny_sd/train.sh`, configs in `experiments/tiny_sd/`, CPU).",
