@@ -36,7 +36,9 @@ from train.metrics import pearson_per_image, psnr
 
 
 @torch.no_grad()
-def controlled_samples(sd, controlnet, data: CaptionedRenders, settings, batch: int) -> Tensor:
+def controlled_samples(
+    sd, controlnet, data: CaptionedRenders, settings, batch: int, control_scale: float = 1.0
+) -> Tensor:
     """Depth-controlled samples (N, 3, S, S) in [0, 1] of every item's caption, seed = index."""
     out = []
     for lo in range(0, len(data), batch):
@@ -47,13 +49,22 @@ def controlled_samples(sd, controlnet, data: CaptionedRenders, settings, batch: 
             width=data.size,
             height=data.size,
         )
-        control = Control(controlnet, torch.stack([it["control"] for it in items]))
+        images = torch.stack([it["control"] for it in items])
+        control = Control(controlnet, images, scale=control_scale)
         out.append(generate(sd, request, settings, controls=[control]))
     return torch.cat(out)
 
 
 def evaluate(
-    sd, controlnet, count: int, size: int, seed: int, start: int, settings, batch: int = 8
+    sd,
+    controlnet,
+    count: int,
+    size: int,
+    seed: int,
+    start: int,
+    settings,
+    batch: int = 8,
+    control_scale: float = 1.0,
 ) -> dict:
     """The metrics of the module docstring for a pipeline and its depth ControlNet."""
     data = CaptionedRenders(count, size, seed, start=start)
@@ -61,7 +72,7 @@ def evaluate(
         recon = torch.cat(
             [sd.vae.decode(sd.vae.encode(x).mode()) for x in data.images.split(batch)]
         ).clamp(-1, 1)
-    samples = controlled_samples(sd, controlnet, data, settings, batch)  # [0, 1]
+    samples = controlled_samples(sd, controlnet, data, settings, batch, control_scale)  # [0, 1]
     renders = (data.images + 1) / 2
     planes = render_pairs(count, size, seed, start=start)["plane"]
     colours = [c.split()[0] for c in data.captions]
@@ -80,7 +91,12 @@ def evaluate(
         "count": count,
         "size": size,
         "start": start,
-        "sampling": {"sampler": settings.sampler, "steps": settings.steps, "cfg": settings.cfg},
+        "sampling": {
+            "sampler": settings.sampler,
+            "steps": settings.steps,
+            "cfg": settings.cfg,
+            "control_scale": control_scale,
+        },
         "vae_psnr": psnr(recon, data.images),
         "colour_match": match(samples),
         "colour_match_renders": match(renders),
@@ -100,6 +116,7 @@ def main() -> None:
     p.add_argument("--start", type=int, default=2064, help="first item (after train + val)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--control-scale", type=float, default=1.0, help="depth ControlNet scale")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="write the metrics here as JSON")
     args = p.parse_args()
@@ -107,7 +124,10 @@ def main() -> None:
     settings = SamplingSettings(sampler="euler", steps=args.steps, cfg=args.cfg)
     sd = pilot.load_pipeline(args.export / "pipeline")
     controlnet = pilot.load_controlnet(args.export / "controlnet_depth")
-    metrics = evaluate(sd, controlnet, args.count, args.size, args.seed, args.start, settings)
+    metrics = evaluate(
+        sd, controlnet, args.count, args.size, args.seed, args.start, settings,
+        control_scale=args.control_scale,
+    )  # fmt: skip
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.out is not None:

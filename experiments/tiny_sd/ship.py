@@ -119,10 +119,10 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
             f"--count {metrics['count']}`; {s['sampler']}, {s['steps']} steps, CFG {s['cfg']}):",
             f"  - VAE reconstruction PSNR {metrics['vae_psnr']:.2f} dB at 64 px",
             f"  - prompted colour dominates the captioned wall in "
-            f"{100 * metrics['colour_match']:.0f}% of depth-controlled samples "
+            f"{100 * metrics['colour_match']:.1f}% of depth-controlled samples "
             f"(renders themselves: {100 * metrics['colour_match_renders']:.0f}%); leaving out "
             f"the {metrics['count'] - metrics['non_grey_count']} grey captions: "
-            f"{100 * metrics['colour_match_non_grey']:.0f}%",
+            f"{100 * metrics['colour_match_non_grey']:.1f}%",
             f"  - depth control: edge-map correlation with the scene's render "
             f"{metrics['edge_corr']:.3f} vs {metrics['edge_corr_chance']:.3f} for mismatched "
             "pairs (chance)",
