@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import pilot
-from pilot.demo import packaged_weights, weight_folders
+from pilot.demo import OUTPUTS, packaged_weights, weight_folders
 from pilot.diffusion.control import Control
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate
 
@@ -46,7 +46,6 @@ def test_packaged_weights_generate_under_depth_control():
 def test_pilot_demo_runs_on_the_packaged_weights(tmp_path, capsys):
     """The README's first command (`pilot demo`, no weights given) at 8 frames, 4 steps."""
     from pilot.cli import main
-    from pilot.demo import OUTPUTS
 
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--frames", "8", "--steps", "4", "--rows", "4"]

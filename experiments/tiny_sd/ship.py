@@ -33,7 +33,8 @@ LOSS = {"vae": "l1", "vae_anneal": "l1", "unet": "loss", "controlnet": "loss"}
 
 
 def stage_log(runs: Path, stage: str) -> dict:
-    """Last step and the mean of the last 10 logged values of the stage's loss."""
+    """Last step, the mean of the last 10 logged values of the stage's loss and, where the stage
+    validates (the VAE), its last held-out PSNR and colour spread (reconstructions, renders)."""
     logged = []
     for path in sorted((runs / stage / "csv").glob("version_*/metrics.csv")):
         with open(path, newline="") as f:
