@@ -23,7 +23,7 @@ import traceback
 
 from experiments.bench.common import COMPILE_MODES, DTYPES
 
-BENCHMARKS = ("flops", "unet", "controlnet", "pipeline", "animate", "render", "pix2pix")
+BENCHMARKS = ("flops", "unet", "controlnet", "vae", "pipeline", "animate", "render", "pix2pix")
 
 
 def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
@@ -35,6 +35,8 @@ def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
                      if getattr(args, flag.replace("-", "_"))]  # fmt: skip
             if args.compile_mode != "default":
                 argv += ["--compile-mode", args.compile_mode]
+        elif name == "channels_last":  # a benchmark with no other speed-up flag
+            argv += ["--channels-last"] if args.channels_last else []
         elif getattr(args, name) is not None:
             argv += [f"--{name}", str(getattr(args, name))]
     return argv

@@ -3,6 +3,7 @@
     python -m experiments.bench.animate                              # tiny models, 64 px, CPU
     python -m experiments.bench.animate --preset sd15 --size 256 --frames 4 --steps 8
     python -m experiments.bench.animate --preset sd15 --size 512 --device cuda --dtype fp16
+    python -m experiments.bench.animate --preset sd15 --size 512 --dtype fp16 --cuda-graphs
 
 Random weights of the preset's shapes (SD 1.5 UNet / VAE / CLIP + a depth ControlNet made from
 the UNet), a procedural fly-through shot, the default occlusion-aware loop (`pilot animate`'s
@@ -22,11 +23,18 @@ from pathlib import Path
 
 import torch
 
-from experiments.bench.common import device_name, format_table
+from experiments.bench.common import (
+    add_speed_arguments,
+    check_speed_arguments,
+    device_name,
+    format_table,
+    speed_settings,
+)
 from pilot.animation.feedback import FeedbackConfig, FeedbackSampler
 from pilot.animation.inputs import ControlTrack, FrameStore, ShotFrames
 from pilot.animation.schedules import Schedule, parse_prompt_schedule
 from pilot.diffusion.pipeline import SamplingSettings
+from pilot.diffusion.speed import optimize, optimize_model
 from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
 from pilot.models.controlnet import ControlNet
 from pilot.models.tokenizer import CLIPTokenizer
@@ -38,7 +46,7 @@ from pilot.weights.loaders import StableDiffusion
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Options `python -m experiments.bench` passes on to this benchmark.
-SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads")
+SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "speed")
 
 
 class PartTimer:
@@ -93,6 +101,8 @@ def build(preset: str, device, dtype) -> tuple[StableDiffusion, ControlNet]:
 def run(args) -> dict:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     sd, net = build(args.preset, device, dtype)
+    settings = speed_settings(args)  # the hooks below go on the wrappers (CUDA graphs)
+    sd, net = optimize(sd, settings), optimize_model(net, settings)
     timer = PartTimer(device)
     timer.module("UNet", sd.unet)
     timer.module("ControlNet", net)
@@ -132,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_speed_arguments(p)
     args = p.parse_args(argv)
+    check_speed_arguments(p, args, torch.device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
@@ -140,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [[name, f"{t:.3f}", f"{100 * t / s:.1f}%"] for name, t in result["parts"].items()]
     rows.append(["frame", f"{s:.3f}", "100%"])
     print(f"{device_name(torch.device(args.device))}, {args.preset} {args.size}x{args.size}, "
-          f"{args.steps} steps, strength {args.strength}, CFG 7.5, 1 ControlNet, "
-          f"{args.frames - 1} frames")  # fmt: skip
+          f"{args.dtype}, {speed_settings(args).describe()}, {args.steps} steps, strength "
+          f"{args.strength}, CFG 7.5, 1 ControlNet, {args.frames - 1} frames")  # fmt: skip
     print(format_table(["part", "s/frame", "share"], rows))
 
 

@@ -122,7 +122,9 @@ class ControlDenoiser:
             active = control.active(step, self.num_steps)
             if control.scale == 0 or not active.any():
                 continue  # exactly the uncontrolled call when nothing is active
-            scale = control.scale if active.all() else control.scale * active.to(x.dtype)
+            # always a (B,) tensor: a CUDA-graphed ControlNet then replays one graph whatever
+            # the scale (a float argument is part of a graph's signature)
+            scale = control.scale * active.to(x.dtype)
             d, m = self._residuals(k, control, model_in, t, context, scale)
             down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
             mid = m if mid is None else mid + m

@@ -23,11 +23,14 @@ runs once per image, tiled at varying sizes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+
+MANY_GRAPHS = 16  # CUDAGraphed warns when it captures more graphs than this
 
 CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
@@ -153,6 +156,14 @@ class CUDAGraphed(nn.Module):
         spec = _flatten((args, kwargs), tensors)
         key = repr((spec, torch.is_inference_mode_enabled()))  # inference tensors differ
         if key not in self.graphs:
+            if len(self.graphs) == MANY_GRAPHS:
+                warnings.warn(
+                    f"{type(self.module).__name__} under CUDA graphs: capturing graph "
+                    f"{MANY_GRAPHS + 1}, each holding its own memory; a non-tensor argument "
+                    f"that changes between calls (now {spec!r}) captures a new graph each "
+                    "time: pass it as a tensor",
+                    stacklevel=2,
+                )
             self.graphs[key] = self._capture(spec, tensors)
         graph, static, out = self.graphs[key]
         for s, t in zip(static, tensors, strict=True):

@@ -127,3 +127,22 @@ def test_optimized_generate_matches_eager_on_cuda():
     fast = optimize(sd, SpeedSettings(channels_last=True, cuda_graphs=True))
     assert isinstance(fast.unet, CUDAGraphed)
     assert (generate(fast, request, settings) - ref).abs().max() < 5e-3  # NHWC algorithms
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_graphed_controlnet_replays_one_graph_for_every_scale():
+    from pilot.diffusion.control import Control, ControlDenoiser
+    from pilot.diffusion.denoisers import EpsDenoiser
+
+    unet, net = UNet(UNET_PRESETS["tiny"]).eval().cuda(), controlnet().cuda()
+    graphed = CUDAGraphed(net)
+    image = torch.rand(1, 3, 64, 64, device="cuda")
+    x, _, context = unet_inputs("cuda")
+    sigma, sigmas = torch.tensor(10.0, device="cuda"), torch.tensor([10.0, 1.0, 0.0])
+    for scale in (1.0, 0.5, 0.25):  # a per-frame scale schedule
+        ref = ControlDenoiser(EpsDenoiser(unet), [Control(net, image, scale)], sigmas)
+        fast = ControlDenoiser(EpsDenoiser(unet), [Control(graphed, image, scale)], sigmas)
+        out, expected = fast(x, sigma, context=context), ref(x, sigma, context=context)
+        assert torch.allclose(out, expected, atol=1e-4, rtol=1e-3)
+    assert len(graphed.graphs) == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from experiments.bench import __main__ as runner
-from experiments.bench import controlnet, pipeline, unet
+from experiments.bench import animate, controlnet, pipeline, unet, vae
 from experiments.bench.common import compile_reference, peak_memory_mib, time_many_ms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,11 +24,12 @@ def test_runner_forwards_the_options_a_benchmark_takes():
     ]  # fmt: skip
     assert runner.forwarded(args, ("preset", "size")) == ["--preset", "tiny", "--size", "64"]
     assert runner.forwarded(args, ()) == []
+    assert runner.forwarded(args, vae.SHARED_OPTIONS)[-1] == "--channels-last"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_cuda_graphs_refused_without_cuda(capsys):
-    for main in (runner.main, unet.main, pipeline.main, controlnet.main):
+    for main in (runner.main, unet.main, pipeline.main, controlnet.main, animate.main):
         with pytest.raises(SystemExit):
             main(["unet", "--cuda-graphs"] if main is runner.main else ["--cuda-graphs"])
         assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
@@ -68,3 +69,10 @@ def test_compile_reference_wraps_without_compiling_yet():
     compiled = compile_reference(model, args)
     assert compiled._orig_mod is model
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_vae_bench_rows(capsys):
+    vae.main([*TINY, "--dtype", "fp32,bf16", "--channels-last", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "VAE decode, preset tiny, 32x32 px" in out
+    assert "| pilot channels_last | bf16" in out and "max rel err vs fp32" in out

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 9's GPU figures in two calls, SD 1.5 shapes (random weights), 512x512, from the repo root:
+#
+#   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
+#   experiments/bench/gpu.sh compile   # + torch.compile (pilot's and diffusers'), ~5 min
+#
+# Each benchmark gets its own time limit (LIMIT seconds, default 240) so one that hangs does not
+# lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default).
+set -uo pipefail
+phase=${1:-eager}
+out=${OUT:-runs/bench_gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    "$py" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+    fast=(--size 512 --channels-last --cuda-graphs)
+    case $phase in
+    eager)
+        "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py 2>&1 | tail -5
+        bench flops
+        bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10
+        bench controlnet "${fast[@]}" --dtype fp16
+        bench vae --size 512 --dtypes fp32,fp16,bf16 --channels-last
+        bench pipeline "${fast[@]}" --dtype fp16
+        bench animate --preset sd15 --dtype fp16 "${fast[@]}"
+        ;;
+    compile)
+        bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10
+        bench pipeline "${fast[@]}" --compile --dtype fp16
+        ;;
+    *) echo "unknown phase $phase (eager, compile)"; exit 2 ;;
+    esac
+} 2>&1 | tee "$out/$phase.log"

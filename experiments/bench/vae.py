@@ -1,0 +1,134 @@
+"""VAE decode time, pilot vs diffusers, same weights and latents, in one process.
+
+    python -m experiments.bench.vae                          # SD 1.5 shapes, 256x256, CPU
+    python -m experiments.bench.vae --size 512 --dtypes fp32,fp16,bf16 --channels-last  # GPU
+
+Rows per dtype: diffusers eager (`AutoencoderKL.decode`), pilot eager
+(`pilot.models.vae.AutoencoderKL.decode`) and pilot channels_last when asked. Columns: ms per
+decode (median of interleaved rounds), ratio to diffusers (< 1 is faster), achieved TFLOP/s
+against the FLOPs counted from the config, peak memory above the resident weights, and the max
+relative error against diffusers' float32 decode. Both decode unscaled latents of one image in
+the model's dtype: `pilot.diffusion.pipeline.decode_latents` adds the scaling, float32 rule and
+tiling around it. Weights are random: speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from diffusers import AutoencoderKL
+
+from experiments.bench.common import (
+    DTYPES,
+    device_name,
+    format_mib,
+    format_table,
+    max_rel_error,
+    memory_label,
+    peak_memory_mib,
+    time_many_ms,
+)
+from experiments.bench.flops import vae_decode_flops
+from pilot.models.vae import VAE_PRESETS
+from pilot.models.vae import AutoencoderKL as PilotVAE
+
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "channels_last")
+
+
+def build_pair(preset: str, seed: int) -> tuple[PilotVAE, AutoencoderKL]:
+    """A diffusers VAE with random weights and pilot's VAE holding the same weights."""
+    cfg = VAE_PRESETS[preset]
+    torch.manual_seed(seed)
+    ref = AutoencoderKL(**cfg.to_diffusers()).eval()
+    ours = PilotVAE(cfg).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[list[str]]:
+    """Table rows of one dtype: time every variant, compare outputs with the fp32 reference."""
+    z = latents(ours.cfg, args).to(device, dtype)
+
+    def cast(model):  # float32 models are used as they are
+        return (
+            model.to(device) if dtype == torch.float32 else copy.deepcopy(model).to(device, dtype)
+        )
+
+    ref_model, ours_model = cast(ref), cast(ours)
+    calls = {
+        "diffusers eager": lambda: ref_model.decode(z).sample,
+        "pilot eager": lambda: ours_model.decode(z),
+    }
+    if args.channels_last:
+        fast = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
+        calls["pilot channels_last"] = lambda: fast.decode(z)
+    with torch.inference_mode():
+        errors = {name: max_rel_error(call(), expected) for name, call in calls.items()}
+        timing = dict(warmup=args.warmup, iters=args.iters)
+        ms = dict(zip(calls, time_many_ms(list(calls.values()), device, **timing), strict=True))
+        memory = {name: peak_memory_mib(call, device) for name, call in calls.items()}
+    name_of = {v: k for k, v in DTYPES.items()}[dtype]
+    return [
+        [
+            name,
+            name_of,
+            f"{ms[name]:.1f}",
+            f"{ms[name] / ms['diffusers eager']:.2f}x",
+            f"{flops / ms[name] / 1e9:.2f}",  # FLOP / ms -> TFLOP/s
+            format_mib(memory[name]),
+            f"{errors[name]:.1e}",
+        ]
+        for name in calls
+    ]
+
+
+def latents(cfg, args) -> torch.Tensor:
+    """The benchmark's unscaled latents (the same draw for every dtype), float32 on the CPU."""
+    g = torch.Generator().manual_seed(args.seed)
+    h = args.size // cfg.downsample_factor
+    return torch.randn(1, cfg.latent_channels, h, h, generator=g) / cfg.scaling_factor
+
+
+def main(argv=None) -> None:
+    """Parse arguments, run every requested dtype, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="sd15", choices=sorted(VAE_PRESETS))
+    parser.add_argument("--size", type=int, default=256, help="image size in pixels")
+    parser.add_argument("--dtypes", "--dtype", default=None, help="comma list of fp32,fp16,bf16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights (pilot)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtypes = (args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(",")
+    if unknown := sorted(set(dtypes) - set(DTYPES)):
+        parser.error(f"unknown dtypes {unknown}; valid: {', '.join(DTYPES)}")
+    if args.size % VAE_PRESETS[args.preset].downsample_factor:
+        parser.error(f"--size {args.size} is not a multiple of the VAE's factor")
+
+    ours, ref = build_pair(args.preset, args.seed)
+    flops = vae_decode_flops(args.preset, args.size)
+    with torch.inference_mode():
+        expected = ref.to(device).decode(latents(ours.cfg, args).to(device)).sample
+    rows = []
+    for d in dtypes:
+        rows += bench_dtype(ours, ref, DTYPES[d], device, args, flops, expected)
+    print(
+        f"VAE decode, preset {args.preset}, {args.size}x{args.size} px, 1 image, "
+        f"{flops / 1e9:.1f} GFLOP, {device_name(device)}, torch {torch.__version__}"
+    )
+    header = ["variant", "dtype", "ms", "/ diffusers eager", "TFLOP/s"]
+    header += [memory_label(device), "max rel err vs fp32"]
+    print(format_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
