@@ -97,23 +97,40 @@ def first_call(
     """The first call of `fn` (where compilation and graph capture happen).
 
     Returns:
-        `(consume(fn()), seconds, retained MiB)`: the MiB the call left allocated once its
-        output is consumed (CUDA graph pools and static buffers, compiled kernels'
-        workspaces), to add to `peak_memory_mib` of the later calls; 0 on CPU.
+        `(consume(fn()), seconds, retained MiB)`: the MiB the call left held once its output
+        is consumed (static buffers, compiled kernels' workspaces, and CUDA graph pools whole:
+        see `held_bytes`), to add to `peak_memory_mib` of the later calls; 0 on CPU.
     """
     cuda = device.type == "cuda"
-    before = torch.cuda.memory_allocated(device) if cuda else 0
+    before = held_bytes(device) if cuda else 0
     start = time.perf_counter()
     value = consume(fn())
     seconds = time.perf_counter() - start
-    retained = (torch.cuda.memory_allocated(device) - before) / 2**20 if cuda else 0.0
+    retained = (held_bytes(device) - before) / 2**20 if cuda else 0.0
     return value, seconds, retained
+
+
+def held_bytes(device: torch.device) -> int:
+    """Bytes of CUDA memory that other work cannot use: allocated tensors, plus every segment
+    of the private pools (CUDA graphs, inductor's CUDA graph trees) in full.
+
+    A graph's activations are freed into its private pool during capture, so
+    `memory_allocated` misses them, yet that memory stays reserved for the graph's replays.
+    """
+    allocated = torch.cuda.memory_allocated(device)
+    for segment in torch.cuda.memory_snapshot():
+        if segment.get("device") == device.index and segment.get("segment_pool_id", (0, 0)) != (
+            0,
+            0,
+        ):
+            allocated += segment["total_size"] - segment["allocated_size"]
+    return allocated
 
 
 def memory_label(device: torch.device) -> str:
     """Column header of the peak memory figures (`first_call` + `peak_memory_mib`)."""
     if device.type == "cuda":
-        return "peak MiB (CUDA allocated, graphs incl.)"
+        return "peak MiB (CUDA allocated, graph pools incl.)"
     return "peak MiB (RSS high-water)"
 
 
