@@ -170,11 +170,31 @@ def initial_weights(path: str) -> dict[str, Tensor]:
         return load_vae(source).state_dict()
     if not source.is_file():
         raise FileNotFoundError(f"init_from={path}: no such checkpoint or VAE folder")
-    state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
-    weights = {k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.")}
+    return checkpoint_weights(source, "vae")
+
+
+def checkpoint_weights(path: str | Path, prefix: str) -> dict[str, Tensor]:
+    """The weights of one model (`prefix`, e.g. "unet") of a Lightning system checkpoint."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_from={path}: no such checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {
+        k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")
+    }
     if not weights:
-        raise ValueError(f"init_from={path}: the checkpoint holds no 'vae.*' weights")
+        raise ValueError(f"init_from={path}: the checkpoint holds no '{prefix}.*' weights")
     return weights
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total: int | None):
+    """Lightning's `configure_optimizers` value: `opt` alone ("constant"), or with a per-step
+    cosine decay from `lr` to 1% of it over `total` steps ("cosine")."""
+    if schedule == "constant":
+        return opt
+    if total is None or total < 1:
+        raise ValueError("lr_schedule='cosine' needs trainer.max_steps >= 1")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=lr / 100)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 @torch.no_grad()
@@ -238,13 +258,7 @@ class VAESystem(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.vae.parameters(), lr=self.lr, betas=self.betas)
-        if self.lr_schedule == "constant":
-            return opt
-        total = self.trainer.max_steps
-        if total is None or total < 1:
-            raise ValueError("lr_schedule='cosine' needs trainer.max_steps >= 1")
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=self.lr / 100)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return lr_scheduler(opt, self.lr_schedule, self.lr, self.trainer.max_steps)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         losses = vae_loss(self.vae, batch["image"], self.kl_weight, self.chroma_weight)

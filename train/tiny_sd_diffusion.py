@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -38,7 +39,7 @@ from pilot.models.tokenizer import CLIPTokenizer
 from pilot.models.unet import UNet, UNetConfig
 from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
 from pilot.weights.save import save_controlnet, save_pipeline
-from train.tiny_sd import check_group_norm, held_out
+from train.tiny_sd import check_group_norm, checkpoint_weights, held_out, lr_scheduler
 
 TINY_UNET = UNetConfig(  # 8 x 8 latents of 64 px images; 4.4 M parameters
     block_out_channels=(64, 128),
@@ -214,6 +215,10 @@ class TextToImageSystem(_DiffusionStage):
             image: an eps-model learns what the caption says (the colour) only slowly, while
             v at high noise is mostly -x_0, which the caption decides.
         lr: AdamW learning rate of the UNet and the text encoder.
+        lr_schedule: "constant", or "cosine": from `lr` down to 1% of it over the trainer's
+            `max_steps` (an annealing stage after a constant one).
+        init_from: A checkpoint of this stage (.ckpt) whose UNet and text encoder to start
+            from instead of random weights (the optimizer starts afresh).
         export_dir: Pipeline folder written when `fit` ends.
         timelapse_inputs: Held-out captions sampled by the timelapse.
         timelapse_steps: Euler steps of the timelapse samples.
@@ -228,6 +233,8 @@ class TextToImageSystem(_DiffusionStage):
         caption_dropout: float = 0.1,
         prediction_type: str = "epsilon",
         lr: float = 2e-4,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        init_from: str | None = None,
         export_dir: str | None = None,
         timelapse_inputs: int = 6,
         timelapse_steps: int = 20,
@@ -236,6 +243,9 @@ class TextToImageSystem(_DiffusionStage):
         super().__init__(
             caption_dropout, lr, export_dir, timelapse_inputs, timelapse_steps, timelapse_cfg
         )
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}; valid: constant, cosine")
+        self.lr_schedule = lr_schedule
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type={prediction_type!r}; valid: epsilon, v_prediction")
         if unet.cross_attention_dim != text_encoder.hidden_size:
@@ -250,6 +260,9 @@ class TextToImageSystem(_DiffusionStage):
         self.unet = UNet(unet)
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
         self.vae = freeze(load_vae(vae))
+        if init_from is not None:
+            self.unet.load_state_dict(checkpoint_weights(init_from, "unet"))
+            self.text_encoder.load_state_dict(checkpoint_weights(init_from, "text_encoder"))
         self.sd = StableDiffusion(
             self.unet, self.vae, self.text_encoder, tokenizer, prediction_type
         )
@@ -257,9 +270,10 @@ class TextToImageSystem(_DiffusionStage):
     def frozen_models(self) -> list[nn.Module]:
         return [self.vae]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         params = [*self.unet.parameters(), *self.text_encoder.parameters()]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
+        return lr_scheduler(opt, self.lr_schedule, self.lr, self.trainer.max_steps)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         x_t, t, target = self.noised(batch)

@@ -5,7 +5,7 @@
 #   experiments/tiny_sd/train.sh --trainer.accelerator cpu --trainer.max_steps 200   # a CPU try
 #
 # Stages, in order (configs next to this file): vae -> vae_anneal (the same VAE trained on with
-# a decaying learning rate) -> unet (+ text encoder) -> controlnet.
+# a decaying learning rate) -> unet (+ text encoder) -> unet_anneal (likewise) -> controlnet.
 # Each writes checkpoints under runs/tiny_sd/<stage>/checkpoints and, when it ends, its export
 # under runs/tiny_sd/export/ (vae/, pipeline/, controlnet_depth/: the diffusers layout that
 # pilot.load_pipeline and pilot.load_controlnet read). Run it again after an interruption: a
@@ -14,14 +14,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=experiments/tiny_sd
-for stage in ${STAGES:-vae vae_anneal unet controlnet}; do
+for stage in ${STAGES:-vae vae_anneal unet unet_anneal controlnet}; do
     resume=()
     last="runs/tiny_sd/${stage}/checkpoints/last.ckpt"
     if [[ -f "$last" ]]; then
         resume=(--ckpt_path "$last")
     fi
     echo "== tiny SD stage: ${stage} ${resume[*]:-}"
-    system="tiny_sd_${stage%_anneal}"  # vae_anneal is the VAE system again
+    system="tiny_sd_${stage%_anneal}"  # a *_anneal stage is its system again
     python -m train.cli "$system" fit --config "${here}/${stage}.yaml" "${resume[@]}" "$@"
 done
 echo "== done: runs/tiny_sd/export/{vae,pipeline,controlnet_depth}"

@@ -192,6 +192,33 @@ def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
         initial_weights(str(tmp_path / "nope.ckpt"))
 
 
+def test_unet_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
+    root, _, unet, _ = stages
+    last = root / "unet" / "ckpt" / "last.ckpt"
+    model = {
+        "vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT,
+        "prediction_type": "v_prediction", **DIFFUSION,
+        "init_from": str(last), "lr_schedule": "cosine", "lr": 1e-3, "export_dir": None,
+    }  # fmt: skip
+    cfg = stage_config(tmp_path, "unet_anneal", model, max_steps=2)
+    cfg["timelapse"]["every_n_steps"] = 10  # no sampling
+    from pilot.models.unet import UNetConfig
+    from train.tiny_sd_diffusion import TextEncoderSize, TextToImageSystem
+
+    def system(**changes):
+        args = {**cfg["model"], "unet": UNetConfig(**UNET), "text_encoder": TextEncoderSize(**TEXT)}
+        return TextToImageSystem(**{**args, **changes})
+
+    start = system()
+    for name in ("unet", "text_encoder"):  # the stage's trained weights, not a fresh init
+        trained = getattr(unet.model, name).state_dict()
+        assert all(torch.equal(v, trained[k]) for k, v in getattr(start, name).state_dict().items())
+    cli = fit(tmp_path, "tiny_sd_unet", cfg)
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="no 'unet.\\*' weights"):
+        system(init_from=str(root / "vae" / "ckpt" / "last.ckpt"))
+
+
 def test_stage_configs_are_checked(tmp_path):
     model = {"vae": str(tmp_path), "unet": UNET, "text_encoder": {**TEXT, "hidden_size": 32}}
     with pytest.raises(ValueError, match="cross_attention_dim=16 must equal"):
@@ -230,7 +257,7 @@ def test_rgb_l1_has_no_colour_gradient_under_a_larger_luminance_error():
         assert (a.grad.abs() > 0.01) == has_gradient, (w, a.grad)
 
 
-@pytest.mark.parametrize("stage", ["vae", "vae_anneal", "unet", "controlnet"])
+@pytest.mark.parametrize("stage", ["vae", "vae_anneal", "unet", "unet_anneal", "controlnet"])
 def test_experiment_configs_parse(stage, capsys):
     """experiments/tiny_sd/<stage>.yaml maps onto the system's dataclasses (unknown keys fail)."""
     config = f"experiments/tiny_sd/{stage}.yaml"
