@@ -91,7 +91,9 @@ class PilotCLI(LightningCLI):
             trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt")
 
 
-SYSTEMS = ("dcgan", "pix2pix", "tiny_sd_vae", "tiny_sd_unet", "tiny_sd_controlnet")
+SYSTEMS = (
+    "dcgan", "pix2pix", "tiny_sd_vae", "tiny_sd_unet", "tiny_sd_controlnet", "preview_decoder"
+)  # fmt: skip
 
 
 def _system_classes(system: str) -> tuple[type, type]:
@@ -99,6 +101,11 @@ def _system_classes(system: str) -> tuple[type, type]:
         from train.dcgan import DCGANSystem, ShapesDataModule
 
         return DCGANSystem, ShapesDataModule
+    if system == "preview_decoder":  # distilled from a VAE on the tiny SD's renders
+        from train.preview import PreviewDecoderSystem
+        from train.tiny_sd import CaptionedDataModule
+
+        return PreviewDecoderSystem, CaptionedDataModule
     if system.startswith("tiny_sd"):  # the three stages of experiments/tiny_sd/train.sh
         from train.tiny_sd import CaptionedDataModule, VAESystem
         from train.tiny_sd_diffusion import DepthControlNetSystem, TextToImageSystem

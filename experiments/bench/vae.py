@@ -4,7 +4,9 @@
     python -m experiments.bench.vae --size 512 --dtypes fp32,fp16,bf16 --channels-last  # GPU
 
 Rows per dtype: diffusers eager (`AutoencoderKL.decode`), pilot eager
-(`pilot.models.vae.AutoencoderKL.decode`) and pilot channels_last when asked. Columns: ms per
+(`pilot.models.vae.AutoencoderKL.decode`), pilot channels_last when asked, and the default
+`pilot.models.preview.PreviewDecoder` (random weights: its time only; the distilled one's
+quality is measured by `experiments/tiny_sd/evaluate_preview.py`). Columns: ms per
 decode (median of interleaved rounds), ratio to diffusers (< 1 is faster), achieved TFLOP/s
 against the FLOPs counted from the config, peak memory above the resident weights, and the max
 relative error against diffusers' float32 decode. Both decode unscaled latents of one image in
@@ -31,6 +33,7 @@ from experiments.bench.common import (
     time_many_ms,
 )
 from experiments.bench.flops import vae_decode_flops
+from pilot.models.preview import PreviewConfig, PreviewDecoder
 from pilot.models.vae import VAE_PRESETS
 from pilot.models.vae import AutoencoderKL as PilotVAE
 
@@ -65,8 +68,15 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     if args.channels_last:
         fast = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
         calls["pilot channels_last"] = lambda: fast.decode(z)
+    shape = PreviewConfig(
+        latent_channels=ours.cfg.latent_channels,
+        upsamples=ours.cfg.downsample_factor.bit_length() - 1,
+    )
+    preview = PreviewDecoder(shape).eval().to(device, dtype)  # speed only: random weights
+    calls["pilot preview decoder"] = lambda: preview.decode(z)
     with torch.inference_mode():
         errors = {name: max_rel_error(call(), expected) for name, call in calls.items()}
+        errors["pilot preview decoder"] = float("nan")  # not distilled from these weights
         timing = dict(warmup=args.warmup, iters=args.iters)
         ms = dict(zip(calls, time_many_ms(list(calls.values()), device, **timing), strict=True))
         memory = {name: peak_memory_mib(call, device) for name, call in calls.items()}
@@ -77,9 +87,9 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
             name_of,
             f"{ms[name]:.1f}",
             f"{ms[name] / ms['diffusers eager']:.2f}x",
-            f"{flops / ms[name] / 1e9:.2f}",  # FLOP / ms -> TFLOP/s
+            "-" if name == "pilot preview decoder" else f"{flops / ms[name] / 1e9:.2f}",
             format_mib(memory[name]),
-            f"{errors[name]:.1e}",
+            "-" if errors[name] != errors[name] else f"{errors[name]:.1e}",
         ]
         for name in calls
     ]

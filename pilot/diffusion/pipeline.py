@@ -112,13 +112,21 @@ def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
 
 @torch.no_grad()
 def decode_latents(
-    sd, latents: Tensor, *, tile: int | None = None, upcast: VAEUpcast = "auto"
+    sd,
+    latents: Tensor,
+    *,
+    tile: int | None = None,
+    upcast: VAEUpcast = "auto",
+    decoder: torch.nn.Module | None = None,
 ) -> Tensor:
     """VAE-decode scaled latents (B, 4, h, w) to images in [0, 1], (B, 3, fh, fw) float32.
 
     Args:
         tile: Decode in overlapping tiles of this many image pixels (a multiple of 8), blended
             linearly where they overlap; None decodes whole.
+        decoder: Decode with this instead of `sd.vae`: a module with the VAE's `decode` (e.g. a
+            `pilot.models.preview.PreviewDecoder` distilled from it, for previews); `upcast`
+            then does not apply (it has no float16 overflow to guard).
         upcast: Precision of a half-precision VAE (see `VAE_UPCASTS`): SD's VAE decoder can
             overflow float16 in its last up blocks (activations beyond 65504 turn to inf, then
             NaN pixels). "auto" decodes in the VAE's dtype and, if any pixel is not finite,
@@ -127,6 +135,8 @@ def decode_latents(
     """
     if upcast not in VAE_UPCASTS:
         raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
+    if decoder is not None:
+        return _decode(sd, latents, tile, decoder)
     half = next(sd.vae.parameters()).dtype != torch.float32
     if half and upcast == "always":
         with _float32(sd.vae):
@@ -143,9 +153,9 @@ def decode_latents(
     return images
 
 
-def _decode(sd, latents: Tensor, tile: int | None) -> Tensor:
-    """Decode in the VAE's own dtype; images in [0, 1], float32."""
-    vae = sd.vae
+def _decode(sd, latents: Tensor, tile: int | None, decoder=None) -> Tensor:
+    """Decode in the decoder's (default: the VAE's) own dtype; images in [0, 1], float32."""
+    vae = sd.vae if decoder is None else decoder
     param = next(vae.parameters())
     z = (latents / sd.scaling_factor).to(param.device, param.dtype)
     if tile:

@@ -124,6 +124,23 @@ def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path
     return _save_diffusers_model(vae, "AutoencoderKL", folder, overwrite=overwrite)
 
 
+def save_preview_decoder(decoder, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a `pilot.models.preview.PreviewDecoder` folder (config.json + safetensors), atomic;
+    `pilot.models.preview.load_preview_decoder` reads it.
+
+    Raises:
+        FileExistsError: `folder` exists and `overwrite` is False.
+    """
+    from pilot.models.preview import preview_config_dict
+
+    config = preview_config_dict(decoder.cfg)
+    return _write_folder(
+        folder,
+        lambda tmp: _write_model(tmp, decoder, config, "diffusion_pytorch_model"),
+        overwrite=overwrite,
+    )
+
+
 def _save_diffusers_model(
     model, class_name: str, folder: str | os.PathLike, *, overwrite: bool
 ) -> Path:

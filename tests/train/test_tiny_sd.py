@@ -1,6 +1,8 @@
 """Smoke tests of the tiny SD stages: VAE, UNet + text encoder, depth ControlNet, each a step or
 two at 32 px, exported in the diffusers layout and loaded back by `pilot` to generate."""
 
+import json
+
 import pytest
 import torch
 
@@ -219,6 +221,33 @@ def test_unet_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
         system(init_from=str(root / "vae" / "ckpt" / "last.ckpt"))
 
 
+def test_preview_decoder_distils_the_stage_vae(stages, tmp_path):
+    root = stages[0]
+    teacher = str(root / "export" / "vae")
+    model = {"teacher": teacher, "decoder": {"channels": 8, "blocks": 1}, "lr": 1e-3}
+    cfg = stage_config(tmp_path, "preview", model, max_steps=2, val_check_interval=1)
+    cli = fit(tmp_path, "preview_decoder", cfg)
+    assert cli.trainer.global_step == 2
+    assert "val/psnr_teacher" in cli.trainer.callback_metrics
+    from pilot.models.preview import load_preview_decoder
+
+    preview = load_preview_decoder(tmp_path / "export" / "preview")
+    trained = cli.model.student.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in preview.state_dict().items())
+    assert (tmp_path / "preview" / "timelapse" / "frames").is_dir()
+    from experiments.tiny_sd import evaluate_preview
+
+    out = tmp_path / "preview.json"
+    argv = [teacher, str(tmp_path / "export" / "preview"), "--count", "4", "--size", str(SIZE)]
+    evaluate_preview.main([*argv, "--batch", "2", "--large", "64", "--out", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["items"] == [2064, 2067] and figures["ms_preview_large"] > 0
+    assert 0 < figures["psnr_preview_vs_teacher"] < 100
+    bad = {**model, "decoder": {"channels": 8, "upsamples": 2}}
+    with pytest.raises(ValueError, match="factor 4 and 4 latent channels, but the teacher"):
+        fit(tmp_path, "preview_decoder", stage_config(tmp_path, "preview", bad, fast_dev_run=True))
+
+
 def test_stage_configs_are_checked(tmp_path):
     model = {"vae": str(tmp_path), "unet": UNET, "text_encoder": {**TEXT, "hidden_size": 32}}
     with pytest.raises(ValueError, match="cross_attention_dim=16 must equal"):
@@ -257,13 +286,16 @@ def test_rgb_l1_has_no_colour_gradient_under_a_larger_luminance_error():
         assert (a.grad.abs() > 0.01) == has_gradient, (w, a.grad)
 
 
-@pytest.mark.parametrize("stage", ["vae", "vae_anneal", "unet", "unet_anneal", "controlnet"])
+@pytest.mark.parametrize(
+    "stage", ["vae", "vae_anneal", "unet", "unet_anneal", "controlnet", "preview"]
+)
 def test_experiment_configs_parse(stage, capsys):
     """experiments/tiny_sd/<stage>.yaml maps onto the system's dataclasses (unknown keys fail)."""
     config = f"experiments/tiny_sd/{stage}.yaml"
+    system = "preview_decoder" if stage == "preview" else f"tiny_sd_{stage.removesuffix('_anneal')}"
     with pytest.raises(SystemExit) as done:
         run(
-            f"tiny_sd_{stage.removesuffix('_anneal')}",
+            system,
             ["fit", "--config", config, "--print_config"],
         )
     assert done.value.code in (0, None)

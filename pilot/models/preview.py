@@ -1,0 +1,142 @@
+"""A small decoder for previews: latents to images at a fraction of the VAE decoder's cost.
+
+SD's VAE decoder spends ~2.5 TFLOP on one 512x512 image (GroupNorm, attention, 512-wide
+convolutions at 64x64); a sampler's progress, an animation's draft pass or a timelapse only
+need a picture of the latents. `PreviewDecoder` is a plain stack of 3x3 convolutions and ReLUs
+with residual blocks and nearest-neighbour upsampling (no normalisation, no attention), trained
+by distillation to reproduce one VAE's decoder (`train.preview.PreviewDecoderSystem`, the
+project's own weights: `experiments/tiny_sd/preview.yaml`). It takes what `AutoencoderKL.decode`
+takes, unscaled latents, and returns images nominally in [-1, 1]:
+
+    preview = load_preview_decoder("runs/tiny_sd/export/preview")
+    images = decode_latents(sd, latents, decoder=preview)    # pilot.diffusion.pipeline
+
+A folder holds `config.json` (`"_class_name": "PreviewDecoder"` and the `PreviewConfig` fields)
+and `diffusion_pytorch_model.safetensors` (`pilot.weights.save.save_preview_decoder`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pilot.weights.io import load_state_dict
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    """Shape of a `PreviewDecoder`.
+
+    Attributes:
+        latent_channels: Channels of the latents (4 for SD).
+        out_channels: Image channels.
+        channels: Width of every convolution.
+        upsamples: Nearest-neighbour 2x upsamplings: the VAE's factor is 2 ** upsamples.
+        blocks: Residual blocks before each upsampling (and at the end).
+    """
+
+    latent_channels: int = 4
+    out_channels: int = 3
+    channels: int = 64
+    upsamples: int = 3
+    blocks: int = 2
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < (0 if f.name in ("upsamples", "blocks") else 1):
+                raise ValueError(f"PreviewConfig.{f.name}={getattr(self, f.name)} is too small")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image pixels per latent pixel."""
+        return 2**self.upsamples
+
+
+class _Residual(nn.Module):
+    """x + conv(relu(conv(x))), then ReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class PreviewDecoder(nn.Module):
+    """Latents (B, latent_channels, h, w) -> images (B, out_channels, f*h, f*w) in [-1, 1].
+
+    Args:
+        cfg: The shape.
+    """
+
+    def __init__(self, cfg: PreviewConfig = PreviewConfig()) -> None:  # noqa: B008 (frozen)
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.channels
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), nn.ReLU()]
+        for _ in range(cfg.upsamples):
+            layers += [_Residual(c) for _ in range(cfg.blocks)]
+            layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        layers += [_Residual(c) for _ in range(cfg.blocks)]
+        layers += [nn.Conv2d(c, cfg.out_channels, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images nominally in [-1, 1] (tanh-bounded) from unscaled latents, as
+        `AutoencoderKL.decode`."""
+        if latents.ndim != 4 or latents.shape[1] != self.cfg.latent_channels:
+            raise ValueError(
+                f"latents of shape {tuple(latents.shape)}: expected (B, "
+                f"{self.cfg.latent_channels}, h, w)"
+            )
+        return torch.tanh(self.layers(latents))
+
+    forward = decode
+
+
+def load_preview_decoder(
+    folder: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> PreviewDecoder:
+    """Read a `PreviewDecoder` folder (see the module docstring), in eval mode.
+
+    Raises:
+        FileNotFoundError: no such folder, or a file of it missing.
+        ValueError: the config is not a `PreviewDecoder`'s, or the weights do not fit it.
+    """
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: no such file (a preview decoder folder?)")
+    config = json.loads(config_path.read_text())
+    if config.get("_class_name") != "PreviewDecoder":
+        raise ValueError(
+            f"{config_path}: _class_name {config.get('_class_name')!r}, expected 'PreviewDecoder'"
+        )
+    known = {f.name for f in fields(PreviewConfig)}
+    model = PreviewDecoder(PreviewConfig(**{k: v for k, v in config.items() if k in known}))
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no such file")
+    try:
+        model.load_state_dict(load_state_dict(weights))
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: weights do not fit {config_path}: {e}") from e
+    return model.eval().to(device, dtype)
+
+
+def preview_config_dict(cfg: PreviewConfig) -> dict:
+    """The `config.json` contents of a preview decoder of shape `cfg`."""
+    return {"_class_name": "PreviewDecoder", **asdict(cfg)}
+
+
+__all__ = ["PreviewConfig", "PreviewDecoder", "load_preview_decoder", "preview_config_dict"]

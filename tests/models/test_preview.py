@@ -1,0 +1,56 @@
+"""The preview decoder (`pilot.models.preview`): shapes, folders, errors, decode_latents."""
+
+import json
+
+import pytest
+import torch
+
+from pilot.diffusion.pipeline import decode_latents
+from pilot.models.preview import PreviewConfig, PreviewDecoder, load_preview_decoder
+from pilot.weights.save import save_preview_decoder
+from tests.conftest import make_tiny_sd
+
+SMALL = PreviewConfig(channels=8, upsamples=3, blocks=1)
+
+
+def test_decodes_latents_to_bounded_images_at_the_factor():
+    decoder = PreviewDecoder(SMALL)
+    images = decoder.decode(torch.randn(2, 4, 5, 7) * 10)
+    assert images.shape == (2, 3, 40, 56) and SMALL.downsample_factor == 8
+    assert images.abs().max() <= 1
+    with pytest.raises(ValueError, match=r"latents of shape \(2, 3, 5, 7\): expected \(B, 4"):
+        decoder.decode(torch.randn(2, 3, 5, 7))
+    with pytest.raises(ValueError, match="PreviewConfig.channels=0"):
+        PreviewConfig(channels=0)
+
+
+def test_folder_round_trip_and_errors(tmp_path):
+    decoder = PreviewDecoder(SMALL)
+    folder = save_preview_decoder(decoder, tmp_path / "preview")
+    loaded = load_preview_decoder(folder)
+    assert loaded.cfg == SMALL and not loaded.training
+    z = torch.randn(1, 4, 4, 4)
+    assert torch.equal(loaded.decode(z), decoder.decode(z))
+    with pytest.raises(FileExistsError):
+        save_preview_decoder(decoder, folder)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_preview_decoder(tmp_path / "nope")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderKL"}))
+    with pytest.raises(ValueError, match="expected 'PreviewDecoder'"):
+        load_preview_decoder(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "channels": 16}))
+    with pytest.raises(ValueError, match="weights do not fit"):
+        load_preview_decoder(folder)
+
+
+def test_decode_latents_with_a_preview_decoder():
+    sd = make_tiny_sd()
+    decoder = PreviewDecoder(SMALL)
+    latents = torch.randn(1, 4, 4, 4)
+    images = decode_latents(sd, latents, decoder=decoder)
+    expected = decoder.decode(latents / sd.scaling_factor) / 2 + 0.5
+    assert images.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(images, expected.clamp(0, 1))
+    tiled = decode_latents(sd, torch.randn(1, 4, 8, 8), decoder=decoder, tile=32)
+    assert tiled.shape == (1, 3, 64, 64)
