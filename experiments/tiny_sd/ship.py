@@ -27,9 +27,16 @@ from pilot.diffusion.pipeline import Request, SamplingSettings, generate
 from pilot.weights.save import save_controlnet, save_pipeline
 
 ASSETS = Path(__file__).resolve().parents[2] / "pilot" / "assets" / "tiny_sd"
-STAGES = ("vae", "vae_anneal", "unet", "controlnet")  # as experiments/tiny_sd/train.sh runs them
-OPTIONAL = {"vae_anneal"}  # a run may skip it (STAGES="vae unet controlnet")
-LOSS = {"vae": "l1", "vae_anneal": "l1", "unet": "loss", "controlnet": "loss"}
+# as experiments/tiny_sd/train.sh runs them; a run may skip the anneals (STAGES="vae unet ...")
+STAGES = ("vae", "vae_anneal", "unet", "unet_anneal", "controlnet")
+OPTIONAL = {"vae_anneal", "unet_anneal"}
+LOSS = {
+    "vae": "l1",
+    "vae_anneal": "l1",
+    "unet": "loss",
+    "unet_anneal": "loss",
+    "controlnet": "loss",
+}
 
 
 def stage_log(runs: Path, stage: str) -> dict:
@@ -102,6 +109,7 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
         "- Training (`experiments/tiny_sd/train.sh`, configs in `experiments/tiny_sd/`, CPU).",
         "  The VAE's L1 is taken in Y, Cb, Cr with the colour channels weighted (4, then 1 in",
         "  the anneal): with an RGB L1 it learned luminance only and decoded every render grey.",
+        "  The *_anneal stages go on from the stage before with a cosine learning rate.",
         "  Colour spread: mean over images of max - min of the mean R, G, B, in [-1, 1] units.",
     ]
     for stage, log in logs.items():  # in STAGES order
@@ -131,19 +139,19 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
     lines += [
         "",
         "Limits: 64 px only; vocabulary is the caption grammar (other words are split into bytes",
-        "the model never saw); undertrained by any real standard (about 90 minutes of a",
-        "2-core CPU for all four stages). The VAE stage's l1 is the chroma-weighted one.",
+        "the model never saw); undertrained by any real standard (under two hours of a",
+        "2-core CPU for all stages). The VAE stages' l1 is the chroma-weighted one.",
         "",
     ]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", type=Path, help="the train.sh run folder (holds export/ and logs)")
     p.add_argument("--metrics", type=Path, help="JSON of experiments.tiny_sd.evaluate")
     p.add_argument("--out", type=Path, default=ASSETS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     export = args.runs / "export"
     logs = {
         stage: stage_log(args.runs, stage)

@@ -248,6 +248,35 @@ def test_preview_decoder_distils_the_stage_vae(stages, tmp_path):
         fit(tmp_path, "preview_decoder", stage_config(tmp_path, "preview", bad, fast_dev_run=True))
 
 
+def test_ship_writes_float16_weights_and_a_model_card(stages, tmp_path):
+    from experiments.tiny_sd import ship
+
+    root, runs = stages[0], tmp_path / "runs"
+    (runs / "export").mkdir(parents=True)
+    (runs / "export" / "pipeline").symlink_to(root / "export" / "unet")
+    (runs / "export" / "controlnet_depth").symlink_to(root / "export" / "cnet")
+    logs = {  # stage: CSV rows as the CSV logger writes them (training and validation apart)
+        "vae": "epoch,l1,step,val/psnr,val/colour_spread,val/colour_spread_true\n"
+        "0,0.5,9,,,\n0,,9,24.5,0.14,0.15\n",
+        "unet": "epoch,loss,step\n0,0.4,19\n0,0.3,39\n",
+        "unet_anneal": "epoch,loss,step\n0,0.25,9\n",
+        "controlnet": "epoch,loss,step\n0,0.2,4\n",
+    }  # no vae_anneal: optional
+    for stage, text in logs.items():
+        (runs / stage / "csv" / "version_0").mkdir(parents=True)
+        (runs / stage / "csv" / "version_0" / "metrics.csv").write_text(text)
+    ship.main([str(runs), "--out", str(tmp_path / "out")])
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "- vae: 10 steps, final l1 0.5000, held-out PSNR 24.50 dB" in card
+    assert "- unet: 40 steps, final loss 0.3500" in card
+    assert "- unet_anneal: 10 steps" in card and "vae_anneal" not in card
+    sd = pilot.load_pipeline(tmp_path / "out" / "pipeline")
+    assert sd.unet.conv_in.weight.dtype == torch.float16
+    (runs / "unet" / "csv" / "version_0" / "metrics.csv").write_text("epoch,loss,step\n")
+    with pytest.raises(FileNotFoundError, match="no 'loss' rows in .*unet/csv"):
+        ship.main([str(runs), "--out", str(tmp_path / "out")])
+
+
 def test_stage_configs_are_checked(tmp_path):
     model = {"vae": str(tmp_path), "unet": UNET, "text_encoder": {**TEXT, "hidden_size": 32}}
     with pytest.raises(ValueError, match="cross_attention_dim=16 must equal"):
