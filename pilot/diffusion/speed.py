@@ -160,8 +160,8 @@ class CUDAGraphed(nn.Module):
                 warnings.warn(
                     f"{type(self.module).__name__} under CUDA graphs: capturing graph "
                     f"{MANY_GRAPHS + 1}, each holding its own memory; a non-tensor argument "
-                    f"that changes between calls (now {spec!r}) captures a new graph each "
-                    "time: pass it as a tensor",
+                    f"that changes between calls (now {repr(spec):.300}) captures a new graph "
+                    "each time: pass it as a tensor",
                     stacklevel=2,
                 )
             self.graphs[key] = self._capture(spec, tensors)
