@@ -139,7 +139,7 @@ def model_card(logs: dict, metrics: dict | None, sizes: dict, fp16_error: float)
     lines += [
         "",
         "Limits: 64 px only; vocabulary is the caption grammar (other words are split into bytes",
-        "the model never saw); undertrained by any real standard (under two hours of a",
+        "the model never saw); undertrained by any real standard (about 2 h 15 min of a",
         "2-core CPU for all stages). The VAE stages' l1 is the chroma-weighted one.",
         "",
     ]
