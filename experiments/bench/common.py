@@ -146,6 +146,15 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
+def parse_dtypes(parser: argparse.ArgumentParser, value: str | None, device: torch.device) -> list:
+    """The `--dtypes` comma list (default: all three on CUDA, fp32 elsewhere); a usage error
+    names unknown ones."""
+    dtypes = (value or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(",")
+    if unknown := sorted(set(dtypes) - set(DTYPES)):
+        parser.error(f"unknown dtypes {unknown}; valid: {', '.join(DTYPES)}")
+    return dtypes
+
+
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """The pilot speed-up options (`pilot.diffusion.speed.SpeedSettings`) as flags."""
     group = parser.add_argument_group("pilot speed-ups (diffusers gets --compile too)")

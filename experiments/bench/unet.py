@@ -33,6 +33,7 @@ from experiments.bench.common import (
     mark_step,
     max_rel_error,
     memory_label,
+    parse_dtypes,
     peak_memory_mib,
     speed_settings,
     time_many_ms,
@@ -134,9 +135,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtypes = (args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(",")
-    if unknown := sorted(set(dtypes) - set(DTYPES)):
-        parser.error(f"unknown dtypes {unknown}; valid: {', '.join(DTYPES)}")
+    dtypes = parse_dtypes(parser, args.dtypes, device)
     check_speed_arguments(parser, args, device)
 
     ours, ref = build_pair(args.preset, args.seed)

@@ -29,6 +29,7 @@ from experiments.bench.common import (
     format_table,
     max_rel_error,
     memory_label,
+    parse_dtypes,
     peak_memory_mib,
     time_many_ms,
 )
@@ -118,9 +119,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtypes = (args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(",")
-    if unknown := sorted(set(dtypes) - set(DTYPES)):
-        parser.error(f"unknown dtypes {unknown}; valid: {', '.join(DTYPES)}")
+    dtypes = parse_dtypes(parser, args.dtypes, device)
     if args.size % VAE_PRESETS[args.preset].downsample_factor:
         parser.error(f"--size {args.size} is not a multiple of the VAE's factor")
 
