@@ -1,7 +1,8 @@
 """`pilot train SYSTEM --config ...`: the Lightning training systems of `train/`.
 
-Systems: `dcgan`, `pix2pix`, and the tiny Stable Diffusion stages `tiny_sd_vae`, `tiny_sd_unet`,
-`tiny_sd_controlnet` (run in order by `experiments/tiny_sd/train.sh`).
+Systems: `dcgan`, `pix2pix`, the tiny Stable Diffusion stages `tiny_sd_vae`, `tiny_sd_unet`,
+`tiny_sd_controlnet` (run in order by `experiments/tiny_sd/train.sh`), and `preview_decoder`
+(a small decoder distilled from a VAE: `experiments/tiny_sd/preview.yaml`).
 
 Everything after the system name that this command does not know goes to the LightningCLI
 `fit` subcommand, e.g. `--trainer.max_steps 100 --ckpt_path last --data.batch_size 8`.
@@ -48,11 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `train` command to the `pilot` parser."""
     p = sub.add_parser(
         "train",
-        help="train a DCGAN, a Pix2Pix conditioner or a tiny SD stage (LightningCLI)",
+        help="train a DCGAN, a Pix2Pix conditioner, a tiny SD stage or a preview decoder",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    systems = ["dcgan", "pix2pix", "tiny_sd_vae", "tiny_sd_unet", "tiny_sd_controlnet"]
+    systems = [
+        "dcgan", "pix2pix", "tiny_sd_vae", "tiny_sd_unet", "tiny_sd_controlnet", "preview_decoder"
+    ]  # fmt: skip
     p.add_argument("system", choices=systems, help="which training system")
     _add_own_options(p)
     p.add_argument("lightning_args", nargs=argparse.REMAINDER, help="passed to LightningCLI fit")
