@@ -188,6 +188,7 @@ def save_state_dict(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        os.chmod(tmp, 0o644)  # mkstemp's (and safetensors') 0600: weights are shared outputs
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

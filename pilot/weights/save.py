@@ -50,6 +50,7 @@ def _write_folder(folder: str | os.PathLike, write, *, overwrite: bool) -> Path:
         raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; model folders are ordinary shared outputs
     try:
         write(tmp)
         if folder.exists():

@@ -40,3 +40,10 @@ def test_refuses_to_overwrite_unless_asked(tiny_sd, tmp_path):
     save_pipeline(tiny_sd, folder, overwrite=True)
     assert pilot.load_pipeline(folder).prediction_type == "epsilon"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left
+
+
+def test_saved_folders_and_weights_are_readable_by_others(tiny_sd, tiny_sd_folder):
+    """Not the 0700 / 0600 modes of mkdtemp / mkstemp: a model is a shared output."""
+    weights = tiny_sd_folder / "unet" / "diffusion_pytorch_model.safetensors"
+    assert tiny_sd_folder.stat().st_mode & 0o777 == 0o755
+    assert weights.stat().st_mode & 0o777 == 0o644
