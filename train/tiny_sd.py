@@ -170,20 +170,23 @@ def initial_weights(path: str) -> dict[str, Tensor]:
         return load_vae(source).state_dict()
     if not source.is_file():
         raise FileNotFoundError(f"init_from={path}: no such checkpoint or VAE folder")
-    return checkpoint_weights(source, "vae")
+    return checkpoint_weights(source, "vae")["vae"]
 
 
-def checkpoint_weights(path: str | Path, prefix: str) -> dict[str, Tensor]:
-    """The weights of one model (`prefix`, e.g. "unet") of a Lightning system checkpoint."""
+def checkpoint_weights(path: str | Path, *prefixes: str) -> dict[str, dict[str, Tensor]]:
+    """The weights of some models (`prefixes`, e.g. "unet") of a Lightning system checkpoint,
+    read once: prefix -> state dict."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"init_from={path}: no such checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    weights = {
-        k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")
-    }
-    if not weights:
-        raise ValueError(f"init_from={path}: the checkpoint holds no '{prefix}.*' weights")
-    return weights
+    out = {}
+    for prefix in prefixes:
+        out[prefix] = {
+            k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")
+        }
+        if not out[prefix]:
+            raise ValueError(f"init_from={path}: the checkpoint holds no '{prefix}.*' weights")
+    return out
 
 
 def lr_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total: int | None):

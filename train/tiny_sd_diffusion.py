@@ -261,8 +261,9 @@ class TextToImageSystem(_DiffusionStage):
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
         self.vae = freeze(load_vae(vae))
         if init_from is not None:
-            self.unet.load_state_dict(checkpoint_weights(init_from, "unet"))
-            self.text_encoder.load_state_dict(checkpoint_weights(init_from, "text_encoder"))
+            weights = checkpoint_weights(init_from, "unet", "text_encoder")
+            self.unet.load_state_dict(weights["unet"])
+            self.text_encoder.load_state_dict(weights["text_encoder"])
         self.sd = StableDiffusion(
             self.unet, self.vae, self.text_encoder, tokenizer, prediction_type
         )

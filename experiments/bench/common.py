@@ -117,12 +117,11 @@ def held_bytes(device: torch.device) -> int:
     A graph's activations are freed into its private pool during capture, so
     `memory_allocated` misses them, yet that memory stays reserved for the graph's replays.
     """
+    default_pool = (0, 0)
     allocated = torch.cuda.memory_allocated(device)
     for segment in torch.cuda.memory_snapshot():
-        if segment.get("device") == device.index and segment.get("segment_pool_id", (0, 0)) != (
-            0,
-            0,
-        ):
+        private = segment.get("segment_pool_id", default_pool) != default_pool
+        if private and segment.get("device") == device.index:
             allocated += segment["total_size"] - segment["allocated_size"]
     return allocated
 

@@ -23,12 +23,7 @@ from pilot.data.captioned import CaptionedRenders
 from pilot.imageio import atomic_output
 from pilot.models.preview import load_preview_decoder
 from pilot.weights.loaders import load_vae
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.clamp(-1, 1) - b.clamp(-1, 1)).pow(2).mean().item()
-    return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
+from train.metrics import psnr
 
 
 def main(argv=None) -> None:
@@ -50,7 +45,7 @@ def main(argv=None) -> None:
     data = CaptionedRenders(args.count, args.size, args.seed, start=args.start)
     with torch.no_grad():
         z = torch.cat([vae.encode(x).mode() for x in data.images.split(args.batch)])
-        teacher = torch.cat([vae.decode(b) for b in z.split(args.batch)])
+        teacher = torch.cat([vae.decode(b) for b in z.split(args.batch)]).clamp(-1, 1)
         student = torch.cat([preview.decode(b) for b in z.split(args.batch)])
         f = vae.cfg.downsample_factor
         large = torch.randn(1, z.shape[1], args.large // f, args.large // f) * z.std()

@@ -30,13 +30,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "pilot" / "assets" / "tiny_sd"
 # as experiments/tiny_sd/train.sh runs them; a run may skip the anneals (STAGES="vae unet ...")
 STAGES = ("vae", "vae_anneal", "unet", "unet_anneal", "controlnet")
 OPTIONAL = {"vae_anneal", "unet_anneal"}
-LOSS = {
-    "vae": "l1",
-    "vae_anneal": "l1",
-    "unet": "loss",
-    "unet_anneal": "loss",
-    "controlnet": "loss",
-}
+LOSS = {stage: "l1" if stage.startswith("vae") else "loss" for stage in STAGES}  # logged
 
 
 def stage_log(runs: Path, stage: str) -> dict:

@@ -124,14 +124,14 @@ def decode_latents(
     Args:
         tile: Decode in overlapping tiles of this many image pixels (a multiple of 8), blended
             linearly where they overlap; None decodes whole.
-        decoder: Decode with this instead of `sd.vae`: a module with the VAE's `decode` (e.g. a
-            `pilot.models.preview.PreviewDecoder` distilled from it, for previews); `upcast`
-            then does not apply (it has no float16 overflow to guard).
         upcast: Precision of a half-precision VAE (see `VAE_UPCASTS`): SD's VAE decoder can
             overflow float16 in its last up blocks (activations beyond 65504 turn to inf, then
             NaN pixels). "auto" decodes in the VAE's dtype and, if any pixel is not finite,
             decodes again in float32 (and warns); "always" decodes in float32; "never" in the
             VAE's dtype. A float32 VAE decodes in float32 under every rule.
+        decoder: Decode with this instead of `sd.vae`: a module with the VAE's `decode` (e.g. a
+            `pilot.models.preview.PreviewDecoder` distilled from it, for previews); `upcast`
+            then does not apply (it has no float16 overflow to guard).
     """
     if upcast not in VAE_UPCASTS:
         raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
