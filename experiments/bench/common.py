@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from pilot.diffusion.speed import COMPILE_MODES, SpeedSettings
 
@@ -67,13 +69,13 @@ def time_many_ms(
     return [statistics.median(t) for t in times]
 
 
-def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak memory of one `fn()` call above what was allocated before it, in MiB.
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak tensor memory of one `fn()` call above what was allocated before it, in MiB.
 
-    CUDA: `torch.cuda.max_memory_allocated` (tensors only; weights already resident are not
-    counted). CPU: the process's resident-set high-water mark (Linux `VmHWM`, reset through
-    `/proc/self/clear_refs`) above the resident set before the call: allocator caching makes it
-    a rough figure. None where neither is available.
+    CUDA: `torch.cuda.max_memory_allocated` (weights already resident are not counted).
+    Elsewhere: `TensorMemory`, the storages the call's operators create, counted while alive;
+    the same quantity, device-independent and exact, where a process's resident set would mix
+    in allocator caching.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -82,13 +84,48 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | N
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _proc_status_kib("VmRSS")
+    with TensorMemory() as memory:
         fn()
-        return (_proc_status_kib("VmHWM") - before) / 1024
-    except (OSError, KeyError, ValueError):
-        return None
+    return memory.peak / 2**20
+
+
+class TensorMemory(TorchDispatchMode):
+    """Bytes of the tensor storages that operators create under it: `live` now, `peak` at most.
+
+    Every operator output that does not alias an input (per the operator's schema: views and
+    in-place results are not new memory) is a new storage; it counts from its creation until
+    Python frees it. Work buffers inside one kernel (a convolution's im2col, oneDNN's
+    re-laid-out weights) are not seen, nor is anything made outside the block. Eager PyTorch
+    only: compiled code runs without dispatching its operators here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}  # data_ptr -> bytes of the live storages counted
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        results = out if isinstance(out, tuple) else (out,)
+        for spec, result in zip(func._schema.returns, results, strict=False):
+            if spec.alias_info is None:
+                for t in tree_leaves(result):
+                    if isinstance(t, torch.Tensor):
+                        self._count(t.untyped_storage())
+        return out
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or key in self._sizes:
+            return
+        self._sizes[key] = size
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key)
 
 
 def first_call(
@@ -130,19 +167,12 @@ def memory_label(device: torch.device) -> str:
     """Column header of the peak memory figures (`first_call` + `peak_memory_mib`)."""
     if device.type == "cuda":
         return "peak MiB (CUDA allocated, graph pools incl.)"
-    return "peak MiB (RSS high-water)"
+    return "peak MiB (tensors)"
 
 
-def format_mib(mib: float | None, retained: float = 0.0) -> str:
-    """A peak memory figure (plus what earlier calls left allocated), or n/a."""
-    return "n/a" if mib is None else f"{mib + retained:.0f}"
-
-
-def _proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+def format_mib(mib: float, retained: float = 0.0) -> str:
+    """A peak memory figure, plus what earlier calls left allocated."""
+    return f"{mib + retained:.0f}"
 
 
 def parse_dtypes(parser: argparse.ArgumentParser, value: str | None, device: torch.device) -> list:

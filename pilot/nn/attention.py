@@ -90,9 +90,10 @@ class SelfAttention2D(Attention):
         """Map (B, C, H, W) to (B, C, H, W)."""
         height, width = x.shape[-2:]
         h = super().forward(to_tokens(self.group_norm(x)))  # (B, H*W, C)
-        # Attention output first: the sum keeps its channels_last strides, as diffusers' does; the
-        # next GroupNorm reduces in another order on contiguous input (different float rounding).
-        return to_feature_map(h, height, width) + x
+        # Input first: the sum takes the input's layout (NCHW unless the model is channels_last),
+        # not the attention output's NHWC strides, which would make every later residual add and
+        # upsampling of the decoder strided on a GPU.
+        return x + to_feature_map(h, height, width)
 
 
 class GEGLU(nn.Module):

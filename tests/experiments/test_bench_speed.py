@@ -7,7 +7,12 @@ import torch
 
 from experiments.bench import __main__ as runner
 from experiments.bench import animate, controlnet, pipeline, unet, vae
-from experiments.bench.common import compile_reference, peak_memory_mib, time_many_ms
+from experiments.bench.common import (
+    TensorMemory,
+    compile_reference,
+    peak_memory_mib,
+    time_many_ms,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--preset", "tiny", "--size", "32", "--threads", "1"]
@@ -39,14 +44,30 @@ def test_time_many_and_peak_memory_on_cpu():
     times = time_many_ms([lambda: None, lambda: torch.ones(100).sum()], torch.device("cpu"),
                          warmup=0, iters=2, rounds=2)  # fmt: skip
     assert len(times) == 2 and min(times) >= 0
-    mib = peak_memory_mib(lambda: torch.ones(64, 2**20).sum(), torch.device("cpu"))  # 256 MiB
-    assert mib is None or mib > 100  # None where /proc/self/clear_refs is missing
+
+
+def test_peak_memory_counts_the_tensors_a_call_creates():
+    weights = torch.randn(256, 256)  # made before the call: not counted
+
+    def call():
+        a = torch.ones(4, 2**20)  # 16 MiB
+        a.add_(1).view(-1)[:5].mul_(2)  # in place and views: nothing new
+        del a
+        b = torch.ones(2, 2**20)  # 8 MiB, after the 16 are freed
+        return b.sum() + (weights @ weights).sum()
+
+    assert peak_memory_mib(call, torch.device("cpu")) == pytest.approx(16, abs=0.01)
+    with TensorMemory() as memory:
+        kept = torch.zeros(2**18)  # 1 MiB, alive after the block
+        assert memory.live == 2**20
+    del kept
+    assert memory.live == 0 and memory.peak == 2**20
 
 
 def test_unet_bench_rows_with_speed_flags(capsys):
     unet.main([*TINY, "--dtype", "fp32,bf16", "--channels-last", "--iters", "1", "--warmup", "0"])
     out = capsys.readouterr().out
-    assert "peak MiB (RSS high-water)" in out
+    assert "peak MiB (tensors)" in out
     for row in (
         "diffusers eager     | fp32",
         "pilot eager         | bf16",

@@ -256,9 +256,12 @@ def sd15(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("sd15")
     models = reference_models("sd15")
-    # Batch 2 (a CFG pair). Known: at batch 1 the VAE differs by ~1.4e-5 (decode), float rounding
-    # of layout-dependent GroupNorm / conv kernels on channels_last activations; to investigate.
+    # UNet and text encoder at batch 2 (a CFG pair), the VAE at batch 1 (one frame, as pilot's
+    # pipelines decode). diffusers' VAE attention output has NHWC strides, whose batch stride only
+    # a batch of 1 leaves irregular, so only then does its next GroupNorm run NCHW like pilot's;
+    # at batch 2 the two reduce in other orders (~1e-5 apart, float rounding).
     x = inputs(models, batch=2)
+    x["images"], x["latents"] = x["images"][:1], x["latents"][:1]
     ref = reference_outputs(models, x)
     for model in models.values():
         model.half()  # exact: `fill` drew float16 values
