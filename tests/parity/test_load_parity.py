@@ -257,9 +257,10 @@ def sd15(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd15")
     models = reference_models("sd15")
     # UNet and text encoder at batch 2 (a CFG pair), the VAE at batch 1 (one frame, as pilot's
-    # pipelines decode). diffusers' VAE attention output has NHWC strides, whose batch stride only
-    # a batch of 1 leaves irregular, so only then does its next GroupNorm run NCHW like pilot's;
-    # at batch 2 the two reduce in other orders (~1e-5 apart, float rounding).
+    # pipelines decode). diffusers' VAE attention returns NHWC strides; at batch 1 their irregular
+    # batch stride sends its decoder back to NCHW, as pilot's is, while at batch 2 its GroupNorms
+    # reduce NHWC, in another order (1.3e-5 apart). What is left at batch 1 (decode 9.8e-6) starts
+    # at pilot's im2col + GEMM convolutions on 8x8 latents (`pilot.nn.resnet.Conv2d`).
     x = inputs(models, batch=2)
     x["images"], x["latents"] = x["images"][:1], x["latents"][:1]
     ref = reference_outputs(models, x)
