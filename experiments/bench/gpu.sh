@@ -25,6 +25,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16
         bench vae --size 512 --dtypes fp32,fp16,bf16 --channels-last
+        bench vae --size 512 --dtype fp16 --iters 1 --profile
         bench pipeline "${fast[@]}" --dtype fp16
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"
         ;;

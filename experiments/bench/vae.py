@@ -11,7 +11,8 @@ decode (median of interleaved rounds), ratio to diffusers (< 1 is faster), achie
 against the FLOPs counted from the config, peak memory above the resident weights, and the max
 relative error against diffusers' float32 decode. Both decode unscaled latents of one image in
 the model's dtype: `pilot.diffusion.pipeline.decode_latents` adds the scaling, float32 rule and
-tiling around it. Weights are random: speed does not depend on their values.
+tiling around it. Weights are random: speed does not depend on their values. `--profile`
+prints, per variant, the operators (CUDA kernels on a GPU) that take the most time.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
         timing = dict(warmup=args.warmup, iters=args.iters)
         ms = dict(zip(calls, time_many_ms(list(calls.values()), device, **timing), strict=True))
         memory = {name: peak_memory_mib(call, device) for name, call in calls.items()}
+        if args.profile:
+            for name, call in calls.items():
+                print_profile(f"{name}, {dtype}", call, device)
     name_of = {v: k for k, v in DTYPES.items()}[dtype]
     return [
         [
@@ -94,6 +98,20 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
         ]
         for name in calls
     ]
+
+
+def print_profile(title: str, call, device: torch.device, rows: int = 12) -> None:
+    """The operators (kernels, on CUDA) that take the most time in one `call()`."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"== profile: {title}")
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70))
 
 
 def latents(cfg, args) -> torch.Tensor:
@@ -115,6 +133,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights (pilot)")
+    parser.add_argument("--profile", action="store_true", help="print each decode's top kernels")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -100,3 +100,10 @@ def test_vae_bench_rows(capsys):
     rows = {tuple(row[:2]) for row in cells if len(row) > 2}
     assert {("pilot channels_last", "bf16"), ("pilot preview decoder", "fp32")} <= rows
     assert "max rel err vs fp32" in out
+
+
+def test_vae_bench_profile_names_the_operators(capsys):
+    vae.main([*TINY, "--iters", "1", "--warmup", "0", "--profile"])
+    out = capsys.readouterr().out
+    assert "== profile: pilot eager, torch.float32" in out
+    assert "convolution" in out  # the operator table
