@@ -155,10 +155,11 @@ def held_bytes(device: torch.device) -> int:
     `memory_allocated` misses them, yet that memory stays reserved for the graph's replays.
     """
     default_pool = (0, 0)
-    allocated = torch.cuda.memory_allocated(device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    allocated = torch.cuda.memory_allocated(index)
     for segment in torch.cuda.memory_snapshot():
-        private = segment.get("segment_pool_id", default_pool) != default_pool
-        if private and segment.get("device") == device.index:
+        private = tuple(segment.get("segment_pool_id", default_pool)) != default_pool
+        if private and segment.get("device") == index:
             allocated += segment["total_size"] - segment["allocated_size"]
     return allocated
 

@@ -20,7 +20,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
     fast=(--size 512 --channels-last --cuda-graphs)
     case $phase in
     eager)
-        "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py 2>&1 | tail -5
+        "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py tests/experiments/test_bench_speed.py 2>&1 | tail -8
         bench flops
         bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16

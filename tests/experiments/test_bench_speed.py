@@ -107,3 +107,28 @@ def test_vae_bench_profile_names_the_operators(capsys):
     out = capsys.readouterr().out
     assert "== profile: pilot eager, torch.float32" in out
     assert "convolution" in out  # the operator table
+
+
+@pytest.mark.gpu
+def test_first_call_counts_a_cuda_graph_pool_it_leaves_held():
+    """A captured graph's activations are freed into its private pool: `memory_allocated` misses
+    them, `held_bytes` (through `first_call`) does not."""
+    from experiments.bench.common import first_call, held_bytes
+
+    device = torch.device("cuda")  # no index: the current device
+    x = torch.zeros(1 << 20, device=device)  # 4 MiB
+    graph = torch.cuda.CUDAGraph()
+
+    def capture():
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            y = x * 2  # a 4 MiB intermediate, freed inside the capture
+            y = y.view(2, -1).sum(0)
+            del y
+        return 0.0
+
+    before_allocated = torch.cuda.memory_allocated()
+    _, _, retained = first_call(capture, device, lambda v: v)
+    assert torch.cuda.memory_allocated() - before_allocated < 2**20
+    assert retained >= 4.0  # the pool stays reserved for the replays
+    assert held_bytes(device) >= torch.cuda.memory_allocated()
