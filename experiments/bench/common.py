@@ -4,6 +4,7 @@ memory, the speed-up options, tables."""
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 import weakref
@@ -139,6 +140,9 @@ def first_call(
         see `held_bytes`), to add to `peak_memory_mib` of the later calls; 0 on CPU.
     """
     cuda = device.type == "cuda"
+    if cuda:  # release what dead models left (graph pools of earlier variants): not this call's
+        gc.collect()
+        torch.cuda.empty_cache()
     before = held_bytes(device) if cuda else 0
     start = time.perf_counter()
     value = consume(fn())

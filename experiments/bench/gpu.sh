@@ -3,6 +3,7 @@
 #
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # + torch.compile (pilot's and diffusers'), ~5 min
+#   experiments/bench/gpu.sh memory    # GPU tests, the channels_last / CUDA-graph rows, ~3 min
 #
 # Each benchmark gets its own time limit (LIMIT seconds, default 240) so one that hangs does not
 # lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default).
@@ -29,10 +30,17 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench pipeline "${fast[@]}" --dtype fp16
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"
         ;;
+    memory)  # the CUDA-graph memory rows alone (shared graph pool), ~3 min
+        "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py tests/experiments/test_bench_speed.py 2>&1 | tail -8
+        bench unet --size 512 --channels-last --dtypes fp16 --iters 10
+        bench unet "${fast[@]}" --dtypes fp16 --iters 10
+        bench controlnet "${fast[@]}" --dtype fp16
+        bench pipeline "${fast[@]}" --dtype fp16
+        ;;
     compile)
         bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10
         bench pipeline "${fast[@]}" --compile --dtype fp16
         ;;
-    *) echo "unknown phase $phase (eager, compile)"; exit 2 ;;
+    *) echo "unknown phase $phase (eager, compile, memory)"; exit 2 ;;
     esac
 } 2>&1 | tee "$out/$phase.log"

@@ -20,12 +20,13 @@ Precision is not set here: cast the models (`dtype=` on load, `sd.to(dtype=...)`
 float32 rule is `decode_latents(..., upcast=...)`. The VAE gets channels_last only, and only on
 the CPU: its decode runs once per image, tiled at varying sizes. On the CPU channels_last
 speeds it up (SD 1.5, 256 px: 0.91x of diffusers vs 0.98x NCHW); on a GPU it slows it down
-(H200, 512 px fp16: 1.21x vs 1.11x), as CUDA's GroupNorm copies NHWC input to NCHW.
+(H100, 512 px fp16: 1.24x vs 0.98x), as CUDA's GroupNorm copies NHWC input to NCHW.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -120,8 +121,13 @@ class CUDAGraphed(nn.Module):
     times on a side stream (cuDNN autotuning, torch.compile), then captures one call into a
     graph that reads static copies of the tensor inputs. Each call copies its tensors into
     those, replays the graph and returns clones of the graph's outputs (so a later replay cannot
-    overwrite them). Each graph keeps its inputs, outputs and working memory allocated; calls
-    with gradients enabled run eagerly.
+    overwrite them). Calls with gradients enabled run eagerly.
+    Memory: each graph keeps its static inputs and outputs allocated, and its working memory
+    reserved in a graph pool. All the `CUDAGraphed` graphs on a device share one pool (as
+    inductor's CUDA graph trees do), so a UNet, its ControlNets and every shape's graph need
+    the working memory of the largest one, not the sum. Sharing is safe because no graph
+    output is handed out (the clones are made in ordinary memory) and replays run one at a
+    time; replaying graphs of one device from several threads or streams at once is not.
     Attributes other than `module` are the wrapped module's (`cfg`, `embed_hint`, ...), and so
     are the state dict's keys. Weights loaded in place (`load_state_dict` into `module`) reach
     the graphs; parameters replaced by new tensors do not.
@@ -138,6 +144,7 @@ class CUDAGraphed(nn.Module):
         self.module = module
         self.warmup = warmup
         self.graphs: dict[str, tuple[torch.cuda.CUDAGraph, list[Tensor], Any]] = {}
+        _GRAPHED.add(self)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -180,16 +187,54 @@ class CUDAGraphed(nn.Module):
         """Warm up on a side stream, then capture one call on static input copies."""
         static = [t.clone() for t in tensors]
         args, kwargs = _fill(spec, static)
-        stream = torch.cuda.Stream(device=static[0].device if static else None)
-        stream.wait_stream(torch.cuda.current_stream())
+        device = _device(self.module)
+        stream = _capture_stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(self.warmup):
                 self.module(*args, **kwargs)
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=_shared_pool(device), stream=stream):
             out = self.module(*args, **kwargs)
         return graph, static, out
+
+
+_GRAPHED: weakref.WeakSet[CUDAGraphed] = weakref.WeakSet()  # every live instance
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream per device that every capture warms up and captures on.
+
+    cuBLAS keeps a workspace per stream for the life of the process (tens of MiB on Hopper):
+    a new stream per capture would leave one more behind each time. Warming up on the capture
+    stream also makes that workspace in ordinary memory, before the capture, not in the pool.
+    """
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
+
+
+def _device(module: nn.Module) -> torch.device:
+    """The CUDA device of a module's parameters, with its index."""
+    device = next(module.parameters()).device
+    return torch.device(
+        "cuda", torch.cuda.current_device() if device.index is None else device.index
+    )
+
+
+def _shared_pool(device: torch.device) -> Any:
+    """The memory pool of a live graph captured on `device` (None: none yet, a new pool).
+
+    Borrowing a live graph's pool keeps the pool's lifetime the graphs': once every graph
+    of a device is gone, its memory can be released (`torch.cuda.empty_cache`).
+    """
+    for graphed in list(_GRAPHED):
+        if graphed.graphs and _device(graphed.module) == device:
+            graph, _, _ = next(iter(graphed.graphs.values()))
+            return graph.pool()
+    return None
 
 
 class _Slot:

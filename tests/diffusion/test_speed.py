@@ -146,3 +146,46 @@ def test_cuda_graphed_controlnet_replays_one_graph_for_every_scale():
         out, expected = fast(x, sigma, context=context), ref(x, sigma, context=context)
         assert torch.allclose(out, expected, atol=1e-4, rtol=1e-3)
     assert len(graphed.graphs) == 1
+
+
+class _Wide(torch.nn.Module):
+    """Large temporaries (two 16 MiB tensors for a (4096, 1024) input), a small output."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x):
+        return ((x * self.scale).exp() * 2).sum(-1)
+
+
+def _pool_bytes(pool) -> int:
+    """Bytes of the CUDA memory segments of one graph pool."""
+    segments = torch.cuda.memory_snapshot()
+    return sum(s["total_size"] for s in segments if tuple(s["segment_pool_id"]) == tuple(pool))
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_graphed_models_share_one_memory_pool():
+    import gc
+
+    a, b = CUDAGraphed(_Wide(0.5).cuda()), CUDAGraphed(_Wide(-0.5).cuda())
+    x = torch.rand(4096, 1024, device="cuda")
+    a(x)  # capture
+    [(graph_a, _, _)] = a.graphs.values()
+    pool_size = _pool_bytes(graph_a.pool())
+    b(x)
+    [(graph_b, _, _)] = b.graphs.values()
+    assert graph_b.pool() == graph_a.pool()
+    assert pool_size >= 32 * 2**20  # a's working memory
+    assert _pool_bytes(graph_a.pool()) - pool_size <= 2 * 2**20  # b reuses it
+    for seed in range(3):  # interleaved replays, each output its own
+        y = torch.rand(4096, 1024, device="cuda") + seed
+        out_a, out_b = a(y), b(y)
+        assert torch.allclose(out_a, a.module(y), rtol=1e-5)
+        assert torch.allclose(out_b, b.module(y), rtol=1e-5)
+    del a, graph_a
+    gc.collect()
+    torch.cuda.empty_cache()  # the pool lives on with b's graph
+    assert torch.allclose(b(x), b.module(x), rtol=1e-5)
