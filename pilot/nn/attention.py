@@ -11,6 +11,7 @@ free view on the way out, folded into the residual add.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -111,7 +112,9 @@ class GEGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map (..., dim_in) to (..., dim_out)."""
         h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        if torch.is_grad_enabled():
+            return h * F.gelu(gate)
+        return h.mul_(F.gelu(gate))  # no backward: the product takes the projection's memory
 
 
 class FeedForward(nn.Module):

@@ -1,6 +1,7 @@
 """VAE unit tests: shapes per preset (meta device), the posterior, dtypes, config handling."""
 
 import dataclasses
+import weakref
 
 import pytest
 import torch
@@ -54,6 +55,44 @@ def test_decoder_activations_keep_the_model_layout(layout):
     assert any("attentions" in name for name, _ in seen)
     wrong = [name for name, out in seen if not out.is_contiguous(memory_format=layout)]
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("coder", ["encoder", "decoder"])
+def test_a_block_input_is_freed_after_its_first_layer(tiny_vae, coder):
+    """Each block's input dies once its first layer has returned: looping over blocks kept it
+    referenced through the whole block (for SD's decoder, 256 channels at full resolution;
+    with the resnets' in-place SiLUs the decode's tensor peak at 512 px, float32, fell from
+    768 to 640 MiB)."""
+    decoder = coder == "decoder"
+    block = tiny_vae.decoder.up_blocks[-1] if decoder else tiny_vae.encoder.down_blocks[0]
+    first, second = block.layers()[:2]
+    inputs, alive = [], []
+    hooks = [
+        first.register_forward_pre_hook(lambda m, args: inputs.append(weakref.ref(args[0]))),
+        second.register_forward_pre_hook(lambda m, args: alive.append(inputs[-1]() is not None)),
+    ]
+    with torch.no_grad():
+        if decoder:
+            tiny_vae.decode(torch.randn(1, TINY.latent_channels, 6, 5))
+        else:
+            tiny_vae.encode(torch.rand(1, 3, 12, 10))
+    for hook in hooks:
+        hook.remove()
+    assert alive == [False]
+
+
+def test_inference_runs_in_place_without_touching_the_input(tiny_vae):
+    """Under no_grad the resnets apply SiLU in place on their norms' outputs; the input and the
+    result are those of the autograd path, which still trains."""
+    z = torch.randn(1, TINY.latent_channels, 6, 5)
+    kept = z.clone()
+    with torch.no_grad():
+        fast = tiny_vae.decode(z)
+    assert torch.equal(z, kept)
+    z.requires_grad_(True)
+    slow = tiny_vae.decode(z)
+    slow.square().mean().backward()
+    assert torch.equal(fast, slow.detach()) and z.grad is not None
 
 
 def test_posterior_clamps_logvar_and_samples():
