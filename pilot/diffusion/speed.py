@@ -19,7 +19,7 @@
 Precision is not set here: cast the models (`dtype=` on load, `sd.to(dtype=...)`); the VAE's
 float32 rule is `decode_latents(..., upcast=...)`. The VAE gets channels_last only, and only on
 the CPU: its decode runs once per image, tiled at varying sizes. On the CPU channels_last
-speeds it up (SD 1.5, 256 px: 0.91x of diffusers vs 0.98x NCHW); on a GPU it slows it down
+speeds it up (SD 1.5, 256 px: 0.80x of diffusers vs 0.92x NCHW); on a GPU it slows it down
 (H100, 512 px fp16: 1.24x vs 0.98x), as CUDA's GroupNorm copies NHWC input to NCHW.
 """
 
