@@ -321,7 +321,7 @@ def animate_passes(out: Path, sd, tracks, dials: tuple, config: DemoConfig, prog
     videos, timing = {}, {"rendered_now": 0}
     for name, dials in (("independent", independent(feedback)), ("feedback", feedback)):
         sampler = FeedbackSampler(
-            sd, settings, dials, frames, prompts, FrameStore(out / name),
+            sd, settings, dials, frames, prompts, FrameStore(out / name, write_behind=True),
             tracks=tracks, base_seed=config.seed,
         )  # fmt: skip
         videos[name], seconds = render_video(

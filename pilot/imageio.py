@@ -54,6 +54,12 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Tensor:
             array = np.asarray(image.convert(mode))
     except OSError as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+    return from_uint8(array)
+
+
+def from_uint8(array: np.ndarray) -> Tensor:
+    """(H, W, C) or (H, W) uint8 -> (C, H, W) float in [0, 1]: what `read_image` gives for
+    the PNG `write_png` makes of `array` (inverse of `to_uint8`)."""
     array = array[..., None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
@@ -66,9 +72,10 @@ def to_uint8(image: Tensor) -> np.ndarray:
 
 
 def write_png(
-    path: str | os.PathLike, image: Tensor, text: Mapping[str, str] | None = None
+    path: str | os.PathLike, image: Tensor | np.ndarray, text: Mapping[str, str] | None = None
 ) -> Path:
-    """Write (C, H, W) in [0, 1] (C = 1 or 3) as a PNG, atomically, with optional text chunks.
+    """Write (C, H, W) in [0, 1] (C = 1 or 3), or `to_uint8`'s array of it, as a PNG,
+    atomically, with optional text chunks.
 
     Text chunks are how Stable Diffusion front ends share settings: A1111 and ComfyUI read a
     `parameters` key.
@@ -77,7 +84,8 @@ def write_png(
     for key, value in (text or {}).items():
         info.add_text(key, value)
     with atomic_output(path) as tmp:
-        Image.fromarray(to_uint8(image)).save(tmp, format="PNG", pnginfo=info)
+        array = image if isinstance(image, np.ndarray) else to_uint8(image)
+        Image.fromarray(array).save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 

@@ -23,7 +23,9 @@ import traceback
 
 from experiments.bench.common import COMPILE_MODES, DTYPES
 
-BENCHMARKS = ("flops", "unet", "controlnet", "vae", "pipeline", "animate", "render", "pix2pix")
+BENCHMARKS = (
+    "flops", "unet", "controlnet", "vae", "pipeline", "animate", "frame_store", "render", "pix2pix",
+)  # fmt: skip
 
 
 def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:

@@ -113,18 +113,21 @@ def run(args) -> dict:
             Path(tmp) / "shot", n_frames=args.frames, width=args.size, height=args.size
         )
         frames = ShotFrames(Shot(Path(tmp) / "shot"))
+        store = FrameStore(Path(tmp) / "run", write_behind=True)  # as `pilot animate` writes
         sampler = FeedbackSampler(
             sd, SamplingSettings(sampler="euler", steps=args.steps, cfg=7.5),
             FeedbackConfig(strength=str(args.strength)), frames,
-            parse_prompt_schedule("a hatched corridor"), FrameStore(Path(tmp) / "run"),
+            parse_prompt_schedule("a hatched corridor"), store,
             tracks=[ControlTrack(net, "depth", Schedule.constant(1.0))],
             flow=timer.wrap("flow", frames.flow),
         )  # fmt: skip
         sampler.render(0)
+        store.flush()
         timer.seconds.clear()
         start = time.perf_counter()
         for k in range(1, args.frames):
             sampler.render(k)
+        store.flush()  # the last frame's PNG: the writes overlap the next frames, not this one
         total = time.perf_counter() - start
     n = args.frames - 1
     parts = {name: timer.seconds[name] / n for name in ("flow", "VAE", "UNet", "ControlNet")}

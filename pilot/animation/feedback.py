@@ -284,6 +284,7 @@ class FeedbackSampler:
             else:
                 self.render(group[0])
             yield group, (time.perf_counter() - start) / len(group)
+        self.store.flush()
 
     def render_batch(self, ks: Sequence[int]) -> Tensor:
         """Make the `independent` frames ks in one batch; returns them (B, 3, H, W) in [0, 1]

@@ -132,3 +132,11 @@ def test_first_call_counts_a_cuda_graph_pool_it_leaves_held():
     assert torch.cuda.memory_allocated() - before_allocated < 2**20
     assert retained >= 4.0  # the pool stays reserved for the replays
     assert held_bytes(device) >= torch.cuda.memory_allocated()
+
+
+def test_frame_store_bench_rows(capsys):
+    from experiments.bench import frame_store
+
+    frame_store.main(["--size", "16", "--frames", "3", "--gap", "0"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in frame_store.VARIANTS) and "1.00x" in out

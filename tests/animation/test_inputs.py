@@ -1,0 +1,40 @@
+"""The run folder's frame store: frames kept in memory as written, PNGs written behind."""
+
+import pytest
+import torch
+
+from pilot.animation.inputs import FrameStore
+from pilot.imageio import read_image
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_frame_reads_back_as_its_png(tmp_path, write_behind):
+    store = FrameStore(tmp_path, write_behind=write_behind)
+    image = torch.rand(1, 3, 9, 7)
+    store.write(5, image)
+    assert store.has(5) and not store.has(4)
+    got = store.read(5)  # from memory
+    store.flush()
+    assert torch.equal(got, read_image(store.frame_path(5))[None])
+    assert (got - image).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+    got.zero_()  # a caller's copy: the store's frame is untouched
+    assert torch.equal(store.read(5), read_image(store.frame_path(5))[None])
+
+
+def test_only_the_last_frames_stay_in_memory(tmp_path):
+    store = FrameStore(tmp_path, write_behind=True)
+    images = torch.rand(store.keep + 3, 1, 3, 4, 4)
+    for k, image in enumerate(images):
+        store.write(k, image)
+        store.read(0)  # read every frame (a colour reference): kept
+    assert len(store._recent) == store.keep and 0 in store._recent
+    assert torch.equal(store.read(1), FrameStore(tmp_path).read(1))  # from disk, after its write
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_failed_write_is_raised(tmp_path, write_behind):
+    (tmp_path / "frames").write_text("not a folder")
+    store = FrameStore(tmp_path, write_behind=write_behind)
+    with pytest.raises(OSError):
+        store.write(0, torch.rand(1, 3, 4, 4))
+        store.flush()  # write behind: the writer thread's error
