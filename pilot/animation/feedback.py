@@ -224,7 +224,8 @@ class FeedbackSampler:
 
     def render(self, k: int, flow: FlowField | None = None) -> Tensor:
         """Make frame k (its previous frame must be in the store if k > 0 and frame k is not
-        `independent`); returns (1, 3, H, W) in [0, 1] after writing it."""
+        `independent`); returns (1, 3, H, W) in [0, 1] after writing it (a write-behind
+        store may still be writing the PNG: `store.flush()` waits; `render_missing` does)."""
         params = frame_params(self.config, self.tracks, self.base_seed, k)
         # An independent frame ignores its previous one: no flow, no warp, no VAE encode of it.
         has_prev = k > 0 and self.store.has(k - 1) and not self.independent(k)

@@ -22,7 +22,9 @@ def render(sd, shot, root, n=None, write_behind=False, **config) -> torch.Tensor
     sampler = FeedbackSampler(
         sd, SETTINGS, FeedbackConfig(**config), frames, prompts, store, base_seed=3
     )
-    return torch.cat([sampler.render(k) for k in range(n or len(frames))])
+    out = torch.cat([sampler.render(k) for k in range(n or len(frames))])
+    store.flush()  # `render` leaves a write-behind store's last PNGs being written
+    return out
 
 
 @pytest.fixture(scope="module")
