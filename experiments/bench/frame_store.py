@@ -40,7 +40,8 @@ def loop_ms(frames: torch.Tensor, gap: float, **options) -> float:
         for k in range(1, len(frames)):
             start = time.perf_counter()
             store.write(k, frames[k])
-            store.read(k), store.read(k - 1), store.read(0)
+            for j in (k, k - 1, 0):  # what render returns, the warp input, the reference
+                store.read(j)
             spent += time.perf_counter() - start
             time.sleep(gap)
         store.flush()

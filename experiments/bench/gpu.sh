@@ -13,6 +13,8 @@ out=${OUT:-runs/bench_gpu}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
+gpu_tests() { "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py \
+    tests/experiments/test_bench_speed.py 2>&1 | tail -8; }
 bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
 {
     date -u
@@ -21,7 +23,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
     fast=(--size 512 --channels-last --cuda-graphs)
     case $phase in
     eager)
-        "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py tests/experiments/test_bench_speed.py 2>&1 | tail -8
+        gpu_tests
         bench flops
         bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16
@@ -31,7 +33,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"
         ;;
     memory)  # the CUDA-graph memory rows alone (shared graph pool), ~3 min
-        "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py tests/experiments/test_bench_speed.py 2>&1 | tail -8
+        gpu_tests
         bench unet --size 512 --channels-last --dtypes fp16 --iters 10
         bench unet "${fast[@]}" --dtypes fp16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16
