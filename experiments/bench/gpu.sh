@@ -3,7 +3,7 @@
 #
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # + torch.compile (pilot's and diffusers'), ~5 min
-#   experiments/bench/gpu.sh memory    # GPU tests, the channels_last / CUDA-graph rows, ~3 min
+#   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, ~5 min
 #
 # Each benchmark gets its own time limit (LIMIT seconds, default 240) so one that hangs does not
 # lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default).
@@ -32,12 +32,14 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench pipeline "${fast[@]}" --dtype fp16
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"
         ;;
-    memory)  # the CUDA-graph memory rows alone (shared graph pool), ~3 min
+    memory)  # the memory rows (graph pool shared, borrowed by the VAE), the feedback loop, ~5 min
         gpu_tests
-        bench unet --size 512 --channels-last --dtypes fp16 --iters 10
         bench unet "${fast[@]}" --dtypes fp16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16
+        bench vae --size 512 --dtype fp16 --channels-last
+        bench peak_trace --size 512 --dtype fp16
         bench pipeline "${fast[@]}" --dtype fp16
+        bench animate --preset sd15 --dtype fp16 "${fast[@]}"
         ;;
     compile)
         bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10

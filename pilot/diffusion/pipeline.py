@@ -28,6 +28,7 @@ from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
+from pilot.diffusion.speed import with_graph_memory
 from pilot.diffusion.tiling import tiled
 
 # float32 rules of a half-precision VAE decode (`decode_latents`).
@@ -106,7 +107,10 @@ def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
     def encode(x: Tensor) -> Tensor:
         return vae.encode(x).mean
 
-    latents = tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
+    def encode_all(x: Tensor) -> Tensor:
+        return tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
+
+    latents = with_graph_memory(encode_all, x)  # in idle CUDA-graph memory, when there is some
     return latents.float() * sd.scaling_factor
 
 
@@ -158,11 +162,12 @@ def _decode(sd, latents: Tensor, tile: int | None, decoder=None) -> Tensor:
     vae = sd.vae if decoder is None else decoder
     param = next(vae.parameters())
     z = (latents / sd.scaling_factor).to(param.device, param.dtype)
-    if tile:
-        f = vae.cfg.downsample_factor
-        images = tiled(vae.decode, z, tile // f, f)
-    else:
-        images = vae.decode(z)
+    f = vae.cfg.downsample_factor
+
+    def decode(z: Tensor) -> Tensor:
+        return tiled(vae.decode, z, tile // f, f) if tile else vae.decode(z)
+
+    images = with_graph_memory(decode, z)  # in idle CUDA-graph memory, when there is some
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
