@@ -156,6 +156,29 @@ def first_call(
     return value, seconds, retained
 
 
+def reserved_peak(fn: Callable[[], object], device: torch.device) -> tuple[object, float, float]:
+    """`fn()` on a CUDA device, from an emptied allocator cache: what the process must hold.
+
+    Returns:
+        `(fn(), peak MiB, kept MiB)`: the peak of `torch.cuda.memory_reserved` during the call
+        above its value before (segments the allocator had to create: freed-but-cached memory
+        that could not serve a request counts, as it does on the GPU), and the reserved memory
+        still held after the call once the cache is emptied again (graph pools, static buffers).
+    """
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_reserved(device)
+    value = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_reserved(device) - before
+    gc.collect()
+    torch.cuda.empty_cache()
+    kept = torch.cuda.memory_reserved(device) - before
+    return value, peak / 2**20, kept / 2**20
+
+
 def held_bytes(device: torch.device) -> int:
     """Bytes of CUDA memory that other work cannot use: allocated tensors, plus every segment
     of the private pools (CUDA graphs, inductor's CUDA graph trees) in full.

@@ -110,7 +110,7 @@ def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
     def encode_all(x: Tensor) -> Tensor:
         return tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
 
-    latents = with_graph_memory(encode_all, x)  # in idle CUDA-graph memory, when there is some
+    latents = with_graph_memory(sd.unet, encode_all, x)  # in the UNet's idle graph memory
     return latents.float() * sd.scaling_factor
 
 
@@ -167,7 +167,7 @@ def _decode(sd, latents: Tensor, tile: int | None, decoder=None) -> Tensor:
     def decode(z: Tensor) -> Tensor:
         return tiled(vae.decode, z, tile // f, f) if tile else vae.decode(z)
 
-    images = with_graph_memory(decode, z)  # in idle CUDA-graph memory, when there is some
+    images = with_graph_memory(sd.unet, decode, z)  # in the UNet's idle graph memory
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 

@@ -206,26 +206,21 @@ class CUDAGraphed(nn.Module):
         return graph, static, out
 
 
-def with_graph_memory(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`fn(*args, **kwargs)` with its working memory taken from the CUDA graphs' shared pool.
+def with_graph_memory(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` with its working memory taken from `model`'s CUDA graph pool.
 
     Between replays a graph's working memory is idle; an eager step of the same loop (the VAE
-    decode after sampling, the encode before it) can use it instead of adding its own. So `fn`
+    decode after sampling, the encode before it) can use it instead of adding its own, where
+    its blocks fit (a pool's segments are sized by the allocations that made them). So `fn`
     runs on the graphs' stream (a pool's free blocks belong to the stream that freed them),
-    allocating from the pool of the device of its first CUDA tensor argument, and every tensor
-    it returns is cloned into ordinary memory, since the next replay overwrites the pool.
-    Without a live `CUDAGraphed` on that device (or with no CUDA tensor argument) it is a plain
-    call. Like replays, not for several threads at once.
+    allocating from the pool, and every tensor it returns is cloned into ordinary memory, as the
+    next replay overwrites the pool. A plain call unless `model` is a `CUDAGraphed` that has
+    captured a graph. Like replays, not for several threads at once.
     """
-    tensors: list[Tensor] = []
-    _flatten((args, kwargs), tensors)
-    device = next((t.device for t in tensors if t.is_cuda), None)
-    if device is None:
-        return fn(*args, **kwargs)
-    device = torch.device("cuda", device.index)
-    pool = _shared_pool(device, create=False)
+    pool = model.pool if isinstance(model, CUDAGraphed) else None
     if pool is None:
         return fn(*args, **kwargs)
+    device = _device(model.module)
     current, stream = torch.cuda.current_stream(device), _capture_stream(device)
     stream.wait_stream(current)
     try:
@@ -267,9 +262,8 @@ def _device(module: nn.Module) -> torch.device:
     )
 
 
-def _shared_pool(device: torch.device, *, create: bool = True) -> Any:
-    """The memory pool (`torch.cuda.MemPool`) of the live graphs on `device`: a new one when
-    there are none (None with `create=False`).
+def _shared_pool(device: torch.device) -> Any:
+    """The memory pool (`torch.cuda.MemPool`) of the live graphs on `device`, or a new one.
 
     Each `CUDAGraphed` holds the pool it captured into, so the pool lives as long as its graphs:
     once every graph of a device is gone, its memory can be released
@@ -278,7 +272,7 @@ def _shared_pool(device: torch.device, *, create: bool = True) -> Any:
     for graphed in list(_GRAPHED):
         if graphed.pool is not None and graphed.graphs and _device(graphed.module) == device:
             return graphed.pool
-    return torch.cuda.MemPool() if create else None
+    return torch.cuda.MemPool()
 
 
 class _Slot:

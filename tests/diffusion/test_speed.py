@@ -198,8 +198,8 @@ def test_cuda_graphed_models_share_one_memory_pool():
 
 
 def _work(x):
-    """Two 16 MiB temporaries for a (4096, 1024) input; a 4 KiB output."""
-    return ((x + 1) * 3).sum(0)
+    """Two 16 MiB temporaries for a (4096, 1024) input; returns a 32 KiB view of the second."""
+    return ((x + 1) * 3)[:8]
 
 
 @pytest.mark.gpu
@@ -211,11 +211,11 @@ def test_eager_work_borrows_the_graph_pool_and_returns_copies():
     torch.cuda.synchronize()
     torch.cuda.empty_cache()  # no cached ordinary memory to hide an allocation in
     reserved = torch.cuda.memory_reserved()
-    out = with_graph_memory(_work, x)
+    out = with_graph_memory(model, _work, x)
     assert torch.cuda.memory_reserved() - reserved <= 2 * 2**20  # no new 16 MiB segments
     model(torch.rand_like(x))  # a replay rewrites the pool's blocks
     assert torch.allclose(out, _work(x))  # the result was copied out first
-    assert torch.allclose(with_graph_memory(_work, x), _work(x))
+    assert torch.allclose(with_graph_memory(model, _work, x), _work(x))
     torch.cuda.empty_cache()
     reserved = torch.cuda.memory_reserved()
     _work(x)  # the same work in ordinary memory needs new segments (the test can fail)
@@ -224,5 +224,6 @@ def test_eager_work_borrows_the_graph_pool_and_returns_copies():
 
 def test_eager_work_without_graphs_is_a_plain_call():
     x = torch.rand(4, 3)
-    assert torch.equal(with_graph_memory(_work, x), _work(x))
-    assert with_graph_memory(lambda a, *, b: (a, b), x, b=2)[1] == 2
+    model = torch.nn.Linear(3, 3)  # not a CUDAGraphed: no pool to borrow
+    assert torch.equal(with_graph_memory(model, _work, x), _work(x))
+    assert with_graph_memory(model, lambda a, *, b: (a, b), x, b=2)[1] == 2

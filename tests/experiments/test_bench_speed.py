@@ -156,5 +156,5 @@ def test_peak_memory_counts_work_inside_a_graph_pool_once():
     x = torch.rand(4096, 1024, device=device)
     model(x)  # a pool with 32 MiB idle
     torch.cuda.synchronize()
-    assert peak_memory_mib(lambda: with_graph_memory(_work, x), device) < 1.0
+    assert peak_memory_mib(lambda: with_graph_memory(model, _work, x), device) < 1.0
     assert 31.9 < peak_memory_mib(lambda: _work(x), device) < 33.0
