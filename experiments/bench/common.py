@@ -4,7 +4,6 @@ memory, the speed-up options, tables."""
 from __future__ import annotations
 
 import argparse
-import bisect
 import gc
 import statistics
 import time
@@ -74,17 +73,13 @@ def time_many_ms(
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     """Peak tensor memory of one `fn()` call above what was allocated before it, in MiB.
 
-    CUDA: `torch.cuda.max_memory_allocated` (weights already resident are not counted); where
-    CUDA-graph pools exist, the peak of `held_bytes` (`held_peak_bytes`), as work can then
-    allocate inside a pool, memory `first_call` already counted in full.
+    CUDA: `torch.cuda.max_memory_allocated` (weights already resident are not counted).
     Elsewhere: `TensorMemory`, the storages the call's operators create, counted while alive;
     the same quantity, device-independent and exact, where a process's resident set would mix
     in allocator caching.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        if _private_segments(device):
-            return held_peak_bytes(fn, device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
@@ -156,29 +151,6 @@ def first_call(
     return value, seconds, retained
 
 
-def reserved_peak(fn: Callable[[], object], device: torch.device) -> tuple[object, float, float]:
-    """`fn()` on a CUDA device, from an emptied allocator cache: what the process must hold.
-
-    Returns:
-        `(fn(), peak MiB, kept MiB)`: the peak of `torch.cuda.memory_reserved` during the call
-        above its value before (segments the allocator had to create: freed-but-cached memory
-        that could not serve a request counts, as it does on the GPU), and the reserved memory
-        still held after the call once the cache is emptied again (graph pools, static buffers).
-    """
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_reserved(device)
-    value = fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_reserved(device) - before
-    gc.collect()
-    torch.cuda.empty_cache()
-    kept = torch.cuda.memory_reserved(device) - before
-    return value, peak / 2**20, kept / 2**20
-
-
 def held_bytes(device: torch.device) -> int:
     """Bytes of CUDA memory that other work cannot use: allocated tensors, plus every segment
     of the private pools (CUDA graphs, inductor's CUDA graph trees) in full.
@@ -186,69 +158,14 @@ def held_bytes(device: torch.device) -> int:
     A graph's activations are freed into its private pool during capture, so
     `memory_allocated` misses them, yet that memory stays reserved for the graph's replays.
     """
-    allocated = torch.cuda.memory_allocated(_index(device))
-    for segment in _private_segments(device):
-        allocated += segment["total_size"] - segment["allocated_size"]
+    default_pool = (0, 0)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    allocated = torch.cuda.memory_allocated(index)
+    for segment in torch.cuda.memory_snapshot():
+        private = tuple(segment.get("segment_pool_id", default_pool)) != default_pool
+        if private and segment.get("device") == index:
+            allocated += segment["total_size"] - segment["allocated_size"]
     return allocated
-
-
-def held_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak of `held_bytes` during `fn()` above its value before, from the allocator's trace.
-
-    Replays the allocator's event history of the call: allocations outside the private pools
-    count while allocated; pool segments count whole from their creation, whatever is allocated
-    inside them (a pool created and freed within the call is missed).
-    """
-    index = _index(device)
-    start = held_bytes(device)
-    memory = torch.cuda.memory
-    memory._record_memory_history("all", context=None, max_entries=MAX_EVENTS, clear_history=True)
-    try:
-        fn()
-        torch.cuda.synchronize(device)
-        snapshot = memory._snapshot()
-    finally:
-        memory._record_memory_history(None)
-    trace = snapshot["device_traces"][index]
-    if len(trace) >= MAX_EVENTS:
-        raise RuntimeError(f"allocator trace overflowed {MAX_EVENTS} events; raise MAX_EVENTS")
-    pools = sorted(
-        (s["address"], s["address"] + s["total_size"])
-        for s in [*_private_segments(device), *_private_segments(device, snapshot["segments"])]
-    )
-    starts = [lo for lo, _ in pools]
-
-    def in_pool(address: int) -> bool:
-        i = bisect.bisect_right(starts, address) - 1
-        return i >= 0 and address < pools[i][1]
-
-    sign = {"alloc": 1, "free_requested": -1, "segment_alloc": 1, "segment_free": -1}
-    held = peak = start
-    for event in trace:
-        action = event["action"]
-        if action in sign and in_pool(event["addr"]) == action.startswith("segment"):
-            held += sign[action] * event["size"]
-            peak = max(peak, held)
-    return peak - start
-
-
-MAX_EVENTS = 4_000_000  # allocator events one `held_peak_bytes` call may record
-
-
-def _private_segments(device: torch.device, segments: list | None = None) -> list[dict]:
-    """The allocator segments of private pools (CUDA graphs) on `device`."""
-    index = _index(device)
-    segments = torch.cuda.memory_snapshot() if segments is None else segments
-    return [
-        s
-        for s in segments
-        if s.get("device") == index and tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)
-    ]
-
-
-def _index(device: torch.device) -> int:
-    """The CUDA device index of `device` (the current device where it has none)."""
-    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def memory_label(device: torch.device) -> str:

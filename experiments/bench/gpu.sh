@@ -3,7 +3,7 @@
 #
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # + torch.compile (pilot's and diffusers'), ~5 min
-#   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, ~5 min
+#   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, ~4 min
 #
 # Each benchmark gets its own time limit (LIMIT seconds, default 240) so one that hangs does not
 # lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default).
@@ -32,7 +32,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench pipeline "${fast[@]}" --dtype fp16
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"
         ;;
-    memory)  # the memory rows (graph pool shared, borrowed by the VAE), the feedback loop, ~5 min
+    memory)  # the memory rows, what a VAE decode holds at its peak, the feedback loop, ~4 min
         gpu_tests
         bench unet "${fast[@]}" --dtypes fp16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16

@@ -14,16 +14,13 @@ first-call seconds: compilation, graph capture; its image gives the max relative
 diffusers' float32 image), then `--rounds` interleaved timed runs; the table shows the fastest
 run's seconds per image and per step (the least disturbed by other programs on a shared
 machine), the ratio to diffusers eager (< 1 is faster) and the peak memory of one run above the
-resident weights: allocated (graph pools counted whole), and on CUDA reserved, from an emptied
-cache (the segments the allocator had to create, fragmentation included, plus what the first
-call keeps: graph pools, static buffers). Weights are random: speed does not depend on them.
+resident weights. Weights are random: speed does not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import tempfile
 from dataclasses import replace
 
@@ -49,7 +46,6 @@ from experiments.bench.common import (
     max_rel_error,
     memory_label,
     peak_memory_mib,
-    reserved_peak,
     speed_settings,
     time_ms,
 )
@@ -156,23 +152,14 @@ def variants(sd, pipe, args, device, dtype) -> dict:
 def measure(runs: dict, args, device: torch.device, expected: torch.Tensor) -> list[list[str]]:
     """Table rows: first call, fastest of the interleaved rounds, peak memory, error."""
     first, errors, retained, seconds = {}, {}, {}, {name: [] for name in runs}
-    cuda, kept, reserved = device.type == "cuda", {}, {}
     with torch.inference_mode():
         for name, run in runs.items():
             consume = lambda image: max_rel_error(image, expected)  # noqa: E731
-            call = functools.partial(first_call, run, device, consume)
-            if cuda:  # what the first call keeps reserved: graph pools, static buffers
-                (errors[name], first[name], retained[name]), _, kept[name] = reserved_peak(
-                    call, device
-                )
-            else:
-                errors[name], first[name], retained[name] = call()
+            errors[name], first[name], retained[name] = first_call(run, device, consume)
         for _ in range(args.rounds):
             for name, run in runs.items():
                 seconds[name].append(time_ms(run, device, warmup=0, iters=1) / 1e3)
         memory = {name: peak_memory_mib(run, device) for name, run in runs.items()}
-        if cuda:
-            reserved = {name: reserved_peak(run, device)[1] + kept[name] for name in runs}
     best = {name: min(s) for name, s in seconds.items()}
     return [
         [
@@ -182,7 +169,6 @@ def measure(runs: dict, args, device: torch.device, expected: torch.Tensor) -> l
             f"{best[name] / best['diffusers eager']:.2f}x",
             f"{first[name]:.1f}",
             format_mib(memory[name], retained[name]),
-            *([f"{reserved[name]:.0f}"] if cuda else []),
             f"{errors[name]:.1e}",
         ]
         for name in runs
@@ -217,9 +203,7 @@ def main(argv=None) -> None:
         f"CFG {args.cfg}, {args.dtype}, {device_name(device)}, torch {torch.__version__}"
     )
     header = ["variant", "s / image", "s / step", "/ diffusers eager", "first call s"]
-    header += [memory_label(device)]
-    header += ["peak MiB reserved (from an empty cache)"] if device.type == "cuda" else []
-    header += ["image max rel err vs fp32"]
+    header += [memory_label(device), "image max rel err vs fp32"]
     print(format_table(header, rows))
 
 

@@ -28,7 +28,6 @@ from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
-from pilot.diffusion.speed import with_graph_memory
 from pilot.diffusion.tiling import tiled
 
 # float32 rules of a half-precision VAE decode (`decode_latents`).
@@ -107,10 +106,7 @@ def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
     def encode(x: Tensor) -> Tensor:
         return vae.encode(x).mean
 
-    def encode_all(x: Tensor) -> Tensor:
-        return tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
-
-    latents = with_graph_memory(sd.unet, encode_all, x)  # in the UNet's idle graph memory
+    latents = tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
     return latents.float() * sd.scaling_factor
 
 
@@ -162,12 +158,11 @@ def _decode(sd, latents: Tensor, tile: int | None, decoder=None) -> Tensor:
     vae = sd.vae if decoder is None else decoder
     param = next(vae.parameters())
     z = (latents / sd.scaling_factor).to(param.device, param.dtype)
-    f = vae.cfg.downsample_factor
-
-    def decode(z: Tensor) -> Tensor:
-        return tiled(vae.decode, z, tile // f, f) if tile else vae.decode(z)
-
-    images = with_graph_memory(sd.unet, decode, z)  # in the UNet's idle graph memory
+    if tile:
+        f = vae.cfg.downsample_factor
+        images = tiled(vae.decode, z, tile // f, f)
+    else:
+        images = vae.decode(z)
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 

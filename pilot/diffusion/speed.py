@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -128,10 +127,7 @@ class CUDAGraphed(nn.Module):
     inductor's CUDA graph trees do), so a UNet, its ControlNets and every shape's graph need
     the working memory of the largest one, not the sum. Sharing is safe because no graph
     output is handed out (the clones are made in ordinary memory) and replays run one at a
-    time; replaying graphs of one device from several threads or streams at once is not. Eager
-    work between replays can borrow that memory too (`with_graph_memory`: the pipeline's VAE
-    decode and encode do), so the pool is the working memory of the largest step of the loop,
-    not an addition to it.
+    time; replaying graphs of one device from several threads or streams at once is not.
     Attributes other than `module` are the wrapped module's (`cfg`, `embed_hint`, ...), and so
     are the state dict's keys. Weights loaded in place (`load_state_dict` into `module`) reach
     the graphs; parameters replaced by new tensors do not.
@@ -148,7 +144,6 @@ class CUDAGraphed(nn.Module):
         self.module = module
         self.warmup = warmup
         self.graphs: dict[str, tuple[torch.cuda.CUDAGraph, list[Tensor], Any]] = {}
-        self.pool: Any = None  # the device's shared torch.cuda.MemPool, from the first capture
         _GRAPHED.add(self)
 
     def __getattr__(self, name: str) -> Any:
@@ -200,42 +195,9 @@ class CUDAGraphed(nn.Module):
                 self.module(*args, **kwargs)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        self.pool = self.pool or _shared_pool(device)
-        with torch.cuda.graph(graph, pool=self.pool.id, stream=stream):
+        with torch.cuda.graph(graph, pool=_shared_pool(device), stream=stream):
             out = self.module(*args, **kwargs)
         return graph, static, out
-
-
-def with_graph_memory(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`fn(*args, **kwargs)` with its working memory taken from `model`'s CUDA graph pool.
-
-    Between replays a graph's working memory is idle; an eager step of the same loop (the VAE
-    decode after sampling, the encode before it) can use it instead of adding its own, where
-    its blocks fit (a pool's segments are sized by the allocations that made them). So `fn`
-    runs on the graphs' stream (a pool's free blocks belong to the stream that freed them),
-    allocating from the pool, and every tensor it returns is cloned into ordinary memory, as the
-    next replay overwrites the pool. A plain call unless `model` is a `CUDAGraphed` that has
-    captured a graph. Like replays, not for several threads at once.
-    """
-    pool = model.pool if isinstance(model, CUDAGraphed) else None
-    if pool is None:
-        return fn(*args, **kwargs)
-    device = _device(model.module)
-    current, stream = torch.cuda.current_stream(device), _capture_stream(device)
-    stream.wait_stream(current)
-    try:
-        with torch.cuda.stream(stream):
-            with torch.cuda.use_mem_pool(pool, device):
-                out = fn(*args, **kwargs)
-            outputs: list[Tensor] = []
-            spec = _flatten(out, outputs)
-            copies = [t.clone() for t in outputs]  # ordinary memory, made on `stream`
-            del out, outputs
-    finally:
-        current.wait_stream(stream)
-    for t in copies:
-        t.record_stream(current)  # used on `current`: not reused by `stream` before it is done
-    return _fill(spec, copies)
 
 
 _GRAPHED: weakref.WeakSet[CUDAGraphed] = weakref.WeakSet()  # every live instance
@@ -263,16 +225,16 @@ def _device(module: nn.Module) -> torch.device:
 
 
 def _shared_pool(device: torch.device) -> Any:
-    """The memory pool (`torch.cuda.MemPool`) of the live graphs on `device`, or a new one.
+    """The memory pool of a live graph captured on `device` (None: none yet, a new pool).
 
-    Each `CUDAGraphed` holds the pool it captured into, so the pool lives as long as its graphs:
-    once every graph of a device is gone, its memory can be released
-    (`torch.cuda.empty_cache`).
+    Borrowing a live graph's pool keeps the pool's lifetime the graphs': once every graph
+    of a device is gone, its memory can be released (`torch.cuda.empty_cache`).
     """
     for graphed in list(_GRAPHED):
-        if graphed.pool is not None and graphed.graphs and _device(graphed.module) == device:
-            return graphed.pool
-    return torch.cuda.MemPool()
+        if graphed.graphs and _device(graphed.module) == device:
+            graph, _, _ = next(iter(graphed.graphs.values()))
+            return graph.pool()
+    return None
 
 
 class _Slot:
@@ -317,5 +279,4 @@ __all__ = [
     "check_cuda",
     "optimize",
     "optimize_model",
-    "with_graph_memory",
 ]

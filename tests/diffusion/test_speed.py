@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate
-from pilot.diffusion.speed import (
-    CUDAGraphed,
-    SpeedSettings,
-    optimize,
-    optimize_model,
-    with_graph_memory,
-)
+from pilot.diffusion.speed import CUDAGraphed, SpeedSettings, optimize, optimize_model
 from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet
 from pilot.models.unet import UNET_PRESETS, UNet
 from tests.conftest import make_tiny_sd
@@ -195,35 +189,3 @@ def test_cuda_graphed_models_share_one_memory_pool():
     gc.collect()
     torch.cuda.empty_cache()  # the pool lives on with b's graph
     assert torch.allclose(b(x), b.module(x), rtol=1e-5)
-
-
-def _work(x):
-    """Two 16 MiB temporaries for a (4096, 1024) input; returns a 32 KiB view of the second."""
-    return ((x + 1) * 3)[:8]
-
-
-@pytest.mark.gpu
-@torch.no_grad()
-def test_eager_work_borrows_the_graph_pool_and_returns_copies():
-    model = CUDAGraphed(_Wide(0.5).cuda())
-    x = torch.rand(4096, 1024, device="cuda")
-    model(x)  # capture: 32 MiB of temporaries, idle in the pool between replays
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # no cached ordinary memory to hide an allocation in
-    reserved = torch.cuda.memory_reserved()
-    out = with_graph_memory(model, _work, x)
-    assert torch.cuda.memory_reserved() - reserved <= 2 * 2**20  # no new 16 MiB segments
-    model(torch.rand_like(x))  # a replay rewrites the pool's blocks
-    assert torch.allclose(out, _work(x))  # the result was copied out first
-    assert torch.allclose(with_graph_memory(model, _work, x), _work(x))
-    torch.cuda.empty_cache()
-    reserved = torch.cuda.memory_reserved()
-    _work(x)  # the same work in ordinary memory needs new segments (the test can fail)
-    assert torch.cuda.memory_reserved() - reserved >= 32 * 2**20
-
-
-def test_eager_work_without_graphs_is_a_plain_call():
-    x = torch.rand(4, 3)
-    model = torch.nn.Linear(3, 3)  # not a CUDAGraphed: no pool to borrow
-    assert torch.equal(with_graph_memory(model, _work, x), _work(x))
-    assert with_graph_memory(model, lambda a, *, b: (a, b), x, b=2)[1] == 2
