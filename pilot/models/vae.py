@@ -157,7 +157,7 @@ class DecoderBlock(nn.Module):
             ResnetBlock2D(in_channels if j == 0 else channels, channels, groups=groups)
             for j in range(layers)
         )
-        self.upsamplers = nn.ModuleList([Upsample2D(channels)]) if up else None
+        self.upsamplers = nn.ModuleList([Upsample2D(channels, phases=True)]) if up else None
 
     def layers(self) -> list[nn.Module]:
         """The modules `forward` applies, in order (see `Decoder.forward` for why)."""

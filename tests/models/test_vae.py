@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pilot.models.vae import VAE_PRESETS, AutoencoderKL, DiagonalGaussian, VAEConfig
+from pilot.nn.resnet import Upsample2D
 
 TINY = VAE_PRESETS["tiny"]
 
@@ -93,6 +94,37 @@ def test_inference_runs_in_place_without_touching_the_input(tiny_vae):
     slow = tiny_vae.decode(z)
     slow.square().mean().backward()
     assert torch.equal(fast, slow.detach()) and z.grad is not None
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsampling_by_phases_is_upsample_then_conv(layout):
+    """Four 2x2 convs of the input (`phases=True`, the decoder's) equal nearest 2x upsampling
+    then the 3x3 conv, borders included, in value, gradient and layout, and never make the
+    4x-size upsampled input: the call's tensors peak below the plain path's."""
+    from experiments.bench.common import TensorMemory
+
+    torch.manual_seed(0)
+    up = Upsample2D(6, 5, phases=True).double()
+    x = torch.randn(2, 6, 7, 4, dtype=torch.float64).to(memory_format=layout).requires_grad_()
+    plain = up.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    out = up(x)
+    torch.testing.assert_close(out, plain, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=layout)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, up.conv.weight, up.conv.bias], g)
+    expected = torch.autograd.grad(plain, [x, up.conv.weight, up.conv.bias], g)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+    wide = torch.randn(1, 64, 32, 32).to(memory_format=layout)  # activations >> weights
+    phased, direct = Upsample2D(64, phases=True), Upsample2D(64)
+    direct.load_state_dict(phased.state_dict())
+    peaks = []
+    for module in (phased, direct):
+        with torch.no_grad(), TensorMemory() as memory:
+            module(wide)
+        peaks.append(memory.peak)
+    assert peaks[0] < 0.8 * peaks[1], peaks
 
 
 def test_posterior_clamps_logvar_and_samples():

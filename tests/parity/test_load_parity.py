@@ -27,6 +27,9 @@ from pilot.weights import sd_original
 from pilot.weights.io import save_state_dict
 
 TOL = 1e-5
+# The VAE decoder computes its upsampling convs as 2x2 convs with summed 3x3 taps
+# (`Upsample2D(phases=True)`): the same sum in another order, ~1e-5 apart in float32 at SD 1.5.
+TOL_DECODE = 3e-5
 PROMPTS = ["a red brick corridor, thick blue fog", "a cat"]
 
 
@@ -86,7 +89,7 @@ def pilot_outputs(unet=None, vae=None, text_encoder=None, *, x: dict) -> dict:
 def assert_parity(ours: dict, reference: dict, label: str) -> dict:
     errors = {k: rel_err(v, reference[k]) for k, v in ours.items()}
     print(f"\n{label}: " + ", ".join(f"{k} {e:.2e}" for k, e in errors.items()))
-    assert all(e <= TOL for e in errors.values()), errors
+    assert all(e <= (TOL_DECODE if k == "decode" else TOL) for k, e in errors.items()), errors
     return errors
 
 
