@@ -26,11 +26,15 @@ SHARED_OPTIONS = ("preset", "size")
 
 
 def count_flops(build: Callable[[], torch.nn.Module], *args, **kwargs) -> int:
-    """FLOPs of `build()(*args, **kwargs)`, model and inputs on the meta device."""
+    """FLOPs of `build()(*args, **kwargs)`, model and inputs on the meta device.
+
+    Autograd stays on (free on meta tensors) so the models take their plain paths, not the
+    inference-only ones that reorganise the same work (`ResnetBlock2D`'s bands).
+    """
     with torch.device("meta"):
         model = build()
         args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter:
         model(*args, **kwargs)
     return counter.get_total_flops()
 

@@ -87,6 +87,8 @@ class ResnetBlock2D(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         """Map (B, in, H, W) and an optional (B, temb_channels) embedding to (B, out, H, W)."""
+        if temb is None and not torch.is_grad_enabled() and x[0].numel() >= BAND_MIN_ELEMENTS:
+            return self._by_bands(x)
         inplace = not torch.is_grad_enabled()  # no backward to keep a norm's output for
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         if self.time_emb_proj is not None and temb is not None:
@@ -95,6 +97,99 @@ class ResnetBlock2D(nn.Module):
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return x + h
+
+    def _by_bands(self, x: Tensor) -> Tensor:
+        """The block, each norm-SiLU-conv one band of rows at a time (large inputs, no grad).
+
+        A norm's statistics are taken over its whole input first; then each band of rows (with
+        the one-row halo its 3x3 conv reads) is normalised, activated and convolved, and its
+        rows are written out. The second conv writes over its own input (keeping the one row
+        the next band still reads), and the shortcut is added band by band: alive at once are
+        the input, one block-sized tensor and a band's temporaries, where the plain path holds
+        four or five block-sized tensors; convolution workspaces scale with a band. At SD's
+        VAE decoder's full resolution this is the decode's memory peak.
+        """
+        h = _banded_norm_conv(x, self.norm1, self.conv1)
+        _banded_norm_conv(h, self.norm2, self.conv2, in_place=True)
+        for r0, r1 in _bands(h):
+            rows = x[:, :, r0:r1]
+            h[:, :, r0:r1] += rows if self.conv_shortcut is None else self.conv_shortcut(rows)
+        return h
+
+
+# Per-image elements from which a no-grad ResnetBlock2D without time embedding works by bands
+# (SD's VAE at 512 px: the 256-channel blocks at 256 px and everything at 512 px), and the
+# most elements of one band.
+BAND_MIN_ELEMENTS = 1 << 24
+BAND_ELEMENTS = 1 << 22
+
+
+def _bands(x: Tensor) -> list[tuple[int, int]]:
+    """Row ranges of at most `BAND_ELEMENTS` elements per image (at least one row each)."""
+    height = x.shape[2]
+    step = max(1, BAND_ELEMENTS // x[0, :, 0].numel())
+    return [(r, min(r + step, height)) for r in range(0, height, step)]
+
+
+def _banded_norm_conv(
+    x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, in_place: bool = False
+) -> Tensor:
+    """`conv(silu(norm(x)))` (a 3x3 conv, padding 1, as many channels out as in when
+    `in_place`) computed by bands of rows, into a new tensor or over `x`."""
+    b, channels, height, width = x.shape
+    bands = _bands(x)
+    mean, var = _group_stats(x, norm.num_groups, bands)
+    per_group = channels // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, 1)
+    if norm.weight is not None:
+        scale = scale * norm.weight.to(scale.dtype)
+    shift = -mean.repeat_interleave(per_group, 1) * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.to(shift.dtype)
+    scale, shift = (t.to(x.dtype)[:, :, None, None] for t in (scale, shift))
+    if in_place:
+        out = x
+    else:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        out = torch.empty(
+            (b, conv.out_channels, height, width),
+            dtype=x.dtype,
+            device=x.device,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        )
+    above = None  # in place: the input row above the band, saved before it was overwritten
+    for r0, r1 in bands:
+        a, z = max(r0 - 1, 0), min(r1 + 1, height)  # the input rows the band's conv reads
+        if above is None:
+            rows = torch.addcmul(shift, x[:, :, a:z], scale)
+        else:
+            rows = torch.cat([above, x[:, :, r0:z]], 2).mul_(scale).add_(shift)
+        first = r0 - a  # the conv output row of input row r0
+        y = conv(F.silu(rows, inplace=True))[:, :, first : first + r1 - r0]
+        if in_place:
+            above = x[:, :, r1 - 1 : r1].clone()
+        out[:, :, r0:r1] = y
+    return out
+
+
+def _group_stats(x: Tensor, groups: int, bands: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Per-(image, group) mean and biased variance of `x` (float32 or wider), from per-band
+    statistics combined exactly (Chan et al.), so a half-precision input is never copied whole."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    mean = m2 = None
+    count = 0
+    for r0, r1 in bands:
+        band = x[:, :, r0:r1].unflatten(1, (groups, -1)).to(dtype)
+        var_b, mean_b = torch.var_mean(band, dim=(2, 3, 4), correction=0)
+        n = band[0, 0].numel()
+        if mean is None:
+            mean, m2 = mean_b, var_b * n
+        else:
+            delta = mean_b - mean
+            mean = mean + delta * (n / (count + n))
+            m2 = m2 + var_b * n + delta.square() * (count * n / (count + n))
+        count += n
+    return mean, m2 / count
 
 
 class Downsample2D(nn.Module):

@@ -127,6 +127,48 @@ def test_upsampling_by_phases_is_upsample_then_conv(layout):
     assert peaks[0] < 0.8 * peaks[1], peaks
 
 
+@pytest.mark.parametrize("channels", [(6, 6), (8, 4)])  # without / with a shortcut conv
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_large_resnet_inputs_run_by_bands(monkeypatch, channels, layout):
+    """Without autograd, a large input runs norm-SiLU-conv by bands of rows (statistics over
+    the whole input): the plain block's result, borders included, in the input's layout, and
+    fewer tensor bytes alive at once."""
+    from experiments.bench.common import TensorMemory
+    from pilot.nn import resnet
+
+    torch.manual_seed(0)
+    block = resnet.ResnetBlock2D(*channels, groups=2).double().eval()
+    for p in block.parameters():  # non-trivial norm affines
+        p.data.normal_(0, 0.5)
+    x = (torch.randn(2, channels[0], 41, 6, dtype=torch.float64) * 3 + 1).to(memory_format=layout)
+    expected = block(x)  # autograd on: the plain path
+    monkeypatch.setattr(resnet, "BAND_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(resnet, "BAND_ELEMENTS", 4 * channels[0] * 6)  # bands of 4 rows, then 1
+    with torch.no_grad(), TensorMemory() as banded:
+        out = block(x)
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=layout)
+    monkeypatch.setattr(resnet, "BAND_MIN_ELEMENTS", 1 << 62)
+    with torch.no_grad(), TensorMemory() as plain:
+        block(x)
+    assert banded.peak < 0.85 * plain.peak, (banded.peak, plain.peak)
+
+
+def test_banded_half_precision_statistics_stay_accurate(monkeypatch):
+    """float16 bands combine float32 statistics: the result is the float32 block's, rounded."""
+    from pilot.nn import resnet
+
+    torch.manual_seed(0)
+    block = resnet.ResnetBlock2D(64, 32, groups=32).eval()
+    x = torch.randn(1, 64, 40, 16) * 4 + 10  # a large mean: naive E[x^2] - E[x]^2 would fail
+    with torch.no_grad():
+        expected = block(x)
+        monkeypatch.setattr(resnet, "BAND_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(resnet, "BAND_ELEMENTS", 64 * 16 * 7)
+        half = block.half()(x.half()).float()
+    assert ((half - expected).abs().max() / expected.abs().max()).item() < 1e-2
+
+
 def test_posterior_clamps_logvar_and_samples():
     mean = torch.randn(2, 4, 3, 3)
     logvar = torch.full_like(mean, 50.0)
