@@ -219,9 +219,10 @@ class Decoder(nn.Module):
 
         The blocks' layers run in one flat chain: looping over blocks would keep each block's
         input referenced here while the block runs, and the last block's input (256 channels
-        at full resolution for SD) would stay alive through all its resnets. Without autograd,
-        with the resnets' in-place SiLUs, SD 1.5's decode at 512 px then peaks at 640 MiB of
-        float32 tensors instead of 768.
+        at full resolution for SD) would stay alive through all its resnets. Without autograd
+        the full-resolution resnets also run by bands of rows and the upsamplings by phases
+        (`pilot.nn.resnet`): SD 1.5's decode at 512 px peaks at 450 MiB of float32 tensors
+        (768 with block loops and plain resnets).
         """
         blocks = [layer for block in self.up_blocks for layer in block.layers()]
         h = _chain([self.conv_in, self.mid_block, *blocks], z)

@@ -54,8 +54,9 @@ class ResnetBlock2D(nn.Module):
 
     An optional time embedding is projected to `out_channels` and added between the two convs.
     A 1x1 `conv_shortcut` maps the input when the channel count changes. Without autograd
-    (inference) each SiLU runs in place on its norm's fresh output: one activation fewer alive
-    at the block's peak, which for SD's VAE decoder is the decode's peak.
+    (inference) each SiLU runs in place on its norm's fresh output, and a block without time
+    embedding whose input has `BAND_MIN_ELEMENTS` elements per image or more (SD's VAE at full
+    resolution, where its decode peaks) runs by bands of rows (`_by_bands`).
 
     Args:
         in_channels: Input channels.
@@ -87,7 +88,8 @@ class ResnetBlock2D(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         """Map (B, in, H, W) and an optional (B, temb_channels) embedding to (B, out, H, W)."""
-        if temb is None and not torch.is_grad_enabled() and x[0].numel() >= BAND_MIN_ELEMENTS:
+        per_image = x.shape[1] * x.shape[2] * x.shape[3]
+        if temb is None and not torch.is_grad_enabled() and per_image >= BAND_MIN_ELEMENTS:
             return self._by_bands(x)
         inplace = not torch.is_grad_enabled()  # no backward to keep a norm's output for
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
@@ -127,7 +129,7 @@ BAND_ELEMENTS = 1 << 22
 def _bands(x: Tensor) -> list[tuple[int, int]]:
     """Row ranges of at most `BAND_ELEMENTS` elements per image (at least one row each)."""
     height = x.shape[2]
-    step = max(1, BAND_ELEMENTS // x[0, :, 0].numel())
+    step = max(1, BAND_ELEMENTS // (x.shape[1] * x.shape[3]))
     return [(r, min(r + step, height)) for r in range(0, height, step)]
 
 
@@ -224,8 +226,9 @@ class Upsample2D(nn.Module):
     taps are the 3x3 kernel's taps summed over the input pixel they all read (a nearest
     upsampled pixel repeats its source), written into its strided view of the output. Equal up
     to rounding, with 16 instead of 36 multiply-adds per input pixel and channel pair, and the
-    4x-size upsampled copy of the input never alive: in SD's VAE decoder the 512 px upsampling
-    is the decode's memory peak. Calls with `size` (odd skip shapes) take the plain path.
+    4x-size upsampled copy of the input never alive (in SD's VAE decoder on a GPU, the 512 px
+    upsampling was the decode's memory peak: its output, its upsampled input and cuDNN's
+    workspace). Calls with `size` (odd skip shapes) take the plain path.
 
     Args:
         channels: Input channels.
