@@ -149,16 +149,7 @@ def _banded_norm_conv(
     if norm.bias is not None:
         shift = shift + norm.bias.to(shift.dtype)
     scale, shift = (t.to(x.dtype)[:, :, None, None] for t in (scale, shift))
-    if in_place:
-        out = x
-    else:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        out = torch.empty(
-            (b, conv.out_channels, height, width),
-            dtype=x.dtype,
-            device=x.device,
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-        )
+    out = x if in_place else _empty_like_layout(x, (b, conv.out_channels, height, width))
     above = None  # in place: the input row above the band, saved before it was overwritten
     for r0, r1 in bands:
         a, z = max(r0 - 1, 0), min(r1 + 1, height)  # the input rows the band's conv reads
@@ -172,6 +163,17 @@ def _banded_norm_conv(
             above = x[:, :, r1 - 1 : r1].clone()
         out[:, :, r0:r1] = y
     return out
+
+
+def _empty_like_layout(x: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
+    """An uninitialised (B, C, H, W) tensor of `x`'s dtype, device and memory format."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.empty(
+        shape,
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
 
 
 def _group_stats(x: Tensor, groups: int, bands: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
@@ -256,13 +258,7 @@ class Upsample2D(nn.Module):
     def _by_phases(self, x: Tensor) -> Tensor:
         """The upsampled convolution, one output phase (a, b) at a time."""
         weight, (h, w) = self.conv.weight, x.shape[-2:]
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        out = torch.empty(
-            (x.shape[0], weight.shape[0], 2 * h, 2 * w),
-            dtype=x.dtype,
-            device=x.device,
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-        )
+        out = _empty_like_layout(x, (x.shape[0], weight.shape[0], 2 * h, 2 * w))
         summed = weight.to(torch.promote_types(weight.dtype, torch.float32))  # sum half in fp32
         for a in (0, 1):
             for b in (0, 1):
