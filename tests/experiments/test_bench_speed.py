@@ -140,3 +140,12 @@ def test_frame_store_bench_rows(capsys):
     frame_store.main(["--size", "16", "--frames", "3", "--gap", "0"])
     out = capsys.readouterr().out
     assert all(name in out for name in frame_store.VARIANTS) and "1.00x" in out
+
+
+def test_peak_trace_asks_for_a_cuda_device(capsys):
+    """The allocator trace is CUDA's: on the CPU a usage error says so."""
+    from experiments.bench import peak_trace
+
+    with pytest.raises(SystemExit):
+        peak_trace.main(["--device", "cpu"])
+    assert "pass a CUDA --device" in capsys.readouterr().err
