@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import re
 
 import torch
 
@@ -51,7 +52,7 @@ def origin(event: dict) -> str:
     frames = event.get("frames") or [{"filename": "?", "line": 0, "name": "?"}]
     keep = [f for f in frames if "/pilot/" in f["filename"] or "/diffusers/" in f["filename"]]
     f = (keep or frames)[0]
-    path = f["filename"].split("/site-packages/")[-1].split("/work/")[-1]
+    path = re.sub(r".*/(?=(?:pilot|diffusers)/)", "", f["filename"])  # from the package on
     return f"{path}:{f['line']} {f['name']}"
 
 

@@ -149,3 +149,16 @@ def test_peak_trace_asks_for_a_cuda_device(capsys):
     with pytest.raises(SystemExit):
         peak_trace.main(["--device", "cpu"])
     assert "pass a CUDA --device" in capsys.readouterr().err
+
+
+def test_peak_trace_names_the_model_code_that_allocated():
+    """A live block is attributed to the innermost frame in pilot's or diffusers' code."""
+    from experiments.bench.peak_trace import origin
+
+    frames = [
+        {"filename": "/usr/lib/site-packages/torch/nn/functional.py", "line": 9, "name": "f"},
+        {"filename": "/any/checkout/pilot/nn/resnet.py", "line": 27, "name": "forward"},
+        {"filename": "/x/site-packages/diffusers/models/resnet.py", "line": 5, "name": "forward"},
+    ]
+    assert origin({"frames": frames}) == "pilot/nn/resnet.py:27 forward"
+    assert origin({"frames": frames[:1]}).startswith("/usr/lib/site-packages/torch/")
