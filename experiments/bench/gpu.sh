@@ -14,7 +14,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 gpu_tests() { "$py" -m pytest -q -p no:cacheprovider -m gpu tests/diffusion/test_speed.py \
-    tests/experiments/test_bench_speed.py 2>&1 | tail -40; }  # room for a failure's traceback
+    tests/experiments/test_bench_speed.py tests/models/test_vae.py 2>&1 | tail -40; }  # room for a failure's traceback
 bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
 {
     date -u

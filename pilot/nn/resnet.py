@@ -119,9 +119,10 @@ class ResnetBlock2D(nn.Module):
         return h
 
 
-# Per-image elements from which a no-grad ResnetBlock2D without time embedding works by bands
-# (SD's VAE at 512 px: the 256-channel blocks at 256 px and everything at 512 px), and the
-# most elements of one band.
+# Per-image elements from which a no-grad ResnetBlock2D without time embedding (of its input)
+# or a phased Upsample2D (of its output) works by bands (SD's VAE at 512 px: the 256-channel
+# blocks at 256 px, everything at 512 px and the two upsamplings to them), and the most
+# elements of one band (of the input).
 BAND_MIN_ELEMENTS = 1 << 24
 BAND_ELEMENTS = 1 << 22
 
@@ -230,7 +231,8 @@ class Upsample2D(nn.Module):
     to rounding, with 16 instead of 36 multiply-adds per input pixel and channel pair, and the
     4x-size upsampled copy of the input never alive (in SD's VAE decoder on a GPU, the 512 px
     upsampling was the decode's memory peak: its output, its upsampled input and cuDNN's
-    workspace). Calls with `size` (odd skip shapes) take the plain path.
+    workspace). Without autograd a large output is made by bands of input rows, as the
+    `ResnetBlock2D` does. Calls with `size` (odd skip shapes) take the plain path.
 
     Args:
         channels: Input channels.
@@ -256,15 +258,28 @@ class Upsample2D(nn.Module):
         return self.conv(x)
 
     def _by_phases(self, x: Tensor) -> Tensor:
-        """The upsampled convolution, one output phase (a, b) at a time."""
+        """The upsampled convolution, one output phase (a, b) at a time; without autograd, an
+        output of `BAND_MIN_ELEMENTS` elements per image or more is made by bands of input rows
+        (with the row above and below each that its phases read), so the phases' temporaries
+        and convolution workspaces scale with a band, not with the input."""
         weight, (h, w) = self.conv.weight, x.shape[-2:]
         out = _empty_like_layout(x, (x.shape[0], weight.shape[0], 2 * h, 2 * w))
         summed = weight.to(torch.promote_types(weight.dtype, torch.float32))  # sum half in fp32
-        for a in (0, 1):
-            for b in (0, 1):
-                k = _fold(_fold(summed, a, dim=2), b, dim=3).to(weight.dtype)
-                y = F.conv2d(x, k, self.conv.bias, padding=1)  # (h + 1, w + 1)
-                out[:, :, a::2, b::2] = y[:, :, a : a + h, b : b + w]
+        kernels = {
+            (a, b): _fold(_fold(summed, a, dim=2), b, dim=3).to(weight.dtype)
+            for a in (0, 1)
+            for b in (0, 1)
+        }
+        banded = not torch.is_grad_enabled() and out[0].numel() >= BAND_MIN_ELEMENTS
+        for r0, r1 in _bands(x) if banded else [(0, h)]:
+            top = max(r0 - 1, 0)
+            rows = x[:, :, top : min(r1 + 1, h)]
+            for (a, b), k in kernels.items():
+                # row j of y is phase a's output row 2 (top + j - a) + a
+                y = F.conv2d(rows, k, self.conv.bias, padding=1)
+                j = r0 - top + a
+                out[:, :, 2 * r0 + a : 2 * r1 : 2, b::2] = y[:, :, j : j + r1 - r0, b : b + w]
+                del y  # before the next phase's is made
         return out
 
 
