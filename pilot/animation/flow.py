@@ -10,7 +10,7 @@ sampler must dream fresh instead of smearing.
 Three sources, all swappable:
 
 - `GeometryFlow`: exact reprojection of the shot's depth through its cameras, occlusion by a
-  depth test (`pilot.scenes.geometry.flow_pair`);
+  depth test (`pilot.scenes.geometry.reprojection_flow`, `visibility`);
 - `VectorFlow`: the shot's motion pass (Blender's vector pass), masked by forward-backward
   consistency with the next-frame vectors of frame k - 1;
 - `EstimatedFlow`: OpenCV's DIS optical flow (Kroeger et al. 2016) between video frames in both
@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pilot.scenes.geometry import flow_pair, forward_backward_error, pixel_grid, warp
+from pilot.scenes.geometry import (
+    forward_backward_error,
+    pixel_grid,
+    reprojection_flow,
+    visibility,
+    warp,
+)
 
 
 @dataclass(frozen=True)
@@ -90,12 +96,11 @@ class GeometryFlow:
 
     def __call__(self, k: int) -> FlowField:
         _check_index(k, len(self.shot), str(self.shot.root))
-        cur, prev = self.shot[k], self.shot[k - 1]
-        pair = flow_pair(
-            cur.depth[None], prev.depth[None], cur.K[None], cur.c2w[None],
-            prev.K[None], prev.c2w[None], self.rel_tol,
-        )  # fmt: skip
-        return FlowField(pair["flow_ij"], pair["visible_ij"])
+        cur, prev = self.shot.frame(k, ["depth"]), self.shot.frame(k - 1, ["depth"])
+        flow, z = reprojection_flow(
+            cur.depth[None], cur.K[None], cur.c2w[None], prev.K[None], prev.c2w[None]
+        )  # (1, 2, H, W) k -> k - 1, and frame k's depth seen from camera k - 1
+        return FlowField(flow, visibility(flow, z, prev.depth[None], self.rel_tol))
 
 
 class VectorFlow:
@@ -112,8 +117,8 @@ class VectorFlow:
 
     def __call__(self, k: int) -> FlowField:
         _check_index(k, len(self.shot), str(self.shot.root))
-        to_prev = self.shot[k].motion[None, :2].float()  # (1, 2, H, W)
-        to_next = self.shot[k - 1].motion[None, 2:].float()
+        to_prev = self.shot.frame(k, ["motion"]).motion[None, :2].float()  # (1, 2, H, W)
+        to_next = self.shot.frame(k - 1, ["motion"]).motion[None, 2:].float()
         visible = consistency_mask(to_prev, to_next, alpha=self.alpha, beta=self.beta)
         return FlowField(to_prev, visible)
 

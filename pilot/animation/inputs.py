@@ -62,7 +62,7 @@ class ShotFrames:
             self.flow = VectorFlow(shot)
         elif flow == "estimated":
             self._need("image", "estimated flow")
-            self.flow = EstimatedFlow(lambda k: shot[k].image, len(shot))
+            self.flow = EstimatedFlow(lambda k: shot.frame(k, ["image"]).image, len(shot))
         else:
             raise ValueError(f"flow source {flow!r}; valid: geometry, vector, estimated")
         self._depth_range: tuple[float, float] | None = None
@@ -88,7 +88,7 @@ class ShotFrames:
         if self._depth_range is None:
             lo, hi = float("inf"), 0.0
             for k in range(len(self.shot)):
-                d = self.shot[k].depth
+                d = self.shot.frame(k, ["depth"]).depth
                 inv = 1 / d[d < self.shot.far]
                 if inv.numel():
                     lo, hi = min(lo, float(inv.min())), max(hi, float(inv.max()))
@@ -101,7 +101,7 @@ class ShotFrames:
         from pilot.control.hatching import hatch
 
         self.check_kind(kind)
-        frame = self.shot[k]
+        frame = self.shot.frame(k, GEOMETRY_KINDS.get(kind, ["image"]))
         if kind == "depth" and self.depth_per == "frame":
             from pilot.control.depth import depth_to_control
 
@@ -119,7 +119,7 @@ class ShotFrames:
 
     def source_image(self, k: int) -> Tensor | None:
         """The shot's colour pass (1, 3, H, W) of frame k, if it has one."""
-        return self.shot[k].image[None] if "image" in self.passes else None
+        return self.shot.frame(k, ["image"]).image[None] if "image" in self.passes else None
 
 
 def _kinds() -> str:

@@ -36,6 +36,7 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ class Frame:
     index: int
     K: Any  # (3, 3) float32
     c2w: Any  # (4, 4) float32
-    depth: Any  # (1, H, W) metres
+    depth: Any = None  # (1, H, W) metres
     normals: Any = None  # (3, H, W)
     motion: Any = None  # (4, H, W) pixels
     image: Any = None  # (3, H, W) in [0, 1]
@@ -186,7 +187,8 @@ class Shot:
     """A shot folder opened for reading: metadata now, frame files when asked for.
 
     Opening checks shot.json (keys, resolution, every camera) and that every frame's files
-    exist; `shot[k]` loads and checks frame k's arrays (shape, finite depth). Errors are
+    exist; `shot[k]` loads and checks frame k's arrays (shape, finite depth), `shot.frame(k,
+    passes)` only some of them. Errors are
     FileNotFoundError / ValueError naming the frame and the file.
     """
 
@@ -245,14 +247,26 @@ class Shot:
         return a
 
     def __getitem__(self, k: int) -> Frame:
+        return self.frame(k)
+
+    def frame(self, k: int, passes: Sequence[str] | None = None) -> Frame:
+        """Frame k with `passes` loaded (default: all the shot's), the others None.
+
+        Per-frame work that needs one pass (flow from depth, a control image) reads only its
+        files: the colour pass's PNG costs more to read than all the arrays together.
+        """
         import torch
 
         if not -len(self) <= k < len(self):
             raise IndexError(f"{self.root}: frame {k} out of range (shot has {len(self)})")
+        passes = self.passes if passes is None else list(passes)
+        missing = [p for p in passes if p not in self.passes]
+        if missing:
+            raise ValueError(f"{self.root}: no {', '.join(missing)} pass (has {self.passes})")
         k = k % len(self)
         fr = self.frames[k]
         data = {}
-        for p in self.passes:
+        for p in passes:
             a = torch.from_numpy(np.ascontiguousarray(self._load(k, p)))
             data[p] = a[None] if p == "depth" else a.permute(2, 0, 1)
         K = torch.tensor(fr["K"], dtype=torch.float32)

@@ -50,9 +50,13 @@ def test_zero_flow_is_identity_and_consistent():
 
 
 def test_shot_flow_sources_agree(small_shot):
+    from pilot.scenes.geometry import frame_flow
+
     geometry, vector = GeometryFlow(small_shot), VectorFlow(small_shot)
     for k in (1, 12, 23):
         g, v = geometry(k), vector(k)
+        pair = frame_flow(small_shot[k], small_shot[k - 1])  # both directions, all passes read
+        assert torch.equal(g.flow, pair["flow_ij"]) and torch.equal(g.visible, pair["visible_ij"])
         both = g.visible & v.visible
         assert both.float().mean() > 0.5
         assert (g.flow - v.flow).abs().amax(1, keepdim=True)[both].max() < 1e-3

@@ -43,6 +43,20 @@ def test_round_trip_and_motion(shot_dir):
         shot[4]
 
 
+def test_frame_reads_only_the_passes_asked_for(shot_dir, tmp_path):
+    root = _copy(shot_dir, tmp_path / "s")
+    (root / "image" / "000001.png").write_bytes(b"not a png")
+    shot = Shot(root)
+    depth = shot.frame(1, ["depth"])
+    assert depth.normals is None and depth.motion is None and depth.image is None
+    assert torch.equal(depth.depth, Shot(shot_dir)[1].depth)
+    assert torch.equal(depth.c2w, Shot(shot_dir)[1].c2w) and depth.index == 1
+    with pytest.raises(ValueError, match=r"frame 1: unreadable image .*000001\.png"):
+        shot[1]
+    with pytest.raises(ValueError, match=r"no fog pass \(has \['depth', 'normals'"):
+        shot.frame(1, ["depth", "fog"])
+
+
 def test_png_encoder_round_trips():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     back = cv2.imdecode(np.frombuffer(png_bytes(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
