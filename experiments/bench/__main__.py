@@ -24,7 +24,8 @@ import traceback
 from experiments.bench.common import COMPILE_MODES, DTYPES
 
 BENCHMARKS = (
-    "flops", "unet", "controlnet", "vae", "pipeline", "animate", "frame_store", "render", "pix2pix",
+    "flops", "unet", "controlnet", "vae", "pipeline", "animate", "flow", "frame_store", "render",
+    "pix2pix",
 )  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 #
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # + torch.compile (pilot's and diffusers'), ~5 min
-#   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, ~4 min
+#   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, flow, ~4 min
 #
 # Each benchmark gets its own time limit (LIMIT seconds, default 240) so one that hangs does not
 # lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default).
@@ -40,6 +40,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench peak_trace --size 512 --dtype fp16
         bench pipeline "${fast[@]}" --dtype fp16
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"
+        bench flow --size 512
         ;;
     compile)
         bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10

@@ -142,6 +142,18 @@ def test_frame_store_bench_rows(capsys):
     assert all(name in out for name in frame_store.VARIANTS) and "1.00x" in out
 
 
+def test_flow_bench_rows(capsys):
+    from experiments.bench import flow
+
+    flow.main(["--size", "24", "--frames", "3", "--threads", "1"])
+    out = capsys.readouterr().out
+    for name in ("GeometryFlow", "VectorFlow", "EstimatedFlow", f"{flow.REFERENCE} | "):
+        assert name in out
+    assert "1.00x" in out
+    with pytest.raises(SystemExit):
+        flow.main(["--frames", "2"])
+
+
 def test_peak_trace_asks_for_a_cuda_device(capsys):
     """The allocator trace is CUDA's: on the CPU a usage error says so."""
     from experiments.bench import peak_trace
