@@ -188,8 +188,8 @@ class Shot:
 
     Opening checks shot.json (keys, resolution, every camera) and that every frame's files
     exist; `shot[k]` loads and checks frame k's arrays (shape, finite depth), `shot.frame(k,
-    passes)` only some of them. Errors are
-    FileNotFoundError / ValueError naming the frame and the file.
+    passes)` only some of them. Errors are FileNotFoundError / ValueError naming the frame and
+    the file.
     """
 
     def __init__(self, root: str | Path):
