@@ -36,7 +36,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         gpu_tests
         bench unet "${fast[@]}" --dtypes fp16 --iters 10
         bench controlnet "${fast[@]}" --dtype fp16
-        bench vae --size 512 --dtype fp16 --channels-last
+        bench vae --size 512 --dtype fp16 --channels-last --bands 16777216,67108864,off
         bench peak_trace --size 512 --dtype fp16
         bench pipeline "${fast[@]}" --dtype fp16
         bench animate --preset sd15 --dtype fp16 "${fast[@]}"

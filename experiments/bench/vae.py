@@ -13,11 +13,14 @@ relative error against diffusers' float32 decode. Both decode unscaled latents o
 the model's dtype: `pilot.diffusion.pipeline.decode_latents` adds the scaling, float32 rule and
 tiling around it. Weights are random: speed does not depend on their values. `--profile`
 prints, per variant, the operators (CUDA kernels on a GPU) that take the most time.
+`--bands 4194304,16777216,off` adds a pilot eager row per band size of the decoder's banded
+resnets and upsamplings (`pilot.nn.resnet.BAND_ELEMENTS`; off: whole tensors) to tune it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -38,6 +41,7 @@ from experiments.bench.flops import vae_decode_flops
 from pilot.models.preview import PreviewConfig, PreviewDecoder
 from pilot.models.vae import VAE_PRESETS
 from pilot.models.vae import AutoencoderKL as PilotVAE
+from pilot.nn import resnet
 
 # Options `python -m experiments.bench` passes on to this benchmark.
 SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "channels_last")
@@ -70,6 +74,8 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     if args.channels_last:
         fast = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
         calls["pilot channels_last"] = lambda: fast.decode(z)
+    for elements in args.bands:
+        calls[f"pilot eager, bands {elements or 'off'}"] = banded(ours_model.decode, z, elements)
     shape = PreviewConfig(
         latent_channels=ours.cfg.latent_channels,
         upsamples=ours.cfg.downsample_factor.bit_length() - 1,
@@ -99,6 +105,41 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
         ]
         for name in calls
     ]
+
+
+def banded(decode, z: torch.Tensor, elements: int | None):
+    """`decode(z)` with bands of at most `elements` per image (None: no bands)."""
+
+    def call() -> torch.Tensor:
+        with band_size(elements):
+            return decode(z)
+
+    return call
+
+
+@contextlib.contextmanager
+def band_size(elements: int | None):
+    """Set `pilot.nn.resnet`'s band size within (None: large inputs too run whole)."""
+    saved = resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS
+    if elements is None:
+        resnet.BAND_MIN_ELEMENTS = 1 << 62
+    else:
+        resnet.BAND_ELEMENTS = elements
+    try:
+        yield
+    finally:
+        resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS = saved
+
+
+def parse_bands(parser: argparse.ArgumentParser, text: str) -> list[int | None]:
+    """`--bands` as band sizes (None for "off")."""
+    try:
+        sizes = [None if t == "off" else int(t) for t in text.split(",") if t]
+    except ValueError:
+        parser.error(f"--bands {text}: a comma list of element counts or off")
+    if any(n is not None and n < 1 for n in sizes):
+        parser.error(f"--bands {text}: band sizes must be >= 1")
+    return sizes
 
 
 def print_profile(title: str, call, device: torch.device, rows: int = 12) -> None:
@@ -135,7 +176,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights (pilot)")
     parser.add_argument("--profile", action="store_true", help="print each decode's top kernels")
+    parser.add_argument("--bands", default="", help="comma list: band sizes or off (extra rows)")
     args = parser.parse_args(argv)
+    args.bands = parse_bands(parser, args.bands)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -102,6 +102,20 @@ def test_vae_bench_rows(capsys):
     assert "max rel err vs fp32" in out
 
 
+def test_vae_bench_band_rows_restore_the_band_size(capsys):
+    from pilot.nn import resnet
+
+    saved = resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS
+    vae.main([*TINY, "--bands", "4096,off", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "pilot eager, bands 4096" in out and "pilot eager, bands off" in out
+    assert (resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS) == saved
+    with vae.band_size(None):
+        assert resnet.BAND_MIN_ELEMENTS > 1 << 60
+    with pytest.raises(SystemExit):
+        vae.main([*TINY, "--bands", "4096,many"])
+
+
 def test_vae_bench_profile_names_the_operators(capsys):
     vae.main([*TINY, "--iters", "1", "--warmup", "0", "--profile"])
     out = capsys.readouterr().out
