@@ -14,7 +14,8 @@ the model's dtype: `pilot.diffusion.pipeline.decode_latents` adds the scaling, f
 tiling around it. Weights are random: speed does not depend on their values. `--profile`
 prints, per variant, the operators (CUDA kernels on a GPU) that take the most time.
 `--bands 4194304,16777216,off` adds a pilot eager row per band size of the decoder's banded
-resnets and upsamplings (`pilot.nn.resnet.BAND_ELEMENTS`; off: whole tensors) to tune it.
+resnets and upsamplings (`pilot.nn.resnet.BAND_ELEMENTS`; off: no bands, whole tensors) to
+tune it.
 """
 
 from __future__ import annotations

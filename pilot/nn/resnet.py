@@ -89,7 +89,8 @@ class ResnetBlock2D(nn.Module):
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         """Map (B, in, H, W) and an optional (B, temb_channels) embedding to (B, out, H, W)."""
         per_image = x.shape[1] * x.shape[2] * x.shape[3]
-        if temb is None and not torch.is_grad_enabled() and per_image >= BAND_MIN_ELEMENTS:
+        large = per_image >= BAND_MIN_ELEMENTS and per_image > BAND_ELEMENTS  # one band: no gain
+        if temb is None and not torch.is_grad_enabled() and large:
             return self._by_bands(x)
         inplace = not torch.is_grad_enabled()  # no backward to keep a norm's output for
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
