@@ -159,13 +159,18 @@ def held_bytes(device: torch.device) -> int:
     `memory_allocated` misses them, yet that memory stays reserved for the graph's replays.
     """
     default_pool = (0, 0)
-    index = torch.cuda.current_device() if device.index is None else device.index
+    index = cuda_index(device)
     allocated = torch.cuda.memory_allocated(index)
     for segment in torch.cuda.memory_snapshot():
         private = tuple(segment.get("segment_pool_id", default_pool)) != default_pool
         if private and segment.get("device") == index:
             allocated += segment["total_size"] - segment["allocated_size"]
     return allocated
+
+
+def cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device (the current device where `device` names none)."""
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def memory_label(device: torch.device) -> str:

@@ -17,13 +17,13 @@ import re
 
 import torch
 
-from experiments.bench.common import DTYPES, format_table
+from experiments.bench.common import DTYPES, cuda_index, format_table
 from experiments.bench.vae import build_pair
 
 
 def live_at_peak(fn, device: torch.device) -> tuple[int, list[dict]]:
     """Peak bytes allocated during `fn()` above before, and the trace entries live then."""
-    index = torch.cuda.current_device() if device.index is None else device.index
+    index = cuda_index(device)
     torch.cuda.synchronize(device)
     memory = torch.cuda.memory
     memory._record_memory_history("all", context="alloc", stacks="python", clear_history=True)

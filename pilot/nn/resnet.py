@@ -88,9 +88,7 @@ class ResnetBlock2D(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         """Map (B, in, H, W) and an optional (B, temb_channels) embedding to (B, out, H, W)."""
-        per_image = x.shape[1] * x.shape[2] * x.shape[3]
-        large = per_image >= BAND_MIN_ELEMENTS and per_image > BAND_ELEMENTS  # one band: no gain
-        if temb is None and not torch.is_grad_enabled() and large:
+        if temb is None and _runs_by_bands(x, x[0].numel()):
             return self._by_bands(x)
         inplace = not torch.is_grad_enabled()  # no backward to keep a norm's output for
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
@@ -126,6 +124,13 @@ class ResnetBlock2D(nn.Module):
 # elements of one band (of the input).
 BAND_MIN_ELEMENTS = 1 << 24
 BAND_ELEMENTS = 1 << 22
+
+
+def _runs_by_bands(x: Tensor, per_image: int) -> bool:
+    """Whether a layer whose largest tensor has `per_image` elements per image works on `x` by
+    bands: without autograd, from `BAND_MIN_ELEMENTS` on, and when `x` makes more than one band
+    (a single band would only add work)."""
+    return not torch.is_grad_enabled() and per_image >= BAND_MIN_ELEMENTS and len(_bands(x)) > 1
 
 
 def _bands(x: Tensor) -> list[tuple[int, int]]:
@@ -271,8 +276,7 @@ class Upsample2D(nn.Module):
             for a in (0, 1)
             for b in (0, 1)
         }
-        banded = not torch.is_grad_enabled() and out[0].numel() >= BAND_MIN_ELEMENTS
-        for r0, r1 in _bands(x) if banded else [(0, h)]:
+        for r0, r1 in _bands(x) if _runs_by_bands(x, out[0].numel()) else [(0, h)]:
             top = max(r0 - 1, 0)
             rows = x[:, :, top : min(r1 + 1, h)]
             for (a, b), k in kernels.items():
