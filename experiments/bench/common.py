@@ -4,11 +4,13 @@ memory, the speed-up options, tables."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -263,3 +265,30 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def parse_sizes(parser: argparse.ArgumentParser, option: str, text: str) -> list[int | None]:
+    """A comma list of element counts or "off" (None), such as `--bands`; a usage error names
+    the option and the item at fault."""
+    sizes: list[int | None] = []
+    for item in filter(None, text.split(",")):
+        if item == "off":
+            sizes.append(None)
+        elif item.isdigit() and int(item) >= 1:
+            sizes.append(int(item))
+        else:
+            parser.error(f"{option} {text}: {item!r} is neither an element count >= 1 nor off")
+    return sizes
+
+
+@contextlib.contextmanager
+def set_constants(module: ModuleType, **values: int) -> Iterator[None]:
+    """Set a module's constants (`resnet.BAND_ELEMENTS`, ...) within; restored after."""
+    saved = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)

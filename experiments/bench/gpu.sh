@@ -25,7 +25,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
     eager)
         gpu_tests
         bench flops
-        bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10
+        bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10 --ff-chunks off
         bench controlnet "${fast[@]}" --dtype fp16
         bench vae --size 512 --dtypes fp32,fp16,bf16 --channels-last
         bench vae --size 512 --dtype fp16 --iters 1 --profile
@@ -34,7 +34,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         ;;
     memory)  # the memory rows, what a VAE decode holds at its peak, the feedback loop, ~4 min
         gpu_tests
-        bench unet "${fast[@]}" --dtypes fp16 --iters 10
+        bench unet "${fast[@]}" --dtypes fp16 --iters 10 --ff-chunks 4194304,off
         bench controlnet "${fast[@]}" --dtype fp16
         bench vae --size 512 --dtype fp16 --channels-last --bands 16777216,67108864,off
         bench peak_trace --size 512 --dtype fp16

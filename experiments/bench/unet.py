@@ -11,11 +11,14 @@ with the speed-up flags (`pilot.diffusion.speed`) when any is given. Columns: ms
 TFLOP/s against the FLOPs counted from the config, the first call's seconds (compilation,
 graph capture), the call's peak memory above the resident weights, and the max relative error
 against diffusers' float32 output. Weights are random: speed does not depend on their values.
+`--ff-chunks 4194304,off` adds a pilot eager row per chunk size of the transformer blocks'
+feed-forward (`pilot.nn.attention.CHUNK_ELEMENTS` hidden elements; off: whole) to tune it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -34,13 +37,16 @@ from experiments.bench.common import (
     max_rel_error,
     memory_label,
     parse_dtypes,
+    parse_sizes,
     peak_memory_mib,
+    set_constants,
     speed_settings,
     time_many_ms,
 )
 from experiments.bench.flops import unet_flops
 from pilot.diffusion.speed import optimize_model
 from pilot.models.unet import UNET_PRESETS, UNet
+from pilot.nn import attention
 
 # Options `python -m experiments.bench` passes on to this benchmark.
 SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "speed")
@@ -79,9 +85,28 @@ def variants(ours, ref, dtype, device, args) -> dict:
 
         calls["diffusers compile"] = compiled_call
     calls["pilot eager"] = ours_eager
+    for elements in args.ff_chunks:
+        calls[f"pilot eager, ff chunks {elements or 'off'}"] = ff_chunked(ours_eager, elements)
     if fast:
         calls[f"pilot {settings.describe()}"] = optimize_model(copy.deepcopy(ours_eager), settings)
     return calls
+
+
+def ff_chunked(model: torch.nn.Module, elements: int | None):
+    """`model(x, t, c)` with feed-forward chunks of at most `elements` (None: whole)."""
+
+    def call(x, t, c):
+        with ff_chunk_size(elements):
+            return model(x, t, c)
+
+    return call
+
+
+def ff_chunk_size(elements: int | None) -> contextlib.AbstractContextManager:
+    """Set `pilot.nn.attention`'s feed-forward chunk size within (None: always whole)."""
+    if elements is None:
+        return set_constants(attention, CHUNK_MIN_ELEMENTS=1 << 62)
+    return set_constants(attention, CHUNK_ELEMENTS=elements)
 
 
 def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[list[str]]:
@@ -130,8 +155,10 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument("--ff-chunks", default="", help="comma list: sizes or off (extra rows)")
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
+    args.ff_chunks = parse_sizes(parser, "--ff-chunks", args.ff_chunks)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -35,7 +35,9 @@ from experiments.bench.common import (
     max_rel_error,
     memory_label,
     parse_dtypes,
+    parse_sizes,
     peak_memory_mib,
+    set_constants,
     time_many_ms,
 )
 from experiments.bench.flops import vae_decode_flops
@@ -118,29 +120,11 @@ def banded(decode, z: torch.Tensor, elements: int | None):
     return call
 
 
-@contextlib.contextmanager
-def band_size(elements: int | None):
+def band_size(elements: int | None) -> contextlib.AbstractContextManager:
     """Set `pilot.nn.resnet`'s band size within (None: large inputs too run whole)."""
-    saved = resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS
     if elements is None:
-        resnet.BAND_MIN_ELEMENTS = 1 << 62
-    else:
-        resnet.BAND_ELEMENTS = elements
-    try:
-        yield
-    finally:
-        resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS = saved
-
-
-def parse_bands(parser: argparse.ArgumentParser, text: str) -> list[int | None]:
-    """`--bands` as band sizes (None for "off")."""
-    try:
-        sizes = [None if t == "off" else int(t) for t in text.split(",") if t]
-    except ValueError:
-        parser.error(f"--bands {text}: a comma list of element counts or off")
-    if any(n is not None and n < 1 for n in sizes):
-        parser.error(f"--bands {text}: band sizes must be >= 1")
-    return sizes
+        return set_constants(resnet, BAND_MIN_ELEMENTS=1 << 62)
+    return set_constants(resnet, BAND_ELEMENTS=elements)
 
 
 def print_profile(title: str, call, device: torch.device, rows: int = 12) -> None:
@@ -179,7 +163,7 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", action="store_true", help="print each decode's top kernels")
     parser.add_argument("--bands", default="", help="comma list: band sizes or off (extra rows)")
     args = parser.parse_args(argv)
-    args.bands = parse_bands(parser, args.bands)
+    args.bands = parse_sizes(parser, "--bands", args.bands)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

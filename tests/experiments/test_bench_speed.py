@@ -116,6 +116,18 @@ def test_vae_bench_band_rows_restore_the_band_size(capsys):
         vae.main([*TINY, "--bands", "4096,many"])
 
 
+def test_unet_bench_ff_chunk_rows_restore_the_chunk_size(capsys):
+    from pilot.nn import attention
+
+    saved = attention.CHUNK_MIN_ELEMENTS, attention.CHUNK_ELEMENTS
+    unet.main([*TINY, "--ff-chunks", "256,off", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "pilot eager, ff chunks 256" in out and "pilot eager, ff chunks off" in out
+    assert (attention.CHUNK_MIN_ELEMENTS, attention.CHUNK_ELEMENTS) == saved
+    with pytest.raises(SystemExit):
+        unet.main([*TINY, "--ff-chunks", "0"])
+
+
 def test_vae_bench_profile_names_the_operators(capsys):
     vae.main([*TINY, "--iters", "1", "--warmup", "0", "--profile"])
     out = capsys.readouterr().out

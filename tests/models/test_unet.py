@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
-from pilot.nn import resnet
-from pilot.nn.attention import GEGLU
+from pilot.nn import attention, resnet
+from pilot.nn.attention import GEGLU, BasicTransformerBlock, ff_chunk_rows
 from pilot.nn.resnet import Conv2d
 
 TINY = UNET_PRESETS["tiny"]
@@ -247,3 +247,34 @@ def test_geglu_without_grad_multiplies_in_the_projection_memory():
     assert fast.untyped_storage().nbytes() == 2 * slow.untyped_storage().nbytes()  # proj's
     slow.sum().backward()  # the autograd path keeps what backward needs
     assert geglu.proj.weight.grad is not None
+
+
+def test_ff_chunk_rows_splits_evenly_from_the_threshold(monkeypatch):
+    monkeypatch.setattr(attention, "CHUNK_MIN_ELEMENTS", 1000)
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", 400)
+    assert ff_chunk_rows(99, 10) == 99  # 990 hidden elements: below the threshold, one chunk
+    assert ff_chunk_rows(100, 10) == 34  # 1000 -> 3 chunks of at most 400: 34, 34, 32 tokens
+    assert ff_chunk_rows(10, 1000) == 1  # a token wider than a chunk: one token each
+
+
+def test_transformer_block_without_grad_adds_in_place_and_chunks_the_feed_forward(monkeypatch):
+    """Without autograd the block's residuals add into its own sum and the feed-forward runs
+    by chunks of tokens: same output (float64), input untouched, less memory alive at once
+    (the SD 1.5 UNet's float32 peak at 512 px fell from 210 to 132.5 MiB of tensors)."""
+    from experiments.bench.common import TensorMemory
+
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(16, 2, 8, 12).double()
+    x, context = torch.randn(2, 64, 16).double(), torch.randn(2, 3, 12).double()
+    expected = block(x, context)  # autograd path: plain sums
+    before = x.clone()
+    peaks = {}
+    for name, min_elements in [("whole", 10**9), ("chunked", 0)]:
+        monkeypatch.setattr(attention, "CHUNK_MIN_ELEMENTS", min_elements)
+        monkeypatch.setattr(attention, "CHUNK_ELEMENTS", 16 * 64)  # hidden 128: 8 tokens each
+        with torch.no_grad(), TensorMemory() as memory:
+            out = block(x, context)
+        torch.testing.assert_close(out, expected.detach(), rtol=1e-12, atol=1e-12)
+        peaks[name] = memory.peak
+    assert torch.equal(x, before)
+    assert peaks["chunked"] < 0.5 * peaks["whole"], peaks  # 96 vs 224 KiB
