@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pilot.animation.color import match_color
+from pilot.animation.color import lab_stats, match_color
 from pilot.animation.flow import FlowField, FlowSource, downsample_flow
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
 from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule
@@ -189,6 +189,7 @@ class FeedbackSampler:
         self.device = next(sd.unet.parameters()).device
         self.factor = sd.vae.cfg.downsample_factor
         self._embeddings: dict[str, tuple[Tensor, Tensor]] = {}
+        self._color_stats: dict[int, tuple] = {}  # reference frame -> its `lab_stats`
 
     def context(self, k: int) -> tuple[Tensor, Tensor]:
         """Text embeddings of frame k: keyed prompts' embeddings, interpolated."""
@@ -324,7 +325,11 @@ class FeedbackSampler:
         init = warp(self.store.read(k - 1), flow.flow)
         ref = self.config.color_reference
         if ref is not None and ref < k and self.store.has(ref):
-            init = match_color(init, self.store.read(ref))
+            # A frame once in the store never changes: its statistics are read once per run,
+            # not its PNG decoded and converted to LAB again every frame.
+            if ref not in self._color_stats:
+                self._color_stats[ref] = lab_stats(self.store.read(ref))
+            init = match_color(init, self._color_stats[ref])
         if source is not None and self.config.source_mix > 0:
             init = torch.lerp(init, source, self.config.source_mix)
         return init

@@ -4,7 +4,8 @@ the occlusion modes and the parts (schedules per frame, colour matching)."""
 import pytest
 import torch
 
-from pilot.animation.color import match_color, rgb_to_lab
+from pilot.animation import feedback
+from pilot.animation.color import lab_stats, match_color, rgb_to_lab
 from pilot.animation.feedback import FeedbackConfig, FeedbackSampler, frame_params
 from pilot.animation.inputs import FrameStore, ShotFrames
 from pilot.animation.metrics import masked_mean, temporal_metrics
@@ -105,6 +106,27 @@ def test_color_match_moves_lab_statistics_to_the_reference():
     target = rgb_to_lab(reference)
     assert abs(matched[..., 0].mean() - target[..., 0].mean()) < 1.0  # L in [0, 100]
     assert abs(matched[..., 0].std() - target[..., 0].std()) < 1.0
+
+
+def test_color_match_to_a_reference_or_to_its_statistics_is_the_same():
+    g = torch.Generator().manual_seed(1)
+    image, reference = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 8, 8, generator=g)
+    assert torch.equal(match_color(image, reference), match_color(image, lab_stats(reference)))
+
+
+def test_feedback_takes_the_colour_reference_statistics_once(
+    animation_sd, small_shot, tmp_path, monkeypatch
+):
+    """Frames 2 and 3 match to frame 0 as frame 1 did, without reading it again."""
+    calls = []
+
+    def counted(image):
+        calls.append(image)
+        return lab_stats(image)
+
+    monkeypatch.setattr(feedback, "lab_stats", counted)
+    render(animation_sd, small_shot, tmp_path, n=4, strength="0.5")
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("space", ["pixel", "latent"])

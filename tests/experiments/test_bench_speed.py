@@ -1,6 +1,7 @@
 """The benchmark harness: shared options, timing, peak memory, tiny runs of the speed flags."""
 
 import argparse
+import importlib
 
 import pytest
 import torch
@@ -102,30 +103,33 @@ def test_vae_bench_rows(capsys):
     assert "max rel err vs fp32" in out
 
 
-def test_vae_bench_band_rows_restore_the_band_size(capsys):
+@pytest.mark.parametrize(
+    ("bench", "option", "module", "names", "row"),
+    [
+        (vae, "--bands", "resnet", ("BAND_MIN_ELEMENTS", "BAND_ELEMENTS"), "bands"),
+        (unet, "--ff-chunks", "attention", ("CHUNK_MIN_ELEMENTS", "CHUNK_ELEMENTS"), "ff chunks"),
+    ],
+)
+def test_size_sweep_rows_restore_the_constants(capsys, bench, option, module, names, row):
+    """`--bands` / `--ff-chunks`: a pilot eager row per size, the library's constants unchanged
+    after, a usage error for a size that is not one."""
+    module = importlib.import_module(f"pilot.nn.{module}")
+    saved = [getattr(module, name) for name in names]
+    bench.main([*TINY, option, "256,off", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert f"pilot eager, {row} 256" in out and f"pilot eager, {row} off" in out
+    assert [getattr(module, name) for name in names] == saved
+    for bad in ("256,many", "0"):
+        with pytest.raises(SystemExit):
+            bench.main([*TINY, option, bad])
+    assert f"{option} 0: '0' is neither" in capsys.readouterr().err
+
+
+def test_band_size_off_disables_bands():
     from pilot.nn import resnet
 
-    saved = resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS
-    vae.main([*TINY, "--bands", "4096,off", "--iters", "1", "--warmup", "0"])
-    out = capsys.readouterr().out
-    assert "pilot eager, bands 4096" in out and "pilot eager, bands off" in out
-    assert (resnet.BAND_MIN_ELEMENTS, resnet.BAND_ELEMENTS) == saved
     with vae.band_size(None):
         assert resnet.BAND_MIN_ELEMENTS > 1 << 60
-    with pytest.raises(SystemExit):
-        vae.main([*TINY, "--bands", "4096,many"])
-
-
-def test_unet_bench_ff_chunk_rows_restore_the_chunk_size(capsys):
-    from pilot.nn import attention
-
-    saved = attention.CHUNK_MIN_ELEMENTS, attention.CHUNK_ELEMENTS
-    unet.main([*TINY, "--ff-chunks", "256,off", "--iters", "1", "--warmup", "0"])
-    out = capsys.readouterr().out
-    assert "pilot eager, ff chunks 256" in out and "pilot eager, ff chunks off" in out
-    assert (attention.CHUNK_MIN_ELEMENTS, attention.CHUNK_ELEMENTS) == saved
-    with pytest.raises(SystemExit):
-        unet.main([*TINY, "--ff-chunks", "0"])
 
 
 def test_vae_bench_profile_names_the_operators(capsys):
