@@ -325,8 +325,8 @@ class FeedbackSampler:
         init = warp(self.store.read(k - 1), flow.flow)
         ref = self.config.color_reference
         if ref is not None and ref < k and self.store.has(ref):
-            # A frame once in the store never changes: its statistics are read once per run,
-            # not its PNG decoded and converted to LAB again every frame.
+            # A frame once in the store never changes: its statistics are taken once per run,
+            # instead of a copy of it (or a PNG decode) and a LAB conversion every frame.
             if ref not in self._color_stats:
                 self._color_stats[ref] = lab_stats(self.store.read(ref))
             init = match_color(init, self._color_stats[ref])
