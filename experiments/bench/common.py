@@ -292,3 +292,23 @@ def set_constants(module: ModuleType, **values: int) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(module, name, value)
+
+
+def piece_size(module: ModuleType, prefix: str, elements: int | None):
+    """Set the size of the pieces a layer works in (`resnet.BAND_ELEMENTS`,
+    `attention.CHUNK_ELEMENTS`: `{prefix}_ELEMENTS`) within; None puts `{prefix}_MIN_ELEMENTS`
+    out of reach, so large inputs too run whole."""
+    if elements is None:
+        return set_constants(module, **{f"{prefix}_MIN_ELEMENTS": 1 << 62})
+    return set_constants(module, **{f"{prefix}_ELEMENTS": elements})
+
+
+def with_piece_size(fn: Callable, module: ModuleType, prefix: str, elements: int | None):
+    """`fn` with `piece_size(module, prefix, elements)` set around each call (a table row per
+    size, for `--bands` / `--ff-chunks`)."""
+
+    def call(*args, **kwargs):
+        with piece_size(module, prefix, elements):
+            return fn(*args, **kwargs)
+
+    return call

@@ -18,7 +18,6 @@ feed-forward (`pilot.nn.attention.CHUNK_ELEMENTS` hidden elements; off: whole) t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 
 import torch
@@ -39,9 +38,9 @@ from experiments.bench.common import (
     parse_dtypes,
     parse_sizes,
     peak_memory_mib,
-    set_constants,
     speed_settings,
     time_many_ms,
+    with_piece_size,
 )
 from experiments.bench.flops import unet_flops
 from pilot.diffusion.speed import optimize_model
@@ -86,27 +85,11 @@ def variants(ours, ref, dtype, device, args) -> dict:
         calls["diffusers compile"] = compiled_call
     calls["pilot eager"] = ours_eager
     for elements in args.ff_chunks:
-        calls[f"pilot eager, ff chunks {elements or 'off'}"] = ff_chunked(ours_eager, elements)
+        chunked = with_piece_size(ours_eager, attention, "CHUNK", elements)
+        calls[f"pilot eager, ff chunks {elements or 'off'}"] = chunked
     if fast:
         calls[f"pilot {settings.describe()}"] = optimize_model(copy.deepcopy(ours_eager), settings)
     return calls
-
-
-def ff_chunked(model: torch.nn.Module, elements: int | None):
-    """`model(x, t, c)` with feed-forward chunks of at most `elements` (None: whole)."""
-
-    def call(x, t, c):
-        with ff_chunk_size(elements):
-            return model(x, t, c)
-
-    return call
-
-
-def ff_chunk_size(elements: int | None) -> contextlib.AbstractContextManager:
-    """Set `pilot.nn.attention`'s feed-forward chunk size within (None: always whole)."""
-    if elements is None:
-        return set_constants(attention, CHUNK_MIN_ELEMENTS=1 << 62)
-    return set_constants(attention, CHUNK_ELEMENTS=elements)
 
 
 def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[list[str]]:

@@ -37,8 +37,9 @@ from experiments.bench.common import (
     parse_dtypes,
     parse_sizes,
     peak_memory_mib,
-    set_constants,
+    piece_size,
     time_many_ms,
+    with_piece_size,
 )
 from experiments.bench.flops import vae_decode_flops
 from pilot.models.preview import PreviewConfig, PreviewDecoder
@@ -78,7 +79,8 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
         fast = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
         calls["pilot channels_last"] = lambda: fast.decode(z)
     for elements in args.bands:
-        calls[f"pilot eager, bands {elements or 'off'}"] = banded(ours_model.decode, z, elements)
+        banded = with_piece_size(lambda: ours_model.decode(z), resnet, "BAND", elements)
+        calls[f"pilot eager, bands {elements or 'off'}"] = banded
     shape = PreviewConfig(
         latent_channels=ours.cfg.latent_channels,
         upsamples=ours.cfg.downsample_factor.bit_length() - 1,
@@ -110,21 +112,9 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     ]
 
 
-def banded(decode, z: torch.Tensor, elements: int | None):
-    """`decode(z)` with bands of at most `elements` per image (None: no bands)."""
-
-    def call() -> torch.Tensor:
-        with band_size(elements):
-            return decode(z)
-
-    return call
-
-
 def band_size(elements: int | None) -> contextlib.AbstractContextManager:
     """Set `pilot.nn.resnet`'s band size within (None: large inputs too run whole)."""
-    if elements is None:
-        return set_constants(resnet, BAND_MIN_ELEMENTS=1 << 62)
-    return set_constants(resnet, BAND_ELEMENTS=elements)
+    return piece_size(resnet, "BAND", elements)
 
 
 def print_profile(title: str, call, device: torch.device, rows: int = 12) -> None:
