@@ -387,6 +387,7 @@ def write_outputs(out: Path, videos: dict[str, Tensor], config: DemoConfig) -> N
     write_mp4(sheets, out / "side_by_side.mp4", fps=shot.fps)
     picks = torch.linspace(0, len(shot) - 1, min(config.rows, len(shot))).round().long().tolist()
     passes = pass_columns([shot[k] for k in picks], shot.far)
+    passes.pop("hatched", None)  # the renderer's line drawing: the conditioners' input, not SD's
     rows = {"render" if name == "image" else name: v for name, v in passes.items()}
     rows["hatch"] = torch.cat([frames.control_image("hatch", k) for k in picks])
     rows.update({name: video[picks] for name, video in videos.items()})

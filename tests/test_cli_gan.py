@@ -1,5 +1,8 @@
 """Smoke tests of `pilot train`, `pilot walk` and `pilot conditioner apply`."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,6 +66,25 @@ def test_conditioner_apply_over_a_shot(tmp_path, pix2pix_file):
     with Image.open(out) as gif:
         assert gif.n_frames == 3 and gif.size == (64 * 3, 64)  # input | texture | fog
     assert len(list(frames.glob("*.png"))) == 3
+
+
+def test_conditioner_apply_over_a_rendered_shot(tmp_path, pix2pix_file, capsys):
+    shot = tmp_path / "shot"
+    args = ["shot", "render", str(shot), "--frames", "2", "--size", "32", "32", "--fps", "5"]
+    assert main(args) == 0
+    out = tmp_path / "out.gif"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    assert main([*args, "--out", str(out)]) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2 and gif.size == (64 * 3, 64)
+        assert gif.info["duration"] == 200  # the shot's 5 fps (not the default 12)
+    shutil.rmtree(shot / "hatched")  # a shot without the pass, as Blender exports write
+    meta = json.loads((shot / "shot.json").read_text())
+    meta["passes"].remove("hatched")
+    (shot / "shot.json").write_text(json.dumps(meta))
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no hatched pass (passes ['depth', 'normals', 'motion', 'image'])" in err
 
 
 def test_conditioner_apply_errors(tmp_path, pix2pix_file, dcgan_file, capsys):

@@ -1,10 +1,11 @@
 """`pilot conditioner apply --checkpoint ... --shot ...`: a trained Pix2Pix conditioner over the
 hatched frames of a shot, written as a video (the seed's fly-through test).
 
-The shot's frames are the images in `<shot>/<pass>/` (default pass `hatched`) or, when that
-folder does not exist, the images in `<shot>/` itself, in name order. Each frame is converted to
-the model's input channels (grey or RGB, see `pilot.data.paired`), resized to the model's
-training side, and shown next to every predicted head (e.g. input | texture | fog).
+The shot's frames are the images in `<shot>/<pass>/` (default pass `hatched`, which `pilot shot
+render` writes) or, for a plain folder of frames, the images in `<shot>/` itself, in name order.
+Each frame is converted to the model's input channels (grey or RGB, see `pilot.data.paired`),
+resized to the model's training side, and shown next to every predicted head (e.g. input |
+texture | fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,24 @@ def shot_frames(shot: Path, pass_name: str) -> list[Path]:
     folder = shot / pass_name
     if not shot.is_dir():
         raise FileNotFoundError(f"{shot}: no such shot folder")
+    if not folder.is_dir() and (shot / "shot.json").is_file():
+        from pilot.scenes.shot import Shot
+
+        passes = Shot(shot).passes
+        raise ValueError(
+            f"{shot}: the shot has no {pass_name} pass (passes {passes}); `pilot shot render` "
+            f"writes a hatched pass, or put the frames as images in {folder}"
+        )
     return list(list_images(folder if folder.is_dir() else shot).values())
+
+
+def shot_fps(shot: Path, default: float = 12.0) -> float:
+    """The frame rate in `<shot>/shot.json`, or `default` for a plain folder of frames."""
+    if not (shot / "shot.json").is_file():
+        return default
+    from pilot.scenes.shot import Shot
+
+    return Shot(shot).fps
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -51,7 +69,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         frames.append(frame)
         if args.frames_dir is not None:
             write_frame(frame, args.frames_dir / f"{path.stem}.png")
-    out = write_video(frames, args.out, fps=args.fps)
+    fps = shot_fps(args.shot) if args.fps is None else args.fps
+    out = write_video(frames, args.out, fps=fps)
     print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
     return 0
 
@@ -65,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--shot", required=True, type=Path, help="shot folder (or folder of frames)")
     a.add_argument("--pass", dest="pass_name", default="hatched", help="pass sub-folder")
     a.add_argument("--out", type=Path, default=Path("conditioned.mp4"), help=".mp4 or .gif")
-    a.add_argument("--fps", type=float, default=12.0)
+    a.add_argument("--fps", type=float, help="video frame rate (default: the shot's, else 12)")
     a.add_argument("--size", type=int, help="square side to run at (multiple of the model's)")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
     a.set_defaults(func=cmd_apply)

@@ -73,11 +73,14 @@ def contact_sheet(columns: dict[str, Tensor], pad: int = 2, label_height: int = 
 def pass_columns(frames: list, far: float) -> dict[str, Tensor]:
     """Visualised passes of shot frames (`pilot.scenes.shot.Frame`), one column per pass.
 
-    Returns name -> (B, 3, H, W) in [0, 1]: image, turbo depth, normals, motion to next frame.
+    Returns name -> (B, 3, H, W) in [0, 1]: image, hatched, turbo depth, normals, motion to
+    next frame (the passes the frames have).
     """
     columns = {}
     if frames[0].image is not None:
         columns["image"] = torch.stack([f.image for f in frames])
+    if frames[0].hatched is not None:
+        columns["hatched"] = torch.stack([f.hatched for f in frames]).expand(-1, 3, -1, -1)
     columns["depth"] = colorize_depth(torch.stack([f.depth for f in frames]), far=far)
     if frames[0].normals is not None:
         columns["normals"] = normals_rgb(torch.stack([f.normals for f in frames]))

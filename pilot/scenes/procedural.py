@@ -39,7 +39,8 @@ def fly_through_shot(
     """Render a corridor fly-through (`layouts.fly_through`) and write it as a shot.
 
     Passes: depth, camera-space normals, motion (from depth and poses, exact for this static
-    scene) and the fogged colour image. Returns the path of shot.json.
+    scene), the fogged colour image, and the hatched line drawing of the same walls (the input
+    of the walls conditioner, `pilot conditioner apply`). Returns the path of shot.json.
     """
     if n_frames < 2:
         raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
@@ -51,11 +52,13 @@ def fly_through_shot(
     for lo in range(0, n_frames, batch):
         hi = min(lo + batch, n_frames)
         parts.append(render(stack_scenes([scene] * (hi - lo)), K[lo:hi], c2w[lo:hi], height, width))
-    out = {k: torch.cat([p[k] for p in parts]) for k in ("image", "depth", "normals")}
+    out = {k: torch.cat([p[k] for p in parts]) for k in ("image", "hatched", "depth", "normals")}
     motion = motion_from_depth(out["depth"], K, c2w)
     provenance = {"source": "pilot.scenes.procedural.fly_through_shot", "seed": seed}
     writer = ShotWriter(root, width, height, fps=fps, far=cfg.far, provenance=provenance)
-    image = (out["image"].clamp(0, 1) * 255).round().to(torch.uint8)
+    image, hatched = (
+        out[p].clamp(0, 1).mul(255).round().to(torch.uint8) for p in ("image", "hatched")
+    )
     for k in range(n_frames):
         writer.add(
             K[k].numpy(),
@@ -64,6 +67,7 @@ def fly_through_shot(
             normals=out["normals"][k].permute(1, 2, 0).numpy(),
             motion=motion[k].permute(1, 2, 0).numpy(),
             image=image[k].permute(1, 2, 0).numpy(),
+            hatched=hatched[k, 0].numpy(),
             source_frame=k,
         )
     return writer.close()

@@ -10,6 +10,8 @@ A shot is a folder (format "pilot-shot", version 1)::
     motion/000000.npy      optional float32 (H, W, 4): flow to the previous frame (dx, dy) then to
                            the next frame (dx, dy), pixels, x right, y down: p_prev = p + m[..., :2]
     image/000000.png       optional 8-bit sRGB RGB
+    hatched/000000.png     optional 8-bit grey line drawing, dark ink on white paper (the input
+                           of a hatched -> painted conditioner, `pilot conditioner apply`)
 
 Files are numbered by position in the shot (0, 1, ...); `frames[k]["source_frame"]` keeps the
 frame number of the source (e.g. Blender's). Float passes are .npy: lossless, no EXR codec needed.
@@ -44,8 +46,9 @@ from typing import Any
 import numpy as np
 
 FORMAT, VERSION = "pilot-shot", 1
-PASSES = ("depth", "normals", "motion", "image")  # depth is required
-CHANNELS = {"depth": 1, "normals": 3, "motion": 4, "image": 3}
+PASSES = ("depth", "normals", "motion", "image", "hatched")  # depth is required
+CHANNELS = {"depth": 1, "normals": 3, "motion": 4, "image": 3, "hatched": 1}
+PNG_PASSES = ("image", "hatched")  # 8-bit PNG files; the others are float32 .npy
 CONVENTIONS = {
     "camera": "OpenCV: x right, y down, z forward; c2w maps camera to world coordinates",
     "world": "right-handed, z up, metres",
@@ -53,6 +56,7 @@ CONVENTIONS = {
     "depth": "z-depth along the camera z axis in metres; `far` where nothing was hit",
     "normals": "camera space, unit, facing the camera; zero where nothing was hit",
     "motion": "(dx, dy) to previous frame, (dx, dy) to next frame, pixels, y down",
+    "hatched": "grey line drawing, 0 ink, 1 paper",
 }
 
 
@@ -62,22 +66,30 @@ def _save_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """8-bit RGB PNG encoding of a uint8 (H, W, 3) array, numpy + zlib only (PNG spec, 2003)."""
-    h, w = rgb.shape[:2]
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], 1).tobytes()
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """8-bit PNG encoding of a uint8 (H, W, 3) RGB or (H, W) grey array, numpy + zlib only
+    (PNG spec, 2003)."""
+    h, w = pixels.shape[:2]
+    grey = pixels.ndim == 2
+    rows = pixels.reshape(h, w * (1 if grey else 3))
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], 1).tobytes()
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         body = tag + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    head = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    head = struct.pack(">IIBBBBB", w, h, 8, 0 if grey else 2, 0, 0, 0)  # colour type 0 = grey
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", head)
         + chunk(b"IDAT", zlib.compress(raw, 6))
         + (chunk(b"IEND", b""))
     )
+
+
+def _shape(p: str, height: int, width: int) -> tuple[int, ...]:
+    """Array shape of one frame of pass `p` on disk: (H, W) for one channel, else (H, W, C)."""
+    return (height, width) + ((CHANNELS[p],) if CHANNELS[p] > 1 else ())
 
 
 def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
@@ -131,12 +143,20 @@ class ShotWriter:
         normals: np.ndarray | None = None,
         motion: np.ndarray | None = None,
         image: np.ndarray | None = None,
+        hatched: np.ndarray | None = None,
         source_frame: int | None = None,
     ) -> None:
-        """Append one frame. Arrays are (H, W[, C]); image is uint8 RGB; passes as documented."""
+        """Append one frame. Arrays are (H, W[, C]); image is uint8 RGB, hatched uint8 grey;
+        passes as documented."""
         k = len(self.frames)
         check_camera(K, c2w, f"frame {k}")
-        arrays = {"depth": depth, "normals": normals, "motion": motion, "image": image}
+        arrays = {
+            "depth": depth,
+            "normals": normals,
+            "motion": motion,
+            "image": image,
+            "hatched": hatched,
+        }
         given = [p for p in PASSES if arrays[p] is not None]
         if self.passes is None:
             self.passes = given
@@ -144,12 +164,14 @@ class ShotWriter:
             raise ValueError(f"frame {k}: passes {given} differ from frame 0's {self.passes}")
         for p in given:
             a = np.asarray(arrays[p])
-            want = (self.height, self.width) + ((CHANNELS[p],) if p != "depth" else ())
+            want = _shape(p, self.height, self.width)
             if a.shape != want:
                 raise ValueError(f"frame {k}: {p} has shape {a.shape}, expected {want}")
             (self.root / p).mkdir(exist_ok=True)
-            if p == "image":
-                _save_atomic(self.root / p / f"{k:06d}.png", png_bytes(a.astype(np.uint8)))
+            if p in PNG_PASSES:
+                if a.dtype != np.uint8:
+                    raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
+                _save_atomic(self.root / p / f"{k:06d}.png", png_bytes(a))
             else:
                 f = io.BytesIO()
                 np.save(f, a.astype(np.float32))
@@ -181,6 +203,7 @@ class Frame:
     normals: Any = None  # (3, H, W)
     motion: Any = None  # (4, H, W) pixels
     image: Any = None  # (3, H, W) in [0, 1]
+    hatched: Any = None  # (1, H, W) in [0, 1], 0 ink
 
 
 class Shot:
@@ -221,23 +244,23 @@ class Shot:
 
     def file(self, k: int, p: str) -> Path:
         """Path of pass `p` of frame `k`."""
-        return self.root / p / f"{k:06d}.{'png' if p == 'image' else 'npy'}"
+        return self.root / p / f"{k:06d}.{'png' if p in PNG_PASSES else 'npy'}"
 
     def _load(self, k: int, p: str) -> np.ndarray:
         f = self.file(k, p)
-        if p == "image":
+        if p in PNG_PASSES:
             import cv2
 
-            a = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            a = cv2.imread(str(f), cv2.IMREAD_COLOR if p == "image" else cv2.IMREAD_GRAYSCALE)
             if a is None:
-                raise ValueError(f"frame {k}: unreadable image {f}")
-            a = a[:, :, ::-1].astype(np.float32) / 255
+                raise ValueError(f"frame {k}: unreadable {p} {f}")
+            a = (a[:, :, ::-1] if a.ndim == 3 else a).astype(np.float32) / 255
         else:
             try:
                 a = np.load(f)
             except (OSError, ValueError) as e:
                 raise ValueError(f"frame {k}: unreadable {p} file {f} ({e})") from e
-        want = (self.height, self.width) + ((CHANNELS[p],) if p != "depth" else ())
+        want = _shape(p, self.height, self.width)
         if a.shape != want:
             raise ValueError(f"frame {k}: {f} has shape {a.shape}, shot.json says {want}")
         if not np.isfinite(a).all():
@@ -268,6 +291,6 @@ class Shot:
         data = {}
         for p in passes:
             a = torch.from_numpy(np.ascontiguousarray(self._load(k, p)))
-            data[p] = a[None] if p == "depth" else a.permute(2, 0, 1)
+            data[p] = a[None] if a.ndim == 2 else a.permute(2, 0, 1)
         K = torch.tensor(fr["K"], dtype=torch.float32)
         return Frame(k, K, torch.tensor(fr["c2w"], dtype=torch.float32), **data)

@@ -32,6 +32,7 @@ def test_round_trip_and_motion(shot_dir):
     f1, f2 = shot[1], shot[2]
     assert f1.depth.shape == (1, 24, 24 + 8) and f1.normals.shape == (3, 24, 32)
     assert f1.motion.shape == (4, 24, 32) and f1.image.shape == (3, 24, 32)
+    assert f1.hatched.shape == (1, 24, 32) and 0 <= f1.hatched.min() < f1.hatched.max() <= 1
     flow, _ = reprojection_flow(f1.depth[None], f1.K[None], f1.c2w[None], f2.K[None], f2.c2w[None])
     assert torch.allclose(f1.motion[2:], flow[0], atol=1e-3)
     pair = frame_flow(f1, f2)
@@ -61,6 +62,30 @@ def test_png_encoder_round_trips():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     back = cv2.imdecode(np.frombuffer(png_bytes(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     assert np.array_equal(back, rgb)
+    grey = rgb[:, :, 1]
+    back = cv2.imdecode(np.frombuffer(png_bytes(grey), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (5, 7) and np.array_equal(back, grey)
+
+
+def test_hatched_pass_is_the_renders_line_drawing(shot_dir):
+    from pilot.scenes.layouts import fly_through
+    from pilot.scenes.render import render
+
+    shot = Shot(shot_dir)
+    frame = shot.frame(2, ["hatched"])
+    assert frame.image is None and frame.depth is None
+    scene, _ = fly_through(np.random.default_rng(3))
+    drawn = render(scene, frame.K[None], frame.c2w[None], 24, 32)["hatched"][0]
+    assert (frame.hatched - drawn.clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+
+
+def test_writer_checks_the_8_bit_passes(tmp_path):
+    w = ShotWriter(tmp_path, 8, 6)
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    with pytest.raises(ValueError, match="frame 0: hatched must be uint8"):
+        w.add(K, c2w, np.ones((6, 8)), hatched=np.ones((6, 8)))
+    with pytest.raises(ValueError, match=r"frame 0: hatched has shape \(6, 8, 3\)"):
+        w.add(K, c2w, np.ones((6, 8)), hatched=np.ones((6, 8, 3), np.uint8))
 
 
 def test_missing_frame_names_frame_and_file(shot_dir, tmp_path):

@@ -14,11 +14,12 @@ def test_render_then_preview(tmp_path, capsys):
     shot = tmp_path / "shot"
     assert main(["shot", "render", str(shot), "--frames", "3", "--size", "40", "32"]) == 0
     meta = json.loads((shot / "shot.json").read_text())
-    assert len(meta["frames"]) == 3 and meta["passes"] == ["depth", "normals", "motion", "image"]
+    passes = ["depth", "normals", "motion", "image", "hatched"]
+    assert len(meta["frames"]) == 3 and meta["passes"] == passes
     sheet = tmp_path / "sheet.png"
     assert main(["shot", "preview", str(shot), str(sheet), "--rows", "2"]) == 0
     img = cv2.imread(str(sheet))
-    assert img.shape[1] >= 4 * 40 and img.shape[0] >= 2 * 32  # 4 passes x 2 frames
+    assert img.shape[1] >= 5 * 40 and img.shape[0] >= 2 * 32  # 5 passes x 2 frames
     video = tmp_path / "passes.mp4"
     assert main(["shot", "preview", str(shot), str(video)]) == 0
     cap = cv2.VideoCapture(str(video))
