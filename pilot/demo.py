@@ -113,7 +113,9 @@ class DemoConfig:
 
 def packaged_weights() -> Path:
     """The tiny SD weights folder shipped inside the package (`pilot/assets/tiny_sd`)."""
-    return Path(__file__).resolve().parent / "assets" / "tiny_sd"
+    from pilot.weights.hub import PACKAGED_ROOT
+
+    return PACKAGED_ROOT
 
 
 def weight_folders(weights: str | os.PathLike | None = None) -> tuple[Path, Path]:

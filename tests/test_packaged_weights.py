@@ -54,3 +54,27 @@ def test_pilot_demo_runs_on_the_packaged_weights(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["warp_error"]["feedback"] < metrics["warp_error"]["independent"]
     assert str(out) in capsys.readouterr().out  # says where the results are
+
+
+def test_packaged_names_load_anywhere_a_model_path_goes(tmp_path, monkeypatch):
+    from pilot.weights.hub import resolve
+    from pilot.weights.io import WeightsError
+
+    pipeline, controlnet = weight_folders()
+    monkeypatch.chdir(tmp_path)
+    assert resolve("tiny_sd") == pipeline and resolve("tiny_sd_depth") == controlnet
+    net = pilot.load_controlnet("tiny_sd_depth", dtype=torch.float32)
+    assert net.cfg == pilot.load_controlnet(controlnet, dtype=torch.float32).cfg
+    (tmp_path / "tiny_sd").mkdir()  # a folder of that name where the user works wins
+    assert resolve("tiny_sd").resolve() == tmp_path / "tiny_sd"
+    with pytest.raises(WeightsError, match=r"tiny_sdx: .*packaged models: tiny_sd, tiny_sd_depth"):
+        resolve("tiny_sdx")
+
+
+def test_pilot_generate_with_the_packaged_name(tmp_path, monkeypatch):
+    from pilot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "--model", "tiny_sd", "--prompt", "red brick corridor, thick blue fog"]
+    assert main([*args, "--steps", "2", "--width", "64", "--height", "64", "--cfg", "3"]) == 0
+    assert len(list((tmp_path / "outputs").glob("*.png"))) == 1

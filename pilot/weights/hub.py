@@ -1,4 +1,10 @@
-"""Resolve what a user passes as a model: a local file or folder, or a Hugging Face repo id.
+"""Resolve what a user passes as a model: a local file or folder, a packaged model's name, or a
+Hugging Face repo id.
+
+Packaged names (`PACKAGED`) are the self-trained tiny SD shipped in `pilot/assets/tiny_sd`:
+`tiny_sd` (the pipeline) and `tiny_sd_depth` (its depth ControlNet), so every command runs
+with no weights of your own (`pilot generate --model tiny_sd`). A file or folder of that name in
+the working directory wins.
 
 Repo ids resolve through the local Hugging Face hub cache only (offline first: pilot never
 downloads). The cache folder follows huggingface_hub's environment variables, read at call time:
@@ -14,6 +20,8 @@ from pathlib import Path
 from pilot.weights.io import WeightsError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+PACKAGED_ROOT = Path(__file__).resolve().parents[1] / "assets" / "tiny_sd"
+PACKAGED = {"tiny_sd": "pipeline", "tiny_sd_depth": "controlnet_depth"}  # name -> folder
 
 
 def hub_cache_dir() -> Path:
@@ -36,7 +44,8 @@ def resolve(path_or_repo: str | os.PathLike, *, revision: str = "main") -> Path:
     """A local path for a model given as a path or a cached Hugging Face repo id.
 
     Args:
-        path_or_repo: an existing file or folder, or `org/name` of a repo in the local hub cache.
+        path_or_repo: an existing file or folder, a `PACKAGED` name, or `org/name` of a repo
+            in the local hub cache.
         revision: branch, tag or commit of the cached repo.
 
     Returns:
@@ -50,8 +59,14 @@ def resolve(path_or_repo: str | os.PathLike, *, revision: str = "main") -> Path:
     if path.exists():
         return path
     name = os.fspath(path_or_repo)
+    if name in PACKAGED:
+        packaged = PACKAGED_ROOT / PACKAGED[name]
+        if not packaged.is_dir():
+            raise WeightsError(f"{name}: this install has no packaged tiny SD ({packaged})")
+        return packaged
     if not looks_like_repo_id(name):
-        raise WeightsError(f"{name}: no such file or folder")
+        packaged = ", ".join(PACKAGED)
+        raise WeightsError(f"{name}: no such file or folder (packaged models: {packaged})")
     return _from_cache(name, revision)
 
 
