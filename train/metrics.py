@@ -44,13 +44,32 @@ def pearson_per_image(pred: Tensor, target: Tensor) -> float:
     return sum(pearson(p, t) for p, t in zip(pred, target, strict=True)) / len(pred)
 
 
+def checkerboard(images: Tensor, period: int = 2) -> float:
+    """Amplitude of a pattern that repeats every `period` pixels across whole images, in the
+    images' units: the RMS over images, channels and the period x period pixel phases of each
+    phase's mean minus the image's mean.
+
+    Transposed convolutions whose kernel is not a multiple of their stride leave such a pattern
+    (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"); in pictures of the world it
+    averages out (about noise / sqrt(H * W / period^2)). Compare a model's figure with its
+    targets'.
+    """
+    B, C, H, W = images.shape
+    h, w = H - H % period, W - W % period
+    phases = images[..., :h, :w].float().reshape(B, C, h // period, period, w // period, period)
+    means = phases.mean((2, 4))  # (B, C, period, period)
+    return (means - means.mean((2, 3), keepdim=True)).square().mean().sqrt().item()
+
+
 def head_metrics(pred: Tensor, target: Tensor, prefix: str = "") -> dict[str, float]:
-    """L1, PSNR and correlation of one head's prediction against its target."""
+    """L1, PSNR and correlation of one head's prediction against its target, and the
+    prediction's period-2 checkerboard amplitude."""
     return {
         f"{prefix}l1": l1(pred, target),
         f"{prefix}psnr": psnr(pred, target),
         f"{prefix}corr": pearson(pred, target),
         f"{prefix}corr_per_image": pearson_per_image(pred, target),
+        f"{prefix}checkerboard": checkerboard(pred),
     }
 
 

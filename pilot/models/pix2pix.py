@@ -9,6 +9,11 @@ inference as the paper does. The last layer is split into named heads, e.g. `tex
 channels) and `fog` (1 channel), each its own transposed convolution + tanh, so the channels of
 different meaning are predicted separately (as the seed did) and can be weighted separately.
 Images are in [-1, 1].
+
+`upsample="resize"` climbs with nearest-neighbour 2x resizing + a 3x3 convolution instead of the
+4x4 stride-2 transposed convolutions (Odena et al. 2016, "Deconvolution and Checkerboard
+Artifacts"): every output pixel then gets the same number of kernel taps, so the decoder has no
+built-in period-2 pattern to unlearn (`checkerboard` measures what is left of one).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from torch import Tensor, nn
 from pilot.models.dcgan import init_gan_weights
 
 Norm = Literal["batch", "instance"]
+Upsample = Literal["transpose", "resize"]
+UPSAMPLES = ("transpose", "resize")
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -35,6 +42,13 @@ def _norm(kind: Norm, channels: int) -> nn.Module:
 def _check_norm(norm: str) -> None:
     if norm not in ("batch", "instance"):
         raise ValueError(f"norm={norm!r} is not one of ('batch', 'instance')")
+
+
+def _up(kind: Upsample, c_in: int, c_out: int, *, bias: bool) -> list[nn.Module]:
+    """Layers that double the side: a 4x4 stride-2 transposed convolution, or resize + 3x3."""
+    if kind == "transpose":
+        return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)]
+    return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)]
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,7 @@ class Pix2PixConfig:
     dropout: float = 0.5  # dropout probability in the innermost decoder levels
     dropout_levels: int = 3  # how many innermost decoder levels (below the bottleneck) drop out
     dropout_in_eval: bool = False  # keep dropout at inference (the paper's test-time noise)
+    upsample: Upsample = "transpose"  # the paper's; "resize" = nearest 2x + 3x3 convolution
 
     def __post_init__(self) -> None:
         for name in ("head_names", "head_channels"):
@@ -69,6 +84,8 @@ class Pix2PixConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         _check_norm(self.norm)
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample={self.upsample!r} is not one of {UPSAMPLES}")
 
     @property
     def depth(self) -> int:
@@ -116,13 +133,13 @@ class UNetGenerator(nn.Module):
             self.up.append(
                 nn.Sequential(
                     nn.ReLU(),
-                    nn.ConvTranspose2d(c_in, widths[i - 1], 4, 2, 1, bias=False),
+                    *_up(cfg.upsample, c_in, widths[i - 1], bias=False),
                     _norm(cfg.norm, widths[i - 1]),
                 )
             )
         self.heads = nn.ModuleDict(
             {
-                name: nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(2 * widths[0], ch, 4, 2, 1))
+                name: nn.Sequential(nn.ReLU(), *_up(cfg.upsample, 2 * widths[0], ch, bias=True))
                 for name, ch in zip(cfg.head_names, cfg.head_channels, strict=True)
             }
         )

@@ -9,14 +9,16 @@ from pilot.models.pix2pix import (
     PatchGANConfig,
     Pix2PixConfig,
     UNetGenerator,
+    _up,
 )
 
 TINY = dict(base_channels=2, max_mult=2)
 
 
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
 @pytest.mark.parametrize("size, depth", [(64, 6), (128, 7), (256, 8)])
-def test_depth_follows_image_size(size, depth):
-    g = UNetGenerator(Pix2PixConfig(image_size=size, **TINY))
+def test_depth_follows_image_size(size, depth, upsample):
+    g = UNetGenerator(Pix2PixConfig(image_size=size, upsample=upsample, **TINY))
     assert len(g.down) == depth and len(g.up) == depth - 1
     assert g(torch.randn(1, 3, size, size)).shape == (1, 3, size, size)
 
@@ -35,6 +37,32 @@ def test_heads_are_separate_channels():
         g.heads["fog"][1].bias.zero_()
     out2 = g(torch.randn(2, 1, 64, 64).copy_(torch.zeros(1)))
     assert torch.all(out2[:, 3] == 0)
+
+
+@pytest.mark.parametrize("kind, pattern", [("transpose", True), ("resize", False)])
+def test_only_transposed_convolutions_draw_a_checkerboard_on_a_flat_input(kind, pattern):
+    from train.metrics import checkerboard
+
+    torch.manual_seed(0)
+    up = torch.nn.Sequential(*_up(kind, 4, 3, bias=False))
+    out = up(torch.ones(2, 4, 16, 16))[..., 2:-2, 2:-2]  # away from the zero padding
+    assert out.shape == (2, 3, 28, 28)
+    amplitude = checkerboard(out)
+    if pattern:  # even and odd output pixels take different taps of the 4x4 kernel
+        assert amplitude > 0.2 * out.abs().mean().item()
+    else:  # every pixel takes all nine taps of the same constant
+        assert amplitude < 1e-6 < out.abs().mean().item()
+
+
+def test_checkerboard_known_values():
+    from train.metrics import checkerboard
+
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    smooth = torch.sin(x / 5 + y / 7)[None, None]
+    board = 0.1 * (1 - 2 * ((x + y) % 2))[None, None]  # +-0.1 on alternate pixels
+    assert checkerboard(smooth) < 0.01
+    assert checkerboard(smooth + board) == pytest.approx(0.1, abs=0.01)
+    assert checkerboard(smooth + board, period=4) == pytest.approx(0.1, abs=0.01)
 
 
 def test_dropout_is_noise_in_training_and_optional_in_eval():
@@ -78,6 +106,7 @@ def test_pixelgan_is_per_pixel():
         ({"head_names": ("a", "b")}, "same length"),
         ({"norm": "layer"}, "norm='layer'"),
         ({"dropout": 1.0}, "dropout=1.0"),
+        ({"upsample": "bilinear"}, "upsample='bilinear'"),
     ],
 )
 def test_bad_config_is_named(kwargs, message):
