@@ -19,6 +19,7 @@ import importlib.util
 import netrc
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -130,13 +131,28 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
     model_class, data_class = _system_classes(system)
-    return PilotCLI(
-        model_class,
-        data_class,
-        args=list(args),
-        save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
-        parser_kwargs={"prog": f"pilot train {system}"},
-    )
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        return PilotCLI(
+            model_class,
+            data_class,
+            args=list(args),
+            save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
+            parser_kwargs={"prog": f"pilot train {system}"},
+        )
+
+
+# Lightning warnings that say nothing to a `pilot train` user (regexes of their start):
+QUIET = (
+    # `pilot train` passes its own arguments on, by design;
+    r"LightningCLI's args parameter is intended",
+    # the GAN systems step their optimisers themselves (manual optimisation): a checkpoint
+    # holds the weights after the step of its global step, which is what resuming needs;
+    r"Using ModelCheckpoint with manual optimization",
+    # Lightning's own use of a torch API (one line per run, nothing to act on).
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
