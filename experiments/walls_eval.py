@@ -1,7 +1,8 @@
 """Acceptance check of the hatched-walls conditioner on held-out pairs: texture L1 / PSNR and fog
 correlation of the model against the input-copy and mean-image baselines, and the texture
 ceiling of a colour-blind oracle (true structure, mean colour: wall colours are random per
-scene and absent from the hatched input).
+scene and absent from the hatched input). `checkerboard` (every row) is the amplitude of a
+period-2 pixel pattern (`train.metrics.checkerboard`); the targets' own is the reference.
 
     python -m experiments.walls_eval --checkpoint runs/hatched_walls_pix2pix/checkpoints/last.ckpt
 """
@@ -15,7 +16,7 @@ import torch
 
 from pilot.data.paired import PairedConfig, PairedImages
 from pilot.weights.gan import load_generator
-from train.metrics import head_metrics, input_copy, mean_image, split
+from train.metrics import checkerboard, head_metrics, input_copy, mean_image, split
 
 WALLS = PairedConfig(
     inputs=("hatched",),
@@ -64,6 +65,10 @@ def main() -> None:
     mean_rgb = train["B"][:, :3].float().mean((0, 2, 3), keepdim=True)
     oracle = (tex - tex.mean((2, 3), keepdim=True) + mean_rgb).clamp(-1, 1)
     results["colour_blind_oracle"] = head_metrics(oracle, tex, "texture_")
+    results["targets"] = {
+        "texture_checkerboard": checkerboard(tex),
+        "fog_checkerboard": checkerboard(held["B"][:, 3:]),
+    }
     print(json.dumps({"held_out_pairs": n, **results}, indent=1))
 
 
