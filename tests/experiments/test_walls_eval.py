@@ -2,25 +2,19 @@
 
 import json
 import sys
+from dataclasses import replace
 
 from experiments import walls_eval
 from pilot.data.walls import write_pairs
-from pilot.models.pix2pix import Pix2PixConfig, UNetGenerator
+from pilot.models.pix2pix import PIX2PIX_PRESETS, UNetGenerator
 from pilot.weights.gan import export_generator
 
 
 def test_walls_eval_reports_every_row(tmp_path, monkeypatch, capsys):
     write_pairs(tmp_path / "train", 3, 128, seed=0)
     write_pairs(tmp_path / "val", 2, 128, seed=1)
-    cfg = Pix2PixConfig(
-        image_size=64,
-        in_channels=1,
-        head_names=("texture", "fog"),
-        head_channels=(3, 1),
-        base_channels=2,
-        max_mult=2,
-        upsample="resize",
-    )
+    walls = PIX2PIX_PRESETS["walls128"]  # hatched in; texture and fog out
+    cfg = replace(walls, image_size=64, base_channels=2, max_mult=2, upsample="resize")
     export_generator("pix2pix", UNetGenerator(cfg), tmp_path / "g.safetensors")
     argv = ["walls_eval", "--checkpoint", str(tmp_path / "g.safetensors")]
     argv += ["--root", str(tmp_path / "train"), "--val-root", str(tmp_path / "val")]
