@@ -1,4 +1,4 @@
-"""`pilot shot ...`: Blender export, procedural shots, pass previews, pair data sets."""
+"""`pilot shot ...`: Blender export, procedural shots, hatched passes, previews, pair data sets."""
 
 from __future__ import annotations
 
@@ -46,6 +46,30 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hatch(args: argparse.Namespace) -> int:
+    """Draw a shot's hatched pass from its depth and normals (`pilot.scenes.sketch`)."""
+    from pilot.scenes.shot import Shot, write_pass
+    from pilot.scenes.sketch import hatched_pass
+
+    shot = Shot(args.shot)
+    if "hatched" in shot.passes and not args.force:
+        raise ValueError(f"{shot.root}: the shot has a hatched pass already (--force replaces it)")
+    if "normals" not in shot.passes:
+        raise ValueError(f"{shot.root}: drawing a hatched pass needs normals (has {shot.passes})")
+
+    def frames():
+        for k in range(len(shot)):
+            f = shot.frame(k, ["depth", "normals"])
+            ink = hatched_pass(
+                f.depth[None], f.normals[None], f.K[None], f.c2w[None],
+                density=args.density, width=args.width, cross=args.cross,
+            )  # fmt: skip
+            yield ink[0, 0].clamp(0, 1).mul(255).round().byte().numpy()
+
+    print(f"wrote {write_pass(shot, 'hatched', frames())} ({len(shot)} hatched frames)")
+    return 0
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     """Contact sheet (one row per sampled frame) or MP4/GIF (every frame) of a shot's passes."""
     import torch
@@ -90,7 +114,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `pilot shot {export,render,preview,pairs}`."""
+    """Add `pilot shot {export,render,hatch,preview,pairs}`."""
     shot = sub.add_parser("shot", help="3D shots: Blender export, procedural renders, previews")
     group = shot.add_subparsers(dest="shot_command", metavar="SUBCOMMAND", required=True)
 
@@ -110,6 +134,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("W", "H"))
     p.add_argument("--fps", type=float, default=24.0)
     p.set_defaults(func=cmd_render)
+
+    p = group.add_parser("hatch", help="draw a hatched pass from depth and normals (any shot)")
+    p.add_argument("shot", help="shot folder (e.g. a Blender export)")
+    p.add_argument("--density", type=float, default=10.0, help="lines per metre")
+    p.add_argument("--width", type=float, default=0.3, help="line width / spacing, in (0, 1)")
+    p.add_argument("--cross", action="store_true", help="add the crossing lines")
+    p.add_argument("--force", action="store_true", help="replace an existing hatched pass")
+    p.set_defaults(func=cmd_hatch)
 
     p = group.add_parser("preview", help="contact sheet or video of a shot's passes")
     p.add_argument("shot", help="shot folder")

@@ -38,7 +38,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,23 @@ def png_bytes(pixels: np.ndarray) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw, 6))
         + (chunk(b"IEND", b""))
     )
+
+
+def _save_frame(root: Path, p: str, k: int, a: np.ndarray, height: int, width: int) -> None:
+    """Check frame k's array of pass `p` and write it atomically (PNG or float32 .npy)."""
+    a = np.asarray(a)
+    want = _shape(p, height, width)
+    if a.shape != want:
+        raise ValueError(f"frame {k}: {p} has shape {a.shape}, expected {want}")
+    (root / p).mkdir(exist_ok=True)
+    if p in PNG_PASSES:
+        if a.dtype != np.uint8:
+            raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
+        _save_atomic(root / p / f"{k:06d}.png", png_bytes(a))
+    else:
+        f = io.BytesIO()
+        np.save(f, a.astype(np.float32))
+        _save_atomic(root / p / f"{k:06d}.npy", f.getvalue())
 
 
 def _shape(p: str, height: int, width: int) -> tuple[int, ...]:
@@ -163,19 +180,7 @@ class ShotWriter:
         elif given != self.passes:
             raise ValueError(f"frame {k}: passes {given} differ from frame 0's {self.passes}")
         for p in given:
-            a = np.asarray(arrays[p])
-            want = _shape(p, self.height, self.width)
-            if a.shape != want:
-                raise ValueError(f"frame {k}: {p} has shape {a.shape}, expected {want}")
-            (self.root / p).mkdir(exist_ok=True)
-            if p in PNG_PASSES:
-                if a.dtype != np.uint8:
-                    raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
-                _save_atomic(self.root / p / f"{k:06d}.png", png_bytes(a))
-            else:
-                f = io.BytesIO()
-                np.save(f, a.astype(np.float32))
-                _save_atomic(self.root / p / f"{k:06d}.npy", f.getvalue())
+            _save_frame(self.root, p, k, arrays[p], self.height, self.width)
         src = k if source_frame is None else int(source_frame)
         cam = {"K": np.asarray(K).tolist(), "c2w": np.asarray(c2w).tolist()}
         self.frames.append({"source_frame": src, **cam})
@@ -294,3 +299,28 @@ class Shot:
             data[p] = a[None] if a.ndim == 2 else a.permute(2, 0, 1)
         K = torch.tensor(fr["K"], dtype=torch.float32)
         return Frame(k, K, torch.tensor(fr["c2w"], dtype=torch.float32), **data)
+
+
+def write_pass(shot: Shot, p: str, frames: Iterable[np.ndarray]) -> Path:
+    """Add pass `p` to an existing shot, or replace it: one array per frame, in order, as
+    `ShotWriter.add` takes them. Each file is written atomically; shot.json last, once every
+    frame is there, so an interrupted call leaves the shot as it was (re-run it).
+
+    Returns:
+        The path of shot.json.
+    """
+    if p not in PASSES or p == "depth":
+        raise ValueError(f"pass {p!r}: expected one of {PASSES[1:]}")
+    n = 0
+    for k, a in enumerate(frames):
+        if k >= len(shot):
+            raise ValueError(f"{shot.root}: more {p} frames than the shot's {len(shot)}")
+        _save_frame(shot.root, p, k, a, shot.height, shot.width)
+        n = k + 1
+    if n != len(shot):
+        raise ValueError(f"{shot.root}: {n} {p} frames for a shot of {len(shot)}")
+    meta = dict(shot.meta, passes=[q for q in PASSES if q in shot.passes or q == p])
+    path = shot.root / "shot.json"
+    _save_atomic(path, json.dumps(meta, indent=1).encode())
+    shot.meta, shot.passes = meta, meta["passes"]
+    return path
