@@ -88,3 +88,32 @@ def test_runs_as_blender_python_script(tmp_path, monkeypatch):
     assert done.value.code == 0
     shot = Shot(tmp_path)
     assert len(shot) == 2 and [f["source_frame"] for f in shot.frames] == [2, 3]
+
+
+def test_hatched_pass_of_a_blender_export_is_fixed_on_the_surfaces(tmp_path):
+    """`pilot shot hatch` on a Blender export: the conventions the bridge converts to (camera
+    normals, c2w) put the ground's lines at constant world x, and they move with the scene."""
+    from pilot.cli import main as pilot_main
+    from pilot.scenes.geometry import backproject, frame_flow, warp
+
+    _build_scene()
+    bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y = 128, 96
+    assert main([str(tmp_path), "--frames", "1", "3", "--samples", "1"]) == 0
+    assert pilot_main(["shot", "hatch", str(tmp_path), "--density", "4"]) == 0
+    shot = Shot(tmp_path)
+    a, b = shot[0], shot[1]
+    # Ground pixels near the camera: ink exactly where world x is near a multiple of 1/4 m.
+    p = backproject(b.depth[None], b.K[None])[0].flatten(1)
+    world = (b.c2w[:3, :3] @ p + b.c2w[:3, 3:]).view(3, 96, 128)
+    ground = (world[2].abs() < 1e-3) & (b.depth[0] < 4)
+    phase = (world[0] * 4 - (world[0] * 4).round()).abs()  # 0 on a line, 0.5 between
+    ink = 1 - b.hatched[0]
+    assert ground.sum() > 500
+    assert ink[ground & (phase < 0.05)].mean() > 0.9 and ink[ground & (phase > 0.4)].mean() < 0.1
+    # Under the camera's move, frame 0's drawing warped by the true flow is frame 1's.
+    pair = frame_flow(b, a)
+    flow, visible = pair["flow_ij"], pair["visible_ij"]
+    moved = warp(a.hatched[None], flow)[0]
+    edges = sum((b.hatched.diff(dim=d)).abs().mean() for d in (1, 2))
+    assert flow.norm(dim=1).mean() > 5
+    assert (moved - b.hatched).abs()[visible[0]].mean() < 0.5 * edges
