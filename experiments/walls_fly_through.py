@@ -2,12 +2,12 @@
 camera path (`pilot.scenes.layouts.fly_through`), rendered frame by frame; writes the hatched
 frames to `<out>/hatched/` and the true textured and fog passes next to them for comparison.
 With `--checkpoint` it also draws the README figure: one row per `--rows` frame, columns
-hatched input, the conditioner's heads (e.g. texture, fog), true texture, true fog.
+hatched input, each conditioner's heads (e.g. texture, fog), true texture, true fog.
 
     python -m experiments.walls_fly_through --out runs/shots/fly --frames 48
     pilot conditioner apply --checkpoint runs/hatched_walls_pix2pix/checkpoints/last.ckpt \
         --shot runs/shots/fly --out experiments/figures/walls_fly_through.gif
-    python -m experiments.walls_fly_through --checkpoint CKPT \
+    python -m experiments.walls_fly_through --checkpoint CKPT [CKPT ...] \
         --figure experiments/figures/walls_fly_through.png
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--checkpoint", help="a Pix2Pix conditioner: also draw --figure")
+    parser.add_argument("--checkpoint", nargs="+", help="Pix2Pix conditioners: draw --figure")
     parser.add_argument("--figure", type=Path, default=Path("walls_fly_through.png"))
     parser.add_argument("--rows", default="0,20,40", help="frames shown in the figure")
     args = parser.parse_args()
@@ -55,20 +55,21 @@ def main() -> None:
         print(f"wrote {draw_figure(args.checkpoint, figure, args.figure)}")
 
 
-def draw_figure(checkpoint: str, renders: list[dict], path: Path) -> Path:
-    """Rows of hatched input | predicted heads | true texture | true fog, in [0, 1] RGB."""
+def draw_figure(checkpoints: list[str], renders: list[dict], path: Path) -> Path:
+    """Rows of hatched input | each model's heads | true texture | true fog, in [0, 1] RGB."""
     from pilot.weights.gan import load_generator
 
-    _, generator = load_generator(checkpoint, kind="pix2pix")
-    side = generator.cfg.image_size
+    generators = [load_generator(c, kind="pix2pix")[1] for c in checkpoints]
+    side = generators[0].cfg.image_size
     rows = []
     for out in renders:
         hatched = F.interpolate(out["hatched"], size=(side, side), mode="area")
-        with torch.no_grad():
-            heads = generator.split_heads(generator(hatched * 2 - 1))
-        truth = [F.interpolate(out[k], size=(side, side), mode="area") * 2 - 1
-                 for k in ("textured", "fog")]  # fmt: skip
-        panels = [hatched * 2 - 1, *heads.values(), *truth]
+        panels = [hatched * 2 - 1]
+        for generator in generators:
+            with torch.no_grad():
+                panels += generator.split_heads(generator(hatched * 2 - 1)).values()
+        panels += [F.interpolate(out[k], size=(side, side), mode="area") * 2 - 1
+                   for k in ("textured", "fog")]  # fmt: skip
         rows.append(torch.cat([p.expand(-1, 3, -1, -1) for p in panels], 3))
     image = torch.cat(rows, 2)[0].add(1).div(2).clamp(0, 1)
     return write_frame(image.mul(255).round().byte().permute(1, 2, 0).numpy(), path)
