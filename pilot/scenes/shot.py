@@ -34,6 +34,7 @@ returns torch tensors.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import struct
@@ -303,24 +304,37 @@ class Shot:
 
 def write_pass(shot: Shot, p: str, frames: Iterable[np.ndarray]) -> Path:
     """Add pass `p` to an existing shot, or replace it: one array per frame, in order, as
-    `ShotWriter.add` takes them. Each file is written atomically; shot.json last, once every
-    frame is there, so an interrupted call leaves the shot as it was (re-run it).
+    `ShotWriter.add` takes them. Each file is written atomically and shot.json lists the pass
+    only once every frame is there: a replaced pass leaves shot.json (atomically) when its
+    first new frame is ready, so an interrupted call leaves a shot without the pass, never a
+    mix of old and new frames (re-run it).
 
     Returns:
         The path of shot.json.
     """
     if p not in PASSES or p == "depth":
         raise ValueError(f"pass {p!r}: expected one of {PASSES[1:]}")
+    frames = iter(frames)
+    first = next(frames, None)  # made before anything changes: a bad argument changes nothing
+    if first is None:
+        raise ValueError(f"{shot.root}: no {p} frames for a shot of {len(shot)}")
+    if p in shot.passes:
+        _write_meta(shot, [q for q in shot.passes if q != p])
     n = 0
-    for k, a in enumerate(frames):
+    for k, a in enumerate(itertools.chain([first], frames)):
         if k >= len(shot):
             raise ValueError(f"{shot.root}: more {p} frames than the shot's {len(shot)}")
         _save_frame(shot.root, p, k, a, shot.height, shot.width)
         n = k + 1
     if n != len(shot):
         raise ValueError(f"{shot.root}: {n} {p} frames for a shot of {len(shot)}")
-    meta = dict(shot.meta, passes=[q for q in PASSES if q in shot.passes or q == p])
+    return _write_meta(shot, [q for q in PASSES if q in shot.passes or q == p])
+
+
+def _write_meta(shot: Shot, passes: list[str]) -> Path:
+    """Rewrite shot.json (atomically) with `passes`; `shot` follows."""
+    meta = dict(shot.meta, passes=passes)
     path = shot.root / "shot.json"
     _save_atomic(path, json.dumps(meta, indent=1).encode())
-    shot.meta, shot.passes = meta, meta["passes"]
+    shot.meta, shot.passes = meta, passes
     return path

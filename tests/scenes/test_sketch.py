@@ -119,3 +119,24 @@ def test_pilot_shot_hatch(tmp_path, capsys):
     (root / "shot.json").write_text(json.dumps(meta))
     assert main(["shot", "hatch", str(root), "--force"]) == 2
     assert "needs normals" in capsys.readouterr().err
+
+
+def test_replacing_a_pass_never_leaves_a_mix_of_old_and_new_frames(shot, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "s"
+    shutil.copytree(shot.root, root)
+    old = Shot(root)[5].hatched.clone()
+    assert main(["shot", "hatch", str(root), "--force", "--width", "2"]) == 2
+    assert "width=2.0" in capsys.readouterr().err
+    assert torch.equal(Shot(root)[5].hatched, old)  # a bad argument changes nothing
+
+    def crash_after_two():
+        yield from [np.zeros((96, 96), np.uint8)] * 2
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_pass(Shot(root), "hatched", crash_after_two())
+    assert "hatched" not in Shot(root).passes  # not listed: old and new frames never mix
+    assert main(["shot", "hatch", str(root)]) == 0  # re-run: the pass is back
+    assert Shot(root).passes[-1] == "hatched"
