@@ -60,12 +60,18 @@ def test_conditioner_apply_over_a_shot(tmp_path, pix2pix_file):
     for i in range(3):
         pixels = np.random.default_rng(i).integers(0, 256, (50, 70), dtype=np.uint8)
         Image.fromarray(pixels, "L").save(shot / f"{i:04d}.png")
-    out, frames = tmp_path / "out.gif", tmp_path / "frames"
-    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot"]
-    assert main([*args, str(shot.parent), "--out", str(out), "--frames-dir", str(frames)]) == 0
+    out, frames, heads = tmp_path / "out.gif", tmp_path / "frames", tmp_path / "heads"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot.parent)]
+    args += ["--out", str(out), "--frames-dir", str(frames), "--heads-dir", str(heads)]
+    assert main(args) == 0
     with Image.open(out) as gif:
         assert gif.n_frames == 3 and gif.size == (64 * 3, 64)  # input | texture | fog
     assert len(list(frames.glob("*.png"))) == 3
+    with Image.open(frames / "0001.png") as row, Image.open(heads / "fog" / "0001.png") as fog:
+        assert fog.mode == "L" and fog.size == (64, 64)
+        assert np.array_equal(np.asarray(fog), np.asarray(row)[:, 128:, 0])  # the fog panel
+    with Image.open(heads / "texture" / "0002.png") as texture:
+        assert texture.mode == "RGB" and texture.size == (64, 64)
 
 
 def test_conditioner_apply_over_a_rendered_shot(tmp_path, pix2pix_file, capsys):
@@ -116,3 +122,12 @@ def test_train_bad_system_and_threads(tmp_path, capsys):
         main(["train", "gan"])
     assert main(["train", "dcgan", "--threads", "0"]) == 2
     assert "--threads=0" in capsys.readouterr().err
+
+
+def test_heads_of_other_widths_are_written_as_float_arrays(tmp_path):
+    from pilot.commands.conditioner import write_head
+
+    head = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 4, 2)
+    path = write_head(head, tmp_path / "uv" / "0001.v2")
+    assert path == tmp_path / "uv" / "0001.v2.npy" and np.array_equal(np.load(path), head)
+    assert write_head(head[:, :, :1], tmp_path / "g" / "0001").suffix == ".png"

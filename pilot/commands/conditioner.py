@@ -6,6 +6,8 @@ render` writes) or, for a plain folder of frames, the images in `<shot>/` itself
 Each frame is converted to the model's input channels (grey or RGB, see `pilot.data.paired`),
 resized to the model's training side, and shown next to every predicted head (e.g. input |
 texture | fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
+`--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
+PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy).
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ def shot_fps(shot: Path, default: float = 12.0) -> float:
     return Shot(shot).fps
 
 
+def write_head(head, stem: Path) -> Path:
+    """One head's frame (H, W, C) in [-1, 1]: 8-bit PNG for 1, 3 or 4 channels, else float .npy
+    (written atomically either way)."""
+    import numpy as np
+
+    from pilot.animation.video import to_uint8, write_frame
+    from pilot.imageio import atomic_output
+
+    if head.shape[2] in (1, 3, 4):
+        pixels = to_uint8(head)
+        return write_frame(pixels[:, :, 0] if head.shape[2] == 1 else pixels, f"{stem}.png")
+    path = Path(f"{stem}.npy")
+    with atomic_output(path) as tmp:
+        np.save(tmp, head.astype(np.float32))
+    return path
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame and write the video (and PNG frames if asked)."""
     import torch
@@ -69,6 +88,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         frames.append(frame)
         if args.frames_dir is not None:
             write_frame(frame, args.frames_dir / f"{path.stem}.png")
+        if args.heads_dir is not None:
+            for name, head in heads.items():
+                write_head(head[0].permute(1, 2, 0).numpy(), args.heads_dir / name / path.stem)
     fps = shot_fps(args.shot) if args.fps is None else args.fps
     out = write_video(frames, args.out, fps=fps)
     print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
@@ -87,4 +109,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--fps", type=float, help="video frame rate (default: the shot's, else 12)")
     a.add_argument("--size", type=int, help="square side to run at (multiple of the model's)")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
+    a.add_argument("--heads-dir", type=Path, help="also write each head's frames: DIR/HEAD/")
     a.set_defaults(func=cmd_apply)
