@@ -100,6 +100,12 @@ def test_conditioner_apply_errors(tmp_path, pix2pix_file, dcgan_file, capsys):
     assert "no images" in capsys.readouterr().err
     assert main([*args, str(tmp_path / "missing")]) == 2
     assert "no such shot folder" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "empty"), "--size", "0"]) == 2
+    assert "--size=0 must be a multiple" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "empty"), "--out", "x.avi"]) == 2  # before any frame
+    assert "unknown video suffix '.avi'" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "empty"), "--fps", "-3"]) == 2
+    assert "fps=-3.0 must be a positive frame rate" in capsys.readouterr().err
     bad = ["conditioner", "apply", "--checkpoint", str(dcgan_file), "--shot", str(tmp_path)]
     assert main(bad) == 2
     assert "expected pix2pix" in capsys.readouterr().err

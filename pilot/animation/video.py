@@ -19,6 +19,22 @@ from PIL import Image
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
+def check_video_path(path: str | os.PathLike, fps: float) -> None:
+    """ValueError unless `path` has a video suffix and `fps` is a positive frame rate (call it
+    before making the frames, so bad arguments cost nothing)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(
+            f"{path}: unknown video suffix {suffix!r} (expected one of {VIDEO_SUFFIXES})"
+        )
+    _check_fps(path, fps)
+
+
+def _check_fps(path: str | os.PathLike, fps: float) -> None:
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"{path}: fps={fps} must be a positive frame rate")
+
+
 def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
     """(H, W) shared by all frames; ValueError naming the first frame that differs."""
     if not frames:
@@ -41,6 +57,7 @@ def _temp_path(path: Path) -> Path:
 
 def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
     """Write an endlessly looping GIF; returns the path."""
+    _check_fps(path, fps)
     _check_frames(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +79,7 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: flo
 
     Odd frame sizes are padded by one pixel of black (most players need even sides).
     """
+    _check_fps(path, fps)
     h, w = _check_frames(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,12 +102,10 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: flo
 
 def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
     """Write a GIF or an MP4, chosen by the suffix of `path`."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".gif":
+    check_video_path(path, fps)
+    if Path(path).suffix.lower() == ".gif":
         return write_gif(frames, path, fps=fps)
-    if suffix == ".mp4":
-        return write_mp4(frames, path, fps=fps)
-    raise ValueError(f"{path}: unknown video suffix {suffix!r} (expected one of {VIDEO_SUFFIXES})")
+    return write_mp4(frames, path, fps=fps)
 
 
 def read_frame(path: str | os.PathLike) -> np.ndarray:

@@ -64,14 +64,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame and write the video (and PNG frames if asked)."""
     import torch
 
-    from pilot.animation.video import to_uint8, write_frame, write_video
+    from pilot.animation.video import check_video_path, to_uint8, write_frame, write_video
     from pilot.data.paired import read_image
     from pilot.weights.gan import load_generator
 
+    fps = shot_fps(args.shot) if args.fps is None else args.fps
+    check_video_path(args.out, fps)  # before any frame is made
     _, generator = load_generator(args.checkpoint, kind="pix2pix")
     cfg = generator.cfg
-    size = args.size or cfg.image_size
-    if size % cfg.image_size:
+    size = cfg.image_size if args.size is None else args.size
+    if size <= 0 or size % cfg.image_size:
         raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")
     frames = []
     for path in shot_frames(args.shot, args.pass_name):
@@ -91,7 +93,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.heads_dir is not None:
             for name, head in heads.items():
                 write_head(head[0].permute(1, 2, 0).numpy(), args.heads_dir / name / path.stem)
-    fps = shot_fps(args.shot) if args.fps is None else args.fps
     out = write_video(frames, args.out, fps=fps)
     print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
     return 0

@@ -11,7 +11,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from pilot.animation.video import to_uint8, write_video
+    from pilot.animation.video import check_video_path, to_uint8, write_video
     from pilot.animation.walks import latent_walk
     from pilot.weights.gan import load_generator
 
@@ -20,6 +20,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
             f"need --frames >= 2, --points >= 2, --scale >= 1, --grid >= 1; got {args.frames}, "
             f"{args.points}, {args.scale}, {args.grid}"
         )
+    check_video_path(args.out, args.fps)
     _, generator = load_generator(args.checkpoint, kind="dcgan")
     dim = generator.cfg.latent_dim
     walks = [  # one independent walk per grid cell, seeds spaced by the number of points

@@ -66,4 +66,9 @@ def test_video_writers(tmp_path):
         write_video(frames, tmp_path / "a.avi")
     with pytest.raises(ValueError, match=r"frame 1 is uint8 \(5, 5, 3\)"):
         write_gif([frames[0], np.zeros((5, 5, 3), np.uint8)], tmp_path / "b.gif")
+    for fps in (0, -3, float("nan")):
+        with pytest.raises(ValueError, match=f"c.mp4: fps={fps} must be a positive"):
+            write_video(frames, tmp_path / "c.mp4", fps=fps)
+        with pytest.raises(ValueError, match="must be a positive"):
+            write_gif(frames, tmp_path / "c.gif", fps=fps)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
