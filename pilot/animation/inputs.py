@@ -2,8 +2,9 @@
 
 - `ShotFrames` / `VideoFrames`: a shot folder or a plain video as frames with a size, an fps,
   a flow source and control images per frame. A shot's control images come from its passes
-  (`depth`, `normal`, `hatch` from geometry; `canny`, `softedge`, `lineart`, `image` from its
-  colour pass); a video has only colour, so geometric kinds are refused up front.
+  (`depth`, `normal`, `hatch` from geometry; `hatched`, its hatched pass as white lines on
+  black, for line-type ControlNets; `canny`, `softedge`, `lineart`, `image` from its colour
+  pass); a video has only colour, so the other kinds are refused up front.
 - `ControlTrack`: one ControlNet over the whole animation, its control kind and a keyframed scale.
 - `FrameStore`: the run folder's frames (PNG) and per-frame noise, each written atomically as it is
   made. The sampler re-reads frame k - 1 from disk, so a resumed run sees exactly the bytes an
@@ -29,7 +30,12 @@ from pilot.animation.flow import EstimatedFlow, FlowSource, GeometryFlow, Vector
 from pilot.animation.schedules import Schedule
 from pilot.imageio import atomic_output, from_uint8, read_image, to_uint8, write_png
 
-GEOMETRY_KINDS = {"depth": ("depth",), "normal": ("normals",), "hatch": ("depth", "normals")}
+GEOMETRY_KINDS = {
+    "depth": ("depth",),
+    "normal": ("normals",),
+    "hatch": ("depth", "normals"),
+    "hatched": ("hatched",),
+}
 IMAGE_KINDS = ("canny", "softedge", "lineart", "image")
 
 
@@ -115,6 +121,8 @@ class ShotFrames:
             return normals_to_control(frame.normals[None])
         if kind == "hatch":
             return hatch(frame.depth[None], frame.normals[None])
+        if kind == "hatched":  # paper-white drawing -> the line ControlNets' white on black
+            return (1 - frame.hatched[None]).expand(-1, 3, -1, -1)
         return _image_control(kind, frame.image[None])
 
     def source_image(self, k: int) -> Tensor | None:

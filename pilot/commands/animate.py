@@ -46,8 +46,8 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help='prompt, or keyed "0: a | 24: b" / JSON')
     p.add_argument("--negative-prompt", default="", help="negative prompt for every frame")
     p.add_argument("--controlnet", action="append", default=[], metavar="KIND=PATH",
-                   help="ControlNet per control kind (depth, normal, hatch, canny, softedge, "
-                   "lineart, image); repeatable")  # fmt: skip
+                   help="ControlNet per control kind (depth, normal, hatch, hatched, canny, "
+                   "softedge, lineart, image); repeatable")  # fmt: skip
     p.add_argument("--control-scale", default="1.0", help="ControlNet scale schedule")
     p.add_argument(
         "--strength", default="0.5", help='img2img strength schedule, "0:(0.6), 24:(0.4)"'

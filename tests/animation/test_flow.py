@@ -115,5 +115,9 @@ def test_missing_passes_are_named(tmp_path, small_shot):
         frames.check_kind("hatch")
     with pytest.raises(ValueError, match="canny control needs the image pass"):
         frames.check_kind("canny")
+    with pytest.raises(ValueError, match="hatched control needs the hatched pass"):
+        frames.check_kind("hatched")
     assert frames.control_image("depth", 1).shape == (1, 3, 8, 8)
     assert ShotFrames(small_shot).control_image("hatch", 3).shape == (1, 3, 32, 32)
+    lines = ShotFrames(small_shot).control_image("hatched", 3)  # white lines on black
+    assert lines.shape == (1, 3, 32, 32) and torch.equal(lines[:, 0], 1 - small_shot[3].hatched)
