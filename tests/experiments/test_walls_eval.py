@@ -1,4 +1,4 @@
-"""`experiments.walls_eval`: the conditioner's held-out table, baselines and checkerboard rows."""
+"""`experiments.walls_eval` and `walls_hatch_sources`: the conditioner's tables."""
 
 import json
 import sys
@@ -26,3 +26,19 @@ def test_walls_eval_reports_every_row(tmp_path, monkeypatch, capsys):
     assert all(row in report for row in rows)
     assert set(report["model"]) >= {"texture_psnr", "fog_corr", "texture_checkerboard"}
     assert report["targets"]["texture_checkerboard"] < 0.05  # renders have no pixel pattern
+
+
+def test_walls_hatch_sources_reports_both_sources(tmp_path, monkeypatch, capsys):
+    from experiments import walls_hatch_sources
+
+    walls = PIX2PIX_PRESETS["walls128"]
+    cfg = replace(walls, image_size=64, base_channels=2, max_mult=2)
+    export_generator("pix2pix", UNetGenerator(cfg), tmp_path / "g.safetensors")
+    argv = ["x", "--checkpoint", str(tmp_path / "g.safetensors"), "--frames", "2", "--size", "64"]
+    monkeypatch.setattr(sys, "argv", argv)
+    walls_hatch_sources.main()
+    report = json.loads(capsys.readouterr().out)
+    rows = [k for k in report if k.startswith(str(tmp_path))]
+    assert [r.rsplit(" | ", 1)[1] for r in rows] == ["renderer", "drawn"]
+    assert all(set(report[r]) == {"texture_psnr", "fog_corr", "fog_corr_per_image", "fog_l1"}
+               for r in rows)  # fmt: skip
