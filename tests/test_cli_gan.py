@@ -137,3 +137,19 @@ def test_heads_of_other_widths_are_written_as_float_arrays(tmp_path):
     path = write_head(head, tmp_path / "uv" / "0001.v2")
     assert path == tmp_path / "uv" / "0001.v2.npy" and np.array_equal(np.load(path), head)
     assert write_head(head[:, :, :1], tmp_path / "g" / "0001").suffix == ".png"
+
+
+def test_wide_frames_keep_their_aspect(tmp_path, pix2pix_file):
+    from pilot.commands.conditioner import run_size
+
+    assert run_size(1080, 1920, 128, 128) == (128, 256)  # 16:9 -> 2:1, not a square
+    assert run_size(1920, 1080, 256, 128) == (512, 256)  # portrait, short side 256
+    assert run_size(50, 70, 64, 64) == (64, 64)  # 1.4:1 rounds to a square
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (90, 160), dtype=np.uint8)
+        Image.fromarray(pixels, "L").save(tmp_path / f"{i:04d}.png")
+    out = tmp_path / "wide.gif"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(tmp_path)]
+    assert main([*args, "--out", str(out)]) == 0
+    with Image.open(out) as gif:
+        assert gif.size == (128 * 3, 64)  # input | texture | fog, each 64 x 128

@@ -4,7 +4,9 @@ hatched frames of a shot, written as a video (the seed's fly-through test).
 The shot's frames are the images in `<shot>/<pass>/` (default pass `hatched`, which `pilot shot
 render` writes) or, for a plain folder of frames, the images in `<shot>/` itself, in name order.
 Each frame is converted to the model's input channels (grey or RGB, see `pilot.data.paired`),
-resized to the model's training side, and shown next to every predicted head (e.g. input |
+resized so that its short side is `--size` (default: the model's training side) and its long
+side the multiple of the model's side nearest the frame's aspect ratio (a 16:9 frame runs at
+2:1 rather than squashed into a square), and shown next to every predicted head (e.g. input |
 texture | fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
 `--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
 PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy).
@@ -60,6 +62,13 @@ def write_head(head, stem: Path) -> Path:
     return path
 
 
+def run_size(height: int, width: int, size: int, side: int) -> tuple[int, int]:
+    """(H, W) a frame runs at: short side `size`, the long side the multiple of the model's
+    `side` nearest to `size` times the frame's aspect ratio."""
+    long = max(side, round(size * max(height, width) / min(height, width) / side) * side)
+    return (size, long) if height <= width else (long, size)
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame and write the video (and PNG frames if asked)."""
     import torch
@@ -79,14 +88,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for path in shot_frames(args.shot, args.pass_name):
         x = torch.from_numpy(read_image(path, cfg.in_channels).copy()).permute(2, 0, 1)
         x = x[None].float().div(127.5).sub(1.0)  # (1, C, H, W) in [-1, 1]
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+        shape = run_size(x.shape[2], x.shape[3], size, cfg.image_size)
+        x = torch.nn.functional.interpolate(x, size=shape, mode="area")
         with torch.no_grad():
             heads = generator.split_heads(generator(x))
         panels = [x, *heads.values()]
         row = torch.cat(
             [p[:, :3] if p.shape[1] >= 3 else p.expand(-1, 3, -1, -1) for p in panels], 3
         )
-        frame = to_uint8(row[0].permute(1, 2, 0).numpy())  # (S, S * panels, 3)
+        frame = to_uint8(row[0].permute(1, 2, 0).numpy())  # (H, W * panels, 3)
         frames.append(frame)
         if args.frames_dir is not None:
             write_frame(frame, args.frames_dir / f"{path.stem}.png")
@@ -108,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--pass", dest="pass_name", default="hatched", help="pass sub-folder")
     a.add_argument("--out", type=Path, default=Path("conditioned.mp4"), help=".mp4 or .gif")
     a.add_argument("--fps", type=float, help="video frame rate (default: the shot's, else 12)")
-    a.add_argument("--size", type=int, help="square side to run at (multiple of the model's)")
+    a.add_argument("--size", type=int, help="short side to run at (multiple of the model's)")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
     a.add_argument("--heads-dir", type=Path, help="also write each head's frames: DIR/HEAD/")
     a.set_defaults(func=cmd_apply)
