@@ -13,7 +13,7 @@ Images are in [-1, 1].
 `upsample="resize"` climbs with nearest-neighbour 2x resizing + a 3x3 convolution instead of the
 4x4 stride-2 transposed convolutions (Odena et al. 2016, "Deconvolution and Checkerboard
 Artifacts"): every output pixel then gets the same number of kernel taps, so the decoder has no
-built-in period-2 pattern to unlearn (`checkerboard` measures what is left of one).
+built-in period-2 pattern to unlearn (`train.metrics.checkerboard` measures what is left).
 """
 
 from __future__ import annotations
