@@ -160,14 +160,22 @@ def held_bytes(device: torch.device) -> int:
     A graph's activations are freed into its private pool during capture, so
     `memory_allocated` misses them, yet that memory stays reserved for the graph's replays.
     """
+    reserved, allocated = private_pools(device)
+    return torch.cuda.memory_allocated(cuda_index(device)) + reserved - allocated
+
+
+def private_pools(device: torch.device) -> tuple[int, int]:
+    """(reserved, allocated) bytes of the private memory pools on a CUDA device: the CUDA graph
+    pools (their segments in full; allocated = the graphs' static outputs)."""
     default_pool = (0, 0)
     index = cuda_index(device)
-    allocated = torch.cuda.memory_allocated(index)
+    reserved = allocated = 0
     for segment in torch.cuda.memory_snapshot():
         private = tuple(segment.get("segment_pool_id", default_pool)) != default_pool
         if private and segment.get("device") == index:
-            allocated += segment["total_size"] - segment["allocated_size"]
-    return allocated
+            reserved += segment["total_size"]
+            allocated += segment["allocated_size"]
+    return reserved, allocated
 
 
 def cuda_index(device: torch.device) -> int:

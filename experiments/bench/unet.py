@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -38,6 +39,7 @@ from experiments.bench.common import (
     parse_dtypes,
     parse_sizes,
     peak_memory_mib,
+    private_pools,
     speed_settings,
     time_many_ms,
     with_piece_size,
@@ -97,11 +99,13 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     x, t, context = draw_inputs(ours.cfg, args, device, dtype)
     calls = variants(ours, ref, dtype, device, args)
     runs = {name: (lambda call=call: call(x, t, context)) for name, call in calls.items()}
-    first, errors, memory, retained = {}, {}, {}, {}
+    first, errors, memory, retained, pools = {}, {}, {}, {}, {}
     with torch.inference_mode():
         for name, run in runs.items():  # first calls: compile / capture
             consume = lambda out: max_rel_error(out, expected)  # noqa: E731
+            pool_before = graph_pool_bytes(device)
             errors[name], first[name], retained[name] = first_call(run, device, consume)
+            pools[name] = (graph_pool_bytes(device) - pool_before) / 2**20
         timing = dict(warmup=args.warmup, iters=args.iters)
         ms = dict(zip(runs, time_many_ms(list(runs.values()), device, **timing), strict=True))
         for name, run in runs.items():
@@ -120,6 +124,7 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
                 f"{flops / ms[name] / 1e9:.2f}",  # FLOP / ms -> TFLOP/s
                 f"{first[name]:.1f}",
                 format_mib(memory[name], retained[name]),
+                held_label(retained[name], pools.get(name)),
                 f"{errors[name]:.1e}",
             ]
         )
@@ -159,8 +164,26 @@ def main(argv=None) -> None:
         f"{flops / 1e9:.1f} GFLOP per call, {device_name(device)}, torch {torch.__version__}"
     )
     header = ["variant", "dtype", "ms", "/ diffusers eager", "/ diffusers compile", "TFLOP/s"]
-    header += ["first call s", memory_label(device), "max rel err vs fp32"]
+    header += ["first call s", memory_label(device), "held after 1st call MiB (graph pool)"]
+    header += ["max rel err vs fp32"]
     print(format_table(header, rows))
+
+
+def graph_pool_bytes(device: torch.device) -> int:
+    """Bytes reserved by live CUDA graph pools (dead ones released first); 0 off CUDA."""
+    if device.type != "cuda":
+        return 0
+    gc.collect()
+    torch.cuda.empty_cache()
+    return private_pools(device)[0]
+
+
+def held_label(retained: float, pool: float | None) -> str:
+    """What a first call left held (static buffers, a capture stream's cuBLAS workspace, graph
+    pools in full), and how much of it is graph pool: the parts of a CUDA graph's memory."""
+    if not pool and not retained:
+        return "-"
+    return f"{retained:.0f}" + (f" ({pool:.0f})" if pool else "")
 
 
 def draw_inputs(cfg, args, device: torch.device, dtype: torch.dtype) -> tuple:

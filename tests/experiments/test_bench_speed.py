@@ -204,3 +204,23 @@ def test_peak_trace_names_the_model_code_that_allocated():
     ]
     assert origin({"frames": frames}) == "pilot/nn/resnet.py:27 forward"
     assert origin({"frames": frames[:1]}).startswith("/usr/lib/site-packages/torch/")
+
+
+def test_private_pools_and_held_bytes_read_the_snapshot(monkeypatch):
+    """Graph pools count in full (their free space is the graphs'), other free cache does not."""
+    from experiments.bench.common import held_bytes, private_pools
+    from experiments.bench.unet import held_label
+
+    snapshot = [
+        {"device": 0, "segment_pool_id": (0, 0), "total_size": 100, "allocated_size": 40},
+        {"device": 0, "segment_pool_id": (1, 2), "total_size": 64, "allocated_size": 8},
+        {"device": 0, "segment_pool_id": (1, 2), "total_size": 32, "allocated_size": 0},
+        {"device": 1, "segment_pool_id": (1, 3), "total_size": 999, "allocated_size": 0},
+    ]
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: snapshot)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index: 48)  # 40 + 8
+    device = torch.device("cuda", 0)
+    assert private_pools(device) == (96, 8)
+    assert held_bytes(device) == 48 + 96 - 8  # allocated, plus the pool's free segments
+    assert held_label(0.0, None) == "-" and held_label(92.4, 58.6) == "92 (59)"
+    assert held_label(3.0, 0.0) == "3"
