@@ -153,3 +153,6 @@ def test_wide_frames_keep_their_aspect(tmp_path, pix2pix_file):
     assert main([*args, "--out", str(out)]) == 0
     with Image.open(out) as gif:
         assert gif.size == (128 * 3, 64)  # input | texture | fog, each 64 x 128
+    assert main([*args, "--out", str(out), "--square"]) == 0  # as square training pairs load
+    with Image.open(out) as gif:
+        assert gif.size == (64 * 3, 64)

@@ -6,8 +6,9 @@ render` writes) or, for a plain folder of frames, the images in `<shot>/` itself
 Each frame is converted to the model's input channels (grey or RGB, see `pilot.data.paired`),
 resized so that its short side is `--size` (default: the model's training side) and its long
 side the multiple of the model's side nearest the frame's aspect ratio (a 16:9 frame runs at
-2:1 rather than squashed into a square), and shown next to every predicted head (e.g. input |
-texture | fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
+2:1 rather than squashed into a square; `--square` squashes, as `pilot.data.paired` does to
+non-square training pairs), and shown next to every predicted head (e.g. input | texture |
+fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
 `--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
 PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy).
 """
@@ -88,7 +89,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for path in shot_frames(args.shot, args.pass_name):
         x = torch.from_numpy(read_image(path, cfg.in_channels).copy()).permute(2, 0, 1)
         x = x[None].float().div(127.5).sub(1.0)  # (1, C, H, W) in [-1, 1]
-        shape = run_size(x.shape[2], x.shape[3], size, cfg.image_size)
+        shape = (size, size) if args.square else run_size(*x.shape[2:], size, cfg.image_size)
         x = torch.nn.functional.interpolate(x, size=shape, mode="area")
         with torch.no_grad():
             heads = generator.split_heads(generator(x))
@@ -119,6 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", type=Path, default=Path("conditioned.mp4"), help=".mp4 or .gif")
     a.add_argument("--fps", type=float, help="video frame rate (default: the shot's, else 12)")
     a.add_argument("--size", type=int, help="short side to run at (multiple of the model's)")
+    a.add_argument("--square", action="store_true", help="squash frames to --size squares")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
     a.add_argument("--heads-dir", type=Path, help="also write each head's frames: DIR/HEAD/")
     a.set_defaults(func=cmd_apply)
