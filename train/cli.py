@@ -89,7 +89,8 @@ class PilotCLI(LightningCLI):
         if trainer.fast_dev_run or not isinstance(ckpt, ModelCheckpoint) or not ckpt.save_last:
             return
         if ckpt.dirpath is not None:
-            trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt")
+            last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt"
+            trainer.save_checkpoint(last, weights_only=ckpt.save_weights_only)  # as the callback
 
 
 SYSTEMS = (

@@ -136,3 +136,21 @@ def test_writer_rejects_inconsistent_frames(tmp_path):
     assert Shot(w.root if (w.close()) else None)[0].depth.shape == (1, 6, 8)
     with pytest.raises(FileNotFoundError, match="shot.json"):
         Shot(tmp_path / "nothing")
+
+
+def test_a_shot_is_a_pairs_folder_for_a_conditioner(shot_dir):
+    """hatched/ and image/ are matched by name: an artist's own renders train a conditioner."""
+    from pilot.data.paired import PairedConfig, PairedImages
+
+    cfg = PairedConfig(
+        inputs=("hatched",),
+        input_channels=(1,),
+        targets=("image",),
+        target_channels=(3,),
+        image_size=16,
+        load_size=16,
+    )
+    pairs = PairedImages(shot_dir, cfg, augment=False)
+    assert len(pairs) == 4
+    item = pairs[2]
+    assert item["A"].shape == (1, 16, 16) and item["B"].shape == (3, 16, 16)
