@@ -178,6 +178,23 @@ def private_pools(device: torch.device) -> tuple[int, int]:
     return reserved, allocated
 
 
+def graph_pool_bytes(device: torch.device) -> int:
+    """Bytes reserved by live CUDA graph pools (dead ones released first); 0 off CUDA."""
+    if device.type != "cuda":
+        return 0
+    gc.collect()
+    torch.cuda.empty_cache()
+    return private_pools(device)[0]
+
+
+def held_label(retained: float, pool: float | None) -> str:
+    """What a first call left held (static buffers, a capture stream's cuBLAS workspace, graph
+    pools in full), and how much of it is graph pool: the parts of a CUDA graph's memory."""
+    if not pool and not retained:
+        return "-"
+    return f"{retained:.0f}" + (f" ({pool:.0f})" if pool else "")
+
+
 def cuda_index(device: torch.device) -> int:
     """The index of a CUDA device (the current device where `device` names none)."""
     return torch.cuda.current_device() if device.index is None else device.index

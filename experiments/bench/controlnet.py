@@ -35,6 +35,8 @@ from experiments.bench.common import (
     first_call,
     format_mib,
     format_table,
+    graph_pool_bytes,
+    held_label,
     mark_step,
     max_rel_error,
     memory_label,
@@ -168,10 +170,13 @@ def main(argv=None) -> None:
         steps = stacks(models, args, inputs, dtype)
         for name, (off, on) in steps.items():  # first calls: compile / capture
             consume = lambda out: max_rel_error(out, expected)  # noqa: E731
+            pool_before = graph_pool_bytes(device)
             err, _, retained = first_call(on, device, consume)
+            pool = (graph_pool_bytes(device) - pool_before) / 2**20
             off()
             times[name] = time_pair_ms(off, on, device, **timing)
-            rows.append([name, err, format_mib(peak_memory_mib(on, device), retained)])
+            memory = format_mib(peak_memory_mib(on, device), retained)
+            rows.append([name, err, memory, held_label(retained, pool)])
     print(
         f"CFG step with / without one ControlNet, preset {args.preset}, {args.size}x{args.size} "
         f"px, {args.dtype}, {device_name(device)}, torch {torch.__version__}"
@@ -185,12 +190,14 @@ def main(argv=None) -> None:
             f"{times[name][1] / times[name][0]:.2f}x",
             f"{times[name][1] / reference:.2f}x",
             memory,
+            held,
             f"{err:.1e}",
         ]
-        for name, err, memory in rows
+        for name, err, memory, held in rows
     ]
     header = ["stack", "no control ms", "1 ControlNet ms", "overhead", "/ diffusers eager"]
-    header += [memory_label(device) + ", controlled", "max rel err vs fp32"]
+    header += [memory_label(device) + ", controlled", "held after 1st call MiB (graph pool)"]
+    header += ["max rel err vs fp32"]
     print(format_table(header, table))
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -33,13 +32,14 @@ from experiments.bench.common import (
     first_call,
     format_mib,
     format_table,
+    graph_pool_bytes,
+    held_label,
     mark_step,
     max_rel_error,
     memory_label,
     parse_dtypes,
     parse_sizes,
     peak_memory_mib,
-    private_pools,
     speed_settings,
     time_many_ms,
     with_piece_size,
@@ -167,23 +167,6 @@ def main(argv=None) -> None:
     header += ["first call s", memory_label(device), "held after 1st call MiB (graph pool)"]
     header += ["max rel err vs fp32"]
     print(format_table(header, rows))
-
-
-def graph_pool_bytes(device: torch.device) -> int:
-    """Bytes reserved by live CUDA graph pools (dead ones released first); 0 off CUDA."""
-    if device.type != "cuda":
-        return 0
-    gc.collect()
-    torch.cuda.empty_cache()
-    return private_pools(device)[0]
-
-
-def held_label(retained: float, pool: float | None) -> str:
-    """What a first call left held (static buffers, a capture stream's cuBLAS workspace, graph
-    pools in full), and how much of it is graph pool: the parts of a CUDA graph's memory."""
-    if not pool and not retained:
-        return "-"
-    return f"{retained:.0f}" + (f" ({pool:.0f})" if pool else "")
 
 
 def draw_inputs(cfg, args, device: torch.device, dtype: torch.dtype) -> tuple:
