@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pilot.models.pix2pix import (
     PIX2PIX_PRESETS,
     PatchDiscriminator,
     PatchGANConfig,
     Pix2PixConfig,
+    ResizeConv,
     UNetGenerator,
     _up,
 )
@@ -44,7 +46,7 @@ def test_only_transposed_convolutions_draw_a_checkerboard_on_a_flat_input(kind, 
     from train.metrics import checkerboard
 
     torch.manual_seed(0)
-    up = torch.nn.Sequential(*_up(kind, 4, 3, bias=False))
+    up = _up(kind, 4, 3, bias=False)
     out = up(torch.ones(2, 4, 16, 16))[..., 2:-2, 2:-2]  # away from the zero padding
     assert out.shape == (2, 3, 28, 28)
     amplitude = checkerboard(out)
@@ -52,6 +54,16 @@ def test_only_transposed_convolutions_draw_a_checkerboard_on_a_flat_input(kind, 
         assert amplitude > 0.2 * out.abs().mean().item()
     else:  # every pixel takes all nine taps of the same constant
         assert amplitude < 1e-6 < out.abs().mean().item()
+
+
+def test_resize_conv_is_nearest_resize_then_a_3x3_convolution():
+    torch.manual_seed(0)
+    layer = ResizeConv(5, 4).double()
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    upsampled = F.interpolate(x, scale_factor=2, mode="nearest")
+    expected = F.conv2d(upsampled, layer.weight, layer.bias, padding=1)  # zero padding included
+    assert torch.allclose(layer(x), expected, atol=1e-12)
+    assert layer.weight.shape == (4, 5, 3, 3)  # a 3x3 convolution's weights
 
 
 def test_checkerboard_known_values():
