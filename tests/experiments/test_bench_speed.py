@@ -224,3 +224,15 @@ def test_private_pools_and_held_bytes_read_the_snapshot(monkeypatch):
     assert held_bytes(device) == 48 + 96 - 8  # allocated, plus the pool's free segments
     assert held_label(0.0, None) == "-" and held_label(92.4, 58.6) == "92 (59)"
     assert held_label(3.0, 0.0) == "3"
+
+
+def test_pix2pix_bench_rows_per_upsampling(capsys):
+    from experiments.bench import pix2pix
+
+    argv = ["--preset", "tiny", "--batches", "1", "--upsample", "transpose,resize"]
+    pix2pix.main([*argv, "--iters", "1", "--warmup", "0", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "| 1     | transpose | " in out and "| 1     | resize    | " in out
+    assert "1.00x" in out
+    with pytest.raises(SystemExit):
+        pix2pix.main(["--upsample", "bilinear"])
