@@ -6,10 +6,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -151,6 +156,44 @@ def first_call(
     seconds = time.perf_counter() - start
     retained = (held_bytes(device) - before) / 2**20 if cuda else 0.0
     return value, seconds, retained
+
+
+def call_memory_mib(run: Callable[[], object], device: torch.device) -> float:
+    """`run`'s peak memory as the tables give it: the first call's held MiB (`first_call`) plus
+    a later call's peak (`peak_memory_mib`)."""
+    _, _, retained = first_call(run, device, lambda out: 0.0)
+    return peak_memory_mib(run, device) + retained
+
+
+OWN_PROCESS_FLAG = "--memory-of"  # a benchmark's child mode: one row's memory as JSON
+
+
+def own_process_mib(module: str, argv: Sequence[str], row: str, dtype: str) -> float:
+    """One table row's peak memory measured again in a fresh process that runs only that row.
+
+    In the table's process, one-time costs are paid by whichever row comes first: the first
+    call that multiplies matrices on a stream makes cuBLAS's workspace for it (33 MiB on the
+    H100 here), and later rows on that stream find it made. A row that captures CUDA graphs works
+    on a side stream and pays for a second one. Here every row pays for what it needs, as in
+    a process that runs only that model: `python -m module *argv --dtype dtype --memory-of
+    row` prints `{"mib": ...}` (`call_memory_mib`) as its last line.
+
+    Raises:
+        RuntimeError: the child failed; its command and the end of its stderr.
+    """
+    cmd = [sys.executable, "-m", module, *argv, "--dtype", dtype, OWN_PROCESS_FLAG, row]
+    root = str(Path(__file__).resolve().parents[2])  # the repo root: `experiments` importable
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        )
+    return float(json.loads(lines[-1])["mib"])
 
 
 def held_bytes(device: torch.device) -> int:

@@ -13,19 +13,26 @@ graph capture), the call's peak memory above the resident weights, and the max r
 against diffusers' float32 output. Weights are random: speed does not depend on their values.
 `--ff-chunks 4194304,off` adds a pilot eager row per chunk size of the transformer blocks'
 feed-forward (`pilot.nn.attention.CHUNK_ELEMENTS` hidden elements; off: whole) to tune it.
+`--own-process-memory` adds a column: each row's peak memory measured again in a fresh process
+that runs only that row (`common.own_process_mib`: every row pays its one-time costs, such as
+the cuBLAS workspace of the stream it runs on).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import sys
 
 import torch
 from diffusers import UNet2DConditionModel
 
 from experiments.bench.common import (
     DTYPES,
+    OWN_PROCESS_FLAG,
     add_speed_arguments,
+    call_memory_mib,
     check_speed_arguments,
     compile_reference,
     device_name,
@@ -37,6 +44,7 @@ from experiments.bench.common import (
     mark_step,
     max_rel_error,
     memory_label,
+    own_process_mib,
     parse_dtypes,
     parse_sizes,
     peak_memory_mib,
@@ -144,7 +152,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--ff-chunks", default="", help="comma list: sizes or off (extra rows)")
+    parser.add_argument(
+        "--own-process-memory",
+        action="store_true",
+        help="a column: each row's peak memory again, in a fresh process that runs only it",
+    )
+    parser.add_argument(OWN_PROCESS_FLAG, default=None, help=argparse.SUPPRESS)  # child mode
     add_speed_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.ff_chunks = parse_sizes(parser, "--ff-chunks", args.ff_chunks)
     if args.threads:
@@ -154,11 +169,17 @@ def main(argv=None) -> None:
     check_speed_arguments(parser, args, device)
 
     ours, ref = build_pair(args.preset, args.seed)
+    if args.memory_of is not None:  # no float32 reference: it would run cuBLAS first
+        print(json.dumps({"mib": row_memory(ours, ref, DTYPES[dtypes[-1]], device, args)}))
+        return
     flops = unet_flops(args.preset, args.size, args.batch)
     expected = reference_output(ours, ref, args, device)
     rows = []
     for d in dtypes:
         rows += bench_dtype(ours, ref, DTYPES[d], device, args, flops, expected)
+    if args.own_process_memory:
+        for row in rows:
+            row.append(f"{own_process_mib('experiments.bench.unet', argv, row[0], row[1]):.0f}")
     print(
         f"UNet forward, preset {args.preset}, {args.size}x{args.size} px, batch {args.batch}, "
         f"{flops / 1e9:.1f} GFLOP per call, {device_name(device)}, torch {torch.__version__}"
@@ -166,7 +187,19 @@ def main(argv=None) -> None:
     header = ["variant", "dtype", "ms", "/ diffusers eager", "/ diffusers compile", "TFLOP/s"]
     header += ["first call s", memory_label(device), "held after 1st call MiB (graph pool)"]
     header += ["max rel err vs fp32"]
+    header += ["peak MiB, own process"] if args.own_process_memory else []
     print(format_table(header, rows))
+
+
+def row_memory(ours, ref, dtype, device, args) -> float:
+    """Peak memory of the row named `args.memory_of`, the only one this process runs."""
+    calls = variants(ours, ref, dtype, device, args)
+    if args.memory_of not in calls:
+        raise SystemExit(f"{OWN_PROCESS_FLAG} {args.memory_of!r}: no such row ({', '.join(calls)})")
+    call = calls[args.memory_of]
+    x, t, context = draw_inputs(ours.cfg, args, device, dtype)
+    with torch.inference_mode():
+        return call_memory_mib(lambda: call(x, t, context), device)
 
 
 def draw_inputs(cfg, args, device: torch.device, dtype: torch.dtype) -> tuple:

@@ -236,3 +236,21 @@ def test_pix2pix_bench_rows_per_upsampling(capsys):
     assert "1.00x" in out
     with pytest.raises(SystemExit):
         pix2pix.main(["--upsample", "bilinear"])
+
+
+def test_own_process_memory_is_the_rows_memory_on_the_cpu():
+    """A row measured in a process of its own (the benchmark's child mode) needs, on the CPU
+    where nothing is paid once per process, exactly what it needs in the table's process; an
+    unknown row fails with the child's message."""
+    from experiments.bench.common import call_memory_mib, own_process_mib
+
+    argv = [*TINY, "--size", "64"]
+    mib = own_process_mib("experiments.bench.unet", argv, "pilot eager", "fp32")
+    ours, _ = unet.build_pair("tiny", 0)
+    args = argparse.Namespace(seed=0, size=64, batch=2)
+    x, t, context = unet.draw_inputs(ours.cfg, args, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        expected = call_memory_mib(lambda: ours(x, t, context), torch.device("cpu"))
+    assert mib > 0.1 and mib == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(RuntimeError, match="'pilot nonsense': no such row"):
+        own_process_mib("experiments.bench.unet", argv, "pilot nonsense", "fp32")
