@@ -16,19 +16,25 @@ controlled step against diffusers eager's, the controlled step's peak memory abo
 resident weights and the max relative error of its controlled step against diffusers' float32
 one. Weights are random (zero convolutions too, so the control acts); pilot
 memoises the control image's hint features across steps, diffusers recomputes them.
+`--own-process-memory` adds a column: each stack's controlled-step memory measured again in a
+fresh process that runs only that stack (`common.own_process_mib`).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import sys
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from experiments.bench.common import (
     DTYPES,
+    OWN_PROCESS_FLAG,
     add_speed_arguments,
+    call_memory_mib,
     check_speed_arguments,
     compile_reference,
     device_name,
@@ -40,6 +46,7 @@ from experiments.bench.common import (
     mark_step,
     max_rel_error,
     memory_label,
+    own_process_mib,
     peak_memory_mib,
     speed_settings,
     time_pair_ms,
@@ -152,12 +159,22 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--own-process-memory",
+        action="store_true",
+        help="a column: each stack's memory again, in a fresh process that runs only it",
+    )
+    parser.add_argument(OWN_PROCESS_FLAG, default=None, help=argparse.SUPPRESS)  # child mode
     add_speed_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     check_speed_arguments(parser, args, device)
+    if args.memory_of is not None:  # no float32 reference: it would run cuBLAS first
+        print(json.dumps({"mib": stack_memory(args, device, dtype)}))
+        return
     models = build_models(args.preset, args.seed, device, torch.float32)
     with torch.inference_mode():  # the float32 reference of the controlled step
         inputs = draw_inputs(models[1].cfg, args, device, torch.float32)
@@ -198,7 +215,26 @@ def main(argv=None) -> None:
     header = ["stack", "no control ms", "1 ControlNet ms", "overhead", "/ diffusers eager"]
     header += [memory_label(device) + ", controlled", "held after 1st call MiB (graph pool)"]
     header += ["max rel err vs fp32"]
+    if args.own_process_memory:
+        header += ["controlled peak MiB, own process"]
+        for row in table:
+            mib = own_process_mib("experiments.bench.controlnet", argv, row[0], args.dtype)
+            row.append(f"{mib:.0f}")
     print(format_table(header, table))
+
+
+def stack_memory(args, device, dtype) -> float:
+    """Controlled-step memory of the stack named `args.memory_of`, the only one this process
+    runs."""
+    models = [m.to(dtype) for m in build_models(args.preset, args.seed, device, torch.float32)]
+    inputs = draw_inputs(models[1].cfg, args, device, dtype)
+    with torch.inference_mode():
+        steps = stacks(models, args, inputs, dtype)
+        if args.memory_of not in steps:
+            raise SystemExit(
+                f"{OWN_PROCESS_FLAG} {args.memory_of!r}: no such stack ({', '.join(steps)})"
+            )
+        return call_memory_mib(steps[args.memory_of][1], device)
 
 
 if __name__ == "__main__":

@@ -254,3 +254,15 @@ def test_own_process_memory_is_the_rows_memory_on_the_cpu():
     assert mib > 0.1 and mib == pytest.approx(expected, rel=1e-9)
     with pytest.raises(RuntimeError, match="'pilot nonsense': no such row"):
         own_process_mib("experiments.bench.unet", argv, "pilot nonsense", "fp32")
+
+
+def test_controlnet_bench_child_mode_prints_one_stacks_memory(capsys):
+    """`--memory-of STACK` (what `--own-process-memory` runs in a fresh process): the
+    controlled step's memory as JSON, no table; an unknown stack is a usage error."""
+    import json
+
+    controlnet.main([*TINY, "--size", "64", "--memory-of", "pilot eager"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and json.loads(out[0])["mib"] > 0.1
+    with pytest.raises(SystemExit, match="'pilot fast': no such stack"):
+        controlnet.main([*TINY, "--memory-of", "pilot fast"])
