@@ -168,6 +168,24 @@ def call_memory_mib(run: Callable[[], object], device: torch.device) -> float:
 OWN_PROCESS_FLAG = "--memory-of"  # a benchmark's child mode: one row's memory as JSON
 
 
+def add_own_process_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--own-process-memory` (a column per `what`, a row or a stack: `own_process_mib`) and
+    the child mode's hidden `--memory-of NAME`."""
+    parser.add_argument(
+        "--own-process-memory",
+        action="store_true",
+        help=f"a column: each {what}'s memory again, in a fresh process that runs only it",
+    )
+    parser.add_argument(OWN_PROCESS_FLAG, default=None, help=argparse.SUPPRESS)
+
+
+def own_process_choice(choices: dict, name: str, what: str):
+    """The child mode's `choices[name]`; a usage error naming the valid `what`s if none."""
+    if name not in choices:
+        raise SystemExit(f"{OWN_PROCESS_FLAG} {name!r}: no such {what} ({', '.join(choices)})")
+    return choices[name]
+
+
 def own_process_mib(module: str, argv: Sequence[str], row: str, dtype: str) -> float:
     """One table row's peak memory measured again in a fresh process that runs only that row.
 

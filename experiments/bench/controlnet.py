@@ -32,7 +32,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 
 from experiments.bench.common import (
     DTYPES,
-    OWN_PROCESS_FLAG,
+    add_own_process_arguments,
     add_speed_arguments,
     call_memory_mib,
     check_speed_arguments,
@@ -46,6 +46,7 @@ from experiments.bench.common import (
     mark_step,
     max_rel_error,
     memory_label,
+    own_process_choice,
     own_process_mib,
     peak_memory_mib,
     speed_settings,
@@ -159,12 +160,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--own-process-memory",
-        action="store_true",
-        help="a column: each stack's memory again, in a fresh process that runs only it",
-    )
-    parser.add_argument(OWN_PROCESS_FLAG, default=None, help=argparse.SUPPRESS)  # child mode
+    add_own_process_arguments(parser, "stack")
     add_speed_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -229,12 +225,10 @@ def stack_memory(args, device, dtype) -> float:
     models = [m.to(dtype) for m in build_models(args.preset, args.seed, device, torch.float32)]
     inputs = draw_inputs(models[1].cfg, args, device, dtype)
     with torch.inference_mode():
-        steps = stacks(models, args, inputs, dtype)
-        if args.memory_of not in steps:
-            raise SystemExit(
-                f"{OWN_PROCESS_FLAG} {args.memory_of!r}: no such stack ({', '.join(steps)})"
-            )
-        return call_memory_mib(steps[args.memory_of][1], device)
+        _, controlled = own_process_choice(
+            stacks(models, args, inputs, dtype), args.memory_of, "stack"
+        )
+        return call_memory_mib(controlled, device)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from diffusers import UNet2DConditionModel
 
 from experiments.bench.common import (
     DTYPES,
-    OWN_PROCESS_FLAG,
+    add_own_process_arguments,
     add_speed_arguments,
     call_memory_mib,
     check_speed_arguments,
@@ -44,6 +44,7 @@ from experiments.bench.common import (
     mark_step,
     max_rel_error,
     memory_label,
+    own_process_choice,
     own_process_mib,
     parse_dtypes,
     parse_sizes,
@@ -152,12 +153,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--ff-chunks", default="", help="comma list: sizes or off (extra rows)")
-    parser.add_argument(
-        "--own-process-memory",
-        action="store_true",
-        help="a column: each row's peak memory again, in a fresh process that runs only it",
-    )
-    parser.add_argument(OWN_PROCESS_FLAG, default=None, help=argparse.SUPPRESS)  # child mode
+    add_own_process_arguments(parser, "row")
     add_speed_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -193,10 +189,7 @@ def main(argv=None) -> None:
 
 def row_memory(ours, ref, dtype, device, args) -> float:
     """Peak memory of the row named `args.memory_of`, the only one this process runs."""
-    calls = variants(ours, ref, dtype, device, args)
-    if args.memory_of not in calls:
-        raise SystemExit(f"{OWN_PROCESS_FLAG} {args.memory_of!r}: no such row ({', '.join(calls)})")
-    call = calls[args.memory_of]
+    call = own_process_choice(variants(ours, ref, dtype, device, args), args.memory_of, "row")
     x, t, context = draw_inputs(ours.cfg, args, device, dtype)
     with torch.inference_mode():
         return call_memory_mib(lambda: call(x, t, context), device)
