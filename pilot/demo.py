@@ -322,13 +322,13 @@ def animate_passes(out: Path, sd, tracks, dials: tuple, config: DemoConfig, prog
     frames = ShotFrames(Shot(out / "shot"), depth_per=config.depth_per)
     videos, timing = {}, {"rendered_now": 0}
     for name, dials in (("independent", independent(feedback)), ("feedback", feedback)):
-        sampler = FeedbackSampler(
-            sd, settings, dials, frames, prompts, FrameStore(out / name, write_behind=True),
-            tracks=tracks, base_seed=config.seed,
-        )  # fmt: skip
-        videos[name], seconds = render_video(
-            sampler, len(frames), batch=config.batch, progress=progress, desc=name
-        )
+        with FrameStore(out / name, write_behind=True) as store:
+            sampler = FeedbackSampler(
+                sd, settings, dials, frames, prompts, store, tracks=tracks, base_seed=config.seed
+            )
+            videos[name], seconds = render_video(
+                sampler, len(frames), batch=config.batch, progress=progress, desc=name
+            )
         timing[f"{name}_per_frame"] = sum(seconds) / len(seconds) if seconds else None
         timing["rendered_now"] += len(seconds)
     return videos, timing

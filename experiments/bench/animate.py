@@ -127,7 +127,7 @@ def run(args) -> dict:
         start = time.perf_counter()
         for k in range(1, args.frames):
             sampler.render(k)
-        store.flush()  # the last frame's PNG: the writes overlap the next frames, not this one
+        store.close()  # the last frame's PNG: the writes overlap the next frames, not this one
         total = time.perf_counter() - start
     n = args.frames - 1
     parts = {name: timer.seconds[name] / n for name in ("flow", "VAE", "UNet", "ControlNet")}

@@ -44,7 +44,7 @@ def loop_ms(frames: torch.Tensor, gap: float, **options) -> float:
                 store.read(j)
             spent += time.perf_counter() - start
             time.sleep(gap)
-        store.flush()
+        store.close()
     return 1e3 * spent / (len(frames) - 1)
 
 

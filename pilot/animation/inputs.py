@@ -258,8 +258,9 @@ class FrameStore:
     written on a writer thread while the next one samples (PNG encoding takes ~60 ms of CPU at
     512 px, a seventh of an H100's 0.42 s feedback frame); a read of a frame not yet on disk
     waits for it, and `flush()` waits for all and re-raises a failed write (so does the next
-    `write`). Frames being written when the process is killed are missing, and a resumed run
-    makes them again.
+    `write`). Use it as a context manager: leaving the block, even by an error, waits for the
+    frames already made, so a crash loses none of them. Frames being written when the process
+    is killed are missing, and a resumed run makes them again.
 
     Args:
         root: The run folder.
@@ -310,6 +311,28 @@ class FrameStore:
         """Wait for the frames being written; re-raise the first failed write."""
         for k in list(self._pending):
             self._wait(k)
+
+    def close(self) -> None:
+        """`flush()`, then stop the writer thread; the store can still read."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def __enter__(self) -> FrameStore:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Close; after an error, the frames it had already made are still written."""
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as error:  # the run's own error is the one to see
+            exc.add_note(f"and a frame write failed: {error!r}")
 
     def _wait(self, k: int) -> None:
         future = self._pending.pop(k, None)

@@ -192,9 +192,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
     sd = optimize(pilot.load_pipeline(args.model, dtype=dtype, device=device), speed)
     tracks = load_tracks(args, frames, sd, device, dtype, speed)
     check_run_folder(run, json.loads(json.dumps(chosen, default=str)))
-    store = FrameStore(run, write_behind=True)
-    seconds = render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo)
-    summary = finish(args, frames, store, todo, run, seconds)
+    with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
+        seconds = render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo)
+        summary = finish(args, frames, store, todo, run, seconds)
     print(json.dumps(summary, indent=2) if args.json else f"wrote {args.out} ({run})")
     return 0
 

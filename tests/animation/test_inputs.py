@@ -1,5 +1,7 @@
 """The run folder's frame store: frames kept in memory as written, PNGs written behind."""
 
+import time
+
 import pytest
 import torch
 
@@ -38,3 +40,31 @@ def test_a_failed_write_is_raised(tmp_path, write_behind):
     with pytest.raises(OSError):
         store.write(0, torch.rand(1, 3, 4, 4))
         store.flush()  # write behind: the writer thread's error
+
+
+def test_leaving_the_store_by_an_error_still_writes_its_frames(tmp_path, monkeypatch):
+    import pilot.animation.inputs as inputs
+
+    write_png = inputs.write_png
+
+    def slow_write(path, array):
+        time.sleep(0.3)  # still writing when the error leaves the block
+        write_png(path, array)
+
+    monkeypatch.setattr(inputs, "write_png", slow_write)
+    with pytest.raises(RuntimeError, match="killed") as error:
+        with FrameStore(tmp_path, write_behind=True) as store:
+            store.write(0, torch.rand(1, 3, 4, 4))
+            store.write(1, torch.rand(1, 3, 4, 4))
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["000000.png", "000001.png"]
+    assert store._writer is None and not getattr(error.value, "__notes__", None)
+
+
+def test_a_failed_write_is_noted_on_the_error_that_left_the_store(tmp_path):
+    (tmp_path / "frames").write_text("not a folder")
+    with pytest.raises(RuntimeError, match="killed") as error:
+        with FrameStore(tmp_path, write_behind=True) as store:
+            store.write(0, torch.rand(1, 3, 4, 4))
+            raise RuntimeError("killed")
+    assert "a frame write failed" in error.value.__notes__[0]
