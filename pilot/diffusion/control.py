@@ -66,6 +66,11 @@ class Control:
                 f"control image of shape {tuple(self.image.shape)}: expected (B, {channels}, H, W)"
             )
 
+    @property
+    def always_active(self) -> bool:
+        """Acts at every step (start 0, end 1): no need to look at the step, on the host."""
+        return self.start == 0.0 and self.end == 1.0
+
     def active(self, step: Tensor, num_steps: int) -> Tensor:
         """Whether the control acts at sampling steps `step` (B,) of `num_steps`; bool (B,)."""
         i = step.double()
@@ -102,11 +107,14 @@ class ControlDenoiser:
         if grid.numel() == 0 or not (grid > 0).all():
             raise ValueError(f"sigmas {sigmas.tolist()}: need positive noise levels, then the end")
         self.log_grid, self.num_steps = grid.log(), len(sigmas) - 1
+        self._log_grids: dict[torch.device, Tensor] = {}  # log_grid per device, copied once
         self._hints: dict[tuple, Tensor] = {}  # memoised hint features (no-grad calls only)
 
     def step_index(self, sigma: Tensor) -> Tensor:
         """Sampling step (B,) of noise levels `sigma` (B,): nearest grid sigma in log-sigma."""
-        log_grid = self.log_grid.to(sigma.device)
+        if sigma.device not in self._log_grids:  # a copy from host waits for the GPU's queue
+            self._log_grids[sigma.device] = self.log_grid.to(sigma.device)
+        log_grid = self._log_grids[sigma.device]
         distance = (sigma.double().log()[:, None] - log_grid[None]).abs()  # (B, n)
         bias = torch.arange(len(log_grid), device=sigma.device) * 1e-6  # ties -> earlier step
         return (distance + bias).argmin(dim=1)
@@ -115,16 +123,22 @@ class ControlDenoiser:
         """Denoised estimate of `x` (B, C, h, w) at `sigma` (B,) under control."""
         sigma = torch.as_tensor(sigma, device=x.device)
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-        step = self.step_index(sigma)
+        windowed = any(not c.always_active for c in self.controls)
+        step = self.step_index(sigma) if windowed else None
         model_in, t = self.denoiser.model_inputs(x, sigma)
         down, mid = kwargs.pop("down_residuals", None), kwargs.pop("mid_residual", None)
         for k, control in enumerate(self.controls):
-            active = control.active(step, self.num_steps)
-            if control.scale == 0 or not active.any():
-                continue  # exactly the uncontrolled call when nothing is active
+            if control.scale == 0:
+                continue
             # always a (B,) tensor: a CUDA-graphed ControlNet then replays one graph whatever
             # the scale (a float argument is part of a graph's signature)
-            scale = control.scale * active.to(x.dtype)
+            if control.always_active:  # decided on the host: no wait for the GPU
+                scale = x.new_full((x.shape[0],), control.scale)
+            else:
+                active = control.active(step, self.num_steps)
+                if not active.any():  # reads the GPU: only controls with a start / end
+                    continue  # exactly the uncontrolled call when nothing is active
+                scale = control.scale * active.to(x.dtype)
             d, m = self._residuals(k, control, model_in, t, context, scale)
             down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
             mid = m if mid is None else mid + m

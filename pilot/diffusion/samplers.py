@@ -93,10 +93,17 @@ def get_ancestral_step(
 
 def _prepare(
     x: Tensor, sigmas: Tensor, extra_args: dict | None, noise: NoiseSampler | None
-) -> tuple[Tensor, Tensor, dict, NoiseSampler]:
-    """Sigmas on x's device, the (B,) ones to broadcast a sigma, extra args, noise sampler."""
+) -> tuple[Tensor, Tensor, dict, NoiseSampler, list[float]]:
+    """Sigmas on x's device, the (B,) ones to broadcast a sigma, extra args, noise sampler, and
+    the sigmas as Python floats.
+
+    The steps' branches (last step? churn?) read the floats: a branch on a GPU tensor waits for
+    the GPU to finish the work queued so far, every step. Sigmas given on the CPU (as the
+    schedules make them) cost nothing to read; on a GPU, one wait here.
+    """
     noise = noise if noise is not None else (lambda sigma, sigma_next: torch.randn_like(x))
-    return sigmas.to(x.device), x.new_ones(x.shape[0]), extra_args or {}, noise
+    levels = sigmas.tolist()
+    return sigmas.to(x.device), x.new_ones(x.shape[0]), extra_args or {}, noise, levels
 
 
 def _report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, denoised: Tensor) -> None:
@@ -104,10 +111,10 @@ def _report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, denoise
         callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
 
 
-def _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise) -> tuple[Tensor, Tensor]:
+def _churn(x, sigmas, levels, i, noise, s_churn, s_tmin, s_tmax, s_noise) -> tuple[Tensor, Tensor]:
     """Karras et al. 2022 Algorithm 2, lines 4-6: raise sigma to sigma_hat by adding noise."""
     sigma = sigmas[i]
-    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= levels[i] <= s_tmax else 0.0
     sigma_hat = sigma * (gamma + 1)
     if gamma > 0:
         x = x + noise(sigma, sigma_hat) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
@@ -133,9 +140,9 @@ def sample_euler(
     Without churn this is DDIM with eta = 0 (Song et al. 2021) on the probability-flow ODE and
     matches diffusers' EulerDiscreteScheduler.
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat = _churn(x, sigmas, levels, i, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         _report(callback, i, x, sigmas[i], denoised)
         x = x + to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
@@ -160,7 +167,7 @@ def sample_euler_ancestral(
     (`get_ancestral_step`). Matches diffusers' EulerAncestralDiscreteScheduler (eta = 1) when
     `noise` draws from the same generators.
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma * s_in, **extra_args)
@@ -168,7 +175,7 @@ def sample_euler_ancestral(
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta)
         x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
         # diffusers also draws (and multiplies by 0) on the last step: the earlier draws agree.
-        if eta > 0 and sigma_next > 0:
+        if eta > 0 and levels[i + 1] > 0:
             x = x + noise(sigma, sigma_next) * s_noise * sigma_up
     return x
 
@@ -192,14 +199,14 @@ def sample_ddim(
     DDIMScheduler on its timesteps (`get_sigmas_discrete(..., "leading", steps_offset=1)`; with
     `set_alpha_to_one=False` end on `final="sigma_min"` and compare `x / sqrt(1 + sigma_min^2)`).
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma * s_in, **extra_args)
         _report(callback, i, x, sigma, denoised)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta)
         x = denoised + to_d(x, sigma, denoised) * sigma_down
-        if eta > 0 and sigma_next > 0:
+        if eta > 0 and levels[i + 1] > 0:
             x = x + noise(sigma, sigma_next) * sigma_up
     return x
 
@@ -222,15 +229,15 @@ def sample_heun(
 
     The last step to sigma 0 is a plain Euler step (the correction would divide by 0).
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat = _churn(x, sigmas, levels, i, noise, s_churn, s_tmin, s_tmax, s_noise)
         sigma_next = sigmas[i + 1]
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         _report(callback, i, x, sigmas[i], denoised)
         d = to_d(x, sigma_hat, denoised)
         x_2 = x + d * (sigma_next - sigma_hat)
-        if sigma_next == 0:
+        if levels[i + 1] == 0:
             x = x_2
             continue
         d_2 = to_d(x_2, sigma_next, denoiser(x_2, sigma_next * s_in, **extra_args))
@@ -254,13 +261,13 @@ def sample_dpmpp_2m(
     sigma 0 are first order. The latter is diffusers' `final_sigmas_type="zero"` /
     `lower_order_final` behaviour; its second order "midpoint" update is the one used here.
     """
-    sigmas, s_in, extra_args, _ = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, _, levels = _prepare(x, sigmas, extra_args, noise)
     old_denoised = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma * s_in, **extra_args)
         _report(callback, i, x, sigma, denoised)
-        if sigma_next == 0:
+        if levels[i + 1] == 0:
             x = denoised  # the first-order update's limit as sigma_next -> 0
         else:
             h = sigma.log() - sigma_next.log()
@@ -292,13 +299,13 @@ def sample_dpmpp_2m_sde(
     `sample_dpmpp_2m`. One noise draw per step; i.i.d. draws are exact Brownian increments
     (k-diffusion's Brownian tree only adds consistency across step counts).
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma * s_in, **extra_args)
         _report(callback, i, x, sigma, denoised)
-        if sigma_next == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = sigma.log() - sigma_next.log()
@@ -337,12 +344,12 @@ def sample_dpmpp_sde(
     [sigma_s, sigma] and `(sqrt(a) z1 + sqrt(b) z2) / sqrt(a + b)` over [sigma_next, sigma],
     built from i.i.d. draws of `noise` (k-diffusion uses a Brownian tree).
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma * s_in, **extra_args)
         _report(callback, i, x, sigma, denoised)
-        if sigma_next == 0:
+        if levels[i + 1] == 0:
             x = denoised
             continue
         sigma_s = torch.exp(torch.lerp(sigma.log(), sigma_next.log(), r))  # lambda + r h
@@ -386,13 +393,13 @@ def sample_lcm(
     Jump to the denoised estimate, then re-noise to the next sigma with fresh noise. Meant for
     LCM / LCM-LoRA checkpoints with few (2-8) steps.
     """
-    sigmas, s_in, extra_args, noise = _prepare(x, sigmas, extra_args, noise)
+    sigmas, s_in, extra_args, noise, levels = _prepare(x, sigmas, extra_args, noise)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma * s_in, **extra_args)
         _report(callback, i, x, sigma, denoised)
         x = denoised
-        if sigma_next > 0:
+        if levels[i + 1] > 0:
             x = x + noise(sigma, sigma_next) * sigma_next
     return x
 

@@ -12,7 +12,7 @@ last entry is 0 (or `sigma_min`, see `get_sigmas_discrete`). img2img starts at `
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -35,6 +35,8 @@ class DiscreteSchedule:
     """
 
     sigmas: Tensor
+    # device -> float64 log-sigmas: a copy to a GPU each call would wait for the GPU's queue
+    _log_sigmas: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def scaled_linear(
@@ -75,6 +77,15 @@ class DiscreteSchedule:
     def alphas_cumprod(self) -> Tensor:
         return 1 / (1 + self.sigmas.double() ** 2)
 
+    def log_sigmas(self, device: torch.device) -> Tensor:
+        """`log(sigmas)` in float64 on `device`, copied there once: a copy from host memory
+        waits for the GPU's queued work, and the denoiser asks for it every step."""
+        device = torch.device(device)
+        if device not in self._log_sigmas:  # a normal tensor, usable in and out of inference mode
+            with torch.inference_mode(False), torch.no_grad():
+                self._log_sigmas[device] = self.sigmas.to(device, torch.float64).log()
+        return self._log_sigmas[device]
+
     def sigma_to_t(self, sigma: Tensor, *, quantize: bool = False) -> Tensor:
         """Fractional timestep of each sigma, by linear interpolation in log-sigma.
 
@@ -87,7 +98,7 @@ class DiscreteSchedule:
             Timesteps in [0, T-1], float32, on `sigma`'s device.
         """
         # float64 so a sigma taken from `self.sigmas` maps back to its integer t exactly.
-        log_sigmas = self.sigmas.to(sigma.device, torch.float64).log()
+        log_sigmas = self.log_sigmas(sigma.device)
         log_sigma = sigma.to(torch.float64).clamp(min=1e-10).log()
         dists = log_sigma - log_sigmas.view(-1, *([1] * log_sigma.ndim))  # (T, *sigma.shape)
         low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=len(log_sigmas) - 2)
@@ -99,7 +110,7 @@ class DiscreteSchedule:
     def t_to_sigma(self, t: Tensor) -> Tensor:
         """Sigma at (fractional) timesteps, log-linear between the trained ones (float32)."""
         t = t.to(torch.float64).clamp(0, self.num_train_timesteps - 1)
-        log_sigmas = self.sigmas.to(t.device, torch.float64).log()
+        log_sigmas = self.log_sigmas(t.device)
         low = t.floor().long().clamp(max=self.num_train_timesteps - 2)
         w = t - low
         log_sigma = (1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]

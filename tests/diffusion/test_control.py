@@ -202,3 +202,43 @@ def test_control_wrapper_knows_when_cfg_doubles_the_batch(unet, controlnet):
     for scale, doubled in [(1.0, False), (1, False), (7.5, True), (torch.tensor([1.0, 2.0]), True)]:
         wrapped = control_wrapper(controls, s, cfg_scale=scale)(inner)
         assert isinstance(wrapped, ControlDenoiser) and wrapped.cfg_batch is doubled
+
+
+class CopiesToMeta(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operators that copy a host tensor to the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.device.type == "meta":
+            sources = [a for a in args if isinstance(a, torch.Tensor)]
+            self.copies += any(a.device.type == "cpu" and a.numel() > 1 for a in sources)
+        return out
+
+
+@pytest.mark.parametrize("start", [0.0, 0.3])
+def test_a_controlled_step_never_waits_for_the_device(unet, controlnet, start):
+    """On the meta device, reading a value (`.item()`, `if tensor`) raises, as a host sync
+    would stall a GPU; the schedule and the step grid reach the device once, not every step.
+    A control with a start / end reads its window from the device: that one may wait."""
+    import copy
+
+    x, cond, uncond, image = (t.to("meta") for t in data(batch=1))
+    grid = sigmas(4)
+    nets = [copy.deepcopy(m).to("meta") for m in (unet, controlnet)]
+    control = Control(nets[1], image, scale=0.7, start=start)
+    denoiser = controlled_cfg(EpsDenoiser(nets[0], SCHEDULE), [control], grid, 5.0)
+    meta_grid = grid.to("meta")
+    with torch.inference_mode():
+        if start:
+            with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+                denoiser(x, meta_grid[0], context=cond, uncond_context=uncond)
+            return
+        denoiser(x, meta_grid[0], context=cond, uncond_context=uncond)  # the first copies
+        with CopiesToMeta() as copies:
+            out = denoiser(x, meta_grid[1], context=cond, uncond_context=uncond)
+    assert out.shape == x.shape and copies.copies == 0

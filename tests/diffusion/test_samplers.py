@@ -7,6 +7,8 @@ sqrt((s^2 + sigma'^2) / (s^2 + sigma^2))`. Samplers start from the exact margina
 so what is measured is their discretisation error only.
 """
 
+import inspect
+
 import pytest
 import torch
 
@@ -262,3 +264,19 @@ def test_denoiser_feeds_model_dtype_and_returns_input_dtype():
     assert seen["t"].shape == (2,) and seen["t"].tolist() == [999, 0]
     with pytest.raises(ValueError, match="valid: epsilon, v_prediction"):
         make_denoiser(Tiny(), "sample")
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("churn", [0.0, 0.5])
+def test_sampling_never_reads_the_latents_device(name, churn):
+    """Latents on the meta device, where reading a value raises (`.item()`, `if tensor`) as a
+    GPU read would wait for the queued work: every branch of a step reads the host's sigmas,
+    and an ordinary denoiser (EpsDenoiser) gets its timesteps without a read either."""
+    schedule = DiscreteSchedule.scaled_linear()
+    sigmas = get_sigmas_karras(5, schedule.sigma_min, schedule.sigma_max)  # on the CPU
+    x = torch.randn(2, 4, 8, 8, device="meta")
+    denoiser = EpsDenoiser(lambda x, t, context: x * t[:, None, None, None], schedule)
+    sampler = SAMPLERS[name]
+    kwargs = {"s_churn": churn} if "s_churn" in inspect.signature(sampler).parameters else {}
+    out = sampler(denoiser, x * sigmas[0], sigmas, extra_args={"context": None}, **kwargs)
+    assert out.shape == x.shape and out.device.type == "meta"

@@ -155,6 +155,36 @@ def test_cuda_graphed_controlnet_replays_one_graph_for_every_scale():
     assert len(graphed.graphs) == 1
 
 
+@pytest.mark.gpu
+@torch.no_grad()
+def test_controlled_sampling_never_waits_for_the_gpu():
+    """After the first step (schedules copied to the GPU once, hint features memoised), a
+    controlled CFG sampling loop queues its work without a host sync: eager GPU sampling lets
+    the CPU run ahead of the GPU."""
+    from pilot.diffusion.control import Control, controlled_cfg
+    from pilot.diffusion.denoisers import EpsDenoiser
+    from pilot.diffusion.samplers import sample_euler
+    from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas_karras
+
+    unet, net = UNet(UNET_PRESETS["tiny"]).eval().cuda(), controlnet().cuda()
+    schedule = DiscreteSchedule.scaled_linear()
+    sigmas = get_sigmas_karras(4, schedule.sigma_min, schedule.sigma_max).cuda()
+    x, _, context = unet_inputs("cuda", batch=1)
+    image = torch.rand(1, 3, 64, 64, device="cuda")
+    denoiser = controlled_cfg(
+        EpsDenoiser(unet, schedule), [Control(net, image, 0.8)], sigmas.cpu(), 5.0
+    )
+    extra = {"context": context, "uncond_context": torch.zeros_like(context)}
+    denoiser(x, sigmas[0], **extra)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = sample_euler(denoiser, x * sigmas[0], sigmas, extra_args=extra)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.isfinite().all()
+
+
 class _Wide(torch.nn.Module):
     """Large temporaries (two 16 MiB tensors for a (4096, 1024) input), a small output."""
 
