@@ -341,7 +341,7 @@ def generate_latents(
     )
     if sigmas is None:
         sigmas = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
-    sigmas = sigmas.to(device)
+    sigmas = sigmas.cpu()  # the samplers read them on the host (no GPU wait) and move them
     f = sd.vae.cfg.downsample_factor
     check_size(request.height, request.width, f)
     shape = (

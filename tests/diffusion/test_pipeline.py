@@ -136,3 +136,22 @@ def test_bad_requests(kwargs, match):
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingSettings(**kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral"])
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+def test_txt2img_sampling_never_reads_the_device(tiny_sd, monkeypatch, sampler, cfg):
+    """The models on the meta device, where reading a value raises as a GPU read would wait
+    for the queued work: after the text encoder, the whole sampling loop only queues work."""
+    import copy
+
+    import pilot.diffusion.pipeline as pipeline
+
+    meta = copy.deepcopy(tiny_sd).to("meta")
+    width = meta.unet.cfg.cross_attention_dim
+    context = torch.zeros(2, 77, width, device="meta")
+    monkeypatch.setattr(pipeline, "encode_text", lambda *args, **kwargs: (context, context))
+    settings = SamplingSettings(sampler=sampler, steps=3, cfg=cfg)
+    with torch.inference_mode():
+        latents = generate_latents(meta, request(), settings)
+    assert latents.device.type == "meta" and latents.shape == (2, 4, 12, 16)
