@@ -27,7 +27,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         gpu_tests "not compiled and not inductor"
         bench flops
         bench unet "${fast[@]}" --dtypes fp16,bf16 --iters 10 --ff-chunks off
-        bench controlnet "${fast[@]}" --dtype fp16
+        bench controlnet "${fast[@]}" --dtype fp16 --iters 10
         bench vae --size 512 --dtypes fp32,fp16,bf16 --channels-last
         bench vae --size 512 --dtype fp16 --iters 1 --profile
         bench pipeline "${fast[@]}" --dtype fp16
@@ -36,7 +36,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
     memory)  # the memory rows, what a VAE decode holds at its peak, the feedback loop, ~5 min
         gpu_tests "not compiled and not inductor"
         bench unet "${fast[@]}" --dtypes fp16 --iters 10 --ff-chunks off --own-process-memory
-        bench controlnet "${fast[@]}" --dtype fp16 --own-process-memory
+        bench controlnet "${fast[@]}" --dtype fp16 --iters 10 --own-process-memory
         bench vae --size 512 --dtype fp16 --channels-last --bands 16777216,67108864,off
         bench peak_trace --size 512 --dtype fp16
         bench pipeline "${fast[@]}" --dtype fp16
