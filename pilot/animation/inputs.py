@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -332,7 +333,11 @@ class FrameStore:
         try:
             self.close()
         except Exception as error:  # the run's own error is the one to see
-            exc.add_note(f"and a frame write failed: {error!r}")
+            note = f"and a frame write failed: {error!r}"
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(note)
+            else:
+                warnings.warn(note, stacklevel=2)
 
     def _wait(self, k: int) -> None:
         future = self._pending.pop(k, None)
