@@ -266,3 +266,14 @@ def test_controlnet_bench_child_mode_prints_one_stacks_memory(capsys):
     assert len(out) == 1 and json.loads(out[0])["mib"] > 0.1
     with pytest.raises(SystemExit, match="'pilot fast': no such stack"):
         controlnet.main([*TINY, "--memory-of", "pilot fast"])
+
+
+def test_animate_bench_times_every_part(capsys):
+    animate.main([*TINY, "--frames", "2", "--steps", "2"])
+    out = capsys.readouterr().out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()]
+    parts = {row[0]: float(row[1]) for row in cells if len(row) == 3 and row[1][:1].isdigit()}
+    assert set(parts) == {*animate.PARTS, "other", "frame, parts timed", "frame, no timers"}
+    assert parts["UNet"] > 0 and parts["ControlNet"] > 0 and parts["hint"] > 0
+    named = sum(parts[name] for name in (*animate.PARTS, "other"))
+    assert named == pytest.approx(parts["frame, parts timed"], abs=0.01)  # 3 decimals each
