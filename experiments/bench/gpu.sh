@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 # $1: pytest -k expression; the compile tests (~1 min) run in the compile phase only
 gpu_tests() { "$py" -m pytest -q -p no:cacheprovider -m gpu -k "$1" tests/diffusion/test_speed.py \
-    tests/experiments/test_bench_speed.py tests/models/test_vae.py 2>&1 | tail -40; }  # room for a failure's traceback
+    tests/experiments/test_bench_speed.py tests/models/test_vae.py tests/animation/test_feedback.py 2>&1 | tail -40; }  # room for a failure's traceback
 bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
 {
     date -u

@@ -45,7 +45,7 @@ from pilot.animation.flow import FlowField, FlowSource, downsample_flow
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
 from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule
 from pilot.diffusion.control import Control, control_wrapper
-from pilot.diffusion.denoisers import Denoiser
+from pilot.diffusion.denoisers import Denoiser, append_dims
 from pilot.diffusion.guidance import InpaintDenoiser
 from pilot.diffusion.pipeline import (
     SamplingSettings,
@@ -383,8 +383,8 @@ class FeedbackSampler:
                  self.frames.width // self.factor)  # fmt: skip
         noise, first = self.noise(ks, batch, shape, flow)
         settings = replace(self.settings, cfg=params.cfg)
+        # on the host: the sampler's and the ControlNets' branches read it there, no GPU wait
         full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
-        full = full.to(self.device)
         init_latents = None if init is None else encode_images(self.sd, init)
         strength = 1.0 if init is None else params.strength
         aware = flow is not None and self.config.occlusion != "ignore"
@@ -442,10 +442,15 @@ class StagedInpaint:
     def __init__(
         self, denoiser: Denoiser, init: Tensor, mask: Tensor, noise: Tensor, sigma_join: Tensor
     ) -> None:
-        self.free, self.held = denoiser, InpaintDenoiser(denoiser, init, mask, noise)
+        self.denoiser, self.init, self.mask, self.noise = denoiser, init, mask, noise
         self.sigma_join = float(sigma_join)
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        s = float(torch.as_tensor(sigma).reshape(-1)[0])
-        held = s > self.sigma_join * (1 + 1e-6) or self.sigma_join == 0
-        return (self.held if held else self.free)(x, sigma, **cond)
+        """Inpaint with the mask while sigma > `sigma_join`, with an all-ones mask after (the
+        free call exactly: `lerp(a, b, 1) == b`), chosen on the device: no read of sigma."""
+        mask = self.mask
+        if self.sigma_join > 0:
+            sigma_b = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+            held = append_dims(sigma_b > self.sigma_join * (1 + 1e-6), x.ndim)
+            mask = torch.where(held, mask.to(x), 1.0)
+        return InpaintDenoiser(self.denoiser, self.init, mask, self.noise)(x, sigma, **cond)

@@ -65,7 +65,13 @@ class BatchedNoise:
             torch.randn(one, generator=g, device=gen_device, dtype=self.dtype)
             for g in self.generators
         ]
-        return torch.cat(draws).to(self.device)
+        out = torch.cat(draws)
+        device = torch.device(self.device) if self.device is not None else out.device
+        if out.device.type == "cpu" and device.type == "cuda":
+            # From pinned memory the copy is queued; from pageable memory the host would wait
+            # for the GPU's queued work (an ancestral sampler draws every step).
+            return out.pin_memory().to(device, non_blocking=True)
+        return out.to(device)
 
     def __call__(self, sigma: Tensor | None = None, sigma_next: Tensor | None = None) -> Tensor:
         """Noise-sampler interface: i.i.d. draws, whatever the interval."""

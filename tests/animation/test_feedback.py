@@ -164,3 +164,64 @@ def test_a_latent_cell_is_disoccluded_by_its_share_of_unseen_pixels(
 def test_hidden_share_must_be_a_share():
     with pytest.raises(ValueError, match="hidden_share must be in"):
         FeedbackConfig(hidden_share=1.0)
+
+
+def test_staged_inpaint_holds_above_the_join_and_is_free_below_it():
+    """Held: the inpainting call; free: the inner denoiser's output exactly. The choice is
+    made on the device (meta: a read of sigma would raise)."""
+    from pilot.diffusion.guidance import InpaintDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    init, noise, x = torch.randn(3, 2, 4, 6, 6, generator=g)
+    mask = (torch.rand(1, 1, 6, 6, generator=g) > 0.5).float()
+
+    def inner(x, sigma, context):
+        return torch.tanh(x) * context + sigma[:, None, None, None]
+
+    staged = feedback.StagedInpaint(inner, init, mask, noise, torch.tensor(2.0))
+    held = InpaintDenoiser(inner, init, mask, noise)
+    for sigma in (5.0, 2.0 * (1 + 1e-5)):
+        sigma = torch.full((2,), sigma)
+        assert torch.equal(staged(x, sigma, context=0.5), held(x, sigma, context=0.5))
+    for sigma in (2.0, 0.3):
+        sigma = torch.full((2,), sigma)
+        assert torch.equal(staged(x, sigma, context=0.5), inner(x, sigma, 0.5))
+    pure = feedback.StagedInpaint(inner, init, mask, noise, torch.tensor(0.0))  # "inpaint"
+    assert torch.equal(pure(x, sigma, context=0.5), held(x, sigma, context=0.5))
+    meta = feedback.StagedInpaint(inner, *(t.to("meta") for t in (init, mask, noise)), 2.0)
+    out = meta(x.to("meta"), torch.full((2,), 3.0, device="meta"), context=0.5)
+    assert out.device.type == "meta" and out.shape == x.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["euler", "euler_ancestral"])
+def test_feedback_frame_waits_for_the_gpu_a_fixed_number_of_times(small_shot, tmp_path, name):
+    """Host syncs per frame (frames to and from the host) do not grow with the steps: the
+    sampling loop itself queues its work without waiting (`torch.cuda.set_sync_debug_mode`),
+    ancestral noise drawn on the CPU included."""
+    import warnings
+
+    from tests.animation.conftest import make_animation_sd
+
+    sd = make_animation_sd().to("cuda")
+
+    def syncs(steps: int) -> int:
+        store = FrameStore(tmp_path / f"steps{steps}")
+        sampler = FeedbackSampler(
+            sd, SamplingSettings(sampler=name, steps=steps, cfg=5.0),
+            FeedbackConfig(strength="0.5"), ShotFrames(small_shot),
+            parse_prompt_schedule("a wall"), store, base_seed=3,
+        )  # fmt: skip
+        sampler.render(0)
+        sampler.context(1)  # the text encoder reads the device once per prompt: not a step
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                sampler.render(1)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(4) == syncs(16)
