@@ -26,6 +26,15 @@ NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict[str, Any]], None]
 
 
+def queued_copy(t: Tensor, device: torch.device | str) -> Tensor:
+    """`t.to(device)`, where a copy from the CPU to a CUDA device goes through pinned memory so
+    that it is queued: from pageable memory the host would wait for the GPU's queued work."""
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class BatchedNoise:
     """Per-item seeded Gaussian noise: EDM's stacked generators (Karras et al. 2022).
 
@@ -66,12 +75,7 @@ class BatchedNoise:
             for g in self.generators
         ]
         out = torch.cat(draws)
-        device = torch.device(self.device) if self.device is not None else out.device
-        if out.device.type == "cpu" and device.type == "cuda":
-            # From pinned memory the copy is queued; from pageable memory the host would wait
-            # for the GPU's queued work (an ancestral sampler draws every step).
-            return out.pin_memory().to(device, non_blocking=True)
-        return out.to(device)
+        return out if self.device is None else queued_copy(out, self.device)
 
     def __call__(self, sigma: Tensor | None = None, sigma_next: Tensor | None = None) -> Tensor:
         """Noise-sampler interface: i.i.d. draws, whatever the interval."""
@@ -109,7 +113,7 @@ def _prepare(
     """
     noise = noise if noise is not None else (lambda sigma, sigma_next: torch.randn_like(x))
     levels = sigmas.tolist()
-    return sigmas.to(x.device), x.new_ones(x.shape[0]), extra_args or {}, noise, levels
+    return queued_copy(sigmas, x.device), x.new_ones(x.shape[0]), extra_args or {}, noise, levels
 
 
 def _report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, denoised: Tensor) -> None:

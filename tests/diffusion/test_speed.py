@@ -168,14 +168,12 @@ def test_controlled_sampling_never_waits_for_the_gpu():
 
     unet, net = UNet(UNET_PRESETS["tiny"]).eval().cuda(), controlnet().cuda()
     schedule = DiscreteSchedule.scaled_linear()
-    sigmas = get_sigmas_karras(4, schedule.sigma_min, schedule.sigma_max).cuda()
+    sigmas = get_sigmas_karras(4, schedule.sigma_min, schedule.sigma_max)  # on the host
     x, _, context = unet_inputs("cuda", batch=1)
     image = torch.rand(1, 3, 64, 64, device="cuda")
-    denoiser = controlled_cfg(
-        EpsDenoiser(unet, schedule), [Control(net, image, 0.8)], sigmas.cpu(), 5.0
-    )
+    denoiser = controlled_cfg(EpsDenoiser(unet, schedule), [Control(net, image, 0.8)], sigmas, 5.0)
     extra = {"context": context, "uncond_context": torch.zeros_like(context)}
-    denoiser(x, sigmas[0], **extra)
+    denoiser(x, sigmas[0].cuda(), **extra)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
