@@ -139,10 +139,13 @@ def test_bad_settings(kwargs, match):
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral"])
-@pytest.mark.parametrize("cfg", [1.0, 5.0])
-def test_txt2img_sampling_never_reads_the_device(tiny_sd, monkeypatch, sampler, cfg):
+@pytest.mark.parametrize(
+    ("mode", "cfg"), [("txt2img", 1.0), ("txt2img", 5.0), ("img2img", 5.0), ("inpaint", 5.0)]
+)
+def test_sampling_never_reads_the_device(tiny_sd, init_images, monkeypatch, sampler, mode, cfg):
     """The models on the meta device, where reading a value raises as a GPU read would wait
-    for the queued work: after the text encoder, the whole sampling loop only queues work."""
+    for the queued work: after the text and image encoders, the sampling loop only queues work
+    (CFG, img2img's sliced grid, inpainting's blends included)."""
     import copy
 
     import pilot.diffusion.pipeline as pipeline
@@ -151,7 +154,12 @@ def test_txt2img_sampling_never_reads_the_device(tiny_sd, monkeypatch, sampler, 
     width = meta.unet.cfg.cross_attention_dim
     context = torch.zeros(2, 77, width, device="meta")
     monkeypatch.setattr(pipeline, "encode_text", lambda *args, **kwargs: (context, context))
+    latents = torch.zeros(2, 4, 12, 16, device="meta")
+    monkeypatch.setattr(pipeline, "encode_images", lambda *args, **kwargs: latents)
+    images = {} if mode == "txt2img" else {"init_images": init_images, "strength": 0.6}
+    if mode == "inpaint":
+        images["mask"] = (torch.arange(32) > 12).float().expand(1, 1, 24, 32)
     settings = SamplingSettings(sampler=sampler, steps=3, cfg=cfg)
     with torch.inference_mode():
-        latents = generate_latents(meta, request(), settings)
-    assert latents.device.type == "meta" and latents.shape == (2, 4, 12, 16)
+        out = generate_latents(meta, request(**images), settings)
+    assert out.device.type == "meta" and out.shape == (2, 4, 12, 16)
