@@ -44,7 +44,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench flow --size 512
         ;;
     compile)  # first the two tests that separate the third session's launch failure
-        gpu_tests "compiled or inductor"
+        gpu_tests "compiled or inductor or cublas"
         bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10
         bench pipeline "${fast[@]}" --compile --dtype fp16
         ;;

@@ -123,6 +123,7 @@ class CUDAGraphed(nn.Module):
     those, replays the graph and returns clones of the graph's outputs (so a later replay cannot
     overwrite them). Calls with gradients enabled run eagerly.
     Memory: each graph keeps its static inputs and outputs allocated, and its working memory
+    (the cuBLAS workspace of its matrix products included: `_clear_cublas_workspaces`)
     reserved in a graph pool. All the `CUDAGraphed` graphs on a device share one pool (as
     inductor's CUDA graph trees do), so a UNet, its ControlNets and every shape's graph need
     the working memory of the largest one, not the sum. Sharing is safe because no graph
@@ -195,8 +196,12 @@ class CUDAGraphed(nn.Module):
                 self.module(*args, **kwargs)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=_shared_pool(device), stream=stream):
-            out = self.module(*args, **kwargs)
+        _clear_cublas_workspaces()  # the capture makes its own, in the pool
+        try:
+            with torch.cuda.graph(graph, pool=_shared_pool(device), stream=stream):
+                out = self.module(*args, **kwargs)
+        finally:
+            _clear_cublas_workspaces()
         return graph, static, out
 
 
@@ -204,13 +209,28 @@ _GRAPHED: weakref.WeakSet[CUDAGraphed] = weakref.WeakSet()  # every live instanc
 _STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def _capture_stream(device: torch.device) -> torch.cuda.Stream:
-    """The one side stream per device that every capture warms up and captures on.
+def _clear_cublas_workspaces() -> None:
+    """Drop cuBLAS's workspaces (one per stream, 33 MiB on an H100), as inductor's CUDA graph
+    trees do around each warm-up and recording.
 
-    cuBLAS keeps a workspace per stream for the life of the process (33 MiB on an H100):
-    a new stream per capture would leave one more behind each time. Warming up on the capture
-    stream also makes that workspace in ordinary memory, before the capture, not in the pool.
+    A captured matrix product keeps the address of its stream's workspace. Made before the
+    capture, that workspace is ordinary memory, and the next clear frees it while the graph
+    still writes there: inductor clears whenever a `torch.compile(mode="reduce-overhead")`
+    model warms up or records anywhere in the process, and the replays then write into memory
+    handed to other tensors or given back to the driver (the likely cause of the "unspecified
+    launch failure" that ended a compile table on a GPU, beside diffusers' "reduce-overhead"
+    model). Cleared before the capture, the workspace is made inside it, in the graph
+    pool, which lives as long as the graphs; cleared after, later eager calls on the capture
+    stream make their own and do not use the pool's.
     """
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream per device that every capture warms up and captures on (a stream
+    per capture would leave one more cuBLAS workspace behind in eager calls on it)."""
     if device not in _STREAMS:
         _STREAMS[device] = torch.cuda.Stream(device)
     return _STREAMS[device]

@@ -183,6 +183,30 @@ def test_controlled_sampling_never_waits_for_the_gpu():
     assert out.isfinite().all()
 
 
+@pytest.mark.gpu
+@torch.no_grad()
+def test_graph_replays_survive_a_cublas_workspace_clear():
+    """inductor's CUDA graph trees clear cuBLAS's workspaces around every warm-up and
+    recording. A graph whose matrix products kept a workspace made before its capture would
+    then write into freed memory: here, memory handed to other tensors, or unmapped."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(1024, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 1024)
+    )
+    model = model.cuda().half().eval()
+    graphed = CUDAGraphed(model)
+    x = torch.randn(8192, 1024, device="cuda", dtype=torch.half)
+    graphed(x)  # captured
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+    fillers = [torch.full((2**22,), 7.0, device="cuda") for _ in range(64)]  # 1 GiB
+    for _ in range(3):
+        out = graphed(x)
+    torch.cuda.synchronize()
+    assert all(bool((f == 7).all()) for f in fillers)
+    assert torch.allclose(out, model(x), atol=1e-2, rtol=1e-2)
+
+
 class _Wide(torch.nn.Module):
     """Large temporaries (two 16 MiB tensors for a (4096, 1024) input), a small output."""
 
