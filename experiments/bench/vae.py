@@ -15,7 +15,9 @@ tiling around it. Weights are random: speed does not depend on their values. `--
 prints, per variant, the operators (CUDA kernels on a GPU) that take the most time.
 `--bands 4194304,16777216,off` adds a pilot eager row per band size of the decoder's banded
 resnets and upsamplings (`pilot.nn.resnet.BAND_ELEMENTS`; off: no bands, whole tensors) to
-tune it.
+tune it. `--images 4 --sliced` decodes a batch of 4 images and adds a row each for VAE slicing,
+one image per decoder call: diffusers' `enable_slicing()` and pilot's
+`pilot.diffusion.tiling.sliced` (what `decode_latents(..., batch=1)` does).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from experiments.bench.common import (
     with_piece_size,
 )
 from experiments.bench.flops import vae_decode_flops
+from pilot.diffusion.tiling import sliced
 from pilot.models.preview import PreviewConfig, PreviewDecoder
 from pilot.models.vae import VAE_PRESETS
 from pilot.models.vae import AutoencoderKL as PilotVAE
@@ -71,10 +74,14 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
         )
 
     ref_model, ours_model = cast(ref), cast(ours)
-    calls = {
-        "diffusers eager": lambda: ref_model.decode(z).sample,
-        "pilot eager": lambda: ours_model.decode(z),
-    }
+    calls = {"diffusers eager": lambda: ref_model.decode(z).sample}
+    if args.sliced:
+        ref_sliced = copy.copy(ref_model)  # the same weights, its own `use_slicing`
+        ref_sliced.enable_slicing()
+        calls["diffusers sliced"] = lambda: ref_sliced.decode(z).sample
+    calls["pilot eager"] = lambda: ours_model.decode(z)
+    if args.sliced:
+        calls["pilot sliced"] = lambda: sliced(ours_model.decode, z, 1)
     if args.channels_last:
         fast = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
         calls["pilot channels_last"] = lambda: fast.decode(z)
@@ -135,7 +142,7 @@ def latents(cfg, args) -> torch.Tensor:
     """The benchmark's unscaled latents (the same draw for every dtype), float32 on the CPU."""
     g = torch.Generator().manual_seed(args.seed)
     h = args.size // cfg.downsample_factor
-    return torch.randn(1, cfg.latent_channels, h, h, generator=g) / cfg.scaling_factor
+    return torch.randn(args.images, cfg.latent_channels, h, h, generator=g) / cfg.scaling_factor
 
 
 def main(argv=None) -> None:
@@ -152,7 +159,11 @@ def main(argv=None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights (pilot)")
     parser.add_argument("--profile", action="store_true", help="print each decode's top kernels")
     parser.add_argument("--bands", default="", help="comma list: band sizes or off (extra rows)")
+    parser.add_argument("--images", type=int, default=1, help="images decoded per call")
+    parser.add_argument("--sliced", action="store_true", help="add VAE slicing rows")
     args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be >= 1, got {args.images}")
     args.bands = parse_sizes(parser, "--bands", args.bands)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,14 +173,15 @@ def main(argv=None) -> None:
         parser.error(f"--size {args.size} is not a multiple of the VAE's factor")
 
     ours, ref = build_pair(args.preset, args.seed)
-    flops = vae_decode_flops(args.preset, args.size)
+    flops = vae_decode_flops(args.preset, args.size) * args.images
     with torch.inference_mode():
         expected = ref.to(device).decode(latents(ours.cfg, args).to(device)).sample
     rows = []
     for d in dtypes:
         rows += bench_dtype(ours, ref, DTYPES[d], device, args, flops, expected)
     print(
-        f"VAE decode, preset {args.preset}, {args.size}x{args.size} px, 1 image, "
+        f"VAE decode, preset {args.preset}, {args.size}x{args.size} px, "
+        f"{args.images} image{'s' if args.images > 1 else ''}, "
         f"{flops / 1e9:.1f} GFLOP, {device_name(device)}, torch {torch.__version__}"
     )
     header = ["variant", "dtype", "ms", "/ diffusers eager", "TFLOP/s"]

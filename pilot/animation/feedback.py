@@ -162,6 +162,8 @@ class FeedbackSampler:
         base_seed: Seed of frame 0 (frame k: base_seed + k unless `config.seed`).
         flow: Flow source, default the frame source's own (`frames.flow`).
         vae_upcast: float32 rule of a half-precision VAE decode (`decode_latents`).
+        vae_batch: Frames per VAE call when a batch of frames is encoded or decoded (VAE
+            slicing, `decode_latents(batch=)`); None: the whole batch at once.
     """
 
     def __init__(
@@ -178,12 +180,15 @@ class FeedbackSampler:
         base_seed: int = 0,
         flow: FlowSource | None = None,
         vae_upcast: VAEUpcast = "auto",
+        vae_batch: int | None = None,
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
         self.store, self.base_seed = store, base_seed
         self.flow = frames.flow if flow is None else flow
-        self.vae_upcast = vae_upcast
+        if vae_batch is not None and vae_batch < 1:
+            raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
+        self.vae_upcast, self.vae_batch = vae_upcast, vae_batch
         for track in self.tracks:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
@@ -385,7 +390,7 @@ class FeedbackSampler:
         settings = replace(self.settings, cfg=params.cfg)
         # on the host: the sampler's and the ControlNets' branches read it there, no GPU wait
         full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
-        init_latents = None if init is None else encode_images(self.sd, init)
+        init_latents = None if init is None else encode_images(self.sd, init, batch=self.vae_batch)
         strength = 1.0 if init is None else params.strength
         aware = flow is not None and self.config.occlusion != "ignore"
         mask = self.disocclusion(flow) if aware else None
@@ -407,6 +412,10 @@ class FeedbackSampler:
                              uncond_context=uncond, noise=noise)  # fmt: skip
         return latents, init_latents
 
+    def decode(self, latents: Tensor) -> Tensor:
+        """Frames (B, 3, H, W) in [0, 1] on the CPU, by the sampler's VAE rules."""
+        return decode_latents(self.sd, latents, upcast=self.vae_upcast, batch=self.vae_batch).cpu()
+
     def disocclusion(self, flow: FlowField) -> Tensor:
         """Latent mask (1, 1, h, w), 1 where more than `hidden_share` of a cell's pixels (any,
         at 0) were not seen in frame k - 1 (after dilation)."""
@@ -421,12 +430,11 @@ class FeedbackSampler:
         """The blending rule: mix the warped previous frame in on visible pixels."""
         b = self.config.blend
         if b == 0 or flow is None or init is None:
-            return decode_latents(self.sd, latents, upcast=self.vae_upcast).cpu()
+            return self.decode(latents)
         if self.config.blend_space == "latent":
             keep = 1 - self.disocclusion(flow)
-            mixed = torch.lerp(latents, init_latents, b * keep)
-            return decode_latents(self.sd, mixed, upcast=self.vae_upcast).cpu()
-        image = decode_latents(self.sd, latents, upcast=self.vae_upcast).cpu()
+            return self.decode(torch.lerp(latents, init_latents, b * keep))
+        image = self.decode(latents)
         return torch.lerp(image, init.cpu(), b * flow.visible.float())
 
 

@@ -11,10 +11,11 @@ Re-running the same command continues at the first missing frame; since frame k 
 frame k - 1 as read back from disk and from seeds derived from the base seed and k, the result is
 byte-identical to an uninterrupted run. The MP4 and a GIF beside it are written at the shot's fps.
 
-The speed flags (--channels-last, --compile, --cuda-graphs, --batch) change float rounding, not
-what is computed, so they are not settings: a run may be resumed with other ones. --vae-upcast
-decides the precision of a half-precision VAE decode, so it is one (recorded in settings.json
-when not the default "auto", so folders made before the flag resume with the default).
+The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch) change float
+rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
+--vae-upcast decides the precision of a half-precision VAE decode, so it is one (recorded in
+settings.json when not the default "auto", so folders made before the flag resume with the
+default).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pilot.commands.generate import add_speed_arguments, speed_settings
 DTYPES = ("float32", "float16", "bfloat16")
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
 _NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
-                 "channels_last", "compile", "cuda_graphs", "batch")  # fmt: skip
+                 "channels_last", "compile", "cuda_graphs", "batch", "vae_batch")  # fmt: skip
 
 
 def register(sub) -> None:
@@ -210,7 +211,7 @@ def render_frames(
     sampler = FeedbackSampler(
         sd, settings, config, frames, prompts, store,
         negative=args.negative_prompt, tracks=tracks, base_seed=args.seed,
-        vae_upcast=args.vae_upcast,
+        vae_upcast=args.vae_upcast, vae_batch=args.vae_batch,
     )  # fmt: skip
     missing = [k for k in todo if not store.has(k)]
     seconds = []

@@ -69,8 +69,9 @@ def register(sub) -> None:
 
 
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:
-    """--channels-last, --compile [MODE], --cuda-graphs, --vae-upcast (`pilot.diffusion.speed`)."""
-    g = p.add_argument_group("speed (pilot.diffusion.speed; the same pixels up to float rounding)")
+    """--channels-last, --compile [MODE], --cuda-graphs, --vae-upcast, --vae-batch
+    (`pilot.diffusion.speed`, `decode_latents`)."""
+    g = p.add_argument_group("speed and memory (the same pixels up to float rounding)")
     g.add_argument("--channels-last", action="store_true", help="NHWC UNet, ControlNets, VAE")
     g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the UNet and ControlNets (static shapes); MODE default "
@@ -80,16 +81,21 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vae-upcast", choices=VAE_UPCASTS, default="auto",
                    help="float32 rule of a half-precision VAE decode: auto (again in float32 "
                    "if it overflows), always, never (default auto)")  # fmt: skip
+    g.add_argument("--vae-batch", type=int, default=None, metavar="N",
+                   help="images per VAE call (VAE slicing: the VAE's memory of N images; "
+                   "default all at once)")  # fmt: skip
 
 
 def speed_settings(args: argparse.Namespace, device):
     """`SpeedSettings` of the speed arguments, checked against the device before any work.
 
     Raises:
-        ValueError: --cuda-graphs off CUDA, or an unknown --compile mode.
+        ValueError: --cuda-graphs off CUDA, an unknown --compile mode, or --vae-batch < 1.
     """
     from pilot.diffusion.speed import SpeedSettings
 
+    if args.vae_batch is not None and args.vae_batch < 1:
+        raise ValueError(f"--vae-batch must be >= 1, got {args.vae_batch}")
     if args.cuda_graphs and device.type != "cuda":
         raise ValueError(
             f"--cuda-graphs needs a CUDA device, but the models would run on {device} "
@@ -155,6 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             controls=controls,
             vae_tile=args.vae_tile,
             vae_upcast=args.vae_upcast,
+            vae_batch=args.vae_batch,
             callback=lambda _: bar.update(),
         )
     paths = write_outputs(args, request, settings, images, seeds)

@@ -2,9 +2,9 @@
 
 The pipeline is a few plain functions over a `pilot.StableDiffusion` bundle, each readable on its
 own: `encode_text` (prompts -> CLIP embeddings), `encode_images` / `decode_latents` (VAE with the
-scaling factor, optional tiling), `start_latents` (noise or noised init latents, img2img by
-slicing the sigmas) and `sample` (denoiser wrappers + a sampler from `SAMPLERS`). `generate`
-chains them for the common case; the feedback sampler calls the parts itself.
+scaling factor, optional tiling and slicing), `start_latents` (noise or noised init latents,
+img2img by slicing the sigmas) and `sample` (denoiser wrappers + a sampler from `SAMPLERS`).
+`generate` chains them for the common case; the feedback sampler calls the parts itself.
 
 Conventions: images are (B, 3, H, W) float in [0, 1] at the API (the VAE sees [-1, 1]);
 latents are VAE-scaled, (B, 4, H/8, W/8); sampling runs in float32 on the UNet's device while
@@ -28,7 +28,7 @@ from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
-from pilot.diffusion.tiling import tiled
+from pilot.diffusion.tiling import sliced, tiled
 
 # float32 rules of a half-precision VAE decode (`decode_latents`).
 VAEUpcast = Literal["auto", "always", "never"]
@@ -89,7 +89,9 @@ def encode_text(
 
 
 @torch.no_grad()
-def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
+def encode_images(
+    sd, images: Tensor, *, tile: int | None = None, batch: int | None = None
+) -> Tensor:
     """VAE-encode images in [0, 1] (B, 3, H, W) to scaled latents (B, 4, H/f, W/f), f = 8 in SD.
 
     Takes the posterior mean (deterministic, so img2img at strength 0 is a pure VAE round trip).
@@ -97,17 +99,20 @@ def encode_images(sd, images: Tensor, *, tile: int | None = None) -> Tensor:
     Args:
         tile: Encode in overlapping tiles of this many image pixels (a multiple of 8), for
             images too large for memory; None encodes whole.
+        batch: Encode at most this many images per VAE call (VAE slicing: the memory of
+            `batch` images, not B); None encodes all at once.
     """
     vae = sd.vae
     check_size(*images.shape[-2:], vae.cfg.downsample_factor)
     param = next(vae.parameters())
-    x = (images.to(param.device, param.dtype) * 2 - 1).clamp(-1, 1)
 
-    def encode(x: Tensor) -> Tensor:
+    def encode(images: Tensor) -> Tensor:
+        x = (images.to(param.device, param.dtype) * 2 - 1).clamp(-1, 1)
+        if tile:
+            return tiled(lambda x: vae.encode(x).mean, x, tile, 1 / vae.cfg.downsample_factor)
         return vae.encode(x).mean
 
-    latents = tiled(encode, x, tile, 1 / vae.cfg.downsample_factor) if tile else encode(x)
-    return latents.float() * sd.scaling_factor
+    return sliced(encode, images, batch).float() * sd.scaling_factor
 
 
 @torch.no_grad()
@@ -118,6 +123,7 @@ def decode_latents(
     tile: int | None = None,
     upcast: VAEUpcast = "auto",
     decoder: torch.nn.Module | None = None,
+    batch: int | None = None,
 ) -> Tensor:
     """VAE-decode scaled latents (B, 4, h, w) to images in [0, 1], (B, 3, fh, fw) float32.
 
@@ -132,9 +138,17 @@ def decode_latents(
         decoder: Decode with this instead of `sd.vae`: a module with the VAE's `decode` (e.g. a
             `pilot.models.preview.PreviewDecoder` distilled from it, for previews); `upcast`
             then does not apply (it has no float16 overflow to guard).
+        batch: Decode at most this many images per call (VAE slicing: the memory of `batch`
+            images, not B; `upcast="auto"` decodes again in float32 only the slices that
+            overflowed); None decodes all at once.
     """
     if upcast not in VAE_UPCASTS:
         raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
+    return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
+
+
+def _decode_upcast(sd, latents: Tensor, tile: int | None, upcast: VAEUpcast, decoder) -> Tensor:
+    """`decode_latents` of one slice."""
     if decoder is not None:
         return _decode(sd, latents, tile, decoder)
     half = next(sd.vae.parameters()).dtype != torch.float32
@@ -146,7 +160,7 @@ def decode_latents(
         warnings.warn(
             "the half-precision VAE decode overflowed (non-finite pixels); decoded again in "
             "float32. Pass upcast='always' (or keep the VAE in float32) to skip the first try",
-            stacklevel=2,
+            stacklevel=6,  # decode_latents' caller (no_grad's wrapper, sliced and a lambda between)
         )
         with _float32(sd.vae):
             return _decode(sd, latents, tile)
@@ -322,6 +336,7 @@ def generate_latents(
     callback: Callback | None = None,
     controls: Sequence[Control] = (),
     vae_tile: int | None = None,
+    vae_batch: int | None = None,
 ) -> Tensor:
     """txt2img, img2img or inpainting, to final scaled latents (B, 4, H/8, W/8) float32.
 
@@ -334,6 +349,7 @@ def generate_latents(
         controls: ControlNets with their images and scales (`pilot.diffusion.control.Control`;
             images at the output size); their start / end fractions count the steps run.
         vae_tile: Tile size in image pixels for encoding init images (see `encode_images`).
+        vae_batch: Init images encoded per VAE call (see `encode_images`); None: all at once.
     """
     device = model_device(sd)
     context, uncond = encode_text(
@@ -354,7 +370,7 @@ def generate_latents(
     first = noise.draw()
     init = mask = None
     if request.init_images is not None:
-        init = encode_images(sd, request.init_images, tile=vae_tile)
+        init = encode_images(sd, request.init_images, tile=vae_tile, batch=vae_batch)
         sigmas = img2img_sigmas(sigmas, request.strength)
         if request.mask is not None:
             mask = _latent_mask(request.mask, shape).to(device)
@@ -382,6 +398,7 @@ def generate(
     *,
     vae_tile: int | None = None,
     vae_upcast: VAEUpcast = "auto",
+    vae_batch: int | None = None,
     **kwargs,
 ) -> Tensor:
     """`generate_latents`, then VAE decode: images (B, 3, H, W) in [0, 1], float32 on CPU.
@@ -393,10 +410,15 @@ def generate(
     Args:
         vae_tile: Tile size in image pixels for the VAE (a multiple of 8), for large images.
         vae_upcast: float32 rule of a half-precision VAE decode (see `decode_latents`).
+        vae_batch: Images per VAE call, encoding and decoding (VAE slicing: the VAE's memory
+            of `vae_batch` images, not B); None: all at once.
         **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
-    latents = generate_latents(sd, request, settings, vae_tile=vae_tile, **kwargs)
-    return decode_latents(sd, latents, tile=vae_tile, upcast=vae_upcast).cpu()
+    latents = generate_latents(
+        sd, request, settings, vae_tile=vae_tile, vae_batch=vae_batch, **kwargs
+    )
+    images = decode_latents(sd, latents, tile=vae_tile, upcast=vae_upcast, batch=vae_batch)
+    return images.cpu()
 
 
 __all__ = [

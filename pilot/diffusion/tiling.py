@@ -1,8 +1,10 @@
-"""Tiled application of spatial maps (VAE encode/decode of images too large for memory).
+"""Tiled and sliced application of maps (VAE encode/decode of images too large for memory).
 
-Tiles overlap and are blended with linear ramps where a neighbour exists, so seams vanish. The
-VAE's group norms see per-tile statistics, so a tiled result is close to, not equal to, the
-whole-image one (the price every tiled VAE pays); a tile covering the image is exact.
+`tiled` cuts the images into tiles, `sliced` cuts the batch into slices of images (VAE
+slicing: a batch's peak memory becomes one slice's). Tiles overlap and are blended with linear
+ramps where a neighbour exists, so seams vanish. The VAE's group norms see per-tile statistics,
+so a tiled result is close to, not equal to, the whole-image one (the price every tiled VAE
+pays); a tile covering the image is exact.
 """
 
 from __future__ import annotations
@@ -54,6 +56,30 @@ def tiled(
             out[..., oy : oy + h, ox : ox + w] += piece.float() * mask
             weights[oy : oy + h, ox : ox + w] += mask
     return (out / weights).to(piece.dtype)
+
+
+def sliced(fn: Callable[[Tensor], Tensor], x: Tensor, size: int | None) -> Tensor:
+    """Apply `fn` to slices of at most `size` items of `x`'s batch, outputs in one tensor.
+
+    Only the output and one slice's work are alive at a time; for a map that treats the items
+    of a batch independently (a VAE) the result is the whole-batch one up to float rounding.
+    `size` None (or >= the batch) calls `fn` once on all of `x`.
+
+    Raises:
+        ValueError: `size` below 1.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"a slice must hold >= 1 item of the batch (None: all), got {size}")
+    n = len(x)
+    if size is None or size >= n:
+        return fn(x)
+    out = None
+    for i in range(0, n, size):
+        piece = fn(x[i : i + size])
+        if out is None:
+            out = piece.new_empty((n, *piece.shape[1:]))
+        out[i : i + len(piece)] = piece
+    return out
 
 
 def _starts(n: int, tile: int, stride: int) -> list[int]:

@@ -1,10 +1,11 @@
-"""`pilot animate` speed flags and --batch: the same frames as the default run, not settings a
-resume must match (--vae-upcast is one), --cuda-graphs refused off CUDA before any work."""
+"""`pilot animate` speed flags, --batch and --vae-batch: the same frames as the default run, not
+settings a resume must match (--vae-upcast is one), bad ones refused before any work."""
 
 import json
 
 from pilot.cli import main
 from pilot.imageio import read_image
+from pilot.models.vae import AutoencoderKL
 from tests.animation.test_animate_cli import controlnet_folder, model_folder  # noqa: F401
 
 
@@ -21,19 +22,26 @@ def test_speed_flags_and_batch_keep_the_frames(
     small_shot,
     tmp_path,
     capsys,
+    monkeypatch,
 ):
     control = ["--controlnet", f"depth={controlnet_folder}"]
     assert animate(model_folder, small_shot, tmp_path / "a.mp4", *control) == 0
+    decoded = []  # images per VAE decode call
+    plain = AutoencoderKL.decode
+    monkeypatch.setattr(
+        AutoencoderKL, "decode", lambda vae, z: decoded.append(len(z)) or plain(vae, z)
+    )
     assert animate(model_folder, small_shot, tmp_path / "b.mp4", *control, "--channels-last",
-                   "--batch", "3", "--vae-upcast", "always") == 0  # fmt: skip
+                   "--batch", "3", "--vae-batch", "2", "--vae-upcast", "always") == 0  # fmt: skip
+    assert decoded == [2, 1]  # the batch of 3 frames, decoded by slices of 2
     for k in range(3):
         a, b = (read_image(tmp_path / f"{r}.run" / "frames" / f"{k:06d}.png") for r in "ab")
         assert (a - b).abs().max() <= 1 / 255 + 1e-6, k  # 8-bit frames of float-equal images
     settings = json.loads((tmp_path / "b.run" / "settings.json").read_text())
-    assert settings["vae_upcast"] == "always" and "batch" not in settings
+    assert settings["vae_upcast"] == "always" and not {"batch", "vae_batch"} & set(settings)
     assert "vae_upcast" not in json.loads((tmp_path / "a.run" / "settings.json").read_text())
     capsys.readouterr()
-    argv = [*control, "--channels-last", "--batch", "2", "--json"]
+    argv = [*control, "--channels-last", "--batch", "2", "--vae-batch", "1", "--json"]
     assert animate(model_folder, small_shot, tmp_path / "a.mp4", *argv) == 0  # resumes
     assert json.loads(capsys.readouterr().out)["rendered_now"] == 0
     assert animate(model_folder, small_shot, tmp_path / "a.mp4", *control, "--vae-upcast",
@@ -55,3 +63,6 @@ def test_cuda_graphs_off_cuda_is_refused_before_any_work(
     assert not (tmp_path / "c.run").exists()
     assert animate(model_folder, small_shot, out, "--batch", "0") == 2
     assert "--batch must be >= 1, got 0" in capsys.readouterr().err
+    assert animate(model_folder, small_shot, out, "--vae-batch", "0") == 2
+    assert "--vae-batch must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "c.run").exists()

@@ -61,6 +61,25 @@ def test_a_batch_equals_frames_one_by_one(animation_sd, small_shot, track, tmp_p
     assert (images - s.blend(alone, None, None, None)).abs().max() < 1e-4
 
 
+def test_vae_batch_decodes_a_batch_of_frames_by_slices(
+    animation_sd, small_shot, track, tmp_path, monkeypatch
+):
+    s = make_sampler(animation_sd, small_shot, tmp_path, track, **INDEPENDENT)
+    ks = [1, 2, 4]
+    params = [frame_params(s.config, s.tracks, s.base_seed, k) for k in ks]
+    latents, _ = s.sample_latents(ks, params, None, None)
+    whole = s.blend(latents, None, None, None)
+    vae, calls = animation_sd.vae, []
+    plain = type(vae).decode
+    monkeypatch.setattr(vae, "decode", lambda z: calls.append(len(z)) or plain(vae, z))
+    s.vae_batch = 2
+    assert torch.allclose(s.blend(latents, None, None, None), whole, atol=1e-6)
+    assert calls == [2, 1]
+    with pytest.raises(ValueError, match="vae_batch must be >= 1 .*got 0"):
+        FeedbackSampler(animation_sd, s.settings, s.config, s.frames, s.prompts, s.store,
+                        vae_batch=0)  # fmt: skip
+
+
 def test_render_video_in_batches_equals_one_by_one_and_resumes(
     animation_sd, small_shot, track, tmp_path
 ):

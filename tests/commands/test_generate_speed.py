@@ -26,7 +26,8 @@ def test_speed_flags_parse_to_settings():
     s = speed_settings(parse("--compile", "max-autotune-no-cudagraphs"), cpu)
     assert s.compile_mode == "max-autotune-no-cudagraphs" and not s.channels_last
     assert speed_settings(parse("--cuda-graphs"), torch.device("cuda")).cuda_graphs
-    assert parse().vae_upcast == "auto"
+    assert parse().vae_upcast == "auto" and parse().vae_batch is None
+    assert parse("--vae-batch", "2").vae_batch == 2
 
 
 def test_vae_upcast_choices_are_the_pipelines():
@@ -42,6 +43,7 @@ def test_vae_upcast_choices_are_the_pipelines():
          "would run on cpu"),
         (["--compile", "fast"], "unknown compile mode 'fast'; valid: default, "
          "max-autotune-no-cudagraphs"),
+        (["--vae-batch", "0"], "--vae-batch must be >= 1, got 0"),
     ],
 )  # fmt: skip
 def test_bad_speed_flags_fail_before_any_work(capsys, tmp_path, argv, message):
@@ -85,3 +87,21 @@ def test_channels_last_floats_within_1e_5():
     plain = generate(make_tiny_sd(), request, settings)
     fast = generate(optimize(make_tiny_sd(), SpeedSettings(channels_last=True)), request, settings)
     assert (plain - fast).abs().max() < 1e-5
+
+
+def test_vae_batch_decodes_by_slices_and_keeps_the_images(
+    capsys, tiny_sd_folder, tmp_path, monkeypatch
+):
+    from pilot.models.vae import AutoencoderKL
+
+    base = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--batch", "3"]
+    plain = run(capsys, *base, "--out", str(tmp_path / "a"))
+    calls = []  # images per VAE decode call
+    decode = AutoencoderKL.decode
+    monkeypatch.setattr(
+        AutoencoderKL, "decode", lambda vae, z: calls.append(len(z)) or decode(vae, z)
+    )
+    sliced = run(capsys, *base, "--vae-batch", "2", "--out", str(tmp_path / "b"))
+    assert calls == [2, 1]
+    for a, b in zip(plain["images"], sliced["images"], strict=True):
+        assert (read_image(a) - read_image(b)).abs().max() <= 1 / 255 + 1e-6

@@ -53,6 +53,22 @@ def test_float16_vae_overflow_is_caught_by_upcast():
         assert v.dtype == torch.float16 and torch.equal(v, weights[k]), k
 
 
+def test_auto_upcast_decodes_again_only_the_slices_that_overflowed():
+    """With VAE slicing, a slice that stays finite keeps its float16 decode."""
+    sd = overflowing_vae_sd()
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    latents[0] *= 1e-3  # conv_in stays below float16's range for this image only
+    calm, wild = latents[:1], latents[1:]
+    assert torch.isfinite(decode_latents(sd, calm, upcast="never")).all()
+    with pytest.warns(UserWarning, match="overflowed"):
+        images = decode_latents(sd, latents, batch=1)
+    assert torch.equal(images[:1], decode_latents(sd, calm, upcast="never"))
+    assert torch.equal(images[1:], decode_latents(sd, wild, upcast="always"))
+    with pytest.warns(UserWarning, match="overflowed"):
+        whole = decode_latents(sd, latents)  # one slice: both images decoded again
+    assert not torch.equal(whole[:1], images[:1])
+
+
 def test_upcast_rule_is_checked():
     sd = make_tiny_sd()
     with pytest.raises(ValueError, match="unknown VAE upcast rule 'sometimes'; valid: auto"):

@@ -107,6 +107,29 @@ def test_vae_tiling_whole_tile_is_exact_and_small_tiles_are_close(tiny_sd):
     assert (tiled - whole).abs().mean() < 0.05
 
 
+def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
+    """encode / decode with `batch=2` on 3 images: VAE calls of 2 and 1 images, the same
+    latents and images as one call (float rounding), with and without tiles."""
+    vae = tiny_sd.vae
+    images = torch.rand(3, 3, 24, 32, generator=torch.Generator().manual_seed(2))
+    latents = torch.randn(3, 4, 3, 4, generator=torch.Generator().manual_seed(3))
+    whole_latents = encode_images(tiny_sd, images)
+    whole_images = decode_latents(tiny_sd, latents)
+    calls = []
+    for name in ("encode", "decode"):
+        plain = getattr(type(vae), name)
+        monkeypatch.setattr(vae, name, lambda x, plain=plain: calls.append(len(x)) or plain(vae, x))
+    assert torch.allclose(encode_images(tiny_sd, images, batch=2), whole_latents, atol=1e-5)
+    assert torch.allclose(decode_latents(tiny_sd, latents, batch=2), whole_images, atol=1e-6)
+    assert calls == [2, 1, 2, 1]
+    calls.clear()
+    tiled = decode_latents(tiny_sd, latents, tile=4)  # tiles of 2 latent px: 4 per image
+    assert torch.allclose(decode_latents(tiny_sd, latents, tile=4, batch=1), tiled, atol=1e-6)
+    assert calls == [3] * 4 + [1] * 12
+    with pytest.raises(ValueError, match="got 0"):
+        decode_latents(tiny_sd, latents, batch=0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -1,10 +1,11 @@
-"""Tiled application: exact for local maps, seamless, and exact when one tile covers all."""
+"""Tiled application: exact for local maps, seamless, and exact when one tile covers all.
+Sliced application: the batch in slices of the given size, the same output."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pilot.diffusion.tiling import tiled
+from pilot.diffusion.tiling import sliced, tiled
 
 
 def upsample(z):  # a decoder-like local map, x8
@@ -46,3 +47,24 @@ def test_tiles_blend_smoothly():
 def test_overlap_must_be_smaller_than_tile():
     with pytest.raises(ValueError, match="overlap"):
         tiled(upsample, torch.randn(1, 1, 32, 32), 8, 8, overlap=8)
+
+
+@pytest.mark.parametrize(
+    "size, calls", [(2, [2, 2, 1]), (1, [1] * 5), (5, [5]), (9, [5]), (None, [5])]
+)
+def test_sliced_calls_the_map_on_slices_of_the_batch(size, calls):
+    seen = []
+
+    def decode(z):
+        seen.append(len(z))
+        return upsample(z).to(memory_format=torch.channels_last)
+
+    z = torch.randn(5, 4, 3, 2)
+    out = sliced(decode, z, size)
+    assert seen == calls
+    assert torch.equal(out, upsample(z))  # every item from its own slice, in order
+
+
+def test_slice_size_is_checked():
+    with pytest.raises(ValueError, match=r"a slice must hold >= 1 item of the batch .*got 0"):
+        sliced(upsample, torch.randn(2, 1, 4, 4), 0)

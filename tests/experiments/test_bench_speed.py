@@ -103,6 +103,19 @@ def test_vae_bench_rows(capsys):
     assert "max rel err vs fp32" in out
 
 
+def test_vae_bench_sliced_rows(capsys):
+    """`--images 2 --sliced`: the slicing rows, as close to the float32 reference as the rest."""
+    vae.main([*TINY, "--images", "2", "--sliced", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "32x32 px, 2 images" in out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()]
+    errors = {row[0]: float(row[-1]) for row in cells if len(row) > 2 and row[-1][:1].isdigit()}
+    assert errors.keys() == {"diffusers eager", "diffusers sliced", "pilot eager", "pilot sliced"}
+    assert max(errors.values()) < 1e-4
+    with pytest.raises(SystemExit):
+        vae.main([*TINY, "--images", "0"])
+
+
 @pytest.mark.parametrize(
     ("bench", "option", "module", "names", "row"),
     [
