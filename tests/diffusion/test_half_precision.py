@@ -60,8 +60,9 @@ def test_auto_upcast_decodes_again_only_the_slices_that_overflowed():
     latents[0] *= 1e-3  # conv_in stays below float16's range for this image only
     calm, wild = latents[:1], latents[1:]
     assert torch.isfinite(decode_latents(sd, calm, upcast="never")).all()
-    with pytest.warns(UserWarning, match="overflowed"):
+    with pytest.warns(UserWarning, match="overflowed") as caught:
         images = decode_latents(sd, latents, batch=1)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     assert torch.equal(images[:1], decode_latents(sd, calm, upcast="never"))
     assert torch.equal(images[1:], decode_latents(sd, wild, upcast="always"))
     with pytest.warns(UserWarning, match="overflowed"):
