@@ -164,6 +164,8 @@ class FeedbackSampler:
         vae_upcast: float32 rule of a half-precision VAE decode (`decode_latents`).
         vae_batch: Frames per VAE call when a batch of frames is encoded or decoded (VAE
             slicing, `decode_latents(batch=)`); None: the whole batch at once.
+        decoder: Decode the frames with this instead of the VAE (a `PreviewDecoder`: a fast
+            draft; the next frame's init is still encoded by the VAE).
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class FeedbackSampler:
         flow: FlowSource | None = None,
         vae_upcast: VAEUpcast = "auto",
         vae_batch: int | None = None,
+        decoder: torch.nn.Module | None = None,
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
@@ -188,7 +191,7 @@ class FeedbackSampler:
         self.flow = frames.flow if flow is None else flow
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
-        self.vae_upcast, self.vae_batch = vae_upcast, vae_batch
+        self.vae_upcast, self.vae_batch, self.decoder = vae_upcast, vae_batch, decoder
         for track in self.tracks:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
@@ -414,7 +417,9 @@ class FeedbackSampler:
 
     def decode(self, latents: Tensor) -> Tensor:
         """Frames (B, 3, H, W) in [0, 1] on the CPU, by the sampler's VAE rules."""
-        return decode_latents(self.sd, latents, upcast=self.vae_upcast, batch=self.vae_batch).cpu()
+        return decode_latents(
+            self.sd, latents, upcast=self.vae_upcast, decoder=self.decoder, batch=self.vae_batch
+        ).cpu()
 
     def disocclusion(self, flow: FlowField) -> Tensor:
         """Latent mask (1, 1, h, w), 1 where more than `hidden_share` of a cell's pixels (any,

@@ -15,7 +15,8 @@ The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch
 rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
 --vae-upcast decides the precision of a half-precision VAE decode, so it is one (recorded in
 settings.json when not the default "auto", so folders made before the flag resume with the
-default).
+default), and so is --preview-decoder (a fast draft: frames decoded by a distilled preview
+decoder; recorded when given).
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ import argparse
 import json
 from pathlib import Path
 
-from pilot.commands.generate import add_speed_arguments, speed_settings
+from pilot.commands.generate import (
+    add_speed_arguments,
+    check_preview,
+    load_preview,
+    speed_settings,
+)
 
 DTYPES = ("float32", "float16", "bfloat16")
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
@@ -81,6 +87,9 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
     add_speed_arguments(p)
+    p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
+                   help="decode the frames with this preview decoder instead of the VAE (a "
+                   "fast draft; `pilot train preview_decoder`)")  # fmt: skip
     p.add_argument("--batch", type=int, default=1,
                    help="frames sampled at once where they depend on no other frame (strength "
                    "1, --occlusion ignore, no blend, noise not warped); default 1")  # fmt: skip
@@ -190,20 +199,36 @@ def cmd_animate(args: argparse.Namespace) -> int:
     chosen = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     if chosen["vae_upcast"] == "auto":  # the rule before the flag existed: old folders resume
         del chosen["vae_upcast"]
+    if chosen["preview_decoder"] is None:  # likewise
+        del chosen["preview_decoder"]
+    preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
     sd = optimize(pilot.load_pipeline(args.model, dtype=dtype, device=device), speed)
+    check_preview(preview, sd, args.preview_decoder)
     tracks = load_tracks(args, frames, sd, device, dtype, speed)
     check_run_folder(run, json.loads(json.dumps(chosen, default=str)))
     with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
-        seconds = render_frames(args, sd, settings, config, frames, prompts, store, tracks, todo)
+        seconds = render_frames(
+            args, sd, settings, config, frames, prompts, store, tracks, todo, preview
+        )
         summary = finish(args, frames, store, todo, run, seconds)
     print(json.dumps(summary, indent=2) if args.json else f"wrote {args.out} ({run})")
     return 0
 
 
 def render_frames(
-    args: argparse.Namespace, sd, settings, config, frames, prompts, store, tracks, todo: range
+    args: argparse.Namespace,
+    sd,
+    settings,
+    config,
+    frames,
+    prompts,
+    store,
+    tracks,
+    todo: range,
+    preview=None,
 ) -> list[float]:
-    """Render the frames of `todo` missing from the store; returns seconds per rendered frame."""
+    """Render the frames of `todo` missing from the store (decoded by `preview` when given);
+    returns seconds per rendered frame."""
     from tqdm import tqdm
 
     from pilot.animation.feedback import FeedbackSampler
@@ -211,7 +236,7 @@ def render_frames(
     sampler = FeedbackSampler(
         sd, settings, config, frames, prompts, store,
         negative=args.negative_prompt, tracks=tracks, base_seed=args.seed,
-        vae_upcast=args.vae_upcast, vae_batch=args.vae_batch,
+        vae_upcast=args.vae_upcast, vae_batch=args.vae_batch, decoder=preview,
     )  # fmt: skip
     missing = [k for k in todo if not store.has(k)]
     seconds = []

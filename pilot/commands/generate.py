@@ -59,6 +59,9 @@ def register(sub) -> None:
     )
     p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode")
     p.add_argument("--vae-tile", type=int, default=None, help="VAE tile size in pixels")
+    p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
+                   help="decode with this preview decoder instead of the VAE (fast drafts; "
+                   "`pilot train preview_decoder`)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
     p.add_argument("--prediction-type", default=None, help="override: epsilon or v_prediction")
@@ -134,9 +137,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     init, mask = load_inputs(args)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     start = time.perf_counter()
+    preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
     sd = pilot.load_pipeline(
         args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
     )
+    check_preview(preview, sd, args.preview_decoder)
     sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
     height = init.shape[-2] if init is not None else args.height or 512
@@ -162,6 +167,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             vae_tile=args.vae_tile,
             vae_upcast=args.vae_upcast,
             vae_batch=args.vae_batch,
+            decoder=preview,
             callback=lambda _: bar.update(),
         )
     paths = write_outputs(args, request, settings, images, seeds)
@@ -262,6 +268,21 @@ def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:
     return list(entries)
 
 
+def load_preview(folder: Path | None, device, dtype):
+    """The `--preview-decoder` folder's `PreviewDecoder` (None without one)."""
+    from pilot.models.preview import load_preview_decoder
+
+    return None if folder is None else load_preview_decoder(folder, device=device, dtype=dtype)
+
+
+def check_preview(preview, sd, folder: Path | None) -> None:
+    """Refuse a preview decoder that does not decode the model's latents, naming its folder."""
+    from pilot.models.preview import check_fits
+
+    if preview is not None:
+        check_fits(preview, sd.vae.cfg, folder)
+
+
 def parameters(args: argparse.Namespace, request, settings) -> dict:
     """Everything needed to make the images again."""
     params = {
@@ -282,6 +303,8 @@ def parameters(args: argparse.Namespace, request, settings) -> dict:
         params.update(control=args.control, controlnet=args.controlnet, guess_mode=args.guess_mode)
     if args.vae_upcast != "auto":  # can change float16 pixels; the default is left out
         params["vae_upcast"] = args.vae_upcast
+    if args.preview_decoder is not None:
+        params["preview_decoder"] = str(args.preview_decoder)
     return params
 
 

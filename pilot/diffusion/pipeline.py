@@ -399,6 +399,7 @@ def generate(
     vae_tile: int | None = None,
     vae_upcast: VAEUpcast = "auto",
     vae_batch: int | None = None,
+    decoder: torch.nn.Module | None = None,
     **kwargs,
 ) -> Tensor:
     """`generate_latents`, then VAE decode: images (B, 3, H, W) in [0, 1], float32 on CPU.
@@ -412,12 +413,15 @@ def generate(
         vae_upcast: float32 rule of a half-precision VAE decode (see `decode_latents`).
         vae_batch: Images per VAE call, encoding and decoding (VAE slicing: the VAE's memory
             of `vae_batch` images, not B); None: all at once.
+        decoder: Decode with this instead of the VAE (a `PreviewDecoder`, see `decode_latents`).
         **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
     latents = generate_latents(
         sd, request, settings, vae_tile=vae_tile, vae_batch=vae_batch, **kwargs
     )
-    images = decode_latents(sd, latents, tile=vae_tile, upcast=vae_upcast, batch=vae_batch)
+    images = decode_latents(
+        sd, latents, tile=vae_tile, upcast=vae_upcast, decoder=decoder, batch=vae_batch
+    )
     return images.cpu()
 
 

@@ -140,3 +140,18 @@ def preview_config_dict(cfg: PreviewConfig) -> dict:
 
 
 __all__ = ["PreviewConfig", "PreviewDecoder", "load_preview_decoder", "preview_config_dict"]
+
+
+def check_fits(decoder: PreviewDecoder, vae_cfg, where: str | os.PathLike) -> None:
+    """Raise a `ValueError` naming `where` unless `decoder` decodes the latents of a VAE with
+    config `vae_cfg` (its latent and image channels, its downsampling factor)."""
+    pairs = (
+        ("latent_channels", decoder.cfg.latent_channels, vae_cfg.latent_channels),
+        ("out_channels", decoder.cfg.out_channels, vae_cfg.out_channels),
+        ("downsample_factor", decoder.cfg.downsample_factor, vae_cfg.downsample_factor),
+    )
+    for name, ours, theirs in pairs:
+        if ours != theirs:
+            raise ValueError(
+                f"{where}: preview decoder {name} {ours}, but the model's VAE has {theirs}"
+            )

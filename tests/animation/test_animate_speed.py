@@ -3,6 +3,8 @@ settings a resume must match (--vae-upcast is one), bad ones refused before any 
 
 import json
 
+import pytest
+
 from pilot.cli import main
 from pilot.imageio import read_image
 from pilot.models.vae import AutoencoderKL
@@ -66,3 +68,30 @@ def test_cuda_graphs_off_cuda_is_refused_before_any_work(
     assert animate(model_folder, small_shot, out, "--vae-batch", "0") == 2
     assert "--vae-batch must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "c.run").exists()
+
+
+def test_preview_decoder_is_a_run_setting(
+    model_folder,  # noqa: F811
+    small_shot,
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
+    """--preview-decoder: every frame decoded by it (the VAE only encodes), recorded in
+    settings.json, so a resume without it is refused."""
+    from pilot.models.preview import PreviewDecoder
+    from tests.commands.test_generate import save_preview
+
+    preview = save_preview(tmp_path / "preview", upsamples=0)  # the test VAE's factor 1
+    monkeypatch.setattr(AutoencoderKL, "decode", lambda *a: pytest.fail("the VAE decoded"))
+    calls = []
+    decode = PreviewDecoder.decode
+    monkeypatch.setattr(PreviewDecoder, "decode", lambda m, z: calls.append(len(z)) or decode(m, z))
+    out = tmp_path / "d.mp4"
+    assert animate(model_folder, small_shot, out, "--preview-decoder", str(preview)) == 0
+    assert calls == [1, 1, 1]
+    settings = json.loads((tmp_path / "d.run" / "settings.json").read_text())
+    assert settings["preview_decoder"] == str(preview)
+    capsys.readouterr()
+    assert animate(model_folder, small_shot, out) == 2
+    assert "preview_decoder" in capsys.readouterr().err

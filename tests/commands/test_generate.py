@@ -134,3 +134,64 @@ def test_bad_control_arguments(capsys, tiny_sd_folder, argv, message):
     code = main(["generate", "--model", str(tiny_sd_folder), "--prompt", "x", *FAST, *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def save_preview(folder, upsamples: int, latent_channels: int = 4):
+    """A random `PreviewDecoder` folder for a VAE of factor 2 ** upsamples."""
+    from pilot.models.preview import PreviewConfig, PreviewDecoder
+    from pilot.weights.save import save_preview_decoder
+
+    torch.manual_seed(0)
+    cfg = PreviewConfig(latent_channels=latent_channels, channels=8, upsamples=upsamples, blocks=1)
+    return save_preview_decoder(PreviewDecoder(cfg).eval(), folder)
+
+
+def test_preview_decoder_decodes_the_images(capsys, tiny_sd_folder, tmp_path, monkeypatch):
+    """--preview-decoder: the images are the preview decoder's (the VAE's decoder never runs),
+    and the PNG records the folder."""
+    from pilot.diffusion.pipeline import Request, SamplingSettings, generate_latents
+    from pilot.models.preview import PreviewDecoder, load_preview_decoder
+    from pilot.models.vae import AutoencoderKL
+
+    preview = save_preview(tmp_path / "preview", upsamples=1)  # the tiny VAE's factor 2
+    monkeypatch.setattr(AutoencoderKL, "decode", lambda *a: pytest.fail("the VAE decoded"))
+    calls = []
+    decode = PreviewDecoder.decode
+    monkeypatch.setattr(PreviewDecoder, "decode", lambda m, z: calls.append(len(z)) or decode(m, z))
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--seed", "4"]
+    summary = run(capsys, *argv, "--preview-decoder", str(preview), "--out", str(tmp_path))
+    assert calls == [1]
+    params = json.loads(read_png_text(summary["images"][0])["pilot"])
+    assert params["preview_decoder"] == str(preview)
+    import pilot
+
+    sd = pilot.load_pipeline(tiny_sd_folder)
+    request = Request(["fog"], seeds=[4], width=32, height=24)
+    latents = generate_latents(sd, request, SamplingSettings(sampler="euler", steps=2))
+    images = load_preview_decoder(preview).decode(latents / sd.scaling_factor) / 2 + 0.5
+    image = read_image(summary["images"][0])
+    assert (image - images[0].clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "upsamples, channels, message",
+    [
+        (1, 3, "preview decoder latent_channels 3, but the model's VAE has 4"),
+        (2, 4, "preview decoder downsample_factor 4, but the model's VAE has 2"),
+    ],
+)
+def test_preview_decoder_of_another_vae_is_named(
+    capsys, tiny_sd_folder, tmp_path, upsamples, channels, message
+):
+    preview = save_preview(tmp_path / "preview", upsamples, channels)
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "x", *FAST, "--out", str(tmp_path / "o")]
+    assert main(["generate", *argv, "--preview-decoder", str(preview)]) == 2
+    assert f"{preview}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_preview_decoder_fails_before_the_model_loads(capsys, tmp_path):
+    missing = tmp_path / "nowhere"
+    argv = ["--model", str(tmp_path / "no-model"), "--prompt", "x", "--preview-decoder"]
+    assert main(["generate", *argv, str(missing)]) == 2
+    assert f"{missing / 'config.json'}: no such file" in capsys.readouterr().err
