@@ -327,13 +327,14 @@ class FrameStore:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         """Close; after an error, the frames it had already made are still written."""
-        if exc is None:
-            self.close()
-            return
         try:
             self.close()
-        except Exception as error:  # the run's own error is the one to see
-            note = f"and a frame write failed: {error!r}"
+        except Exception as error:
+            if exc is None:
+                raise
+            note = (
+                f"and a frame write failed: {error!r}"  # the run's own error stays the one raised
+            )
             if hasattr(exc, "add_note"):  # Python 3.11+
                 exc.add_note(note)
             else:
