@@ -332,9 +332,8 @@ class FrameStore:
         except Exception as error:
             if exc is None:
                 raise
-            note = (
-                f"and a frame write failed: {error!r}"  # the run's own error stays the one raised
-            )
+            # the run's own error stays the one raised; the failed write is noted on it
+            note = f"and a frame write failed: {error!r}"
             if hasattr(exc, "add_note"):  # Python 3.11+
                 exc.add_note(note)
             else:
