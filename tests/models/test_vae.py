@@ -180,6 +180,20 @@ def test_large_resnet_inputs_run_by_bands(monkeypatch, channels, layout):
     assert banded.peak < 0.85 * plain.peak, (banded.peak, plain.peak)
 
 
+def test_band_size_follows_the_device_type(monkeypatch):
+    """Bands are sized per device type (larger on CUDA: fewer, larger kernels), unless
+    `BAND_ELEMENTS` sets one size for all."""
+    from pilot.nn import resnet
+
+    x = torch.empty(1, 64, 1024, 256, device="meta")  # 2^24 elements; "meta" sizes as the CPU
+    assert resnet._bands(x) == [(r, r + 256) for r in range(0, 1024, 256)]  # 2^22 each
+    monkeypatch.setitem(resnet.DEVICE_BAND_ELEMENTS, "meta", 1 << 24)
+    assert resnet._bands(x) == [(0, 1024)]
+    assert not resnet._runs_by_bands(x, x[0].numel())  # a single band would only add work
+    monkeypatch.setattr(resnet, "BAND_ELEMENTS", 1 << 23)
+    assert resnet._bands(x) == [(0, 512), (512, 1024)]
+
+
 def test_banded_half_precision_statistics_stay_accurate(monkeypatch):
     """float16 bands combine float32 statistics: the result is the float32 block's, rounded."""
     from pilot.nn import resnet
