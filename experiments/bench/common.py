@@ -392,9 +392,14 @@ def piece_size(module: ModuleType, prefix: str, elements: int | None):
 def with_piece_size(fn: Callable, module: ModuleType, prefix: str, elements: int | None):
     """`fn` with `piece_size(module, prefix, elements)` set around each call (a table row per
     size, for `--bands` / `--ff-chunks`)."""
+    return within(fn, lambda: piece_size(module, prefix, elements))
+
+
+def within(fn: Callable, context: Callable[[], contextlib.AbstractContextManager]) -> Callable:
+    """`fn` run inside a fresh `context()` at each call (a table row per library setting)."""
 
     def call(*args, **kwargs):
-        with piece_size(module, prefix, elements):
+        with context():
             return fn(*args, **kwargs)
 
     return call

@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 # $1: pytest -k expression; the compile tests (~1 min) run in the compile phase only
 gpu_tests() { "$py" -m pytest -q -p no:cacheprovider -m gpu -k "$1" tests/diffusion/test_speed.py \
-    tests/experiments/test_bench_speed.py tests/models/test_vae.py tests/animation/test_feedback.py 2>&1 | tail -40; }  # room for a failure's traceback
+    tests/experiments/test_bench_speed.py tests/models/test_vae.py tests/nn/test_norms.py tests/animation/test_feedback.py 2>&1 | tail -40; }  # room for a failure's traceback
 bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
 {
     date -u
@@ -37,7 +37,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         gpu_tests "not compiled and not inductor"
         bench unet "${fast[@]}" --dtypes fp16 --iters 10 --ff-chunks off --own-process-memory
         bench controlnet "${fast[@]}" --dtype fp16 --iters 10 --own-process-memory
-        bench vae --size 512 --dtype fp16 --channels-last --bands 4194304,off
+        bench vae --size 512 --dtype fp16 --channels-last --bands 4194304,off --split-norms 1,131072
         bench vae --size 512 --dtype fp16 --images 4 --sliced
         bench peak_trace --size 512 --dtype fp16
         bench pipeline "${fast[@]}" --dtype fp16

@@ -17,7 +17,11 @@ prints, per variant, the operators (CUDA kernels on a GPU) that take the most ti
 resnets and upsamplings (`pilot.nn.resnet.BAND_ELEMENTS`; off: no bands, whole tensors) to
 tune it. `--images 4 --sliced` decodes a batch of 4 images and adds a row each for VAE slicing,
 one image per decoder call: diffusers' `enable_slicing()` and pilot's
-`pilot.diffusion.tiling.sliced` (what `decode_latents(..., batch=1)` does).
+`pilot.diffusion.tiling.sliced` (what `decode_latents(..., batch=1)` does). `--split-norms
+1,131072` adds pilot rows (eager, and channels_last when asked) per threshold with the
+GroupNorms whose groups hold that many elements or more taking their statistics by passes of
+general reductions (`pilot.nn.norms.SPLIT_MIN_ELEMENTS`; 131072: at 512 px, every stage above
+the latents' 64 px).
 """
 
 from __future__ import annotations
@@ -40,15 +44,17 @@ from experiments.bench.common import (
     parse_sizes,
     peak_memory_mib,
     piece_size,
+    set_constants,
     time_many_ms,
     with_piece_size,
+    within,
 )
 from experiments.bench.flops import vae_decode_flops
 from pilot.diffusion.tiling import sliced
 from pilot.models.preview import PreviewConfig, PreviewDecoder
 from pilot.models.vae import VAE_PRESETS
 from pilot.models.vae import AutoencoderKL as PilotVAE
-from pilot.nn import resnet
+from pilot.nn import norms, resnet
 
 # Options `python -m experiments.bench` passes on to this benchmark.
 SHARED_OPTIONS = ("preset", "size", "dtype", "device", "threads", "channels_last")
@@ -88,6 +94,14 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     for elements in args.bands:
         banded = with_piece_size(lambda: ours_model.decode(z), resnet, "BAND", elements)
         calls[f"pilot eager, bands {elements or 'off'}"] = banded
+    for elements in args.split_norms:
+        split = lambda e=elements: set_constants(norms, SPLIT_MIN_ELEMENTS=e)  # noqa: E731
+        calls[f"pilot eager, split norms >= {elements}"] = within(
+            lambda: ours_model.decode(z), split
+        )
+        if args.channels_last:
+            name = f"pilot channels_last, split norms >= {elements}"
+            calls[name] = within(lambda: fast.decode(z), split)
     shape = PreviewConfig(
         latent_channels=ours.cfg.latent_channels,
         upsamples=ours.cfg.downsample_factor.bit_length() - 1,
@@ -159,12 +173,18 @@ def main(argv=None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights (pilot)")
     parser.add_argument("--profile", action="store_true", help="print each decode's top kernels")
     parser.add_argument("--bands", default="", help="comma list: band sizes or off (extra rows)")
+    parser.add_argument(
+        "--split-norms", default="", help="comma list: group sizes from which GroupNorms split"
+    )
     parser.add_argument("--images", type=int, default=1, help="images decoded per call")
     parser.add_argument("--sliced", action="store_true", help="add VAE slicing rows")
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be >= 1, got {args.images}")
     args.bands = parse_sizes(parser, "--bands", args.bands)
+    args.split_norms = parse_sizes(parser, "--split-norms", args.split_norms)
+    if None in args.split_norms:
+        parser.error("--split-norms takes element counts (off is the plain pilot eager row)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from pilot.models import diffusers_config
 from pilot.nn.attention import SpatialTransformer
 from pilot.nn.embeddings import TimestepEmbedding, timestep_embedding
+from pilot.nn.norms import GroupNorm
 from pilot.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
@@ -284,7 +285,7 @@ class UNet(nn.Module):
         self.mid_block = MidBlock(cfg)
         # Up block u works at the resolution of down block i = n - 1 - u.
         self.up_blocks = nn.ModuleList(UpBlock(cfg, i) for i in reversed(range(n)))
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, chans[0], eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, chans[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
 
     def time_features(self, t: Tensor | float, batch: int, device: torch.device) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pilot.models import diffusers_config
 from pilot.nn.attention import SelfAttention2D
+from pilot.nn.norms import GroupNorm
 from pilot.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
@@ -187,7 +188,7 @@ class Encoder(nn.Module):
             for i in range(n)
         )
         self.mid_block = VAEMidBlock(chans[-1], groups)
-        self.conv_norm_out = nn.GroupNorm(groups, chans[-1], eps=1e-6)
+        self.conv_norm_out = GroupNorm(groups, chans[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(chans[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -211,7 +212,7 @@ class Decoder(nn.Module):
             )
             for i in reversed(range(n))
         )
-        self.conv_norm_out = nn.GroupNorm(groups, chans[0], eps=1e-6)
+        self.conv_norm_out = GroupNorm(groups, chans[0], eps=1e-6)
         self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pilot.nn.norms import GroupNorm
+
 
 def to_tokens(x: Tensor) -> Tensor:
     """View a (B, C, H, W) feature map as (B, H*W, C) tokens (a copy unless channels_last)."""
@@ -85,7 +87,7 @@ class SelfAttention2D(Attention):
 
     def __init__(self, channels: int, *, groups: int = 32, eps: float = 1e-6) -> None:
         super().__init__(channels, 1, channels, bias=True)
-        self.group_norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.group_norm = GroupNorm(groups, channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map (B, C, H, W) to (B, C, H, W)."""
@@ -218,7 +220,7 @@ class SpatialTransformer(nn.Module):
     ) -> None:
         super().__init__()
         head_dim = channels // heads
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm(groups, channels, eps=1e-6)
         if linear_projection:
             self.proj_in = nn.Linear(channels, channels)
             self.proj_out = nn.Linear(channels, channels)

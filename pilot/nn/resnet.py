@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pilot.nn.norms import GroupNorm
+
 # Weight elements per output pixel from which a CPU float32 conv runs as im2col + GEMM.
 GEMM_MIN_WEIGHTS_PER_PIXEL = 32_768
 
@@ -77,10 +79,10 @@ class ResnetBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.norm1 = GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.norm2 = GroupNorm(groups, out_channels, eps=eps)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = (
             Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None

@@ -145,6 +145,24 @@ def test_band_size_off_disables_bands():
         assert resnet.BAND_MIN_ELEMENTS > 1 << 60
 
 
+def test_vae_bench_split_norm_rows(capsys):
+    """`--split-norms`: a pilot row per threshold (and per layout), close to the reference,
+    the library's setting unchanged after; "off" is refused (it is the plain row)."""
+    from pilot.nn import norms
+
+    vae.main([*TINY, "--split-norms", "1,4096", "--channels-last", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()]
+    errors = {row[0]: float(row[-1]) for row in cells if len(row) > 2 and row[-1][:1].isdigit()}
+    for layout in ("eager", "channels_last"):
+        for elements in (1, 4096):
+            assert errors[f"pilot {layout}, split norms >= {elements}"] < 1e-4
+    assert norms.SPLIT_MIN_ELEMENTS is None
+    with pytest.raises(SystemExit):
+        vae.main([*TINY, "--split-norms", "off"])
+    assert "--split-norms takes element counts" in capsys.readouterr().err
+
+
 def test_vae_bench_profile_names_the_operators(capsys):
     vae.main([*TINY, "--iters", "1", "--warmup", "0", "--profile"])
     out = capsys.readouterr().out
