@@ -70,9 +70,9 @@ def build_pair(preset: str, seed: int) -> tuple[PilotVAE, AutoencoderKL]:
     return ours, ref
 
 
-def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[list[str]]:
-    """Table rows of one dtype: time every variant, compare outputs with the fp32 reference."""
-    z = latents(ours.cfg, args).to(device, dtype)
+def variants(ours, ref, dtype, device, args, z: torch.Tensor) -> dict:
+    """Name -> decode of `z` for one dtype: the references, pilot, and the rows the options ask
+    for (models copied as needed)."""
 
     def cast(model):  # float32 models are used as they are
         return (
@@ -88,20 +88,25 @@ def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[li
     calls["pilot eager"] = lambda: ours_model.decode(z)
     if args.sliced:
         calls["pilot sliced"] = lambda: sliced(ours_model.decode, z, 1)
+    layouts = {"eager": ours_model}
     if args.channels_last:
-        fast = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
-        calls["pilot channels_last"] = lambda: fast.decode(z)
+        layouts["channels_last"] = copy.deepcopy(ours_model).to(memory_format=torch.channels_last)
+        calls["pilot channels_last"] = lambda: layouts["channels_last"].decode(z)
     for elements in args.bands:
         banded = with_piece_size(lambda: ours_model.decode(z), resnet, "BAND", elements)
         calls[f"pilot eager, bands {elements or 'off'}"] = banded
     for elements in args.split_norms:
         split = lambda e=elements: set_constants(norms, SPLIT_MIN_ELEMENTS=e)  # noqa: E731
-        calls[f"pilot eager, split norms >= {elements}"] = within(
-            lambda: ours_model.decode(z), split
-        )
-        if args.channels_last:
-            name = f"pilot channels_last, split norms >= {elements}"
-            calls[name] = within(lambda: fast.decode(z), split)
+        for layout, model in layouts.items():
+            name = f"pilot {layout}, split norms >= {elements}"
+            calls[name] = within(lambda m=model: m.decode(z), split)
+    return calls
+
+
+def bench_dtype(ours, ref, dtype, device, args, flops: int, expected) -> list[list[str]]:
+    """Table rows of one dtype: time every variant, compare outputs with the fp32 reference."""
+    z = latents(ours.cfg, args).to(device, dtype)
+    calls = variants(ours, ref, dtype, device, args, z)
     shape = PreviewConfig(
         latent_channels=ours.cfg.latent_channels,
         upsamples=ours.cfg.downsample_factor.bit_length() - 1,
