@@ -17,10 +17,14 @@
   offer are the ones without inductor's own CUDA graphs.
 
 Precision is not set here: cast the models (`dtype=` on load, `sd.to(dtype=...)`); the VAE's
-float32 rule is `decode_latents(..., upcast=...)`. The VAE gets channels_last only, and only on
-the CPU: its decode runs once per image, tiled at varying sizes. On the CPU channels_last
-speeds it up (SD 1.5, 256 px: 0.80x of diffusers vs 0.92x NCHW); on a GPU it slows it down
-(H100, 512 px fp16: 1.24x vs 0.98x), as CUDA's GroupNorm copies NHWC input to NCHW.
+float32 rule is `decode_latents(..., upcast=...)`. channels_last goes where it pays. The UNet
+and ControlNets get it off the CPU only: on an H100 (512 px fp16) it made the eager UNet step
+0.75x of diffusers' against 0.79x NCHW, while on the CPU (SD 1.5, 256 px, float32, 2 threads)
+it slowed it from 0.86x to 1.08x (`python -m experiments.bench.unet --size 256 --threads 2
+--channels-last` before this rule). The VAE gets it on the CPU only: its decode runs once per
+image, tiled at varying sizes. On the CPU channels_last speeds it up (SD 1.5, 256 px: 0.80x of
+diffusers vs 0.92x NCHW); on a GPU it slows it down (H100, 512 px fp16: 1.24x vs 0.98x), as
+CUDA's GroupNorm copies NHWC input to NCHW.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class SpeedSettings:
     """Which inference speed-ups `optimize` applies (all off by default: eager PyTorch).
 
     Attributes:
-        channels_last: NHWC memory format for the UNet, ControlNets and VAE.
+        channels_last: NHWC memory format where it pays: the UNet and ControlNets off the
+            CPU, the VAE on the CPU (see the module docstring).
         compile: `torch.compile` the UNet and ControlNets, static shapes.
         compile_mode: Inductor mode; "max-autotune-no-cudagraphs" benchmarks kernel choices
             (slow to compile, faster to run on GPUs).
@@ -72,7 +77,8 @@ class SpeedSettings:
 
 
 def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
-    """Apply `settings` to a UNet or ControlNet: converted and compiled in place.
+    """Apply `settings` to a UNet or ControlNet: converted and compiled in place
+    (`channels_last` off the CPU only, where it pays).
 
     Returns:
         `model` itself, or a `CUDAGraphed` wrapper of it with `settings.cuda_graphs`.
@@ -82,7 +88,7 @@ def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     """
     if settings.cuda_graphs:
         check_cuda(model)
-    if settings.channels_last:
+    if settings.channels_last and next(model.parameters()).device.type != "cpu":
         model.to(memory_format=torch.channels_last)
     if settings.compile:
         model.compile(dynamic=False, mode=settings.compile_mode)
@@ -95,7 +101,7 @@ def optimize(sd, settings: SpeedSettings):
     The models are converted and compiled in place; the returned bundle holds them, with the
     UNet wrapped in `CUDAGraphed` when `settings.cuda_graphs` (keep using the returned one).
     Apply `optimize_model` to the ControlNets of `pilot.diffusion.control.Control`s yourself.
-    `channels_last` reaches the VAE only where it is on the CPU (see the module docstring).
+    `channels_last` reaches the UNet off the CPU and the VAE on it (see the module docstring).
     """
     unet = optimize_model(sd.unet, settings)
     if settings.channels_last and next(sd.vae.parameters()).device.type == "cpu":
