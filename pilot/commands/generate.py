@@ -76,7 +76,7 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     (`pilot.diffusion.speed`, `decode_latents`)."""
     g = p.add_argument_group("speed and memory (the same pixels up to float rounding)")
     g.add_argument("--channels-last", action="store_true",
-                   help="NHWC models where it pays: UNet, ControlNets off the CPU, VAE on it")  # fmt: skip
+                   help="NHWC where it pays: UNet, ControlNets off the CPU, VAE on it")  # fmt: skip
     g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the UNet and ControlNets (static shapes); MODE default "
                    "or max-autotune-no-cudagraphs")  # fmt: skip
