@@ -34,7 +34,7 @@ def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
     argv = []
     for name in options:
         if name == "speed":
-            argv += [f"--{flag}" for flag in ("channels-last", "compile", "cuda-graphs")
+            argv += [f"--{flag}" for flag in ("channels-last", "compile", "cuda-graphs", "prepack")
                      if getattr(args, flag.replace("-", "_"))]  # fmt: skip
             if args.compile_mode != "default":
                 argv += ["--compile-mode", args.compile_mode]
@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     shared.add_argument("--compile", action="store_true")
     shared.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     shared.add_argument("--cuda-graphs", action="store_true")
+    shared.add_argument("--prepack", action="store_true")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if args.all else args.names
     unknown = sorted(set(names) - set(BENCHMARKS))

@@ -289,6 +289,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", action="store_true", help="torch.compile, static shapes")
     group.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     group.add_argument("--cuda-graphs", action="store_true", help="replay model calls (CUDA)")
+    group.add_argument("--prepack", action="store_true", help="oneDNN-layout conv weights (CPU)")
 
 
 def speed_settings(args: argparse.Namespace) -> SpeedSettings:
@@ -298,6 +299,7 @@ def speed_settings(args: argparse.Namespace) -> SpeedSettings:
         compile=args.compile,
         compile_mode=args.compile_mode,
         cuda_graphs=args.cuda_graphs,
+        prepack=args.prepack,
     )
 
 

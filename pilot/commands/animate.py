@@ -35,7 +35,8 @@ from pilot.commands.generate import (
 DTYPES = ("float32", "float16", "bfloat16")
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
 _NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
-                 "channels_last", "compile", "cuda_graphs", "batch", "vae_batch")  # fmt: skip
+                 "channels_last", "compile", "cuda_graphs", "prepack", "batch",
+                 "vae_batch")  # fmt: skip
 
 
 def register(sub) -> None:

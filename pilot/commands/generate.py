@@ -72,7 +72,7 @@ def register(sub) -> None:
 
 
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:
-    """--channels-last, --compile [MODE], --cuda-graphs, --vae-upcast, --vae-batch
+    """--channels-last, --compile [MODE], --cuda-graphs, --prepack, --vae-upcast, --vae-batch
     (`pilot.diffusion.speed`, `decode_latents`)."""
     g = p.add_argument_group("speed and memory (the same pixels up to float rounding)")
     g.add_argument("--channels-last", action="store_true",
@@ -82,6 +82,9 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
                    "or max-autotune-no-cudagraphs")  # fmt: skip
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay UNet / ControlNet calls as CUDA graphs (CUDA only)")  # fmt: skip
+    g.add_argument("--prepack", action="store_true",
+                   help="CPU: keep the UNet's and ControlNets' conv weights in oneDNN's layout "
+                   "(faster; a second copy of those weights in memory)")  # fmt: skip
     g.add_argument("--vae-upcast", choices=VAE_UPCASTS, default="auto",
                    help="float32 rule of a half-precision VAE decode: auto (again in float32 "
                    "if it overflows), always, never (default auto)")  # fmt: skip
@@ -110,6 +113,7 @@ def speed_settings(args: argparse.Namespace, device):
         compile=args.compile is not None,
         compile_mode=args.compile or "default",
         cuda_graphs=args.cuda_graphs,
+        prepack=args.prepack,
     )
 
 

@@ -11,6 +11,10 @@
 - `compile` runs `torch.compile` on the UNet / ControlNet in place with static shapes
   (`dynamic=False`): one graph per input shape, compiled on the first call with that shape
   (tens of seconds for SD on a GPU; minutes with `max-autotune-no-cudagraphs`).
+- `prepack` (CPU) keeps the UNet's / ControlNet's convolution weights in oneDNN's layout, so no
+  convolution reorders its weights per call (`pilot.nn.resnet.Conv2d`): SD 1.5 UNet step at
+  256 px, 2 threads, 0.78x of diffusers' time against 0.87x in float32 (0.85x against 0.97x
+  in bfloat16), for a second copy of the convolution weights (+2.1 GiB of memory in float32).
 - `cuda_graphs` wraps the UNet / ControlNet in `CUDAGraphed`: each sampling step's model call is
   replayed as one CUDA graph, so the step costs no per-kernel launch time. It composes with
   `compile` (the compiled code is captured, as vLLM does), which is why the compile modes on
@@ -37,6 +41,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from pilot.nn.resnet import Conv2d
+
 MANY_GRAPHS = 16  # CUDAGraphed warns when it captures more graphs than this
 
 CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
@@ -54,12 +60,15 @@ class SpeedSettings:
         compile_mode: Inductor mode; "max-autotune-no-cudagraphs" benchmarks kernel choices
             (slow to compile, faster to run on GPUs).
         cuda_graphs: Replay the UNet / ControlNet calls as CUDA graphs (models on CUDA only).
+        prepack: Keep the UNet's and ControlNets' convolution weights in oneDNN's layout too
+            (models on the CPU; elsewhere nothing): faster, a second copy of those weights.
     """
 
     channels_last: bool = False
     compile: bool = False
     compile_mode: CompileMode = "default"
     cuda_graphs: bool = False
+    prepack: bool = False
 
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
@@ -70,7 +79,8 @@ class SpeedSettings:
 
     def describe(self) -> str:
         """Short label of the settings on, e.g. "channels_last+compile", or "eager"."""
-        on = [name for name in ("channels_last", "compile", "cuda_graphs") if getattr(self, name)]
+        names = ("channels_last", "compile", "cuda_graphs", "prepack")
+        on = [name for name in names if getattr(self, name)]
         if self.compile and self.compile_mode != "default":
             on[on.index("compile")] = f"compile({self.compile_mode})"
         return "+".join(on) or "eager"
@@ -78,7 +88,7 @@ class SpeedSettings:
 
 def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     """Apply `settings` to a UNet or ControlNet: converted and compiled in place
-    (`channels_last` off the CPU only, where it pays).
+    (`channels_last` off the CPU only, where it pays; `prepack` on the CPU only).
 
     Returns:
         `model` itself, or a `CUDAGraphed` wrapper of it with `settings.cuda_graphs`.
@@ -88,8 +98,13 @@ def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     """
     if settings.cuda_graphs:
         check_cuda(model)
-    if settings.channels_last and next(model.parameters()).device.type != "cpu":
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if settings.channels_last and not on_cpu:
         model.to(memory_format=torch.channels_last)
+    if settings.prepack and on_cpu:
+        for module in model.modules():
+            if isinstance(module, Conv2d):
+                module.prepack = True
     if settings.compile:
         model.compile(dynamic=False, mode=settings.compile_mode)
     return CUDAGraphed(model) if settings.cuda_graphs else model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,17 +15,27 @@ GEMM_MIN_WEIGHTS_PER_PIXEL = 32_768
 
 
 class Conv2d(nn.Conv2d):
-    """`nn.Conv2d` that runs weight-heavy, low-resolution convolutions as im2col + GEMM on CPU.
+    """`nn.Conv2d` that runs weight-heavy, low-resolution convolutions as im2col + GEMM on CPU,
+    or every CPU convolution on weights laid out for oneDNN once (`prepack`).
 
     PyTorch's CPU convolution (oneDNN) re-lays out the weights on every call. When the weights
     far outnumber the output pixels, as in SD's 1280-channel convs on 4x4 to 16x16 latents,
     that reorder costs about as much as the convolution, while a GEMM over unfolded patches
     reads the weights in place: the SD 1.5 UNet at 256x256 px runs ~15% faster on CPU. On other
     devices and dtypes, and at high resolution, this is `nn.Conv2d`. Parameters are the same.
+
+    With `prepack` set (`pilot.diffusion.speed.SpeedSettings(prepack=True)`), no-grad float32
+    and bfloat16 CPU calls keep a copy of the weights in oneDNN's layout for the input's shape
+    and run oneDNN's convolution on it: no per-call reorder at all, at the price of a second
+    copy of the weights in memory. Its output is channels_last whatever the input's layout.
     """
+
+    prepack = False  # set per module by `pilot.diffusion.speed.optimize_model`
 
     def forward(self, x: Tensor) -> Tensor:
         """Map (B, C_in, H, W) to (B, C_out, H_out, W_out)."""
+        if self.prepack and _prepackable(self, x):
+            return self._prepacked(x)
         out_size = self._gemm_output_size(x)
         if out_size is None:
             return super().forward(x)
@@ -32,6 +44,19 @@ class Conv2d(nn.Conv2d):
         if self.bias is not None:
             out = out + self.bias[:, None]
         return out.unflatten(-1, out_size)
+
+    def _prepacked(self, x: Tensor) -> Tensor:
+        """oneDNN's convolution on weights reordered once per input shape, dtype and weight
+        version (an in-place weight update makes a new copy)."""
+        key = (tuple(x.shape), x.dtype, self.weight.data_ptr(), self.weight._version)
+        packed = _PACKED.get(self)
+        args = [list(self.padding), list(self.stride), list(self.dilation), self.groups]
+        if packed is None or packed[0] != key:
+            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
+            packed = _PACKED[self] = (key, weight)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed[1], self.bias, *args, "none", [], ""
+        )
 
     def _gemm_output_size(self, x: Tensor) -> tuple[int, int] | None:
         """(H_out, W_out) when the GEMM path applies to `x`, else None."""
@@ -49,6 +74,26 @@ class Conv2d(nn.Conv2d):
         if self.weight.numel() < GEMM_MIN_WEIGHTS_PER_PIXEL * x.shape[0] * out_h * out_w:
             return None
         return out_h, out_w
+
+
+# Conv2d -> (key, weights in oneDNN's layout): outside the module, so state dicts, copies and
+# pickles never see the opaque tensor.
+_PACKED: weakref.WeakKeyDictionary[Conv2d, tuple] = weakref.WeakKeyDictionary()
+
+
+def _prepackable(conv: Conv2d, x: Tensor) -> bool:
+    """Whether `conv(x)` can run on prepacked weights: a no-grad float32 / bfloat16 CPU call
+    with numeric zero padding, in a PyTorch built with oneDNN."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and conv.weight.dtype == x.dtype
+        and isinstance(conv.padding, tuple)
+        and conv.padding_mode == "zeros"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
 
 
 class ResnetBlock2D(nn.Module):

@@ -34,13 +34,15 @@ def test_speed_flags_and_batch_keep_the_frames(
         AutoencoderKL, "decode", lambda vae, z: decoded.append(len(z)) or plain(vae, z)
     )
     assert animate(model_folder, small_shot, tmp_path / "b.mp4", *control, "--channels-last",
-                   "--batch", "3", "--vae-batch", "2", "--vae-upcast", "always") == 0  # fmt: skip
+                   "--prepack", "--batch", "3", "--vae-batch", "2", "--vae-upcast",
+                   "always") == 0  # fmt: skip
     assert decoded == [2, 1]  # the batch of 3 frames, decoded by slices of 2
     for k in range(3):
         a, b = (read_image(tmp_path / f"{r}.run" / "frames" / f"{k:06d}.png") for r in "ab")
         assert (a - b).abs().max() <= 1 / 255 + 1e-6, k  # 8-bit frames of float-equal images
     settings = json.loads((tmp_path / "b.run" / "settings.json").read_text())
-    assert settings["vae_upcast"] == "always" and not {"batch", "vae_batch"} & set(settings)
+    assert settings["vae_upcast"] == "always"
+    assert not {"batch", "vae_batch", "prepack"} & set(settings)
     assert "vae_upcast" not in json.loads((tmp_path / "a.run" / "settings.json").read_text())
     capsys.readouterr()
     argv = [*control, "--channels-last", "--batch", "2", "--vae-batch", "1", "--json"]

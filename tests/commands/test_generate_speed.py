@@ -26,6 +26,7 @@ def test_speed_flags_parse_to_settings():
     s = speed_settings(parse("--compile", "max-autotune-no-cudagraphs"), cpu)
     assert s.compile_mode == "max-autotune-no-cudagraphs" and not s.channels_last
     assert speed_settings(parse("--cuda-graphs"), torch.device("cuda")).cuda_graphs
+    assert speed_settings(parse("--prepack"), cpu).describe() == "prepack"
     assert parse().vae_upcast == "auto" and parse().vae_batch is None
     assert parse("--vae-batch", "2").vae_batch == 2
 
@@ -55,7 +56,7 @@ def test_bad_speed_flags_fail_before_any_work(capsys, tmp_path, argv, message):
     assert not out.exists()
 
 
-def test_channels_last_gives_the_default_image(
+def test_channels_last_and_prepack_give_the_default_image(
     capsys,
     tiny_sd_folder,
     controlnet_folder,  # noqa: F811 (the fixture imported above)
@@ -67,8 +68,8 @@ def test_channels_last_gives_the_default_image(
             "--control", f"depth:{tmp_path / 'depth.png'}:1.0", "--controlnet",
             str(controlnet_folder)]  # fmt: skip
     plain = run(capsys, *base)
-    fast = run(capsys, *base, "--channels-last", "--vae-upcast", "always")
-    assert fast["speed"] == "channels_last" and plain["speed"] == "eager"
+    fast = run(capsys, *base, "--channels-last", "--prepack", "--vae-upcast", "always")
+    assert fast["speed"] == "channels_last+prepack" and plain["speed"] == "eager"
     a, b = (read_image(s["images"][0]) for s in (plain, fast))
     assert (a - b).abs().max() <= 1 / 255 + 1e-6  # 8-bit PNGs of float-equal images
     params = json.loads(read_png_text(fast["images"][0])["pilot"])

@@ -80,6 +80,26 @@ def test_channels_last_unet_controlnet_and_vae_match():
     assert max(rel_err(a, b) for a, b in zip(down, ref_net[0], strict=True)) < 1e-5
 
 
+@torch.no_grad()
+def test_prepack_unet_and_controlnet_match():
+    """`prepack` on CPU models: every pilot Conv2d runs on oneDNN-layout weights, and the UNet
+    and ControlNet compute what they did; off the CPU nothing is set (no model there here)."""
+    from pilot.nn.resnet import Conv2d
+
+    unet, net = UNet(UNET_PRESETS["tiny"]).eval(), controlnet()
+    x, t, context = unet_inputs()
+    image = torch.rand(2, 3, 64, 64)
+    ref_unet, (ref_down, ref_mid) = unet(x, t, context), net(x, t, context, image)
+    settings = SpeedSettings(prepack=True)
+    assert settings.describe() == "prepack"
+    assert optimize_model(unet, settings) is unet and optimize_model(net, settings) is net
+    assert all(m.prepack for m in [*unet.modules(), *net.modules()] if isinstance(m, Conv2d))
+    assert rel_err(unet(x, t, context), ref_unet) < 1e-5
+    down, mid = net(x, t, context, image)
+    assert rel_err(mid, ref_mid) < 1e-5
+    assert max(rel_err(a, b) for a, b in zip(down, ref_down, strict=True)) < 1e-5
+
+
 def test_compile_is_applied_in_place():
     """The cheap half: `compile` wraps the module's call in place (compiling happens lazily)."""
     unet = UNet(UNET_PRESETS["tiny"]).eval()

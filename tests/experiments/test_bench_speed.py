@@ -23,10 +23,11 @@ def test_runner_forwards_the_options_a_benchmark_takes():
     args = argparse.Namespace(
         preset="tiny", size=64, dtype="bf16", device=None, threads=1, channels_last=True,
         compile=False, compile_mode="max-autotune-no-cudagraphs", cuda_graphs=False,
+        prepack=True,
     )  # fmt: skip
     assert runner.forwarded(args, unet.SHARED_OPTIONS) == [
         "--preset", "tiny", "--size", "64", "--dtype", "bf16", "--threads", "1",
-        "--channels-last", "--compile-mode", "max-autotune-no-cudagraphs",
+        "--channels-last", "--prepack", "--compile-mode", "max-autotune-no-cudagraphs",
     ]  # fmt: skip
     assert runner.forwarded(args, ("preset", "size")) == ["--preset", "tiny", "--size", "64"]
     assert runner.forwarded(args, ()) == []

@@ -235,6 +235,41 @@ def test_conv2d_gemm_path_matches_conv(monkeypatch, kernel, stride, padding, bia
     assert conv._gemm_output_size(x) is None
 
 
+@pytest.mark.parametrize(("stride", "padding"), [(1, 1), (2, 1), (2, 0), (1, 0)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_conv2d_prepacked_matches_conv(stride, padding, layout):
+    """`prepack`: no-grad CPU calls on oneDNN-layout weights equal the plain convolution (a
+    channels_last output), float32 and bfloat16; with autograd the plain path runs."""
+    torch.manual_seed(0)
+    conv = Conv2d(16, 24, 3, stride=stride, padding=padding)
+    conv.prepack = True
+    x = torch.randn(2, 16, 9, 7).to(memory_format=layout)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride, padding)
+    with torch.no_grad():
+        out = conv(x)
+        half = conv.bfloat16()(x.bfloat16()).float()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert ((half - expected).abs().max() / expected.abs().max()).item() < 2e-2
+    out = conv.float()(x.requires_grad_())
+    assert out.grad_fn is not None
+
+
+@torch.no_grad()
+def test_conv2d_prepacked_follows_weight_updates():
+    """Weights changed in place (a `load_state_dict`) are packed again; so is a new input size."""
+    conv = Conv2d(8, 8, 3, padding=1)
+    conv.prepack = True
+    x = torch.randn(1, 8, 6, 6)
+    conv(x)
+    conv.weight.mul_(2)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    y = torch.randn(2, 8, 5, 4)
+    expected = torch.nn.functional.conv2d(y, conv.weight, conv.bias, 1, 1)
+    torch.testing.assert_close(conv(y), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_geglu_without_grad_multiplies_in_the_projection_memory():
     """No backward to serve: the gate's product is written over the projection's first half
     (the SD 1.5 UNet's float32 peak at 256 px fell from 62.5 to 52.5 MiB of tensors)."""
