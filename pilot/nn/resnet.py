@@ -83,9 +83,11 @@ _PACKED: weakref.WeakKeyDictionary[Conv2d, tuple] = weakref.WeakKeyDictionary()
 
 def _prepackable(conv: Conv2d, x: Tensor) -> bool:
     """Whether `conv(x)` can run on prepacked weights: a no-grad float32 / bfloat16 CPU call
-    with numeric zero padding, in a PyTorch built with oneDNN."""
+    with numeric zero padding, in a PyTorch built with oneDNN, not being traced by
+    `torch.compile` (whose CPU backend packs weights its own way)."""
     return (
         not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and conv.weight.dtype == x.dtype
