@@ -59,10 +59,14 @@ def group_norm_by_passes(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     torch.sub(grouped, mean, out=centred)
     count = grouped[0, 0].numel()
     var = torch.linalg.vector_norm(centred, 2, dims, dtype=acc).square_().div_(count)
-    scale = torch.rsqrt(var + norm.eps).repeat_interleave(c // groups, 1)  # (B, C)
-    if norm.weight is not None:
-        scale = scale * norm.weight.to(acc)
-    scale = scale.view(b, c, *[1] * (x.ndim - 2))
+    scale = channel_scale(var, norm).view(b, c, *[1] * (x.ndim - 2))
     if norm.bias is None:
         return out.mul_(scale)
     return torch.addcmul(norm.bias.to(acc).view(c, *[1] * (x.ndim - 2)), out, scale, out=out)
+
+
+def channel_scale(var: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """Per-channel factor (B, C) of a GroupNorm whose groups have variances `var` (B, G):
+    `weight / sqrt(var + eps)`, in `var`'s dtype."""
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(norm.num_channels // norm.num_groups, 1)
+    return scale if norm.weight is None else scale * norm.weight.to(scale.dtype)

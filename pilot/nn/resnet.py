@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pilot.nn.norms import GroupNorm
+from pilot.nn.norms import GroupNorm, channel_scale
 
 # Weight elements per output pixel from which a CPU float32 conv runs as im2col + GEMM.
 GEMM_MIN_WEIGHTS_PER_PIXEL = 32_768
@@ -204,9 +204,7 @@ def _banded_norm_conv(
     bands = _bands(x)
     mean, var = _group_stats(x, norm.num_groups, bands)
     per_group = channels // norm.num_groups
-    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, 1)
-    if norm.weight is not None:
-        scale = scale * norm.weight.to(scale.dtype)
+    scale = channel_scale(var, norm)
     shift = -mean.repeat_interleave(per_group, 1) * scale
     if norm.bias is not None:
         shift = shift + norm.bias.to(shift.dtype)
