@@ -1,0 +1,190 @@
+"""The README stays true to the code: every `pilot ...` and `python -m ...` command it shows
+(code blocks and inline spans) parses with today's options, and every repository path it names
+(commands, links, images) exists."""
+
+import argparse
+import re
+import runpy
+import shlex
+import sys
+import warnings
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from pilot.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# Repository paths a command or link may name (placeholders like CKPT or runs/... are outputs).
+REPO_PATH = re.compile(r"^(?:\./)?((?:experiments|tests|pilot|train|\.ci)/[\w./-]*\w)$")
+PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")  # MODEL, CKPT, B, LO: a value the reader picks
+
+
+class Parsed(Exception):
+    """Raised instead of running a command once its arguments parsed."""
+
+
+class Rejected(Exception):
+    """argparse refused a command's arguments (its message)."""
+
+
+def shell_lines(text: str) -> list[str]:
+    """The lines of the README's bash code blocks, `\\` continuations joined."""
+    lines = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        lines += block.replace("\\\n", " ").splitlines()
+    return lines
+
+
+def inline_spans(text: str) -> list[str]:
+    """Inline code spans outside code blocks (they may wrap across lines)."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def commands(text: str) -> list[list[str]]:
+    """Every `pilot` / `python -m` command of the README as argv, without environment
+    assignments, `time`, comments or `&&` chains; `a|b` alternatives expand, `[--opt X]`
+    optional parts are kept, lines with `...` placeholders are left out."""
+    found = []
+    for line in [*shell_lines(text), *inline_spans(text)]:
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:  # prose with an apostrophe, not a command
+            continue
+        for part in " ".join(map(shlex.quote, tokens)).split(" '&&' "):
+            argv = [t.strip("[]()") for t in shlex.split(part)]
+            while argv and (argv[0] in ("time", "") or re.match(r"^[A-Z_]+=", argv[0])):
+                argv.pop(0)
+            is_command = argv[:1] == ["pilot"] or argv[:2] == ["python", "-m"]
+            if is_command and not any("..." in t for t in argv):
+                found += expand(argv)
+    return found
+
+
+def expand(argv: list[str]) -> list[list[str]]:
+    """One argv per alternative of the first `a|b|c` token."""
+    for i, token in enumerate(argv):
+        if "|" in token:
+            return [
+                cmd for alt in token.split("|") for cmd in expand([*argv[:i], alt, *argv[i + 1 :]])
+            ]
+    return [argv]
+
+
+def named_paths(text: str, argvs: list[list[str]]) -> set[str]:
+    """Repository paths named by the commands, inline code spans, links and images."""
+    tokens = [t.split("=", 1)[-1] for argv in argvs for t in argv]
+    tokens += [t.strip(",;:") for span in inline_spans(text) for t in span.split()]
+    tokens += re.findall(r"\]\(([^)#\s]+)", text)
+    return {m.group(1) for t in tokens if (m := REPO_PATH.match(t))}
+
+
+def lenient(parser: argparse.ArgumentParser) -> None:
+    """Make every argument of `parser` and its subcommands optional (the README names
+    commands in prose without their required arguments) and let typed arguments take a
+    placeholder (`--batch B`)."""
+    for action in parser._actions:
+        action.required = False
+        if callable(action.type) and not getattr(action.type, "lenient", False):
+            action.type = placeholder_or(action.type)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                lenient(sub)
+    for group in parser._mutually_exclusive_groups:
+        group.required = False
+
+
+def placeholder_or(convert):
+    """`convert`, except that a placeholder stays as it is."""
+
+    def value(text: str):
+        return text if PLACEHOLDER.match(text) else convert(text)
+
+    value.lenient = True
+    value.__name__ = getattr(convert, "__name__", "value")  # argparse's "invalid int value"
+    return value
+
+
+@pytest.fixture
+def strict_argparse(monkeypatch):
+    """argparse that raises `Rejected` on a bad argument and `Parsed` once parsing succeeds,
+    so a module's `main` stops before it does any work."""
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):
+        lenient(self)
+        raise Parsed(parse_args(self, args, namespace))
+
+    def error(self, message):
+        raise Rejected(f"{self.prog}: {message}")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    monkeypatch.setattr(argparse.ArgumentParser, "error", error)
+
+
+def parse(argv: list[str], monkeypatch) -> None:
+    """Parse one README command the way its program would; raise `Rejected` if it does not."""
+    if argv[0] == "pilot":
+        with pytest.raises(Parsed):
+            build_parser().parse_args(argv[1:])
+        return
+    module = argv[2]
+    if module == "pytest" or find_spec(module) is None:  # pytest: its paths are checked
+        assert module == "pytest", f"no module {module}"
+        return
+    source = Path(find_spec(module).origin).read_text()
+    if "parse_args" not in source and "__main__" in source:  # an entry point without options
+        assert len(argv) == 3, f"{module} takes no arguments: {argv}"
+        return
+    if "parse_args" not in source:  # a package: its __main__ module parses
+        module += ".__main__"
+    monkeypatch.setattr(sys, "argv", [module, *argv[3:]])
+    with pytest.raises(Parsed), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
+def test_readme_commands_are_found():
+    """The extraction sees the README's commands, wrapped inline spans included."""
+    argvs = commands(README.read_text())
+    assert ["pilot", "demo"] in argvs
+    assert any(argv[:3] == ["python", "-m", "experiments.bench.vae"] for argv in argvs)
+    assert len(argvs) > 80
+    text = (
+        "see `python -m experiments.bench.unet --size\n256 --threads 2` and `A=1 time pilot x|y -q`"
+    )
+    assert commands(text) == [
+        ["python", "-m", "experiments.bench.unet", "--size", "256", "--threads", "2"],
+        ["pilot", "x", "-q"],
+        ["pilot", "y", "-q"],
+    ]
+
+
+def test_readme_commands_parse(strict_argparse, monkeypatch):
+    bad = []
+    for argv in commands(README.read_text()):
+        try:
+            parse(argv, monkeypatch)
+        except (Rejected, AssertionError, pytest.fail.Exception) as e:
+            bad.append(f"{shlex.join(argv)}\n    {e}")
+    assert not bad, "README commands that no longer parse:\n" + "\n".join(bad)
+
+
+def test_readme_paths_exist():
+    text = README.read_text()
+    missing = sorted(p for p in named_paths(text, commands(text)) if not (ROOT / p).exists())
+    assert not missing, f"README.md names paths that do not exist: {missing}"
+
+
+def test_a_stale_option_is_caught(strict_argparse, monkeypatch):
+    with pytest.raises(Rejected, match="--no-such-flag"):
+        parse(["pilot", "demo", "--no-such-flag"], monkeypatch)
+    with pytest.raises(Rejected, match="invalid choice"):
+        parse(["python", "-m", "experiments.bench.unet", "--preset", "sd99"], monkeypatch)
+    with pytest.raises(Rejected, match="invalid int value: 'b'"):
+        parse(["pilot", "demo", "--batch", "b"], monkeypatch)
+    parse(["pilot", "animate", "--preview-decoder", "FOLDER"], monkeypatch)  # a fragment is fine
+    parse(["pilot", "demo", "--batch", "B"], monkeypatch)  # a placeholder is fine
