@@ -1,0 +1,74 @@
+"""`experiments/bench/gpu.sh`, the script a session lent a GPU runs with minutes to spare:
+every benchmark line parses with today's options, and every test it selects exists."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli_parse import Rejected, parse, strict_argparse
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "experiments/bench/gpu.sh"
+PHASES = ("eager", "memory", "compile")
+
+
+def phase_lines(text: str) -> dict[str, list[str]]:
+    """The body lines of each `case` branch: phase -> lines."""
+    branches = re.findall(r"^\s+(\w+)\)(.*?);;", text, flags=re.S | re.M)
+    return {name: body.strip().splitlines() for name, body in branches}
+
+
+def bench_commands(text: str) -> dict[str, list[list[str]]]:
+    """Phase -> the argv (`python -m experiments.bench.NAME ...`) of each `bench` line."""
+    fast = re.search(r"^\s*fast=\((.*)\)", text, flags=re.M).group(1)
+    out = {}
+    for phase, lines in phase_lines(text).items():
+        out[phase] = [
+            ["python", "-m", f"experiments.bench.{words[1]}", *words[2:]]
+            for line in lines
+            if (words := shlex.split(line.replace('"${fast[@]}"', fast), comments=True))
+            and words[0] == "bench"
+        ]
+    return out
+
+
+def test_every_phase_runs_benchmarks():
+    commands = bench_commands(SCRIPT.read_text())
+    assert set(commands) == set(PHASES)
+    assert all(commands[phase] for phase in PHASES)
+    assert ["python", "-m", "experiments.bench.unet", "--size", "512"] == commands["compile"][0][:5]
+
+
+def test_every_benchmark_line_parses(monkeypatch):
+    strict_argparse(monkeypatch)
+    bad = []
+    for phase, argvs in bench_commands(SCRIPT.read_text()).items():
+        for argv in argvs:
+            try:
+                parse(argv, monkeypatch)
+            except (Rejected, AssertionError, pytest.fail.Exception) as e:
+                bad.append(f"{phase}: {shlex.join(argv)}\n    {e}")
+    assert not bad, "gpu.sh lines that would fail on the GPU:\n" + "\n".join(bad)
+
+
+def test_the_gpu_tests_it_selects_exist():
+    text = SCRIPT.read_text()
+    files = re.search(r"-k \"\$1\" (.*?) 2>&1", text, flags=re.S).group(1).replace("\\\n", " ")
+    files = files.split()
+    assert all((ROOT / f).is_file() for f in files), files
+    selections = re.findall(r'gpu_tests "([^"]+)"', text)
+    assert len(selections) == len(PHASES)
+    for expr in set(selections):
+        argv = ["-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "-m", "gpu"]
+        done = subprocess.run(
+            [sys.executable, *argv, "-k", expr, *files], cwd=ROOT, capture_output=True, text=True
+        )
+        collected = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", done.stdout)
+        assert done.returncode == 0 and collected and int(collected.group(1)) > 0, (
+            expr,
+            done.stdout[-2000:],
+        )
