@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 9's GPU figures in two calls, SD 1.5 shapes (random weights), 512x512, from the repo root:
+# Issue 9's GPU figures, one phase per call, SD 1.5 shapes (random weights), 512x512, from the repo root:
 #
+#   experiments/bench/gpu.sh acceptance  # issue 9's acceptance rows only, on the current code, ~6 min
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # compile GPU tests + torch.compile (pilot's and diffusers'), ~6 min
 #   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, flow, ~5 min
@@ -13,16 +14,22 @@ out=${OUT:-runs/bench_gpu}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-# $1: pytest -k expression; the compile tests (~1 min) run in the compile phase only
+# $1: pytest -k expression; the compile tests (~1 min) run in the compile and acceptance phases
 gpu_tests() { "$py" -m pytest -q -p no:cacheprovider -m gpu -k "$1" tests/diffusion/test_speed.py \
     tests/experiments/test_bench_speed.py tests/models/test_vae.py tests/nn/test_norms.py tests/animation/test_feedback.py 2>&1 | tail -40; }  # room for a failure's traceback
-bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
+bench() { echo "== $(date -u +%T) $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 2>&1; echo; }
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     "$py" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
     fast=(--size 512 --channels-last --cuda-graphs)
     case $phase in
+    acceptance)  # compiled, eager and graphed UNet step with memory, the whole image: a session's first call
+        gpu_tests "cublas or inductor"
+        bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10
+        bench pipeline "${fast[@]}" --dtype fp16
+        bench unet "${fast[@]}" --dtypes fp16 --iters 10 --ff-chunks off --own-process-memory
+        ;;
     eager)
         gpu_tests "not compiled and not inductor"
         bench flops
@@ -49,6 +56,7 @@ bench() { echo "== $*"; timeout "${LIMIT:-240}" "$py" -m "experiments.bench.$@" 
         bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10
         bench pipeline "${fast[@]}" --compile --dtype fp16
         ;;
-    *) echo "unknown phase $phase (eager, compile, memory)"; exit 2 ;;
+    *) echo "unknown phase $phase (acceptance, eager, compile, memory)"; exit 2 ;;
     esac
+    date -u +"== done %T"
 } 2>&1 | tee "$out/$phase.log"

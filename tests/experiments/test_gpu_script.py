@@ -13,7 +13,7 @@ from tests.cli_parse import Rejected, parse, strict_argparse
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments/bench/gpu.sh"
-PHASES = ("eager", "memory", "compile")
+PHASES = ("acceptance", "eager", "memory", "compile")
 
 
 def phase_lines(text: str) -> dict[str, list[str]]:
