@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue 9's GPU figures, one phase per call, SD 1.5 shapes (random weights), 512x512, from the repo root:
 #
-#   experiments/bench/gpu.sh acceptance  # issue 9's acceptance rows only, on the current code, ~6 min
+#   experiments/bench/gpu.sh acceptance  # issue 9's acceptance rows only, on the current code, ~7 min
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # compile GPU tests + torch.compile (pilot's and diffusers'), ~6 min
 #   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, flow, ~5 min
 #
 # Each benchmark gets its own time limit (LIMIT seconds, default 240) so one that hangs does not
-# lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default).
+# lose the others; the whole output goes to $OUT/<phase>.log (OUT: runs/bench_gpu by default),
+# ending with the acceptance points read from its tables (`experiments.bench.acceptance`).
 set -uo pipefail
 phase=${1:-eager}
 out=${OUT:-runs/bench_gpu}
@@ -24,9 +25,8 @@ bench() { echo "== $(date -u +%T) $*"; timeout "${LIMIT:-240}" "$py" -m "experim
     "$py" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
     fast=(--size 512 --channels-last --cuda-graphs)
     case $phase in
-    acceptance)  # compiled, eager and graphed UNet step with memory, the whole image: a session's first call
-        gpu_tests "cublas or inductor"
-        bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10
+    acceptance)  # compiled, graphed and eager UNet step with memory, the whole image: a session's first call
+        LIMIT=420 bench unet "${fast[@]}" --compile --dtypes fp16 --iters 10 --own-process-memory
         bench pipeline "${fast[@]}" --dtype fp16
         bench unet "${fast[@]}" --dtypes fp16 --iters 10 --ff-chunks off --own-process-memory
         ;;
@@ -60,3 +60,5 @@ bench() { echo "== $(date -u +%T) $*"; timeout "${LIMIT:-240}" "$py" -m "experim
     esac
     date -u +"== done %T"
 } 2>&1 | tee "$out/$phase.log"
+# issue 9's acceptance points from the tables above (exit 1 if one does not hold)
+"$py" -m experiments.bench.acceptance "$out/$phase.log" 2>&1 | tee -a "$out/$phase.log"
