@@ -5,6 +5,7 @@ Used to check the commands the README and `experiments/bench/gpu.sh` show."""
 import argparse
 import re
 import runpy
+import shlex
 import sys
 import warnings
 from importlib.util import find_spec
@@ -88,3 +89,16 @@ def parse(argv: list[str], monkeypatch) -> None:
     with pytest.raises(Parsed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
         runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
+def unparsable(argvs: list[list[str]], monkeypatch) -> list[str]:
+    """Each command of `argvs` that does not parse, with argparse's message (for an assert);
+    sets `strict_argparse` up itself."""
+    strict_argparse(monkeypatch)
+    bad = []
+    for argv in argvs:
+        try:
+            parse(argv, monkeypatch)
+        except (Rejected, AssertionError, pytest.fail.Exception) as e:
+            bad.append(f"{shlex.join(argv)}\n    {e}")
+    return bad

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_parse import Rejected, parse, strict_argparse
+from tests.cli_parse import Rejected, parse, strict_argparse, unparsable
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -85,13 +85,7 @@ def test_readme_commands_are_found():
 
 
 def test_readme_commands_parse(monkeypatch):
-    strict_argparse(monkeypatch)
-    bad = []
-    for argv in commands(README.read_text()):
-        try:
-            parse(argv, monkeypatch)
-        except (Rejected, AssertionError, pytest.fail.Exception) as e:
-            bad.append(f"{shlex.join(argv)}\n    {e}")
+    bad = unparsable(commands(README.read_text()), monkeypatch)
     assert not bad, "README commands that no longer parse:\n" + "\n".join(bad)
 
 
