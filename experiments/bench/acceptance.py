@@ -134,7 +134,8 @@ def verdict(point, row, ref, unit, target, mode, table, ratio=None) -> list[str]
     goal = f"<= {target}x {mode}"
     if ours is None or theirs is None:
         return [point, "-", "-", "-", goal, "**no** (not measured)", table.source]
-    ratio = ours / theirs if ratio is None else ratio
+    if ratio is None:  # 0 / 0: both too small to show (tiny models on a CPU)
+        ratio = ours / theirs if theirs else (1.0 if ours == 0 else float("inf"))
     holds = "yes" if ratio <= target else "**no**"
     pilot, diffusers = f"{ours:g} {unit}", f"{theirs:g} {unit} {mode}"
     return [point, pilot, diffusers, f"{ratio:.2f}x", goal, holds, table.source]

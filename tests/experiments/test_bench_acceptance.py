@@ -127,3 +127,16 @@ def test_the_recorded_h100_logs():
     assert rows[("h100_compile.log", f"peak memory, UNet step vs compiled, {fast}")][3:6] == [
         "1.17x", "<= 1.0x compiled", "**no**"
     ]  # fmt: skip
+
+
+def test_zero_memory_on_both_sides(tmp_path):
+    """Tiny models on a CPU (a dry run of gpu.sh) round to 0 MiB: equal, not a crash."""
+    rows = verdicts(
+        tmp_path,
+        unet_log([("diffusers eager", 8.7, 0, 0, 0.0), ("pilot eager", 7.0, 0, 0, 6e-7)]),
+    )
+    assert rows["peak memory, UNet step vs eager, pilot eager"][3:6] == [
+        "1.00x",
+        "<= 1.0x eager",
+        "yes",
+    ]
