@@ -1,6 +1,7 @@
 """`experiments/bench/gpu.sh`, the script a session lent a GPU runs with minutes to spare:
 every benchmark line parses with today's options, and every test it selects exists."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -66,3 +67,23 @@ def test_the_gpu_tests_it_selects_exist():
             expr,
             done.stdout[-2000:],
         )
+
+
+def test_a_dry_run_on_the_cpu(tmp_path):
+    """The acceptance phase end to end with tiny models on the CPU (float32, no torch.compile):
+    every benchmark runs, and the log ends with the acceptance points read from it."""
+    text = SCRIPT.read_text()
+    fast = "fast=(--size 512 --channels-last --cuda-graphs)"
+    assert fast in text
+    dry = text.replace(fast, "fast=(--preset tiny --size 32 --threads 1 --channels-last)")
+    dry = dry.replace(" --compile ", " ").replace("fp16", "fp32")
+    (tmp_path / "gpu.sh").write_text(dry)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    subprocess.run(
+        ["bash", str(tmp_path / "gpu.sh"), "acceptance"], cwd=ROOT, env=env, capture_output=True,
+        timeout=900, check=False,
+    )  # fmt: skip
+    log = (tmp_path / "out/acceptance.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("| variant") == 3  # UNet, image, UNet with own-process memory
+    assert re.search(r"\n\d+ of \d+ points hold", log), log[-3000:]
