@@ -5,7 +5,8 @@
         experiments/bench/results/h100_compile.log
 
 For every UNet table (`experiments.bench.unet`) and txt2img table (`experiments.bench.pipeline`)
-in the logs, the points are, each ratio taken within one table (one process):
+in the logs, and every dtype in it, the points are, each ratio taken within one table (one
+process):
 
 - the fastest pilot row without torch.compile against diffusers eager: <= 0.8x;
 - a pilot row with torch.compile against diffusers compiled: <= 1.0x;
@@ -34,8 +35,8 @@ TIME_TARGET, COMPILED_TARGET, MEMORY_TARGET, ERROR_TARGET = 0.8, 1.0, 1.0, 5e-2
 
 @dataclass(frozen=True)
 class Table:
-    """One benchmark table of a log: its kind ("unet" / "pipeline"), where it starts, its rows
-    (column name -> cell) by variant."""
+    """One benchmark table of a log, or its rows of one dtype: its kind ("unet" / "pipeline"),
+    where it starts (and the dtype), its rows (column name -> cell) by variant."""
 
     kind: str
     source: str
@@ -57,8 +58,9 @@ def read_tables(path: Path) -> list[Table]:
                 if not row.startswith("|"):
                     break
                 body.append(dict(zip(header, cells(row), strict=True)))
-            rows = {row["variant"]: row for row in body}
-            tables.append(Table(kind, f"{path.name}:{i + 1}", rows))
+            for dtype in dict.fromkeys(row.get("dtype", "") for row in body):  # one per dtype
+                rows = {r["variant"]: r for r in body if r.get("dtype", "") == dtype}
+                tables.append(Table(kind, f"{path.name}:{i + 1} {dtype}".strip(), rows))
     return tables
 
 

@@ -67,7 +67,7 @@ def test_points_of_a_unet_table(tmp_path):
     ]  # fmt: skip
     assert rows[f"largest error vs fp32, UNet step, {fast}"][1] == "3.0e-02"
     assert all(row[5] == "yes" for row in rows.values())
-    assert all(row[6] == "acceptance.log:3" for row in rows.values())  # the table's header line
+    assert all(row[6] == "acceptance.log:3 fp16" for row in rows.values())  # header line, dtype
 
 
 def test_a_point_that_does_not_hold(tmp_path, capsys):
@@ -140,3 +140,11 @@ def test_zero_memory_on_both_sides(tmp_path):
         "<= 1.0x eager",
         "yes",
     ]
+
+
+def test_one_table_per_dtype():
+    """A table with float16 and bfloat16 rows gives the points of each dtype on its own."""
+    tables = [t for t in acceptance.read_tables(RESULTS / "h100_eager.log") if t.kind == "unet"]
+    assert [t.source for t in tables] == ["h100_eager.log:18 fp16", "h100_eager.log:18 bf16"]
+    ratios = [acceptance.points(t)[0][3] for t in tables]
+    assert ratios == ["0.31x", "0.38x"]  # channels_last + CUDA graphs against diffusers eager
