@@ -136,6 +136,8 @@ def verdict(point, row, ref, unit, target, mode, table, ratio=None) -> list[str]
     goal = f"<= {target}x {mode}"
     if ours is None or theirs is None:
         return [point, "-", "-", "-", goal, "**no** (not measured)", table.source]
+    if min(ours, theirs) < 0:  # older logs' memory, which subtracted what a call left held
+        return [point, f"{ours:g}", f"{theirs:g}", "-", goal, "**no** (not a peak)", table.source]
     if ratio is None:  # 0 / 0: both too small to show (tiny models on a CPU)
         ratio = ours / theirs if theirs else (1.0 if ours == 0 else float("inf"))
     holds = "yes" if ratio <= target else "**no**"
