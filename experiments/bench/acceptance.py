@@ -104,7 +104,7 @@ def points(table: Table) -> list[list[str]]:
         out.append(verdict(point, pilots[fastest], ref, unit, target, mode, table, ratios[fastest]))
         # Memory of the leanest pilot row that meets the time target (the fastest if none does).
         meeting = [n for n in pilots if ratios[n] <= target] or [fastest]
-        leanest = min(meeting, key=lambda n: peak_mib(pilots[n]) or float("inf"))
+        leanest = min(meeting, key=lambda n: _or_inf(peak_mib(pilots[n])))
         point = f"peak memory, {what} vs {mode}, {leanest}"
         out.append(verdict(point, pilots[leanest], ref, "MiB", MEMORY_TARGET, mode, table))
     errors = {n: error(r) for n, r in pilots.items() if error(r) is not None}
@@ -115,6 +115,11 @@ def points(table: Table) -> list[list[str]]:
         target = f"<= {ERROR_TARGET:g}"
         out.append([point, f"{errors[worst]:.1e}", "", "", target, holds, table.source])
     return out
+
+
+def _or_inf(value: float | None) -> float:
+    """`value`, with a missing figure last in a `min`."""
+    return float("inf") if value is None else value
 
 
 def error(row: dict[str, str]) -> float | None:
