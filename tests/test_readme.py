@@ -51,9 +51,9 @@ def commands(text: str) -> list[list[str]]:
 
 
 def expand(argv: list[str]) -> list[list[str]]:
-    """One argv per alternative of the first `a|b|c` token."""
+    """One argv per alternative of the first `a|b|c` token (words only: a prompt's `|` stays)."""
     for i, token in enumerate(argv):
-        if "|" in token:
+        if re.fullmatch(r"[\w-]+(?:\|[\w-]+)+", token):
             return [
                 cmd for alt in token.split("|") for cmd in expand([*argv[:i], alt, *argv[i + 1 :]])
             ]
@@ -76,11 +76,13 @@ def test_readme_commands_are_found():
     assert len(argvs) > 80
     text = (
         "see `python -m experiments.bench.unet --size\n256 --threads 2` and `A=1 time pilot x|y -q`"
+        ' and `pilot animate --prompt "0: a | 9: b"`'
     )
     assert commands(text) == [
         ["python", "-m", "experiments.bench.unet", "--size", "256", "--threads", "2"],
         ["pilot", "x", "-q"],
         ["pilot", "y", "-q"],
+        ["pilot", "animate", "--prompt", "0: a | 9: b"],
     ]
 
 
