@@ -41,13 +41,26 @@ def commands(text: str) -> list[list[str]]:
         except ValueError:  # prose with an apostrophe, not a command
             continue
         for part in " ".join(map(shlex.quote, tokens)).split(" '&&' "):
-            argv = [t.strip("[]()") for t in shlex.split(part)]
+            argv = [unwrap(t) for t in shlex.split(part)]
             while argv and (argv[0] in ("time", "") or re.match(r"^[A-Z_]+=", argv[0])):
                 argv.pop(0)
             is_command = argv[:1] == ["pilot"] or argv[:2] == ["python", "-m"]
             if is_command and not any("..." in t for t in argv):
                 found += expand(argv)
     return found
+
+
+def unwrap(token: str) -> str:
+    """A token without the brackets of `[--flag]`, `[--opt X]` or `(cmd ...)` around it; those
+    inside, as in a schedule `0:(1.0)`, stay."""
+    for opening, closing in ("[]", "()"):
+        if token.startswith(opening) and token.endswith(closing):  # [--cross]
+            token = token[1:-1]
+        while token.startswith(opening) and token.count(opening) > token.count(closing):
+            token = token[1:]
+        while token.endswith(closing) and token.count(closing) > token.count(opening):
+            token = token[:-1]
+    return token
 
 
 def expand(argv: list[str]) -> list[list[str]]:
@@ -77,12 +90,14 @@ def test_readme_commands_are_found():
     text = (
         "see `python -m experiments.bench.unet --size\n256 --threads 2` and `A=1 time pilot x|y -q`"
         ' and `pilot animate --prompt "0: a | 9: b"`'
+        " and `pilot demo [--out DIR] [--json] --cfg 0:(1.0)`"
     )
     assert commands(text) == [
         ["python", "-m", "experiments.bench.unet", "--size", "256", "--threads", "2"],
         ["pilot", "x", "-q"],
         ["pilot", "y", "-q"],
         ["pilot", "animate", "--prompt", "0: a | 9: b"],
+        ["pilot", "demo", "--out", "DIR", "--json", "--cfg", "0:(1.0)"],
     ]
 
 
