@@ -1,5 +1,6 @@
 """`experiments/bench/gpu.sh`, the script a session lent a GPU runs with minutes to spare:
-every benchmark line parses with today's options, and every test it selects exists."""
+every benchmark line parses with today's options, every test it selects exists, and its
+acceptance phase runs end to end on the CPU with tiny models."""
 
 import os
 import re
