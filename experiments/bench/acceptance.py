@@ -107,7 +107,7 @@ def points(table: Table) -> list[list[str]]:
         leanest = min(meeting, key=lambda n: _or_inf(peak_mib(pilots[n])))
         point = f"peak memory, {what} vs {mode}, {leanest}"
         out.append(verdict(point, pilots[leanest], ref, "MiB", MEMORY_TARGET, mode, table))
-    errors = {n: error(r) for n, r in pilots.items() if error(r) is not None}
+    errors = {n: e for n, r in pilots.items() if (e := error(r)) is not None}
     if errors:
         worst = max(errors, key=errors.get)
         holds = "yes" if errors[worst] <= ERROR_TARGET else "**no**"
