@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     import pilot.commands
 
     for module in pkgutil.iter_modules(pilot.commands.__path__):
-        importlib.import_module(f"pilot.commands.{module.name}").register(sub)
+        if not module.name.startswith("_"):  # `_name`: a command's helpers, not a command
+            importlib.import_module(f"pilot.commands.{module.name}").register(sub)
     return parser
 
 

@@ -58,6 +58,7 @@ from pilot.diffusion.pipeline import (
     sample,
     start_latents,
 )
+from pilot.diffusion.prompts import count_chunks
 from pilot.diffusion.samplers import BatchedNoise
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas
 from pilot.scenes.geometry import warp
@@ -140,12 +141,62 @@ class FrameParams:
 
 def frame_params(config: FeedbackConfig, tracks: Sequence[ControlTrack], base_seed: int, k: int):
     """`FrameParams` of frame k; ValueError naming a schedule that leaves its range."""
+    return schedule_params(config, [track.scale for track in tracks], base_seed, k)
+
+
+# torch.Generator.manual_seed takes seeds in [-2**63, 2**64)
+SEED_RANGE = range(-(2**63), 2**64)
+
+
+def schedule_params(
+    config: FeedbackConfig, scales: Sequence[Schedule], base_seed: int, k: int
+) -> FrameParams:
+    """`frame_params` from the ControlNet scale schedules alone (no models needed)."""
     strength = config.schedule("strength")(k)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength schedule {config.strength!r} gives {strength} at frame {k}")
     seed = base_seed + k if config.seed is None else int(round(config.schedule("seed")(k)))
-    scales = tuple(track.scale(k) for track in tracks)
-    return FrameParams(strength, config.schedule("cfg")(k), seed, scales)
+    if seed not in SEED_RANGE:
+        origin = f"seed schedule {config.seed!r}" if config.seed else f"base seed {base_seed} + k"
+        raise ValueError(f"{origin} gives seed {seed} at frame {k}, outside [-2**63, 2**64)")
+    return FrameParams(strength, config.schedule("cfg")(k), seed, tuple(s(k) for s in scales))
+
+
+def check_schedules(
+    config: FeedbackConfig, scales: Sequence[Schedule], base_seed: int, ks: Sequence[int]
+) -> None:
+    """Evaluate every schedule at every frame of `ks` before the first frame is made: the
+    ValueError `frame_params` would raise at the first bad frame, with nothing written yet."""
+    if base_seed not in SEED_RANGE:
+        raise ValueError(f"base seed {base_seed} is outside [-2**63, 2**64)")
+    for k in ks:
+        schedule_params(config, scales, base_seed, k)
+
+
+def check_prompts(tokenizer, prompts: PromptSchedule, negative: str, ks: Sequence[int]) -> None:
+    """Tokenise the keyed prompts of frames ks before the first frame: the ValueError
+    `FeedbackSampler.context` would raise at a frame between prompts of different lengths
+    (77-token chunks, at least the negative prompt's: `encode_text`)."""
+    lengths: dict[str, int] = {}
+    for k in ks:
+        a, b, _ = prompts.at(k)
+        for prompt in {a, b} - set(lengths):
+            lengths[prompt] = count_chunks(tokenizer, [prompt, negative])
+        if lengths[a] != lengths[b]:
+            raise ValueError(_length_error(a, b))
+
+
+def _length_error(a: str, b: str) -> str:
+    return f"prompts {a!r} and {b!r} encode to different lengths; shorten one"
+
+
+def independent_frame(config: FeedbackConfig, k: int) -> bool:
+    """Whether frame k's pixels depend on no other frame: frame 0, or a frame that ignores
+    its previous one (strength 1, occlusion "ignore", no blend, noise not "warped")."""
+    if k == 0:
+        return True
+    ignores = config.noise != "warped" and config.occlusion == "ignore" and config.blend == 0
+    return ignores and config.schedule("strength")(k) == 1.0
 
 
 class FeedbackSampler:
@@ -208,7 +259,7 @@ class FeedbackSampler:
             )
         (ca, ua), (cb, _) = self._embeddings[a], self._embeddings[b]
         if ca.shape != cb.shape:
-            raise ValueError(f"prompts {a!r} and {b!r} encode to different lengths; shorten one")
+            raise ValueError(_length_error(a, b))
         return torch.lerp(ca, cb, w), ua
 
     def controls(self, ks: Sequence[int], params: FrameParams, sigmas: Tensor) -> Callable | None:
@@ -246,13 +297,8 @@ class FeedbackSampler:
         return self.store.read(k)
 
     def independent(self, k: int) -> bool:
-        """Whether frame k's pixels depend on no other frame: frame 0, or a frame that ignores
-        its previous one (strength 1, occlusion "ignore", no blend, noise not "warped")."""
-        c = self.config
-        if k == 0:
-            return True
-        ignores = c.noise != "warped" and c.occlusion == "ignore" and c.blend == 0
-        return ignores and frame_params(c, self.tracks, self.base_seed, k).strength == 1.0
+        """Whether frame k's pixels depend on no other frame (`independent_frame`)."""
+        return independent_frame(self.config, k)
 
     def batch_key(self, k: int) -> tuple:
         """What frames of one batch share: strength, CFG, ControlNet scales (one sigma grid and
@@ -374,6 +420,12 @@ class FeedbackSampler:
         """Sample frames ks' latents from the init (B, 3, H, W) and decode them: (B, 3, H, W)
         in [0, 1]. Several frames only without `flow`, sharing strength, CFG and scales."""
         latents, init_latents = self.sample_latents(ks, batch, init, flow)
+        if not torch.isfinite(latents).all():  # black frames otherwise, and every later one
+            p, which = batch[0], f"frame {ks[0]}" if len(ks) == 1 else f"frames {list(ks)}"
+            raise ValueError(
+                f"{which}: sampling gave non-finite latents (strength {p.strength}, cfg "
+                f"{p.cfg}, control scales {p.scales}); is a schedule value too large?"
+            )
         return self.blend(latents, init_latents, init, flow)
 
     def sample_latents(

@@ -2,14 +2,17 @@
 
 Run folder (default: the output path without its suffix, plus `.run`)::
 
-    settings.json        everything that decides the pixels; a re-run must match it
+    settings.json        everything that decides the pixels, the source's fingerprint and the
+                         resolved dtype included (`_animate_checks`); a re-run must match it
     frames/NNNNNN.png    every frame, written atomically as soon as it is made
     state/NNNNNN.npy     per-frame noise (only with --noise warped)
-    metrics.json         warp error and flicker index (true flow for shots), seconds per frame
+    metrics.json         warp error and flicker index (a shot's geometry flow whatever --flow
+                         made the frames, DIS for a video), seconds per frame
 
 Re-running the same command continues at the first missing frame; since frame k is made from
 frame k - 1 as read back from disk and from seeds derived from the base seed and k, the result is
-byte-identical to an uninterrupted run. The MP4 and a GIF beside it are written at the shot's fps.
+byte-identical to an uninterrupted run (a --frames range whose first frame would be made
+from a frame not on disk is refused). The MP4 and a GIF beside it are written at the shot's fps.
 
 The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch) change float
 rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
@@ -33,10 +36,6 @@ from pilot.commands.generate import (
 )
 
 DTYPES = ("float32", "float16", "bfloat16")
-# Arguments that do not change the pixels: excluded from the settings a re-run must match.
-_NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
-                 "channels_last", "compile", "cuda_graphs", "prepack", "batch",
-                 "vae_batch")  # fmt: skip
 
 
 def register(sub) -> None:
@@ -79,6 +78,9 @@ def register(sub) -> None:
     p.add_argument("--source-mix", type=float, default=0.0, help="video mode: source frame share")
     p.add_argument("--flow", choices=("geometry", "vector", "estimated"), default="geometry",
                    help="flow source for shots (videos always use estimated DIS flow)")  # fmt: skip
+    p.add_argument("--depth-per", choices=("shot", "frame"), default="shot",
+                   help="depth control normalised over the whole shot (steady) or per frame "
+                   "(as the tiny ControlNet and the demo)")  # fmt: skip
     p.add_argument("--sampler", default="euler", help="sampler name (default euler)")
     p.add_argument("--schedule", default="karras", help="sigma schedule (default karras)")
     p.add_argument("--steps", type=int, default=20, help="steps of the full schedule")
@@ -120,12 +122,8 @@ def open_frames(args: argparse.Namespace):
     from pilot.scenes.shot import Shot
 
     if args.shot is not None:
-        return ShotFrames(Shot(args.shot), flow=args.flow)
-    size = None
-    if args.width or args.height:
-        if not (args.width and args.height):
-            raise ValueError("--width and --height go together")
-        size = (args.height, args.width)
+        return ShotFrames(Shot(args.shot), flow=args.flow, depth_per=args.depth_per)
+    size = None if args.width is None else (args.height, args.width)
     return VideoFrames(args.video, size=size)
 
 
@@ -175,38 +173,26 @@ def cmd_animate(args: argparse.Namespace) -> int:
     import torch
 
     import pilot
+    from pilot.animation.feedback import check_prompts
     from pilot.animation.inputs import FrameStore, check_run_folder
-    from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
-    from pilot.diffusion.pipeline import SamplingSettings, check_size
+    from pilot.commands import _animate_checks as checks
     from pilot.diffusion.speed import optimize
 
-    settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
-    config = feedback_config(args)
-    parse_schedule(args.control_scale, args.interpolation)  # ScheduleError before loading
-    prompts = parse_prompt_schedule(args.prompt, args.interpolation)
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings, config, prompts, frames, todo, device = check_arguments(args)
     speed = speed_settings(args, device)
-    if args.out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out {args.out}: expected a .mp4 path (a .gif is written beside it)")
-    frames = open_frames(args)
-    check_size(frames.height, frames.width)
-    todo = frame_range(args.frames, len(frames))
-    for entry in args.controlnet:
-        frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
-    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    dtype_name = args.dtype or checks.default_dtype(device)
+    dtype = getattr(torch, dtype_name)
     run = args.run or args.out.with_suffix(".run")
-    chosen = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
-    if chosen["vae_upcast"] == "auto":  # the rule before the flag existed: old folders resume
-        del chosen["vae_upcast"]
-    if chosen["preview_decoder"] is None:  # likewise
-        del chosen["preview_decoder"]
+    chosen = checks.run_settings(args, frames, dtype_name)
+    old = checks.read_settings(run)  # a corrupt file: before the slow loading
+    chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
+    checks.check_range_start(run, config, todo)
     preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
     sd = optimize(pilot.load_pipeline(args.model, dtype=dtype, device=device), speed)
     check_preview(preview, sd, args.preview_decoder)
     tracks = load_tracks(args, frames, sd, device, dtype, speed)
-    check_run_folder(run, json.loads(json.dumps(chosen, default=str)))
+    check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
+    check_run_folder(run, chosen)
     with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
         seconds = render_frames(
             args, sd, settings, config, frames, prompts, store, tracks, todo, preview
@@ -214,6 +200,37 @@ def cmd_animate(args: argparse.Namespace) -> int:
         summary = finish(args, frames, store, todo, run, seconds)
     print(json.dumps(summary, indent=2) if args.json else f"wrote {args.out} ({run})")
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> tuple:
+    """Everything checkable before loading a model, the source opened: (`SamplingSettings`,
+    `FeedbackConfig`, `PromptSchedule`, frame source, frame range, device). Every schedule is
+    evaluated at every frame of the range, so a bad value fails before the first frame."""
+    from pilot.animation.feedback import check_schedules
+    from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
+    from pilot.animation.video import check_video_path
+    from pilot.commands import _animate_checks as checks
+    from pilot.diffusion.pipeline import SamplingSettings, check_size
+
+    settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
+    config = feedback_config(args)
+    scale = parse_schedule(args.control_scale, args.interpolation)  # ScheduleError early
+    prompts = parse_prompt_schedule(args.prompt, args.interpolation)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    device = checks.pick_device(args.device)
+    if args.out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out {args.out}: expected a .mp4 path (a .gif is written beside it)")
+    checks.check_source_arguments(args)
+    frames = open_frames(args)
+    check_size(frames.height, frames.width)
+    check_video_path(args.out, frames.fps)  # fps <= 0 would fail after the last frame
+    todo = frame_range(args.frames, len(frames))
+    checks.check_color_reference(args.color_reference, len(frames))
+    for entry in args.controlnet:
+        frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
+    check_schedules(config, [scale] * len(args.controlnet), args.seed, todo)
+    return settings, config, prompts, frames, todo, device
 
 
 def render_frames(
@@ -252,21 +269,31 @@ def render_frames(
 def finish(
     args: argparse.Namespace, frames, store, todo: range, run: Path, seconds: list[float]
 ) -> dict:
-    """MP4 + GIF of the range's frames, and metrics.json."""
+    """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker scored with
+    the shot's geometry flow (DIS for a video) whatever --flow made the frames, so runs with
+    other flow sources are on one scale."""
     import torch
 
+    from pilot.animation.flow import GeometryFlow
+    from pilot.animation.inputs import ShotFrames
     from pilot.animation.metrics import temporal_metrics
     from pilot.animation.video import write_gif, write_mp4
+    from pilot.commands._animate_checks import check_frame_sizes
     from pilot.imageio import atomic_output, to_uint8
 
-    images = torch.cat([store.read(k) for k in todo])  # (N, 3, H, W)
+    images = [store.read(k) for k in todo]
+    check_frame_sizes(images, todo, frames, store, run)
+    images = torch.cat(images)  # (N, 3, H, W)
     video = [to_uint8(image) for image in images]
     write_mp4(video, args.out, fps=frames.fps)
     write_gif(video, args.out.with_suffix(".gif"), fps=frames.fps)
-    metrics = temporal_metrics(images, frames.flow, first=todo.start)
+    shot = isinstance(frames, ShotFrames)
+    truth = GeometryFlow(frames.shot) if shot else frames.flow
+    metrics = temporal_metrics(images, truth, first=todo.start)
     metrics.update(
         first_frame=todo.start,
         flow=args.flow if args.shot is not None else "estimated",
+        scored_with="geometry" if shot else "estimated",
         seconds_per_frame=round(sum(seconds) / len(seconds), 4) if seconds else None,
         rendered_now=len(seconds),
         mp4=str(args.out),

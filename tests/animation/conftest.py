@@ -92,3 +92,31 @@ def small_shot(tmp_path_factory):
     root = tmp_path_factory.mktemp("shots") / "fly"
     fly_through_shot(root, seed=1, n_frames=24, width=32, height=32)
     return Shot(root)
+
+
+@pytest.fixture(scope="session")
+def model_folder(animation_sd, tmp_path_factory):
+    """`animation_sd` saved as a pipeline folder, for `pilot animate --model`."""
+    from pilot.weights.save import save_pipeline
+
+    return save_pipeline(animation_sd, tmp_path_factory.mktemp("models") / "anim-sd")
+
+
+def make_controlnet(unet, folder, **unet_changes):
+    """A tiny ControlNet for `unet` (hint encoder at full size: the test VAE has factor 1)."""
+    from pilot.models.controlnet import ControlNet, ControlNetConfig
+    from pilot.weights.save import save_controlnet
+
+    cfg = ControlNetConfig(unet=replace(unet.cfg, **unet_changes), hint_channels=(16,))
+    net = ControlNet(cfg).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "zero" in name or "controlnet_" in name or "conv_out" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+    return save_controlnet(net, folder)
+
+
+@pytest.fixture(scope="session")
+def controlnet_folder(animation_sd, tmp_path_factory):
+    """A random tiny ControlNet folder for `animation_sd`."""
+    return make_controlnet(animation_sd.unet, tmp_path_factory.mktemp("cn") / "depth")

@@ -2,40 +2,13 @@
 video-in mode, and clear errors for bad input that never cost a finished frame."""
 
 import json
-from dataclasses import replace
 
 import pytest
-import torch
 
 from pilot.animation.feedback import FeedbackSampler
 from pilot.cli import main
 from pilot.imageio import write_png
-
-
-@pytest.fixture(scope="module")
-def model_folder(animation_sd, tmp_path_factory):
-    from pilot.weights.save import save_pipeline
-
-    return save_pipeline(animation_sd, tmp_path_factory.mktemp("models") / "anim-sd")
-
-
-def make_controlnet(unet, folder, **unet_changes):
-    """A tiny ControlNet for `unet` (hint encoder at full size: the test VAE has factor 1)."""
-    from pilot.models.controlnet import ControlNet, ControlNetConfig
-    from pilot.weights.save import save_controlnet
-
-    cfg = ControlNetConfig(unet=replace(unet.cfg, **unet_changes), hint_channels=(16,))
-    net = ControlNet(cfg).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "zero" in name or "controlnet_" in name or "conv_out" in name:
-                p.copy_(torch.randn_like(p) * 0.2)
-    return save_controlnet(net, folder)
-
-
-@pytest.fixture(scope="module")
-def controlnet_folder(animation_sd, tmp_path_factory):
-    return make_controlnet(animation_sd.unet, tmp_path_factory.mktemp("cn") / "depth")
+from tests.animation.conftest import make_controlnet
 
 
 def animate(model, shot, out, *extra):

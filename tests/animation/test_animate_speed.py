@@ -8,7 +8,6 @@ import pytest
 from pilot.cli import main
 from pilot.imageio import read_image
 from pilot.models.vae import AutoencoderKL
-from tests.animation.test_animate_cli import controlnet_folder, model_folder  # noqa: F401
 
 
 def animate(model, shot, out, *extra):

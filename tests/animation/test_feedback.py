@@ -98,6 +98,29 @@ def test_schedules_set_each_frames_dials():
         FeedbackConfig(occlusion="smear")
 
 
+def test_every_frame_is_checked_before_the_first_one(animation_sd):
+    from pilot.animation.schedules import parse_schedule
+
+    scale = parse_schedule("0:(1), 5:(log(5 - t))")
+    feedback.check_schedules(FeedbackConfig(strength="0.1 * t"), [scale], 0, range(5))
+    with pytest.raises(ValueError, match="gives 1.1 at frame 11"):
+        feedback.check_schedules(FeedbackConfig(strength="0.1 * t"), [], 0, range(12))
+    with pytest.raises(ValueError, match="log\\(5 - t\\)' fails at t=5"):
+        feedback.check_schedules(FeedbackConfig(), [scale], 0, range(6))
+    with pytest.raises(ValueError, match="gives seed 18446744073709551616 at frame 1"):
+        feedback.check_schedules(FeedbackConfig(), [], 2**64 - 1, range(2))
+    prompts = parse_prompt_schedule("0: red | 4: " + " ".join(["blue"] * 90))
+    feedback.check_prompts(animation_sd.tokenizer, prompts, "", [0])
+    with pytest.raises(ValueError, match="encode to different lengths"):
+        feedback.check_prompts(animation_sd.tokenizer, prompts, "", range(4))
+
+
+def test_independent_frames_follow_the_strength_schedule():
+    free = FeedbackConfig(strength="0:(1), 3:(0.5)", occlusion="ignore", interpolation="step")
+    assert [feedback.independent_frame(free, k) for k in range(5)] == [True] * 3 + [False] * 2
+    assert not feedback.independent_frame(FeedbackConfig(strength="1"), 1)  # renoise: tied
+
+
 def test_color_match_moves_lab_statistics_to_the_reference():
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 16, 16, generator=g) * 0.3 + 0.1  # dark

@@ -1,0 +1,176 @@
+"""`pilot animate`'s checks before the first frame: arguments, the source's fingerprint, the
+run settings a resumed run must match, and where a frame range may start.
+
+Kept apart from `pilot.commands.animate` (the command's flow) so each stays a short module.
+
+Run settings beyond the arguments:
+
+- `shot` / `video` hold the source's resolved path (the same source named by another path
+  resumes), and `source_fingerprint` its content: `shot.json`'s SHA-256 for a shot (re-rendering
+  or re-exporting rewrites it), the bytes of the video file or of the folder's frame images for a
+  video, with the frame count and size. A changed source is refused like any other setting.
+- `dtype` holds the resolved dtype (fp16 on CUDA, fp32 otherwise, unless --dtype says), so a
+  CPU run resumed on a GPU is refused, and `--dtype float32` resumes a default CPU run.
+
+Folders made before these keys resume as before: without `source_fingerprint` the recorded
+path is compared resolved from the current folder, and a recorded `dtype` of null stands for
+the default of the device resuming the run (what it meant then; the device was not recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+# Arguments that do not change the pixels: excluded from the settings a re-run must match.
+NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
+                "channels_last", "compile", "cuda_graphs", "prepack", "batch",
+                "vae_batch")  # fmt: skip
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the frames of a video folder
+
+
+def pick_device(name: str | None):
+    """The torch device of --device (default cuda if present), checked before any work.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for without a CUDA device.
+    """
+    import torch
+
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here (leave --device out, or cpu)")
+    return device
+
+
+def default_dtype(device) -> str:
+    """The dtype used without --dtype: float16 on CUDA, float32 elsewhere."""
+    return "float16" if device.type == "cuda" else "float32"
+
+
+def check_source_arguments(args: argparse.Namespace) -> None:
+    """ValueError for options that have no effect on the chosen source (or a bad size)."""
+    if args.shot is not None:
+        shot_only = {"--width": args.width, "--height": args.height}
+        video = [k for k, v in shot_only.items() if v is not None]
+        if args.source_mix:
+            video.append("--source-mix")
+        if video:
+            raise ValueError(
+                f"{', '.join(video)} only apply to --video; a shot has its own size and no "
+                "source frames to mix (render the shot at the size you want)"
+            )
+        return
+    if args.depth_per != "shot":
+        raise ValueError("--depth-per applies to a shot's depth; a video has none")
+    if (args.width is None) != (args.height is None):
+        raise ValueError("--width and --height go together")
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} {value} must be a positive number of pixels")
+
+
+def check_color_reference(reference: int, n: int) -> None:
+    """ValueError unless --color-reference is -1 (off) or a frame of the source's n."""
+    if not -1 <= reference < n:
+        raise ValueError(
+            f"--color-reference {reference} is not a frame of the source (0 to {n - 1}, or -1: off)"
+        )
+
+
+def source_fingerprint(args: argparse.Namespace, frames) -> str:
+    """Frame count, size and a SHA-256 of the source's files: shot.json for a shot, the
+    video file or the folder's frame images for a video."""
+    digest = hashlib.sha256()
+    if args.shot is not None:
+        files = [args.shot / "shot.json"]
+    elif args.video.is_dir():
+        files = sorted(p for p in args.video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = [args.video]
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return f"{len(frames)} frames {frames.width}x{frames.height}, sha256 {digest.hexdigest()[:16]}"
+
+
+def run_settings(args: argparse.Namespace, frames, dtype: str) -> dict:
+    """The settings a resumed run must match (module docstring), as JSON values."""
+    chosen = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    for name in ("shot", "video"):
+        if chosen[name] is not None:
+            chosen[name] = str(Path(chosen[name]).resolve())
+    chosen.update(dtype=dtype, source_fingerprint=source_fingerprint(args, frames))
+    # options recorded only when not their default, so folders made before them resume
+    for name, default in (("vae_upcast", "auto"), ("preview_decoder", None), ("depth_per", "shot")):
+        if chosen[name] == default:
+            del chosen[name]
+    return json.loads(json.dumps(chosen, default=str))
+
+
+def read_settings(run: Path) -> dict | None:
+    """`run/settings.json` as a dict, None if absent; ValueError naming a corrupt file."""
+    path = run / "settings.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix it, or use another --run") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path} holds {type(old).__name__}, not a JSON object of settings")
+    return old
+
+
+def as_recorded(old: dict, chosen: dict, device) -> dict:
+    """`chosen` in the terms of a folder made before a key existed (module docstring)."""
+    chosen = dict(chosen)
+    if "source_fingerprint" not in old:
+        del chosen["source_fingerprint"]
+        for name in ("shot", "video"):
+            was = old.get(name)
+            if was is not None and chosen[name] == str(Path(was).resolve()):
+                chosen[name] = was
+    if "dtype" in old and old["dtype"] is None and chosen["dtype"] == default_dtype(device):
+        chosen["dtype"] = None
+    return chosen
+
+
+def check_range_start(run: Path, config, todo: range) -> None:
+    """ValueError if the range's first frame is not on disk and would be made from a previous
+    frame that is not either: it would start from scratch, unlike in an uninterrupted run."""
+    from pilot.animation.feedback import independent_frame
+    from pilot.animation.inputs import FrameStore
+
+    store, k = FrameStore(run), todo.start
+    if store.has(k) or store.has(k - 1) or independent_frame(config, k):
+        return
+    first = k - 1  # the first frame of the missing run before k that can be made now
+    while not store.has(first - 1) and not independent_frame(config, first):
+        first -= 1
+    raise ValueError(
+        f"--frames {k}:{todo.stop}: frame {k} is made from frame {k - 1}, which is not in "
+        f"{store.root / 'frames'}; made now it would start from scratch, unlike in an "
+        f"uninterrupted run: render --frames {first}:{todo.stop} (from the first missing frame)"
+    )
+
+
+def check_frame_sizes(images: list, todo: range, frames, store, run: Path) -> None:
+    """ValueError naming the first frame read from disk (`images`, frames `todo`) whose size
+    is not the source's: checked before any video is written."""
+    for k, image in zip(todo, images, strict=True):
+        h, w = image.shape[-2:]
+        if (h, w) != (frames.height, frames.width):
+            raise ValueError(
+                f"{store.frame_path(k)} is {w}x{h}, but {frames.name} is "
+                f"{frames.width}x{frames.height}: run folder {run} was made from another "
+                "source; use another --run folder"
+            )

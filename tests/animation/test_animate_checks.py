@@ -1,0 +1,212 @@
+"""`pilot animate`'s checks before the first frame (`pilot.commands._animate_checks`): schedule
+values over the whole range, a range starting after a missing frame, the source's fingerprint,
+the resolved dtype, and clear errors for options that cannot work."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from pilot.cli import main
+from pilot.imageio import write_png
+from pilot.scenes.procedural import fly_through_shot
+
+
+def animate(model, shot, out, *extra):
+    """A 2-step run over the shot folder `shot` (every frame unless `extra` says)."""
+    return main(["animate", "--model", str(model), "--shot", str(shot), "--prompt", "a corridor",
+                 "--steps", "2", "--cfg", "2", "--seed", "3", "--out", str(out),
+                 *extra])  # fmt: skip
+
+
+def frames_made(out):
+    folder = out.with_suffix(".run") / "frames"
+    return sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+
+
+@pytest.fixture
+def shot(small_shot, tmp_path):
+    """A copy of the 24-frame test shot that a test may change."""
+    return shutil.copytree(small_shot.root, tmp_path / "shot")
+
+
+def test_bad_schedule_values_fail_before_the_first_frame(
+    model_folder, controlnet_folder, shot, tmp_path, capsys
+):
+    long_prompt = " ".join(["corridor"] * 90)  # two 77-token chunks
+    control = ["--controlnet", f"depth={controlnet_folder}"]
+    cases = [
+        (["--strength", "0:(0.3*t)"], "strength schedule '0:(0.3*t)' gives 1.2 at frame 4"),
+        (["--cfg", "0:(7), 3:(1/(t-4))"], "value '1/(t-4)' fails at t=4"),
+        ([*control, "--control-scale", "0:(1), 5:(sqrt(4-t))"], "fails at t=5"),
+        (["--seed-schedule", "0:(0), 4:(0), 5:(1e20)"], "00000 at frame 5, outside"),
+        (["--seed", str(2**64)], "base seed 18446744073709551616 is outside"),
+        (["--prompt", f"0: red | 3: {long_prompt}"], "encode to different lengths"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        out = tmp_path / "bad.mp4"
+        assert animate(model_folder, shot, out, "--frames", "0:6", *extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert frames_made(out) == [], extra
+        shutil.rmtree(out.with_suffix(".run"), ignore_errors=True)
+    # nothing recorded: the corrected schedule starts the run
+    out = tmp_path / "fixed.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:6", "--strength", "0:(0.3*t)") == 2
+    assert animate(model_folder, shot, out, "--frames", "0:2", "--strength", "0:(0.1*t)") == 0
+
+
+def test_a_range_after_a_missing_frame_is_refused(model_folder, shot, tmp_path, capsys):
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:2") == 0
+    capsys.readouterr()
+    assert animate(model_folder, shot, out, "--frames", "4:6") == 2
+    error = capsys.readouterr().err
+    assert "frame 4 is made from frame 3, which is not in" in error
+    assert "render --frames 2:6" in error
+    assert frames_made(out) == ["000000.png", "000001.png"]
+    assert animate(model_folder, shot, out, "--frames", "2:3") == 0  # continues where it ends
+    # frames that ignore their previous one may start anywhere
+    free = ["--strength", "1", "--occlusion", "ignore", "--frames", "5:6"]
+    assert animate(model_folder, shot, tmp_path / "free.mp4", *free) == 0
+
+
+def test_fps_is_checked_before_any_frame(model_folder, shot, tmp_path, capsys):
+    meta = json.loads((shot / "shot.json").read_text())
+    (shot / "shot.json").write_text(json.dumps({**meta, "fps": 0}))
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out) == 2
+    assert "fps=0" in capsys.readouterr().err
+    assert frames_made(out) == []
+
+
+def test_a_changed_source_is_refused_and_the_same_one_by_another_path_resumes(
+    model_folder, shot, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:1") == 0
+    settings = json.loads((tmp_path / "film.run" / "settings.json").read_text())
+    assert settings["shot"] == str(shot.resolve()) and "sha256" in settings["source_fingerprint"]
+    monkeypatch.chdir(tmp_path)
+    assert animate(model_folder, "shot", out, "--frames", "0:2") == 0  # relative path: resumes
+    fly_through_shot(shot, seed=5, n_frames=24, width=32, height=32)  # the artist re-renders
+    capsys.readouterr()
+    assert animate(model_folder, shot, out, "--frames", "0:3") == 2
+    assert "made with other settings (source_fingerprint: '24 frames 32x32" in (
+        capsys.readouterr().err
+    )
+    assert frames_made(out) == ["000000.png", "000001.png"]
+
+
+def test_settings_json_of_older_folders_still_resumes(
+    model_folder, shot, tmp_path, capsys, monkeypatch
+):
+    """Made before the fingerprint and the resolved dtype: the path as given, dtype null."""
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:1") == 0
+    path = tmp_path / "film.run" / "settings.json"
+    settings = json.loads(path.read_text())
+    del settings["source_fingerprint"]
+    settings.update(dtype=None, shot="shot")
+    path.write_text(json.dumps(settings))
+    monkeypatch.chdir(tmp_path)
+    assert animate(model_folder, shot, out, "--frames", "0:2") == 0
+    capsys.readouterr()
+    assert animate(model_folder, shot, out, "--frames", "0:2", "--dtype", "float16") == 2
+    assert "dtype: None -> 'float16'" in capsys.readouterr().err
+    assert json.loads(path.read_text()) == settings  # left as it was
+
+
+def test_frames_of_another_size_are_refused_before_any_video(model_folder, shot, tmp_path, capsys):
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:2") == 0
+    path = tmp_path / "film.run" / "settings.json"
+    settings = json.loads(path.read_text())
+    del settings["source_fingerprint"]  # an older folder: the source is not fingerprinted
+    path.write_text(json.dumps(settings))
+    before = out.read_bytes()
+    shutil.rmtree(shot)
+    fly_through_shot(shot, seed=1, n_frames=2, width=24, height=24)
+    capsys.readouterr()
+    assert animate(model_folder, shot, out, "--frames", "0:2") == 2
+    assert "000000.png is 32x32, but" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_dtype_is_recorded_resolved(model_folder, shot, tmp_path, capsys):
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:1", "--device", "cpu") == 0
+    settings = json.loads((tmp_path / "film.run" / "settings.json").read_text())
+    assert settings["dtype"] == "float32"
+    assert animate(model_folder, shot, out, "--frames", "0:2", "--dtype", "float32") == 0
+    capsys.readouterr()
+    assert animate(model_folder, shot, out, "--frames", "0:2", "--dtype", "float16") == 2
+    assert "dtype: 'float32' -> 'float16'" in capsys.readouterr().err
+
+
+def test_depth_per_frame_is_a_run_setting(model_folder, controlnet_folder, shot, tmp_path):
+    control = ["--controlnet", f"depth={controlnet_folder}", "--frames", "0:1"]
+    assert animate(model_folder, shot, tmp_path / "a.mp4", *control) == 0
+    assert animate(model_folder, shot, tmp_path / "b.mp4", *control, "--depth-per", "frame") == 0
+    a, b = (json.loads((tmp_path / f"{n}.run" / "settings.json").read_text()) for n in "ab")
+    assert "depth_per" not in a and b["depth_per"] == "frame"  # older folders resume
+    png = "frames/000000.png"
+    assert (tmp_path / "a.run" / png).read_bytes() != (tmp_path / "b.run" / png).read_bytes()
+
+
+def test_metrics_are_scored_with_the_shot_geometry(model_folder, small_shot, tmp_path, capsys):
+    from pilot.animation.flow import GeometryFlow
+    from pilot.animation.metrics import temporal_metrics
+    from pilot.imageio import read_image
+
+    out = tmp_path / "film.mp4"
+    capsys.readouterr()
+    assert animate(model_folder, small_shot.root, out, "--frames", "0:3", "--flow", "estimated",
+                   "--json") == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    frames = torch.cat([read_image(tmp_path / f"film.run/frames/{k:06d}.png")[None]
+                        for k in range(3)])  # fmt: skip
+    truth = temporal_metrics(frames, GeometryFlow(small_shot))
+    assert metrics["warp_error"] == truth["warp_error"]
+    assert metrics["flow"] == "estimated" and metrics["scored_with"] == "geometry"
+
+
+def test_options_that_cannot_work_are_clear_errors(model_folder, shot, tmp_path, capsys):
+    video = tmp_path / "video"
+    for k in range(2):
+        write_png(video / f"{k:04d}.png", torch.rand(3, 32, 32))
+    on_video = ["--video", str(video)]
+    cases = [
+        ([*on_video, "--width", "-8", "--height", "64"], "--width -8 must be a positive"),
+        ([*on_video, "--width", "0", "--height", "64"], "--width 0 must be a positive"),
+        ([*on_video, "--width", "64"], "--width and --height go together"),
+        ([*on_video, "--depth-per", "frame"], "--depth-per applies to a shot's depth"),
+        (["--shot", str(shot), "--width", "64", "--height", "64"], "--width, --height only apply"),
+        (["--shot", str(shot), "--source-mix", "0.5"], "--source-mix only apply to --video"),
+        (["--shot", str(shot), "--color-reference", "100"], "--color-reference 100 is not a frame"),
+        (["--shot", str(shot), "--device", "foo"], "--device 'foo' is not a torch device"),
+    ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append((["--shot", str(shot), "--device", "cuda"], "no CUDA device here"))
+    for extra, message in cases:
+        out = tmp_path / "x.mp4"
+        argv = ["animate", "--model", str(model_folder), "--prompt", "x", "--steps", "2",
+                "--out", str(out), *extra]  # fmt: skip
+        assert main(argv) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert frames_made(out) == [], extra
+
+
+def test_corrupt_settings_json_is_named(model_folder, shot, tmp_path, capsys):
+    out = tmp_path / "film.mp4"
+    (tmp_path / "film.run").mkdir()
+    (tmp_path / "film.run" / "settings.json").write_text('{"cfg": "2"\n"steps": 2}')
+    assert animate(model_folder, shot, out) == 2
+    assert f"{tmp_path / 'film.run' / 'settings.json'} is not valid JSON" in capsys.readouterr().err
+
+
+def test_non_finite_latents_name_the_frame(model_folder, shot, tmp_path, capsys):
+    out = tmp_path / "film.mp4"
+    assert animate(model_folder, shot, out, "--frames", "0:3", "--cfg", "0:(2), 1:(1e38)") == 2
+    assert "frame 1: sampling gave non-finite latents" in capsys.readouterr().err
+    assert frames_made(out) == ["000000.png"]
