@@ -3,6 +3,7 @@
 A shot is a folder (format "pilot-shot", version 1)::
 
     shot.json              metadata and cameras (below); written last, so it marks a complete shot
+    .shot-unfinished       present while a `ShotWriter` fills the folder (removed by `close()`)
     depth/000000.npy       float32 (H, W): z-depth in metres (distance along the camera's +z axis,
                            not along the ray); finite and > 0; pixels with no surface hold `far`
     normals/000000.npy     optional float32 (H, W, 3): unit normals in CAMERA space (OpenCV axes),
@@ -15,6 +16,11 @@ A shot is a folder (format "pilot-shot", version 1)::
 
 Files are numbered by position in the shot (0, 1, ...); `frames[k]["source_frame"]` keeps the
 frame number of the source (e.g. Blender's). Float passes are .npy: lossless, no EXR codec needed.
+
+A writer goes into a new or empty folder, a shot folder, or an unfinished one of its own (the
+marker above); any other folder is refused, so nothing else is overwritten. Writing over a shot
+removes its shot.json and frame files before the first new frame is written: an interrupted
+re-render leaves an unfinished shot that `Shot` refuses, never a mix of two scenes.
 
 shot.json::
 
@@ -37,6 +43,7 @@ import io
 import itertools
 import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -50,6 +57,8 @@ FORMAT, VERSION = "pilot-shot", 1
 PASSES = ("depth", "normals", "motion", "image", "hatched")  # depth is required
 CHANNELS = {"depth": 1, "normals": 3, "motion": 4, "image": 3, "hatched": 1}
 PNG_PASSES = ("image", "hatched")  # 8-bit PNG files; the others are float32 .npy
+UNFINISHED = ".shot-unfinished"  # marker file: a writer has started and not closed
+FRAME_FILE = re.compile(r"\.?\d{6}\.(npy|png)(\.tmp)?")  # a frame file, or its temporary
 CONVENTIONS = {
     "camera": "OpenCV: x right, y down, z forward; c2w maps camera to world coordinates",
     "world": "right-handed, z up, metres",
@@ -88,16 +97,22 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     )
 
 
-def _save_frame(root: Path, p: str, k: int, a: np.ndarray, height: int, width: int) -> None:
-    """Check frame k's array of pass `p` and write it atomically (PNG or float32 .npy)."""
+def _check_array(p: str, k: int, a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Frame k's array of pass `p` as an array, checked for shape (and uint8 for PNG passes)."""
     a = np.asarray(a)
     want = _shape(p, height, width)
     if a.shape != want:
         raise ValueError(f"frame {k}: {p} has shape {a.shape}, expected {want}")
+    if p in PNG_PASSES and a.dtype != np.uint8:
+        raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
+    return a
+
+
+def _save_frame(root: Path, p: str, k: int, a: np.ndarray, height: int, width: int) -> None:
+    """Check frame k's array of pass `p` and write it atomically (PNG or float32 .npy)."""
+    a = _check_array(p, k, a, height, width)
     (root / p).mkdir(exist_ok=True)
     if p in PNG_PASSES:
-        if a.dtype != np.uint8:
-            raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
         _save_atomic(root / p / f"{k:06d}.png", png_bytes(a))
     else:
         f = io.BytesIO()
@@ -126,8 +141,53 @@ def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
         raise ValueError(f"{where}: c2w rotation is a reflection (det < 0)")
 
 
+def _is_shot(root: Path) -> bool:
+    """Whether `root` holds a shot.json of this format (complete or not, readable)."""
+    try:
+        meta = json.loads((root / "shot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_writable(root: Path) -> None:
+    """ValueError unless a shot may be written into `root`: new, empty, a shot folder, or an
+    unfinished one (a writer's marker). Any other folder may hold files of the user's."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a shot folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if not ((root / UNFINISHED).is_file() or _is_shot(root)):
+        raise ValueError(
+            f"{root} is not empty and holds no shot (no {FORMAT} shot.json): pass a new or "
+            "empty folder, so nothing of yours is overwritten"
+        )
+
+
+def _clear(root: Path) -> None:
+    """Mark `root` unfinished, then remove its old shot.json and frame files (other files stay).
+
+    The marker comes first, so the folder is always recognised as a shot of ours.
+    """
+    (root / UNFINISHED).touch()
+    (root / "shot.json").unlink(missing_ok=True)
+    for p in PASSES:
+        folder = root / p
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if FRAME_FILE.fullmatch(f.name):
+                f.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 class ShotWriter:
     """Write a shot frame by frame (numpy arrays); `close()` writes shot.json.
+
+    The folder must be new, empty, a shot folder or an unfinished one (`check_writable`). The
+    first `add` removes the shot already there (its shot.json first), so an interrupted writer
+    leaves an unfinished shot, never the old shot.json over new frames; run it again.
 
     Args:
         root: output folder (created).
@@ -147,6 +207,7 @@ class ShotWriter:
         provenance: dict[str, Any] | None = None,
     ):
         self.root, self.width, self.height = Path(root), width, height
+        check_writable(self.root)
         self.meta = {"fps": float(fps), "far": float(far), "provenance": provenance or {}}
         self.frames: list[dict[str, Any]] = []
         self.passes: list[str] | None = None
@@ -180,14 +241,17 @@ class ShotWriter:
             self.passes = given
         elif given != self.passes:
             raise ValueError(f"frame {k}: passes {given} differ from frame 0's {self.passes}")
+        checked = {p: _check_array(p, k, arrays[p], self.height, self.width) for p in given}
+        if k == 0:  # a bad first frame leaves the folder as it was
+            _clear(self.root)
         for p in given:
-            _save_frame(self.root, p, k, arrays[p], self.height, self.width)
+            _save_frame(self.root, p, k, checked[p], self.height, self.width)
         src = k if source_frame is None else int(source_frame)
         cam = {"K": np.asarray(K).tolist(), "c2w": np.asarray(c2w).tolist()}
         self.frames.append({"source_frame": src, **cam})
 
     def close(self) -> Path:
-        """Write shot.json (atomically) and return its path."""
+        """Write shot.json (atomically), remove the unfinished marker, return shot.json's path."""
         if not self.frames:
             raise ValueError(f"{self.root}: a shot needs at least one frame")
         meta = {"format": FORMAT, "version": VERSION, "width": self.width, "height": self.height}
@@ -195,6 +259,7 @@ class ShotWriter:
         meta["frames"] = self.frames
         path = self.root / "shot.json"
         _save_atomic(path, json.dumps(meta, indent=1).encode())
+        (self.root / UNFINISHED).unlink(missing_ok=True)
         return path
 
 

@@ -138,6 +138,57 @@ def test_writer_rejects_inconsistent_frames(tmp_path):
         Shot(tmp_path / "nothing")
 
 
+def _write(root, n, depth, normals=True):
+    """A small shot of n frames of constant depth (8x6), with or without normals."""
+    w = ShotWriter(root, 8, 6)
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    for _ in range(n):
+        w.add(K, c2w, np.full((6, 8), depth), normals=np.zeros((6, 8, 3)) if normals else None)
+    return w
+
+
+def test_rewriting_a_shot_removes_the_old_one_first(tmp_path):
+    """An interrupted re-render is an unfinished shot, never the old shot.json over new frames."""
+    root = tmp_path / "s"
+    _write(root, 3, 1.0).close()
+    (root / "notes.txt").write_text("mine")
+    _write(root, 1, 2.0, normals=False)  # interrupted: never closed
+    with pytest.raises(FileNotFoundError, match="no shot.json"):
+        Shot(root)
+    assert sorted(f.name for f in (root / "depth").iterdir()) == ["000000.npy"]
+    assert not (root / "normals").exists()
+    _write(root, 2, 3.0, normals=False).close()  # the rerun is accepted and finishes
+    shot = Shot(root)
+    assert len(shot) == 2 and shot.passes == ["depth"] and shot[1].depth.eq(3).all()
+    assert sorted(f.name for f in root.iterdir()) == ["depth", "notes.txt", "shot.json"]
+
+
+def test_a_bad_first_frame_leaves_the_old_shot(tmp_path):
+    root = tmp_path / "s"
+    _write(root, 3, 1.0).close()
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    with pytest.raises(ValueError, match="frame 0: depth has shape"):
+        ShotWriter(root, 8, 6).add(K, c2w, np.ones((6, 7)))
+    assert len(Shot(root)) == 3
+
+
+def test_writer_refuses_a_folder_that_holds_no_shot(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "depth").mkdir()
+    (tmp_path / "mine" / "depth" / "000000.npy").write_bytes(b"not a frame")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "shot.json").write_text('{"format": "someone-else"}')
+    (tmp_path / "file").write_text("")
+    for name in ("mine", "other"):
+        with pytest.raises(ValueError, match=f"{tmp_path / name} is not empty and holds no shot"):
+            ShotWriter(tmp_path / name, 8, 6)
+    with pytest.raises(ValueError, match="is a file"):
+        ShotWriter(tmp_path / "file", 8, 6)
+    assert (tmp_path / "mine" / "depth" / "000000.npy").read_bytes() == b"not a frame"
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "empty", 1, 1.0).close()
+
+
 def test_a_shot_is_a_pairs_folder_for_a_conditioner(shot_dir):
     """hatched/ and image/ are matched by name: an artist's own renders train a conditioner."""
     from pilot.data.paired import PairedConfig, PairedImages

@@ -26,6 +26,19 @@ def test_render_then_preview(tmp_path, capsys):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
+def test_render_over_a_shot_and_into_a_folder_of_yours(tmp_path, capsys):
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "3", "--size", "16", "16"]) == 0
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "16", "16"]) == 0
+    assert sorted(f.name for f in (shot / "depth").iterdir()) == ["000000.npy", "000001.npy"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["shot", "render", str(mine), "--frames", "2", "--size", "16", "16"]) == 2
+    assert f"{mine} is not empty and holds no shot" in capsys.readouterr().err
+    assert sorted(f.name for f in mine.iterdir()) == ["notes.txt"]
+
+
 def test_pairs_writes_manifest(tmp_path):
     assert main(["shot", "pairs", str(tmp_path), "--n", "2", "--size", "16"]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["count"] == 2
