@@ -39,7 +39,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     """Render a procedural corridor fly-through as a shot."""
     from pilot.scenes.procedural import fly_through_shot
+    from pilot.scenes.shot import check_fps
 
+    check_fps(args.fps, "--fps")
     w, h = args.size
     path = fly_through_shot(args.out, args.seed, args.frames, w, h, fps=args.fps)
     print(f"wrote {path}")

@@ -42,12 +42,14 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,12 @@ def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
         raise ValueError(f"{where}: c2w rotation is a reflection (det < 0)")
 
 
+def check_fps(fps: float, where: str) -> None:
+    """ValueError naming `where` unless fps is a finite frame rate > 0."""
+    if not (isinstance(fps, Real) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"{where}: fps={fps!r} must be a positive, finite frame rate")
+
+
 def _is_shot(root: Path) -> bool:
     """Whether `root` holds a shot.json of this format (complete or not, readable)."""
     try:
@@ -192,7 +200,7 @@ class ShotWriter:
     Args:
         root: output folder (created).
         width, height: resolution in pixels.
-        fps: frames per second of the move.
+        fps: frames per second of the move (finite, > 0).
         far: depth stored where nothing was hit.
         provenance: free-form description of the source, stored in shot.json.
     """
@@ -207,6 +215,7 @@ class ShotWriter:
         provenance: dict[str, Any] | None = None,
     ):
         self.root, self.width, self.height = Path(root), width, height
+        check_fps(fps, str(self.root))
         check_writable(self.root)
         self.meta = {"fps": float(fps), "far": float(far), "provenance": provenance or {}}
         self.frames: list[dict[str, Any]] = []
@@ -302,6 +311,7 @@ class Shot:
             raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file")
         if "depth" not in self.passes or set(self.passes) - set(PASSES):
             raise ValueError(f"{path}: passes {self.passes} must include depth, within {PASSES}")
+        check_fps(self.fps, str(path))
         self.meta, self.frames = meta, frames
         for k, fr in enumerate(frames):
             check_camera(fr["K"], fr["c2w"], f"{path} frame {k}")

@@ -125,6 +125,18 @@ def test_bad_camera_names_frame(shot_dir, tmp_path, key, value, message):
         Shot(root)
 
 
+@pytest.mark.parametrize("fps", [0, -1, float("nan"), float("inf")])
+def test_fps_must_be_positive_and_finite(shot_dir, tmp_path, fps):
+    with pytest.raises(ValueError, match=r"fps=.* must be a positive, finite frame rate"):
+        ShotWriter(tmp_path / "new", 8, 6, fps=fps)
+    assert not (tmp_path / "new").exists()
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    (root / "shot.json").write_text(json.dumps(dict(meta, fps=fps)))
+    with pytest.raises(ValueError, match=r"s/shot.json: fps=.* must be a positive"):
+        Shot(root)
+
+
 def test_writer_rejects_inconsistent_frames(tmp_path):
     w = ShotWriter(tmp_path, 8, 6)
     K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)

@@ -65,6 +65,9 @@ def test_errors_name_the_path(tmp_path, capsys):
     assert "nope/shot.json" in capsys.readouterr().err
     assert main(["shot", "export", str(tmp_path / "missing.blend"), str(tmp_path / "o")]) == 2
     assert "missing.blend" in capsys.readouterr().err
+    for fps in ("0", "-1", "nan"):
+        assert main(["shot", "render", str(tmp_path / "r"), "--fps", fps]) == 2
+        assert "--fps: fps=" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_export_blend_file(tmp_path):
