@@ -129,7 +129,10 @@ def _shape(p: str, height: int, width: int) -> tuple[int, ...]:
 
 def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
     """ValueError naming `where` unless K is a valid pinhole matrix and c2w a rigid pose."""
-    K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    try:
+        K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: K and c2w must be matrices of numbers ({e})") from e
     if K.shape != (3, 3) or c2w.shape != (4, 4):
         raise ValueError(f"{where}: K must be 3x3 and c2w 4x4, got {K.shape} and {c2w.shape}")
     if not (np.isfinite(K).all() and np.isfinite(c2w).all()):
@@ -147,6 +150,23 @@ def check_fps(fps: float, where: str) -> None:
     """ValueError naming `where` unless fps is a finite frame rate > 0."""
     if not (isinstance(fps, Real) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"{where}: fps={fps!r} must be a positive, finite frame rate")
+
+
+def _check_frames(frames: Any, path: Path) -> None:
+    """ValueError naming shot.json (and the frame) unless `frames` is a non-empty list of
+    {"K": 3x3, "c2w": 4x4, ...} entries with valid cameras (`check_camera`)."""
+    if not isinstance(frames, list) or not frames:
+        raise ValueError(f'{path}: "frames" must be a non-empty list, got {json.dumps(frames):.40}')
+    for k, fr in enumerate(frames):
+        where = f"{path} frame {k}"
+        if not isinstance(fr, dict):
+            raise ValueError(
+                f"{where}: expected an object with K and c2w, got {json.dumps(fr):.40}"
+            )
+        missing = [key for key in ("K", "c2w") if key not in fr]
+        if missing:
+            raise ValueError(f"{where}: missing key {missing[0]!r}")
+        check_camera(fr["K"], fr["c2w"], where)
 
 
 def _is_shot(root: Path) -> bool:
@@ -289,10 +309,10 @@ class Frame:
 class Shot:
     """A shot folder opened for reading: metadata now, frame files when asked for.
 
-    Opening checks shot.json (keys, resolution, every camera) and that every frame's files
-    exist; `shot[k]` loads and checks frame k's arrays (shape, finite depth), `shot.frame(k,
-    passes)` only some of them. Errors are FileNotFoundError / ValueError naming the frame and
-    the file.
+    Opening checks shot.json (keys, resolution, fps, every frame entry and camera) and that
+    every frame's files exist; `shot[k]` loads and checks frame k's arrays (shape, finite
+    depth), `shot.frame(k, passes)` only some of them. Errors are FileNotFoundError / ValueError
+    naming the frame and the file.
     """
 
     def __init__(self, root: str | Path):
@@ -312,9 +332,9 @@ class Shot:
         if "depth" not in self.passes or set(self.passes) - set(PASSES):
             raise ValueError(f"{path}: passes {self.passes} must include depth, within {PASSES}")
         check_fps(self.fps, str(path))
+        _check_frames(frames, path)
         self.meta, self.frames = meta, frames
-        for k, fr in enumerate(frames):
-            check_camera(fr["K"], fr["c2w"], f"{path} frame {k}")
+        for k in range(len(frames)):
             for p in self.passes:
                 f = self.file(k, p)
                 if not f.is_file():

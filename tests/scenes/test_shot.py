@@ -137,6 +137,29 @@ def test_fps_must_be_positive_and_finite(shot_dir, tmp_path, fps):
         Shot(root)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["frames"][2].pop("K"), "shot.json frame 2: missing key 'K'"),
+        (lambda m: m["frames"][1].pop("c2w"), "shot.json frame 1: missing key 'c2w'"),
+        (lambda m: m["frames"].__setitem__(3, [1, 2]), "shot.json frame 3: expected an object"),
+        (lambda m: m["frames"][0].__setitem__("K", "eye"), "frame 0: K and c2w must be matrices"),
+        (lambda m: m["frames"][0]["c2w"].pop(), "frame 0: K must be 3x3 and c2w 4x4"),
+        (lambda m: m["frames"][0]["K"][0].pop(), "frame 0: K and c2w must be matrices"),
+        (lambda m: m.__setitem__("frames", None), 'shot.json: "frames" must be a non-empty list'),
+        (lambda m: m.__setitem__("frames", []), 'shot.json: "frames" must be a non-empty list'),
+        (lambda m: m.__setitem__("frames", {"0": 1}), '"frames" must be a non-empty list'),
+    ],
+)
+def test_malformed_frame_entries_name_the_file_and_frame(shot_dir, tmp_path, edit, message):
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    edit(meta)
+    (root / "shot.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        Shot(root)
+
+
 def test_writer_rejects_inconsistent_frames(tmp_path):
     w = ShotWriter(tmp_path, 8, 6)
     K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
