@@ -49,7 +49,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,12 @@ def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
         raise ValueError(f"{where}: c2w rotation is a reflection (det < 0)")
 
 
+def check_resolution(width: int, height: int, where: str) -> None:
+    """ValueError naming `where` unless width and height are integers > 0."""
+    if not all(isinstance(n, Integral) and n > 0 for n in (width, height)):
+        raise ValueError(f"{where}: size {width}x{height} must be positive integers")
+
+
 def check_fps(fps: float, where: str) -> None:
     """ValueError naming `where` unless fps is a finite frame rate > 0."""
     if not (isinstance(fps, Real) and math.isfinite(fps) and fps > 0):
@@ -219,7 +225,7 @@ class ShotWriter:
 
     Args:
         root: output folder (created).
-        width, height: resolution in pixels.
+        width, height: resolution in pixels (> 0).
         fps: frames per second of the move (finite, > 0).
         far: depth stored where nothing was hit.
         provenance: free-form description of the source, stored in shot.json.
@@ -235,6 +241,7 @@ class ShotWriter:
         provenance: dict[str, Any] | None = None,
     ):
         self.root, self.width, self.height = Path(root), width, height
+        check_resolution(width, height, str(self.root))
         check_fps(fps, str(self.root))
         check_writable(self.root)
         self.meta = {"fps": float(fps), "far": float(far), "provenance": provenance or {}}
@@ -331,6 +338,7 @@ class Shot:
             raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file")
         if "depth" not in self.passes or set(self.passes) - set(PASSES):
             raise ValueError(f"{path}: passes {self.passes} must include depth, within {PASSES}")
+        check_resolution(self.width, self.height, str(path))
         check_fps(self.fps, str(path))
         _check_frames(frames, path)
         self.meta, self.frames = meta, frames
@@ -359,8 +367,9 @@ class Shot:
         else:
             try:
                 a = np.load(f)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"frame {k}: unreadable {p} file {f} ({e})") from e
+            except (OSError, ValueError) as e:  # numpy's advice to allow pickles does not apply
+                why = "pickled or object data, not an array of numbers" if "pickle" in str(e) else e
+                raise ValueError(f"frame {k}: unreadable {p} file {f} ({why})") from e
         want = _shape(p, self.height, self.width)
         if a.shape != want:
             raise ValueError(f"frame {k}: {f} has shape {a.shape}, shot.json says {want}")

@@ -108,6 +108,24 @@ def test_mismatched_resolution_and_nan_depth(shot_dir, tmp_path):
         shot[3]
 
 
+def test_garbage_depth_file_is_named_without_numpys_pickle_advice(shot_dir, tmp_path):
+    root = _copy(shot_dir, tmp_path / "s")
+    (root / "depth" / "000003.npy").write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"frame 3: unreadable depth file .*000003\.npy") as e:
+        Shot(root)[3]
+    assert "allow_pickle" not in str(e.value) and "pickled" in str(e.value)
+
+
+def test_size_must_be_positive(shot_dir, tmp_path):
+    with pytest.raises(ValueError, match="size 0x6 must be positive"):
+        ShotWriter(tmp_path / "new", 0, 6)
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    (root / "shot.json").write_text(json.dumps(dict(meta, width=-32)))
+    with pytest.raises(ValueError, match=r"s/shot.json: size -32x24 must be positive"):
+        Shot(root)
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [

@@ -70,6 +70,33 @@ def test_errors_name_the_path(tmp_path, capsys):
         assert "--fps: fps=" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("size", [("0", "0"), ("-8", "8"), ("16", "0")])
+def test_sizes_must_be_positive(tmp_path, capsys, size):
+    assert main(["shot", "render", str(tmp_path / "r"), "--size", *size]) == 2
+    assert f"--size: size {size[0]}x{size[1]} must be positive" in capsys.readouterr().err
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER")
+    never = ["--blender", str(tmp_path / "no-blender")]  # refused before Blender runs
+    assert main(["shot", "export", str(blend), str(tmp_path / "x"), "--size", *size, *never]) == 2
+    assert "--size: size" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "x").exists()
+
+
+def test_preview_rows_must_be_positive(tmp_path, capsys):
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "16", "16"]) == 0
+    assert main(["shot", "preview", str(shot), str(tmp_path / "s.png"), "--rows", "0"]) == 2
+    assert "--rows 0" in capsys.readouterr().err
+
+
+def test_export_of_a_file_blender_cannot_read(tmp_path, capsys):
+    pytest.importorskip("bpy", reason="bpy (pip install bpy==4.2.0) not importable")
+    blend = tmp_path / "junk.blend"
+    blend.write_text("junk")
+    assert main(["shot", "export", str(blend), str(tmp_path / "x")]) == 2
+    assert f"{blend}: Blender cannot open it" in capsys.readouterr().err
+
+
 def test_export_blend_file(tmp_path):
     bpy = pytest.importorskip("bpy", reason="bpy (pip install bpy==4.2.0) not importable")
     bpy.ops.wm.read_factory_settings(use_empty=True)
