@@ -17,8 +17,9 @@ A shot is a folder (format "pilot-shot", version 1)::
 Files are numbered by position in the shot (0, 1, ...); `frames[k]["source_frame"]` keeps the
 frame number of the source (e.g. Blender's). Float passes are .npy: lossless, no EXR codec needed.
 
-A writer goes into a new or empty folder, a shot folder, or an unfinished one of its own (the
-marker above); any other folder is refused, so nothing else is overwritten. Writing over a shot
+A writer goes into a new or empty folder, a shot folder, or an unfinished one (the marker
+above, or nothing but pass folders of frame files); any other folder is refused, so nothing else
+is overwritten. Writing over a shot
 removes its shot.json and frame files before the first new frame is written: an interrupted
 re-render leaves an unfinished shot that `Shot` refuses, never a mix of two scenes.
 
@@ -184,14 +185,26 @@ def _is_shot(root: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
+def _holds_only_frames(root: Path) -> bool:
+    """Whether every entry of `root` is a pass folder of frame files: an unfinished shot from
+    before the marker, or with it removed."""
+    for entry in root.iterdir():
+        if entry.name not in PASSES or not entry.is_dir():
+            return False
+        if not all(FRAME_FILE.fullmatch(f.name) and f.is_file() for f in entry.iterdir()):
+            return False
+    return True
+
+
 def check_writable(root: Path) -> None:
     """ValueError unless a shot may be written into `root`: new, empty, a shot folder, or an
-    unfinished one (a writer's marker). Any other folder may hold files of the user's."""
+    unfinished one (a writer's marker, or only pass folders of frame files). Any other folder
+    may hold files of the user's."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file, not a shot folder")
     if not root.is_dir() or not any(root.iterdir()):
         return
-    if not ((root / UNFINISHED).is_file() or _is_shot(root)):
+    if not ((root / UNFINISHED).is_file() or _is_shot(root) or _holds_only_frames(root)):
         raise ValueError(
             f"{root} is not empty and holds no shot (no {FORMAT} shot.json): pass a new or "
             "empty folder, so nothing of yours is overwritten"

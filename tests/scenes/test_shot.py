@@ -226,9 +226,9 @@ def test_a_bad_first_frame_leaves_the_old_shot(tmp_path):
 
 
 def test_writer_refuses_a_folder_that_holds_no_shot(tmp_path):
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "depth").mkdir()
+    (tmp_path / "mine" / "depth").mkdir(parents=True)
     (tmp_path / "mine" / "depth" / "000000.npy").write_bytes(b"not a frame")
+    (tmp_path / "mine" / "depth" / "notes.txt").write_text("mine")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "shot.json").write_text('{"format": "someone-else"}')
     (tmp_path / "file").write_text("")
@@ -240,6 +240,9 @@ def test_writer_refuses_a_folder_that_holds_no_shot(tmp_path):
     assert (tmp_path / "mine" / "depth" / "000000.npy").read_bytes() == b"not a frame"
     (tmp_path / "empty").mkdir()
     _write(tmp_path / "empty", 1, 1.0).close()
+    (tmp_path / "mine" / "depth" / "notes.txt").unlink()  # only frame files: an unfinished shot
+    _write(tmp_path / "mine", 1, 1.0).close()
+    assert len(Shot(tmp_path / "mine")) == 1
 
 
 def test_a_shot_is_a_pairs_folder_for_a_conditioner(shot_dir):
