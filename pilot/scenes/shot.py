@@ -19,9 +19,9 @@ frame number of the source (e.g. Blender's). Float passes are .npy: lossless, no
 
 A writer goes into a new or empty folder, a shot folder, or an unfinished one (the marker
 above, or nothing but pass folders of frame files); any other folder is refused, so nothing else
-is overwritten. Writing over a shot
-removes its shot.json and frame files before the first new frame is written: an interrupted
-re-render leaves an unfinished shot that `Shot` refuses, never a mix of two scenes.
+is overwritten. Writing over a shot removes its shot.json and frame files before the first new
+frame is written: an interrupted re-render leaves an unfinished shot that `Shot` refuses, never
+a mix of two scenes.
 
 shot.json::
 
