@@ -138,7 +138,8 @@ def _kinds() -> str:
 class VideoFrames:
     """A plain video (or a folder of images) as the animation's frames: "video in" mode.
 
-    Frames are read once and resized to `size` (H, W) if given; flow is estimated with DIS.
+    Frames are read once and each is resized to `size` (H, W) if given; flow is estimated with
+    DIS. Without a size every frame must have the first one's size (a folder of frames may not).
 
     Args:
         path: A video file OpenCV can read, or a folder of PNG/JPEG frames (sorted by name).
@@ -151,9 +152,10 @@ class VideoFrames:
         frames, self.fps = _read_video(Path(path), fps)
         if not frames:
             raise ValueError(f"{path}: no frames")
-        video = torch.stack(frames)  # (N, 3, H, W)
-        if size is not None and tuple(video.shape[-2:]) != tuple(size):
-            video = F.interpolate(video, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+        if size is not None:
+            frames = {name: _resize(frame, size) for name, frame in frames.items()}
+        _check_same_size(frames, path)
+        video = torch.stack(list(frames.values()))  # (N, 3, H, W)
         self.frames = video
         self.height, self.width = video.shape[-2:]
         self.flow: FlowSource = EstimatedFlow(lambda k: self.frames[k], len(video))
@@ -178,25 +180,44 @@ class VideoFrames:
         return self.frames[k][None]
 
 
-def _read_video(path: Path, fps: float) -> tuple[list[Tensor], float]:
+def _read_video(path: Path, fps: float) -> tuple[dict[str, Tensor], float]:
+    """Frames (3, H, W) in [0, 1] in order, keyed by file name (folder) or "frame k" (video)."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        return [read_image(p) for p in files], fps
+        return {p.name: read_image(p) for p in files}, fps
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such video file or frame folder")
     import cv2
 
     capture = cv2.VideoCapture(str(path))
-    frames = []
+    frames = {}
     while True:
         ok, bgr = capture.read()
         if not ok:
             break
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        frames.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+        frames[f"frame {len(frames)}"] = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     video_fps = capture.get(cv2.CAP_PROP_FPS) or fps
     capture.release()
     return frames, float(video_fps)
+
+
+def _resize(frame: Tensor, size: tuple[int, int]) -> Tensor:
+    """(3, H, W) frame resized to `size` (bilinear, antialiased), unchanged if already that."""
+    if tuple(frame.shape[-2:]) == tuple(size):
+        return frame
+    return F.interpolate(frame[None], size=size, mode="bilinear", antialias=True)[0].clamp(0, 1)
+
+
+def _check_same_size(frames: dict[str, Tensor], path: str | os.PathLike) -> None:
+    """ValueError naming the first frame whose size differs from the first frame's."""
+    (first, shape), *rest = ((name, f.shape[-2:]) for name, f in frames.items())
+    for name, other in rest:
+        if other != shape:
+            raise ValueError(
+                f"{path}: {name} is {other[1]}x{other[0]}, but {first} is {shape[1]}x{shape[0]}: "
+                "frames of one video share a size (give a size, --width/--height, to resize each)"
+            )
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,8 +18,9 @@ overflows with an error instead of hanging. Syntax errors raise `ScheduleError` 
 and a caret under the offending character.
 
 Prompt schedules key prompts by frame, `"0: a red corridor | 24: a blue cave"` (or a JSON
-object `{"0": "...", "24": "..."}`, Deforum's form); between keys the text embeddings are
-interpolated (`PromptSchedule.at(t)` gives the two prompts and the weight of the second).
+object `{"0": "...", "24": "..."}`, Deforum's form: string prompts, frames checked as in the
+text form); between keys the text embeddings are interpolated (`PromptSchedule.at(t)` gives the
+two prompts and the weight of the second).
 """
 
 from __future__ import annotations
@@ -320,16 +321,8 @@ def parse_prompt_schedule(text: str, interpolation: Interpolation = "linear") ->
     A piece only counts as keyed when it starts with `<number>:`, so a plain prompt may hold
     colons elsewhere ("style: ink").
     """
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            keyed = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            raise ScheduleError(f"invalid JSON ({e.msg})", text, e.pos) from None
-        try:
-            items = sorted((float(k), str(v)) for k, v in keyed.items())
-        except ValueError:
-            raise ScheduleError("JSON prompt keys must be frame numbers", text, 0) from None
+    if text.strip().startswith("{"):
+        items = _parse_json_prompts(text)
     else:
         items = []
         for start, piece in _split_prompts(text):
@@ -349,6 +342,32 @@ def parse_prompt_schedule(text: str, interpolation: Interpolation = "linear") ->
         raise ScheduleError("empty prompt schedule", text, 0)
     frames, prompts = zip(*items, strict=True)
     return PromptSchedule(tuple(frames), tuple(prompts), interpolation)
+
+
+def _parse_json_prompts(text: str) -> list[tuple[float, str]]:
+    """`(frame, prompt)` pairs of a JSON object `{"0": "...", "24": "..."}`, sorted by frame.
+
+    Keys are checked like the text form's (numbers, finite, >= 0, each frame once) and values
+    must be strings; errors point at the key in `text`.
+    """
+    lead = len(text) - len(text.lstrip())
+    try:
+        keyed = json.loads(text.strip())
+    except json.JSONDecodeError as e:
+        raise ScheduleError(f"invalid JSON ({e.msg})", text, lead + e.pos) from None
+    items = []
+    for key, prompt in keyed.items():
+        at = text.find(json.dumps(key)) + 1  # inside the key's quotes (0 if not found)
+        frame = _parse_frame(key, text, at)
+        if not isinstance(prompt, str):
+            got = json.dumps(prompt)
+            raise ScheduleError(
+                f"the prompt of keyframe {key!r} must be a string, not {got}", text, at
+            )
+        if any(frame == f for f, _ in items):
+            raise ScheduleError(f"keyframe {frame:g} appears twice", text, at)
+        items.append((frame, prompt))
+    return sorted(items)
 
 
 def _split_prompts(text: str) -> list[tuple[int, str]]:

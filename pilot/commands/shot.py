@@ -11,18 +11,22 @@ from pathlib import Path
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a .blend file's camera animation as a shot (bpy module, else `blender -b`)."""
+    from pilot.scenes.shot import check_resolution
+
     blend = Path(args.blend)
     if not blend.is_file():
         raise FileNotFoundError(f"{blend}: no such .blend file")
+    if args.size:
+        check_resolution(*args.size, "--size")
     frames = tuple(args.frames) if args.frames else None
     try:
         import bpy
     except ImportError:
         bpy = None
     if bpy is not None and args.blender is None:
-        from pilot.scenes.blender import export_shot
+        from pilot.scenes.blender import export_shot, open_blend
 
-        bpy.ops.wm.open_mainfile(filepath=str(blend.resolve()))
+        open_blend(blend)
         size = tuple(args.size) if args.size else None
         print(f"wrote {export_shot(args.out, frames, args.samples, size=size)}")
         return 0
@@ -39,7 +43,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     """Render a procedural corridor fly-through as a shot."""
     from pilot.scenes.procedural import fly_through_shot
+    from pilot.scenes.shot import check_fps, check_resolution
 
+    check_fps(args.fps, "--fps")
+    check_resolution(*args.size, "--size")
     w, h = args.size
     path = fly_through_shot(args.out, args.seed, args.frames, w, h, fps=args.fps)
     print(f"wrote {path}")
@@ -78,6 +85,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from pilot.scenes.preview import contact_sheet, pass_columns
     from pilot.scenes.shot import Shot
 
+    if args.rows < 1:
+        raise ValueError(f"--rows {args.rows}: a contact sheet shows at least 1 frame")
     shot = Shot(args.shot)
     if Path(args.out).suffix.lower() in VIDEO_SUFFIXES:
         frames = [contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot))]

@@ -38,7 +38,7 @@ if not globals().get("__package__"):  # run by `blender --python`: make `pilot` 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pilot.scenes.exr import read_exr  # noqa: E402
-from pilot.scenes.shot import ShotWriter  # noqa: E402
+from pilot.scenes.shot import ShotWriter, check_resolution  # noqa: E402
 
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: flip y and z
 
@@ -116,6 +116,17 @@ def convert_passes(path: Path, K: np.ndarray, c2w: np.ndarray, far: float) -> di
     return {"depth": depth, "normals": n.astype(np.float32), "motion": motion, "image": image}
 
 
+def open_blend(path: Path) -> None:
+    """Open a .blend file in the bpy module; ValueError naming it if Blender cannot read it."""
+    import bpy
+
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(Path(path).resolve()))
+    except RuntimeError as e:  # bpy reports an unreadable file as "Error: ... not supported ..."
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
+        raise ValueError(f"{path}: Blender cannot open it as a .blend file ({reason})") from e
+
+
 def export_shot(
     out: str | Path,
     frames: tuple[int, int] | None = None,
@@ -125,11 +136,13 @@ def export_shot(
 ) -> Path:
     """Render the active scene's camera over `frames` (inclusive, default the scene range).
 
-    `size` (width, height) overrides the scene's render resolution. Returns the path of the
-    written shot.json.
+    `size` (width, height, > 0) overrides the scene's render resolution. Returns the path of
+    the written shot.json.
     """
     import bpy
 
+    if size is not None:  # checked here: Blender clamps a bad resolution to 4x4
+        check_resolution(*size, "size")
     scene = bpy.context.scene
     cam = scene.camera
     if cam is None:

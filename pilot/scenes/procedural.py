@@ -40,22 +40,23 @@ def fly_through_shot(
 
     Passes: depth, camera-space normals, motion (from depth and poses, exact for this static
     scene), the fogged colour image, and the hatched line drawing of the same walls (the input
-    of the walls conditioner, `pilot conditioner apply`). Returns the path of shot.json.
+    of the walls conditioner, `pilot conditioner apply`). The folder is checked (`ShotWriter`)
+    before rendering. Returns the path of shot.json.
     """
     if n_frames < 2:
         raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
+    cfg = RenderConfig()
+    provenance = {"source": "pilot.scenes.procedural.fly_through_shot", "seed": seed}
+    writer = ShotWriter(root, width, height, fps=fps, far=cfg.far, provenance=provenance)
     scene, path = fly_through(np.random.default_rng(seed))
     c2w = path.poses(n_frames)  # (N, 4, 4)
     K = path.intrinsics(width, height).expand(n_frames, 3, 3).contiguous()
-    cfg = RenderConfig()
     parts = []
     for lo in range(0, n_frames, batch):
         hi = min(lo + batch, n_frames)
         parts.append(render(stack_scenes([scene] * (hi - lo)), K[lo:hi], c2w[lo:hi], height, width))
     out = {k: torch.cat([p[k] for p in parts]) for k in ("image", "hatched", "depth", "normals")}
     motion = motion_from_depth(out["depth"], K, c2w)
-    provenance = {"source": "pilot.scenes.procedural.fly_through_shot", "seed": seed}
-    writer = ShotWriter(root, width, height, fps=fps, far=cfg.far, provenance=provenance)
     image, hatched = (
         out[p].clamp(0, 1).mul(255).round().to(torch.uint8) for p in ("image", "hatched")
     )

@@ -3,6 +3,7 @@
 A shot is a folder (format "pilot-shot", version 1)::
 
     shot.json              metadata and cameras (below); written last, so it marks a complete shot
+    .shot-unfinished       present while a `ShotWriter` fills the folder (removed by `close()`)
     depth/000000.npy       float32 (H, W): z-depth in metres (distance along the camera's +z axis,
                            not along the ray); finite and > 0; pixels with no surface hold `far`
     normals/000000.npy     optional float32 (H, W, 3): unit normals in CAMERA space (OpenCV axes),
@@ -15,6 +16,12 @@ A shot is a folder (format "pilot-shot", version 1)::
 
 Files are numbered by position in the shot (0, 1, ...); `frames[k]["source_frame"]` keeps the
 frame number of the source (e.g. Blender's). Float passes are .npy: lossless, no EXR codec needed.
+
+A writer goes into a new or empty folder, a shot folder, or an unfinished one (the marker
+above, or nothing but pass folders of frame files); any other folder is refused, so nothing else
+is overwritten. Writing over a shot removes its shot.json and frame files before the first new
+frame is written: an interrupted re-render leaves an unfinished shot that `Shot` refuses, never
+a mix of two scenes.
 
 shot.json::
 
@@ -36,11 +43,14 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +60,8 @@ FORMAT, VERSION = "pilot-shot", 1
 PASSES = ("depth", "normals", "motion", "image", "hatched")  # depth is required
 CHANNELS = {"depth": 1, "normals": 3, "motion": 4, "image": 3, "hatched": 1}
 PNG_PASSES = ("image", "hatched")  # 8-bit PNG files; the others are float32 .npy
+UNFINISHED = ".shot-unfinished"  # marker file: a writer has started and not closed
+FRAME_FILE = re.compile(r"\.?\d{6}\.(npy|png)(\.tmp)?")  # a frame file, or its temporary
 CONVENTIONS = {
     "camera": "OpenCV: x right, y down, z forward; c2w maps camera to world coordinates",
     "world": "right-handed, z up, metres",
@@ -88,16 +100,22 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     )
 
 
-def _save_frame(root: Path, p: str, k: int, a: np.ndarray, height: int, width: int) -> None:
-    """Check frame k's array of pass `p` and write it atomically (PNG or float32 .npy)."""
+def _check_array(p: str, k: int, a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Frame k's array of pass `p` as an array, checked for shape (and uint8 for PNG passes)."""
     a = np.asarray(a)
     want = _shape(p, height, width)
     if a.shape != want:
         raise ValueError(f"frame {k}: {p} has shape {a.shape}, expected {want}")
+    if p in PNG_PASSES and a.dtype != np.uint8:
+        raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
+    return a
+
+
+def _save_frame(root: Path, p: str, k: int, a: np.ndarray, height: int, width: int) -> None:
+    """Check frame k's array of pass `p` and write it atomically (PNG or float32 .npy)."""
+    a = _check_array(p, k, a, height, width)
     (root / p).mkdir(exist_ok=True)
     if p in PNG_PASSES:
-        if a.dtype != np.uint8:
-            raise ValueError(f"frame {k}: {p} must be uint8 (0-255), got {a.dtype}")
         _save_atomic(root / p / f"{k:06d}.png", png_bytes(a))
     else:
         f = io.BytesIO()
@@ -112,7 +130,10 @@ def _shape(p: str, height: int, width: int) -> tuple[int, ...]:
 
 def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
     """ValueError naming `where` unless K is a valid pinhole matrix and c2w a rigid pose."""
-    K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    try:
+        K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: K and c2w must be matrices of numbers ({e})") from e
     if K.shape != (3, 3) or c2w.shape != (4, 4):
         raise ValueError(f"{where}: K must be 3x3 and c2w 4x4, got {K.shape} and {c2w.shape}")
     if not (np.isfinite(K).all() and np.isfinite(c2w).all()):
@@ -126,13 +147,99 @@ def check_camera(K: np.ndarray, c2w: np.ndarray, where: str) -> None:
         raise ValueError(f"{where}: c2w rotation is a reflection (det < 0)")
 
 
+def check_resolution(width: int, height: int, where: str) -> None:
+    """ValueError naming `where` unless width and height are integers > 0."""
+    if not all(isinstance(n, Integral) and n > 0 for n in (width, height)):
+        raise ValueError(f"{where}: size {width}x{height} must be positive integers")
+
+
+def check_fps(fps: float, where: str) -> None:
+    """ValueError naming `where` unless fps is a finite frame rate > 0."""
+    if not (isinstance(fps, Real) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"{where}: fps={fps!r} must be a positive, finite frame rate")
+
+
+def _check_frames(frames: Any, path: Path) -> None:
+    """ValueError naming shot.json (and the frame) unless `frames` is a non-empty list of
+    {"K": 3x3, "c2w": 4x4, ...} entries with valid cameras (`check_camera`)."""
+    if not isinstance(frames, list) or not frames:
+        raise ValueError(f'{path}: "frames" must be a non-empty list, got {json.dumps(frames):.40}')
+    for k, fr in enumerate(frames):
+        where = f"{path} frame {k}"
+        if not isinstance(fr, dict):
+            raise ValueError(
+                f"{where}: expected an object with K and c2w, got {json.dumps(fr):.40}"
+            )
+        missing = [key for key in ("K", "c2w") if key not in fr]
+        if missing:
+            raise ValueError(f"{where}: missing key {missing[0]!r}")
+        check_camera(fr["K"], fr["c2w"], where)
+
+
+def _is_shot(root: Path) -> bool:
+    """Whether `root` holds a shot.json of this format (complete or not, readable)."""
+    try:
+        meta = json.loads((root / "shot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _holds_only_frames(root: Path) -> bool:
+    """Whether every entry of `root` is a pass folder of frame files: an unfinished shot from
+    before the marker, or with it removed."""
+    for entry in root.iterdir():
+        if entry.name not in PASSES or not entry.is_dir():
+            return False
+        if not all(FRAME_FILE.fullmatch(f.name) and f.is_file() for f in entry.iterdir()):
+            return False
+    return True
+
+
+def check_writable(root: Path) -> None:
+    """ValueError unless a shot may be written into `root`: new, empty, a shot folder, or an
+    unfinished one (a writer's marker, or only pass folders of frame files). Any other folder
+    may hold files of the user's."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a shot folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if not ((root / UNFINISHED).is_file() or _is_shot(root) or _holds_only_frames(root)):
+        raise ValueError(
+            f"{root} is not empty and holds no shot (no {FORMAT} shot.json): pass a new or "
+            "empty folder, so nothing of yours is overwritten"
+        )
+
+
+def _clear(root: Path) -> None:
+    """Mark `root` unfinished, then remove its old shot.json and frame files (other files stay).
+
+    The marker comes first, so the folder is always recognised as a shot of ours.
+    """
+    (root / UNFINISHED).touch()
+    (root / "shot.json").unlink(missing_ok=True)
+    for p in PASSES:
+        folder = root / p
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if FRAME_FILE.fullmatch(f.name):
+                f.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 class ShotWriter:
     """Write a shot frame by frame (numpy arrays); `close()` writes shot.json.
 
+    The folder must be new, empty, a shot folder or an unfinished one (`check_writable`). The
+    first `add` removes the shot already there (its shot.json first), so an interrupted writer
+    leaves an unfinished shot, never the old shot.json over new frames; run it again.
+
     Args:
         root: output folder (created).
-        width, height: resolution in pixels.
-        fps: frames per second of the move.
+        width, height: resolution in pixels (> 0).
+        fps: frames per second of the move (finite, > 0).
         far: depth stored where nothing was hit.
         provenance: free-form description of the source, stored in shot.json.
     """
@@ -147,6 +254,9 @@ class ShotWriter:
         provenance: dict[str, Any] | None = None,
     ):
         self.root, self.width, self.height = Path(root), width, height
+        check_resolution(width, height, str(self.root))
+        check_fps(fps, str(self.root))
+        check_writable(self.root)
         self.meta = {"fps": float(fps), "far": float(far), "provenance": provenance or {}}
         self.frames: list[dict[str, Any]] = []
         self.passes: list[str] | None = None
@@ -180,14 +290,17 @@ class ShotWriter:
             self.passes = given
         elif given != self.passes:
             raise ValueError(f"frame {k}: passes {given} differ from frame 0's {self.passes}")
+        checked = {p: _check_array(p, k, arrays[p], self.height, self.width) for p in given}
+        if k == 0:  # a bad first frame leaves the folder as it was
+            _clear(self.root)
         for p in given:
-            _save_frame(self.root, p, k, arrays[p], self.height, self.width)
+            _save_frame(self.root, p, k, checked[p], self.height, self.width)
         src = k if source_frame is None else int(source_frame)
         cam = {"K": np.asarray(K).tolist(), "c2w": np.asarray(c2w).tolist()}
         self.frames.append({"source_frame": src, **cam})
 
     def close(self) -> Path:
-        """Write shot.json (atomically) and return its path."""
+        """Write shot.json (atomically), remove the unfinished marker, return shot.json's path."""
         if not self.frames:
             raise ValueError(f"{self.root}: a shot needs at least one frame")
         meta = {"format": FORMAT, "version": VERSION, "width": self.width, "height": self.height}
@@ -195,6 +308,7 @@ class ShotWriter:
         meta["frames"] = self.frames
         path = self.root / "shot.json"
         _save_atomic(path, json.dumps(meta, indent=1).encode())
+        (self.root / UNFINISHED).unlink(missing_ok=True)
         return path
 
 
@@ -215,10 +329,10 @@ class Frame:
 class Shot:
     """A shot folder opened for reading: metadata now, frame files when asked for.
 
-    Opening checks shot.json (keys, resolution, every camera) and that every frame's files
-    exist; `shot[k]` loads and checks frame k's arrays (shape, finite depth), `shot.frame(k,
-    passes)` only some of them. Errors are FileNotFoundError / ValueError naming the frame and
-    the file.
+    Opening checks shot.json (keys, resolution, fps, every frame entry and camera) and that
+    every frame's files exist; `shot[k]` loads and checks frame k's arrays (shape, finite
+    depth), `shot.frame(k, passes)` only some of them. Errors are FileNotFoundError / ValueError
+    naming the frame and the file.
     """
 
     def __init__(self, root: str | Path):
@@ -237,9 +351,11 @@ class Shot:
             raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file")
         if "depth" not in self.passes or set(self.passes) - set(PASSES):
             raise ValueError(f"{path}: passes {self.passes} must include depth, within {PASSES}")
+        check_resolution(self.width, self.height, str(path))
+        check_fps(self.fps, str(path))
+        _check_frames(frames, path)
         self.meta, self.frames = meta, frames
-        for k, fr in enumerate(frames):
-            check_camera(fr["K"], fr["c2w"], f"{path} frame {k}")
+        for k in range(len(frames)):
             for p in self.passes:
                 f = self.file(k, p)
                 if not f.is_file():
@@ -264,8 +380,9 @@ class Shot:
         else:
             try:
                 a = np.load(f)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"frame {k}: unreadable {p} file {f} ({e})") from e
+            except (OSError, ValueError) as e:  # numpy's advice to allow pickles does not apply
+                why = "pickled or object data, not an array of numbers" if "pickle" in str(e) else e
+                raise ValueError(f"frame {k}: unreadable {p} file {f} ({why})") from e
         want = _shape(p, self.height, self.width)
         if a.shape != want:
             raise ValueError(f"frame {k}: {f} has shape {a.shape}, shot.json says {want}")

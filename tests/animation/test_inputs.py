@@ -1,12 +1,13 @@
-"""The run folder's frame store: frames kept in memory as written, PNGs written behind."""
+"""The run folder's frame store (frames kept in memory as written, PNGs written behind), and a
+folder of frames as a video."""
 
 import time
 
 import pytest
 import torch
 
-from pilot.animation.inputs import FrameStore
-from pilot.imageio import read_image
+from pilot.animation.inputs import FrameStore, VideoFrames
+from pilot.imageio import read_image, write_png
 
 
 @pytest.mark.parametrize("write_behind", [False, True])
@@ -68,3 +69,19 @@ def test_a_failed_write_is_noted_on_the_error_that_left_the_store(tmp_path):
             store.write(0, torch.rand(1, 3, 4, 4))
             raise RuntimeError("killed")
     assert "a frame write failed" in error.value.__notes__[0]
+
+
+def _frame_folder(root, sizes):
+    root.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        write_png(root / f"{i:03d}.png", torch.rand(3, h, w))
+    return root
+
+
+def test_a_frame_folder_of_mixed_sizes_names_the_first_odd_frame(tmp_path):
+    folder = _frame_folder(tmp_path / "mixed", [(16, 16), (16, 16), (16, 8), (8, 8)])
+    with pytest.raises(ValueError, match=r"mixed: 002\.png is 8x16, but 000\.png is 16x16"):
+        VideoFrames(folder)
+    video = VideoFrames(folder, size=(16, 8))  # with a size each frame is resized
+    assert video.frames.shape == (4, 3, 16, 8)
+    assert torch.equal(video.frames[2], read_image(folder / "002.png"))  # already that size

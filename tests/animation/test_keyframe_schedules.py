@@ -134,3 +134,23 @@ def test_prompt_schedules():
     assert info.value.position == 7
     with pytest.raises(ScheduleError, match="keyframe 2 is not after 5"):
         parse_prompt_schedule("5: a | 2: b")
+
+
+@pytest.mark.parametrize(
+    "text, message, position",
+    [
+        ('{"0": "red", "nan": "blue"}', "keyframe nan must be a frame >= 0", 14),
+        ('{"0": "red", "-3": "blue"}', "keyframe -3 must be a frame >= 0", 14),
+        ('{"0": "red", "inf": "blue"}', "keyframe inf must be a frame >= 0", 14),
+        ('{"0": "red", "x": "blue"}', "keyframe 'x' is not a number", 14),
+        ('{"0": null}', "the prompt of keyframe '0' must be a string, not null", 2),
+        ('{"0": "a", "2": ["b"]}', r"keyframe '2' must be a string, not \[\"b\"\]", 12),
+        ('{"0": "a", "0.0": "b"}', "keyframe 0 appears twice", 12),
+        ('{"0": "a", "1": }', "invalid JSON", 16),
+    ],
+)
+def test_json_prompt_schedules_are_checked_like_text(text, message, position):
+    with pytest.raises(ScheduleError, match=message) as info:
+        parse_prompt_schedule(text)
+    assert info.value.position == position
+    assert parse_prompt_schedule('{"10": "b", "0.5": "a"}').frames == (0.5, 10.0)

@@ -108,6 +108,24 @@ def test_mismatched_resolution_and_nan_depth(shot_dir, tmp_path):
         shot[3]
 
 
+def test_garbage_depth_file_is_named_without_numpys_pickle_advice(shot_dir, tmp_path):
+    root = _copy(shot_dir, tmp_path / "s")
+    (root / "depth" / "000003.npy").write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"frame 3: unreadable depth file .*000003\.npy") as e:
+        Shot(root)[3]
+    assert "allow_pickle" not in str(e.value) and "pickled" in str(e.value)
+
+
+def test_size_must_be_positive(shot_dir, tmp_path):
+    with pytest.raises(ValueError, match="size 0x6 must be positive"):
+        ShotWriter(tmp_path / "new", 0, 6)
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    (root / "shot.json").write_text(json.dumps(dict(meta, width=-32)))
+    with pytest.raises(ValueError, match=r"s/shot.json: size -32x24 must be positive"):
+        Shot(root)
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -125,6 +143,41 @@ def test_bad_camera_names_frame(shot_dir, tmp_path, key, value, message):
         Shot(root)
 
 
+@pytest.mark.parametrize("fps", [0, -1, float("nan"), float("inf")])
+def test_fps_must_be_positive_and_finite(shot_dir, tmp_path, fps):
+    with pytest.raises(ValueError, match=r"fps=.* must be a positive, finite frame rate"):
+        ShotWriter(tmp_path / "new", 8, 6, fps=fps)
+    assert not (tmp_path / "new").exists()
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    (root / "shot.json").write_text(json.dumps(dict(meta, fps=fps)))
+    with pytest.raises(ValueError, match=r"s/shot.json: fps=.* must be a positive"):
+        Shot(root)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["frames"][2].pop("K"), "shot.json frame 2: missing key 'K'"),
+        (lambda m: m["frames"][1].pop("c2w"), "shot.json frame 1: missing key 'c2w'"),
+        (lambda m: m["frames"].__setitem__(3, [1, 2]), "shot.json frame 3: expected an object"),
+        (lambda m: m["frames"][0].__setitem__("K", "eye"), "frame 0: K and c2w must be matrices"),
+        (lambda m: m["frames"][0]["c2w"].pop(), "frame 0: K must be 3x3 and c2w 4x4"),
+        (lambda m: m["frames"][0]["K"][0].pop(), "frame 0: K and c2w must be matrices"),
+        (lambda m: m.__setitem__("frames", None), 'shot.json: "frames" must be a non-empty list'),
+        (lambda m: m.__setitem__("frames", []), 'shot.json: "frames" must be a non-empty list'),
+        (lambda m: m.__setitem__("frames", {"0": 1}), '"frames" must be a non-empty list'),
+    ],
+)
+def test_malformed_frame_entries_name_the_file_and_frame(shot_dir, tmp_path, edit, message):
+    root = _copy(shot_dir, tmp_path / "s")
+    meta = json.loads((root / "shot.json").read_text())
+    edit(meta)
+    (root / "shot.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        Shot(root)
+
+
 def test_writer_rejects_inconsistent_frames(tmp_path):
     w = ShotWriter(tmp_path, 8, 6)
     K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
@@ -136,6 +189,60 @@ def test_writer_rejects_inconsistent_frames(tmp_path):
     assert Shot(w.root if (w.close()) else None)[0].depth.shape == (1, 6, 8)
     with pytest.raises(FileNotFoundError, match="shot.json"):
         Shot(tmp_path / "nothing")
+
+
+def _write(root, n, depth, normals=True):
+    """A small shot of n frames of constant depth (8x6), with or without normals."""
+    w = ShotWriter(root, 8, 6)
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    for _ in range(n):
+        w.add(K, c2w, np.full((6, 8), depth), normals=np.zeros((6, 8, 3)) if normals else None)
+    return w
+
+
+def test_rewriting_a_shot_removes_the_old_one_first(tmp_path):
+    """An interrupted re-render is an unfinished shot, never the old shot.json over new frames."""
+    root = tmp_path / "s"
+    _write(root, 3, 1.0).close()
+    (root / "notes.txt").write_text("mine")
+    _write(root, 1, 2.0, normals=False)  # interrupted: never closed
+    with pytest.raises(FileNotFoundError, match="no shot.json"):
+        Shot(root)
+    assert sorted(f.name for f in (root / "depth").iterdir()) == ["000000.npy"]
+    assert not (root / "normals").exists()
+    _write(root, 2, 3.0, normals=False).close()  # the rerun is accepted and finishes
+    shot = Shot(root)
+    assert len(shot) == 2 and shot.passes == ["depth"] and shot[1].depth.eq(3).all()
+    assert sorted(f.name for f in root.iterdir()) == ["depth", "notes.txt", "shot.json"]
+
+
+def test_a_bad_first_frame_leaves_the_old_shot(tmp_path):
+    root = tmp_path / "s"
+    _write(root, 3, 1.0).close()
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    with pytest.raises(ValueError, match="frame 0: depth has shape"):
+        ShotWriter(root, 8, 6).add(K, c2w, np.ones((6, 7)))
+    assert len(Shot(root)) == 3
+
+
+def test_writer_refuses_a_folder_that_holds_no_shot(tmp_path):
+    (tmp_path / "mine" / "depth").mkdir(parents=True)
+    (tmp_path / "mine" / "depth" / "000000.npy").write_bytes(b"not a frame")
+    (tmp_path / "mine" / "depth" / "notes.txt").write_text("mine")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "shot.json").write_text('{"format": "someone-else"}')
+    (tmp_path / "file").write_text("")
+    for name in ("mine", "other"):
+        with pytest.raises(ValueError, match=f"{tmp_path / name} is not empty and holds no shot"):
+            ShotWriter(tmp_path / name, 8, 6)
+    with pytest.raises(ValueError, match="is a file"):
+        ShotWriter(tmp_path / "file", 8, 6)
+    assert (tmp_path / "mine" / "depth" / "000000.npy").read_bytes() == b"not a frame"
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "empty", 1, 1.0).close()
+    (tmp_path / "mine" / "depth" / "notes.txt").unlink()  # only frame files: an unfinished shot
+    _write(tmp_path / "mine", 1, 1.0).close()
+    assert len(Shot(tmp_path / "mine")) == 1
 
 
 def test_a_shot_is_a_pairs_folder_for_a_conditioner(shot_dir):

@@ -26,6 +26,19 @@ def test_render_then_preview(tmp_path, capsys):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
+def test_render_over_a_shot_and_into_a_folder_of_yours(tmp_path, capsys):
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "3", "--size", "16", "16"]) == 0
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "16", "16"]) == 0
+    assert sorted(f.name for f in (shot / "depth").iterdir()) == ["000000.npy", "000001.npy"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["shot", "render", str(mine), "--frames", "2", "--size", "16", "16"]) == 2
+    assert f"{mine} is not empty and holds no shot" in capsys.readouterr().err
+    assert sorted(f.name for f in mine.iterdir()) == ["notes.txt"]
+
+
 def test_pairs_writes_manifest(tmp_path):
     assert main(["shot", "pairs", str(tmp_path), "--n", "2", "--size", "16"]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["count"] == 2
@@ -52,6 +65,36 @@ def test_errors_name_the_path(tmp_path, capsys):
     assert "nope/shot.json" in capsys.readouterr().err
     assert main(["shot", "export", str(tmp_path / "missing.blend"), str(tmp_path / "o")]) == 2
     assert "missing.blend" in capsys.readouterr().err
+    for fps in ("0", "-1", "nan"):
+        assert main(["shot", "render", str(tmp_path / "r"), "--fps", fps]) == 2
+        assert "--fps: fps=" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("size", [("0", "0"), ("-8", "8"), ("16", "0")])
+def test_sizes_must_be_positive(tmp_path, capsys, size):
+    assert main(["shot", "render", str(tmp_path / "r"), "--size", *size]) == 2
+    assert f"--size: size {size[0]}x{size[1]} must be positive" in capsys.readouterr().err
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER")
+    never = ["--blender", str(tmp_path / "no-blender")]  # refused before Blender runs
+    assert main(["shot", "export", str(blend), str(tmp_path / "x"), "--size", *size, *never]) == 2
+    assert "--size: size" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "x").exists()
+
+
+def test_preview_rows_must_be_positive(tmp_path, capsys):
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "16", "16"]) == 0
+    assert main(["shot", "preview", str(shot), str(tmp_path / "s.png"), "--rows", "0"]) == 2
+    assert "--rows 0" in capsys.readouterr().err
+
+
+def test_export_of_a_file_blender_cannot_read(tmp_path, capsys):
+    pytest.importorskip("bpy", reason="bpy (pip install bpy==4.2.0) not importable")
+    blend = tmp_path / "junk.blend"
+    blend.write_text("junk")
+    assert main(["shot", "export", str(blend), str(tmp_path / "x")]) == 2
+    assert f"{blend}: Blender cannot open it" in capsys.readouterr().err
 
 
 def test_export_blend_file(tmp_path):
