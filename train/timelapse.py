@@ -7,7 +7,8 @@ losses as a dict. This rank-zero callback keeps the loss history, renders a fram
 `timelapse.mp4` from every frame on disk, and logs frames and video to W&B when a `WandbLogger`
 is attached. The history is part of the checkpoint and the frames stay on disk, so a training
 resumed from its last checkpoint keeps the frames it had made (frames newer than the checkpoint
-are dropped and made again).
+are dropped and made again). Only `<step>.png` files count as frames; the temp files of writes a
+kill interrupted are deleted when a training starts.
 
 Note: with manual optimisation Lightning counts every optimiser step, so a GAN step (one
 discriminator and one generator update) advances `global_step` by 2.
@@ -27,7 +28,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from pilot.animation.video import read_frame, to_uint8, write_frame, write_gif, write_mp4
+from pilot.animation.video import (
+    read_frame,
+    remove_temp_files,
+    to_uint8,
+    write_frame,
+    write_gif,
+    write_mp4,
+)
 
 _CURVE_COLOURS = [(230, 80, 60), (60, 120, 230), (60, 170, 80), (200, 150, 30), (150, 70, 200)]
 _LABEL_W = 70  # pixels left of each panel row for its name
@@ -143,8 +151,10 @@ class Timelapse(L.Callback):
         return self.dirpath / "frames"
 
     def frame_paths(self) -> list[Path]:
-        """Frame files on disk, in step order."""
-        return sorted(self.frames_dir.glob("*.png")) if self.frames_dir.is_dir() else []
+        """Frame files on disk (`<step>.png`, other files ignored), in step order."""
+        if not self.frames_dir.is_dir():
+            return []
+        return sorted(p for p in self.frames_dir.glob("*.png") if _is_step(p.stem))
 
     def state_dict(self) -> dict[str, Any]:
         history = {k: [list(p) for p in v] for k, v in self.history.items()}
@@ -164,6 +174,8 @@ class Timelapse(L.Callback):
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step  # restored by now when resuming
+        remove_temp_files(self.frames_dir)  # left by writes a kill interrupted
+        remove_temp_files(self.dirpath, "timelapse", (".gif", ".mp4"))
         for path in self.frame_paths():  # made after the checkpoint we resume from
             if int(path.stem) > step:
                 path.unlink()
@@ -243,6 +255,10 @@ class Timelapse(L.Callback):
         from lightning.pytorch.loggers import WandbLogger
 
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def _is_step(stem: str) -> bool:
+    return stem.isascii() and stem.isdigit()
 
 
 def _fit(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

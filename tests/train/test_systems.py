@@ -57,6 +57,23 @@ def test_resume_keeps_timelapse_frames(tmp_path):
     assert np.asarray(Image.open(frames / names[0])).shape[2] == 3
 
 
+def test_resume_ignores_files_a_kill_left_in_the_timelapse(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    timelapse = tmp_path / "timelapse"
+    left = [timelapse / "frames" / ".00000006.k3j2x1z_.png", timelapse / ".timelapse.ab12cd34.mp4"]
+    for path in left:  # temp files of writes a kill -9 interrupted
+        path.touch()
+    (timelapse / "frames" / "favourite.png").write_bytes(b"")  # a file the user put there
+    cli = run(
+        "dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path", "last"]
+    )
+    assert cli.trainer.global_step == 6
+    assert not any(path.exists() for path in left)
+    assert (timelapse / "frames" / "favourite.png").exists()
+    assert [p.stem for p in cli.trainer.callbacks[0].frame_paths()][-1] == "00000006"
+
+
 def test_checkpoint_loads_without_lightning(tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
     run("dcgan", ["fit", "--config", str(cfg)])
