@@ -117,10 +117,23 @@ def test_train_fast_dev_run(tmp_path, recwarn):
 
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path))
     assert main(["train", "dcgan", "--config", str(cfg), "--fast-dev-run", "--threads", "1"]) == 0
-    assert (tmp_path / "timelapse" / "frames").is_dir()
+    assert not (tmp_path / "timelapse").exists()  # a config check writes nothing
     quiet = ("LightningCLI's args parameter", "Using ModelCheckpoint with manual", "`isinstance")
     noise = [str(w.message)[:80] for w in recwarn if str(w.message).startswith(quiet)]
     assert not noise, noise  # Lightning's noise, filtered by train.cli.QUIET
+
+
+def test_train_refuses_to_start_over_a_run(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    from tests.train.helpers import dcgan_config, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    assert main(["train", "dcgan", "--config", str(cfg), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "dcgan", "--config", str(cfg), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"pilot train: error: an earlier run is there ({tmp_path / 'ckpt'} holds" in err
+    assert "resume it with --ckpt_path last" in err
 
 
 def test_train_bad_system_and_threads(tmp_path, capsys):

@@ -5,10 +5,11 @@ from inputs fixed at construction (latents, validation pairs), and `training_ste
 losses as a dict. This rank-zero callback keeps the loss history, renders a frame keyed by
 `trainer.global_step` into `<dirpath>/frames/<step>.png`, rebuilds `timelapse.gif` and
 `timelapse.mp4` from every frame on disk, and logs frames and video to W&B when a `WandbLogger`
-is attached. The history is part of the checkpoint and the frames stay on disk, so a training
-resumed from its last checkpoint keeps the frames it had made (frames newer than the checkpoint
-are dropped and made again). Only `<step>.png` files count as frames; the temp files of writes a
-kill interrupted are deleted when a training starts.
+is attached. Under `fast_dev_run` (a config check) a frame is rendered into `last_frame` but
+nothing is written or deleted. The history is part of the checkpoint and the frames stay on
+disk, so a training resumed from its last checkpoint keeps the frames it had made (frames newer
+than the checkpoint are dropped and made again). Only `<step>.png` files count as frames; the
+temp files of writes a kill interrupted are deleted when a training starts.
 
 Note: with manual optimisation Lightning counts every optimiser step, so a GAN step (one
 discriminator and one generator update) advances `global_step` by 2.
@@ -143,6 +144,7 @@ class Timelapse(L.Callback):
         self.dirpath = Path(dirpath) if dirpath else None
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.last_frame_step: int | None = None
+        self.last_frame: np.ndarray | None = None  # (H, W, 3) uint8, the latest frame rendered
         self._new_frames = 0
 
     @property
@@ -173,6 +175,8 @@ class Timelapse(L.Callback):
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return  # a config check deletes nothing
         step = trainer.global_step  # restored by now when resuming
         remove_temp_files(self.frames_dir)  # left by writes a kill interrupted
         remove_temp_files(self.dirpath, "timelapse", (".gif", ".mp4"))
@@ -198,14 +202,17 @@ class Timelapse(L.Callback):
         if due and not trainer.sanity_checking:
             self.make_frame(trainer, pl_module)
 
-    def make_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
-        """Render, write and (maybe) log the frame of the current step; returns its path."""
+    def make_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Render, write and (maybe) log the frame of the current step; returns its path (None
+        under `fast_dev_run`, which only renders it into `last_frame`)."""
         step = trainer.global_step
         with torch.no_grad():
             panels = pl_module.timelapse_panels()
-        frame = render_frame(panels, self.history, step)
-        path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
+        frame = self.last_frame = render_frame(panels, self.history, step)
         self.last_frame_step = step
+        if trainer.fast_dev_run:
+            return None
+        path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
         self._new_frames += 1
         if self._new_frames >= self.video_every_n_frames:
             self.write_videos()
@@ -237,6 +244,8 @@ class Timelapse(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_frame_step != trainer.global_step:
             self.make_frame(trainer, pl_module)
+        if trainer.fast_dev_run:
+            return
         paths = self.write_videos()
         logger = self._wandb_logger(trainer)
         if logger is not None and paths:

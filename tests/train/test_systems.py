@@ -17,7 +17,7 @@ def test_dcgan_fast_dev_run(tmp_path, precision):
     config = dcgan_config(tmp_path, fast_dev_run=True, precision=precision)
     cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", config))])
     assert cli.trainer.global_step == 2  # one D and one G update
-    assert (tmp_path / "timelapse" / "timelapse.gif").is_file()
+    assert cli.trainer.callbacks[0].last_frame is not None  # rendered, not written
 
 
 def test_pix2pix_fast_dev_run_with_validation_metrics(tmp_path):
@@ -26,8 +26,9 @@ def test_pix2pix_fast_dev_run_with_validation_metrics(tmp_path):
     cli = run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
     metrics = cli.trainer.callback_metrics
     assert {"val/texture_l1", "val/texture_psnr", "val/fog_corr", "l1_fog"} <= set(metrics)
-    frame = sorted((tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert frame, "no timelapse frame"
+    frame = cli.trainer.callbacks[0].last_frame
+    assert frame is not None and frame.shape[2] == 3, "no timelapse frame"
+    assert not (tmp_path / "timelapse").exists() and not (tmp_path / "ckpt").exists()
 
 
 def test_resume_keeps_timelapse_frames(tmp_path):
@@ -72,6 +73,38 @@ def test_resume_ignores_files_a_kill_left_in_the_timelapse(tmp_path):
     assert not any(path.exists() for path in left)
     assert (timelapse / "frames" / "favourite.png").exists()
     assert [p.stem for p in cli.trainer.callbacks[0].frame_paths()][-1] == "00000006"
+
+
+def _listing(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    before = _listing(tmp_path)
+    with pytest.raises(ValueError, match="ckpt holds last.ckpt.* resume it with --ckpt_path last"):
+        run("dcgan", ["fit", "--config", str(cfg)])
+    after = _listing(tmp_path)
+    assert {k: v for k, v in after.items() if k.name != "config.yaml"} == {
+        k: v for k, v in before.items() if k.name != "config.yaml"
+    }  # checkpoints and frames untouched (config.yaml is rewritten in setup, as on resume)
+    (tmp_path / "ckpt" / "last.ckpt").unlink()  # a run killed before its first checkpoint
+    with pytest.raises(ValueError, match="frames holds 2 timelapse frames"):
+        run("dcgan", ["fit", "--config", str(cfg)])
+
+
+def test_fast_dev_run_leaves_a_run_folder_alone(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    before = _listing(tmp_path)
+    cli = run("dcgan", ["fit", "--config", str(cfg), "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.callbacks[0].last_frame is not None  # the panels were still drawn
+    assert _listing(tmp_path) == before
+    resumed = run(
+        "dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path", "last"]
+    )
+    assert resumed.trainer.global_step == 6  # from the step 4 last.ckpt
 
 
 def test_checkpoint_loads_without_lightning(tmp_path):
