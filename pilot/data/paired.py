@@ -10,11 +10,12 @@ Two layouts:
 
 Conversions (documented, not errors): every image is decoded with Pillow and converted to the
 channels its folder asks for; 1 channel = luminance (ITU-R 601, Pillow's "L"), 3 channels = RGB
-(greyscale is repeated). Transparent images (RGBA, LA, P with transparency) are composited over
-white first. Images of any size are resized to `load_size` squares (aspect not kept), so mixed
-sizes are fine; the two sides of one pair must have the same size, though, since they should be
-pixel-aligned. Augmentation (random crop to `image_size` and horizontal flip) draws one crop and one
-flip per pair and applies them to every side alike.
+(greyscale is repeated). 16-bit greys (PNG, TIFF) are scaled to 8 bits, and the EXIF orientation of
+phone photos is applied, so images read as viewers show them. Transparent images (RGBA, LA, P with
+transparency) are composited over white first. Images of any size are resized to `load_size` squares
+(aspect not kept), so mixed sizes are fine; the two sides of one pair must have the same size,
+though, since they should be pixel-aligned. Augmentation (random crop to `image_size` and horizontal
+flip) draws one crop and one flip per pair and applies them to every side alike.
 
 Errors name the files: an empty folder, names present on only one side, a file that is not an
 image (checked when the set is opened), an image that fails to decode or a pair of two sizes
@@ -31,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -116,20 +117,48 @@ def match_pairs(root: Path, folders: Sequence[str]) -> list[list[Path]]:
     return [[files[s] for files in listings] for s in sorted(common)]
 
 
-def check_image(path: Path) -> None:
-    """Open the header; ValueError naming a file that is not an image."""
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greys Pillow would clip
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored) from the header, without decoding the pixels (a PNG
+    whose EXIF comes after its pixel data reads as 1 here; `read_image` still applies it)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # Pillow would decode the whole image to look for it
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """Open the header; returns (width, height) as viewers show it (EXIF orientation applied).
+
+    Raises:
+        ValueError: naming a file that is not an image.
+    """
     try:
         with Image.open(path) as image:
+            (width, height), orientation = image.size, _orientation(image)
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit grey (modes I;16*, and I taken as 0..65535) -> 8-bit "L" keeping the top 8 bits."""
+    array = np.asarray(image).astype(np.int64)  # (H, W)
+    return Image.fromarray((np.clip(array, 0, 65535) >> 8).astype(np.uint8), "L")
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
-    """Decode to uint8 (H, W, channels); transparency over white, grey/RGB as asked."""
+    """Decode to uint8 (H, W, channels): EXIF orientation applied (as viewers show it), 16-bit
+    grey scaled to 8 bits, transparency over white, grey/RGB as asked."""
     try:
         with Image.open(path) as image:
             image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode in _WIDE_GREY:
+                image = _to_8bit_grey(image)
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
