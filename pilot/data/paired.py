@@ -18,8 +18,8 @@ though, since they should be pixel-aligned. Augmentation (random crop to `image_
 flip) draws one crop and one flip per pair and applies them to every side alike.
 
 Errors name the files: an empty folder, names present on only one side, a file that is not an
-image (checked when the set is opened), an image that fails to decode or a pair of two sizes
-(checked when the item is read).
+image or a pair of two sizes (checked from the headers when the set is opened), an image that
+fails to decode (checked when the item is read).
 """
 
 from __future__ import annotations
@@ -178,6 +178,13 @@ def _to_tensor(array: np.ndarray, size: int) -> Tensor:
     return (x[0] / 127.5 - 1.0).clamp(-1.0, 1.0)
 
 
+def _check_sizes(files: Sequence[Path], sizes: Sequence[tuple[int, int]]) -> None:
+    """ValueError naming every file of a pair whose sides differ in (width, height)."""
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{p} {w}x{h}" for p, (w, h) in zip(files, sizes, strict=True))
+        raise ValueError(f"pair {files[0].stem!r} mixes image sizes: {listed}")
+
+
 class PairedImages(Dataset):
     """Paired images under `root` (see the module doc); item -> {"A": (Ca, S, S), "B": (Cb, S, S)}.
 
@@ -208,8 +215,7 @@ class PairedImages(Dataset):
             wanted = set(names)
             self.pairs = [p for p in self.pairs if p[0].stem in wanted]
         for files in self.pairs:
-            for path in files:
-                check_image(path)
+            _check_sizes(files, [check_image(path) for path in files])
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -228,11 +234,7 @@ class PairedImages(Dataset):
             return [a[:, :half], b[:, half : 2 * half]]
         channels = cfg.input_channels + cfg.target_channels
         arrays = [read_image(p, c) for p, c in zip(files, channels, strict=True)]
-        sizes = {a.shape[:2] for a in arrays}
-        if len(sizes) > 1:
-            shapes = zip(files, arrays, strict=True)
-            listed = ", ".join(f"{p} {a.shape[1]}x{a.shape[0]}" for p, a in shapes)
-            raise ValueError(f"pair {files[0].stem!r} mixes image sizes: {listed}")
+        _check_sizes(files, [(a.shape[1], a.shape[0]) for a in arrays])  # again, decoded
         return arrays
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
