@@ -111,6 +111,18 @@ def test_conditioner_apply_errors(tmp_path, pix2pix_file, dcgan_file, capsys):
     assert "expected pix2pix" in capsys.readouterr().err
 
 
+def test_conditioner_apply_refuses_a_multi_input_model(tmp_path, capsys):
+    cfg = Pix2PixConfig(image_size=64, in_channels=2, base_channels=4, max_mult=2)
+    path = tmp_path / "two_in.safetensors"
+    export_generator("pix2pix", UNetGenerator(cfg), path)
+    Image.fromarray(np.zeros((64, 64), np.uint8), "L").save(tmp_path / "0001.png")
+    args = ["conditioner", "apply", "--checkpoint", str(path), "--shot", str(tmp_path)]
+    assert main([*args, "--out", str(tmp_path / "out.gif")]) == 2
+    err = capsys.readouterr().err
+    assert "two_in.safetensors: the model takes 2 input channels" in err
+    assert "reads one image (1 or 3 channels) per frame" in err
+
+
 def test_train_fast_dev_run(tmp_path, recwarn):
     pytest.importorskip("lightning")
     from tests.train.helpers import dcgan_config, write_yaml

@@ -166,6 +166,8 @@ class Pix2PixSystem(L.LightningModule):
         self.generator = UNetGenerator(generator)
         self.discriminator = PatchDiscriminator(discriminator)
         self.fixed_pairs: dict[str, Tensor] | None = None  # set from held-out pairs at fit start
+        self.input_names: tuple[str, ...] = ("input",)  # timelapse panels of the condition
+        self.input_channels: tuple[int, ...] = (generator.in_channels,)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
@@ -200,12 +202,16 @@ class Pix2PixSystem(L.LightningModule):
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         val = getattr(dm, "val_set", None)
+        data = getattr(dm, "cfg", None)
+        if isinstance(data, PairedConfig) and len(data.inputs) > 1:  # one panel per folder
+            self.input_names, self.input_channels = data.inputs, data.input_channels
         if val is not None and len(val) and self.timelapse_inputs > 0:
             items = [val[i] for i in range(min(self.timelapse_inputs, len(val)))]
             self.fixed_pairs = {k: torch.stack([it[k] for it in items]) for k in ("A", "B")}
 
     def timelapse_panels(self) -> list[tuple[str, Tensor]]:
-        """Fixed held-out inputs, each head's prediction (eval mode) and its target."""
+        """Fixed held-out inputs (a panel per input folder), each head's prediction (eval mode)
+        and its target."""
         if self.fixed_pairs is None:
             return []
         a, b = (self.fixed_pairs[k].to(self.device) for k in ("A", "B"))
@@ -213,7 +219,7 @@ class Pix2PixSystem(L.LightningModule):
         self.generator.eval()
         pred = self.generator(a)
         self.generator.train(was_training)
-        panels = [("input", a)]
+        panels = list(zip(self.input_names, split(a, self.input_channels), strict=True))
         preds, targets = split(pred, self.cfg.head_channels), split(b, self.cfg.head_channels)
         for name, p, t in zip(self.cfg.head_names, preds, targets, strict=True):
             panels += [(name, p), (f"true {name}", t)]

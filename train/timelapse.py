@@ -43,11 +43,13 @@ _LABEL_W = 70  # pixels left of each panel row for its name
 
 
 def image_grid(images: Tensor, ncol: int) -> np.ndarray:
-    """(N, C, H, W) images in [-1, 1] (C = 1 shown grey, C >= 3 first three as RGB) -> uint8 grid
-    (rows * H, ncol * W, 3) with a 2-pixel gap."""
-    images = images.detach().float().cpu()[:, :3]
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
+    """(N, C, H, W) images in [-1, 1] -> uint8 grid (rows * H, ncol * W, 3) with a 2-pixel gap.
+
+    C >= 3 shows the first three channels as RGB; C = 1 and C = 2 show the first channel as grey
+    (a 2-channel image has no natural colour mapping; split it into panels to see both).
+    """
+    images = images.detach().float().cpu()
+    images = images[:, :3] if images.shape[1] >= 3 else images[:, :1].repeat(1, 3, 1, 1)
     n, _, h, w = images.shape
     nrow = -(-n // ncol)
     grid = np.full((nrow * (h + 2), ncol * (w + 2), 3), 255, dtype=np.uint8)

@@ -11,6 +11,8 @@ non-square training pairs), and shown next to every predicted head (e.g. input |
 fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
 `--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
 PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy).
+A model trained on several input folders concatenated (e.g. 2 channels) is refused: a shot gives
+one image per frame.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     check_video_path(args.out, fps)  # before any frame is made
     _, generator = load_generator(args.checkpoint, kind="pix2pix")
     cfg = generator.cfg
+    if cfg.in_channels not in (1, 3):
+        raise ValueError(
+            f"{args.checkpoint}: the model takes {cfg.in_channels} input channels (several input "
+            "folders concatenated), but `pilot conditioner apply` reads one image (1 or 3 "
+            "channels) per frame"
+        )
     size = cfg.image_size if args.size is None else args.size
     if size <= 0 or size % cfg.image_size:
         raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")

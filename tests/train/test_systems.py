@@ -75,6 +75,30 @@ def test_resume_ignores_files_a_kill_left_in_the_timelapse(tmp_path):
     assert [p.stem for p in cli.trainer.callbacks[0].frame_paths()][-1] == "00000006"
 
 
+def test_pix2pix_with_two_input_folders_draws_a_panel_each(tmp_path):
+    data = write_pairs(tmp_path / "pairs")
+    cfg = pix2pix_config(tmp_path, data, max_steps=2)
+    cfg["data"]["data"].update(
+        inputs=["hatched", "fog"], input_channels=[1, 1], targets=["textured"], target_channels=[3]
+    )
+    cfg["model"]["generator"].update(in_channels=2, head_names=["texture"], head_channels=[3])
+    cli = run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    names = [name for name, _ in cli.model.timelapse_panels()]
+    assert names == ["hatched", "fog", "texture", "true texture"]
+    assert (tmp_path / "timelapse" / "frames" / "00000002.png").is_file()
+
+
+def test_image_grid_shows_any_channel_count():
+    from train.timelapse import image_grid
+
+    images = torch.rand(3, 2, 4, 5) * 2 - 1
+    grid = image_grid(images, 2)
+    assert grid.shape == (2 * 6, 2 * 7, 3)
+    first = image_grid(images[:, :1], 2)
+    assert (grid == first).all()  # two channels: the first one, grey
+    assert image_grid(torch.zeros(1, 4, 4, 5), 1).shape == (6, 7, 3)
+
+
 def _listing(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
