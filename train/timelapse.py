@@ -40,6 +40,7 @@ from pilot.animation.video import (
 
 _CURVE_COLOURS = [(230, 80, 60), (60, 120, 230), (60, 170, 80), (200, 150, 30), (150, 70, 200)]
 _LABEL_W = 70  # pixels left of each panel row for its name
+_CURVES_W = 330  # width of the loss curves in a frame without panels (beside the label column)
 
 
 def image_grid(images: Tensor, ncol: int) -> np.ndarray:
@@ -103,9 +104,10 @@ def render_frame(
     ncol: int = 8,
     curve_height: int = 110,
 ) -> np.ndarray:
-    """One timelapse frame: a row of samples per named panel above the loss curves so far."""
+    """One timelapse frame: a row of samples per named panel (none: the step and the curves
+    only) above the loss curves so far."""
     grids = [(name, image_grid(images, min(ncol, len(images)))) for name, images in panels]
-    width = _LABEL_W + max(g.shape[1] for _, g in grids)
+    width = _LABEL_W + max((g.shape[1] for _, g in grids), default=_CURVES_W)
     rows = [np.full((20, width, 3), 255, dtype=np.uint8)]
     cv2.putText(rows[0], f"step {step}", (4, 15), cv2.FONT_HERSHEY_PLAIN, 1.1, (0, 0, 0), 1)
     for name, grid in grids:

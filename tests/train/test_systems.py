@@ -3,6 +3,7 @@ W&B offline and W&B absent, bad configs rejected."""
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,14 @@ def test_image_grid_shows_any_channel_count():
     first = image_grid(images[:, :1], 2)
     assert (grid == first).all()  # two channels: the first one, grey
     assert image_grid(torch.zeros(1, 4, 4, 5), 1).shape == (6, 7, 3)
+
+
+def test_frame_without_panels_shows_the_curves():
+    from train.timelapse import render_frame
+
+    history = {"l1": [(1, 1.0), (2, 0.5), (3, 0.4)]}
+    frame = render_frame([], history, 3)  # Pix2Pix with timelapse_inputs: 0
+    assert frame.shape == (20 + 110, 400, 3) and frame.dtype == np.uint8
 
 
 def _listing(folder):
