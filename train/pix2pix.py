@@ -79,7 +79,7 @@ class PairedDataModule(L.LightningDataModule):
         root: folder of the pairs.
         data: layout, sub-folders, channels and sizes.
         val_root: folder of held-out pairs; None holds out the last `val_count` names of `root`.
-        val_count: how many pairs to hold out when there is no `val_root`.
+        val_count: how many pairs to hold out when there is no `val_root` (at least 1).
         batch_size: pairs per step.
         num_workers: DataLoader worker processes.
     """
@@ -108,6 +108,11 @@ class PairedDataModule(L.LightningDataModule):
             self.train_set = train
             return
         names = train.names
+        if self.val_count < 1:
+            raise ValueError(
+                f"data.val_count={self.val_count} must be >= 1 (the held-out pairs of {self.root} "
+                "for validation and the timelapse), or pass data.val_root"
+            )
         if len(names) <= self.val_count:
             raise ValueError(
                 f"{self.root}: {len(names)} pairs, not enough to hold out val_count="

@@ -108,6 +108,20 @@ def test_frame_without_panels_shows_the_curves():
     assert frame.shape == (20 + 110, 400, 3) and frame.dtype == np.uint8
 
 
+@pytest.mark.parametrize("val_count", [0, -1])
+def test_val_count_below_one_is_rejected(tmp_path, val_count):
+    from pilot.data.paired import PairedConfig
+    from train.pix2pix import PairedDataModule
+
+    data = write_pairs(tmp_path / "pairs")
+    cfg = PairedConfig(
+        inputs=("hatched",), input_channels=(1,), targets=("fog",), target_channels=(1,)
+    )
+    dm = PairedDataModule(str(data), cfg, val_count=val_count)
+    with pytest.raises(ValueError, match=f"data.val_count={val_count} must be >= 1"):
+        dm.setup("fit")
+
+
 def _listing(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
