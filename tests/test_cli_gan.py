@@ -123,6 +123,22 @@ def test_conditioner_apply_refuses_a_multi_input_model(tmp_path, capsys):
     assert "reads one image (1 or 3 channels) per frame" in err
 
 
+def test_conditioner_apply_checks_frame_sizes_before_running(tmp_path, pix2pix_file, capsys):
+    shot = tmp_path / "odd"
+    shot.mkdir()
+    for name, (h, w) in {"a.png": (70, 100), "b.png": (91, 37), "c.png": (30, 1000)}.items():
+        Image.fromarray(np.zeros((h, w), np.uint8), "L").save(shot / name)
+    frames = tmp_path / "frames"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    args += ["--out", str(tmp_path / "odd.mp4"), "--frames-dir", str(frames)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{shot / 'a.png'} runs at 64x64 and {shot / 'b.png'} at 64x128" in err
+    assert "--square" in err
+    assert not frames.exists()  # no frame was computed
+    assert main([*args, "--square"]) == 0
+
+
 def test_train_fast_dev_run(tmp_path, recwarn):
     pytest.importorskip("lightning")
     from tests.train.helpers import dcgan_config, write_yaml
