@@ -204,10 +204,33 @@ class Pix2PixSystem(L.LightningModule):
             metrics = head_metrics(p, t, prefix=f"val/{name}_")
             self.log_dict(metrics, batch_size=len(p), sync_dist=True)
 
+    def check_data(self, data: PairedConfig) -> None:
+        """ValueError naming the keys of the model and the data whose channels or sizes differ."""
+        g = self.cfg
+        checks = (  # model key, its value, its channel count, data key, its channels
+            ("in_channels", g.in_channels, g.in_channels, "input_channels", data.input_channels),
+            ("head_channels", list(g.head_channels), g.out_channels, "target_channels",
+             data.target_channels),
+        )  # fmt: skip
+        for model_key, value, count, data_key, channels in checks:
+            if count != sum(channels):
+                raise ValueError(
+                    f"model.generator.{model_key} {value} != data.data.{data_key} "
+                    f"{list(channels)} (the channel counts must add up alike)"
+                )
+        if g.image_size != data.image_size:
+            raise ValueError(
+                f"model.generator.image_size {g.image_size} != data.data.image_size "
+                f"{data.image_size} (the checkpoint records the model's, which `pilot "
+                "conditioner apply` runs at)"
+            )
+
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         val = getattr(dm, "val_set", None)
         data = getattr(dm, "cfg", None)
+        if isinstance(data, PairedConfig):
+            self.check_data(data)
         if isinstance(data, PairedConfig) and len(data.inputs) > 1:  # one panel per folder
             self.input_names, self.input_channels = data.inputs, data.input_channels
         if val is not None and len(val) and self.timelapse_inputs > 0:

@@ -122,6 +122,28 @@ def test_val_count_below_one_is_rejected(tmp_path, val_count):
         dm.setup("fit")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "target_channels",
+            [1],
+            r"model.generator.head_channels \[3, 1\] != data.data.target_channels \[1\]",
+        ),
+        ("input_channels", [3], r"model.generator.in_channels 1 != data.data.input_channels \[3\]"),
+        ("image_size", 32, "model.generator.image_size 64 != data.data.image_size 32"),
+    ],
+)
+def test_data_and_model_must_agree(tmp_path, key, value, message):
+    data = write_pairs(tmp_path / "pairs")
+    cfg = pix2pix_config(tmp_path, data, fast_dev_run=True)
+    cfg["data"]["data"][key] = value
+    if key == "target_channels":
+        cfg["data"]["data"]["targets"] = ["fog"]
+    with pytest.raises(ValueError, match=message):
+        run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+
+
 def _listing(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
