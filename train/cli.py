@@ -110,6 +110,19 @@ class PilotCLI(LightningCLI):
         parser.add_argument("--wandb", type=WandbMode, default="auto", help="W&B logging mode")
         parser.add_argument("--wandb_project", type=str, default="diffusion-pilot")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then read a `ckpt_path` file (Lightning loads it next for its hyperparameters)
+        so a truncated or corrupt one is a one-line error naming it. ("last" is resolved by the
+        Trainer only when it loads the file, so a corrupt last.ckpt still ends in torch's error.)
+        """
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            from pilot.weights.io import read_checkpoint
+
+            read_checkpoint(ckpt_path)  # WeightsError (a ValueError) naming the file
+
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_cfg = config["trainer"]

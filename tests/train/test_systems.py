@@ -144,6 +144,18 @@ def test_data_and_model_must_agree(tmp_path, key, value, message):
         run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
 
 
+def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, capsys):
+    from pilot.cli import main
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as a full disk leaves it
+    assert main(["train", "dcgan", "--config", str(cfg), "--ckpt_path", str(last)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pilot train: error: {last}: not a readable torch checkpoint")
+
+
 def _listing(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
