@@ -111,16 +111,57 @@ def test_conditioner_apply_errors(tmp_path, pix2pix_file, dcgan_file, capsys):
     assert "expected pix2pix" in capsys.readouterr().err
 
 
+def test_conditioner_apply_refuses_a_multi_input_model(tmp_path, capsys):
+    cfg = Pix2PixConfig(image_size=64, in_channels=2, base_channels=4, max_mult=2)
+    path = tmp_path / "two_in.safetensors"
+    export_generator("pix2pix", UNetGenerator(cfg), path)
+    Image.fromarray(np.zeros((64, 64), np.uint8), "L").save(tmp_path / "0001.png")
+    args = ["conditioner", "apply", "--checkpoint", str(path), "--shot", str(tmp_path)]
+    assert main([*args, "--out", str(tmp_path / "out.gif")]) == 2
+    err = capsys.readouterr().err
+    assert "two_in.safetensors: the model takes 2 input channels" in err
+    assert "reads one image (1 or 3 channels) per frame" in err
+
+
+def test_conditioner_apply_checks_frame_sizes_before_running(tmp_path, pix2pix_file, capsys):
+    shot = tmp_path / "odd"
+    shot.mkdir()
+    for name, (h, w) in {"a.png": (70, 100), "b.png": (91, 37), "c.png": (30, 1000)}.items():
+        Image.fromarray(np.zeros((h, w), np.uint8), "L").save(shot / name)
+    frames = tmp_path / "frames"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    args += ["--out", str(tmp_path / "odd.mp4"), "--frames-dir", str(frames)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{shot / 'a.png'} runs at 64x64 and {shot / 'b.png'} at 64x128" in err
+    assert "--square" in err
+    assert not frames.exists()  # no frame was computed
+    assert main([*args, "--square"]) == 0
+
+
 def test_train_fast_dev_run(tmp_path, recwarn):
     pytest.importorskip("lightning")
     from tests.train.helpers import dcgan_config, write_yaml
 
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path))
     assert main(["train", "dcgan", "--config", str(cfg), "--fast-dev-run", "--threads", "1"]) == 0
-    assert (tmp_path / "timelapse" / "frames").is_dir()
+    assert not (tmp_path / "timelapse").exists()  # a config check writes nothing
     quiet = ("LightningCLI's args parameter", "Using ModelCheckpoint with manual", "`isinstance")
     noise = [str(w.message)[:80] for w in recwarn if str(w.message).startswith(quiet)]
     assert not noise, noise  # Lightning's noise, filtered by train.cli.QUIET
+
+
+def test_train_refuses_to_start_over_a_run(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    from tests.train.helpers import dcgan_config, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    assert main(["train", "dcgan", "--config", str(cfg), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "dcgan", "--config", str(cfg), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"pilot train: error: an earlier run is there ({tmp_path / 'ckpt'} holds" in err
+    assert "resume it with --ckpt_path last" in err
 
 
 def test_train_bad_system_and_threads(tmp_path, capsys):

@@ -5,10 +5,14 @@ dataclasses they take (unknown keys are errors). Beyond Lightning's own `trainer
 `data` and `ckpt_path`, each config has:
 
 - `timelapse`: the `train.timelapse.Timelapse` callback (always attached);
-- `checkpoint`: Lightning's `ModelCheckpoint` (always attached; set `every_n_train_steps` and
-  `save_last` so a killed run resumes with `--ckpt_path last`);
+- `checkpoint`: Lightning's `ModelCheckpoint` (attached unless `fast_dev_run`; set
+  `every_n_train_steps` and `save_last` so a killed run resumes with `--ckpt_path last`);
 - `wandb`: "auto" (log to W&B online when logged in, offline otherwise, CSV files only when
   wandb is not installed), "online", "offline" or "disabled"; `wandb_project` names the project.
+
+A fresh training (no `ckpt_path`) refuses to start over the checkpoints or timelapse frames of
+an earlier run (`RunFolderGuard`), and `fast_dev_run` writes no checkpoint, timelapse or log, so
+neither overwrites a run.
 
 Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 4 --trainer.strategy ddp`.
 """
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -65,6 +70,37 @@ def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
     return [WandbLogger(project=project, save_dir=save_dir, offline=offline), csv]
 
 
+class RunFolderGuard(L.Callback):
+    """Refuses a fresh training (no `ckpt_path`, not `fast_dev_run`) whose checkpoint folder
+    holds a `last*.ckpt` or whose timelapse holds frames: starting at step 0 there would overwrite
+    `last.ckpt` and delete the timelapse frames of the earlier run.
+
+    Checked in `on_fit_start`, when ModelCheckpoint's folder is resolved and before the
+    timelapse deletes anything (`on_train_start`).
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or trainer.ckpt_path is not None:
+            return
+        found = []
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath and Path(ckpt.dirpath).is_dir():
+            lasts = sorted(Path(ckpt.dirpath).glob(f"{ckpt.CHECKPOINT_NAME_LAST}*.ckpt"))
+            if lasts:
+                found.append(f"{ckpt.dirpath} holds {', '.join(p.name for p in lasts)}")
+        for callback in trainer.callbacks:
+            if isinstance(callback, Timelapse) and callback.dirpath is not None:
+                if frames := callback.frame_paths():
+                    found.append(f"{callback.frames_dir} holds {len(frames)} timelapse frames")
+        if found:
+            raise ValueError(
+                f"an earlier run is there ({'; '.join(found)}) and a fresh training would "
+                "overwrite it: resume it with --ckpt_path last, or pick another "
+                "--trainer.default_root_dir (or --checkpoint.dirpath / --timelapse.dirpath), "
+                "or delete the folder"
+            )
+
+
 class PilotCLI(LightningCLI):
     """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot."""
 
@@ -74,13 +110,30 @@ class PilotCLI(LightningCLI):
         parser.add_argument("--wandb", type=WandbMode, default="auto", help="W&B logging mode")
         parser.add_argument("--wandb_project", type=str, default="diffusion-pilot")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then read a `ckpt_path` file (Lightning loads it next for its hyperparameters)
+        so a truncated or corrupt one is a one-line error naming it. ("last" is resolved by the
+        Trainer only when it loads the file, so a corrupt last.ckpt still ends in torch's error.)
+        """
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            from pilot.weights.io import read_checkpoint
+
+            read_checkpoint(ckpt_path)  # WeightsError (a ValueError) naming the file
+
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_cfg = config["trainer"]
         if trainer_cfg.get("logger") in (None, True) and not trainer_cfg.get("fast_dev_run"):
             root = trainer_cfg.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = make_logger(config["wandb"], config["wandb_project"], root)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.fast_dev_run:  # Lightning's ModelCheckpoint would still save last-v1.ckpt
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer.callbacks.append(RunFolderGuard())
+        return trainer
 
     def after_fit(self) -> None:
         """Write `last.ckpt` once more at the end: a run stopped by `max_time` or `max_steps`

@@ -79,7 +79,7 @@ class PairedDataModule(L.LightningDataModule):
         root: folder of the pairs.
         data: layout, sub-folders, channels and sizes.
         val_root: folder of held-out pairs; None holds out the last `val_count` names of `root`.
-        val_count: how many pairs to hold out when there is no `val_root`.
+        val_count: how many pairs to hold out when there is no `val_root` (at least 1).
         batch_size: pairs per step.
         num_workers: DataLoader worker processes.
     """
@@ -108,6 +108,11 @@ class PairedDataModule(L.LightningDataModule):
             self.train_set = train
             return
         names = train.names
+        if self.val_count < 1:
+            raise ValueError(
+                f"data.val_count={self.val_count} must be >= 1 (the held-out pairs of {self.root} "
+                "for validation and the timelapse), or pass data.val_root"
+            )
         if len(names) <= self.val_count:
             raise ValueError(
                 f"{self.root}: {len(names)} pairs, not enough to hold out val_count="
@@ -166,6 +171,8 @@ class Pix2PixSystem(L.LightningModule):
         self.generator = UNetGenerator(generator)
         self.discriminator = PatchDiscriminator(discriminator)
         self.fixed_pairs: dict[str, Tensor] | None = None  # set from held-out pairs at fit start
+        self.input_names: tuple[str, ...] = ("input",)  # timelapse panels of the condition
+        self.input_channels: tuple[int, ...] = (generator.in_channels,)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
@@ -197,15 +204,42 @@ class Pix2PixSystem(L.LightningModule):
             metrics = head_metrics(p, t, prefix=f"val/{name}_")
             self.log_dict(metrics, batch_size=len(p), sync_dist=True)
 
+    def check_data(self, data: PairedConfig) -> None:
+        """ValueError naming the keys of the model and the data whose channels or sizes differ."""
+        g = self.cfg
+        checks = (  # model key, its value, its channel count, data key, its channels
+            ("in_channels", g.in_channels, g.in_channels, "input_channels", data.input_channels),
+            ("head_channels", list(g.head_channels), g.out_channels, "target_channels",
+             data.target_channels),
+        )  # fmt: skip
+        for model_key, value, count, data_key, channels in checks:
+            if count != sum(channels):
+                raise ValueError(
+                    f"model.generator.{model_key} {value} != data.data.{data_key} "
+                    f"{list(channels)} (the channel counts must add up alike)"
+                )
+        if g.image_size != data.image_size:
+            raise ValueError(
+                f"model.generator.image_size {g.image_size} != data.data.image_size "
+                f"{data.image_size} (the checkpoint records the model's, which `pilot "
+                "conditioner apply` runs at)"
+            )
+
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         val = getattr(dm, "val_set", None)
+        data = getattr(dm, "cfg", None)
+        if isinstance(data, PairedConfig):
+            self.check_data(data)
+        if isinstance(data, PairedConfig) and len(data.inputs) > 1:  # one panel per folder
+            self.input_names, self.input_channels = data.inputs, data.input_channels
         if val is not None and len(val) and self.timelapse_inputs > 0:
             items = [val[i] for i in range(min(self.timelapse_inputs, len(val)))]
             self.fixed_pairs = {k: torch.stack([it[k] for it in items]) for k in ("A", "B")}
 
     def timelapse_panels(self) -> list[tuple[str, Tensor]]:
-        """Fixed held-out inputs, each head's prediction (eval mode) and its target."""
+        """Fixed held-out inputs (a panel per input folder), each head's prediction (eval mode)
+        and its target."""
         if self.fixed_pairs is None:
             return []
         a, b = (self.fixed_pairs[k].to(self.device) for k in ("A", "B"))
@@ -213,7 +247,7 @@ class Pix2PixSystem(L.LightningModule):
         self.generator.eval()
         pred = self.generator(a)
         self.generator.train(was_training)
-        panels = [("input", a)]
+        panels = list(zip(self.input_names, split(a, self.input_channels), strict=True))
         preds, targets = split(pred, self.cfg.head_channels), split(b, self.cfg.head_channels)
         for name, p, t in zip(self.cfg.head_names, preds, targets, strict=True):
             panels += [(name, p), (f"true {name}", t)]

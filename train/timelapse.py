@@ -5,9 +5,11 @@ from inputs fixed at construction (latents, validation pairs), and `training_ste
 losses as a dict. This rank-zero callback keeps the loss history, renders a frame keyed by
 `trainer.global_step` into `<dirpath>/frames/<step>.png`, rebuilds `timelapse.gif` and
 `timelapse.mp4` from every frame on disk, and logs frames and video to W&B when a `WandbLogger`
-is attached. The history is part of the checkpoint and the frames stay on disk, so a training
-resumed from its last checkpoint keeps the frames it had made (frames newer than the checkpoint
-are dropped and made again).
+is attached. Under `fast_dev_run` (a config check) a frame is rendered into `last_frame` but
+nothing is written or deleted. The history is part of the checkpoint and the frames stay on
+disk, so a training resumed from its last checkpoint keeps the frames it had made (frames newer
+than the checkpoint are dropped and made again). Only `<step>.png` files count as frames; the
+temp files of writes a kill interrupted are deleted when a training starts.
 
 Note: with manual optimisation Lightning counts every optimiser step, so a GAN step (one
 discriminator and one generator update) advances `global_step` by 2.
@@ -27,18 +29,28 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from pilot.animation.video import read_frame, to_uint8, write_frame, write_gif, write_mp4
+from pilot.animation.video import (
+    read_frame,
+    remove_temp_files,
+    to_uint8,
+    write_frame,
+    write_gif,
+    write_mp4,
+)
 
 _CURVE_COLOURS = [(230, 80, 60), (60, 120, 230), (60, 170, 80), (200, 150, 30), (150, 70, 200)]
 _LABEL_W = 70  # pixels left of each panel row for its name
+_CURVES_W = 330  # width of the loss curves in a frame without panels (beside the label column)
 
 
 def image_grid(images: Tensor, ncol: int) -> np.ndarray:
-    """(N, C, H, W) images in [-1, 1] (C = 1 shown grey, C >= 3 first three as RGB) -> uint8 grid
-    (rows * H, ncol * W, 3) with a 2-pixel gap."""
-    images = images.detach().float().cpu()[:, :3]
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
+    """(N, C, H, W) images in [-1, 1] -> uint8 grid (rows * H, ncol * W, 3) with a 2-pixel gap.
+
+    C >= 3 shows the first three channels as RGB; C = 1 and C = 2 show the first channel as grey
+    (a 2-channel image has no natural colour mapping; split it into panels to see both).
+    """
+    images = images.detach().float().cpu()
+    images = images[:, :3] if images.shape[1] >= 3 else images[:, :1].repeat(1, 3, 1, 1)
     n, _, h, w = images.shape
     nrow = -(-n // ncol)
     grid = np.full((nrow * (h + 2), ncol * (w + 2), 3), 255, dtype=np.uint8)
@@ -92,9 +104,10 @@ def render_frame(
     ncol: int = 8,
     curve_height: int = 110,
 ) -> np.ndarray:
-    """One timelapse frame: a row of samples per named panel above the loss curves so far."""
+    """One timelapse frame: a row of samples per named panel (none: the step and the curves
+    only) above the loss curves so far."""
     grids = [(name, image_grid(images, min(ncol, len(images)))) for name, images in panels]
-    width = _LABEL_W + max(g.shape[1] for _, g in grids)
+    width = _LABEL_W + max((g.shape[1] for _, g in grids), default=_CURVES_W)
     rows = [np.full((20, width, 3), 255, dtype=np.uint8)]
     cv2.putText(rows[0], f"step {step}", (4, 15), cv2.FONT_HERSHEY_PLAIN, 1.1, (0, 0, 0), 1)
     for name, grid in grids:
@@ -135,6 +148,7 @@ class Timelapse(L.Callback):
         self.dirpath = Path(dirpath) if dirpath else None
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.last_frame_step: int | None = None
+        self.last_frame: np.ndarray | None = None  # (H, W, 3) uint8, the latest frame rendered
         self._new_frames = 0
 
     @property
@@ -143,8 +157,10 @@ class Timelapse(L.Callback):
         return self.dirpath / "frames"
 
     def frame_paths(self) -> list[Path]:
-        """Frame files on disk, in step order."""
-        return sorted(self.frames_dir.glob("*.png")) if self.frames_dir.is_dir() else []
+        """Frame files on disk (`<step>.png`, other files ignored), in step order."""
+        if not self.frames_dir.is_dir():
+            return []
+        return sorted(p for p in self.frames_dir.glob("*.png") if _is_step(p.stem))
 
     def state_dict(self) -> dict[str, Any]:
         history = {k: [list(p) for p in v] for k, v in self.history.items()}
@@ -163,7 +179,11 @@ class Timelapse(L.Callback):
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return  # a config check deletes nothing
         step = trainer.global_step  # restored by now when resuming
+        remove_temp_files(self.frames_dir)  # left by writes a kill interrupted
+        remove_temp_files(self.dirpath, "timelapse", (".gif", ".mp4"))
         for path in self.frame_paths():  # made after the checkpoint we resume from
             if int(path.stem) > step:
                 path.unlink()
@@ -186,14 +206,17 @@ class Timelapse(L.Callback):
         if due and not trainer.sanity_checking:
             self.make_frame(trainer, pl_module)
 
-    def make_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
-        """Render, write and (maybe) log the frame of the current step; returns its path."""
+    def make_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Render, write and (maybe) log the frame of the current step; returns its path (None
+        under `fast_dev_run`, which only renders it into `last_frame`)."""
         step = trainer.global_step
         with torch.no_grad():
             panels = pl_module.timelapse_panels()
-        frame = render_frame(panels, self.history, step)
-        path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
+        frame = self.last_frame = render_frame(panels, self.history, step)
         self.last_frame_step = step
+        if trainer.fast_dev_run:
+            return None
+        path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
         self._new_frames += 1
         if self._new_frames >= self.video_every_n_frames:
             self.write_videos()
@@ -225,6 +248,8 @@ class Timelapse(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_frame_step != trainer.global_step:
             self.make_frame(trainer, pl_module)
+        if trainer.fast_dev_run:
+            return
         paths = self.write_videos()
         logger = self._wandb_logger(trainer)
         if logger is not None and paths:
@@ -243,6 +268,10 @@ class Timelapse(L.Callback):
         from lightning.pytorch.loggers import WandbLogger
 
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def _is_step(stem: str) -> bool:
+    return stem.isascii() and stem.isdigit()
 
 
 def _fit(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

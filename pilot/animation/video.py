@@ -2,12 +2,14 @@
 
 Frames are uint8 RGB arrays (H, W, 3), all the same size. Each writer renders into a temporary
 file next to the target and `os.replace`s it, so a reader (or a killed training) never sees a
-half-written video.
+half-written video; a write killed mid-way leaves only its temp file `.{stem}.{random}{suffix}`,
+which `remove_temp_files` clears.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,10 +51,35 @@ def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
 
 
 def _temp_path(path: Path) -> Path:
+    """A new empty file `.{stem}.{8 random characters}{suffix}` next to `path` (mkstemp's
+    naming; `remove_temp_files` finds the ones a killed writer left)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; written files are ordinary shared outputs
     return Path(tmp)
+
+
+_TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile's random part of a `_temp_path` name
+
+
+def remove_temp_files(
+    folder: str | os.PathLike, stem: str = "*", suffixes: Sequence[str] = (".png",)
+) -> list[Path]:
+    """Delete the temp files that writes killed mid-way left in `folder`; returns them.
+
+    Args:
+        folder: where the targets are written (a missing folder holds none).
+        stem: glob pattern of the target names without suffix, e.g. "timelapse".
+        suffixes: target suffixes, e.g. (".gif", ".mp4").
+    """
+    found = []
+    for suffix in suffixes:
+        for path in Path(folder).glob(f".{stem}.{'?' * 8}{suffix}"):
+            if _TEMP_RANDOM.fullmatch(path.name[-len(suffix) - 8 : -len(suffix)]):
+                found.append(path)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return sorted(found)
 
 
 def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:

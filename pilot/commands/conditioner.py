@@ -7,10 +7,13 @@ Each frame is converted to the model's input channels (grey or RGB, see `pilot.d
 resized so that its short side is `--size` (default: the model's training side) and its long
 side the multiple of the model's side nearest the frame's aspect ratio (a 16:9 frame runs at
 2:1 rather than squashed into a square; `--square` squashes, as `pilot.data.paired` does to
-non-square training pairs), and shown next to every predicted head (e.g. input | texture |
+non-square training pairs; frames that would run at different sizes are refused, from their
+headers, before any frame runs), and shown next to every predicted head (e.g. input | texture |
 fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
 `--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
 PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy).
+A model trained on several input folders concatenated (e.g. 2 channels) is refused: a shot gives
+one image per frame.
 """
 
 from __future__ import annotations
@@ -70,6 +73,26 @@ def run_size(height: int, width: int, size: int, side: int) -> tuple[int, int]:
     return (size, long) if height <= width else (long, size)
 
 
+def check_run_sizes(files: list[Path], size: int, side: int, square: bool) -> None:
+    """ValueError naming two frames that would run at different sizes (a video has one), from
+    the image headers, before any frame is computed."""
+    from pilot.data.paired import check_image
+
+    first = None
+    for path in files:
+        width, height = check_image(path)
+        shape = (size, size) if square else run_size(height, width, size, side)
+        if first is None:
+            first = (path, shape)
+        elif shape != first[1]:
+            (h0, w0), (h1, w1) = first[1], shape
+            raise ValueError(
+                f"frames of different aspect ratios: {first[0]} runs at {w0}x{h0} and {path} at "
+                f"{w1}x{h1}, but a video has one frame size; pass --square to run every frame "
+                "as a --size square, or give frames of one aspect ratio"
+            )
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame and write the video (and PNG frames if asked)."""
     import torch
@@ -82,11 +105,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
     check_video_path(args.out, fps)  # before any frame is made
     _, generator = load_generator(args.checkpoint, kind="pix2pix")
     cfg = generator.cfg
+    if cfg.in_channels not in (1, 3):
+        raise ValueError(
+            f"{args.checkpoint}: the model takes {cfg.in_channels} input channels (several input "
+            "folders concatenated), but `pilot conditioner apply` reads one image (1 or 3 "
+            "channels) per frame"
+        )
     size = cfg.image_size if args.size is None else args.size
     if size <= 0 or size % cfg.image_size:
         raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")
+    files = shot_frames(args.shot, args.pass_name)
+    check_run_sizes(files, size, cfg.image_size, args.square)
     frames = []
-    for path in shot_frames(args.shot, args.pass_name):
+    for path in files:
         x = torch.from_numpy(read_image(path, cfg.in_channels).copy()).permute(2, 0, 1)
         x = x[None].float().div(127.5).sub(1.0)  # (1, C, H, W) in [-1, 1]
         shape = (size, size) if args.square else run_size(*x.shape[2:], size, cfg.image_size)

@@ -10,15 +10,16 @@ Two layouts:
 
 Conversions (documented, not errors): every image is decoded with Pillow and converted to the
 channels its folder asks for; 1 channel = luminance (ITU-R 601, Pillow's "L"), 3 channels = RGB
-(greyscale is repeated). Transparent images (RGBA, LA, P with transparency) are composited over
-white first. Images of any size are resized to `load_size` squares (aspect not kept), so mixed
-sizes are fine; the two sides of one pair must have the same size, though, since they should be
-pixel-aligned. Augmentation (random crop to `image_size` and horizontal flip) draws one crop and one
-flip per pair and applies them to every side alike.
+(greyscale is repeated). 16-bit greys (PNG, TIFF) are scaled to 8 bits, and the EXIF orientation of
+phone photos is applied, so images read as viewers show them. Transparent images (RGBA, LA, P with
+transparency) are composited over white first. Images of any size are resized to `load_size` squares
+(aspect not kept), so mixed sizes are fine; the two sides of one pair must have the same size,
+though, since they should be pixel-aligned. Augmentation (random crop to `image_size` and horizontal
+flip) draws one crop and one flip per pair and applies them to every side alike.
 
 Errors name the files: an empty folder, names present on only one side, a file that is not an
-image (checked when the set is opened), an image that fails to decode or a pair of two sizes
-(checked when the item is read).
+image or a pair of two sizes (checked from the headers when the set is opened), an image that
+fails to decode (checked when the item is read).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -116,20 +117,48 @@ def match_pairs(root: Path, folders: Sequence[str]) -> list[list[Path]]:
     return [[files[s] for files in listings] for s in sorted(common)]
 
 
-def check_image(path: Path) -> None:
-    """Open the header; ValueError naming a file that is not an image."""
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greys Pillow would clip
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored) from the header, without decoding the pixels (a PNG
+    whose EXIF comes after its pixel data reads as 1 here; `read_image` still applies it)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # Pillow would decode the whole image to look for it
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """Open the header; returns (width, height) as viewers show it (EXIF orientation applied).
+
+    Raises:
+        ValueError: naming a file that is not an image.
+    """
     try:
         with Image.open(path) as image:
+            (width, height), orientation = image.size, _orientation(image)
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit grey (modes I;16*, and I taken as 0..65535) -> 8-bit "L" keeping the top 8 bits."""
+    array = np.asarray(image).astype(np.int64)  # (H, W)
+    return Image.fromarray((np.clip(array, 0, 65535) >> 8).astype(np.uint8), "L")
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
-    """Decode to uint8 (H, W, channels); transparency over white, grey/RGB as asked."""
+    """Decode to uint8 (H, W, channels): EXIF orientation applied (as viewers show it), 16-bit
+    grey scaled to 8 bits, transparency over white, grey/RGB as asked."""
     try:
         with Image.open(path) as image:
             image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode in _WIDE_GREY:
+                image = _to_8bit_grey(image)
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
@@ -147,6 +176,13 @@ def _to_tensor(array: np.ndarray, size: int) -> Tensor:
         x, size=(size, size), mode="bicubic", antialias=True, align_corners=False
     )
     return (x[0] / 127.5 - 1.0).clamp(-1.0, 1.0)
+
+
+def _check_sizes(files: Sequence[Path], sizes: Sequence[tuple[int, int]]) -> None:
+    """ValueError naming every file of a pair whose sides differ in (width, height)."""
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{p} {w}x{h}" for p, (w, h) in zip(files, sizes, strict=True))
+        raise ValueError(f"pair {files[0].stem!r} mixes image sizes: {listed}")
 
 
 class PairedImages(Dataset):
@@ -179,8 +215,7 @@ class PairedImages(Dataset):
             wanted = set(names)
             self.pairs = [p for p in self.pairs if p[0].stem in wanted]
         for files in self.pairs:
-            for path in files:
-                check_image(path)
+            _check_sizes(files, [check_image(path) for path in files])
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -199,11 +234,7 @@ class PairedImages(Dataset):
             return [a[:, :half], b[:, half : 2 * half]]
         channels = cfg.input_channels + cfg.target_channels
         arrays = [read_image(p, c) for p, c in zip(files, channels, strict=True)]
-        sizes = {a.shape[:2] for a in arrays}
-        if len(sizes) > 1:
-            shapes = zip(files, arrays, strict=True)
-            listed = ", ".join(f"{p} {a.shape[1]}x{a.shape[0]}" for p, a in shapes)
-            raise ValueError(f"pair {files[0].stem!r} mixes image sizes: {listed}")
+        _check_sizes(files, [(a.shape[1], a.shape[0]) for a in arrays])  # again, decoded
         return arrays
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:

@@ -72,3 +72,17 @@ def test_video_writers(tmp_path):
         with pytest.raises(ValueError, match="must be a positive"):
             write_gif(frames, tmp_path / "c.gif", fps=fps)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_remove_temp_files_clears_what_killed_writes_left(tmp_path):
+    from pilot.animation.video import _temp_path, remove_temp_files
+
+    frame = _temp_path(tmp_path / "00000026.png")  # as a write killed before os.replace leaves it
+    video = _temp_path(tmp_path / "timelapse.gif")
+    keep = [tmp_path / "00000026.png", tmp_path / ".hidden.png", tmp_path / ".a.toolong12.png"]
+    for path in keep:
+        path.touch()
+    assert remove_temp_files(tmp_path) == [frame]
+    assert remove_temp_files(tmp_path, "timelapse", (".gif", ".mp4")) == [video]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert remove_temp_files(tmp_path / "missing") == []

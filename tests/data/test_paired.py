@@ -103,8 +103,8 @@ def test_corrupt_image_and_size_mismatch_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"B/x.png: not a readable image"):
         PairedImages(tmp_path, CFG)
     _write(tmp_path / "B" / "x.png", _ramp(20, 30))
-    with pytest.raises(ValueError, match=r"mixes image sizes: .*40x40.*30x20"):
-        PairedImages(tmp_path, CFG)[0]
+    with pytest.raises(ValueError, match=r"mixes image sizes: .*A/x.png 40x40, .*B/x.png 30x20"):
+        PairedImages(tmp_path, CFG)  # from the headers, before any item is read
 
 
 def test_bad_config_names_values():
@@ -112,3 +112,33 @@ def test_bad_config_names_values():
         PairedConfig(image_size=32, load_size=16)
     with pytest.raises(ValueError, match=r"got \(2,\)"):
         PairedConfig(input_channels=(2,))
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    from pilot.data.paired import read_image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.mode == "I;16"
+    for channels in (1, 3):
+        pixels = read_image(tmp_path / "grey16.png", channels)
+        assert pixels.dtype == np.uint8 and pixels.shape == (64, 64, channels)
+        assert np.array_equal(pixels[:, :, 0], (ramp >> 8).astype(np.uint8))
+    Image.fromarray(ramp.astype(np.int32), "I").save(tmp_path / "grey32.tif")
+    assert np.array_equal(read_image(tmp_path / "grey32.tif", 1)[:, :, 0], ramp >> 8)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from pilot.data.paired import check_image, read_image
+
+    stored = _ramp(60, 80)  # stored landscape, shown portrait (orientation 6: rotate 90 cw)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    for name in ("phone.jpg", "phone.png"):
+        assert check_image(tmp_path / name) == (60, 80)  # (width, height) as shown
+        pixels = read_image(tmp_path / name, 3)
+        assert pixels.shape == (80, 60, 3)
+        assert np.abs(pixels.astype(int) - np.rot90(stored, -1)).max() < 16  # jpeg error only

@@ -3,6 +3,7 @@ W&B offline and W&B absent, bad configs rejected."""
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def test_dcgan_fast_dev_run(tmp_path, precision):
     config = dcgan_config(tmp_path, fast_dev_run=True, precision=precision)
     cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", config))])
     assert cli.trainer.global_step == 2  # one D and one G update
-    assert (tmp_path / "timelapse" / "timelapse.gif").is_file()
+    assert cli.trainer.callbacks[0].last_frame is not None  # rendered, not written
 
 
 def test_pix2pix_fast_dev_run_with_validation_metrics(tmp_path):
@@ -26,8 +27,9 @@ def test_pix2pix_fast_dev_run_with_validation_metrics(tmp_path):
     cli = run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
     metrics = cli.trainer.callback_metrics
     assert {"val/texture_l1", "val/texture_psnr", "val/fog_corr", "l1_fog"} <= set(metrics)
-    frame = sorted((tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert frame, "no timelapse frame"
+    frame = cli.trainer.callbacks[0].last_frame
+    assert frame is not None and frame.shape[2] == 3, "no timelapse frame"
+    assert not (tmp_path / "timelapse").exists() and not (tmp_path / "ckpt").exists()
 
 
 def test_resume_keeps_timelapse_frames(tmp_path):
@@ -55,6 +57,135 @@ def test_resume_keeps_timelapse_frames(tmp_path):
     with Image.open(tmp_path / "timelapse" / "timelapse.gif") as gif:
         assert gif.n_frames == len(names)
     assert np.asarray(Image.open(frames / names[0])).shape[2] == 3
+
+
+def test_resume_ignores_files_a_kill_left_in_the_timelapse(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    timelapse = tmp_path / "timelapse"
+    left = [timelapse / "frames" / ".00000006.k3j2x1z_.png", timelapse / ".timelapse.ab12cd34.mp4"]
+    for path in left:  # temp files of writes a kill -9 interrupted
+        path.touch()
+    (timelapse / "frames" / "favourite.png").write_bytes(b"")  # a file the user put there
+    cli = run(
+        "dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path", "last"]
+    )
+    assert cli.trainer.global_step == 6
+    assert not any(path.exists() for path in left)
+    assert (timelapse / "frames" / "favourite.png").exists()
+    assert [p.stem for p in cli.trainer.callbacks[0].frame_paths()][-1] == "00000006"
+
+
+def test_pix2pix_with_two_input_folders_draws_a_panel_each(tmp_path):
+    data = write_pairs(tmp_path / "pairs")
+    cfg = pix2pix_config(tmp_path, data, max_steps=2)
+    cfg["data"]["data"].update(
+        inputs=["hatched", "fog"], input_channels=[1, 1], targets=["textured"], target_channels=[3]
+    )
+    cfg["model"]["generator"].update(in_channels=2, head_names=["texture"], head_channels=[3])
+    cli = run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    names = [name for name, _ in cli.model.timelapse_panels()]
+    assert names == ["hatched", "fog", "texture", "true texture"]
+    assert (tmp_path / "timelapse" / "frames" / "00000002.png").is_file()
+
+
+def test_image_grid_shows_any_channel_count():
+    from train.timelapse import image_grid
+
+    images = torch.rand(3, 2, 4, 5) * 2 - 1
+    grid = image_grid(images, 2)
+    assert grid.shape == (2 * 6, 2 * 7, 3)
+    first = image_grid(images[:, :1], 2)
+    assert (grid == first).all()  # two channels: the first one, grey
+    assert image_grid(torch.zeros(1, 4, 4, 5), 1).shape == (6, 7, 3)
+
+
+def test_frame_without_panels_shows_the_curves():
+    from train.timelapse import render_frame
+
+    history = {"l1": [(1, 1.0), (2, 0.5), (3, 0.4)]}
+    frame = render_frame([], history, 3)  # Pix2Pix with timelapse_inputs: 0
+    assert frame.shape == (20 + 110, 400, 3) and frame.dtype == np.uint8
+
+
+@pytest.mark.parametrize("val_count", [0, -1])
+def test_val_count_below_one_is_rejected(tmp_path, val_count):
+    from pilot.data.paired import PairedConfig
+    from train.pix2pix import PairedDataModule
+
+    data = write_pairs(tmp_path / "pairs")
+    cfg = PairedConfig(
+        inputs=("hatched",), input_channels=(1,), targets=("fog",), target_channels=(1,)
+    )
+    dm = PairedDataModule(str(data), cfg, val_count=val_count)
+    with pytest.raises(ValueError, match=f"data.val_count={val_count} must be >= 1"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "target_channels",
+            [1],
+            r"model.generator.head_channels \[3, 1\] != data.data.target_channels \[1\]",
+        ),
+        ("input_channels", [3], r"model.generator.in_channels 1 != data.data.input_channels \[3\]"),
+        ("image_size", 32, "model.generator.image_size 64 != data.data.image_size 32"),
+    ],
+)
+def test_data_and_model_must_agree(tmp_path, key, value, message):
+    data = write_pairs(tmp_path / "pairs")
+    cfg = pix2pix_config(tmp_path, data, fast_dev_run=True)
+    cfg["data"]["data"][key] = value
+    if key == "target_channels":
+        cfg["data"]["data"]["targets"] = ["fog"]
+    with pytest.raises(ValueError, match=message):
+        run("pix2pix", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+
+
+def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, capsys):
+    from pilot.cli import main
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as a full disk leaves it
+    assert main(["train", "dcgan", "--config", str(cfg), "--ckpt_path", str(last)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pilot train: error: {last}: not a readable torch checkpoint")
+
+
+def _listing(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    before = _listing(tmp_path)
+    with pytest.raises(ValueError, match="ckpt holds last.ckpt.* resume it with --ckpt_path last"):
+        run("dcgan", ["fit", "--config", str(cfg)])
+    after = _listing(tmp_path)
+    assert {k: v for k, v in after.items() if k.name != "config.yaml"} == {
+        k: v for k, v in before.items() if k.name != "config.yaml"
+    }  # checkpoints and frames untouched (config.yaml is rewritten in setup, as on resume)
+    (tmp_path / "ckpt" / "last.ckpt").unlink()  # a run killed before its first checkpoint
+    with pytest.raises(ValueError, match="frames holds 2 timelapse frames"):
+        run("dcgan", ["fit", "--config", str(cfg)])
+
+
+def test_fast_dev_run_leaves_a_run_folder_alone(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    before = _listing(tmp_path)
+    cli = run("dcgan", ["fit", "--config", str(cfg), "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.callbacks[0].last_frame is not None  # the panels were still drawn
+    assert _listing(tmp_path) == before
+    resumed = run(
+        "dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path", "last"]
+    )
+    assert resumed.trainer.global_step == 6  # from the step 4 last.ckpt
 
 
 def test_checkpoint_loads_without_lightning(tmp_path):
