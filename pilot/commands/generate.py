@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
-    p.add_argument("--eta", type=float, default=None, help="noise of stochastic samplers")
+    p.add_argument("--eta", type=float, default=None, help="noise of ddim, ancestral, SDE samplers")
     p.add_argument("--clip-skip", type=int, default=0, help="text encoder layers to skip")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (then +1 each)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")

@@ -26,7 +26,7 @@ from pilot.diffusion.control import Control, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
 from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
-from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
+from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler, samplers_with
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
 from pilot.diffusion.tiling import sliced, tiled
 
@@ -46,6 +46,7 @@ class SamplingSettings:
         cfg: Classifier-free guidance scale; 1 disables guidance (one UNet call per step).
         rescale: Guidance rescale phi in [0, 1] (Lin et al. 2023).
         eta: Noise of the stochastic samplers (ddim, ancestral, SDE); None keeps each default.
+            Only samplers with an `eta` parameter take it (`samplers.samplers_with("eta")`).
         clip_skip: Final text encoder layers to leave out (A1111's "clip skip" minus one).
         quantize: Feed the UNet integer timesteps (diffusers' DPM-Solver with Karras sigmas).
     """
@@ -64,6 +65,11 @@ class SamplingSettings:
         get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.eta is not None and self.sampler not in samplers_with("eta"):
+            raise ValueError(
+                f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
+                f"eta: {', '.join(samplers_with('eta'))}"
+            )
 
 
 def model_device(sd) -> torch.device:

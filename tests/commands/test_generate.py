@@ -61,6 +61,7 @@ def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
         (["--mask", "m.png"], "--mask needs --init"),
         (["--init", "missing.png"], "missing.png: no such image file"),
         (["--batch", "0"], "--batch must be >= 1"),
+        (["--eta", "0.5"], "sampler 'euler' takes no eta (got eta=0.5); samplers with eta: ddim"),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, tiny_sd_folder, argv, message):

@@ -1,5 +1,7 @@
 """txt2img / img2img / inpainting behaviour of the pipeline on a tiny random model."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -154,11 +156,28 @@ def test_bad_requests(kwargs, match):
         (dict(sampler="eulr"), "unknown sampler 'eulr'; valid: .*euler_ancestral"),
         (dict(schedule="cosine"), "unknown schedule 'cosine'; valid: .*karras"),
         (dict(steps=0), "steps must be"),
+        (
+            dict(sampler="dpmpp_2m", eta=0.5),
+            "'dpmpp_2m' takes no eta .*with eta: ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_sde$",
+        ),
+        (dict(sampler="lcm", eta=0.0), "'lcm' takes no eta"),
     ],
 )
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingSettings(**kwargs)
+
+
+def test_eta_reaches_every_sampler_that_takes_it(tiny_sd):
+    """`eta` is accepted exactly by the samplers with an eta parameter, and changes the image."""
+    from pilot.diffusion.samplers import samplers_with
+
+    assert samplers_with("eta") == ["ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde"]
+    for sampler in samplers_with("eta"):
+        settings = SamplingSettings(sampler=sampler, steps=2, cfg=1.0)
+        plain = generate_latents(tiny_sd, request(), settings)
+        other = generate_latents(tiny_sd, request(), replace(settings, eta=0.5))
+        assert not torch.equal(plain, other), sampler
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral"])
