@@ -161,7 +161,7 @@ class ControlDenoiser:
             half = model_in.shape[0] // 2
             model_in, t, context = model_in[half:], t[half:], context[half:]
             scale = scale[half:] if isinstance(scale, Tensor) else scale
-        hint = self._hint(k, control, model_in)
+        hint = self._hint(k, control, model_in, self.cfg_batch and not cond_only)
         dtype = control.controlnet.conv_in.weight.dtype  # may differ from the UNet's
         down, mid = control.controlnet(
             model_in.to(dtype),
@@ -177,12 +177,20 @@ class ControlDenoiser:
             mid = torch.cat([torch.zeros_like(mid), mid])
         return down, mid
 
-    def _hint(self, k: int, control: Control, model_in: Tensor) -> Tensor:
-        """Hint features of the control image for a batch like `model_in` (memoised)."""
+    def _hint(self, k: int, control: Control, model_in: Tensor, doubled: bool) -> Tensor:
+        """Hint features of the control image for a batch like `model_in` (memoised).
+
+        `doubled`: `model_in` holds `[uncond, cond]` halves of B items each, else B items.
+        """
         n, image = model_in.shape[0], control.image
-        if n % image.shape[0]:
+        items = n // 2 if doubled else n
+        if image.shape[0] not in (1, items):
+            where = f"[uncond, cond] halves of {items}" if doubled else f"{items}"
+            cfg = 2 * image.shape[0] == n
+            advice = " (under CFG: `controlled_cfg` or cfg_batch=True)" if cfg else ""
             raise ValueError(
-                f"control image batch {image.shape[0]} does not divide the model batch {n}"
+                f"control image batch {image.shape[0]}: expected (B or 1, C, H, W) for a model "
+                f"batch of {where} items{advice}"
             )
         key = (k, n, model_in.device, model_in.dtype)
         if key in self._hints:
