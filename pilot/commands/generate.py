@@ -151,7 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.batch)]
     height = init.shape[-2] if init is not None else args.height or 512
     width = init.shape[-1] if init is not None else args.width or 512
-    controls = load_controls(args, (height, width), device, dtype, speed)
+    controls = load_controls(args, (height, width), device, dtype, speed, sd)
     request = Request(
         prompts=[args.prompt] * args.batch,
         negative_prompts=[args.negative_prompt] * args.batch,
@@ -214,13 +214,14 @@ def load_inputs(args: argparse.Namespace):
 
 
 def load_controls(
-    args: argparse.Namespace, size: tuple[int, int], device, dtype, speed=None
+    args: argparse.Namespace, size: tuple[int, int], device, dtype, speed=None, sd=None
 ) -> list:
     """`Control`s from --control specs and the --controlnet weights each one uses
-    (each ControlNet sped up by `speed`, a `SpeedSettings`, if given)."""
+    (each ControlNet sped up by `speed`, a `SpeedSettings`, if given, and checked to fit
+    the pipeline `sd`, if given: a ValueError naming its path otherwise)."""
     import pilot
     from pilot.control.spec import parse_control_arg
-    from pilot.diffusion.control import Control
+    from pilot.diffusion.control import Control, check_controlnet_fits
     from pilot.diffusion.speed import SpeedSettings, optimize_model
 
     specs = [parse_control_arg(text) for text in args.control]
@@ -230,10 +231,12 @@ def load_controls(
         return []
     paths = match_controlnets([s.kind for s in specs], args.controlnet)
     speed = speed or SpeedSettings()
-    loaded = {
-        path: optimize_model(pilot.load_controlnet(path, dtype=dtype, device=device), speed)
-        for path in set(paths)
-    }
+    loaded = {}
+    for path in dict.fromkeys(paths):  # each once, in order
+        net = pilot.load_controlnet(path, dtype=dtype, device=device)
+        if sd is not None:
+            check_controlnet_fits(sd, net, path)
+        loaded[path] = optimize_model(net, speed)
     return [
         Control(
             loaded[path],

@@ -202,6 +202,42 @@ class ControlDenoiser:
         return hint
 
 
+def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
+    """ValueError unless `controlnet` fits the pipeline `sd`, naming it `name`: made for the
+    UNet's family (SD 1.x vs 2.x, sizes), with a hint encoder as coarse as the VAE."""
+    keys = ("cross_attention_dim", "block_out_channels", "in_channels", "use_linear_projection")
+    ours, theirs = controlnet.cfg.unet, sd.unet.cfg
+    differ = {k: (getattr(ours, k), getattr(theirs, k)) for k in keys}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    if differ:
+        detail = ", ".join(f"{k}: ControlNet {a} vs model {b}" for k, (a, b) in differ.items())
+        families = {768: "SD 1.x", 1024: "SD 2.x"}  # by text-embedding width
+        a, b = differ.get("cross_attention_dim", (None, None))
+        hint = (
+            f" (an {families[a]} ControlNet on an {families[b]} model)"
+            if {a, b} <= set(families)
+            else ""
+        )
+        raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
+    if controlnet.cfg.downscale != sd.vae.cfg.downsample_factor:
+        raise ValueError(
+            f"ControlNet {name} takes images {controlnet.cfg.downscale}x its latents, but the "
+            f"model's VAE downsamples {sd.vae.cfg.downsample_factor}x"
+        )
+
+
+def check_controls(sd, controls: Sequence[Control], batch: int) -> None:
+    """ValueError unless every control fits `sd` (`check_controlnet_fits`, named `controls[k]`)
+    and has 1 or `batch` images."""
+    for k, control in enumerate(controls):
+        check_controlnet_fits(sd, control.controlnet, f"controls[{k}]")
+        if control.image.shape[0] not in (1, batch):
+            raise ValueError(
+                f"controls[{k}]: control image batch {control.image.shape[0]} for {batch} "
+                "prompts: expected (B or 1, C, H, W)"
+            )
+
+
 def cfg_doubles_batch(scale: float | Tensor) -> bool:
     """Whether `CFGDenoiser(..., scale)` calls its inner denoiser with `[uncond, cond]` halves."""
     return not (isinstance(scale, (int, float)) and scale == 1)

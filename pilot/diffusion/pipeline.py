@@ -22,7 +22,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from pilot.diffusion.control import Control, control_wrapper
+from pilot.diffusion.control import Control, check_controls, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
 from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
@@ -353,10 +353,12 @@ def generate_latents(
         sigmas: Explicit full sampling grid ending in 0, instead of `settings.schedule`.
         callback: Called each step with `{"i", "x", "sigma", "denoised"}`.
         controls: ControlNets with their images and scales (`pilot.diffusion.control.Control`;
-            images at the output size); their start / end fractions count the steps run.
+            images at the output size, a batch of 1 or B); their start / end fractions count
+            the steps run. Each must fit `sd` (`check_controlnet_fits`), else a ValueError.
         vae_tile: Tile size in image pixels for encoding init images (see `encode_images`).
         vae_batch: Init images encoded per VAE call (see `encode_images`); None: all at once.
     """
+    check_controls(sd, controls, len(request.prompts))  # before any model runs
     device = model_device(sd)
     context, uncond = encode_text(
         sd, request.prompts, request.negative_prompts, clip_skip=settings.clip_skip

@@ -108,6 +108,24 @@ def test_controlnet_steers_the_image(capsys, tiny_sd_folder, controlnet_folder, 
     assert steered["parameters"]["control"] == [f"depth:{tmp_path / 'depth.png'}:1.0"]
 
 
+def test_a_controlnet_of_another_family_is_named(capsys, tiny_sd, tmp_path, tiny_sd_folder):
+    from dataclasses import replace
+
+    from pilot.models.controlnet import ControlNet
+    from pilot.models.unet import UNet
+    from pilot.weights.save import save_controlnet
+
+    unet = UNet(replace(tiny_sd.unet.cfg, cross_attention_dim=64))
+    folder = save_controlnet(ControlNet.from_unet(unet, hint_channels=(16, 32)), tmp_path / "cn")
+    write_png(tmp_path / "depth.png", torch.rand(1, 24, 32))
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "x", *FAST, "--out", str(tmp_path / "o")]
+    control = ["--control", f"depth:{tmp_path / 'depth.png'}", "--controlnet", str(folder)]
+    assert main(["generate", *argv, *control]) == 2
+    err = capsys.readouterr().err
+    assert f"ControlNet {folder} does not fit the model: cross_attention_dim: Control" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

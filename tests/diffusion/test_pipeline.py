@@ -180,6 +180,48 @@ def test_eta_reaches_every_sampler_that_takes_it(tiny_sd):
         assert not torch.equal(plain, other), sampler
 
 
+def other_controlnet(tiny_sd, **changes):
+    """A ControlNet for the tiny UNet with `changes` to its UNet config (another family)."""
+    from pilot.models.controlnet import ControlNet
+    from pilot.models.unet import UNet
+
+    unet = UNet(replace(tiny_sd.unet.cfg, **changes)) if changes else tiny_sd.unet
+    return ControlNet.from_unet(unet, hint_channels=(16, 32)).eval()  # /2 like the tiny VAE
+
+
+@pytest.mark.parametrize(
+    "net, images, match",
+    [
+        (
+            dict(cross_attention_dim=64),
+            1,
+            "ControlNet controls.0. does not fit the model: cross_attention_dim: ControlNet 64 "
+            "vs model 32",
+        ),
+        (dict(block_out_channels=(32, 32)), 1, "block_out_channels: ControlNet .32, 32. vs"),
+        (dict(), 3, r"controls\[0\]: control image batch 3 for 2 prompts"),
+    ],
+)
+def test_controls_that_do_not_fit_fail_before_any_model_runs(
+    tiny_sd, monkeypatch, net, images, match
+):
+    from pilot.diffusion.control import Control
+
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    control = Control(other_controlnet(tiny_sd, **net), torch.rand(images, 3, 24, 32))
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_sd, request(), SETTINGS, controls=[control])
+
+
+def test_a_controlnet_with_another_downscale_is_named(tiny_sd):
+    from pilot.diffusion.control import Control
+    from pilot.models.controlnet import ControlNet
+
+    control = Control(ControlNet.from_unet(tiny_sd.unet), torch.rand(1, 3, 24, 32))
+    with pytest.raises(ValueError, match="controls.0. takes images 8x its latents, but the "):
+        generate(tiny_sd, request(), SETTINGS, controls=[control])
+
+
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral"])
 @pytest.mark.parametrize(
     ("mode", "cfg"), [("txt2img", 1.0), ("txt2img", 5.0), ("img2img", 5.0), ("inpaint", 5.0)]
