@@ -384,7 +384,8 @@ def generate_latents(
             mask = _latent_mask(request.mask, shape).to(device)
     full_strength = request.strength == 1.0 and mask is None
     x = start_latents(first, sigmas, None if full_strength else init)
-    wrap = control_wrapper(controls, sigmas, cfg_scale=settings.cfg) if controls else None
+    steps = len(sigmas) - 1  # 0 for img2img at a strength below 1 / steps: the VAE round trip
+    wrap = control_wrapper(controls, sigmas, cfg_scale=settings.cfg) if controls and steps else None
     denoiser = build_denoiser(
         sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap
     )

@@ -69,6 +69,17 @@ def test_img2img_strength_zero_is_the_vae_round_trip(tiny_sd, init_images):
     assert torch.equal(images, decode_latents(tiny_sd, latents))
 
 
+@pytest.mark.parametrize("strength", [0.0, 0.2])
+def test_img2img_without_steps_is_the_round_trip_with_controls_too(tiny_sd, init_images, strength):
+    """int(4 * 0.2) = 0 steps: nothing is sampled, so a ControlNet changes nothing."""
+    from pilot.diffusion.control import Control
+
+    controls = [Control(other_controlnet(tiny_sd), torch.rand(1, 3, 24, 32))]
+    req = request(init_images=init_images, strength=strength)
+    plain = generate(tiny_sd, req, SETTINGS)
+    assert torch.equal(generate(tiny_sd, req, SETTINGS, controls=controls), plain)
+
+
 def test_img2img_strength_one_equals_txt2img(tiny_sd, init_images):
     txt = generate_latents(tiny_sd, request(), SETTINGS)
     img = generate_latents(tiny_sd, request(init_images=init_images, strength=1.0), SETTINGS)
