@@ -217,7 +217,11 @@ def get_sigmas_karras(
 
     Returns:
         (n + 1,) float32 sigmas from `sigma_max` down to `sigma_min`, then 0.
+
+    Raises:
+        ValueError: `n` < 1.
     """
+    _check_steps(n)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
@@ -231,9 +235,19 @@ def get_sigmas_exponential(
 
     Returns:
         (n + 1,) float32 sigmas from `sigma_max` down to `sigma_min`, then 0.
+
+    Raises:
+        ValueError: `n` < 1.
     """
+    _check_steps(n)
     sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
     return torch.cat([sigmas.float(), sigmas.new_zeros(1, dtype=torch.float32)]).to(device)
+
+
+def _check_steps(n: int) -> None:
+    """ValueError unless `n` is a step count >= 1 (no upper bound off the trained grid)."""
+    if n < 1:
+        raise ValueError(f"steps must be >= 1, got {n}")
 
 
 def prior_std(sigma: Tensor | float, *, data_std: float | None = None) -> Tensor | float:

@@ -152,6 +152,13 @@ def test_registry_grids(name, schedule):
         assert sigmas[0] <= schedule.sigma_max * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("n", [0, -3])
+def test_every_schedule_refuses_fewer_than_one_step(name, n, schedule):
+    with pytest.raises(ValueError, match=rf"steps must be .*, got {n}$"):
+        get_sigmas(name, n, schedule)
+
+
 def test_unknown_schedule_lists_valid_names(schedule):
     with pytest.raises(ValueError, match="unknown schedule 'cosine'") as info:
         get_sigmas("cosine", 10, schedule)
