@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels (default 512 or the init's)")
     p.add_argument("--height", type=int, default=None, help="pixels (default 512 or the init's)")
     p.add_argument("--init", type=Path, default=None, help="init image for img2img")
-    p.add_argument("--strength", type=float, default=0.75, help="img2img strength in [0, 1]")
+    p.add_argument("--strength", type=float, default=None,
+                   help="img2img strength in [0, 1] (default 0.75; needs --init)")  # fmt: skip
     p.add_argument("--mask", type=Path, default=None, help="inpainting mask, white = repaint")
     p.add_argument(
         "--control",
@@ -135,8 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         eta=args.eta,
         clip_skip=args.clip_skip,
     )
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    check_arguments(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     speed = speed_settings(args, device)
     init, mask = load_inputs(args)
@@ -149,7 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_preview(preview, sd, args.preview_decoder)
     sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
-    height = init.shape[-2] if init is not None else args.height or 512
+    height = init.shape[-2] if init is not None else args.height or 512  # checked: not 0
     width = init.shape[-1] if init is not None else args.width or 512
     controls = load_controls(args, (height, width), device, dtype, speed, sd)
     request = Request(
@@ -159,7 +159,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         width=width,
         height=height,
         init_images=None if init is None else init.expand(args.batch, -1, -1, -1),
-        strength=args.strength if init is not None else 1.0,
+        strength=1.0 if init is None else 0.75 if args.strength is None else args.strength,
         mask=mask,
     )
     steps = settings.steps if init is None else int(settings.steps * request.strength)
@@ -186,6 +186,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2) if args.json else "\n".join(summary["images"]))
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError for arguments that are wrong on their own, before anything loads: --batch,
+    --width / --height (positive multiples of 8) and --strength (in [0, 1], with --init)."""
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise ValueError(f"--{name} must be a positive multiple of 8, got {value}")
+    if args.strength is None:
+        return
+    if args.init is None:
+        raise ValueError(
+            f"--strength {args.strength} needs --init (img2img); txt2img runs the whole schedule"
+        )
+    if not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
 
 
 def load_inputs(args: argparse.Namespace):

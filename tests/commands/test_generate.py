@@ -57,10 +57,15 @@ def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
     [
         (["--sampler", "eulr"], "unknown sampler 'eulr'; valid: ddim, euler"),
         (["--schedule", "cos"], "unknown schedule 'cos'; valid:"),
-        (["--width", "30"], "multiples of 8"),
+        (["--width", "30"], "--width must be a positive multiple of 8, got 30"),
         (["--mask", "m.png"], "--mask needs --init"),
         (["--init", "missing.png"], "missing.png: no such image file"),
         (["--batch", "0"], "--batch must be >= 1"),
+        (["--width", "0"], "--width must be a positive multiple of 8, got 0"),
+        (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
+        (["--height", "-8"], "--height must be a positive multiple of 8, got -8"),
+        (["--strength", "0.5"], "--strength 0.5 needs --init (img2img); txt2img"),
+        (["--init", "missing.png", "--strength", "7"], "--strength must be in [0, 1], got 7.0"),
         (["--eta", "0.5"], "sampler 'euler' takes no eta (got eta=0.5); samplers with eta: ddim"),
     ],
 )
