@@ -59,7 +59,8 @@ def register(sub) -> None:
         "or KIND=PATH per kind",
     )
     p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode")
-    p.add_argument("--vae-tile", type=int, default=None, help="VAE tile size in pixels")
+    p.add_argument("--vae-tile", type=int, default=None,
+                   help="VAE tile size in pixels, a multiple of 8")  # fmt: skip
     p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
                    help="decode with this preview decoder instead of the VAE (fast drafts; "
                    "`pilot train preview_decoder`)")  # fmt: skip
@@ -190,9 +191,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """ValueError for arguments that are wrong on their own, before anything loads: --batch,
-    --width / --height (positive multiples of 8) and --strength (in [0, 1], with --init)."""
+    --width / --height / --vae-tile (positive multiples of 8, SD's VAE factor) and --strength
+    (in [0, 1], with --init)."""
+    from pilot.diffusion.pipeline import check_tile
+
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    try:
+        check_tile(args.vae_tile)
+    except ValueError as e:
+        raise ValueError(f"--vae-tile: {e}") from e
     for name in ("width", "height"):
         value = getattr(args, name)
         if value is not None and (value <= 0 or value % 8):

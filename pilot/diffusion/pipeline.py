@@ -103,13 +103,15 @@ def encode_images(
     Takes the posterior mean (deterministic, so img2img at strength 0 is a pure VAE round trip).
 
     Args:
-        tile: Encode in overlapping tiles of this many image pixels (a multiple of 8), for
-            images too large for memory; None encodes whole.
+        tile: Encode in overlapping tiles of this many image pixels (a positive multiple of
+            the VAE's factor, see `check_tile`), for images too large for memory; None encodes
+            whole.
         batch: Encode at most this many images per VAE call (VAE slicing: the memory of
             `batch` images, not B); None encodes all at once.
     """
     vae = sd.vae
     check_size(*images.shape[-2:], vae.cfg.downsample_factor)
+    check_tile(tile, vae.cfg.downsample_factor)
     param = next(vae.parameters())
 
     def encode(images: Tensor) -> Tensor:
@@ -134,8 +136,9 @@ def decode_latents(
     """VAE-decode scaled latents (B, 4, h, w) to images in [0, 1], (B, 3, fh, fw) float32.
 
     Args:
-        tile: Decode in overlapping tiles of this many image pixels (a multiple of 8), blended
-            linearly where they overlap; None decodes whole.
+        tile: Decode in overlapping tiles of this many image pixels (a positive multiple of
+            the VAE's factor, see `check_tile`), blended linearly where they overlap; None
+            decodes whole.
         upcast: Precision of a half-precision VAE (see `VAE_UPCASTS`): SD's VAE decoder can
             overflow float16 in its last up blocks (activations beyond 65504 turn to inf, then
             NaN pixels). "auto" decodes in the VAE's dtype and, if any pixel is not finite,
@@ -150,6 +153,7 @@ def decode_latents(
     """
     if upcast not in VAE_UPCASTS:
         raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
+    check_tile(tile, sd.vae.cfg.downsample_factor)
     return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
 
 
@@ -203,6 +207,17 @@ def check_size(height: int, width: int, factor: int = 8) -> None:
     if height <= 0 or width <= 0 or height % factor or width % factor:
         raise ValueError(
             f"image size {width}x{height} (WxH) must be positive multiples of {factor}"
+        )
+
+
+def check_tile(tile: int | None, factor: int = 8) -> None:
+    """Raise unless a VAE tile size is None (no tiling) or a positive multiple of the VAE factor
+    (8 for SD): tiles are cut in whole latent pixels, `tile // factor` of them a side, so other
+    sizes are rounded down (12 -> 8, and 4 -> a one-latent-pixel tile) with no word."""
+    if tile is not None and (tile <= 0 or tile % factor):
+        raise ValueError(
+            f"VAE tile {tile}: must be a positive multiple of the VAE factor {factor} (image "
+            "pixels), or None for no tiling"
         )
 
 
@@ -359,6 +374,7 @@ def generate_latents(
         vae_batch: Init images encoded per VAE call (see `encode_images`); None: all at once.
     """
     check_controls(sd, controls, len(request.prompts))  # before any model runs
+    check_tile(vae_tile, sd.vae.cfg.downsample_factor)  # decoded at the end by `generate`
     device = model_device(sd)
     context, uncond = encode_text(
         sd, request.prompts, request.negative_prompts, clip_skip=settings.clip_skip
@@ -418,7 +434,8 @@ def generate(
     dtype and the VAE decode follows `vae_upcast`.
 
     Args:
-        vae_tile: Tile size in image pixels for the VAE (a multiple of 8), for large images.
+        vae_tile: Tile size in image pixels for the VAE (a multiple of its factor, 8 in SD),
+            for large images.
         vae_upcast: float32 rule of a half-precision VAE decode (see `decode_latents`).
         vae_batch: Images per VAE call, encoding and decoding (VAE slicing: the VAE's memory
             of `vae_batch` images, not B); None: all at once.

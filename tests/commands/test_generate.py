@@ -64,6 +64,8 @@ def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
         (["--width", "0"], "--width must be a positive multiple of 8, got 0"),
         (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
         (["--height", "-8"], "--height must be a positive multiple of 8, got -8"),
+        (["--vae-tile", "12"], "--vae-tile: VAE tile 12: must be a positive multiple of the"),
+        (["--vae-tile", "-8"], "--vae-tile: VAE tile -8: must be a positive multiple of the"),
         (["--strength", "0.5"], "--strength 0.5 needs --init (img2img); txt2img"),
         (["--init", "missing.png", "--strength", "7"], "--strength must be in [0, 1], got 7.0"),
         (["--eta", "0.5"], "sampler 'euler' takes no eta (got eta=0.5); samplers with eta: ddim"),

@@ -120,6 +120,21 @@ def test_vae_tiling_whole_tile_is_exact_and_small_tiles_are_close(tiny_sd):
     assert (tiled - whole).abs().mean() < 0.05
 
 
+@pytest.mark.parametrize("tile", [0, 1, 3, -2])
+def test_vae_tiles_are_positive_multiples_of_the_vae_factor(tiny_sd, monkeypatch, tile):
+    """The tiny VAE's factor is 2: tiles are whole latent pixels, never silently rounded."""
+    assert tiny_sd.vae.cfg.downsample_factor == 2
+    latents, images = torch.zeros(1, 4, 12, 16), torch.zeros(1, 3, 24, 32)
+    match = f"VAE tile {tile}: must be a positive multiple of the VAE factor 2"
+    with pytest.raises(ValueError, match=match):
+        decode_latents(tiny_sd, latents, tile=tile)
+    with pytest.raises(ValueError, match=match):
+        encode_images(tiny_sd, images, tile=tile)
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    with pytest.raises(ValueError, match=match):  # before any model runs
+        generate(tiny_sd, request(), SETTINGS, vae_tile=tile)
+
+
 def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
     """encode / decode with `batch=2` on 3 images: VAE calls of 2 and 1 images, the same
     latents and images as one call (float rounding), with and without tiles."""
