@@ -330,14 +330,15 @@ class Request:
             self._check_images()
 
     def _check_images(self) -> None:
-        images, mask = self.init_images, self.mask
-        if images.ndim != 4 or images.shape[:2] != (len(self.prompts), 3):
-            raise ValueError(
-                f"init images must be (B={len(self.prompts)}, 3, H, W), got {tuple(images.shape)}"
-            )
+        images, mask, B = self.init_images, self.mask, len(self.prompts)
+        if images.ndim != 4 or images.shape[:2] != (B, 3):
+            raise ValueError(f"init images must be (B={B}, 3, H, W), got {tuple(images.shape)}")
         check_size(*images.shape[-2:])
-        if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
-            raise ValueError(f"mask must be (B or 1, 1, H, W), got {tuple(mask.shape)}")
+        for name, x in (("init images", images), ("mask", mask)):
+            if x is not None and not x.is_floating_point():
+                raise ValueError(f"{name} of dtype {x.dtype}: expected float in [0, 1]")
+        if mask is not None and (mask.ndim != 4 or mask.shape[:2] not in ((1, 1), (B, 1))):
+            raise ValueError(f"mask must be (B={B} or 1, 1, H, W), got {tuple(mask.shape)}")
         if mask is not None and mask.shape[-2:] != images.shape[-2:]:
             raise ValueError(
                 f"mask size {tuple(mask.shape[-2:])} differs from image size "

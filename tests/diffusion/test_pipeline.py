@@ -169,6 +169,18 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
         (dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 16, 32)), "mask size"),
         (dict(init_images=torch.rand(2, 3, 20, 32)), "multiples of 8"),
         (dict(init_images=torch.rand(3, 3, 24, 32)), r"init images must be \(B=2"),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(3, 1, 24, 32)),
+            r"mask must be \(B=2 or 1, 1, H, W\), got \(3, 1, 24, 32\)",
+        ),
+        (
+            dict(init_images=torch.full((2, 3, 24, 32), 255, dtype=torch.uint8)),
+            r"init images of dtype torch.uint8: expected float in \[0, 1\]",
+        ),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 24, 32).bool()),
+            r"mask of dtype torch.bool: expected float in \[0, 1\]",
+        ),
     ],
 )
 def test_bad_requests(kwargs, match):
