@@ -338,6 +338,9 @@ def parameters(args: argparse.Namespace, request, settings) -> dict:
         params.update(control=args.control, controlnet=args.controlnet, guess_mode=args.guess_mode)
     if args.vae_upcast != "auto":  # can change float16 pixels; the default is left out
         params["vae_upcast"] = args.vae_upcast
+    for name in ("prediction_type", "vae_tile", "dtype"):  # change pixels; None: the default
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
     if args.preview_decoder is not None:
         params["preview_decoder"] = str(args.preview_decoder)
     return params

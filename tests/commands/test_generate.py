@@ -29,6 +29,7 @@ def test_txt2img_writes_pngs_with_parameters(capsys, tiny_sd_folder, tmp_path):
     assert "Seed: 8" in text["parameters"] and "Size: 32x24" in text["parameters"]
     params = json.loads(text["pilot"])
     assert params["seed"] == 8 and params["sampler"] == "euler" and params["cfg"] == 7.5
+    assert not {"prediction_type", "vae_tile", "dtype"} & set(params)  # defaults left out
     # Running again numbers after the existing files; seed 7 alone makes the same image (up to
     # a rounding step: batch size changes float rounding in the convolutions).
     again = run(capsys, *args, "--negative-prompt", "fog", "--seed", "7", "--out", str(out))
@@ -50,6 +51,15 @@ def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
     summary = run(capsys, *base, "--init", str(init), "--mask", str(mask), "--width", "16",
                   "--height", "16")  # fmt: skip
     assert read_image(summary["images"][0]).shape == (3, 16, 16)
+
+
+def test_png_records_the_options_that_change_pixels(capsys, tiny_sd_folder, tmp_path):
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    options = ["--prediction-type", "v_prediction", "--vae-tile", "16", "--dtype", "float32"]
+    summary = run(capsys, *argv, *options)
+    params = json.loads(read_png_text(summary["images"][0])["pilot"])
+    assert params["prediction_type"] == "v_prediction"
+    assert params["vae_tile"] == 16 and params["dtype"] == "float32"
 
 
 @pytest.mark.parametrize(
