@@ -125,6 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import pilot
+    from pilot.commands import resolve_device
     from pilot.diffusion.pipeline import Request, SamplingSettings, generate
     from pilot.diffusion.speed import optimize
 
@@ -138,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         clip_skip=args.clip_skip,
     )
     check_arguments(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     speed = speed_settings(args, device)
     init, mask = load_inputs(args)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))

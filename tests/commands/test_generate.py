@@ -87,6 +87,21 @@ def test_bad_input_is_a_clear_error(capsys, tiny_sd_folder, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", "--device 'foo' is not a torch device (cpu, cuda, cuda:N, ...)"),
+        ("cuda", "--device cuda: torch sees no CUDA device here"),
+        ("cuda:1", "--device cuda:1: torch sees no CUDA device here"),
+    ],
+)
+def test_a_device_this_machine_lacks_fails_before_loading(capsys, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["--model", "no-such-model", "--prompt", "x", *FAST, "--device", device]
+    assert main(["generate", *argv]) == 2
+    assert f"pilot generate: error: {message}" in capsys.readouterr().err
+
+
 def test_empty_model_folder_is_a_clear_error(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["generate", "--model", str(tmp_path / "empty"), "--prompt", "x"]) == 2
