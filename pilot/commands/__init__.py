@@ -5,3 +5,34 @@ of `pilot.cli.build_parser` and sets `func` on each. Modules are found by name, 
 is a new file. Keep imports of torch and models inside the command functions: `pilot --help`
 imports every module in this package.
 """
+
+
+def resolve_device(name: str | None):
+    """The `torch.device` of a `--device` argument, checked before anything loads.
+
+    Args:
+        name: A torch device string ("cuda", "cuda:1", "cpu", ...); None: cuda if present,
+            else cpu.
+
+    Raises:
+        ValueError: `name` is not a torch device, or names one this machine lacks.
+    """
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:N, ...)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: torch sees no CUDA device here (no NVIDIA GPU or driver, or a "
+            "CPU-only torch); leave --device out to run on the CPU"
+        )
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, NotImplementedError, AssertionError) as e:  # e.g. cuda:7, mps
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--device {name}: not usable here: {first}") from e
+    return device

@@ -32,14 +32,15 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
-    p.add_argument("--eta", type=float, default=None, help="noise of stochastic samplers")
+    p.add_argument("--eta", type=float, default=None, help="noise of ddim, ancestral, SDE samplers")
     p.add_argument("--clip-skip", type=int, default=0, help="text encoder layers to skip")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (then +1 each)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--width", type=int, default=None, help="pixels (default 512 or the init's)")
     p.add_argument("--height", type=int, default=None, help="pixels (default 512 or the init's)")
     p.add_argument("--init", type=Path, default=None, help="init image for img2img")
-    p.add_argument("--strength", type=float, default=0.75, help="img2img strength in [0, 1]")
+    p.add_argument("--strength", type=float, default=None,
+                   help="img2img strength in [0, 1] (default 0.75; needs --init)")  # fmt: skip
     p.add_argument("--mask", type=Path, default=None, help="inpainting mask, white = repaint")
     p.add_argument(
         "--control",
@@ -58,7 +59,8 @@ def register(sub) -> None:
         "or KIND=PATH per kind",
     )
     p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode")
-    p.add_argument("--vae-tile", type=int, default=None, help="VAE tile size in pixels")
+    p.add_argument("--vae-tile", type=int, default=None,
+                   help="VAE tile size in pixels, a multiple of 8")  # fmt: skip
     p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
                    help="decode with this preview decoder instead of the VAE (fast drafts; "
                    "`pilot train preview_decoder`)")  # fmt: skip
@@ -123,6 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import pilot
+    from pilot.commands import resolve_device
     from pilot.diffusion.pipeline import Request, SamplingSettings, generate
     from pilot.diffusion.speed import optimize
 
@@ -135,9 +138,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         eta=args.eta,
         clip_skip=args.clip_skip,
     )
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_arguments(args)
+    device = resolve_device(args.device)
     speed = speed_settings(args, device)
     init, mask = load_inputs(args)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
@@ -149,9 +151,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_preview(preview, sd, args.preview_decoder)
     sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
-    height = init.shape[-2] if init is not None else args.height or 512
+    height = init.shape[-2] if init is not None else args.height or 512  # checked: not 0
     width = init.shape[-1] if init is not None else args.width or 512
-    controls = load_controls(args, (height, width), device, dtype, speed)
+    controls = load_controls(args, (height, width), device, dtype, speed, sd)
     request = Request(
         prompts=[args.prompt] * args.batch,
         negative_prompts=[args.negative_prompt] * args.batch,
@@ -159,7 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         width=width,
         height=height,
         init_images=None if init is None else init.expand(args.batch, -1, -1, -1),
-        strength=args.strength if init is not None else 1.0,
+        strength=1.0 if init is None else 0.75 if args.strength is None else args.strength,
         mask=mask,
     )
     steps = settings.steps if init is None else int(settings.steps * request.strength)
@@ -188,6 +190,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError for arguments that are wrong on their own, before anything loads: --batch,
+    --width / --height / --vae-tile (positive multiples of 8, SD's VAE factor) and --strength
+    (in [0, 1], with --init)."""
+    from pilot.diffusion.pipeline import check_tile
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    try:
+        check_tile(args.vae_tile)
+    except ValueError as e:
+        raise ValueError(f"--vae-tile: {e}") from e
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise ValueError(f"--{name} must be a positive multiple of 8, got {value}")
+    if args.strength is None:
+        return
+    if args.init is None:
+        raise ValueError(
+            f"--strength {args.strength} needs --init (img2img); txt2img runs the whole schedule"
+        )
+    if not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
+
+
 def load_inputs(args: argparse.Namespace):
     """Init image (1, 3, H, W) and mask (1, 1, H, W) in [0, 1], resized to --width/--height."""
     import torch.nn.functional as F
@@ -214,13 +242,14 @@ def load_inputs(args: argparse.Namespace):
 
 
 def load_controls(
-    args: argparse.Namespace, size: tuple[int, int], device, dtype, speed=None
+    args: argparse.Namespace, size: tuple[int, int], device, dtype, speed=None, sd=None
 ) -> list:
     """`Control`s from --control specs and the --controlnet weights each one uses
-    (each ControlNet sped up by `speed`, a `SpeedSettings`, if given)."""
+    (each ControlNet sped up by `speed`, a `SpeedSettings`, if given, and checked to fit
+    the pipeline `sd`, if given: a ValueError naming its path otherwise)."""
     import pilot
     from pilot.control.spec import parse_control_arg
-    from pilot.diffusion.control import Control
+    from pilot.diffusion.control import Control, check_controlnet_fits
     from pilot.diffusion.speed import SpeedSettings, optimize_model
 
     specs = [parse_control_arg(text) for text in args.control]
@@ -230,10 +259,12 @@ def load_controls(
         return []
     paths = match_controlnets([s.kind for s in specs], args.controlnet)
     speed = speed or SpeedSettings()
-    loaded = {
-        path: optimize_model(pilot.load_controlnet(path, dtype=dtype, device=device), speed)
-        for path in set(paths)
-    }
+    loaded = {}
+    for path in dict.fromkeys(paths):  # each once, in order
+        net = pilot.load_controlnet(path, dtype=dtype, device=device)
+        if sd is not None:
+            check_controlnet_fits(sd, net, path)
+        loaded[path] = optimize_model(net, speed)
     return [
         Control(
             loaded[path],
@@ -308,6 +339,9 @@ def parameters(args: argparse.Namespace, request, settings) -> dict:
         params.update(control=args.control, controlnet=args.controlnet, guess_mode=args.guess_mode)
     if args.vae_upcast != "auto":  # can change float16 pixels; the default is left out
         params["vae_upcast"] = args.vae_upcast
+    for name in ("prediction_type", "vae_tile", "dtype"):  # change pixels; None: the default
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
     if args.preview_decoder is not None:
         params["preview_decoder"] = str(args.preview_decoder)
     return params

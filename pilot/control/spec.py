@@ -111,10 +111,27 @@ def parse_control_arg(text: str) -> ControlSpec:
     if len(numbers) == 2:  # IMAGE:SCALE:START without END is ambiguous: refuse it
         raise ValueError(f"--control {text!r}: give SCALE, or SCALE:START:END")
     scale, start, end = [*numbers, 0.0, 1.0] if len(numbers) == 1 else numbers or [1.0, 0.0, 1.0]
+    _check_image_part(text, rest, ":".join(parts))
     try:
         return ControlSpec(kind, Path(":".join(parts)), scale, start, end)
     except ValueError as e:
         raise ValueError(f"--control {text!r}: {e}") from e
+
+
+def _check_image_part(text: str, rest: str, image: str) -> None:
+    """Where `image` (the IMAGE part of `rest`, IMAGE[:SCALE[:START:END]]) is no file but a
+    head of it up to a colon is, what follows was meant as numbers: a ValueError saying so, not
+    "no such control image" later."""
+    if ":" not in image or Path(image).exists():
+        return
+    parts = image.split(":")
+    for k in range(len(parts) - 1, 0, -1):
+        head = ":".join(parts[:k])
+        if Path(head).is_file():
+            raise ValueError(
+                f"--control {text!r}: {head} is the image, but {rest[len(head) + 1 :]!r} is "
+                "not SCALE or SCALE:START:END (numbers)"
+            )
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

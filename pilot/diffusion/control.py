@@ -161,7 +161,7 @@ class ControlDenoiser:
             half = model_in.shape[0] // 2
             model_in, t, context = model_in[half:], t[half:], context[half:]
             scale = scale[half:] if isinstance(scale, Tensor) else scale
-        hint = self._hint(k, control, model_in)
+        hint = self._hint(k, control, model_in, self.cfg_batch and not cond_only)
         dtype = control.controlnet.conv_in.weight.dtype  # may differ from the UNet's
         down, mid = control.controlnet(
             model_in.to(dtype),
@@ -177,12 +177,20 @@ class ControlDenoiser:
             mid = torch.cat([torch.zeros_like(mid), mid])
         return down, mid
 
-    def _hint(self, k: int, control: Control, model_in: Tensor) -> Tensor:
-        """Hint features of the control image for a batch like `model_in` (memoised)."""
+    def _hint(self, k: int, control: Control, model_in: Tensor, doubled: bool) -> Tensor:
+        """Hint features of the control image for a batch like `model_in` (memoised).
+
+        `doubled`: `model_in` holds `[uncond, cond]` halves of B items each, else B items.
+        """
         n, image = model_in.shape[0], control.image
-        if n % image.shape[0]:
+        items = n // 2 if doubled else n
+        if image.shape[0] not in (1, items):
+            where = f"[uncond, cond] halves of {items}" if doubled else f"{items}"
+            cfg = 2 * image.shape[0] == n
+            advice = " (under CFG: `controlled_cfg` or cfg_batch=True)" if cfg else ""
             raise ValueError(
-                f"control image batch {image.shape[0]} does not divide the model batch {n}"
+                f"control image batch {image.shape[0]}: expected (B or 1, C, H, W) for a model "
+                f"batch of {where} items{advice}"
             )
         key = (k, n, model_in.device, model_in.dtype)
         if key in self._hints:
@@ -192,6 +200,42 @@ class ControlDenoiser:
         if not torch.is_grad_enabled():
             self._hints[key] = hint
         return hint
+
+
+def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
+    """ValueError unless `controlnet` fits the pipeline `sd`, naming it `name`: made for the
+    UNet's family (SD 1.x vs 2.x, sizes), with a hint encoder as coarse as the VAE."""
+    keys = ("cross_attention_dim", "block_out_channels", "in_channels", "use_linear_projection")
+    ours, theirs = controlnet.cfg.unet, sd.unet.cfg
+    differ = {k: (getattr(ours, k), getattr(theirs, k)) for k in keys}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    if differ:
+        detail = ", ".join(f"{k}: ControlNet {a} vs model {b}" for k, (a, b) in differ.items())
+        families = {768: "SD 1.x", 1024: "SD 2.x"}  # by text-embedding width
+        a, b = differ.get("cross_attention_dim", (None, None))
+        hint = (
+            f" (an {families[a]} ControlNet on an {families[b]} model)"
+            if {a, b} <= set(families)
+            else ""
+        )
+        raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
+    if controlnet.cfg.downscale != sd.vae.cfg.downsample_factor:
+        raise ValueError(
+            f"ControlNet {name} takes images {controlnet.cfg.downscale}x its latents, but the "
+            f"model's VAE downsamples {sd.vae.cfg.downsample_factor}x"
+        )
+
+
+def check_controls(sd, controls: Sequence[Control], batch: int) -> None:
+    """ValueError unless every control fits `sd` (`check_controlnet_fits`, named `controls[k]`)
+    and has 1 or `batch` images."""
+    for k, control in enumerate(controls):
+        check_controlnet_fits(sd, control.controlnet, f"controls[{k}]")
+        if control.image.shape[0] not in (1, batch):
+            raise ValueError(
+                f"controls[{k}]: control image batch {control.image.shape[0]} for {batch} "
+                "prompts: expected (B or 1, C, H, W)"
+            )
 
 
 def cfg_doubles_batch(scale: float | Tensor) -> bool:

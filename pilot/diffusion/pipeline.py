@@ -22,11 +22,11 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from pilot.diffusion.control import Control, control_wrapper
+from pilot.diffusion.control import Control, check_controls, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
 from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
-from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler
+from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler, samplers_with
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
 from pilot.diffusion.tiling import sliced, tiled
 
@@ -46,6 +46,7 @@ class SamplingSettings:
         cfg: Classifier-free guidance scale; 1 disables guidance (one UNet call per step).
         rescale: Guidance rescale phi in [0, 1] (Lin et al. 2023).
         eta: Noise of the stochastic samplers (ddim, ancestral, SDE); None keeps each default.
+            Only samplers with an `eta` parameter take it (`samplers.samplers_with("eta")`).
         clip_skip: Final text encoder layers to leave out (A1111's "clip skip" minus one).
         quantize: Feed the UNet integer timesteps (diffusers' DPM-Solver with Karras sigmas).
     """
@@ -64,6 +65,11 @@ class SamplingSettings:
         get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.eta is not None and self.sampler not in samplers_with("eta"):
+            raise ValueError(
+                f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
+                f"eta: {', '.join(samplers_with('eta'))}"
+            )
 
 
 def model_device(sd) -> torch.device:
@@ -97,13 +103,15 @@ def encode_images(
     Takes the posterior mean (deterministic, so img2img at strength 0 is a pure VAE round trip).
 
     Args:
-        tile: Encode in overlapping tiles of this many image pixels (a multiple of 8), for
-            images too large for memory; None encodes whole.
+        tile: Encode in overlapping tiles of this many image pixels (a positive multiple of
+            the VAE's factor, see `check_tile`), for images too large for memory; None encodes
+            whole.
         batch: Encode at most this many images per VAE call (VAE slicing: the memory of
             `batch` images, not B); None encodes all at once.
     """
     vae = sd.vae
     check_size(*images.shape[-2:], vae.cfg.downsample_factor)
+    check_tile(tile, vae.cfg.downsample_factor)
     param = next(vae.parameters())
 
     def encode(images: Tensor) -> Tensor:
@@ -128,8 +136,9 @@ def decode_latents(
     """VAE-decode scaled latents (B, 4, h, w) to images in [0, 1], (B, 3, fh, fw) float32.
 
     Args:
-        tile: Decode in overlapping tiles of this many image pixels (a multiple of 8), blended
-            linearly where they overlap; None decodes whole.
+        tile: Decode in overlapping tiles of this many image pixels (a positive multiple of
+            the VAE's factor, see `check_tile`), blended linearly where they overlap; None
+            decodes whole.
         upcast: Precision of a half-precision VAE (see `VAE_UPCASTS`): SD's VAE decoder can
             overflow float16 in its last up blocks (activations beyond 65504 turn to inf, then
             NaN pixels). "auto" decodes in the VAE's dtype and, if any pixel is not finite,
@@ -144,6 +153,7 @@ def decode_latents(
     """
     if upcast not in VAE_UPCASTS:
         raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
+    check_tile(tile, sd.vae.cfg.downsample_factor)
     return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
 
 
@@ -197,6 +207,17 @@ def check_size(height: int, width: int, factor: int = 8) -> None:
     if height <= 0 or width <= 0 or height % factor or width % factor:
         raise ValueError(
             f"image size {width}x{height} (WxH) must be positive multiples of {factor}"
+        )
+
+
+def check_tile(tile: int | None, factor: int = 8) -> None:
+    """Raise unless a VAE tile size is None (no tiling) or a positive multiple of the VAE factor
+    (8 for SD): tiles are cut in whole latent pixels, `tile // factor` of them a side, so other
+    sizes are rounded down (12 -> 8, and 4 -> a one-latent-pixel tile) with no word."""
+    if tile is not None and (tile <= 0 or tile % factor):
+        raise ValueError(
+            f"VAE tile {tile}: must be a positive multiple of the VAE factor {factor} (image "
+            "pixels), or None for no tiling"
         )
 
 
@@ -309,14 +330,15 @@ class Request:
             self._check_images()
 
     def _check_images(self) -> None:
-        images, mask = self.init_images, self.mask
-        if images.ndim != 4 or images.shape[:2] != (len(self.prompts), 3):
-            raise ValueError(
-                f"init images must be (B={len(self.prompts)}, 3, H, W), got {tuple(images.shape)}"
-            )
+        images, mask, B = self.init_images, self.mask, len(self.prompts)
+        if images.ndim != 4 or images.shape[:2] != (B, 3):
+            raise ValueError(f"init images must be (B={B}, 3, H, W), got {tuple(images.shape)}")
         check_size(*images.shape[-2:])
-        if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
-            raise ValueError(f"mask must be (B or 1, 1, H, W), got {tuple(mask.shape)}")
+        for name, x in (("init images", images), ("mask", mask)):
+            if x is not None and not x.is_floating_point():
+                raise ValueError(f"{name} of dtype {x.dtype}: expected float in [0, 1]")
+        if mask is not None and (mask.ndim != 4 or mask.shape[:2] not in ((1, 1), (B, 1))):
+            raise ValueError(f"mask must be (B={B} or 1, 1, H, W), got {tuple(mask.shape)}")
         if mask is not None and mask.shape[-2:] != images.shape[-2:]:
             raise ValueError(
                 f"mask size {tuple(mask.shape[-2:])} differs from image size "
@@ -347,10 +369,13 @@ def generate_latents(
         sigmas: Explicit full sampling grid ending in 0, instead of `settings.schedule`.
         callback: Called each step with `{"i", "x", "sigma", "denoised"}`.
         controls: ControlNets with their images and scales (`pilot.diffusion.control.Control`;
-            images at the output size); their start / end fractions count the steps run.
+            images at the output size, a batch of 1 or B); their start / end fractions count
+            the steps run. Each must fit `sd` (`check_controlnet_fits`), else a ValueError.
         vae_tile: Tile size in image pixels for encoding init images (see `encode_images`).
         vae_batch: Init images encoded per VAE call (see `encode_images`); None: all at once.
     """
+    check_controls(sd, controls, len(request.prompts))  # before any model runs
+    check_tile(vae_tile, sd.vae.cfg.downsample_factor)  # decoded at the end by `generate`
     device = model_device(sd)
     context, uncond = encode_text(
         sd, request.prompts, request.negative_prompts, clip_skip=settings.clip_skip
@@ -376,7 +401,8 @@ def generate_latents(
             mask = _latent_mask(request.mask, shape).to(device)
     full_strength = request.strength == 1.0 and mask is None
     x = start_latents(first, sigmas, None if full_strength else init)
-    wrap = control_wrapper(controls, sigmas, cfg_scale=settings.cfg) if controls else None
+    steps = len(sigmas) - 1  # 0 for img2img at a strength below 1 / steps: the VAE round trip
+    wrap = control_wrapper(controls, sigmas, cfg_scale=settings.cfg) if controls and steps else None
     denoiser = build_denoiser(
         sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap
     )
@@ -409,7 +435,8 @@ def generate(
     dtype and the VAE decode follows `vae_upcast`.
 
     Args:
-        vae_tile: Tile size in image pixels for the VAE (a multiple of 8), for large images.
+        vae_tile: Tile size in image pixels for the VAE (a multiple of its factor, 8 in SD),
+            for large images.
         vae_upcast: float32 rule of a half-precision VAE decode (see `decode_latents`).
         vae_batch: Images per VAE call, encoding and decoding (VAE slicing: the VAE's memory
             of `vae_batch` images, not B); None: all at once.

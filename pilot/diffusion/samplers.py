@@ -14,6 +14,7 @@ call: img2img is `sample(denoiser, init + noise * sigmas[k], sigmas[k:])`. Argum
         `BatchedNoise` with per-item seeds; default `torch.randn_like(x)`.
 """
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -437,3 +438,8 @@ def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def samplers_with(parameter: str) -> list[str]:
+    """Names in `SAMPLERS` whose sampler takes the keyword `parameter` (e.g. "eta"), in order."""
+    return [name for name, f in SAMPLERS.items() if parameter in inspect.signature(f).parameters]

@@ -130,7 +130,8 @@ def spaced_timesteps(
     Args:
         n: Number of sampling steps.
         spacing: "leading" (`arange(n) * (T // n) + steps_offset`, SD's DDIM/PNDM default),
-            "trailing" (`round(arange(T, 0, -T / n)) - 1`, starts at T - 1) or "linspace"
+            "trailing" (`round(arange(T, 0, -T / n)) - 1`, starts at T - 1; its first n
+            values, see `_trailing_timesteps`) or "linspace"
             (`linspace(0, T - 1, n)`, fractional).
         steps_offset: Added to "leading" timesteps (1 in SD's scheduler configs).
         num_train_timesteps: T.
@@ -147,7 +148,7 @@ def spaced_timesteps(
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {n}")
     T = num_train_timesteps
     if spacing == "trailing":  # the same grid for DPM-Solver; round() is half-to-even like numpy
-        return torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+        return _trailing_timesteps(n, T)
     m = n + 1 if dpm_solver_grid else n
     if spacing == "leading":
         t = torch.arange(m, dtype=torch.float64) * (T // m) + steps_offset
@@ -156,6 +157,18 @@ def spaced_timesteps(
         t = t.round() if dpm_solver_grid else t
     t = t.flip(0)
     return t[:-1] if dpm_solver_grid else t
+
+
+def _trailing_timesteps(n: int, T: int) -> Tensor:
+    """`round(arange(T, 0, -T / n)) - 1` as numpy computes it (diffusers), exactly n values.
+
+    Quirk: numpy's float `arange` steps by `delta = (T - T / n) - T` and, by float rounding,
+    returns n + 1 values for 62 step counts in 1..1000 (n = 61, 103, 121, ...), the extra one
+    t = -1; diffusers then runs n + 1 steps. We compute numpy's values `T + i * delta` for
+    i < n only: the same first n timesteps, bit for bit (halves like 937.4999... included).
+    """
+    delta = (T - T / n) - T
+    return (T + torch.arange(n, dtype=torch.float64) * delta).round() - 1
 
 
 def get_sigmas_discrete(
@@ -204,7 +217,11 @@ def get_sigmas_karras(
 
     Returns:
         (n + 1,) float32 sigmas from `sigma_max` down to `sigma_min`, then 0.
+
+    Raises:
+        ValueError: `n` < 1.
     """
+    _check_steps(n)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
@@ -218,9 +235,19 @@ def get_sigmas_exponential(
 
     Returns:
         (n + 1,) float32 sigmas from `sigma_max` down to `sigma_min`, then 0.
+
+    Raises:
+        ValueError: `n` < 1.
     """
+    _check_steps(n)
     sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
     return torch.cat([sigmas.float(), sigmas.new_zeros(1, dtype=torch.float32)]).to(device)
+
+
+def _check_steps(n: int) -> None:
+    """ValueError unless `n` is a step count >= 1 (no upper bound off the trained grid)."""
+    if n < 1:
+        raise ValueError(f"steps must be >= 1, got {n}")
 
 
 def prior_std(sigma: Tensor | float, *, data_std: float | None = None) -> Tensor | float:

@@ -29,6 +29,7 @@ def test_txt2img_writes_pngs_with_parameters(capsys, tiny_sd_folder, tmp_path):
     assert "Seed: 8" in text["parameters"] and "Size: 32x24" in text["parameters"]
     params = json.loads(text["pilot"])
     assert params["seed"] == 8 and params["sampler"] == "euler" and params["cfg"] == 7.5
+    assert not {"prediction_type", "vae_tile", "dtype"} & set(params)  # defaults left out
     # Running again numbers after the existing files; seed 7 alone makes the same image (up to
     # a rounding step: batch size changes float rounding in the convolutions).
     again = run(capsys, *args, "--negative-prompt", "fog", "--seed", "7", "--out", str(out))
@@ -52,21 +53,53 @@ def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
     assert read_image(summary["images"][0]).shape == (3, 16, 16)
 
 
+def test_png_records_the_options_that_change_pixels(capsys, tiny_sd_folder, tmp_path):
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    options = ["--prediction-type", "v_prediction", "--vae-tile", "16", "--dtype", "float32"]
+    summary = run(capsys, *argv, *options)
+    params = json.loads(read_png_text(summary["images"][0])["pilot"])
+    assert params["prediction_type"] == "v_prediction"
+    assert params["vae_tile"] == 16 and params["dtype"] == "float32"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--sampler", "eulr"], "unknown sampler 'eulr'; valid: ddim, euler"),
         (["--schedule", "cos"], "unknown schedule 'cos'; valid:"),
-        (["--width", "30"], "multiples of 8"),
+        (["--width", "30"], "--width must be a positive multiple of 8, got 30"),
         (["--mask", "m.png"], "--mask needs --init"),
         (["--init", "missing.png"], "missing.png: no such image file"),
         (["--batch", "0"], "--batch must be >= 1"),
+        (["--width", "0"], "--width must be a positive multiple of 8, got 0"),
+        (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
+        (["--height", "-8"], "--height must be a positive multiple of 8, got -8"),
+        (["--vae-tile", "12"], "--vae-tile: VAE tile 12: must be a positive multiple of the"),
+        (["--vae-tile", "-8"], "--vae-tile: VAE tile -8: must be a positive multiple of the"),
+        (["--strength", "0.5"], "--strength 0.5 needs --init (img2img); txt2img"),
+        (["--init", "missing.png", "--strength", "7"], "--strength must be in [0, 1], got 7.0"),
+        (["--eta", "0.5"], "sampler 'euler' takes no eta (got eta=0.5); samplers with eta: ddim"),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, tiny_sd_folder, argv, message):
     code = main(["generate", "--model", str(tiny_sd_folder), "--prompt", "x", *FAST, *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", "--device 'foo' is not a torch device (cpu, cuda, cuda:N, ...)"),
+        ("cuda", "--device cuda: torch sees no CUDA device here"),
+        ("cuda:1", "--device cuda:1: torch sees no CUDA device here"),
+    ],
+)
+def test_a_device_this_machine_lacks_fails_before_loading(capsys, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["--model", "no-such-model", "--prompt", "x", *FAST, "--device", device]
+    assert main(["generate", *argv]) == 2
+    assert f"pilot generate: error: {message}" in capsys.readouterr().err
 
 
 def test_empty_model_folder_is_a_clear_error(capsys, tmp_path):
@@ -105,6 +138,24 @@ def test_controlnet_steers_the_image(capsys, tiny_sd_folder, controlnet_folder, 
     assert torch.equal(image["off"], image["plain"])
     assert (image["on"] - image["plain"]).abs().mean() > 1e-3
     assert steered["parameters"]["control"] == [f"depth:{tmp_path / 'depth.png'}:1.0"]
+
+
+def test_a_controlnet_of_another_family_is_named(capsys, tiny_sd, tmp_path, tiny_sd_folder):
+    from dataclasses import replace
+
+    from pilot.models.controlnet import ControlNet
+    from pilot.models.unet import UNet
+    from pilot.weights.save import save_controlnet
+
+    unet = UNet(replace(tiny_sd.unet.cfg, cross_attention_dim=64))
+    folder = save_controlnet(ControlNet.from_unet(unet, hint_channels=(16, 32)), tmp_path / "cn")
+    write_png(tmp_path / "depth.png", torch.rand(1, 24, 32))
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "x", *FAST, "--out", str(tmp_path / "o")]
+    control = ["--control", f"depth:{tmp_path / 'depth.png'}", "--controlnet", str(folder)]
+    assert main(["generate", *argv, *control]) == 2
+    err = capsys.readouterr().err
+    assert f"ControlNet {folder} does not fit the model: cross_attention_dim: Control" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,19 @@ def test_parse_control_arg_errors_name_the_argument(text, message):
     assert repr(text) in str(info.value)
 
 
+@pytest.mark.parametrize("fields", ["abc", "0.5:abc", "0.8:abc:1", "1:2:3:4"])
+def test_a_bad_scale_after_an_existing_image_is_named(tmp_path, fields):
+    """`IMAGE:abc` where IMAGE exists: the number is wrong, not the image missing."""
+    image = tmp_path / "depth.png"
+    Image.new("RGB", (8, 8)).save(image)
+    text = f"depth:{image}:{fields}"
+    message = f"--control {text!r}: {image} is the image, but {fields!r} is not SCALE"
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_control_arg(text)
+    (tmp_path / "depth.png:abc").write_bytes(image.read_bytes())  # a file of that name: taken
+    assert parse_control_arg(f"depth:{image}:abc").image == tmp_path / "depth.png:abc"
+
+
 def test_control_image_reads_resizes_and_preprocesses(tmp_path):
     pixels = torch.zeros(40, 48, 3, dtype=torch.uint8)
     pixels[10:30, 12:36] = 255

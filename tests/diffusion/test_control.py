@@ -192,8 +192,32 @@ def test_bad_input_raises_clear_errors(unet, controlnet):
     with pytest.raises(ValueError, match="need positive noise levels"):
         ControlDenoiser(inner, [], torch.tensor([1.0, 0.0, 0.0]))
     odd = ControlDenoiser(inner, [Control(controlnet, torch.rand(2, 3, 64, 64))], s)
-    with torch.no_grad(), pytest.raises(ValueError, match="batch 2 does not divide"):
+    with torch.no_grad(), pytest.raises(ValueError, match="batch 2: expected .* of 1 items$"):
         odd(x[:1], s[0], context=cond[:1])
+
+
+@pytest.mark.parametrize("items, images", [(3, 2), (2, 4), (4, 2)])
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_image_batch_must_be_one_or_the_items(unet, controlnet, items, images, guess_mode):
+    """Under CFG the model batch is 2B: a control batch that divides it but is not 1 or B
+    would pair images with the wrong items, so it is refused."""
+    x, cond, uncond, _ = data(items)
+    s = sigmas(4)
+    control = Control(controlnet, torch.rand(images, 3, 64, 64), guess_mode=guess_mode)
+    denoiser = controlled_cfg(EpsDenoiser(unet, SCHEDULE), [control], s, 5.0)
+    match = rf"control image batch {images}: expected \(B or 1, C, H, W\) .*of {items} items"
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        denoiser(x, s[0], context=cond, uncond_context=uncond)
+
+
+def test_image_batch_of_b_under_a_cfg_that_doubles_unannounced(unet, controlnet):
+    """CFG built by hand around a ControlDenoiser without cfg_batch: the error says how."""
+    x, cond, uncond, _ = data(2)
+    s = sigmas(4)
+    control = Control(controlnet, torch.rand(2, 3, 64, 64))
+    denoiser = CFGDenoiser(ControlDenoiser(EpsDenoiser(unet, SCHEDULE), [control], s), 5.0)
+    with torch.no_grad(), pytest.raises(ValueError, match="of 4 items .*controlled_cfg"):
+        denoiser(x, s[0], context=cond, uncond_context=uncond)
 
 
 def test_control_wrapper_knows_when_cfg_doubles_the_batch(unet, controlnet):

@@ -1,5 +1,7 @@
 """txt2img / img2img / inpainting behaviour of the pipeline on a tiny random model."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -67,6 +69,17 @@ def test_img2img_strength_zero_is_the_vae_round_trip(tiny_sd, init_images):
     assert torch.equal(images, decode_latents(tiny_sd, latents))
 
 
+@pytest.mark.parametrize("strength", [0.0, 0.2])
+def test_img2img_without_steps_is_the_round_trip_with_controls_too(tiny_sd, init_images, strength):
+    """int(4 * 0.2) = 0 steps: nothing is sampled, so a ControlNet changes nothing."""
+    from pilot.diffusion.control import Control
+
+    controls = [Control(other_controlnet(tiny_sd), torch.rand(1, 3, 24, 32))]
+    req = request(init_images=init_images, strength=strength)
+    plain = generate(tiny_sd, req, SETTINGS)
+    assert torch.equal(generate(tiny_sd, req, SETTINGS, controls=controls), plain)
+
+
 def test_img2img_strength_one_equals_txt2img(tiny_sd, init_images):
     txt = generate_latents(tiny_sd, request(), SETTINGS)
     img = generate_latents(tiny_sd, request(init_images=init_images, strength=1.0), SETTINGS)
@@ -107,6 +120,21 @@ def test_vae_tiling_whole_tile_is_exact_and_small_tiles_are_close(tiny_sd):
     assert (tiled - whole).abs().mean() < 0.05
 
 
+@pytest.mark.parametrize("tile", [0, 1, 3, -2])
+def test_vae_tiles_are_positive_multiples_of_the_vae_factor(tiny_sd, monkeypatch, tile):
+    """The tiny VAE's factor is 2: tiles are whole latent pixels, never silently rounded."""
+    assert tiny_sd.vae.cfg.downsample_factor == 2
+    latents, images = torch.zeros(1, 4, 12, 16), torch.zeros(1, 3, 24, 32)
+    match = f"VAE tile {tile}: must be a positive multiple of the VAE factor 2"
+    with pytest.raises(ValueError, match=match):
+        decode_latents(tiny_sd, latents, tile=tile)
+    with pytest.raises(ValueError, match=match):
+        encode_images(tiny_sd, images, tile=tile)
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    with pytest.raises(ValueError, match=match):  # before any model runs
+        generate(tiny_sd, request(), SETTINGS, vae_tile=tile)
+
+
 def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
     """encode / decode with `batch=2` on 3 images: VAE calls of 2 and 1 images, the same
     latents and images as one call (float rounding), with and without tiles."""
@@ -141,6 +169,18 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
         (dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 16, 32)), "mask size"),
         (dict(init_images=torch.rand(2, 3, 20, 32)), "multiples of 8"),
         (dict(init_images=torch.rand(3, 3, 24, 32)), r"init images must be \(B=2"),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(3, 1, 24, 32)),
+            r"mask must be \(B=2 or 1, 1, H, W\), got \(3, 1, 24, 32\)",
+        ),
+        (
+            dict(init_images=torch.full((2, 3, 24, 32), 255, dtype=torch.uint8)),
+            r"init images of dtype torch.uint8: expected float in \[0, 1\]",
+        ),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 24, 32).bool()),
+            r"mask of dtype torch.bool: expected float in \[0, 1\]",
+        ),
     ],
 )
 def test_bad_requests(kwargs, match):
@@ -154,11 +194,70 @@ def test_bad_requests(kwargs, match):
         (dict(sampler="eulr"), "unknown sampler 'eulr'; valid: .*euler_ancestral"),
         (dict(schedule="cosine"), "unknown schedule 'cosine'; valid: .*karras"),
         (dict(steps=0), "steps must be"),
+        (
+            dict(sampler="dpmpp_2m", eta=0.5),
+            "'dpmpp_2m' takes no eta .*with eta: ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_sde$",
+        ),
+        (dict(sampler="lcm", eta=0.0), "'lcm' takes no eta"),
     ],
 )
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingSettings(**kwargs)
+
+
+def test_eta_reaches_every_sampler_that_takes_it(tiny_sd):
+    """`eta` is accepted exactly by the samplers with an eta parameter, and changes the image."""
+    from pilot.diffusion.samplers import samplers_with
+
+    assert samplers_with("eta") == ["ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde"]
+    for sampler in samplers_with("eta"):
+        settings = SamplingSettings(sampler=sampler, steps=2, cfg=1.0)
+        plain = generate_latents(tiny_sd, request(), settings)
+        other = generate_latents(tiny_sd, request(), replace(settings, eta=0.5))
+        assert not torch.equal(plain, other), sampler
+
+
+def other_controlnet(tiny_sd, **changes):
+    """A ControlNet for the tiny UNet with `changes` to its UNet config (another family)."""
+    from pilot.models.controlnet import ControlNet
+    from pilot.models.unet import UNet
+
+    unet = UNet(replace(tiny_sd.unet.cfg, **changes)) if changes else tiny_sd.unet
+    return ControlNet.from_unet(unet, hint_channels=(16, 32)).eval()  # /2 like the tiny VAE
+
+
+@pytest.mark.parametrize(
+    "net, images, match",
+    [
+        (
+            dict(cross_attention_dim=64),
+            1,
+            "ControlNet controls.0. does not fit the model: cross_attention_dim: ControlNet 64 "
+            "vs model 32",
+        ),
+        (dict(block_out_channels=(32, 32)), 1, "block_out_channels: ControlNet .32, 32. vs"),
+        (dict(), 3, r"controls\[0\]: control image batch 3 for 2 prompts"),
+    ],
+)
+def test_controls_that_do_not_fit_fail_before_any_model_runs(
+    tiny_sd, monkeypatch, net, images, match
+):
+    from pilot.diffusion.control import Control
+
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    control = Control(other_controlnet(tiny_sd, **net), torch.rand(images, 3, 24, 32))
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_sd, request(), SETTINGS, controls=[control])
+
+
+def test_a_controlnet_with_another_downscale_is_named(tiny_sd):
+    from pilot.diffusion.control import Control
+    from pilot.models.controlnet import ControlNet
+
+    control = Control(ControlNet.from_unet(tiny_sd.unet), torch.rand(1, 3, 24, 32))
+    with pytest.raises(ValueError, match="controls.0. takes images 8x its latents, but the "):
+        generate(tiny_sd, request(), SETTINGS, controls=[control])
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral"])

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -79,6 +80,27 @@ def test_spacings_match_diffusers(schedule, spacing, steps_offset):
         torch.testing.assert_close(ours_dpm, dpm.sigmas, rtol=0, atol=0)
 
 
+def test_trailing_gives_n_distinct_steps_for_every_n():
+    """numpy's float arange (diffusers) gives n + 1 trailing timesteps for 62 step counts, the
+    last -1; we give exactly n, equal to its first n (diffusers' arithmetic, halves included)."""
+    for n in range(1, 1001):
+        t = spaced_timesteps(n, "trailing")
+        assert t.shape == (n,) and t.unique().numel() == n and (t.diff() < 0).all(), n
+        assert t[0] == 999 and t[-1] >= 0, n
+        ref = np.round(np.arange(1000, 0, -1000 / n)) - 1  # diffusers' Euler / DPM-Solver
+        assert np.array_equal(t.numpy(), ref[:n]), n
+
+
+@pytest.mark.parametrize("n", [61, 998])
+def test_trailing_steps_where_diffusers_runs_one_more(schedule, n):
+    euler = EulerDiscreteScheduler(**SD, timestep_spacing="trailing")
+    euler.set_timesteps(n)
+    assert len(euler.timesteps) == n + 1 and euler.timesteps[-1] == -1  # its sigma: sigma(0)
+    sigmas = get_sigmas("trailing", n, schedule)
+    assert sigmas.shape == (n + 1,) and (sigmas.diff() < 0).all()
+    assert torch.equal(sigmas[:-1], euler.sigmas[:n])
+
+
 def test_discrete_sigmas_end_and_final(schedule):
     sigmas = get_sigmas_discrete(schedule, 50, "leading", steps_offset=1)
     assert sigmas.shape == (51,) and sigmas.dtype == torch.float32
@@ -128,6 +150,13 @@ def test_registry_grids(name, schedule):
         assert sigmas.shape == (n + 1,) and sigmas.dtype == torch.float32
         assert sigmas[-1] == 0 and (sigmas.diff() < 0).all()
         assert sigmas[0] <= schedule.sigma_max * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("n", [0, -3])
+def test_every_schedule_refuses_fewer_than_one_step(name, n, schedule):
+    with pytest.raises(ValueError, match=rf"steps must be .*, got {n}$"):
+        get_sigmas(name, n, schedule)
 
 
 def test_unknown_schedule_lists_valid_names(schedule):
