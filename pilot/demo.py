@@ -278,8 +278,9 @@ def load_models(folders: tuple[Path, Path], config: DemoConfig, device: torch.de
     import torch
 
     import pilot
-    from pilot.animation.inputs import ControlTrack, check_controlnet_fits
+    from pilot.animation.inputs import ControlTrack
     from pilot.animation.schedules import parse_schedule
+    from pilot.diffusion.control import check_controlnet_fits
 
     pipeline, controlnet = folders
     sd = pilot.load_pipeline(pipeline, dtype=torch.float32, device=device)

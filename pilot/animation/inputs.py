@@ -240,37 +240,6 @@ class ControlTrack:
     guess_mode: bool = False
 
 
-def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
-    """ValueError unless a ControlNet was made for this UNet family (SD1 vs SD2, sizes)."""
-    keys = ("cross_attention_dim", "block_out_channels", "in_channels", "use_linear_projection")
-    differ = {
-        k: (getattr(controlnet_cfg.unet, k), getattr(unet_cfg, k))
-        for k in keys
-        if getattr(controlnet_cfg.unet, k) != getattr(unet_cfg, k)
-    }
-    if differ:
-        detail = ", ".join(f"{k}: ControlNet {a} vs model {b}" for k, (a, b) in differ.items())
-        families = {768: "SD 1.x", 1024: "SD 2.x"}  # by text-embedding width
-        a, b = differ.get("cross_attention_dim", (None, None))
-        hint = (
-            f" (an {families[a]} ControlNet on an {families[b]} model)"
-            if a in families and b in families
-            else ""
-        )
-        raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
-
-
-def check_controlnet_fits(sd, controlnet, name: str) -> None:
-    """ValueError unless `controlnet` fits the pipeline `sd`: its UNet family
-    (`check_controlnet_family`) and its hint encoder's downscale = the VAE's factor."""
-    check_controlnet_family(sd.unet.cfg, controlnet.cfg, name)
-    if controlnet.cfg.downscale != sd.vae.cfg.downsample_factor:
-        raise ValueError(
-            f"ControlNet {name} takes images {controlnet.cfg.downscale}x its latents, but the "
-            f"model's VAE downsamples {sd.vae.cfg.downsample_factor}x"
-        )
-
-
 class FrameStore:
     """A run folder's frames `frames/NNNNNN.png` and noise `state/NNNNNN.npy`, atomic writes.
 

@@ -31,23 +31,6 @@ NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the frames of a video folder
 
 
-def pick_device(name: str | None):
-    """The torch device of --device (default cuda if present), checked before any work.
-
-    Raises:
-        ValueError: an unknown device name, or CUDA asked for without a CUDA device.
-    """
-    import torch
-
-    try:
-        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here (leave --device out, or cpu)")
-    return device
-
-
 def default_dtype(device) -> str:
     """The dtype used without --dtype: float16 on CUDA, float32 elsewhere."""
     return "float16" if device.type == "cuda" else "float32"

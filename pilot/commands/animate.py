@@ -146,8 +146,9 @@ def load_tracks(args: argparse.Namespace, frames, sd, device, dtype, speed) -> l
     """One `ControlTrack` per --controlnet KIND=PATH, checked against the source and model,
     sped up by `speed` (a `SpeedSettings`)."""
     import pilot
-    from pilot.animation.inputs import ControlTrack, check_controlnet_fits
+    from pilot.animation.inputs import ControlTrack
     from pilot.animation.schedules import parse_schedule
+    from pilot.diffusion.control import check_controlnet_fits
     from pilot.diffusion.speed import optimize_model
 
     scale = parse_schedule(args.control_scale, args.interpolation)
@@ -210,6 +211,7 @@ def check_arguments(args: argparse.Namespace) -> tuple:
     from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
     from pilot.animation.video import check_video_path
     from pilot.commands import _animate_checks as checks
+    from pilot.commands import resolve_device
     from pilot.diffusion.pipeline import SamplingSettings, check_size
 
     settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
@@ -218,7 +220,7 @@ def check_arguments(args: argparse.Namespace) -> tuple:
     prompts = parse_prompt_schedule(args.prompt, args.interpolation)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    device = checks.pick_device(args.device)
+    device = resolve_device(args.device)
     if args.out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {args.out}: expected a .mp4 path (a .gif is written beside it)")
     checks.check_source_arguments(args)

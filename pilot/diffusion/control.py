@@ -202,12 +202,12 @@ class ControlDenoiser:
         return hint
 
 
-def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
-    """ValueError unless `controlnet` fits the pipeline `sd`, naming it `name`: made for the
-    UNet's family (SD 1.x vs 2.x, sizes), with a hint encoder as coarse as the VAE."""
+def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
+    """ValueError unless a ControlNet config was made for this UNet config's family (SD 1.x vs
+    2.x, sizes), naming the ControlNet `name` and every key that differs."""
     keys = ("cross_attention_dim", "block_out_channels", "in_channels", "use_linear_projection")
-    ours, theirs = controlnet.cfg.unet, sd.unet.cfg
-    differ = {k: (getattr(ours, k), getattr(theirs, k)) for k in keys}
+    ours = controlnet_cfg.unet
+    differ = {k: (getattr(ours, k), getattr(unet_cfg, k)) for k in keys}
     differ = {k: v for k, v in differ.items() if v[0] != v[1]}
     if differ:
         detail = ", ".join(f"{k}: ControlNet {a} vs model {b}" for k, (a, b) in differ.items())
@@ -219,6 +219,12 @@ def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
             else ""
         )
         raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
+
+
+def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
+    """ValueError unless `controlnet` fits the pipeline `sd`, naming it `name`: made for the
+    UNet's family (`check_controlnet_family`), with a hint encoder as coarse as the VAE."""
+    check_controlnet_family(sd.unet.cfg, controlnet.cfg, name)
     if controlnet.cfg.downscale != sd.vae.cfg.downsample_factor:
         raise ValueError(
             f"ControlNet {name} takes images {controlnet.cfg.downscale}x its latents, but the "

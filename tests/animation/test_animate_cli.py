@@ -103,7 +103,7 @@ def test_bad_input_is_a_clear_error_and_keeps_finished_frames(
 
 
 def test_sd1_controlnet_on_sd2_model_is_named():
-    from pilot.animation.inputs import check_controlnet_family
+    from pilot.diffusion.control import check_controlnet_family
     from pilot.models.controlnet import CONTROLNET_PRESETS
     from pilot.models.unet import UNET_PRESETS
 
