@@ -217,6 +217,8 @@ def load_into(
     ignore: Iterable[str] = IGNORED_KEYS,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    file_key: Callable[[str], str] | None = None,
+    looks: str | None = None,
 ) -> nn.Module:
     """Fill a (meta-device) model with a state dict, checking keys and shapes first.
 
@@ -227,6 +229,8 @@ def load_into(
         ignore: globs of checkpoint keys dropped on purpose (default `IGNORED_KEYS`).
         dtype: floating-point dtype to convert to after loading; None keeps the file's dtype.
         device: device to move to after loading; None keeps where the tensors are.
+        file_key, looks: for a converted state dict, the name in the file of each of its keys
+            and what the file holds, used in messages (see `check_state_dict`).
 
     Returns:
         The model, in eval mode.
@@ -236,7 +240,7 @@ def load_into(
             file, lists the keys and says what the checkpoint looks like.
     """
     state_dict = drop_ignored(state_dict, ignore)
-    check_state_dict(model, state_dict, path=path)
+    check_state_dict(model, state_dict, path=path, file_key=file_key, looks=looks)
     model.load_state_dict(state_dict, strict=False, assign=True)
     _materialize_buffers(model, path)
     if dtype is not None or device is not None:
@@ -244,14 +248,31 @@ def load_into(
     return model.eval()
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, path) -> None:
-    """Raise a `WeightsError` unless `state_dict` has exactly the model's keys and shapes."""
+def check_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    path,
+    file_key: Callable[[str], str] | None = None,
+    looks: str | None = None,
+) -> None:
+    """Raise a `WeightsError` unless `state_dict` has exactly the model's keys and shapes.
+
+    Args:
+        model: the model to fit.
+        state_dict: tensors keyed like `model.state_dict()`.
+        path: the file, named in every message.
+        file_key: the name in the file of a state-dict key, when the file was converted (an
+            original single file); messages name keys as the user's file does. None: as is.
+        looks: what the file holds; None describes `state_dict`.
+    """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    named = file_key or str
+    missing = [named(k) for k in expected if k not in state_dict]
+    unexpected = [named(k) for k in state_dict if k not in expected]
     name = type(model).__name__
     if missing or unexpected:
-        looks = describe_state_dict(state_dict)
+        looks = looks or describe_state_dict(state_dict)
         parts = [f"{path}: does not fit {name} ({looks})."]
         if missing:
             parts.append(f"missing {len(missing)} keys: {_listing(missing)}.")
@@ -259,7 +280,7 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, path
             parts.append(f"unexpected {len(unexpected)} keys: {_listing(unexpected)}.")
         raise WeightsError(" ".join(parts))
     wrong = [
-        f"{k}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
+        f"{named(k)}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
         for k, v in expected.items()
         if tuple(v.shape) != tuple(state_dict[k].shape)
     ]

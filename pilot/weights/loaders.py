@@ -336,20 +336,37 @@ def _from_original(
         raise WeightsError(f"{source}: holds no {kind.label} weights ({looks})")
     cfg = _config(component, config) or _detect_config(component, tensors, source)
     as_dict = _api(component).to_dict(cfg)
+    origins: dict[str, str] = {}
     if component == "unet":
         layout = sd_original.UNetLayout.from_config(as_dict)
-        state_dict = sd_original.extract_unet(tensors, layout)
+        state_dict = sd_original.extract_unet(tensors, layout, origins)
     elif component == "vae":
-        state_dict = sd_original.extract_vae(tensors, len(as_dict["block_out_channels"]))
+        num_blocks = len(as_dict["block_out_channels"])
+        state_dict = sd_original.extract_vae(tensors, num_blocks, origins)
     else:
-        state_dict = sd_original.extract_text_encoder(tensors, as_dict["num_hidden_layers"])
-    return _build(component, cfg, state_dict, source, dtype, device)
+        layers = as_dict["num_hidden_layers"]
+        state_dict = sd_original.extract_text_encoder(tensors, layers, origins)
+
+    def file_key(key: str) -> str:  # messages name the keys of the user's file
+        if key in origins:
+            return origins[key]
+        try:
+            return sd_original.original_key(component, key, as_dict, tensors)
+        except (KeyError, ValueError, IndexError):
+            return key
+
+    looks = f"{describe_state_dict(tensors)}, {kind.label} keys named as in the file"
+    return _build(component, cfg, state_dict, source, dtype, device, file_key, looks)
 
 
-def _build(component: str, cfg: Any, state_dict, source: Path, dtype, device) -> nn.Module:
+def _build(
+    component: str, cfg: Any, state_dict, source: Path, dtype, device, file_key=None, looks=None
+) -> nn.Module:
     model_cls = _api(component).model
     model = build_on_meta(lambda: model_cls(cfg))
-    return load_into(model, state_dict, path=source, dtype=dtype, device=device)
+    return load_into(
+        model, state_dict, path=source, dtype=dtype, device=device, file_key=file_key, looks=looks
+    )
 
 
 def _config(component: str, config: Any) -> Any:

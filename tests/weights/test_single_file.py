@@ -114,3 +114,50 @@ def test_real_presets_detect_without_config(name, text_format):
         "sample_size": _detect_config("vae", state, "f").sample_size,
     }
     assert _detect_config("text_encoder", state, "f") == CLIP_PRESETS[name]
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    """A tiny-preset original file as a dict: tests change a key and write it again."""
+    ref = models(UNET_PRESETS["tiny"], VAE_PRESETS["tiny"], CLIP_PRESETS["tiny"])
+    return write(ref, tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "model.diffusion_model.output_blocks.0.0.emb_layers.1.bias",
+        "first_stage_model.decoder.mid.block_1.norm1.bias",
+        "cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc1.weight",
+    ],
+)
+def test_missing_keys_are_named_as_in_the_file(tiny_file, tmp_path, key):
+    state = {k: v for k, v in tiny_file.items() if k != key}
+    save_state_dict(state, tmp_path / "missing.safetensors")
+    with pytest.raises(WeightsError) as info:
+        pilot.load_pipeline(tmp_path / "missing.safetensors")
+    message = str(info.value)
+    assert f"missing 1 keys: {key}." in message
+    assert "original CompVis/Stability single-file" in message and "diffusers" not in message
+
+
+def test_unexpected_and_misshaped_keys_are_named_as_in_the_file(tiny_file, tmp_path):
+    extra = "first_stage_model.decoder.up.0.block.9.conv1.weight"
+    save_state_dict({**tiny_file, extra: torch.zeros(1)}, tmp_path / "extra.safetensors")
+    with pytest.raises(WeightsError, match=rf"unexpected 1 keys: {extra}\."):
+        pilot.load_vae(tmp_path / "extra.safetensors")
+    key = "model.diffusion_model.out.2.weight"
+    state = {**tiny_file, key: tiny_file[key][:, :, :1, :1].contiguous()}
+    save_state_dict(state, tmp_path / "shape.safetensors")
+    with pytest.raises(WeightsError, match=rf"mismatches: {key}: expected \(4, 32, 3, 3\)"):
+        pilot.load_unet(tmp_path / "shape.safetensors")
+
+
+def test_open_clip_keys_are_named_as_in_the_file(tmp_path):
+    text = CLIPTextModel(CLIP_PRESETS["tiny"]).state_dict()
+    state = sd_original.to_original({"text_encoder": text}, text_format="open_clip")
+    key = "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight"
+    state[key] = state[key][:, :8].contiguous()
+    save_state_dict(state, tmp_path / "sd2.safetensors")
+    with pytest.raises(WeightsError, match=rf"mismatches: {key}: expected \(32, 32\)"):
+        pilot.load_text_encoder(tmp_path / "sd2.safetensors")
