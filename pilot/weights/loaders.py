@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pilot.weights.hub import resolve
 from pilot.weights.io import (
     Checkpoint,
     WeightsError,
+    _listing,
     build_on_meta,
     describe_state_dict,
     load_into,
@@ -294,6 +296,7 @@ def load_pipeline(
     else:
         ckpt = read_checkpoint(source)
         models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in _KINDS}
+        _warn_unused(ckpt.tensors, source)
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
         tokenizer = _default_tokenizer(ckpt.tensors)
     if pred not in ("epsilon", "v_prediction"):
@@ -307,7 +310,9 @@ def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.M
         return _from_folder(component, _component_folder(source, component), config, dtype, device)
     ckpt = read_checkpoint(source)
     if sd_original.is_original(ckpt.tensors):
-        return _from_original(component, ckpt, source, config, dtype=dtype, device=device)
+        model = _from_original(component, ckpt, source, config, dtype=dtype, device=device)
+        _warn_unused(ckpt.tensors, source)
+        return model
     # A bare diffusers / transformers weights file: its config.json lies next to it.
     cfg = _config(component, config) or _config_from_json(component, source.parent / "config.json")
     state_dict = _normalize_keys(component, ckpt.tensors)
@@ -357,6 +362,24 @@ def _from_original(
 
     looks = f"{describe_state_dict(tensors)}, {kind.label} keys named as in the file"
     return _build(component, cfg, state_dict, source, dtype, device, file_key, looks)
+
+
+def _warn_unused(tensors: Mapping[str, Tensor], source: Path) -> None:
+    """Report the keys of an original file that no component reads (LoRA weights, extras)."""
+    unused = sd_original.unused_keys(tensors)
+    if not unused:
+        return
+    lora = [k for k in unused if k.startswith("lora_")]
+    note = (
+        f" {len(lora)} of them are LoRA weights, NOT applied: pilot does not apply LoRAs."
+        if lora
+        else ""
+    )
+    warnings.warn(
+        f"{source}: {len(unused)} keys outside the SD components were not loaded: "
+        f"{_listing(unused, 5)}.{note}",
+        stacklevel=3,
+    )
 
 
 def _build(

@@ -323,6 +323,38 @@ def is_original(state_dict: Mapping[str, Tensor]) -> bool:
     return any(has_component(state_dict, c) for c in ("unet", "vae", "text_encoder"))
 
 
+# Top-level DDPM buffers of ldm's LatentDiffusion (its training schedule), in every original file.
+_SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+    "lvlb_weights",
+)
+_COMPONENT_PREFIXES = (UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX, OPEN_CLIP_PREFIX)
+
+
+def unused_keys(state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Keys of an original file outside its SD components: no load reads them (e.g. LoRA).
+
+    The EMA copy (`model_ema.`) and ldm's schedule buffers are not listed; a VAE-only file (no
+    component prefix) has none.
+    """
+    if not any(k.startswith(_COMPONENT_PREFIXES) for k in state_dict):
+        return []
+    known = (*_COMPONENT_PREFIXES, "model_ema.")
+    return [k for k in state_dict if not k.startswith(known) and k not in _SCHEDULE_BUFFERS]
+
+
 def _strip(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 

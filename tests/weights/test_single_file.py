@@ -161,3 +161,24 @@ def test_open_clip_keys_are_named_as_in_the_file(tmp_path):
     save_state_dict(state, tmp_path / "sd2.safetensors")
     with pytest.raises(WeightsError, match=rf"mismatches: {key}: expected \(32, 32\)"):
         pilot.load_text_encoder(tmp_path / "sd2.safetensors")
+
+
+def test_keys_outside_the_components_are_reported(tiny_file, tmp_path):
+    lora = {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0),
+        "something_else": torch.zeros(2),
+        "alphas_cumprod": torch.ones(3),  # ldm's schedule buffers are expected, not reported
+        "model_ema.decay": torch.tensor(0.9999),
+    }
+    save_state_dict({**tiny_file, **lora}, tmp_path / "lora.safetensors")
+    with pytest.warns(UserWarning, match=r"3 keys outside the SD components") as record:
+        sd = pilot.load_pipeline(tmp_path / "lora.safetensors")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "lora_unet_down_blocks_0_attentions_0_proj_in.alpha" in message
+    assert "2 of them are LoRA weights, NOT applied" in message
+    assert "alphas_cumprod" not in message and "model_ema" not in message
+    assert sd.unet.cfg == UNET_PRESETS["tiny"]
+    with pytest.warns(UserWarning, match="LoRA weights, NOT applied"):
+        pilot.load_unet(tmp_path / "lora.safetensors")
