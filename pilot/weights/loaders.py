@@ -292,6 +292,7 @@ def load_pipeline(
         _check_pipeline_folder(source)
         models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in _KINDS}
         pred = prediction_type or _folder_prediction_type(source)
+        _check_folder_schedule(source)
         tokenizer = load_tokenizer(source / "tokenizer")
     else:
         ckpt = read_checkpoint(source)
@@ -527,6 +528,45 @@ def _check_pipeline_folder(source: Path) -> None:
         raise WeightsError(f"{index}: unreadable: {e}") from e
     if "XL" in name or "StableDiffusion3" in name:
         raise WeightsError(f"{index}: a {name}; pilot loads SD 1.x / 2.x pipelines only")
+
+
+# The training schedule pilot samples with (`DiscreteSchedule.scaled_linear()`), as diffusers'
+# scheduler_config.json spells it; a diffusers default stands in for an absent key.
+_SD_SCHEDULE = {
+    "beta_schedule": ("scaled_linear", "linear"),
+    "beta_start": (0.00085, 0.0001),
+    "beta_end": (0.012, 0.02),
+    "num_train_timesteps": (1000, 1000),
+    "trained_betas": (None, None),
+    "rescale_betas_zero_snr": (False, False),
+}
+
+
+def _check_folder_schedule(source: Path) -> None:
+    """Warn when `scheduler/scheduler_config.json` trains on other noise levels than SD's.
+
+    Sampling always uses SD 1.x / 2.x's scaled_linear betas 0.00085..0.012 over 1000 steps; a
+    fine-tune trained on another schedule is sampled on the wrong noise levels.
+    """
+    path = source / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable: {e}") from e
+    other = {
+        key: config.get(key, default)
+        for key, (sd, default) in _SD_SCHEDULE.items()
+        if config.get(key, default) != sd
+    }
+    if other:
+        warnings.warn(
+            f"{path}: the model was trained with {other}, not SD's scaled_linear betas "
+            "0.00085..0.012 over 1000 steps; pilot samples with SD's schedule only, so results "
+            "will be off",
+            stacklevel=3,
+        )
 
 
 def _folder_prediction_type(source: Path) -> str:
