@@ -87,27 +87,71 @@ def reprojection_flow(
 def warp(
     image: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str = "border"
 ) -> Tensor:
-    """Backward warp: out[..., y, x] = image[..., y + flow_y, x + flow_x] (grid_sample).
+    """Backward warp: out[..., y, x] = image[..., y + flow_y, x + flow_x].
+
+    Bilinear sampling with "border" or "zeros" padding gathers the four neighbours with
+    fractional weights computed from pixel coordinates (`_bilinear`), so zero flow is the
+    identity and integer shifts are exact; other modes use grid_sample (align_corners=True).
+    Coordinates are float32 (float64 for float64 images) whatever the image dtype.
 
     Args:
-        image: (B, C, H, W) frame j.
+        image: (B, C, H, W) frame j, any floating dtype.
         flow: (B, 2, H, W) flow i -> j in pixels.
-        mode: grid_sample interpolation, "bilinear", "nearest" or "bicubic".
-        padding_mode: grid_sample padding for samples outside frame j.
+        mode: "bilinear", "nearest" or "bicubic".
+        padding_mode: for samples outside frame j: "border", "zeros" or "reflection".
 
     Returns:
-        (B, C, H, W) frame j resampled onto frame i's pixels.
+        (B, C, H, W) frame j resampled onto frame i's pixels, in the image's dtype.
     """
     if flow.dim() != 4 or flow.shape[1] != 2 or flow.shape[2:] != image.shape[2:]:
         raise ValueError(
             f"warp: flow {tuple(flow.shape)} must be (B, 2, H, W) matching image "
             f"{tuple(image.shape)}"
         )
+    if flow.shape[0] != image.shape[0]:
+        raise ValueError(
+            f"warp: flow batch {flow.shape[0]} differs from image batch {image.shape[0]} "
+            f"(flow {tuple(flow.shape)}, image {tuple(image.shape)})"
+        )
     H, W = image.shape[2:]
-    coords = pixel_grid(H, W, flow) + flow.to(image.dtype)  # (B, 2, H, W)
-    scale = torch.tensor([max(W - 1, 1), max(H - 1, 1)], dtype=coords.dtype, device=coords.device)
+    work = torch.promote_types(image.dtype, torch.float32)  # coordinates and sums
+    flow = flow.to(work)
+    coords = pixel_grid(H, W, flow) + flow  # (B, 2, H, W)
+    if mode == "bilinear" and padding_mode in ("border", "zeros"):
+        return _bilinear(image, coords, padding_mode == "zeros").to(image.dtype)
+    scale = torch.tensor([max(W - 1, 1), max(H - 1, 1)], dtype=work, device=coords.device)
     grid = (2 * coords / scale[None, :, None, None] - 1).permute(0, 2, 3, 1)  # (B, H, W, 2)
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    out = F.grid_sample(
+        image.to(work), grid, mode=mode, padding_mode=padding_mode, align_corners=True
+    )
+    return out.to(image.dtype)
+
+
+def _bilinear(image: Tensor, coords: Tensor, zeros: bool) -> Tensor:
+    """Bilinear samples (B, C, H, W) of `image` at pixel `coords` (B, 2, H, W), gather-based.
+
+    `zeros`: neighbours outside the image weigh nothing (grid_sample's "zeros"); otherwise
+    coordinates are clamped into the image ("border"). Sums run in the coordinates' dtype.
+    """
+    B, C, H, W = image.shape
+    coords = torch.nan_to_num(coords, nan=-2.0)  # NaN flow samples outside, not garbage
+    x, y = coords[:, 0], coords[:, 1]  # (B, H, W)
+    if not zeros:
+        x, y = x.clamp(0, W - 1), y.clamp(0, H - 1)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0  # exactly 0 at integer coordinates
+    flat = image.reshape(B, C, H * W).to(coords.dtype)
+    out = torch.zeros_like(flat)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xi, yi = x0 + dx, y0 + dy
+            weight = wx * wy
+            if zeros:
+                weight = weight * ((xi >= 0) & (xi <= W - 1) & (yi >= 0) & (yi <= H - 1))
+            index = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).long()  # (B, H, W)
+            index = index.view(B, 1, H * W).expand(B, C, H * W)
+            out = out + flat.gather(2, index) * weight.view(B, 1, H * W)
+    return out.view(B, C, H, W)
 
 
 def _slope(z: Tensor) -> Tensor:
@@ -126,17 +170,22 @@ def visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 
     """Depth test: True (B, 1, H, W) where frame i's pixel is seen in frame j.
 
     A pixel is visible when it lands inside frame j, in front of camera j, and both
-    (1) its depth in camera j agrees with frame j's bilinear depth there within `rel_tol`, and
+    (1) its depth in camera j agrees with frame j's depth there within `rel_tol` (bilinear in
+    inverse depth, exact on planes), and
     (2) each of the four pixels of that bilinear stencil is within `rel_tol` plus two pixels'
     worth of the point's own depth slope. (1) finds occlusion; (2) rejects stencils straddling
     two surfaces, whose blended depth can pass (1) by chance while the flow sampled there blends
     two motions.
     """
+    _check_visibility(flow_ij, z_ij, depth_j)
     H, W = depth_j.shape[2:]
     grid = pixel_grid(H, W, flow_ij)
     uv = grid + flow_ij
     inside = (uv[:, :1] >= 0) & (uv[:, :1] <= W - 1) & (uv[:, 1:] >= 0) & (uv[:, 1:] <= H - 1)
-    agree = (z_ij - warp(depth_j, flow_ij)).abs() <= rel_tol * z_ij
+    # Inverse depth is what is linear in the image on a plane seen in perspective: interpolating
+    # depth itself is off by a few percent under large motion and marks visible pixels occluded.
+    inverse = warp(1 / depth_j.clamp_min(1e-9), flow_ij)
+    agree = (z_ij * inverse - 1).abs() <= rel_tol * z_ij * inverse
     # (B, 1, H, W): max and min over pixels [y, y+1]x[x, x+1]; a 2x2 max-pool: 26x the time
     p = F.pad(depth_j, (0, 1, 0, 1), mode="replicate")
     corners = (p[..., :-1, :-1], p[..., :-1, 1:], p[..., 1:, :-1], p[..., 1:, 1:])
@@ -147,6 +196,20 @@ def visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 
     tol = rel_tol * z_ij + 2 * _slope(z_ij)
     stencil = (d_max - z_ij <= tol) & (z_ij - d_min <= tol)
     return inside & (z_ij > 0) & agree & stencil
+
+
+def _check_visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor) -> None:
+    B, _, H, W = depth_j.shape if depth_j.dim() == 4 else (0, 0, 0, 0)
+    if (
+        depth_j.dim() != 4
+        or depth_j.shape[1] != 1
+        or tuple(flow_ij.shape) != (B, 2, H, W)
+        or tuple(z_ij.shape) != (B, 1, H, W)
+    ):
+        raise ValueError(
+            f"visibility: flow_ij {tuple(flow_ij.shape)}, z_ij {tuple(z_ij.shape)} and depth_j "
+            f"{tuple(depth_j.shape)} must be (B, 2, H, W), (B, 1, H, W) and (B, 1, H, W)"
+        )
 
 
 def forward_backward_error(flow_ij: Tensor, flow_ji: Tensor) -> Tensor:

@@ -100,6 +100,11 @@ def _folder(source: Path) -> Path:
     inner = source / "controlnet"
     if (inner / "config.json").is_file() and not (source / "config.json").is_file():
         return inner
+    if (source / "model_index.json").is_file() and not (source / "config.json").is_file():
+        raise WeightsError(
+            f"{source}: a Stable Diffusion pipeline folder (model_index.json) without "
+            "controlnet/, not a ControlNet; pass a ControlNet folder or file"
+        )
     return source
 
 

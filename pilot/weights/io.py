@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -128,23 +129,70 @@ def _read_pickle(path: Path, device: str | torch.device) -> Any:
                 raise
             return load(mmap=False)  # legacy (pre-zip) torch.save format cannot be mmapped
     except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():
+        code = _pickled_code(e, path)
+        if code:
             raise WeightsError(
                 f"{path}: holds pickled code or unsafe objects, refused without running it "
                 f"(pilot only reads tensors with torch.load(weights_only=True)). Convert the file "
-                f"to .safetensors with a tool you trust. Detail: {_first_line(e, 'GLOBAL')}"
+                f"to .safetensors with a tool you trust. Detail: {code}"
             ) from e
-        raise WeightsError(f"{path}: not a readable torch checkpoint: {_first_line(e)}") from e
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{path}: not a readable torch checkpoint: {_refusal_detail(e)}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        # IndexError: torch's weights-only unpickler on some random bytes (an empty stack)
         raise WeightsError(
             f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}"
         ) from e
 
 
-def _first_line(error: Exception, containing: str = "") -> str:
+def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    picked = [line for line in lines if containing and containing in line]
-    return (picked or lines or [type(error).__name__])[0]
+    return (lines or [type(error).__name__])[0]
+
+
+def _pickled_code(error: pickle.UnpicklingError, path: Path) -> str:
+    """What code torch's weights-only unpickler refused ('' if none), found without running it.
+
+    A torch checkpoint names the refused GLOBAL in the error. A plain pickle (protocol 4 and
+    later) fails earlier, on an opcode torch does not take ("Unsupported operand 149"), as random
+    bytes do; there the first pickle's opcodes are scanned (pickletools, nothing is imported)
+    for imports outside torch.
+    """
+    detail = _refusal_detail(error)
+    if "GLOBAL" in detail:
+        return detail
+    if not detail.startswith("Unsupported"):
+        return ""
+    imports = _pickle_imports(path)
+    unsafe = [name for name in imports if not name.startswith(("torch", "collections"))]
+    return f"the pickle imports {', '.join(unsafe)}" if unsafe else ""
+
+
+def _pickle_imports(path: Path) -> list[str]:
+    """`module.name` of every GLOBAL / STACK_GLOBAL in the file's first pickle; [] if unparsable."""
+    imports, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    imports.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    imports.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError, OSError, UnicodeDecodeError, pickle.UnpicklingError):
+        pass  # not a pickle past this point: what was read is all there is
+    return imports
+
+
+def _refusal_detail(error: pickle.UnpicklingError) -> str:
+    """The line of torch's message naming what failed, never its advice to load unsafely."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    picked = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
+    if picked:
+        return picked[0]
+    if "weights only load failed" in str(error).lower():
+        return "torch.load(weights_only=True) cannot read the pickle"
+    return _first_line(error)
 
 
 def _unwrap(obj: Any, path: Path) -> Checkpoint:
@@ -217,6 +265,8 @@ def load_into(
     ignore: Iterable[str] = IGNORED_KEYS,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    file_key: Callable[[str], str] | None = None,
+    looks: str | None = None,
 ) -> nn.Module:
     """Fill a (meta-device) model with a state dict, checking keys and shapes first.
 
@@ -227,6 +277,8 @@ def load_into(
         ignore: globs of checkpoint keys dropped on purpose (default `IGNORED_KEYS`).
         dtype: floating-point dtype to convert to after loading; None keeps the file's dtype.
         device: device to move to after loading; None keeps where the tensors are.
+        file_key, looks: for a converted state dict, the name in the file of each of its keys
+            and what the file holds, used in messages (see `check_state_dict`).
 
     Returns:
         The model, in eval mode.
@@ -236,7 +288,7 @@ def load_into(
             file, lists the keys and says what the checkpoint looks like.
     """
     state_dict = drop_ignored(state_dict, ignore)
-    check_state_dict(model, state_dict, path=path)
+    check_state_dict(model, state_dict, path=path, file_key=file_key, looks=looks)
     model.load_state_dict(state_dict, strict=False, assign=True)
     _materialize_buffers(model, path)
     if dtype is not None or device is not None:
@@ -244,14 +296,31 @@ def load_into(
     return model.eval()
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, path) -> None:
-    """Raise a `WeightsError` unless `state_dict` has exactly the model's keys and shapes."""
+def check_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    path,
+    file_key: Callable[[str], str] | None = None,
+    looks: str | None = None,
+) -> None:
+    """Raise a `WeightsError` unless `state_dict` has exactly the model's keys and shapes.
+
+    Args:
+        model: the model to fit.
+        state_dict: tensors keyed like `model.state_dict()`.
+        path: the file, named in every message.
+        file_key: the name in the file of a state-dict key, when the file was converted (an
+            original single file); messages name keys as the user's file does. None: as is.
+        looks: what the file holds; None describes `state_dict`.
+    """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    named = file_key or str
+    missing = [named(k) for k in expected if k not in state_dict]
+    unexpected = [named(k) for k in state_dict if k not in expected]
     name = type(model).__name__
     if missing or unexpected:
-        looks = describe_state_dict(state_dict)
+        looks = looks or describe_state_dict(state_dict)
         parts = [f"{path}: does not fit {name} ({looks})."]
         if missing:
             parts.append(f"missing {len(missing)} keys: {_listing(missing)}.")
@@ -259,7 +328,7 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, path
             parts.append(f"unexpected {len(unexpected)} keys: {_listing(unexpected)}.")
         raise WeightsError(" ".join(parts))
     wrong = [
-        f"{k}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
+        f"{named(k)}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
         for k, v in expected.items()
         if tuple(v.shape) != tuple(state_dict[k].shape)
     ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pilot.weights.hub import resolve
 from pilot.weights.io import (
     Checkpoint,
     WeightsError,
+    _listing,
     build_on_meta,
     describe_state_dict,
     load_into,
@@ -47,9 +49,15 @@ class _Kind:
     stems: tuple[str, ...]  # weight file names in a component folder, without suffixes
     classes: tuple[str, ...]  # `_class_name` / `architectures` a fitting config.json names
     structure: tuple[str, ...]  # config keys read from weights, compared with the presets
+    # Config values the weights of a single file do not determine (`detect_*_config` guesses
+    # them); only a preset with the same shapes may supply them. Field -> what it is, for messages.
+    unstored: Mapping[str, str]
     # Keys the single-file format fixes whatever the preset says (OpenAI CLIP: quick_gelu,
     # OpenCLIP: gelu), taken from the detected config over a matching preset.
     from_format: tuple[str, ...] = ()
+    # Structure keys in which a file may differ from a preset and still take its unstored values:
+    # SD's inpainting (9), depth (5) and instruct-pix2pix (8) UNets are SD UNets with more inputs.
+    free: tuple[str, ...] = ()
 
 
 _KINDS: dict[str, _Kind] = {
@@ -68,6 +76,8 @@ _KINDS: dict[str, _Kind] = {
             "use_linear_projection",
             "transformer_layers_per_block",
         ),
+        {"num_heads": "attention heads", "norm_num_groups": "GroupNorm groups"},
+        free=("in_channels", "out_channels"),
     ),
     "vae": _Kind(
         "VAE",
@@ -80,6 +90,7 @@ _KINDS: dict[str, _Kind] = {
             "layers_per_block",
             "latent_channels",
         ),
+        {"norm_num_groups": "GroupNorm groups", "scaling_factor": "latent scaling factor"},
     ),
     "text_encoder": _Kind(
         "text encoder",
@@ -92,6 +103,7 @@ _KINDS: dict[str, _Kind] = {
             "num_hidden_layers",
             "max_position_embeddings",
         ),
+        {"num_heads": "attention heads"},
         ("hidden_act",),
     ),
 }
@@ -100,6 +112,8 @@ _DETECTORS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Any]]] = {
     "vae": sd_original.detect_vae_config,
     "text_encoder": sd_original.detect_text_config,
 }
+# load_pipeline's argument for each component's config.
+_PIPELINE_CONFIG = {"unet": "unet_config", "vae": "vae_config", "text_encoder": "text_config"}
 # Attention names of diffusers VAE folders saved before diffusers 0.14 -> current names.
 _LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
@@ -177,7 +191,9 @@ def load_unet(
         dtype: floating dtype after loading; None keeps the file's.
         device: device after loading; None keeps CPU.
         config: a `UNetConfig` or `UNET_PRESETS` name, overriding `config.json` or, for single
-            files, the config read from weight shapes (needed for heads of unknown sizes).
+            files, the config read from weight shapes. A single file whose shapes fit no
+            preset (or a preset with other input / output channels) needs it: head counts and
+            norm groups are not stored in the file.
 
     Raises:
         WeightsError: naming the file and the problem.
@@ -248,6 +264,9 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     prediction_type: str | None = None,
+    unet_config: Any = None,
+    vae_config: Any = None,
+    text_config: Any = None,
 ) -> StableDiffusion:
     """Load all four models of a Stable Diffusion 1.x / 2.x checkpoint.
 
@@ -259,20 +278,26 @@ def load_pipeline(
             `scheduler/scheduler_config.json` or the single-file convention (see
             `sd_original.detect_prediction_type`: SD 2.x files are v-prediction unless their
             `global_step` is 875000, the 512-base model; pass it for 512-base .safetensors).
+        unet_config, vae_config, text_config: each component's `config` (see `load_unet`,
+            `load_vae`, `load_text_encoder`): a config object or preset name, needed for single
+            files whose shapes fit no preset.
 
     Raises:
         WeightsError: naming the file and the problem.
     """
     source = resolve(path)
     kwargs = dict(dtype=dtype, device=device)
+    configs = dict(zip(_KINDS, (unet_config, vae_config, text_config), strict=True))
     if source.is_dir():
         _check_pipeline_folder(source)
-        models = {c: _load(c, source / c, config=None, **kwargs) for c in _KINDS}
+        models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in _KINDS}
         pred = prediction_type or _folder_prediction_type(source)
+        _check_folder_schedule(source)
         tokenizer = load_tokenizer(source / "tokenizer")
     else:
         ckpt = read_checkpoint(source)
-        models = {c: _from_original(c, ckpt, source, None, **kwargs) for c in _KINDS}
+        models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in _KINDS}
+        _warn_unused(ckpt.tensors, source)
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
         tokenizer = _default_tokenizer(ckpt.tensors)
     if pred not in ("epsilon", "v_prediction"):
@@ -286,7 +311,9 @@ def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.M
         return _from_folder(component, _component_folder(source, component), config, dtype, device)
     ckpt = read_checkpoint(source)
     if sd_original.is_original(ckpt.tensors):
-        return _from_original(component, ckpt, source, config, dtype=dtype, device=device)
+        model = _from_original(component, ckpt, source, config, dtype=dtype, device=device)
+        _warn_unused(ckpt.tensors, source)
+        return model
     # A bare diffusers / transformers weights file: its config.json lies next to it.
     cfg = _config(component, config) or _config_from_json(component, source.parent / "config.json")
     state_dict = _normalize_keys(component, ckpt.tensors)
@@ -315,20 +342,55 @@ def _from_original(
         raise WeightsError(f"{source}: holds no {kind.label} weights ({looks})")
     cfg = _config(component, config) or _detect_config(component, tensors, source)
     as_dict = _api(component).to_dict(cfg)
+    origins: dict[str, str] = {}
     if component == "unet":
         layout = sd_original.UNetLayout.from_config(as_dict)
-        state_dict = sd_original.extract_unet(tensors, layout)
+        state_dict = sd_original.extract_unet(tensors, layout, origins)
     elif component == "vae":
-        state_dict = sd_original.extract_vae(tensors, len(as_dict["block_out_channels"]))
+        num_blocks = len(as_dict["block_out_channels"])
+        state_dict = sd_original.extract_vae(tensors, num_blocks, origins)
     else:
-        state_dict = sd_original.extract_text_encoder(tensors, as_dict["num_hidden_layers"])
-    return _build(component, cfg, state_dict, source, dtype, device)
+        layers = as_dict["num_hidden_layers"]
+        state_dict = sd_original.extract_text_encoder(tensors, layers, origins)
+
+    def file_key(key: str) -> str:  # messages name the keys of the user's file
+        if key in origins:
+            return origins[key]
+        try:
+            return sd_original.original_key(component, key, as_dict, tensors)
+        except (KeyError, ValueError, IndexError):
+            return key
+
+    looks = f"{describe_state_dict(tensors)}, {kind.label} keys named as in the file"
+    return _build(component, cfg, state_dict, source, dtype, device, file_key, looks)
 
 
-def _build(component: str, cfg: Any, state_dict, source: Path, dtype, device) -> nn.Module:
+def _warn_unused(tensors: Mapping[str, Tensor], source: Path) -> None:
+    """Report the keys of an original file that no component reads (LoRA weights, extras)."""
+    unused = sd_original.unused_keys(tensors)
+    if not unused:
+        return
+    lora = [k for k in unused if k.startswith("lora_")]
+    note = (
+        f" {len(lora)} of them are LoRA weights, NOT applied: pilot does not apply LoRAs."
+        if lora
+        else ""
+    )
+    warnings.warn(
+        f"{source}: {len(unused)} keys outside the SD components were not loaded: "
+        f"{_listing(unused, 5)}.{note}",
+        stacklevel=3,
+    )
+
+
+def _build(
+    component: str, cfg: Any, state_dict, source: Path, dtype, device, file_key=None, looks=None
+) -> nn.Module:
     model_cls = _api(component).model
     model = build_on_meta(lambda: model_cls(cfg))
-    return load_into(model, state_dict, path=source, dtype=dtype, device=device)
+    return load_into(
+        model, state_dict, path=source, dtype=dtype, device=device, file_key=file_key, looks=looks
+    )
 
 
 def _config(component: str, config: Any) -> Any:
@@ -342,26 +404,44 @@ def _config(component: str, config: Any) -> Any:
 
 
 def _detect_config(component: str, tensors: Mapping[str, Tensor], source: Path) -> Any:
-    """Config read from weight shapes; a preset whose shapes match supplies what is not."""
+    """Config read from weight shapes; a preset whose shapes match supplies what is not.
+
+    Raises:
+        WeightsError: no preset matches, so the values the file does not store (head counts,
+            norm groups) would be guesses: the caller must pass a config.
+    """
     api, kind = _api(component), _KINDS[component]
     try:
         derived = _DETECTORS[component](tensors)
     except (ValueError, StopIteration, IndexError) as e:
         raise WeightsError(f"{source}: cannot read the {kind.label} architecture: {e}") from e
-    for preset in api.presets.values():
-        reference = api.to_dict(preset)
-        if all(_plain(derived.get(k)) == _plain(reference.get(k)) for k in kind.structure):
-            if all(derived[k] == reference.get(k) for k in kind.from_format):
+    exact = [k for k in kind.structure if k not in kind.free]
+    for keys in (kind.structure, exact):  # a preset, then a preset with other in/out channels
+        for preset in api.presets.values():
+            reference = api.to_dict(preset)
+            if not all(_plain(derived.get(k)) == _plain(reference.get(k)) for k in keys):
+                continue
+            read = {k: derived[k] for k in (*kind.structure, *kind.from_format)}
+            if all(_plain(read[k]) == _plain(reference.get(k)) for k in read):
                 return preset
-            derived = {**reference, **{k: derived[k] for k in kind.from_format}}
-            break
-    try:
-        return api.from_dict(derived)
-    except ValueError as e:
-        raise WeightsError(
-            f"{source}: the {kind.label} shapes {derived} fit no preset and no valid config ({e}); "
-            f"pass config="
-        ) from e
+            try:
+                return api.from_dict({**reference, **read})
+            except ValueError as e:
+                raise WeightsError(f"{source}: invalid {kind.label} config {read}: {e}") from e
+    raise _no_preset(component, derived, source)
+
+
+def _no_preset(component: str, derived: Mapping[str, Any], source: Path) -> WeightsError:
+    """The error for a single-file component whose shapes fit no preset."""
+    kind, presets = _KINDS[component], sorted(_api(component).presets)
+    shapes = {k: derived[k] for k in kind.structure}
+    unstored = " and ".join(f"{what} ({key})" for key, what in kind.unstored.items())
+    loader = "load_text_encoder" if component == "text_encoder" else f"load_{component}"
+    return WeightsError(
+        f"{source}: the {kind.label} shapes {shapes} fit no preset ({', '.join(presets)}). "
+        f"Its {unstored} are not stored in the file and pilot will not guess them: pass "
+        f"config= to {loader}, or {_PIPELINE_CONFIG[component]}= to load_pipeline"
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -448,6 +528,45 @@ def _check_pipeline_folder(source: Path) -> None:
         raise WeightsError(f"{index}: unreadable: {e}") from e
     if "XL" in name or "StableDiffusion3" in name:
         raise WeightsError(f"{index}: a {name}; pilot loads SD 1.x / 2.x pipelines only")
+
+
+# The training schedule pilot samples with (`DiscreteSchedule.scaled_linear()`), as diffusers'
+# scheduler_config.json spells it; a diffusers default stands in for an absent key.
+_SD_SCHEDULE = {
+    "beta_schedule": ("scaled_linear", "linear"),
+    "beta_start": (0.00085, 0.0001),
+    "beta_end": (0.012, 0.02),
+    "num_train_timesteps": (1000, 1000),
+    "trained_betas": (None, None),
+    "rescale_betas_zero_snr": (False, False),
+}
+
+
+def _check_folder_schedule(source: Path) -> None:
+    """Warn when `scheduler/scheduler_config.json` trains on other noise levels than SD's.
+
+    Sampling always uses SD 1.x / 2.x's scaled_linear betas 0.00085..0.012 over 1000 steps; a
+    fine-tune trained on another schedule is sampled on the wrong noise levels.
+    """
+    path = source / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable: {e}") from e
+    other = {
+        key: config.get(key, default)
+        for key, (sd, default) in _SD_SCHEDULE.items()
+        if config.get(key, default) != sd
+    }
+    if other:
+        warnings.warn(
+            f"{path}: the model was trained with {other}, not SD's scaled_linear betas "
+            "0.00085..0.012 over 1000 steps; pilot samples with SD's schedule only, so results "
+            "will be off",
+            stacklevel=3,
+        )
 
 
 def _folder_prediction_type(source: Path) -> str:

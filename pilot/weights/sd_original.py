@@ -323,6 +323,38 @@ def is_original(state_dict: Mapping[str, Tensor]) -> bool:
     return any(has_component(state_dict, c) for c in ("unet", "vae", "text_encoder"))
 
 
+# Top-level DDPM buffers of ldm's LatentDiffusion (its training schedule), in every original file.
+_SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+    "lvlb_weights",
+)
+_COMPONENT_PREFIXES = (UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX, OPEN_CLIP_PREFIX)
+
+
+def unused_keys(state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Keys of an original file outside its SD components: no load reads them (e.g. LoRA).
+
+    The EMA copy (`model_ema.`) and ldm's schedule buffers are not listed; a VAE-only file (no
+    component prefix) has none.
+    """
+    if not any(k.startswith(_COMPONENT_PREFIXES) for k in state_dict):
+        return []
+    known = (*_COMPONENT_PREFIXES, "model_ema.")
+    return [k for k in state_dict if not k.startswith(known) and k not in _SCHEDULE_BUFFERS]
+
+
 def _strip(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
@@ -332,18 +364,35 @@ def _vae_prefix(state_dict: Mapping[str, Tensor]) -> str:
     return VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in state_dict) else ""
 
 
-def extract_unet(state_dict: Mapping[str, Tensor], layout: UNetLayout) -> dict[str, Tensor]:
-    """Our UNet state dict from an original file; unmappable keys are kept (reported later)."""
+def extract_unet(
+    state_dict: Mapping[str, Tensor], layout: UNetLayout, origins: dict[str, str] | None = None
+) -> dict[str, Tensor]:
+    """Our UNet state dict from an original file; unmappable keys are kept (reported later).
+
+    `origins`, when given, receives each returned key's key in the file (for messages).
+    """
     out = {}
     for key, value in _strip(state_dict, UNET_PREFIX).items():
-        out[map_unet_key(key, layout) or UNET_PREFIX + key] = value
+        ours = map_unet_key(key, layout) or UNET_PREFIX + key
+        out[ours] = value
+        _note(origins, ours, UNET_PREFIX + key)
     return out
 
 
-def extract_vae(state_dict: Mapping[str, Tensor], num_blocks: int) -> dict[str, Tensor]:
-    """Our VAE state dict; the mid attention's 1x1 conv weights become linear weights."""
-    out = {}
-    for key, value in _strip(state_dict, _vae_prefix(state_dict)).items():
+def _note(origins: dict[str, str] | None, ours: str, key: str) -> None:
+    if origins is not None:
+        origins[ours] = key
+
+
+def extract_vae(
+    state_dict: Mapping[str, Tensor], num_blocks: int, origins: dict[str, str] | None = None
+) -> dict[str, Tensor]:
+    """Our VAE state dict; the mid attention's 1x1 conv weights become linear weights.
+
+    `origins`: as in `extract_unet`.
+    """
+    out, prefix = {}, _vae_prefix(state_dict)
+    for key, value in _strip(state_dict, prefix).items():
         if key.startswith("loss."):
             continue  # training-only LPIPS / discriminator weights of VAE files
         ours = map_vae_key(key, num_blocks)
@@ -352,11 +401,14 @@ def extract_vae(state_dict: Mapping[str, Tensor], num_blocks: int) -> dict[str, 
         elif _is_vae_attn_weight(ours) and value.ndim == 4:
             value = value[:, :, 0, 0]  # (C, C, 1, 1) conv -> (C, C) linear
         out[ours] = value
+        _note(origins, ours, prefix + key)
     return out
 
 
 def extract_text_encoder(
-    state_dict: Mapping[str, Tensor], num_layers: int | None = None
+    state_dict: Mapping[str, Tensor],
+    num_layers: int | None = None,
+    origins: dict[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """Our CLIP text state dict from an SD 1.x or SD 2.x original file.
 
@@ -364,9 +416,13 @@ def extract_text_encoder(
         state_dict: the original file's tensors.
         num_layers: layers our encoder keeps; defaults to all for SD 1.x and all but the last for
             SD 2.x (see `map_open_clip_key`).
+        origins: as in `extract_unet`.
     """
     if text_format(state_dict) == "clip":
-        return {map_clip_key(k): v for k, v in _strip(state_dict, CLIP_PREFIX).items()}
+        out = {map_clip_key(k): v for k, v in _strip(state_dict, CLIP_PREFIX).items()}
+        for key in _strip(state_dict, CLIP_PREFIX):
+            _note(origins, map_clip_key(key), CLIP_PREFIX + key)
+        return out
     tower = _strip(state_dict, OPEN_CLIP_PREFIX)
     if num_layers is None:
         num_layers = count_indices(tower, "transformer.resblocks.") - 1
@@ -380,9 +436,34 @@ def extract_text_encoder(
                 ("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True
             ):
                 out[ours.replace("qkv_proj", name)] = part
+                _note(origins, ours.replace("qkv_proj", name), OPEN_CLIP_PREFIX + key)
         else:
             out[ours] = value
+            _note(origins, ours, OPEN_CLIP_PREFIX + key)
     return out
+
+
+def original_key(component: str, key: str, config: Mapping[str, Any], state_dict) -> str:
+    """Where our `key` of `component` lies in an original file (with its prefix), for messages.
+
+    Args:
+        component: `unet`, `vae` or `text_encoder`.
+        key: a key of our model.
+        config: the component's diffusers / transformers config dict.
+        state_dict: the original file's tensors (for its prefixes).
+
+    Raises:
+        KeyError, ValueError, IndexError: `key` has no place in the original layout.
+    """
+    if component == "unet":
+        return UNET_PREFIX + unmap_unet_key(key, UNetLayout.from_config(config))
+    if component == "vae":
+        num_blocks = len(config["block_out_channels"])
+        return _vae_prefix(state_dict) + unmap_vae_key(key, num_blocks)
+    if text_format(state_dict) == "open_clip":
+        return OPEN_CLIP_PREFIX + unmap_open_clip_key(key)
+    wrapped = any(k.startswith(CLIP_PREFIX + "text_model.") for k in state_dict)
+    return CLIP_PREFIX + (unmap_clip_key(key) if wrapped else key)
 
 
 def to_original(

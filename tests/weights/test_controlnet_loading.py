@@ -146,3 +146,10 @@ def test_bad_files_raise_weights_errors(ref, tmp_path):
         pilot.load_controlnet(folder)
     with pytest.raises(WeightsError, match="no such file"):
         pilot.load_controlnet(tmp_path / "nothing.safetensors")
+
+
+def test_sd_pipeline_folder_is_not_a_controlnet(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(WeightsError, match="a Stable Diffusion pipeline folder .* not a Control"):
+        pilot.load_controlnet(tmp_path)

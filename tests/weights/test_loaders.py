@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -300,3 +301,18 @@ def test_import_pilot_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_scheduler_config_with_other_betas_warns(tmp_path):
+    from pilot.weights.hub import resolve
+
+    folder = tmp_path / "tuned"
+    shutil.copytree(resolve("tiny_sd"), folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SD's own schedule is quiet
+        pilot.load_pipeline(folder)
+    path.write_text(json.dumps({**config, "beta_schedule": "linear", "beta_end": 0.02}))
+    with pytest.warns(UserWarning, match=r"'beta_schedule': 'linear', 'beta_end': 0.02.*SD's"):
+        pilot.load_pipeline(folder)
