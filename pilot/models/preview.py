@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from pilot.weights.io import load_state_dict
+from pilot.weights.save import folder_or_previous
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,14 @@ def load_preview_decoder(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> PreviewDecoder:
-    """Read a `PreviewDecoder` folder (see the module docstring), in eval mode.
+    """Read a `PreviewDecoder` folder (see the module docstring), in eval mode; a folder that an
+    interrupted export left missing reads, with a warning, as the previous version it left.
 
     Raises:
         FileNotFoundError: no such folder, or a file of it missing.
         ValueError: the config is not a `PreviewDecoder`'s, or the weights do not fit it.
     """
-    folder = Path(folder)
+    folder = folder_or_previous(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such file (a preview decoder folder?)")
