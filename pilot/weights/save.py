@@ -227,15 +227,15 @@ def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path
 
 
 def save_preview_decoder(decoder, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a `pilot.models.preview.PreviewDecoder` folder (config.json + safetensors), atomic;
-    `pilot.models.preview.load_preview_decoder` reads it.
+    """Write a `pilot.models.preview.PreviewDecoder` folder (config.json, with its `teacher_vae`
+    when set, + safetensors), atomic; `pilot.models.preview.load_preview_decoder` reads it.
 
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
     """
     from pilot.models.preview import preview_config_dict
 
-    config = preview_config_dict(decoder.cfg)
+    config = preview_config_dict(decoder.cfg, decoder.teacher_vae)
     return _write_folder(
         folder,
         lambda tmp: _write_model(tmp, decoder, config, "diffusion_pytorch_model"),
