@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pilot.models.preview import PreviewConfig, PreviewDecoder
+from pilot.models.preview import PreviewConfig, PreviewDecoder, vae_fingerprint
 from pilot.weights.loaders import load_vae
 from pilot.weights.save import save_preview_decoder
 from train.metrics import psnr
@@ -61,6 +61,7 @@ class PreviewDecoderSystem(L.LightningModule):
                 f"and {t.latent_channels}: set decoder.upsamples / decoder.latent_channels"
             )
         self.student = PreviewDecoder(decoder)
+        self.student.teacher_vae = vae_fingerprint(self.teacher)  # recorded in its export
         self.lr, self.chroma_weight, self.export_dir = lr, chroma_weight, export_dir
         self.timelapse_inputs = timelapse_inputs
         self.fixed: dict | None = None

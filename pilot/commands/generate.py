@@ -312,11 +312,13 @@ def load_preview(folder: Path | None, device, dtype):
 
 
 def check_preview(preview, sd, folder: Path | None) -> None:
-    """Refuse a preview decoder that does not decode the model's latents, naming its folder."""
-    from pilot.models.preview import check_fits
+    """Refuse a preview decoder that does not decode the model's latents, and warn about one
+    distilled from another VAE, naming its folder."""
+    from pilot.models.preview import check_fits, check_teacher
 
     if preview is not None:
         check_fits(preview, sd.vae.cfg, folder)
+        check_teacher(preview, sd.vae, folder)
 
 
 def parameters(args: argparse.Namespace, request, settings) -> dict:

@@ -11,21 +11,26 @@ takes, unscaled latents, and returns images nominally in [-1, 1]:
     preview = load_preview_decoder("runs/tiny_sd/export/preview")
     images = decode_latents(sd, latents, decoder=preview)    # pilot.diffusion.pipeline
 
-A folder holds `config.json` (`"_class_name": "PreviewDecoder"` and the `PreviewConfig` fields)
-and `diffusion_pytorch_model.safetensors` (`pilot.weights.save.save_preview_decoder`).
+A folder holds `config.json` (`"_class_name": "PreviewDecoder"`, the `PreviewConfig` fields and,
+when known, `teacher_vae`: the `vae_fingerprint` of the VAE it was distilled from) and
+`diffusion_pytorch_model.safetensors` (`pilot.weights.save.save_preview_decoder`). A decoder only
+fits the VAE it learnt: `check_fits` refuses another shape, `check_teacher` warns about other
+weights (`pilot generate` / `pilot animate --preview-decoder` run both).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from pilot.weights.io import load_state_dict
+from pilot.weights.save import folder_or_previous
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,16 @@ class PreviewDecoder(nn.Module):
 
     Args:
         cfg: The shape.
+
+    Attributes:
+        teacher_vae: `vae_fingerprint` of the VAE it was distilled from, or None (unknown);
+            saved in and read from its folder's `config.json`.
     """
 
     def __init__(self, cfg: PreviewConfig = PreviewConfig()) -> None:  # noqa: B008 (frozen)
         super().__init__()
         self.cfg = cfg
+        self.teacher_vae: str | None = None
         c = cfg.channels
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), nn.ReLU()]
         for _ in range(cfg.upsamples):
@@ -107,13 +117,14 @@ def load_preview_decoder(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> PreviewDecoder:
-    """Read a `PreviewDecoder` folder (see the module docstring), in eval mode.
+    """Read a `PreviewDecoder` folder (see the module docstring), in eval mode; a folder that an
+    interrupted export left missing reads, with a warning, as the previous version it left.
 
     Raises:
         FileNotFoundError: no such folder, or a file of it missing.
         ValueError: the config is not a `PreviewDecoder`'s, or the weights do not fit it.
     """
-    folder = Path(folder)
+    folder = folder_or_previous(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such file (a preview decoder folder?)")
@@ -131,15 +142,40 @@ def load_preview_decoder(
         model.load_state_dict(load_state_dict(weights))
     except RuntimeError as e:
         raise ValueError(f"{weights}: weights do not fit {config_path}: {e}") from e
+    model.teacher_vae = config.get("teacher_vae")  # None in folders written before it was
     return model.eval().to(device, dtype)
 
 
-def preview_config_dict(cfg: PreviewConfig) -> dict:
-    """The `config.json` contents of a preview decoder of shape `cfg`."""
-    return {"_class_name": "PreviewDecoder", **asdict(cfg)}
+def preview_config_dict(cfg: PreviewConfig, teacher_vae: str | None = None) -> dict:
+    """The `config.json` contents of a preview decoder of shape `cfg` distilled from the VAE
+    with fingerprint `teacher_vae` (left out when None)."""
+    config = {"_class_name": "PreviewDecoder", **asdict(cfg)}
+    return config if teacher_vae is None else {**config, "teacher_vae": teacher_vae}
 
 
-__all__ = ["PreviewConfig", "PreviewDecoder", "load_preview_decoder", "preview_config_dict"]
+def vae_fingerprint(vae: nn.Module) -> str:
+    """Short SHA-256 (16 hex digits) of a VAE's weights: the teacher a preview decoder records.
+
+    Hashes pilot's parameter names, shapes and values rounded to float16, so one VAE gives one
+    fingerprint from any file (diffusers folder, original single file, float16 copy) and loaded
+    in float32 or float16; a bfloat16 copy, like a fine-tuned VAE, gives another.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+__all__ = [
+    "PreviewConfig",
+    "PreviewDecoder",
+    "check_fits",
+    "check_teacher",
+    "load_preview_decoder",
+    "preview_config_dict",
+    "vae_fingerprint",
+]
 
 
 def check_fits(decoder: PreviewDecoder, vae_cfg, where: str | os.PathLike) -> None:
@@ -155,3 +191,19 @@ def check_fits(decoder: PreviewDecoder, vae_cfg, where: str | os.PathLike) -> No
             raise ValueError(
                 f"{where}: preview decoder {name} {ours}, but the model's VAE has {theirs}"
             )
+
+
+def check_teacher(decoder: PreviewDecoder, vae: nn.Module, where: str | os.PathLike) -> None:
+    """Warn, naming `where` and both fingerprints, when `decoder` was distilled from another VAE
+    than `vae` (its previews may then differ from the VAE's images; a fine-tuned VAE may stay
+    close). Silent when the decoder does not record its teacher."""
+    if decoder.teacher_vae is None:
+        return
+    fingerprint = vae_fingerprint(vae)
+    if fingerprint != decoder.teacher_vae:
+        warnings.warn(
+            f"{where}: preview decoder distilled from the VAE with fingerprint "
+            f"{decoder.teacher_vae}, but the model's VAE has {fingerprint} "
+            "(pilot.models.preview.vae_fingerprint): previews may not match its images",
+            stacklevel=2,
+        )

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from pilot.weights.io import WeightsError
+from pilot.weights.save import folder_or_previous
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 PACKAGED_ROOT = Path(__file__).resolve().parents[1] / "assets" / "tiny_sd"
@@ -45,7 +46,8 @@ def resolve(path_or_repo: str | os.PathLike, *, revision: str = "main") -> Path:
 
     Args:
         path_or_repo: an existing file or folder, a `PACKAGED` name, or `org/name` of a repo
-            in the local hub cache.
+            in the local hub cache. A folder that an interrupted export left missing resolves,
+            with a warning, to the previous version it left hidden (`save.folder_or_previous`).
         revision: branch, tag or commit of the cached repo.
 
     Returns:
@@ -58,6 +60,8 @@ def resolve(path_or_repo: str | os.PathLike, *, revision: str = "main") -> Path:
     path = Path(path_or_repo).expanduser()
     if path.exists():
         return path
+    if (previous := folder_or_previous(path)) != path:
+        return previous
     name = os.fspath(path_or_repo)
     if name in PACKAGED:
         packaged = PACKAGED_ROOT / PACKAGED[name]

@@ -9,10 +9,17 @@ schedule and the prediction type). Used for the models the project trains itself
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
+import re
+import secrets
 import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from pilot.weights.io import save_state_dict
@@ -34,8 +41,9 @@ SD_SCHEDULER = {  # SD 1.x / 2.x training schedule, in DDIMScheduler's terms
 def save_pipeline(sd, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write `sd` (a `pilot.StableDiffusion`) as a diffusers pipeline folder, atomically.
 
-    The folder is assembled next to its final place and renamed onto it, so a crash leaves
-    either the previous folder or the complete new one.
+    The folder is assembled next to its final place and swapped onto it, so a crash or kill at
+    any point leaves either the previous folder or the complete new one, and the next export
+    (or load) copes with what it left (see `_write_folder`).
 
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
@@ -44,25 +52,118 @@ def save_pipeline(sd, folder: str | os.PathLike, *, overwrite: bool = False) -> 
 
 
 def _write_folder(folder: str | os.PathLike, write, *, overwrite: bool) -> Path:
-    """Run `write(tmp)` on a fresh folder beside `folder`, then rename it onto `folder`."""
+    """Run `write(tmp)` on a fresh folder beside `folder`, then swap it onto `folder`.
+
+    `folder` is always a plain folder (never a link: diffusers and file tools see nothing
+    special). Hidden siblings named after it hold the rest: `.NAME.tmp-XXXXXXXX` is the new
+    folder being written, or, after the swap, the previous one being deleted; `.NAME.old-XXXXXXXX`
+    is the previous folder between the two renames of the fallback swap. The swap is one atomic
+    exchange of the two folders (Linux `renameat2(RENAME_EXCHANGE)`); where the platform or file
+    system has none, two renames (folder -> `.NAME.old-*`, new -> folder), and a kill between them
+    leaves `folder` missing: `previous_export` finds the old one, loaders read it and the next
+    export renames it back first. Every export then deletes the leftovers of earlier interrupted
+    exports of the same folder (also the `.NAME.old` and `.NAME.XXXXXXXX` that this function
+    used to leave); one export per folder at a time.
+    """
     folder = Path(folder)
+    previous = previous_export(folder)
+    if previous is not None:
+        os.replace(previous, folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    for leftover in _leftovers(folder):
+        _remove(leftover)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     tmp.chmod(0o755)  # mkdtemp makes 0700; model folders are ordinary shared outputs
     try:
         write(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
+        if not (folder.exists() or folder.is_symlink()):
+            os.replace(tmp, folder)
+        elif not _exchange(tmp, folder):
+            old = folder.with_name(f".{folder.name}.old-{secrets.token_hex(4)}")
             os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                os.replace(old, folder)
+                raise
+            _remove(old)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)  # the new folder after a failure, the previous one after an exchange
     return folder
+
+
+def previous_export(folder: str | os.PathLike) -> Path | None:
+    """The previous version of a missing `folder` that an export killed between the renames of
+    its fallback swap left hidden beside it (`_write_folder`), or None."""
+    folder = Path(folder)
+    if folder.exists() or folder.is_symlink() or not folder.parent.is_dir():
+        return None
+    name = re.escape(folder.name)
+    old = re.compile(rf"\.{name}\.old(-[0-9a-f]{{8}})?")
+    found = [p for p in folder.parent.iterdir() if old.fullmatch(p.name) and p.is_dir()]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def folder_or_previous(folder: str | os.PathLike) -> Path:
+    """`folder`, or, where an interrupted export left it missing, the previous version it left
+    hidden (`previous_export`), with a warning."""
+    folder = Path(folder)
+    previous = previous_export(folder)
+    if previous is None:
+        return folder
+    warnings.warn(
+        f"{folder}: missing, an export into it was interrupted; reading the previous version it "
+        f"left in {previous} (the next export into {folder} puts it back)",
+        stacklevel=3,
+    )
+    return previous
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    """Hidden siblings of `folder` that earlier interrupted exports of it left (`_write_folder`);
+    `.NAME.old` and `.NAME.` + 8 `mkdtemp` characters are the names it used to give them."""
+    name = re.escape(folder.name)
+    ours = re.compile(rf"\.{name}\.(tmp-[a-z0-9_]{{8}}|old-[0-9a-f]{{8}}|old|[a-z0-9_]{{8}})")
+    return [p for p in folder.parent.iterdir() if ours.fullmatch(p.name)]
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree, a file or a link, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.is_symlink() or path.exists():
+        path.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+@functools.cache
+def _renameat2():
+    """libc's `renameat2` (Linux 3.15+, glibc 2.28+), or None."""
+    if sys.platform != "linux":
+        return None
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+        function.argtypes += [ctypes.c_uint]
+    return function
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_cwd = -100  # AT_FDCWD: relative paths are from the working directory
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # a file system without RENAME_EXCHANGE (NFS, some FUSE) or an old kernel
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def _write_components(sd, folder: Path) -> None:
@@ -126,15 +227,15 @@ def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path
 
 
 def save_preview_decoder(decoder, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a `pilot.models.preview.PreviewDecoder` folder (config.json + safetensors), atomic;
-    `pilot.models.preview.load_preview_decoder` reads it.
+    """Write a `pilot.models.preview.PreviewDecoder` folder (config.json, with its `teacher_vae`
+    when set, + safetensors), atomic; `pilot.models.preview.load_preview_decoder` reads it.
 
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
     """
     from pilot.models.preview import preview_config_dict
 
-    config = preview_config_dict(decoder.cfg)
+    config = preview_config_dict(decoder.cfg, decoder.teacher_vae)
     return _write_folder(
         folder,
         lambda tmp: _write_model(tmp, decoder, config, "diffusion_pytorch_model"),

@@ -187,14 +187,27 @@ def test_bad_control_arguments(capsys, tiny_sd_folder, argv, message):
     assert message in capsys.readouterr().err
 
 
-def save_preview(folder, upsamples: int, latent_channels: int = 4):
+def save_preview(folder, upsamples: int, latent_channels: int = 4, teacher_vae=None):
     """A random `PreviewDecoder` folder for a VAE of factor 2 ** upsamples."""
     from pilot.models.preview import PreviewConfig, PreviewDecoder
     from pilot.weights.save import save_preview_decoder
 
     torch.manual_seed(0)
     cfg = PreviewConfig(latent_channels=latent_channels, channels=8, upsamples=upsamples, blocks=1)
-    return save_preview_decoder(PreviewDecoder(cfg).eval(), folder)
+    decoder = PreviewDecoder(cfg).eval()
+    decoder.teacher_vae = teacher_vae
+    return save_preview_decoder(decoder, folder)
+
+
+def test_a_preview_decoder_of_another_vae_warns(capsys, tiny_sd_folder, tmp_path):
+    """Same shape, other weights: a warning naming the folder and both VAEs, and the run goes on
+    (a fine-tuned VAE may still be close)."""
+    preview = save_preview(tmp_path / "preview", upsamples=1, teacher_vae="0123456789abcdef")
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    match = r"preview: preview decoder distilled from the VAE with fingerprint 0123456789abcdef"
+    with pytest.warns(UserWarning, match=match):
+        summary = run(capsys, *argv, "--preview-decoder", str(preview))
+    assert len(summary["images"]) == 1
 
 
 def test_preview_decoder_decodes_the_images(capsys, tiny_sd_folder, tmp_path, monkeypatch):

@@ -1,13 +1,22 @@
 """The preview decoder (`pilot.models.preview`): shapes, folders, errors, decode_latents."""
 
+import copy
 import json
+import warnings
 
 import pytest
 import torch
 
+import pilot
 from pilot.diffusion.pipeline import decode_latents
-from pilot.models.preview import PreviewConfig, PreviewDecoder, load_preview_decoder
-from pilot.weights.save import save_preview_decoder
+from pilot.models.preview import (
+    PreviewConfig,
+    PreviewDecoder,
+    check_teacher,
+    load_preview_decoder,
+    vae_fingerprint,
+)
+from pilot.weights.save import save_preview_decoder, save_vae
 from tests.conftest import make_tiny_sd
 
 SMALL = PreviewConfig(channels=8, upsamples=3, blocks=1)
@@ -54,3 +63,39 @@ def test_decode_latents_with_a_preview_decoder():
     torch.testing.assert_close(images, expected.clamp(0, 1))
     tiled = decode_latents(sd, torch.randn(1, 4, 8, 8), decoder=decoder, tile=32)
     assert tiled.shape == (1, 3, 64, 64)
+
+
+def test_vae_fingerprint_names_the_weights_not_the_file_or_precision(tmp_path):
+    vae = make_tiny_sd().vae
+    fingerprint = vae_fingerprint(vae)
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+    assert vae_fingerprint(copy.deepcopy(vae).half()) == fingerprint
+    assert vae_fingerprint(pilot.load_vae(save_vae(vae, tmp_path / "vae"))) == fingerprint
+    assert vae_fingerprint(make_tiny_sd(seed=1).vae) != fingerprint
+
+
+def test_a_decoder_distilled_from_another_vae_warns_naming_both(tmp_path):
+    """The folder records its teacher; pairing it with another VAE warns (a fine-tuned VAE may
+    still be close), the teacher itself and folders without the record pass silently."""
+    teacher, other = make_tiny_sd().vae, make_tiny_sd(seed=1).vae
+    decoder = PreviewDecoder(SMALL)
+    decoder.teacher_vae = vae_fingerprint(teacher)
+    folder = save_preview_decoder(decoder, tmp_path / "preview")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["teacher_vae"] == decoder.teacher_vae
+    loaded = load_preview_decoder(folder)
+    assert loaded.teacher_vae == decoder.teacher_vae
+    expected = (
+        rf"preview: preview decoder distilled from the VAE with fingerprint "
+        rf"{decoder.teacher_vae}, but the model's VAE has {vae_fingerprint(other)} "
+    )
+    with pytest.warns(UserWarning, match=expected):
+        check_teacher(loaded, other, folder)
+    del config["teacher_vae"]  # as written before the field existed
+    (folder / "config.json").write_text(json.dumps(config))
+    older = load_preview_decoder(folder)
+    assert older.teacher_vae is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_teacher(loaded, teacher, folder)
+        check_teacher(older, other, folder)

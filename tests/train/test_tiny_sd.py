@@ -230,9 +230,10 @@ def test_preview_decoder_distils_the_stage_vae(stages, tmp_path):
     cli = fit(tmp_path, "preview_decoder", cfg)
     assert cli.trainer.global_step == 2
     assert "val/psnr_teacher" in cli.trainer.callback_metrics
-    from pilot.models.preview import load_preview_decoder
+    from pilot.models.preview import load_preview_decoder, vae_fingerprint
 
     preview = load_preview_decoder(tmp_path / "export" / "preview")
+    assert preview.teacher_vae == vae_fingerprint(pilot.load_vae(teacher))
     trained = cli.model.student.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in preview.state_dict().items())
     assert (tmp_path / "preview" / "timelapse" / "frames").is_dir()
