@@ -176,6 +176,50 @@ def test_unet_stage_resumes_from_last_checkpoint(stages, tmp_path):
     assert cli.trainer.global_step == 4
 
 
+def test_resumed_unet_stage_loads_the_vae_from_its_source_and_refuses_another(stages, tmp_path):
+    import shutil
+
+    from pilot.weights.save import save_vae
+    from train.tiny_sd_diffusion import FROZEN_SHA256
+
+    root = stages[0]
+    vae_dir = tmp_path / "vae"
+    shutil.copytree(root / "export" / "vae", vae_dir)
+    model = {"vae": str(vae_dir), "unet": UNET, "text_encoder": TEXT, **DIFFUSION}
+    cfg = stage_config(tmp_path, "unet", model, max_steps=1)
+    cfg["timelapse"]["every_n_steps"] = 10  # no sampling: this test is about resuming
+    fit(tmp_path, "tiny_sd_unet", cfg)
+    last = tmp_path / "unet" / "ckpt" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert not [k for k in ckpt["state_dict"] if k.startswith("vae.")]  # loaded from vae_dir
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"unet", "text_encoder"}
+    old = {**ckpt, "state_dict": {**ckpt["state_dict"]}}
+    del old[FROZEN_SHA256]  # a checkpoint from before: the frozen VAE's weights inside
+    vae = pilot.load_vae(vae_dir)
+    old["state_dict"].update({f"vae.{k}": v for k, v in vae.state_dict().items()})
+    torch.save(old, tmp_path / "old.ckpt")
+    resumed = fit(tmp_path, "tiny_sd_unet", cfg, "--trainer.max_steps", "2",
+                  "--ckpt_path", str(tmp_path / "old.ckpt"))  # fmt: skip
+    assert resumed.trainer.global_step == 2
+    with torch.no_grad():  # the VAE stage trained on and exported again
+        vae.decoder.conv_out.bias.add_(0.1)
+    save_vae(vae, vae_dir, overwrite=True)
+    for path in (last, tmp_path / "old.ckpt"):
+        with pytest.raises(ValueError, match=f"{path} was trained against other frozen weights "
+                           f"than model.vae={vae_dir} holds now"):  # fmt: skip
+            fit(tmp_path, "tiny_sd_unet", cfg, "--trainer.max_steps", "3", "--ckpt_path", str(path))
+
+
+def test_controlnet_checkpoint_leaves_the_frozen_models_out(stages):
+    from train.tiny_sd_diffusion import FROZEN_SHA256
+
+    system = stages[3].model
+    checkpoint = {"state_dict": system.state_dict()}
+    system.on_save_checkpoint(checkpoint)
+    assert {k.split(".")[0] for k in checkpoint["state_dict"]} == {"controlnet"}
+    assert len(checkpoint[FROZEN_SHA256]) == 64
+
+
 def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     root, vae, _, _ = stages
     last = root / "vae" / "ckpt" / "last.ckpt"
