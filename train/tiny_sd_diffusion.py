@@ -334,7 +334,7 @@ class TextToImageSystem(_DiffusionStage):
     def configure_optimizers(self):
         params = [*self.unet.parameters(), *self.text_encoder.parameters()]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
-        return lr_scheduler(opt, self.lr_schedule, self.lr, self.trainer.max_steps)
+        return lr_scheduler(opt, self.lr_schedule, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         x_t, t, target = self.noised(batch)

@@ -239,6 +239,18 @@ def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
         initial_weights(str(tmp_path / "nope.ckpt"))
 
 
+def test_anneal_resumed_with_more_steps_ends_at_the_minimum(tmp_path):
+    model = {"vae": VAE, "lr_schedule": "cosine", "lr": 1e-3, "export_dir": None}
+    cfg = stage_config(tmp_path, "vae_anneal", model, max_steps=2)
+    cfg["timelapse"]["every_n_steps"] = 10  # no drawing: this test is about the schedule
+    first = fit(tmp_path, "tiny_sd_vae", cfg)
+    assert first.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)
+    last = str(tmp_path / "vae_anneal" / "ckpt" / "last.ckpt")
+    cli = fit(tmp_path, "tiny_sd_vae", cfg, "--trainer.max_steps", "4", "--ckpt_path", last)
+    assert cli.trainer.global_step == 4
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
 def test_unet_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     root, _, unet, _ = stages
     last = root / "unet" / "ckpt" / "last.ckpt"
