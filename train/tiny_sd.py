@@ -311,7 +311,13 @@ class VAESystem(L.LightningModule):
         self.vae.train(was_training)
         return [("image", images), ("recon", recon.clamp(-1, 1))]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (the latent scale measured on the held-out images).
+
+        In `on_fit_end`, not `on_train_end`: a run resumed at its `max_steps` skips the training
+        loop and `on_train_end` with it, and rerunning a finished stage must export again (so a
+        lost export is rebuilt). The module is on the CPU by then (Lightning's teardown).
+        """
         if self.export_dir is None or not self.trainer.is_global_zero:
             return
         dm = self.trainer.datamodule

@@ -348,7 +348,8 @@ class TextToImageSystem(_DiffusionStage):
             return []
         return [("render", self.fixed["image"]), ("sample", self.sample())]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (in `on_fit_end`: see `VAESystem.on_fit_end`)."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_pipeline(self.sd, Path(self.export_dir), overwrite=True)
 
@@ -413,6 +414,7 @@ class DepthControlNetSystem(_DiffusionStage):
         sample = self.sample([Control(self.controlnet, control)])
         return [("depth", control * 2 - 1), ("render", self.fixed["image"]), ("sample", sample)]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (in `on_fit_end`: see `VAESystem.on_fit_end`)."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_controlnet(self.controlnet, Path(self.export_dir), overwrite=True)

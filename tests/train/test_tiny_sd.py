@@ -220,6 +220,21 @@ def test_controlnet_checkpoint_leaves_the_frozen_models_out(stages):
     assert len(checkpoint[FROZEN_SHA256]) == 64
 
 
+def test_rerunning_a_finished_stage_writes_its_export_again(tmp_path):
+    import shutil
+
+    cfg = stage_config(tmp_path, "vae", {"vae": VAE}, max_steps=1)
+    cfg["timelapse"]["every_n_steps"] = 10  # no drawing: this test is about the export
+    fit(tmp_path, "tiny_sd_vae", cfg)
+    export = tmp_path / "export" / "vae"
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    shutil.rmtree(export)  # lost
+    last = str(tmp_path / "vae" / "ckpt" / "last.ckpt")
+    cli = fit(tmp_path, "tiny_sd_vae", cfg, "--ckpt_path", last)
+    assert cli.trainer.global_step == 1  # nothing trained: the loop was skipped
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+
+
 def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     root, vae, _, _ = stages
     last = root / "vae" / "ckpt" / "last.ckpt"
