@@ -82,23 +82,31 @@ class RunFolderGuard(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run or trainer.ckpt_path is not None:
             return
-        found = []
+        found, lasts, ckpts = [], [], []
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath and Path(ckpt.dirpath).is_dir():
-            lasts = sorted(Path(ckpt.dirpath).glob(f"{ckpt.CHECKPOINT_NAME_LAST}*.ckpt"))
+            ckpts = sorted(Path(ckpt.dirpath).glob("*.ckpt"))
+            lasts = [p for p in ckpts if p.name.startswith(ckpt.CHECKPOINT_NAME_LAST)]
             if lasts:
                 found.append(f"{ckpt.dirpath} holds {', '.join(p.name for p in lasts)}")
-        for callback in trainer.callbacks:
-            if isinstance(callback, Timelapse) and callback.dirpath is not None:
-                if frames := callback.frame_paths():
-                    found.append(f"{callback.frames_dir} holds {len(frames)} timelapse frames")
-        if found:
-            raise ValueError(
-                f"an earlier run is there ({'; '.join(found)}) and a fresh training would "
-                "overwrite it: resume it with --ckpt_path last, or pick another "
-                "--trainer.default_root_dir (or --checkpoint.dirpath / --timelapse.dirpath), "
-                "or delete the folder"
-            )
+        timelapses = [c for c in trainer.callbacks if isinstance(c, Timelapse) and c.dirpath]
+        for callback in timelapses:
+            if frames := callback.frame_paths():
+                found.append(f"{callback.frames_dir} holds {len(frames)} timelapse frames")
+        if not found:
+            return
+        if lasts:
+            advice = "resume it with --ckpt_path last"
+        elif ckpts:
+            advice = f"resume it with --ckpt_path {ckpts[-1]} (or another of {ckpt.dirpath})"
+        else:  # frames only: stopped before its first checkpoint, so no steps can be resumed
+            folders = " and ".join(str(c.dirpath) for c in timelapses)
+            advice = f"it left no checkpoint to resume from: delete {folders} to start over"
+        raise ValueError(
+            f"an earlier run is there ({'; '.join(found)}) and a fresh training would "
+            f"overwrite it: {advice}, or pick another --trainer.default_root_dir (or "
+            "--checkpoint.dirpath / --timelapse.dirpath)"
+        )
 
 
 class PilotCLI(LightningCLI):
