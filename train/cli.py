@@ -217,13 +217,21 @@ QUIET = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m train.cli SYSTEM SUBCOMMAND ...`, e.g. `dcgan fit --config x.yaml`."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m train.cli SYSTEM SUBCOMMAND ...`, e.g. `dcgan fit --config x.yaml`; errors in
+    the settings, weights or files are one line and exit status 2, as in `pilot train`."""
+    from pilot.cli import report_errors
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         raise SystemExit(f"usage: python -m train.cli {{{','.join(SYSTEMS)}}} {{fit,validate}} ...")
-    run(argv[0], argv[1:])
+
+    def command() -> int:
+        run(argv[0], argv[1:])
+        return 0
+
+    return report_errors(f"train.cli {argv[0]}", command)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

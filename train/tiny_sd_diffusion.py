@@ -21,7 +21,7 @@ diffusers `ControlNetModel` folder (`pilot.load_controlnet`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ from pilot.models.clip import CLIPTextConfig, CLIPTextModel
 from pilot.models.controlnet import ControlNet
 from pilot.models.tokenizer import CLIPTokenizer
 from pilot.models.unet import UNet, UNetConfig
+from pilot.weights.io import WeightsError
 from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
 from pilot.weights.save import save_controlnet, save_pipeline
 from train.tiny_sd import check_group_norm, checkpoint_weights, held_out, lr_scheduler
@@ -114,6 +115,20 @@ def drop_captions(captions: list[str], p: float) -> list[str]:
 def freeze(module: nn.Module) -> nn.Module:
     """No gradients and eval mode (these models have no dropout or batch norm either way)."""
     return module.requires_grad_(False).eval()
+
+
+def load_export(load: Callable[[str], Any], key: str, path: str, stage: str) -> Any:
+    """`load(path)` of an earlier stage's export given as `model.<key>`: its errors name the
+    key, and a missing path the stage that writes it."""
+    try:
+        return load(path)
+    except WeightsError as e:
+        if Path(path).exists():
+            raise WeightsError(f"model.{key}: {e}") from e
+        raise WeightsError(
+            f"model.{key}: {e}; the {stage} stage exports it: train that first "
+            f"(experiments/tiny_sd/train.sh runs the stages in order)"
+        ) from e
 
 
 FROZEN_SHA256 = "pilot_frozen_sha256"  # checkpoint entry: the frozen models' `state_sha256`
@@ -315,7 +330,7 @@ class TextToImageSystem(_DiffusionStage):
         tokenizer = build_tokenizer()
         self.unet = UNet(unet)
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
-        self.vae = freeze(load_vae(vae))
+        self.vae = freeze(load_export(load_vae, "vae", vae, "tiny_sd_vae"))
         self.vae_source = vae
         if init_from is not None:
             weights = checkpoint_weights(init_from, "unet", "text_encoder")
@@ -380,7 +395,7 @@ class DepthControlNetSystem(_DiffusionStage):
         super().__init__(
             caption_dropout, lr, export_dir, timelapse_inputs, timelapse_steps, timelapse_cfg
         )
-        self.sd = load_pipeline(pipeline)
+        self.sd = load_export(load_pipeline, "pipeline", pipeline, "tiny_sd_unet")
         self.pipeline_source = pipeline
         for model in (self.sd.unet, self.sd.vae, self.sd.text_encoder):
             freeze(model)

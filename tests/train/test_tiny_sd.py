@@ -363,6 +363,21 @@ def test_stage_configs_are_checked(tmp_path):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))
 
 
+def test_train_cli_reports_errors_in_one_line_naming_the_stage_to_run_first(tmp_path, capsys):
+    from train.cli import main
+
+    missing = tmp_path / "export" / "vae"
+    model = {"vae": str(missing), "unet": UNET, "text_encoder": TEXT}
+    path = write_yaml(tmp_path / "c.yaml", stage_config(tmp_path, "unet", model, max_steps=1))
+    assert main(["tiny_sd_unet", "fit", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert not [line for line in lines if "Traceback" in line]
+    err = lines[-1]
+    assert err.startswith(f"train.cli tiny_sd_unet: error: model.vae: {missing}: no such")
+    assert err.endswith("the tiny_sd_vae stage exports it: train that first "
+                        "(experiments/tiny_sd/train.sh runs the stages in order)")  # fmt: skip
+
+
 def test_chroma_l1_weighs_colour_apart_from_luminance():
     images = torch.rand(2, 3, 4, 4) * 2 - 1
     grey = torch.full((2, 3, 4, 4), 0.25)  # equal R, G, B error: luminance only
