@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from pilot.data.captioned import CaptionedRenders
 from pilot.models.vae import AutoencoderKL, VAEConfig
+from pilot.weights.io import WeightsError, read_checkpoint
 from pilot.weights.loaders import load_vae
 from pilot.weights.save import save_vae
 from train.loaders import make_loader
@@ -178,7 +179,10 @@ def checkpoint_weights(path: str | Path, *prefixes: str) -> dict[str, dict[str, 
     read once: prefix -> state dict."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"init_from={path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = read_checkpoint(path).tensors  # the `state_dict` of a Lightning checkpoint
+    except WeightsError as e:  # truncated, corrupt, not a torch file: one line naming it
+        raise WeightsError(f"init_from={e}") from e
     out = {}
     for prefix in prefixes:
         out[prefix] = {

@@ -252,6 +252,10 @@ def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     assert initial_weights(str(root / "export" / "vae")).keys() == start.keys()
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         initial_weights(str(tmp_path / "nope.ckpt"))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(last.read_bytes()[:1000])  # truncated, as a full disk leaves it
+    with pytest.raises(ValueError, match=f"^init_from={corrupt}: not a readable torch checkpoint"):
+        initial_weights(str(corrupt))
 
 
 def test_anneal_resumed_with_more_steps_ends_at_the_minimum(tmp_path):
