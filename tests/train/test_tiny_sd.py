@@ -235,6 +235,26 @@ def test_rerunning_a_finished_stage_writes_its_export_again(tmp_path):
     assert {p.name: p.read_bytes() for p in export.iterdir()} == before
 
 
+def test_ckpt_path_of_another_stage_or_an_export_is_a_one_line_error(stages, tmp_path):
+    root = stages[0]
+    model = {"vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT}
+    cfg = stage_config(tmp_path, "unet", model, max_steps=1)
+    vae_ckpt = root / "vae" / "ckpt" / "last.ckpt"
+    with pytest.raises(ValueError, match=f"^ckpt_path={vae_ckpt} is a tiny_sd_vae checkpoint, "
+                       "not tiny_sd_unet$"):  # fmt: skip
+        fit(tmp_path, "tiny_sd_unet", cfg, "--ckpt_path", str(vae_ckpt))
+    old = torch.load(vae_ckpt, weights_only=True)
+    del old["pilot_system"]  # a checkpoint from before the name was recorded
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="not a checkpoint of this system: it holds vae weights, "
+                       "TextToImageSystem trains text_encoder, unet"):  # fmt: skip
+        fit(tmp_path, "tiny_sd_unet", cfg, "--ckpt_path", str(tmp_path / "old.ckpt"))
+    export = root / "export" / "vae" / "diffusion_pytorch_model.safetensors"
+    vae_cfg = stage_config(tmp_path, "vae", {"vae": VAE})
+    with pytest.raises(ValueError, match=f"ckpt_path={export}: not a Lightning training"):
+        fit(tmp_path, "tiny_sd_vae", vae_cfg, "--ckpt_path", str(export))
+
+
 def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     root, vae, _, _ = stages
     last = root / "vae" / "ckpt" / "last.ckpt"
