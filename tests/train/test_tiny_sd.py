@@ -402,6 +402,15 @@ def test_train_cli_reports_errors_in_one_line_naming_the_stage_to_run_first(tmp_
                         "(experiments/tiny_sd/train.sh runs the stages in order)")  # fmt: skip
 
 
+def test_a_stage_checkpoint_as_model_vae_is_named_as_such(stages, tmp_path):
+    root = stages[0]
+    last = root / "vae" / "ckpt" / "last.ckpt"
+    model = {"vae": str(last), "unet": UNET, "text_encoder": TEXT}
+    cfg = stage_config(tmp_path, "unet", model, fast_dev_run=True)
+    with pytest.raises(ValueError, match=f"^model.vae: {last}: a training checkpoint, not "):
+        fit(tmp_path, "tiny_sd_unet", cfg)
+
+
 def test_chroma_l1_weighs_colour_apart_from_luminance():
     images = torch.rand(2, 3, 4, 4) * 2 - 1
     grey = torch.full((2, 3, 4, 4), 0.25)  # equal R, G, B error: luminance only
