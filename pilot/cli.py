@@ -13,7 +13,7 @@ import json
 import pkgutil
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -87,10 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    return report_errors(f"pilot {args.command}", lambda: args.func(args))
+
+
+def report_errors(prog: str, command: Callable[[], int]) -> int:
+    """Run `command`; a FileNotFoundError or ValueError (a WeightsError is one) becomes the one
+    line `<prog>: error: <message>` on stderr and exit status 2, with no traceback."""
     try:
-        return args.func(args)
+        return command()
     except (FileNotFoundError, ValueError) as e:
-        print(f"pilot {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from pilot.weights.io import Checkpoint, WeightsError, read_checkpoint
 from train.timelapse import Timelapse
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
@@ -82,27 +83,92 @@ class RunFolderGuard(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run or trainer.ckpt_path is not None:
             return
-        found = []
+        found, lasts, ckpts = [], [], []
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath and Path(ckpt.dirpath).is_dir():
-            lasts = sorted(Path(ckpt.dirpath).glob(f"{ckpt.CHECKPOINT_NAME_LAST}*.ckpt"))
+            ckpts = sorted(Path(ckpt.dirpath).glob("*.ckpt"))
+            lasts = [p for p in ckpts if p.name.startswith(ckpt.CHECKPOINT_NAME_LAST)]
             if lasts:
                 found.append(f"{ckpt.dirpath} holds {', '.join(p.name for p in lasts)}")
-        for callback in trainer.callbacks:
-            if isinstance(callback, Timelapse) and callback.dirpath is not None:
-                if frames := callback.frame_paths():
-                    found.append(f"{callback.frames_dir} holds {len(frames)} timelapse frames")
-        if found:
-            raise ValueError(
-                f"an earlier run is there ({'; '.join(found)}) and a fresh training would "
-                "overwrite it: resume it with --ckpt_path last, or pick another "
-                "--trainer.default_root_dir (or --checkpoint.dirpath / --timelapse.dirpath), "
-                "or delete the folder"
-            )
+        timelapses = [c for c in trainer.callbacks if isinstance(c, Timelapse) and c.dirpath]
+        for callback in timelapses:
+            if frames := callback.frame_paths():
+                found.append(f"{callback.frames_dir} holds {len(frames)} timelapse frames")
+        if not found:
+            return
+        if lasts:
+            advice = "resume it with --ckpt_path last"
+        elif ckpts:
+            advice = f"resume it with --ckpt_path {ckpts[-1]} (or another of {ckpt.dirpath})"
+        else:  # frames only: stopped before its first checkpoint, so no steps can be resumed
+            folders = " and ".join(str(c.dirpath) for c in timelapses)
+            advice = f"it left no checkpoint to resume from: delete {folders} to start over"
+        raise ValueError(
+            f"an earlier run is there ({'; '.join(found)}) and a fresh training would "
+            f"overwrite it: {advice}, or pick another --trainer.default_root_dir (or "
+            "--checkpoint.dirpath / --timelapse.dirpath)"
+        )
+
+
+SYSTEM_KEY = "pilot_system"  # checkpoint entry: the `SYSTEMS` name of the system that wrote it
+
+
+class SystemName(L.Callback):
+    """Records the system's name (one of `SYSTEMS`) in every checkpoint, under `SYSTEM_KEY`."""
+
+    def __init__(self, system: str) -> None:
+        self.system = system
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[SYSTEM_KEY] = self.system
+
+
+def read_training_checkpoint(path: str, system: str) -> Checkpoint:
+    """A `ckpt_path` file, read once: a Lightning checkpoint of `system` or a one-line error.
+
+    Raises:
+        WeightsError: unreadable, not a Lightning checkpoint (a `.safetensors` export, say),
+            or recorded as another system's.
+    """
+    ckpt = read_checkpoint(path)  # WeightsError naming the file when truncated or corrupt
+    if not {"pytorch-lightning_version", "global_step"} <= set(ckpt.metadata):
+        raise WeightsError(
+            f"ckpt_path={path}: not a Lightning training checkpoint (no global_step); it takes "
+            f"a .ckpt of a {system} run (its checkpoints folder), or 'last'"
+        )
+    found = ckpt.metadata.get(SYSTEM_KEY)
+    if found is not None and found != system:
+        raise WeightsError(f"ckpt_path={path} is a {found} checkpoint, not {system}")
+    return ckpt
+
+
+def check_checkpoint_fits(ckpt: Checkpoint, path: str, model: L.LightningModule) -> None:
+    """Refuse a checkpoint whose weights' top-level names (`vae`, `unet`...) lack the models
+    `model` trains or hold models it lacks: another system's (older ones record no name)."""
+    found = {key.split(".")[0] for key in ckpt.tensors}
+    trained = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    known = {key.split(".")[0] for key in model.state_dict()}
+    if not trained <= found <= known:
+        raise WeightsError(
+            f"ckpt_path={path} is not a checkpoint of this system: it holds "
+            f"{', '.join(sorted(found))} weights, {type(model).__name__} trains "
+            f"{', '.join(sorted(trained))}"
+        )
 
 
 class PilotCLI(LightningCLI):
-    """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot."""
+    """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot.
+
+    Args:
+        system: The `SYSTEMS` name, recorded in its checkpoints and checked in `ckpt_path`.
+        *args, **kwargs: LightningCLI's.
+    """
+
+    def __init__(self, *args: Any, system: str, **kwargs: Any) -> None:
+        self.system, self.checkpoint = system, None
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Timelapse, "timelapse")
@@ -112,16 +178,22 @@ class PilotCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then read a `ckpt_path` file (Lightning loads it next for its hyperparameters)
-        so a truncated or corrupt one is a one-line error naming it. ("last" is resolved by the
-        Trainer only when it loads the file, so a corrupt last.ckpt still ends in torch's error.)
+        so a corrupt one, or one that is no Lightning checkpoint of this system, is a one-line
+        error naming it (`read_training_checkpoint`). ("last" is resolved by the Trainer only
+        when it loads the file, so a corrupt last.ckpt still ends in torch's error.)
         """
         super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
-            from pilot.weights.io import read_checkpoint
+            self.checkpoint = (ckpt_path, read_training_checkpoint(ckpt_path, self.system))
 
-            read_checkpoint(ckpt_path)  # WeightsError (a ValueError) naming the file
+    def before_fit(self) -> None:
+        """Check that the `ckpt_path` file holds this system's models (`check_checkpoint_fits`)
+        before Lightning lists every missing key."""
+        if self.checkpoint is not None:
+            path, ckpt = self.checkpoint
+            check_checkpoint_fits(ckpt, path, self.model)
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -132,7 +204,7 @@ class PilotCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.fast_dev_run:  # Lightning's ModelCheckpoint would still save last-v1.ckpt
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
-        trainer.callbacks.append(RunFolderGuard())
+        trainer.callbacks += [RunFolderGuard(), SystemName(self.system)]
         return trainer
 
     def after_fit(self) -> None:
@@ -194,6 +266,7 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
             args=list(args),
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
             parser_kwargs={"prog": f"pilot train {system}"},
+            system=system,
         )
 
 
@@ -209,13 +282,21 @@ QUIET = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m train.cli SYSTEM SUBCOMMAND ...`, e.g. `dcgan fit --config x.yaml`."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m train.cli SYSTEM SUBCOMMAND ...`, e.g. `dcgan fit --config x.yaml`; errors in
+    the settings, weights or files are one line and exit status 2, as in `pilot train`."""
+    from pilot.cli import report_errors
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         raise SystemExit(f"usage: python -m train.cli {{{','.join(SYSTEMS)}}} {{fit,validate}} ...")
-    run(argv[0], argv[1:])
+
+    def command() -> int:
+        run(argv[0], argv[1:])
+        return 0
+
+    return report_errors(f"train.cli {argv[0]}", command)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

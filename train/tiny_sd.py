@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from pilot.data.captioned import CaptionedRenders
 from pilot.models.vae import AutoencoderKL, VAEConfig
+from pilot.weights.io import WeightsError, read_checkpoint
 from pilot.weights.loaders import load_vae
 from pilot.weights.save import save_vae
 from train.loaders import make_loader
@@ -178,7 +179,10 @@ def checkpoint_weights(path: str | Path, *prefixes: str) -> dict[str, dict[str, 
     read once: prefix -> state dict."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"init_from={path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = read_checkpoint(path).tensors  # the `state_dict` of a Lightning checkpoint
+    except WeightsError as e:  # truncated, corrupt, not a torch file: one line naming it
+        raise WeightsError(f"init_from={e}") from e
     out = {}
     for prefix in prefixes:
         out[prefix] = {
@@ -189,14 +193,28 @@ def checkpoint_weights(path: str | Path, *prefixes: str) -> dict[str, dict[str, 
     return out
 
 
-def lr_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total: int | None):
+def cosine_factor(step: int, total: int, floor: float = 0.01) -> float:
+    """Cosine decay (Loshchilov & Hutter 2017, no restarts) of a learning rate factor from 1 at
+    step 0 to `floor` at step `total`, then `floor`."""
+    t = min(step, total) / total
+    return floor + (1 - floor) * (1 + math.cos(math.pi * t)) / 2
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, schedule: str, trainer: L.Trainer):
     """Lightning's `configure_optimizers` value: `opt` alone ("constant"), or with a per-step
-    cosine decay from `lr` to 1% of it over `total` steps ("cosine")."""
+    cosine decay from its learning rate to 1% of it over the trainer's `max_steps` ("cosine").
+
+    The length is read from the trainer at every step, not stored in the scheduler's state: a
+    run resumed with a larger `max_steps` anneals to the end of the new length (a restored
+    `CosineAnnealingLR` kept the old `T_max` and climbed back to the full rate).
+    """
     if schedule == "constant":
         return opt
-    if total is None or total < 1:
+    if trainer.max_steps is None or trainer.max_steps < 1:
         raise ValueError("lr_schedule='cosine' needs trainer.max_steps >= 1")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=lr / 100)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: cosine_factor(step, trainer.max_steps)
+    )  # a function, so LambdaLR's state_dict leaves it out
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -261,7 +279,7 @@ class VAESystem(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.vae.parameters(), lr=self.lr, betas=self.betas)
-        return lr_scheduler(opt, self.lr_schedule, self.lr, self.trainer.max_steps)
+        return lr_scheduler(opt, self.lr_schedule, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         losses = vae_loss(self.vae, batch["image"], self.kl_weight, self.chroma_weight)
@@ -297,7 +315,13 @@ class VAESystem(L.LightningModule):
         self.vae.train(was_training)
         return [("image", images), ("recon", recon.clamp(-1, 1))]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (the latent scale measured on the held-out images).
+
+        In `on_fit_end`, not `on_train_end`: a run resumed at its `max_steps` skips the training
+        loop and `on_train_end` with it, and rerunning a finished stage must export again (so a
+        lost export is rebuilt). The module is on the CPU by then (Lightning's teardown).
+        """
         if self.export_dir is None or not self.trainer.is_global_zero:
             return
         dm = self.trainer.datamodule

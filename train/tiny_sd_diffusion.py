@@ -20,9 +20,11 @@ diffusers `ControlNetModel` folder (`pilot.load_controlnet`).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -37,6 +39,7 @@ from pilot.models.clip import CLIPTextConfig, CLIPTextModel
 from pilot.models.controlnet import ControlNet
 from pilot.models.tokenizer import CLIPTokenizer
 from pilot.models.unet import UNet, UNetConfig
+from pilot.weights.io import WeightsError
 from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
 from pilot.weights.save import save_controlnet, save_pipeline
 from train.tiny_sd import check_group_norm, checkpoint_weights, held_out, lr_scheduler
@@ -114,6 +117,33 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.requires_grad_(False).eval()
 
 
+def load_export(load: Callable[[str], Any], key: str, path: str, stage: str) -> Any:
+    """`load(path)` of an earlier stage's export given as `model.<key>`: its errors name the
+    key, and a missing path the stage that writes it."""
+    try:
+        return load(path)
+    except WeightsError as e:
+        if Path(path).exists():
+            raise WeightsError(f"model.{key}: {e}") from e
+        raise WeightsError(
+            f"model.{key}: {e}; the {stage} stage exports it: train that first "
+            f"(experiments/tiny_sd/train.sh runs the stages in order)"
+        ) from e
+
+
+FROZEN_SHA256 = "pilot_frozen_sha256"  # checkpoint entry: the frozen models' `state_sha256`
+
+
+def state_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the sorted keys, dtypes, shapes and bytes of a state dict."""
+    digest = hashlib.sha256()
+    for key, value in sorted(state.items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{key} {value.dtype} {tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class _DiffusionStage(L.LightningModule):
     """What both diffusion stages share: the schedule, latents, text, timelapse and loss log."""
 
@@ -175,12 +205,53 @@ class _DiffusionStage(L.LightningModule):
         self.fixed = held_out(self, self.timelapse_inputs)
 
     def on_train_epoch_start(self) -> None:
-        for model in self.frozen_models():  # Lightning put the whole system in train mode
+        for model in self.frozen_models().values():  # Lightning put the whole system in train mode
             model.eval()
 
-    def frozen_models(self) -> list[nn.Module]:
-        """The models this stage does not train."""
+    def frozen_models(self) -> dict[str, nn.Module]:
+        """The models this stage does not train, by attribute name."""
         raise NotImplementedError
+
+    def frozen_source(self) -> str:
+        """The argument the frozen models are loaded from, e.g. "model.vae=runs/.../vae"."""
+        raise NotImplementedError
+
+    def frozen_state(self) -> dict[str, Tensor]:
+        """The frozen models' weights under their keys in this system's state dict."""
+        return {
+            f"{name}.{key}": value
+            for name, model in self.frozen_models().items()
+            for key, value in model.state_dict().items()
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen models out of the checkpoint (each run loads them from their
+        source) and record the SHA-256 of their weights under `FROZEN_SHA256`."""
+        frozen = tuple(f"{name}." for name in self.frozen_models())
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(frozen)}
+        checkpoint[FROZEN_SHA256] = state_sha256(self.frozen_state())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume with the frozen models loaded now, refusing a checkpoint trained against
+        other frozen weights (what it trained was fit to those). A checkpoint written before
+        `FROZEN_SHA256` holds the frozen weights themselves: they are compared instead."""
+        current = self.frozen_state()
+        frozen = tuple(f"{name}." for name in self.frozen_models())
+        state = checkpoint["state_dict"]
+        recorded = checkpoint.get(FROZEN_SHA256)
+        if recorded is None:
+            recorded = state_sha256({k: v for k, v in state.items() if k.startswith(frozen)})
+        if recorded != state_sha256(current):
+            run = getattr(self._trainer, "default_root_dir", "this stage's run folder")
+            raise ValueError(
+                f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)} was trained against "
+                f"other frozen weights than {self.frozen_source()} holds now (an earlier stage "
+                "was trained on and exported again since?); what it trained fits the old ones, "
+                f"so it cannot resume on these: delete {run} to train this stage afresh, or "
+                "restore the export it was trained against"
+            )
+        checkpoint["state_dict"] = {**state, **current}
 
     def sample(self, controls: list[Control] | None = None) -> Tensor:
         """Images of the fixed held-out captions, fixed seeds, in [-1, 1] (eval mode)."""
@@ -259,7 +330,8 @@ class TextToImageSystem(_DiffusionStage):
         tokenizer = build_tokenizer()
         self.unet = UNet(unet)
         self.text_encoder = CLIPTextModel(text_config(text_encoder, tokenizer))
-        self.vae = freeze(load_vae(vae))
+        self.vae = freeze(load_export(load_vae, "vae", vae, "tiny_sd_vae"))
+        self.vae_source = vae
         if init_from is not None:
             weights = checkpoint_weights(init_from, "unet", "text_encoder")
             self.unet.load_state_dict(weights["unet"])
@@ -268,13 +340,16 @@ class TextToImageSystem(_DiffusionStage):
             self.unet, self.vae, self.text_encoder, tokenizer, prediction_type
         )
 
-    def frozen_models(self) -> list[nn.Module]:
-        return [self.vae]
+    def frozen_models(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae}
+
+    def frozen_source(self) -> str:
+        return f"model.vae={self.vae_source}"
 
     def configure_optimizers(self):
         params = [*self.unet.parameters(), *self.text_encoder.parameters()]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-2)
-        return lr_scheduler(opt, self.lr_schedule, self.lr, self.trainer.max_steps)
+        return lr_scheduler(opt, self.lr_schedule, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         x_t, t, target = self.noised(batch)
@@ -288,7 +363,8 @@ class TextToImageSystem(_DiffusionStage):
             return []
         return [("render", self.fixed["image"]), ("sample", self.sample())]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (in `on_fit_end`: see `VAESystem.on_fit_end`)."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_pipeline(self.sd, Path(self.export_dir), overwrite=True)
 
@@ -319,7 +395,8 @@ class DepthControlNetSystem(_DiffusionStage):
         super().__init__(
             caption_dropout, lr, export_dir, timelapse_inputs, timelapse_steps, timelapse_cfg
         )
-        self.sd = load_pipeline(pipeline)
+        self.sd = load_export(load_pipeline, "pipeline", pipeline, "tiny_sd_unet")
+        self.pipeline_source = pipeline
         for model in (self.sd.unet, self.sd.vae, self.sd.text_encoder):
             freeze(model)
         self.unet, self.vae, self.text_encoder = self.sd.unet, self.sd.vae, self.sd.text_encoder
@@ -328,8 +405,11 @@ class DepthControlNetSystem(_DiffusionStage):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.controlnet.parameters(), lr=self.lr, weight_decay=1e-2)
 
-    def frozen_models(self) -> list[nn.Module]:
-        return [self.unet, self.vae, self.text_encoder]
+    def frozen_models(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+
+    def frozen_source(self) -> str:
+        return f"model.pipeline={self.pipeline_source}"
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         x_t, t, target = self.noised(batch)
@@ -349,6 +429,7 @@ class DepthControlNetSystem(_DiffusionStage):
         sample = self.sample([Control(self.controlnet, control)])
         return [("depth", control * 2 - 1), ("render", self.fixed["image"]), ("sample", sample)]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (in `on_fit_end`: see `VAESystem.on_fit_end`)."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_controlnet(self.controlnet, Path(self.export_dir), overwrite=True)

@@ -314,6 +314,11 @@ def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.M
         model = _from_original(component, ckpt, source, config, dtype=dtype, device=device)
         _warn_unused(ckpt.tensors, source)
         return model
+    if "pytorch-lightning_version" in ckpt.metadata:  # and not an original SD checkpoint
+        raise WeightsError(
+            f"{source}: a training checkpoint, not {_KINDS[component].label} weights: pass the "
+            "folder its training exported (a diffusers folder with config.json)"
+        )
     # A bare diffusers / transformers weights file: its config.json lies next to it.
     cfg = _config(component, config) or _config_from_json(component, source.parent / "config.json")
     state_dict = _normalize_keys(component, ckpt.tensors)

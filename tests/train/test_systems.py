@@ -1,6 +1,7 @@
 """Smoke tests of the training systems: one fast_dev_run step each, resume keeps the timelapse,
 W&B offline and W&B absent, bad configs rejected."""
 
+import shutil
 import sys
 
 import numpy as np
@@ -170,9 +171,16 @@ def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
     assert {k: v for k, v in after.items() if k.name != "config.yaml"} == {
         k: v for k, v in before.items() if k.name != "config.yaml"
     }  # checkpoints and frames untouched (config.yaml is rewritten in setup, as on resume)
-    (tmp_path / "ckpt" / "last.ckpt").unlink()  # a run killed before its first checkpoint
-    with pytest.raises(ValueError, match="frames holds 2 timelapse frames"):
+    (tmp_path / "ckpt" / "last.ckpt").unlink()
+    (step_ckpt,) = (tmp_path / "ckpt").glob("*.ckpt")
+    with pytest.raises(ValueError, match=f"frames holds 2 timelapse frames.* {step_ckpt} "):
         run("dcgan", ["fit", "--config", str(cfg)])
+    step_ckpt.unlink()  # as a run killed before its first checkpoint leaves it
+    timelapse = tmp_path / "timelapse"
+    with pytest.raises(ValueError, match=f"no checkpoint to resume from: delete {timelapse} to"):
+        run("dcgan", ["fit", "--config", str(cfg)])
+    shutil.rmtree(timelapse)
+    assert run("dcgan", ["fit", "--config", str(cfg)]).trainer.global_step == 4
 
 
 def test_fast_dev_run_leaves_a_run_folder_alone(tmp_path):

@@ -176,6 +176,85 @@ def test_unet_stage_resumes_from_last_checkpoint(stages, tmp_path):
     assert cli.trainer.global_step == 4
 
 
+def test_resumed_unet_stage_loads_the_vae_from_its_source_and_refuses_another(stages, tmp_path):
+    import shutil
+
+    from pilot.weights.save import save_vae
+    from train.tiny_sd_diffusion import FROZEN_SHA256
+
+    root = stages[0]
+    vae_dir = tmp_path / "vae"
+    shutil.copytree(root / "export" / "vae", vae_dir)
+    model = {"vae": str(vae_dir), "unet": UNET, "text_encoder": TEXT, **DIFFUSION}
+    cfg = stage_config(tmp_path, "unet", model, max_steps=1)
+    cfg["timelapse"]["every_n_steps"] = 10  # no sampling: this test is about resuming
+    fit(tmp_path, "tiny_sd_unet", cfg)
+    last = tmp_path / "unet" / "ckpt" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert not [k for k in ckpt["state_dict"] if k.startswith("vae.")]  # loaded from vae_dir
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"unet", "text_encoder"}
+    old = {**ckpt, "state_dict": {**ckpt["state_dict"]}}
+    del old[FROZEN_SHA256]  # a checkpoint from before: the frozen VAE's weights inside
+    vae = pilot.load_vae(vae_dir)
+    old["state_dict"].update({f"vae.{k}": v for k, v in vae.state_dict().items()})
+    torch.save(old, tmp_path / "old.ckpt")
+    resumed = fit(tmp_path, "tiny_sd_unet", cfg, "--trainer.max_steps", "2",
+                  "--ckpt_path", str(tmp_path / "old.ckpt"))  # fmt: skip
+    assert resumed.trainer.global_step == 2
+    with torch.no_grad():  # the VAE stage trained on and exported again
+        vae.decoder.conv_out.bias.add_(0.1)
+    save_vae(vae, vae_dir, overwrite=True)
+    for path in (last, tmp_path / "old.ckpt"):
+        with pytest.raises(ValueError, match=f"{path} was trained against other frozen weights "
+                           f"than model.vae={vae_dir} holds now"):  # fmt: skip
+            fit(tmp_path, "tiny_sd_unet", cfg, "--trainer.max_steps", "3", "--ckpt_path", str(path))
+
+
+def test_controlnet_checkpoint_leaves_the_frozen_models_out(stages):
+    from train.tiny_sd_diffusion import FROZEN_SHA256
+
+    system = stages[3].model
+    checkpoint = {"state_dict": system.state_dict()}
+    system.on_save_checkpoint(checkpoint)
+    assert {k.split(".")[0] for k in checkpoint["state_dict"]} == {"controlnet"}
+    assert len(checkpoint[FROZEN_SHA256]) == 64
+
+
+def test_rerunning_a_finished_stage_writes_its_export_again(tmp_path):
+    import shutil
+
+    cfg = stage_config(tmp_path, "vae", {"vae": VAE}, max_steps=1)
+    cfg["timelapse"]["every_n_steps"] = 10  # no drawing: this test is about the export
+    fit(tmp_path, "tiny_sd_vae", cfg)
+    export = tmp_path / "export" / "vae"
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    shutil.rmtree(export)  # lost
+    last = str(tmp_path / "vae" / "ckpt" / "last.ckpt")
+    cli = fit(tmp_path, "tiny_sd_vae", cfg, "--ckpt_path", last)
+    assert cli.trainer.global_step == 1  # nothing trained: the loop was skipped
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+
+
+def test_ckpt_path_of_another_stage_or_an_export_is_a_one_line_error(stages, tmp_path):
+    root = stages[0]
+    model = {"vae": str(root / "export" / "vae"), "unet": UNET, "text_encoder": TEXT}
+    cfg = stage_config(tmp_path, "unet", model, max_steps=1)
+    vae_ckpt = root / "vae" / "ckpt" / "last.ckpt"
+    with pytest.raises(ValueError, match=f"^ckpt_path={vae_ckpt} is a tiny_sd_vae checkpoint, "
+                       "not tiny_sd_unet$"):  # fmt: skip
+        fit(tmp_path, "tiny_sd_unet", cfg, "--ckpt_path", str(vae_ckpt))
+    old = torch.load(vae_ckpt, weights_only=True)
+    del old["pilot_system"]  # a checkpoint from before the name was recorded
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="not a checkpoint of this system: it holds vae weights, "
+                       "TextToImageSystem trains text_encoder, unet"):  # fmt: skip
+        fit(tmp_path, "tiny_sd_unet", cfg, "--ckpt_path", str(tmp_path / "old.ckpt"))
+    export = root / "export" / "vae" / "diffusion_pytorch_model.safetensors"
+    vae_cfg = stage_config(tmp_path, "vae", {"vae": VAE})
+    with pytest.raises(ValueError, match=f"ckpt_path={export}: not a Lightning training"):
+        fit(tmp_path, "tiny_sd_vae", vae_cfg, "--ckpt_path", str(export))
+
+
 def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     root, vae, _, _ = stages
     last = root / "vae" / "ckpt" / "last.ckpt"
@@ -193,6 +272,22 @@ def test_vae_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
     assert initial_weights(str(root / "export" / "vae")).keys() == start.keys()
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         initial_weights(str(tmp_path / "nope.ckpt"))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(last.read_bytes()[:1000])  # truncated, as a full disk leaves it
+    with pytest.raises(ValueError, match=f"^init_from={corrupt}: not a readable torch checkpoint"):
+        initial_weights(str(corrupt))
+
+
+def test_anneal_resumed_with_more_steps_ends_at_the_minimum(tmp_path):
+    model = {"vae": VAE, "lr_schedule": "cosine", "lr": 1e-3, "export_dir": None}
+    cfg = stage_config(tmp_path, "vae_anneal", model, max_steps=2)
+    cfg["timelapse"]["every_n_steps"] = 10  # no drawing: this test is about the schedule
+    first = fit(tmp_path, "tiny_sd_vae", cfg)
+    assert first.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)
+    last = str(tmp_path / "vae_anneal" / "ckpt" / "last.ckpt")
+    cli = fit(tmp_path, "tiny_sd_vae", cfg, "--trainer.max_steps", "4", "--ckpt_path", last)
+    assert cli.trainer.global_step == 4
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)
 
 
 def test_unet_anneal_starts_from_the_stage_weights_and_decays(stages, tmp_path):
@@ -291,6 +386,30 @@ def test_stage_configs_are_checked(tmp_path):
     bad = {"vae": {**VAE, "block_out_channels": [8, 8, 8]}}
     with pytest.raises(ValueError, match="f=8 and 4 latent channels"):
         fit(tmp_path, "tiny_sd_vae", stage_config(tmp_path, "vae", bad, fast_dev_run=True))
+
+
+def test_train_cli_reports_errors_in_one_line_naming_the_stage_to_run_first(tmp_path, capsys):
+    from train.cli import main
+
+    missing = tmp_path / "export" / "vae"
+    model = {"vae": str(missing), "unet": UNET, "text_encoder": TEXT}
+    path = write_yaml(tmp_path / "c.yaml", stage_config(tmp_path, "unet", model, max_steps=1))
+    assert main(["tiny_sd_unet", "fit", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert not [line for line in lines if "Traceback" in line]
+    err = lines[-1]
+    assert err.startswith(f"train.cli tiny_sd_unet: error: model.vae: {missing}: no such")
+    assert err.endswith("the tiny_sd_vae stage exports it: train that first "
+                        "(experiments/tiny_sd/train.sh runs the stages in order)")  # fmt: skip
+
+
+def test_a_stage_checkpoint_as_model_vae_is_named_as_such(stages, tmp_path):
+    root = stages[0]
+    last = root / "vae" / "ckpt" / "last.ckpt"
+    model = {"vae": str(last), "unet": UNET, "text_encoder": TEXT}
+    cfg = stage_config(tmp_path, "unet", model, fast_dev_run=True)
+    with pytest.raises(ValueError, match=f"^model.vae: {last}: a training checkpoint, not "):
+        fit(tmp_path, "tiny_sd_unet", cfg)
 
 
 def test_chroma_l1_weighs_colour_apart_from_luminance():
