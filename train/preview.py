@@ -8,7 +8,10 @@ from the posterior, and trains the student to give the teacher's decode of those
 L1 in Y, Cb, Cr (`train.tiny_sd.recon_l1`, so colour is learned as well as luminance) plus an L2
 on 4x-downsampled images (the overall colour of a region, which previews are mostly read for).
 Validation logs `val/psnr_teacher` (student vs teacher decode of the posterior mean) and
-`val/psnr_image` (student vs the render). The student is written to `export_dir` at the end.
+`val/psnr_image` (student vs the render). The student is written to `export_dir` when `fit`
+ends, also when a finished run is rerun. The teacher is loaded from its folder on every run and
+kept out of the checkpoints (`train.frozen.FrozenModels`): resuming against a teacher that now
+holds other weights is refused.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from torch import Tensor
 from pilot.models.preview import PreviewConfig, PreviewDecoder, vae_fingerprint
 from pilot.weights.loaders import load_vae
 from pilot.weights.save import save_preview_decoder
+from train.frozen import FrozenModels
 from train.metrics import psnr
 from train.tiny_sd import held_out, recon_l1
 
 
-class PreviewDecoderSystem(L.LightningModule):
+class PreviewDecoderSystem(FrozenModels, L.LightningModule):
     """Student `PreviewDecoder` trained on a frozen teacher VAE's decodes (Adam).
 
     Args:
@@ -50,6 +54,7 @@ class PreviewDecoderSystem(L.LightningModule):
     ) -> None:
         super().__init__()
         self.teacher = load_vae(teacher).eval().requires_grad_(False)
+        self.teacher_source = teacher
         t = self.teacher.cfg
         if (decoder.downsample_factor, decoder.latent_channels) != (
             t.downsample_factor,
@@ -66,8 +71,11 @@ class PreviewDecoderSystem(L.LightningModule):
         self.timelapse_inputs = timelapse_inputs
         self.fixed: dict | None = None
 
-    def on_train_epoch_start(self) -> None:
-        self.teacher.eval()  # Lightning put the whole system in train mode
+    def frozen_models(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.teacher}
+
+    def frozen_source(self) -> str:
+        return f"model.teacher={self.teacher_source}"
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.student.parameters(), lr=self.lr)
@@ -108,6 +116,7 @@ class PreviewDecoderSystem(L.LightningModule):
         z, target = self.targets(images, sample=False)
         return [("image", images), ("teacher", target), ("preview", self.student.decode(z))]
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Write the export (in `on_fit_end`: see `train.tiny_sd.VAESystem.on_fit_end`)."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_preview_decoder(self.student, Path(self.export_dir), overwrite=True)

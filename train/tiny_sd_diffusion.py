@@ -20,8 +20,7 @@ diffusers `ControlNetModel` folder (`pilot.load_controlnet`).
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +41,7 @@ from pilot.models.unet import UNet, UNetConfig
 from pilot.weights.io import WeightsError
 from pilot.weights.loaders import StableDiffusion, load_pipeline, load_vae
 from pilot.weights.save import save_controlnet, save_pipeline
+from train.frozen import FrozenModels
 from train.tiny_sd import check_group_norm, checkpoint_weights, held_out, lr_scheduler
 
 TINY_UNET = UNetConfig(  # 8 x 8 latents of 64 px images; 4.4 M parameters
@@ -131,20 +131,7 @@ def load_export(load: Callable[[str], Any], key: str, path: str, stage: str) -> 
         ) from e
 
 
-FROZEN_SHA256 = "pilot_frozen_sha256"  # checkpoint entry: the frozen models' `state_sha256`
-
-
-def state_sha256(state: Mapping[str, Tensor]) -> str:
-    """SHA-256 over the sorted keys, dtypes, shapes and bytes of a state dict."""
-    digest = hashlib.sha256()
-    for key, value in sorted(state.items()):
-        value = value.detach().cpu().contiguous()
-        digest.update(f"{key} {value.dtype} {tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-class _DiffusionStage(L.LightningModule):
+class _DiffusionStage(FrozenModels, L.LightningModule):
     """What both diffusion stages share: the schedule, latents, text, timelapse and loss log."""
 
     sd: StableDiffusion
@@ -203,55 +190,6 @@ class _DiffusionStage(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.fixed = held_out(self, self.timelapse_inputs)
-
-    def on_train_epoch_start(self) -> None:
-        for model in self.frozen_models().values():  # Lightning put the whole system in train mode
-            model.eval()
-
-    def frozen_models(self) -> dict[str, nn.Module]:
-        """The models this stage does not train, by attribute name."""
-        raise NotImplementedError
-
-    def frozen_source(self) -> str:
-        """The argument the frozen models are loaded from, e.g. "model.vae=runs/.../vae"."""
-        raise NotImplementedError
-
-    def frozen_state(self) -> dict[str, Tensor]:
-        """The frozen models' weights under their keys in this system's state dict."""
-        return {
-            f"{name}.{key}": value
-            for name, model in self.frozen_models().items()
-            for key, value in model.state_dict().items()
-        }
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen models out of the checkpoint (each run loads them from their
-        source) and record the SHA-256 of their weights under `FROZEN_SHA256`."""
-        frozen = tuple(f"{name}." for name in self.frozen_models())
-        state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(frozen)}
-        checkpoint[FROZEN_SHA256] = state_sha256(self.frozen_state())
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume with the frozen models loaded now, refusing a checkpoint trained against
-        other frozen weights (what it trained was fit to those). A checkpoint written before
-        `FROZEN_SHA256` holds the frozen weights themselves: they are compared instead."""
-        current = self.frozen_state()
-        frozen = tuple(f"{name}." for name in self.frozen_models())
-        state = checkpoint["state_dict"]
-        recorded = checkpoint.get(FROZEN_SHA256)
-        if recorded is None:
-            recorded = state_sha256({k: v for k, v in state.items() if k.startswith(frozen)})
-        if recorded != state_sha256(current):
-            run = getattr(self._trainer, "default_root_dir", "this stage's run folder")
-            raise ValueError(
-                f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)} was trained against "
-                f"other frozen weights than {self.frozen_source()} holds now (an earlier stage "
-                "was trained on and exported again since?); what it trained fits the old ones, "
-                f"so it cannot resume on these: delete {run} to train this stage afresh, or "
-                "restore the export it was trained against"
-            )
-        checkpoint["state_dict"] = {**state, **current}
 
     def sample(self, controls: list[Control] | None = None) -> Tensor:
         """Images of the fixed held-out captions, fixed seeds, in [-1, 1] (eval mode)."""

@@ -180,7 +180,7 @@ def test_resumed_unet_stage_loads_the_vae_from_its_source_and_refuses_another(st
     import shutil
 
     from pilot.weights.save import save_vae
-    from train.tiny_sd_diffusion import FROZEN_SHA256
+    from train.frozen import FROZEN_SHA256
 
     root = stages[0]
     vae_dir = tmp_path / "vae"
@@ -211,7 +211,7 @@ def test_resumed_unet_stage_loads_the_vae_from_its_source_and_refuses_another(st
 
 
 def test_controlnet_checkpoint_leaves_the_frozen_models_out(stages):
-    from train.tiny_sd_diffusion import FROZEN_SHA256
+    from train.frozen import FROZEN_SHA256
 
     system = stages[3].model
     checkpoint = {"state_dict": system.state_dict()}
@@ -343,6 +343,35 @@ def test_preview_decoder_distils_the_stage_vae(stages, tmp_path):
     bad = {**model, "decoder": {"channels": 8, "upsamples": 2}}
     with pytest.raises(ValueError, match="factor 4 and 4 latent channels, but the teacher"):
         fit(tmp_path, "preview_decoder", stage_config(tmp_path, "preview", bad, fast_dev_run=True))
+
+
+def test_preview_decoder_resumes_on_its_teacher_only_and_exports_again(stages, tmp_path):
+    import shutil
+
+    from pilot.weights.save import save_vae
+    from train.frozen import FROZEN_SHA256
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(stages[0] / "export" / "vae", teacher)
+    model = {"teacher": str(teacher), "decoder": {"channels": 8, "blocks": 1}}
+    cfg = stage_config(tmp_path, "preview", model, max_steps=1)
+    cfg["timelapse"]["every_n_steps"] = 10  # no drawing: this test is about resuming
+    fit(tmp_path, "preview_decoder", cfg)
+    last = tmp_path / "preview" / "ckpt" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"student"}  # teacher: from its folder
+    assert len(ckpt[FROZEN_SHA256]) == 64
+    export = tmp_path / "export" / "preview"
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    shutil.rmtree(export)  # lost: a finished run rerun writes it again
+    assert fit(tmp_path, "preview_decoder", cfg, "--ckpt_path", str(last)).trainer.global_step == 1
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+    vae = pilot.load_vae(teacher)
+    with torch.no_grad():  # the teacher was trained on since
+        vae.decoder.conv_out.bias.add_(0.1)
+    save_vae(vae, teacher, overwrite=True)
+    with pytest.raises(ValueError, match=f"than model.teacher={teacher} holds now"):
+        fit(tmp_path, "preview_decoder", cfg, "--trainer.max_steps", "2", "--ckpt_path", str(last))
 
 
 def test_ship_writes_float16_weights_and_a_model_card(stages, tmp_path):
