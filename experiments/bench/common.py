@@ -273,6 +273,15 @@ def format_mib(mib: float, retained: float = 0.0) -> str:
     return f"{mib + retained:.0f}"
 
 
+def count(text: str) -> int:
+    """argparse type of a count that must be >= 1 (`--iters`, `--rounds`): a usage error
+    before any model is built, not an empty median after they ran."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_dtypes(parser: argparse.ArgumentParser, value: str | None, device: torch.device) -> list:
     """The `--dtypes` comma list (default: all three on CUDA, fp32 elsewhere); a usage error
     names unknown ones."""

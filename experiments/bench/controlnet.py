@@ -37,6 +37,7 @@ from experiments.bench.common import (
     call_memory_mib,
     check_speed_arguments,
     compile_reference,
+    count,
     device_name,
     first_call,
     format_mib,
@@ -158,7 +159,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=count, default=3)
     parser.add_argument("--seed", type=int, default=0)
     add_own_process_arguments(parser, "stack")
     add_speed_arguments(parser)

@@ -39,6 +39,7 @@ from experiments.bench.common import (
     add_speed_arguments,
     check_speed_arguments,
     compile_reference,
+    count,
     device_name,
     first_call,
     format_mib,
@@ -184,7 +185,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each, interleaved")
+    parser.add_argument("--rounds", type=count, default=3, help="timed runs of each, interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     add_speed_arguments(parser)

@@ -35,6 +35,7 @@ from experiments.bench.common import (
     call_memory_mib,
     check_speed_arguments,
     compile_reference,
+    count,
     device_name,
     first_call,
     format_mib,
@@ -145,11 +146,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sd15", choices=sorted(UNET_PRESETS))
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent /8)")
-    parser.add_argument("--batch", type=int, default=2, help="2 = one CFG step of one image")
+    parser.add_argument("--batch", type=count, default=2, help="2 = one CFG step of one image")
     parser.add_argument("--dtypes", "--dtype", default=None, help="comma list of fp32,fp16,bf16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--iters", type=count, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--ff-chunks", default="", help="comma list: sizes or off (extra rows)")

@@ -42,6 +42,19 @@ def test_cuda_graphs_refused_without_cuda(capsys):
         assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("bench", "option"),
+    [("unet", "--iters"), ("vae", "--iters"), ("controlnet", "--iters"), ("pipeline", "--rounds"),
+     ("pix2pix", "--iters"), ("render", "--rounds"), ("unet", "--batch"), ("vae", "--images")],
+)  # fmt: skip
+def test_counts_below_one_are_usage_errors(capsys, bench, option):
+    """`--iters 0` and the like: refused while parsing, before a model is built or timed."""
+    main = importlib.import_module(f"experiments.bench.{bench}").main
+    with pytest.raises(SystemExit):
+        main([*TINY[:2], option, "0"])
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_time_many_and_peak_memory_on_cpu():
     times = time_many_ms([lambda: None, lambda: torch.ones(100).sum()], torch.device("cpu"),
                          warmup=0, iters=2, rounds=2)  # fmt: skip
