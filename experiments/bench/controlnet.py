@@ -35,8 +35,10 @@ from experiments.bench.common import (
     add_own_process_arguments,
     add_speed_arguments,
     call_memory_mib,
+    check_size,
     check_speed_arguments,
     compile_reference,
+    controlnet_config,
     count,
     device_name,
     first_call,
@@ -68,7 +70,7 @@ GUIDANCE = 7.5
 
 def build_models(preset: str, seed: int, device, dtype):
     """Random diffusers UNet + ControlNet, and pilot's models holding the same weights."""
-    cfg = CONTROLNET_PRESETS[preset]
+    cfg = controlnet_config(preset)  # its hint encoder as coarse as the VAE
     torch.manual_seed(seed)
     ref_unet = UNet2DConditionModel(**cfg.unet.to_diffusers()).eval()
     ref_net = ControlNetModel(**cfg.to_diffusers()).eval()
@@ -154,7 +156,9 @@ def main(argv=None) -> None:
     """Parse arguments, time both stacks with and without a ControlNet, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sd15", choices=sorted(CONTROLNET_PRESETS))
-    parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent /8)")
+    parser.add_argument(
+        "--size", type=int, default=256, help="pixels, a multiple of the VAE's factor"
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
@@ -165,6 +169,7 @@ def main(argv=None) -> None:
     add_speed_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

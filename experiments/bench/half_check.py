@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from experiments.bench.common import DTYPES, device_name, format_table, max_rel_error
+from experiments.bench.common import DTYPES, check_size, device_name, format_table, max_rel_error
 from experiments.bench.pipeline import NEGATIVE, PROMPT, build
 from pilot.diffusion.pipeline import (
     Request,
@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     sd, pipe = build(args.preset, args.seed)
     rows = []

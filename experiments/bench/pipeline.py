@@ -37,6 +37,7 @@ from transformers import CLIPTokenizer as HFTokenizer
 from experiments.bench.common import (
     DTYPES,
     add_speed_arguments,
+    check_size,
     check_speed_arguments,
     compile_reference,
     count,
@@ -190,6 +191,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

@@ -35,6 +35,7 @@ from diffusers import AutoencoderKL
 
 from experiments.bench.common import (
     DTYPES,
+    check_size,
     count,
     device_name,
     format_mib,
@@ -193,8 +194,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtypes = parse_dtypes(parser, args.dtypes, device)
-    if args.size % VAE_PRESETS[args.preset].downsample_factor:
-        parser.error(f"--size {args.size} is not a multiple of the VAE's factor")
+    check_size(parser, args.preset, args.size)
 
     ours, ref = build_pair(args.preset, args.seed)
     flops = vae_decode_flops(args.preset, args.size) * args.images

@@ -55,6 +55,30 @@ def test_counts_below_one_are_usage_errors(capsys, bench, option):
     assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "bench", ["unet", "controlnet", "vae", "pipeline", "animate", "half_check"]
+)
+def test_sizes_off_the_vae_factor_are_usage_errors(capsys, bench):
+    """Every benchmark checks `--size` against the preset's VAE factor (tiny: 2), before it
+    builds a model."""
+    main = importlib.import_module(f"experiments.bench.{bench}").main
+    for size in ("33", "0"):
+        with pytest.raises(SystemExit):
+            main(["--preset", "tiny", "--size", size])
+        err = capsys.readouterr().err
+        assert f"--size {size}: must be a positive multiple of the tiny VAE's factor 2" in err
+
+
+def test_latents_are_the_size_over_the_vae_factor():
+    """unet and controlnet draw the latents the pipeline samples: 64 px tiny -> 32x32."""
+    args = argparse.Namespace(seed=0, size=64, batch=2, preset="tiny")
+    ours, _ = unet.build_pair("tiny", 0)
+    x, _, _ = unet.draw_inputs(ours.cfg, args, torch.device("cpu"), torch.float32)
+    net = controlnet.build_models("tiny", 0, "cpu", torch.float32)[1]
+    inputs = controlnet.draw_inputs(net.cfg, args, torch.device("cpu"), torch.float32)
+    assert x.shape[-2:] == inputs["x"].shape[-2:] == (32, 32)
+
+
 def test_time_many_and_peak_memory_on_cpu():
     times = time_many_ms([lambda: None, lambda: torch.ones(100).sum()], torch.device("cpu"),
                          warmup=0, iters=2, rounds=2)  # fmt: skip
@@ -292,7 +316,7 @@ def test_own_process_memory_is_the_rows_memory_on_the_cpu():
     argv = [*TINY, "--size", "64"]
     mib = own_process_mib("experiments.bench.unet", argv, "pilot eager", "fp32")
     ours, _ = unet.build_pair("tiny", 0)
-    args = argparse.Namespace(seed=0, size=64, batch=2)
+    args = argparse.Namespace(seed=0, size=64, batch=2, preset="tiny")
     x, t, context = unet.draw_inputs(ours.cfg, args, torch.device("cpu"), torch.float32)
     with torch.inference_mode():
         expected = call_memory_mib(lambda: ours(x, t, context), torch.device("cpu"))
