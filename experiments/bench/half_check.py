@@ -26,6 +26,9 @@ from pilot.diffusion.pipeline import (
     generate_latents,
 )
 
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device")
+
 
 def diffusers_stages(pipe, args) -> dict[str, torch.Tensor]:
     """diffusers' text embeddings, final latents and image decoded in the VAE's dtype."""

@@ -31,6 +31,9 @@ from pilot.models.pix2pix import (
 )
 from train.pix2pix import pix2pix_step
 
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("device", "threads", "channels_last")
+
 
 def training_step(cfg, batch: int, device: torch.device, args: argparse.Namespace):
     """A function running one training iteration of a generator of config `cfg`."""

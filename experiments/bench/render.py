@@ -25,6 +25,9 @@ import torch
 from experiments.bench.common import count, device_name, format_table
 from pilot.data.walls import render_pairs, write_pairs
 
+# Options `python -m experiments.bench` passes on to this benchmark (--threads N: N only).
+SHARED_OPTIONS = ("size", "device", "threads")
+
 
 def _time(fn, threads: int) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call with `threads` torch threads."""

@@ -34,6 +34,35 @@ def test_runner_forwards_the_options_a_benchmark_takes():
     assert runner.forwarded(args, vae.SHARED_OPTIONS)[-1] == "--channels-last"
 
 
+def test_runner_reaches_render_and_pix2pix_and_names_what_a_benchmark_ignores():
+    from experiments.bench import pix2pix, render
+
+    args = argparse.Namespace(
+        preset="tiny", size=64, dtype="bf16", device="cpu", threads=1, channels_last=True,
+        compile=False, compile_mode="default", cuda_graphs=False, prepack=True,
+    )  # fmt: skip
+    assert runner.forwarded(args, pix2pix.SHARED_OPTIONS) == [
+        "--device", "cpu", "--threads", "1", "--channels-last",
+    ]  # fmt: skip
+    assert runner.forwarded(args, render.SHARED_OPTIONS) == [
+        "--size", "64", "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+    assert runner.ignored(args, pix2pix.SHARED_OPTIONS) == [
+        "--preset", "--size", "--dtype", "--prepack",
+    ]  # fmt: skip
+    assert runner.ignored(args, unet.SHARED_OPTIONS) == []
+    assert runner.ignored(args, ("preset", "size")) == [
+        "--dtype", "--device", "--threads", "--channels-last", "--prepack",
+    ]  # fmt: skip
+
+
+def test_runner_names_an_unknown_benchmark(capsys):
+    with pytest.raises(SystemExit):
+        runner.main(["unet", "nosuch"])
+    err = capsys.readouterr().err
+    assert "unknown benchmarks nosuch" in err and "half_check" in err and "acceptance" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_cuda_graphs_refused_without_cuda(capsys):
     for main in (runner.main, unet.main, pipeline.main, controlnet.main, animate.main):
