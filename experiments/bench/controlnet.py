@@ -10,8 +10,9 @@ Pilot: `CFGDenoiser(EpsDenoiser(unet))` vs `controlled_cfg(EpsDenoiser(unet), [C
 diffusers: the UNet call of StableDiffusionPipeline's loop vs the ControlNet + UNet calls of
 StableDiffusionControlNetPipeline's loop (control image doubled for CFG). Stacks: diffusers
 eager, diffusers compiled (`--compile`; channels_last and "reduce-overhead" when pilot gets
-them), pilot eager, pilot with the speed-up flags (`pilot.diffusion.speed.optimize_model` on the
-UNet and the ControlNet). Prints each stack's times, its overhead (with / without), its
+them), pilot eager, pilot with the speed-up flags that change the models on the device
+(`pilot.diffusion.speed.optimize_model` on the UNet and the ControlNet; on the CPU
+`--channels-last` does not). Prints each stack's times, its overhead (with / without), its
 controlled step against diffusers eager's, the controlled step's peak memory above the
 resident weights and the max relative error of its controlled step against diffusers' float32
 one. Weights are random (zero convolutions too, so the control acts); pilot
@@ -145,7 +146,7 @@ def stacks(models: list, args, inputs: dict, dtype) -> dict:
         begin = lambda: mark_step(args)  # noqa: E731
         out["diffusers compile"] = diffusers_steps(*compiled, inputs, dtype, begin)
     out["pilot eager"] = pilot_steps(unet, net, inputs)
-    settings = speed_settings(args)
+    settings = speed_settings(args).for_model(inputs["x"].device)  # what changes the models there
     if settings.describe() != "eager":
         fast = [optimize_model(copy.deepcopy(m), settings) for m in (unet, net)]
         out[f"pilot {settings.describe()}"] = pilot_steps(*fast, inputs)

@@ -6,7 +6,8 @@
 
 Rows per dtype: diffusers eager, diffusers compiled (with `--compile`: torch.compile as its
 docs advise, channels_last and "reduce-overhead" when pilot gets them), pilot eager, and pilot
-with the speed-up flags (`pilot.diffusion.speed`) when any is given. Columns: ms per call
+with the speed-up flags that change the model on the device (`pilot.diffusion.speed`; on the
+CPU `--channels-last` does not, `--prepack` does) when any is given. Columns: ms per call
 (median of interleaved rounds), ratios to diffusers eager / compiled (< 1 is faster), achieved
 TFLOP/s against the FLOPs counted from the config, the first call's seconds (compilation,
 graph capture), the call's peak memory above the resident weights, and the max relative error
@@ -77,7 +78,7 @@ def build_pair(preset: str, seed: int) -> tuple[UNet, UNet2DConditionModel]:
 
 def variants(ours, ref, dtype, device, args) -> dict:
     """Name -> model call `(x, t, context) -> output` for one dtype (models copied as needed)."""
-    settings = speed_settings(args)
+    settings = speed_settings(args).for_model(device)  # what changes the model on this device
     fast = settings.describe() != "eager"
 
     def cast(model: torch.nn.Module) -> torch.nn.Module:  # float32 models are used as they are
