@@ -12,11 +12,12 @@ StableDiffusionControlNetPipeline's loop (control image doubled for CFG). Stacks
 eager, diffusers compiled (`--compile`; channels_last and "reduce-overhead" when pilot gets
 them), pilot eager, pilot with the speed-up flags that change the models on the device
 (`pilot.diffusion.speed.optimize_model` on the UNet and the ControlNet; on the CPU
-`--channels-last` does not). Prints each stack's times, its overhead (with / without), its
-controlled step against diffusers eager's, the controlled step's peak memory above the
-resident weights and the max relative error of its controlled step against diffusers' float32
-one. Weights are random (zero convolutions too, so the control acts); pilot
-memoises the control image's hint features across steps, diffusers recomputes them.
+`--channels-last` does not). Prints each stack's times (every stack's steps interleaved in the
+same rounds), its overhead (with / without), its controlled step against diffusers eager's, the
+controlled step's peak memory above the resident weights and the max relative error of its
+controlled step against diffusers' float32 one. Weights are random (zero convolutions too, so
+the control acts); pilot memoises the control image's hint features across steps, diffusers
+recomputes them.
 `--own-process-memory` adds a column: each stack's controlled-step memory measured again in a
 fresh process that runs only that stack (`common.own_process_mib`).
 """
@@ -54,7 +55,7 @@ from experiments.bench.common import (
     own_process_mib,
     peak_memory_mib,
     speed_settings,
-    time_pair_ms,
+    time_many_ms,
 )
 from pilot.diffusion.control import Control, controlled_cfg
 from pilot.diffusion.denoisers import EpsDenoiser
@@ -185,16 +186,20 @@ def main(argv=None) -> None:
     models = [m.to(dtype) for m in models]
     inputs = draw_inputs(models[1].cfg, args, device, dtype)
     timing = dict(warmup=args.warmup, iters=args.iters)
-    rows, times = [], {}
+    rows, first = [], {}
     steps = stacks(models, args, inputs, dtype)  # copies made outside inference mode
     with torch.inference_mode():
         for name, (off, on) in steps.items():  # first calls: compile / capture
             consume = lambda out: max_rel_error(out, expected)  # noqa: E731
             pool_before = graph_pool_bytes(device)
             err, _, retained = first_call(on, device, consume)
-            pool = (graph_pool_bytes(device) - pool_before) / 2**20
+            first[name] = err, retained, (graph_pool_bytes(device) - pool_before) / 2**20
             off()
-            times[name] = time_pair_ms(off, on, device, **timing)
+        # every stack's steps with and without control in the same rounds: drift hits all alike
+        ms = time_many_ms([fn for pair in steps.values() for fn in pair], device, **timing)
+        times = {name: (ms[2 * i], ms[2 * i + 1]) for i, name in enumerate(steps)}
+        for name, (_, on) in steps.items():
+            err, retained, pool = first[name]
             memory = format_mib(peak_memory_mib(on, device), retained)
             rows.append([name, err, memory, held_label(retained, pool)])
     print(

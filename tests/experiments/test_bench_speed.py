@@ -155,6 +155,22 @@ def test_controlnet_and_pipeline_bench_rows(capsys):
     assert out.count("| pilot channels_last |") == 1 and "image max rel err vs fp32" in out
 
 
+def test_controlnet_bench_interleaves_every_stack(capsys, monkeypatch):
+    """Every stack's steps, with and without control, are timed in the same rounds (one
+    `time_many_ms` call), as unet and vae time their rows."""
+    calls = []
+
+    def record(fns, device, **timing):
+        calls.append(len(fns))
+        return [1.0 + i for i in range(len(fns))]
+
+    monkeypatch.setattr(controlnet, "time_many_ms", record)
+    controlnet.main([*TINY, "--prepack", "--iters", "1", "--warmup", "0"])
+    assert calls == [6]  # diffusers eager, pilot eager, pilot prepack: off and on each
+    out = capsys.readouterr().out
+    assert "| pilot prepack   | 5.0           | 6.0             | 1.20x    | 3.00x " in out
+
+
 def test_compile_reference_wraps_without_compiling_yet():
     """diffusers' compiled row: channels_last applied, compilation deferred to the first call."""
     model = torch.nn.Conv2d(4, 4, 3)
