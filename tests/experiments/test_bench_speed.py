@@ -171,6 +171,20 @@ def test_controlnet_bench_interleaves_every_stack(capsys, monkeypatch):
     assert "| pilot prepack   | 5.0           | 6.0             | 1.20x    | 3.00x " in out
 
 
+def test_half_check_compares_like_with_like(capsys):
+    """Both sides' images are clamped [0, 1] images, decoded in the VAE's dtype and in float32."""
+    from experiments.bench import half_check
+
+    half_check.main(["--preset", "tiny", "--size", "16", "--steps", "1", "--device", "cpu",
+                     "--dtype", "bf16"])  # fmt: skip
+    out = capsys.readouterr().out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()]
+    rows = {(row[0], row[1]): row for row in cells if len(row) == 5 and row[0] != "side"}
+    for side in ("diffusers", "pilot"):
+        for stage in ("image (VAE dtype)", "image (float32 VAE)"):
+            assert float(rows[side, stage][4]) <= 1  # max |value|: the clamped image
+
+
 def test_compile_reference_wraps_without_compiling_yet():
     """diffusers' compiled row: channels_last applied, compilation deferred to the first call."""
     model = torch.nn.Conv2d(4, 4, 3)
