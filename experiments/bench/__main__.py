@@ -10,7 +10,10 @@
 Each benchmark prints its own table (pilot vs the reference, measured in one process) with its
 default settings (CUDA when present, else CPU); this runner only runs them one after the other,
 so a figure is never taken while another runs. The shared options below go to the benchmarks
-that take them (each module's `SHARED_OPTIONS`); run a benchmark module itself for the others.
+that take them (each module's `SHARED_OPTIONS`); the header line of a benchmark names the ones
+it ignores (flops takes only --preset and --size, pix2pix no --preset, --size or --dtype, ...);
+run a benchmark module itself for its other options. `half_check` and `peak_trace` (CUDA) run
+by name only, not with --all; `python -m experiments.bench.acceptance LOG` reads logs.
 A benchmark that fails is reported and the next one runs; the exit status is then 1.
 """
 
@@ -27,6 +30,8 @@ BENCHMARKS = (
     "flops", "unet", "controlnet", "vae", "pipeline", "animate", "flow", "frame_store", "render",
     "pix2pix",
 )  # fmt: skip
+BY_NAME_ONLY = ("half_check", "peak_trace")  # diagnostics, not in --all
+SPEED_FLAGS = ("channels_last", "compile", "compile_mode", "cuda_graphs", "prepack")
 
 
 def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
@@ -45,10 +50,21 @@ def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
     return argv
 
 
+def ignored(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
+    """The shared options given in `args` that a benchmark with `SHARED_OPTIONS` does not take."""
+    taken = set(options) | (set(SPEED_FLAGS) if "speed" in options else set())
+    given = [name for name in ("preset", "size", "dtype", "device", "threads")
+             if getattr(args, name) is not None]  # fmt: skip
+    given += [name for name in SPEED_FLAGS if getattr(args, name) not in (False, "default")]
+    return [f"--{name.replace('_', '-')}" for name in given if name not in taken]
+
+
 def main(argv=None) -> None:
     """Parse names and shared options; run each benchmark's `main`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS + BY_NAME_ONLY)}"
+    )
     parser.add_argument("--all", action="store_true", help="run every benchmark")
     shared = parser.add_argument_group("shared options (each benchmark's default if not given)")
     shared.add_argument("--preset", choices=("tiny", "sd15", "sd21"))
@@ -63,9 +79,13 @@ def main(argv=None) -> None:
     shared.add_argument("--prepack", action="store_true")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if args.all else args.names
-    unknown = sorted(set(names) - set(BENCHMARKS))
+    unknown = sorted(set(names) - set(BENCHMARKS + BY_NAME_ONLY))
     if not names or unknown:
-        parser.error(f"name benchmarks from {', '.join(BENCHMARKS)} or pass --all")
+        what = f"unknown benchmarks {', '.join(unknown)}: " if unknown else ""
+        parser.error(
+            f"{what}name benchmarks from {', '.join(BENCHMARKS + BY_NAME_ONLY)} or pass --all "
+            "(acceptance reads logs: python -m experiments.bench.acceptance LOG)"
+        )
     if args.cuda_graphs and not _cuda_device(args.device):
         parser.error("--cuda-graphs needs a CUDA device")
     failed = []
@@ -75,8 +95,10 @@ def main(argv=None) -> None:
         except ModuleNotFoundError as e:
             print(f"## {name}: not available ({e})\n")
             continue
-        bench_argv = forwarded(args, getattr(module, "SHARED_OPTIONS", ()))
-        print(f"## {name} {' '.join(bench_argv)}".rstrip(), flush=True)
+        options = getattr(module, "SHARED_OPTIONS", ())
+        bench_argv = forwarded(args, options)
+        skipped = f"(ignores {' '.join(ignored(args, options))})" if ignored(args, options) else ""
+        print(f"## {name} {' '.join(bench_argv)} {skipped}".rstrip(), flush=True)
         try:
             module.main(bench_argv)
         except Exception:  # report and go on: one failure should not lose the other figures

@@ -1,12 +1,12 @@
-"""Issue 9's acceptance points, read from the tables of benchmark logs (`gpu.sh` writes them).
+"""Issue 9's acceptance points, read from the tables of benchmark logs.
 
     python -m experiments.bench.acceptance $OUT/acceptance.log
     python -m experiments.bench.acceptance experiments/bench/results/h100_memory_3.log \\
         experiments/bench/results/h100_compile.log
 
-For every UNet table (`experiments.bench.unet`) and txt2img table (`experiments.bench.pipeline`)
-in the logs, and every dtype in it, the points are, each ratio taken within one table (one
-process):
+A log is the output of `gpu.sh`, of `python -m experiments.bench` or of one benchmark. For every
+UNet table (`experiments.bench.unet`) and txt2img table (`experiments.bench.pipeline`) in them,
+and every dtype in it, the points are, each ratio taken within one table (one process):
 
 - the fastest pilot row without torch.compile against diffusers eager: <= 0.8x;
 - a pilot row with torch.compile against diffusers compiled: <= 1.0x;
@@ -43,12 +43,22 @@ class Table:
     rows: dict[str, dict[str, str]]
 
 
+# The first words of the line each benchmark prints above its table -> the benchmark.
+TITLES = {"UNet forward,": "unet", "txt2img,": "pipeline", "VAE decode,": "vae"}
+
+
 def read_tables(path: Path) -> list[Table]:
-    """The UNet and txt2img tables of one log, in order."""
+    """The UNet and txt2img tables of one log, in order: a table's kind comes from the title
+    line its benchmark prints above it, or from the header of the command that ran it (gpu.sh's
+    `== [HH:MM:SS] name options`, `python -m experiments.bench`'s `## name options`), so logs
+    of gpu.sh, of the runner and of one benchmark are all read."""
     lines = path.read_text().splitlines()
     tables, kind = [], None
     for i, line in enumerate(lines):
-        if line.startswith("== "):  # gpu.sh's "== [HH:MM:SS] benchmark options"
+        title = next((k for prefix, k in TITLES.items() if line.startswith(prefix)), None)
+        if title:
+            kind = title
+        elif line.startswith(("== ", "## ")) and len(line.split()) > 1:
             words = line.split()[1:]
             kind = words[1] if re.fullmatch(r"\d\d:\d\d:\d\d", words[0]) else words[0]
         elif line.startswith("| variant") and kind in ("unet", "pipeline"):

@@ -29,6 +29,7 @@ import torch
 
 from experiments.bench.common import (
     add_speed_arguments,
+    check_size,
     check_speed_arguments,
     device_name,
     format_table,
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_speed_arguments(p)
     args = p.parse_args(argv)
+    check_size(p, args.preset, args.size)
     check_speed_arguments(p, args, torch.device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)

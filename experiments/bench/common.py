@@ -14,6 +14,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from pilot.diffusion.speed import COMPILE_MODES, SpeedSettings
+from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNetConfig
+from pilot.models.vae import VAE_PRESETS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -271,6 +274,37 @@ def memory_label(device: torch.device) -> str:
 def format_mib(mib: float, retained: float = 0.0) -> str:
     """A peak memory figure, plus what earlier calls left allocated."""
     return f"{mib + retained:.0f}"
+
+
+def count(text: str) -> int:
+    """argparse type of a count that must be >= 1 (`--iters`, `--rounds`): a usage error
+    before any model is built, not an empty median after they ran."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def vae_factor(preset: str) -> int:
+    """Pixels per latent of a preset's VAE (8 for SD, 2 for tiny): every benchmark draws
+    `size // vae_factor(preset)` latents for a `size` px image, as the pipeline does."""
+    return VAE_PRESETS[preset].downsample_factor
+
+
+def check_size(parser: argparse.ArgumentParser, preset: str, size: int, option="--size") -> None:
+    """A usage error unless `size` px is a positive multiple of the preset's VAE factor."""
+    factor = vae_factor(preset)
+    if size < 1 or size % factor:
+        parser.error(
+            f"{option} {size}: must be a positive multiple of the {preset} VAE's factor {factor}"
+        )
+
+
+def controlnet_config(preset: str) -> ControlNetConfig:
+    """A preset's ControlNet with a hint encoder as coarse as the preset's VAE (the tiny
+    preset's encoder downsamples 8x, its VAE 2x; SD's are 8x both)."""
+    cfg = CONTROLNET_PRESETS[preset]
+    return replace(cfg, hint_channels=cfg.hint_channels[: vae_factor(preset).bit_length()])
 
 
 def parse_dtypes(parser: argparse.ArgumentParser, value: str | None, device: torch.device) -> list:

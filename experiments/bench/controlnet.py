@@ -10,12 +10,14 @@ Pilot: `CFGDenoiser(EpsDenoiser(unet))` vs `controlled_cfg(EpsDenoiser(unet), [C
 diffusers: the UNet call of StableDiffusionPipeline's loop vs the ControlNet + UNet calls of
 StableDiffusionControlNetPipeline's loop (control image doubled for CFG). Stacks: diffusers
 eager, diffusers compiled (`--compile`; channels_last and "reduce-overhead" when pilot gets
-them), pilot eager, pilot with the speed-up flags (`pilot.diffusion.speed.optimize_model` on the
-UNet and the ControlNet). Prints each stack's times, its overhead (with / without), its
-controlled step against diffusers eager's, the controlled step's peak memory above the
-resident weights and the max relative error of its controlled step against diffusers' float32
-one. Weights are random (zero convolutions too, so the control acts); pilot
-memoises the control image's hint features across steps, diffusers recomputes them.
+them), pilot eager, pilot with the speed-up flags that change the models on the device
+(`pilot.diffusion.speed.optimize_model` on the UNet and the ControlNet; on the CPU
+`--channels-last` does not). Prints each stack's times (every stack's steps interleaved in the
+same rounds), its overhead (with / without), its controlled step against diffusers eager's, the
+controlled step's peak memory above the resident weights and the max relative error of its
+controlled step against diffusers' float32 one. Weights are random (zero convolutions too, so
+the control acts); pilot memoises the control image's hint features across steps, diffusers
+recomputes them.
 `--own-process-memory` adds a column: each stack's controlled-step memory measured again in a
 fresh process that runs only that stack (`common.own_process_mib`).
 """
@@ -35,8 +37,11 @@ from experiments.bench.common import (
     add_own_process_arguments,
     add_speed_arguments,
     call_memory_mib,
+    check_size,
     check_speed_arguments,
     compile_reference,
+    controlnet_config,
+    count,
     device_name,
     first_call,
     format_mib,
@@ -50,7 +55,7 @@ from experiments.bench.common import (
     own_process_mib,
     peak_memory_mib,
     speed_settings,
-    time_pair_ms,
+    time_many_ms,
 )
 from pilot.diffusion.control import Control, controlled_cfg
 from pilot.diffusion.denoisers import EpsDenoiser
@@ -67,7 +72,7 @@ GUIDANCE = 7.5
 
 def build_models(preset: str, seed: int, device, dtype):
     """Random diffusers UNet + ControlNet, and pilot's models holding the same weights."""
-    cfg = CONTROLNET_PRESETS[preset]
+    cfg = controlnet_config(preset)  # its hint encoder as coarse as the VAE
     torch.manual_seed(seed)
     ref_unet = UNet2DConditionModel(**cfg.unet.to_diffusers()).eval()
     ref_net = ControlNetModel(**cfg.to_diffusers()).eval()
@@ -142,7 +147,7 @@ def stacks(models: list, args, inputs: dict, dtype) -> dict:
         begin = lambda: mark_step(args)  # noqa: E731
         out["diffusers compile"] = diffusers_steps(*compiled, inputs, dtype, begin)
     out["pilot eager"] = pilot_steps(unet, net, inputs)
-    settings = speed_settings(args)
+    settings = speed_settings(args).for_model(inputs["x"].device)  # what changes the models there
     if settings.describe() != "eager":
         fast = [optimize_model(copy.deepcopy(m), settings) for m in (unet, net)]
         out[f"pilot {settings.describe()}"] = pilot_steps(*fast, inputs)
@@ -153,17 +158,20 @@ def main(argv=None) -> None:
     """Parse arguments, time both stacks with and without a ControlNet, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sd15", choices=sorted(CONTROLNET_PRESETS))
-    parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent /8)")
+    parser.add_argument(
+        "--size", type=int, default=256, help="pixels, a multiple of the VAE's factor"
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=count, default=3)
     parser.add_argument("--seed", type=int, default=0)
     add_own_process_arguments(parser, "stack")
     add_speed_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -178,16 +186,20 @@ def main(argv=None) -> None:
     models = [m.to(dtype) for m in models]
     inputs = draw_inputs(models[1].cfg, args, device, dtype)
     timing = dict(warmup=args.warmup, iters=args.iters)
-    rows, times = [], {}
+    rows, first = [], {}
+    steps = stacks(models, args, inputs, dtype)  # copies made outside inference mode
     with torch.inference_mode():
-        steps = stacks(models, args, inputs, dtype)
         for name, (off, on) in steps.items():  # first calls: compile / capture
             consume = lambda out: max_rel_error(out, expected)  # noqa: E731
             pool_before = graph_pool_bytes(device)
             err, _, retained = first_call(on, device, consume)
-            pool = (graph_pool_bytes(device) - pool_before) / 2**20
+            first[name] = err, retained, (graph_pool_bytes(device) - pool_before) / 2**20
             off()
-            times[name] = time_pair_ms(off, on, device, **timing)
+        # every stack's steps with and without control in the same rounds: drift hits all alike
+        ms = time_many_ms([fn for pair in steps.values() for fn in pair], device, **timing)
+        times = {name: (ms[2 * i], ms[2 * i + 1]) for i, name in enumerate(steps)}
+        for name, (_, on) in steps.items():
+            err, retained, pool = first[name]
             memory = format_mib(peak_memory_mib(on, device), retained)
             rows.append([name, err, memory, held_label(retained, pool)])
     print(
@@ -224,10 +236,8 @@ def stack_memory(args, device, dtype) -> float:
     runs."""
     models = [m.to(dtype) for m in build_models(args.preset, args.seed, device, torch.float32)]
     inputs = draw_inputs(models[1].cfg, args, device, dtype)
+    _, controlled = own_process_choice(stacks(models, args, inputs, dtype), args.memory_of, "stack")
     with torch.inference_mode():
-        _, controlled = own_process_choice(
-            stacks(models, args, inputs, dtype), args.memory_of, "stack"
-        )
         return call_memory_mib(controlled, device)
 
 

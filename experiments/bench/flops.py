@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.bench.common import format_table
-from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet
+from experiments.bench.common import check_size, controlnet_config, format_table, vae_factor
+from pilot.models.controlnet import ControlNet
 from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
 from pilot.models.vae import VAE_PRESETS, AutoencoderKL
 from pilot.nn.resnet import Upsample2D
@@ -39,8 +39,9 @@ def count_flops(build: Callable[[], torch.nn.Module], *args, **kwargs) -> int:
     return counter.get_total_flops()
 
 
-def unet_inputs(cfg: UNetConfig, size: int, batch: int, factor: int = 8) -> tuple:
-    """Meta inputs of one UNet call at `size` pixels: latents, timesteps, 77-token context."""
+def unet_inputs(cfg: UNetConfig, size: int, batch: int, factor: int) -> tuple:
+    """Meta inputs of one UNet call at `size` pixels (latents `size // factor`, the VAE's
+    factor): latents, timesteps, 77-token context."""
     with torch.device("meta"):
         x = torch.empty(batch, cfg.in_channels, size // factor, size // factor)
         context = torch.empty(batch, 77, cfg.cross_attention_dim)
@@ -50,13 +51,13 @@ def unet_inputs(cfg: UNetConfig, size: int, batch: int, factor: int = 8) -> tupl
 def unet_flops(preset: str, size: int, batch: int = 2) -> int:
     """FLOPs of one UNet call (batch 2 = one CFG step of one image)."""
     cfg = UNET_PRESETS[preset]
-    return count_flops(lambda: UNet(cfg), *unet_inputs(cfg, size, batch))
+    return count_flops(lambda: UNet(cfg), *unet_inputs(cfg, size, batch, vae_factor(preset)))
 
 
 def controlnet_flops(preset: str, size: int, batch: int = 2) -> int:
-    """FLOPs of one ControlNet call (hint encoder included)."""
-    cfg = CONTROLNET_PRESETS[preset]
-    x, t, context = unet_inputs(cfg.unet, size, batch)
+    """FLOPs of one ControlNet call (hint encoder included, as coarse as the VAE)."""
+    cfg = controlnet_config(preset)
+    x, t, context = unet_inputs(cfg.unet, size, batch, vae_factor(preset))
     hint = torch.empty(batch, cfg.conditioning_channels, size, size, device="meta")
     return count_flops(lambda: ControlNet(cfg), x, t, context, hint)
 
@@ -82,30 +83,44 @@ def vae_decode_flops(preset: str, size: int, batch: int = 1) -> int:
     return count_flops(nominal, z)
 
 
+def format_gflop(flops: int) -> str:
+    """FLOPs in GFLOP, 3 significant digits at least (a tiny model's call is a few MFLOP)."""
+    gflop = flops / 1e9
+    return f"{gflop:.1f}" if gflop >= 100 else f"{gflop:.3g}"
+
+
 def main(argv=None) -> None:
     """Print the FLOPs of the SD components at the given sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", "--preset", default="sd15,sd21", help="comma list")
     parser.add_argument("--sizes", "--size", default="256,512", help="comma list, pixels")
     args = parser.parse_args(argv)
+    presets, sizes = args.presets.split(","), [int(size) for size in args.sizes.split(",")]
+    if unknown := sorted(set(presets) - set(UNET_PRESETS)):
+        parser.error(f"unknown presets {unknown}; valid: {', '.join(UNET_PRESETS)}")
+    for preset in presets:
+        for size in sizes:
+            check_size(parser, preset, size, "--sizes")
     rows = []
-    for preset in args.presets.split(","):
-        for size in map(int, args.sizes.split(",")):
+    for preset in presets:
+        for size in sizes:
             rows.append(
                 [
                     preset,
                     f"{size}x{size}",
-                    f"{unet_flops(preset, size) / 1e12:.3f}",
-                    f"{controlnet_flops(preset, size) / 1e12:.3f}",
-                    f"{vae_decode_flops(preset, size) / 1e12:.3f}",
+                    f"{size // vae_factor(preset)}x{size // vae_factor(preset)}",
+                    format_gflop(unet_flops(preset, size)),
+                    format_gflop(controlnet_flops(preset, size)),
+                    format_gflop(vae_decode_flops(preset, size)),
                 ]
             )
     header = [
         "preset",
         "size",
-        "UNet CFG step TFLOP",
-        "ControlNet CFG step TFLOP",
-        "VAE decode TFLOP",
+        "latents",
+        "UNet CFG step GFLOP",
+        "ControlNet CFG step GFLOP",
+        "VAE decode GFLOP",
     ]
     print(format_table(header, rows))
 

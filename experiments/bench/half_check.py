@@ -5,9 +5,11 @@
 
 The pipeline benchmark's models and settings (`experiments.bench.pipeline.build`); for each
 side, the max relative error against its own float32 run of: the text embeddings (prompt and
-negative), the final latents, and the decoded image (the VAE decoding the half-precision run's
-latents in half precision, without pilot's float32 rule, and in float32), with the share of
-non-finite values. Explains a large "image max rel err vs fp32" in the pipeline table.
+negative), the final latents, and the image the half-precision run's latents decode to, by the
+VAE in its half precision (without pilot's float32 rule) and by the VAE in float32 (what
+sampling alone departs by), with the share of non-finite values. Both sides' images are what
+their pipelines return: in [0, 1], clamped (`(x / 2 + 0.5).clamp(0, 1)` of the decoder's
+output). Explains a large "image max rel err vs fp32" in the pipeline table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 
 import torch
 
-from experiments.bench.common import DTYPES, device_name, format_table, max_rel_error
+from experiments.bench.common import DTYPES, check_size, device_name, format_table, max_rel_error
 from experiments.bench.pipeline import NEGATIVE, PROMPT, build
 from pilot.diffusion.pipeline import (
     Request,
@@ -26,9 +28,13 @@ from pilot.diffusion.pipeline import (
     generate_latents,
 )
 
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device")
+
 
 def diffusers_stages(pipe, args) -> dict[str, torch.Tensor]:
-    """diffusers' text embeddings, final latents and image decoded in the VAE's dtype."""
+    """diffusers' text embeddings, final latents and images decoded in the VAE's dtype and in
+    float32."""
     emb, neg = pipe.encode_prompt(PROMPT, pipe.device, 1, True, NEGATIVE)
     latents = pipe(
         prompt_embeds=emb,
@@ -41,18 +47,30 @@ def diffusers_stages(pipe, args) -> dict[str, torch.Tensor]:
         output_type="latent",
     ).images
     z = latents / pipe.vae.config.scaling_factor
-    image = pipe.vae.decode(z.to(pipe.vae.dtype)).sample
-    return {"text": torch.cat([neg, emb]), "latents": latents, "image (VAE dtype)": image}
+    image = diffusers_image(pipe.vae, z)
+    dtype = pipe.vae.dtype
+    image32 = diffusers_image(pipe.vae.float(), z)
+    pipe.vae.to(dtype)
+    stages = {"text": torch.cat([neg, emb]), "latents": latents}
+    return {**stages, "image (VAE dtype)": image, "image (float32 VAE)": image32}
+
+
+def diffusers_image(vae, z: torch.Tensor) -> torch.Tensor:
+    """diffusers' VAE decode post-processed as its pipelines do: in [0, 1], clamped."""
+    return (vae.decode(z.to(vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
 
 
 def pilot_stages(sd, args) -> dict[str, torch.Tensor]:
-    """pilot's text embeddings, final latents and image decoded in the VAE's dtype."""
+    """pilot's text embeddings, final latents and images decoded in the VAE's dtype and in
+    float32."""
     request = Request([PROMPT], [NEGATIVE], seeds=[args.seed], width=args.size, height=args.size)
     sampling = SamplingSettings(sampler="euler", schedule="leading", steps=args.steps, cfg=args.cfg)
     latents = generate_latents(sd, request, sampling)
     image = decode_latents(sd, latents, upcast="never")  # no float32 retry
+    image32 = decode_latents(sd, latents, upcast="always")
     context, uncond = encode_text(sd, [PROMPT], [NEGATIVE])
-    return {"text": torch.cat([uncond, context]), "latents": latents, "image (VAE dtype)": image}
+    stages = {"text": torch.cat([uncond, context]), "latents": latents}
+    return {**stages, "image (VAE dtype)": image, "image (float32 VAE)": image32}
 
 
 def main(argv=None) -> None:
@@ -65,6 +83,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     sd, pipe = build(args.preset, args.seed)
     rows = []

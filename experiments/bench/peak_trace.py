@@ -20,6 +20,9 @@ import torch
 from experiments.bench.common import DTYPES, cuda_index, format_table
 from experiments.bench.vae import build_pair
 
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("preset", "size", "dtype", "device")
+
 
 def live_at_peak(fn, device: torch.device) -> tuple[int, list[dict]]:
     """Peak bytes allocated during `fn()` above before, and the trace entries live then."""

@@ -37,8 +37,10 @@ from transformers import CLIPTokenizer as HFTokenizer
 from experiments.bench.common import (
     DTYPES,
     add_speed_arguments,
+    check_size,
     check_speed_arguments,
     compile_reference,
+    count,
     device_name,
     first_call,
     format_mib,
@@ -184,11 +186,12 @@ def main(argv=None) -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each, interleaved")
+    parser.add_argument("--rounds", type=count, default=3, help="timed runs of each, interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from experiments.bench.common import device_name, format_table, time_many_ms
+from experiments.bench.common import count, device_name, format_table, time_many_ms
 from pilot.models.pix2pix import (
     PIX2PIX_PRESETS,
     UPSAMPLES,
@@ -30,6 +30,9 @@ from pilot.models.pix2pix import (
     UNetGenerator,
 )
 from train.pix2pix import pix2pix_step
+
+# Options `python -m experiments.bench` passes on to this benchmark.
+SHARED_OPTIONS = ("device", "threads", "channels_last")
 
 
 def training_step(cfg, batch: int, device: torch.device, args: argparse.Namespace):
@@ -92,7 +95,7 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=count, default=3)
     args = parser.parse_args(argv)
     args.upsample = args.upsample.split(",")
     if bad := sorted(set(args.upsample) - set(UPSAMPLES)):

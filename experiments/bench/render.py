@@ -22,8 +22,11 @@ import time
 
 import torch
 
-from experiments.bench.common import device_name, format_table
+from experiments.bench.common import count, device_name, format_table
 from pilot.data.walls import render_pairs, write_pairs
+
+# Options `python -m experiments.bench` passes on to this benchmark (--threads N: N only).
+SHARED_OPTIONS = ("size", "device", "threads")
 
 
 def _time(fn, threads: int) -> tuple[float, float]:
@@ -40,7 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--n", type=int, default=64, help="pairs per timed render call")
     parser.add_argument("--batch", type=int, default=16, help="scenes rendered together")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=count, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--write-n", type=int, default=0, help="pairs for the write timing")
     parser.add_argument("--workers", type=int, default=2, help="write_pairs processes")

@@ -6,7 +6,8 @@
 
 Rows per dtype: diffusers eager, diffusers compiled (with `--compile`: torch.compile as its
 docs advise, channels_last and "reduce-overhead" when pilot gets them), pilot eager, and pilot
-with the speed-up flags (`pilot.diffusion.speed`) when any is given. Columns: ms per call
+with the speed-up flags that change the model on the device (`pilot.diffusion.speed`; on the
+CPU `--channels-last` does not, `--prepack` does) when any is given. Columns: ms per call
 (median of interleaved rounds), ratios to diffusers eager / compiled (< 1 is faster), achieved
 TFLOP/s against the FLOPs counted from the config, the first call's seconds (compilation,
 graph capture), the call's peak memory above the resident weights, and the max relative error
@@ -33,8 +34,10 @@ from experiments.bench.common import (
     add_own_process_arguments,
     add_speed_arguments,
     call_memory_mib,
+    check_size,
     check_speed_arguments,
     compile_reference,
+    count,
     device_name,
     first_call,
     format_mib,
@@ -51,9 +54,10 @@ from experiments.bench.common import (
     peak_memory_mib,
     speed_settings,
     time_many_ms,
+    vae_factor,
     with_piece_size,
 )
-from experiments.bench.flops import unet_flops
+from experiments.bench.flops import format_gflop, unet_flops
 from pilot.diffusion.speed import optimize_model
 from pilot.models.unet import UNET_PRESETS, UNet
 from pilot.nn import attention
@@ -74,7 +78,7 @@ def build_pair(preset: str, seed: int) -> tuple[UNet, UNet2DConditionModel]:
 
 def variants(ours, ref, dtype, device, args) -> dict:
     """Name -> model call `(x, t, context) -> output` for one dtype (models copied as needed)."""
-    settings = speed_settings(args)
+    settings = speed_settings(args).for_model(device)  # what changes the model on this device
     fast = settings.describe() != "eager"
 
     def cast(model: torch.nn.Module) -> torch.nn.Module:  # float32 models are used as they are
@@ -144,12 +148,14 @@ def main(argv=None) -> None:
     """Parse arguments, run every requested dtype, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sd15", choices=sorted(UNET_PRESETS))
-    parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent /8)")
-    parser.add_argument("--batch", type=int, default=2, help="2 = one CFG step of one image")
+    parser.add_argument(
+        "--size", type=int, default=256, help="pixels, a multiple of the VAE's factor"
+    )
+    parser.add_argument("--batch", type=count, default=2, help="2 = one CFG step of one image")
     parser.add_argument("--dtypes", "--dtype", default=None, help="comma list of fp32,fp16,bf16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--iters", type=count, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--ff-chunks", default="", help="comma list: sizes or off (extra rows)")
@@ -157,6 +163,7 @@ def main(argv=None) -> None:
     add_speed_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    check_size(parser, args.preset, args.size)
     args.ff_chunks = parse_sizes(parser, "--ff-chunks", args.ff_chunks)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,7 +185,7 @@ def main(argv=None) -> None:
             row.append(f"{own_process_mib('experiments.bench.unet', argv, row[0], row[1]):.0f}")
     print(
         f"UNet forward, preset {args.preset}, {args.size}x{args.size} px, batch {args.batch}, "
-        f"{flops / 1e9:.1f} GFLOP per call, {device_name(device)}, torch {torch.__version__}"
+        f"{format_gflop(flops)} GFLOP per call, {device_name(device)}, torch {torch.__version__}"
     )
     header = ["variant", "dtype", "ms", "/ diffusers eager", "/ diffusers compile", "TFLOP/s"]
     header += ["first call s", memory_label(device), "held after 1st call MiB (graph pool)"]
@@ -198,7 +205,7 @@ def row_memory(ours, ref, dtype, device, args) -> float:
 def draw_inputs(cfg, args, device: torch.device, dtype: torch.dtype) -> tuple:
     """The benchmark's `(x, t, context)`: the same draws for every dtype."""
     g = torch.Generator().manual_seed(args.seed)
-    h = args.size // 8
+    h = args.size // vae_factor(args.preset)
     x = torch.randn(args.batch, cfg.in_channels, h, h, generator=g).to(device, dtype)
     context = torch.randn(args.batch, 77, cfg.cross_attention_dim, generator=g).to(device, dtype)
     return x, torch.tensor(500, device=device), context

@@ -35,6 +35,8 @@ from diffusers import AutoencoderKL
 
 from experiments.bench.common import (
     DTYPES,
+    check_size,
+    count,
     device_name,
     format_mib,
     format_table,
@@ -172,7 +174,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", "--dtype", default=None, help="comma list of fp32,fp16,bf16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=count, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights (pilot)")
@@ -181,11 +183,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--split-norms", default="", help="comma list: group sizes from which GroupNorms split"
     )
-    parser.add_argument("--images", type=int, default=1, help="images decoded per call")
+    parser.add_argument("--images", type=count, default=1, help="images decoded per call")
     parser.add_argument("--sliced", action="store_true", help="add VAE slicing rows")
     args = parser.parse_args(argv)
-    if args.images < 1:
-        parser.error(f"--images must be >= 1, got {args.images}")
     args.bands = parse_sizes(parser, "--bands", args.bands)
     args.split_norms = parse_sizes(parser, "--split-norms", args.split_norms)
     if None in args.split_norms:
@@ -194,8 +194,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtypes = parse_dtypes(parser, args.dtypes, device)
-    if args.size % VAE_PRESETS[args.preset].downsample_factor:
-        parser.error(f"--size {args.size} is not a multiple of the VAE's factor")
+    check_size(parser, args.preset, args.size)
 
     ours, ref = build_pair(args.preset, args.seed)
     flops = vae_decode_flops(args.preset, args.size) * args.images

@@ -149,6 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
     )
     check_preview(preview, sd, args.preview_decoder)
+    check_vae_tile(args.vae_tile, sd)
     sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
     height = init.shape[-2] if init is not None else args.height or 512  # checked: not 0
@@ -192,16 +193,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """ValueError for arguments that are wrong on their own, before anything loads: --batch,
-    --width / --height / --vae-tile (positive multiples of 8, SD's VAE factor) and --strength
-    (in [0, 1], with --init)."""
-    from pilot.diffusion.pipeline import check_tile
-
+    --width / --height (positive multiples of 8, SD's VAE factor), --vae-tile (positive; its
+    factor is checked once the model is loaded, `check_vae_tile`) and --strength (in [0, 1],
+    with --init)."""
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    try:
-        check_tile(args.vae_tile)
-    except ValueError as e:
-        raise ValueError(f"--vae-tile: {e}") from e
+    if args.vae_tile is not None and args.vae_tile <= 0:
+        raise ValueError(f"--vae-tile: VAE tile {args.vae_tile}: must be positive")
     for name in ("width", "height"):
         value = getattr(args, name)
         if value is not None and (value <= 0 or value % 8):
@@ -302,6 +300,16 @@ def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:
             "all, one per control in order, or KIND=PATH"
         )
     return list(entries)
+
+
+def check_vae_tile(tile: int | None, sd) -> None:
+    """ValueError unless `--vae-tile` is a multiple of the loaded model's VAE factor."""
+    from pilot.diffusion.pipeline import check_tile
+
+    try:
+        check_tile(tile, sd.vae.cfg.downsample_factor)
+    except ValueError as e:
+        raise ValueError(f"--vae-tile: {e}") from e
 
 
 def load_preview(folder: Path | None, device, dtype):

@@ -151,10 +151,23 @@ def decode_latents(
             images, not B; `upcast="auto"` decodes again in float32 only the slices that
             overflowed); None decodes all at once.
     """
+    _check_decode(sd, tile, upcast, decoder, batch)
+    return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
+
+
+def _check_decode(sd, tile: int | None, upcast: VAEUpcast, decoder, batch: int | None) -> None:
+    """Raise a ValueError for `decode_latents` settings it cannot follow (`generate` checks
+    them before sampling): an unknown upcast rule, a tile off the VAE factor, a batch below 1,
+    a decoder whose latents or factor are not the VAE's (it would return another size)."""
     if upcast not in VAE_UPCASTS:
         raise ValueError(f"unknown VAE upcast rule {upcast!r}; valid: {', '.join(VAE_UPCASTS)}")
     check_tile(tile, sd.vae.cfg.downsample_factor)
-    return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
+    if batch is not None and batch < 1:
+        raise ValueError(f"VAE batch: decode >= 1 image per call (None: all at once), got {batch}")
+    for name in ("latent_channels", "downsample_factor") if decoder is not None else ():
+        ours, theirs = getattr(decoder.cfg, name, None), getattr(sd.vae.cfg, name)
+        if ours is not None and ours != theirs:
+            raise ValueError(f"decoder {name} {ours}, but the model's VAE has {theirs}")
 
 
 def _decode_upcast(sd, latents: Tensor, tile: int | None, upcast: VAEUpcast, decoder) -> Tensor:
@@ -443,6 +456,7 @@ def generate(
         decoder: Decode with this instead of the VAE (a `PreviewDecoder`, see `decode_latents`).
         **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
+    _check_decode(sd, vae_tile, vae_upcast, decoder, vae_batch)  # before any model runs
     latents = generate_latents(
         sd, request, settings, vae_tile=vae_tile, vae_batch=vae_batch, **kwargs
     )

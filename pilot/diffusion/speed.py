@@ -85,6 +85,14 @@ class SpeedSettings:
             on[on.index("compile")] = f"compile({self.compile_mode})"
         return "+".join(on) or "eager"
 
+    def for_model(self, device: torch.device | str) -> SpeedSettings:
+        """The settings `optimize_model` applies to a UNet or ControlNet on `device`:
+        `channels_last` off the CPU only, `prepack` on the CPU only."""
+        on_cpu = torch.device(device).type == "cpu"
+        return replace(
+            self, channels_last=self.channels_last and not on_cpu, prepack=self.prepack and on_cpu
+        )
+
 
 def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     """Apply `settings` to a UNet or ControlNet: converted and compiled in place
@@ -98,10 +106,10 @@ def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     """
     if settings.cuda_graphs:
         check_cuda(model)
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if settings.channels_last and not on_cpu:
+    applied = settings.for_model(next(model.parameters()).device)
+    if applied.channels_last:
         model.to(memory_format=torch.channels_last)
-    if settings.prepack and on_cpu:
+    if applied.prepack:
         for module in model.modules():
             if isinstance(module, Conv2d):
                 module.prepack = True

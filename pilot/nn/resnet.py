@@ -47,16 +47,29 @@ class Conv2d(nn.Conv2d):
 
     def _prepacked(self, x: Tensor) -> Tensor:
         """oneDNN's convolution on weights reordered once per input shape, dtype and weight
-        version (an in-place weight update makes a new copy)."""
-        key = (tuple(x.shape), x.dtype, self.weight.data_ptr(), self.weight._version)
+        version (an in-place weight update makes a new copy).
+
+        Inference tensors (weights made or loaded under `torch.inference_mode()`) keep no
+        version counter; they can only change in place inside inference mode, and a
+        `load_state_dict` drops the copy (`_load_from_state_dict`). Other in-place edits of such
+        weights are not seen: reload them, or make the weights outside inference mode.
+        """
+        weight = self.weight
+        version = None if weight.is_inference() else weight._version
+        key = (tuple(x.shape), x.dtype, weight.data_ptr(), version)
         packed = _PACKED.get(self)
         args = [list(self.padding), list(self.stride), list(self.dilation), self.groups]
         if packed is None or packed[0] != key:
-            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
-            packed = _PACKED[self] = (key, weight)
+            reordered = torch.ops.mkldnn._reorder_convolution_weight(weight, *args, list(x.shape))
+            packed = _PACKED[self] = (key, reordered)
         return torch.ops.mkldnn._convolution_pointwise(
             x, packed[1], self.bias, *args, "none", [], ""
         )
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        """Load as `nn.Conv2d` does; new weights are packed again at the next prepacked call."""
+        _PACKED.pop(self, None)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _gemm_output_size(self, x: Tensor) -> tuple[int, int] | None:
         """(H_out, W_out) when the GEMM path applies to `x`, else None."""

@@ -55,11 +55,12 @@ def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
 
 def test_png_records_the_options_that_change_pixels(capsys, tiny_sd_folder, tmp_path):
     argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
-    options = ["--prediction-type", "v_prediction", "--vae-tile", "16", "--dtype", "float32"]
+    # --vae-tile 30: a multiple of the tiny VAE's factor 2, not of SD's 8
+    options = ["--prediction-type", "v_prediction", "--vae-tile", "30", "--dtype", "float32"]
     summary = run(capsys, *argv, *options)
     params = json.loads(read_png_text(summary["images"][0])["pilot"])
     assert params["prediction_type"] == "v_prediction"
-    assert params["vae_tile"] == 16 and params["dtype"] == "float32"
+    assert params["vae_tile"] == 30 and params["dtype"] == "float32"
 
 
 @pytest.mark.parametrize(
@@ -74,8 +75,11 @@ def test_png_records_the_options_that_change_pixels(capsys, tiny_sd_folder, tmp_
         (["--width", "0"], "--width must be a positive multiple of 8, got 0"),
         (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
         (["--height", "-8"], "--height must be a positive multiple of 8, got -8"),
-        (["--vae-tile", "12"], "--vae-tile: VAE tile 12: must be a positive multiple of the"),
-        (["--vae-tile", "-8"], "--vae-tile: VAE tile -8: must be a positive multiple of the"),
+        (
+            ["--vae-tile", "7"],
+            "--vae-tile: VAE tile 7: must be a positive multiple of the VAE factor 2",
+        ),
+        (["--vae-tile", "-8"], "--vae-tile: VAE tile -8: must be positive"),
         (["--strength", "0.5"], "--strength 0.5 needs --init (img2img); txt2img"),
         (["--init", "missing.png", "--strength", "7"], "--strength must be in [0, 1], got 7.0"),
         (["--eta", "0.5"], "sampler 'euler' takes no eta (got eta=0.5); samplers with eta: ddim"),

@@ -135,6 +135,28 @@ def test_vae_tiles_are_positive_multiples_of_the_vae_factor(tiny_sd, monkeypatch
         generate(tiny_sd, request(), SETTINGS, vae_tile=tile)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"vae_upcast": "bogus"}, "unknown VAE upcast rule 'bogus'"),
+        ({"vae_batch": 0}, "VAE batch: decode >= 1 image per call .None: all at once., got 0"),
+        ({"decoder": "f8"}, "decoder downsample_factor 8, but the model's VAE has 2"),
+    ],
+)
+def test_decode_settings_are_checked_before_sampling(tiny_sd, monkeypatch, kwargs, match):
+    """A bad decode setting fails before the first step, not after the whole sampling run; a
+    preview decoder of another factor would return images of another size."""
+    from pilot.models.preview import PreviewConfig, PreviewDecoder
+
+    if kwargs.get("decoder") == "f8":
+        kwargs = {"decoder": PreviewDecoder(PreviewConfig(channels=8, upsamples=3, blocks=1))}
+        with pytest.raises(ValueError, match=match):
+            decode_latents(tiny_sd, torch.zeros(1, 4, 4, 4), decoder=kwargs["decoder"])
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_sd, request(), SETTINGS, **kwargs)
+
+
 def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
     """encode / decode with `batch=2` on 3 images: VAE calls of 2 and 1 images, the same
     latents and images as one call (float rounding), with and without tiles."""

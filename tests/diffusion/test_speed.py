@@ -46,6 +46,9 @@ def test_settings_validate_and_describe():
         channels_last=True, compile=True, compile_mode="max-autotune-no-cudagraphs"
     )
     assert settings.describe() == "channels_last+compile(max-autotune-no-cudagraphs)"
+    both = SpeedSettings(channels_last=True, prepack=True)  # what reaches a UNet where
+    assert both.for_model("cpu").describe() == "prepack"
+    assert both.for_model(torch.device("cuda", 0)).describe() == "channels_last"
 
 
 def test_cuda_graphs_refused_on_cpu():

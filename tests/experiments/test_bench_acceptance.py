@@ -70,6 +70,28 @@ def test_points_of_a_unet_table(tmp_path):
     assert all(row[6] == "acceptance.log:3 fp16" for row in rows.values())  # header line, dtype
 
 
+def test_logs_of_the_runner_and_of_one_benchmark(tmp_path):
+    """Tables are found by their titles too: `python -m experiments.bench` (`## unet ...`) and
+    `python -m experiments.bench.unet` (no header) logs give gpu.sh's points; a VAE table (the
+    same `| variant` columns) after a UNet table is not read as one."""
+    gpu = unet_log(
+        [
+            ("diffusers eager", 25.0, 130, 163, 2e-3),
+            ("pilot eager", 19.0, 94, 127, 2e-3),
+        ]
+    )
+    expected = verdicts(tmp_path, gpu)
+    header = gpu.splitlines()[0]
+    assert len(expected) == 3
+    assert verdicts(tmp_path, gpu.replace(header, "## unet --size 512")) == expected
+    alone = gpu.split("\n\n")[0].replace(header + "\n", "")
+    vae = ["VAE decode, preset sd15, 512x512 px", "| variant | dtype | ms |", "|-|-|-|"]
+    vae += ["| diffusers eager | fp16 | 5.0 |", "| pilot eager | fp16 | 9.0 |"]
+    assert verdicts(tmp_path, "\n".join([alone, "", *vae])) == {
+        point: [*row[:6], row[6].replace(":3", ":2")] for point, row in expected.items()
+    }
+
+
 def test_a_point_that_does_not_hold(tmp_path, capsys):
     text = unet_log(
         [

@@ -34,12 +34,78 @@ def test_runner_forwards_the_options_a_benchmark_takes():
     assert runner.forwarded(args, vae.SHARED_OPTIONS)[-1] == "--channels-last"
 
 
+def test_runner_reaches_render_and_pix2pix_and_names_what_a_benchmark_ignores():
+    from experiments.bench import pix2pix, render
+
+    args = argparse.Namespace(
+        preset="tiny", size=64, dtype="bf16", device="cpu", threads=1, channels_last=True,
+        compile=False, compile_mode="default", cuda_graphs=False, prepack=True,
+    )  # fmt: skip
+    assert runner.forwarded(args, pix2pix.SHARED_OPTIONS) == [
+        "--device", "cpu", "--threads", "1", "--channels-last",
+    ]  # fmt: skip
+    assert runner.forwarded(args, render.SHARED_OPTIONS) == [
+        "--size", "64", "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+    assert runner.ignored(args, pix2pix.SHARED_OPTIONS) == [
+        "--preset", "--size", "--dtype", "--prepack",
+    ]  # fmt: skip
+    assert runner.ignored(args, unet.SHARED_OPTIONS) == []
+    assert runner.ignored(args, ("preset", "size")) == [
+        "--dtype", "--device", "--threads", "--channels-last", "--prepack",
+    ]  # fmt: skip
+
+
+def test_runner_names_an_unknown_benchmark(capsys):
+    with pytest.raises(SystemExit):
+        runner.main(["unet", "nosuch"])
+    err = capsys.readouterr().err
+    assert "unknown benchmarks nosuch" in err and "half_check" in err and "acceptance" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_cuda_graphs_refused_without_cuda(capsys):
     for main in (runner.main, unet.main, pipeline.main, controlnet.main, animate.main):
         with pytest.raises(SystemExit):
             main(["unet", "--cuda-graphs"] if main is runner.main else ["--cuda-graphs"])
         assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("bench", "option"),
+    [("unet", "--iters"), ("vae", "--iters"), ("controlnet", "--iters"), ("pipeline", "--rounds"),
+     ("pix2pix", "--iters"), ("render", "--rounds"), ("unet", "--batch"), ("vae", "--images")],
+)  # fmt: skip
+def test_counts_below_one_are_usage_errors(capsys, bench, option):
+    """`--iters 0` and the like: refused while parsing, before a model is built or timed."""
+    main = importlib.import_module(f"experiments.bench.{bench}").main
+    with pytest.raises(SystemExit):
+        main([*TINY[:2], option, "0"])
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bench", ["unet", "controlnet", "vae", "pipeline", "animate", "half_check"]
+)
+def test_sizes_off_the_vae_factor_are_usage_errors(capsys, bench):
+    """Every benchmark checks `--size` against the preset's VAE factor (tiny: 2), before it
+    builds a model."""
+    main = importlib.import_module(f"experiments.bench.{bench}").main
+    for size in ("33", "0"):
+        with pytest.raises(SystemExit):
+            main(["--preset", "tiny", "--size", size])
+        err = capsys.readouterr().err
+        assert f"--size {size}: must be a positive multiple of the tiny VAE's factor 2" in err
+
+
+def test_latents_are_the_size_over_the_vae_factor():
+    """unet and controlnet draw the latents the pipeline samples: 64 px tiny -> 32x32."""
+    args = argparse.Namespace(seed=0, size=64, batch=2, preset="tiny")
+    ours, _ = unet.build_pair("tiny", 0)
+    x, _, _ = unet.draw_inputs(ours.cfg, args, torch.device("cpu"), torch.float32)
+    net = controlnet.build_models("tiny", 0, "cpu", torch.float32)[1]
+    inputs = controlnet.draw_inputs(net.cfg, args, torch.device("cpu"), torch.float32)
+    assert x.shape[-2:] == inputs["x"].shape[-2:] == (32, 32)
 
 
 def test_time_many_and_peak_memory_on_cpu():
@@ -67,22 +133,56 @@ def test_peak_memory_counts_the_tensors_a_call_creates():
 
 
 def test_unet_bench_rows_with_speed_flags(capsys):
-    unet.main([*TINY, "--dtype", "fp32,bf16", "--channels-last", "--iters", "1", "--warmup", "0"])
+    """A row per setting that changes the model: on the CPU `--channels-last` does not (the
+    library leaves a CPU UNet NCHW), so the row is pilot prepack, not channels_last+prepack."""
+    argv = ["--dtype", "fp32,bf16", "--channels-last", "--prepack", "--iters", "1", "--warmup", "0"]
+    unet.main([*TINY, *argv])
     out = capsys.readouterr().out
     assert "peak MiB (tensors)" in out
-    for row in (
-        "diffusers eager     | fp32",
-        "pilot eager         | bf16",
-        "pilot channels_last | bf16",
-    ):
+    for row in ("diffusers eager | fp32", "pilot eager     | bf16", "pilot prepack   | bf16"):
         assert row in out
+    assert "channels_last" not in out
 
 
 def test_controlnet_and_pipeline_bench_rows(capsys):
+    """On the CPU channels_last leaves the ControlNet stack as it is (no row) and converts the
+    pipeline's VAE (a row)."""
     controlnet.main([*TINY, "--channels-last", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "| pilot eager " in out and "channels_last" not in out
     pipeline.main([*TINY, "--steps", "1", "--rounds", "1", "--channels-last"])
     out = capsys.readouterr().out
-    assert out.count("| pilot channels_last |") == 2 and "image max rel err vs fp32" in out
+    assert out.count("| pilot channels_last |") == 1 and "image max rel err vs fp32" in out
+
+
+def test_controlnet_bench_interleaves_every_stack(capsys, monkeypatch):
+    """Every stack's steps, with and without control, are timed in the same rounds (one
+    `time_many_ms` call), as unet and vae time their rows."""
+    calls = []
+
+    def record(fns, device, **timing):
+        calls.append(len(fns))
+        return [1.0 + i for i in range(len(fns))]
+
+    monkeypatch.setattr(controlnet, "time_many_ms", record)
+    controlnet.main([*TINY, "--prepack", "--iters", "1", "--warmup", "0"])
+    assert calls == [6]  # diffusers eager, pilot eager, pilot prepack: off and on each
+    out = capsys.readouterr().out
+    assert "| pilot prepack   | 5.0           | 6.0             | 1.20x    | 3.00x " in out
+
+
+def test_half_check_compares_like_with_like(capsys):
+    """Both sides' images are clamped [0, 1] images, decoded in the VAE's dtype and in float32."""
+    from experiments.bench import half_check
+
+    half_check.main(["--preset", "tiny", "--size", "16", "--steps", "1", "--device", "cpu",
+                     "--dtype", "bf16"])  # fmt: skip
+    out = capsys.readouterr().out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()]
+    rows = {(row[0], row[1]): row for row in cells if len(row) == 5 and row[0] != "side"}
+    for side in ("diffusers", "pilot"):
+        for stage in ("image (VAE dtype)", "image (float32 VAE)"):
+            assert float(rows[side, stage][4]) <= 1  # max |value|: the clamped image
 
 
 def test_compile_reference_wraps_without_compiling_yet():
@@ -279,7 +379,7 @@ def test_own_process_memory_is_the_rows_memory_on_the_cpu():
     argv = [*TINY, "--size", "64"]
     mib = own_process_mib("experiments.bench.unet", argv, "pilot eager", "fp32")
     ours, _ = unet.build_pair("tiny", 0)
-    args = argparse.Namespace(seed=0, size=64, batch=2)
+    args = argparse.Namespace(seed=0, size=64, batch=2, preset="tiny")
     x, t, context = unet.draw_inputs(ours.cfg, args, torch.device("cpu"), torch.float32)
     with torch.inference_mode():
         expected = call_memory_mib(lambda: ours(x, t, context), torch.device("cpu"))

@@ -270,6 +270,21 @@ def test_conv2d_prepacked_follows_weight_updates():
     torch.testing.assert_close(conv(y), expected, rtol=1e-5, atol=1e-5)
 
 
+@torch.inference_mode()
+def test_conv2d_prepacked_takes_inference_tensor_weights():
+    """Weights made under inference mode keep no version counter: they are packed all the same,
+    and a `load_state_dict` of new ones is packed again."""
+    conv = Conv2d(8, 8, 3, padding=1)
+    conv.prepack = True
+    assert conv.weight.is_inference()
+    x = torch.randn(1, 8, 6, 6)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    conv.load_state_dict({"weight": 2 * conv.weight, "bias": conv.bias})
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_geglu_without_grad_multiplies_in_the_projection_memory():
     """No backward to serve: the gate's product is written over the projection's first half
     (the SD 1.5 UNet's float32 peak at 256 px fell from 62.5 to 52.5 MiB of tensors)."""
