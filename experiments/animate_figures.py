@@ -42,8 +42,8 @@ MODES = {
 
 
 def render(sd, frames, root: Path, config: dict) -> tuple[torch.Tensor, float]:
-    sampler = FeedbackSampler(
-        sd, SamplingSettings(sampler="euler", steps=4, cfg=1.0), FeedbackConfig(**config),
+    sampler = FeedbackSampler(  # CFG is a schedule of the FeedbackConfig (the settings' is not read)
+        sd, SamplingSettings(sampler="euler", steps=4), FeedbackConfig(**config),
         frames, parse_prompt_schedule("a corridor"), FrameStore(root), base_seed=3,
     )  # fmt: skip
     video, seconds = render_video(sampler, len(frames))
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         frames = ShotFrames(Shot(root / "shot"))
         videos, rows = {}, []
         for name, config in MODES.items():
-            config = {"strength": args.strength, **config}
+            config = {"strength": args.strength, "cfg": "1", **config}
             videos[name], seconds = render(sd, frames, root / str(len(videos)), config)
             m = temporal_metrics(videos[name], frames.flow)
             fresh = disoccluded_distance(videos[name], videos["independent"], frames.flow)
