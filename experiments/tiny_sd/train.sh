@@ -14,7 +14,8 @@
 # of it can be resumed), and the next stages read the exports of the previous ones.
 # STAGES="unet controlnet" runs a subset. A stage trained against an earlier export than the
 # one there now (after a CPU try: the VAE was trained on) refuses to resume: delete its folder
-# under runs/tiny_sd/ to train it afresh.
+# under runs/tiny_sd/ to train it afresh. After a CPU try, delete runs/tiny_sd/vae_anneal too:
+# it would resume its own short run, started from the try's VAE, instead of the full one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=experiments/tiny_sd

@@ -13,7 +13,7 @@ from pilot.animation.schedules import parse_prompt_schedule
 from pilot.diffusion.pipeline import SamplingSettings
 from pilot.scenes.geometry import warp
 
-SETTINGS = SamplingSettings(sampler="euler", steps=4, cfg=1.0)
+SETTINGS = SamplingSettings(sampler="euler", steps=4)  # CFG: the FeedbackConfig schedule
 
 
 def render(sd, shot, root, n=None, write_behind=False, **config) -> torch.Tensor:
@@ -21,7 +21,7 @@ def render(sd, shot, root, n=None, write_behind=False, **config) -> torch.Tensor
     prompts = parse_prompt_schedule("0: a red corridor | 24: a blue cave")
     store = FrameStore(root, write_behind=write_behind)
     sampler = FeedbackSampler(
-        sd, SETTINGS, FeedbackConfig(**config), frames, prompts, store, base_seed=3
+        sd, SETTINGS, FeedbackConfig(**{"cfg": "1", **config}), frames, prompts, store, base_seed=3
     )
     out = torch.cat([sampler.render(k) for k in range(n or len(frames))])
     store.flush()  # `render` leaves a write-behind store's last PNGs being written
