@@ -42,7 +42,8 @@ MODES = {
 
 
 def render(sd, frames, root: Path, config: dict) -> tuple[torch.Tensor, float]:
-    sampler = FeedbackSampler(  # CFG is a schedule of the FeedbackConfig (the settings' is not read)
+    # CFG is a schedule of the FeedbackConfig (config["cfg"]); the settings' cfg is not read.
+    sampler = FeedbackSampler(
         sd, SamplingSettings(sampler="euler", steps=4), FeedbackConfig(**config),
         frames, parse_prompt_schedule("a corridor"), FrameStore(root), base_seed=3,
     )  # fmt: skip

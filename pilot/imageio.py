@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 
@@ -37,10 +37,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB") -> Tensor:
-    """An image file as float (C, H, W) in [0, 1]; `mode` "RGB" (C = 3) or "L" (C = 1).
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greys Pillow's convert clips
 
-    Grey, palette and RGBA files are converted (alpha dropped).
+
+def decode_image(path: str | os.PathLike, mode: str = "RGB", *, alpha: str = "drop") -> np.ndarray:
+    """Decode an image file to uint8 (H, W) for `mode` "L" or (H, W, 3) for "RGB", as viewers
+    show it: EXIF orientation applied (phone photos), 16-bit grey scaled to 8 bits (MiDaS and
+    scanners write those; Pillow's `convert` would clip them to white), palette and grey files
+    converted. `alpha`: "drop" keeps the colour under transparent pixels, "white" composites
+    them over white (paper).
 
     Raises:
         FileNotFoundError: no such file.
@@ -51,10 +56,31 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Tensor:
         raise FileNotFoundError(f"{path}: no such image file")
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert(mode))
-    except OSError as e:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode in _WIDE_GREY:
+                grey = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
+                image = Image.fromarray(grey.astype(np.uint8), "L")
+            if alpha == "white" and (
+                image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            ):
+                rgba = image.convert("RGBA")
+                image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            return np.asarray(image.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
-    return from_uint8(array)
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB") -> Tensor:
+    """An image file as float (C, H, W) in [0, 1]; `mode` "RGB" (C = 3) or "L" (C = 1).
+
+    Decoded by `decode_image` (EXIF orientation, 16-bit grey, alpha dropped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable image (the message names it).
+    """
+    return from_uint8(decode_image(path, mode))
 
 
 def from_uint8(array: np.ndarray) -> Tensor:

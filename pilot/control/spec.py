@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -142,24 +143,22 @@ def _is_number(text: str) -> bool:
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
-    """Read a picture as (1, 3, H, W) float32 RGB in [0, 1], optionally resized (bicubic).
+    """Read a picture as (1, 3, H, W) float32 RGB in [0, 1], optionally resized (bicubic);
+    decoded as viewers show it (`pilot.imageio.decode_image`: EXIF orientation, 16-bit grey).
 
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from pilot.imageio import decode_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such control image")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-            pixels = data.reshape(im.size[1], im.size[0], 3)
-    except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"{path}: not a readable image: {e}") from e
+    im = Image.fromarray(decode_image(path, "RGB"))  # EXIF orientation, 16-bit grey
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(im).copy())  # (H, W, 3) uint8
     return pixels.permute(2, 0, 1)[None].float() / 255

@@ -32,9 +32,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from pilot.imageio import decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _LISTED = 8  # names an error message lists before "... and N more"
@@ -117,7 +119,6 @@ def match_pairs(root: Path, folders: Sequence[str]) -> list[list[Path]]:
     return [[files[s] for files in listings] for s in sorted(common)]
 
 
-_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greys Pillow would clip
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -144,28 +145,11 @@ def check_image(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
-def _to_8bit_grey(image: Image.Image) -> Image.Image:
-    """16-bit grey (modes I;16*, and I taken as 0..65535) -> 8-bit "L" keeping the top 8 bits."""
-    array = np.asarray(image).astype(np.int64)  # (H, W)
-    return Image.fromarray((np.clip(array, 0, 65535) >> 8).astype(np.uint8), "L")
-
-
 def read_image(path: Path, channels: int) -> np.ndarray:
-    """Decode to uint8 (H, W, channels): EXIF orientation applied (as viewers show it), 16-bit
-    grey scaled to 8 bits, transparency over white, grey/RGB as asked."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode in _WIDE_GREY:
-                image = _to_8bit_grey(image)
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            image = image.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot decode image ({e})") from e
+    """Decode to uint8 (H, W, channels) with `pilot.imageio.decode_image`: EXIF orientation
+    applied (as viewers show it), 16-bit grey scaled to 8 bits, transparency over white (paper),
+    grey/RGB as asked."""
+    array = decode_image(path, "L" if channels == 1 else "RGB", alpha="white")
     return array[:, :, None] if array.ndim == 2 else array
 
 
