@@ -194,6 +194,16 @@ def test_train_refuses_to_start_over_a_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"pilot train: error: an earlier run is there ({tmp_path / 'ckpt'} holds" in err
     assert "resume it with --ckpt_path last" in err
+    other = tmp_path / "other"  # the config fixes both dirpaths: the advice names them
+    args = ["train", "dcgan", "--config", str(cfg), "--trainer.default_root_dir", str(other)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "run elsewhere with --trainer.default_root_dir DIR --checkpoint.dirpath DIR/ckpt "
+        "--timelapse.dirpath DIR/timelapse (the config sets checkpoint.dirpath and "
+        "timelapse.dirpath" in err
+    )
+    assert not other.exists()  # refused before the config copy and the logs are written
 
 
 def test_train_bad_system_and_threads(tmp_path, capsys):
