@@ -9,6 +9,9 @@ the renderer's default random density per scene (`--fog-density 0.02 0.25`) the 
 cannot be told from its hatched input, and even an oracle that knows the exact geometry but not
 the density reaches only 0.87 correlation with the true fog
 (`python -m experiments.walls_fog_oracle`).
+
+Rerunning it replaces the earlier sets in `--out` and `--out`_val (`pilot.data.walls.write_pairs`:
+no old pair stays; an interrupted run leaves folders that training refuses until rerun).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pilot.data.walls import write_pairs
+from pilot.data.walls import check_pairs_folder, check_write_args, fog_density_range, write_pairs
 from pilot.scenes.layouts import LayoutConfig
 
 
@@ -35,11 +38,17 @@ def main() -> None:
         "--fog-density", type=float, nargs="+", default=[0.1], metavar="D", help="D or LO HI"
     )
     args = parser.parse_args()
+    val = args.out.with_name(args.out.name + "_val")
+    try:  # both sets checked before either is written
+        cfg = LayoutConfig(fog_density=fog_density_range(args.fog_density))
+        for n, root in ((args.count, args.out), (args.val_count, val)):
+            check_write_args(n, args.size, args.workers)
+            check_pairs_folder(root)
+    except ValueError as e:
+        parser.error(str(e))
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cfg = LayoutConfig(fog_density=(args.fog_density[0], args.fog_density[-1]))
     write_pairs(args.out, args.count, args.size, seed=0, workers=args.workers, cfg=cfg)
-    val = args.out.with_name(args.out.name + "_val")
     write_pairs(val, args.val_count, args.size, seed=1, workers=args.workers, cfg=cfg)
     print(
         f"wrote {args.count} pairs to {args.out} and {args.val_count} to {val} "

@@ -1,13 +1,19 @@
 """A hatched fly-through shot for `pilot conditioner apply`: a procedural corridor and a smooth
-camera path (`pilot.scenes.layouts.fly_through`), rendered frame by frame; writes the hatched
-frames to `<out>/hatched/` and the true textured and fog passes next to them for comparison.
+camera path (`pilot.scenes.layouts.fly_through`), written as a shot folder, the same one
+`pilot shot render OUT --seed S --frames N --size W W` writes (the hatched pass is the
+conditioner's input), plus the true textured and fog passes to compare with, as frame folders
+`<out>/textured/` and `<out>/fog/` beside the shot's passes (same frame names; not passes of
+shot.json). The shot writer's rules hold (`pilot.scenes.shot.ShotWriter`): the folder must be
+new, empty or a shot; a rerun replaces the earlier frames, textured and fog included; an
+interrupted run leaves an unfinished shot, refused until rerun.
 With `--checkpoint` it also draws the README figure: one row per `--rows` frame, columns
-hatched input, each conditioner's heads (e.g. texture, fog), true texture, true fog.
+hatched input, each conditioner's heads (texture, fog), true texture, true fog; the checkpoints
+are checked before any frame is rendered.
 
     python -m experiments.walls_fly_through --out runs/shots/fly --frames 48
     pilot conditioner apply --checkpoint runs/hatched_walls_pix2pix/checkpoints/last.ckpt \
-        --shot runs/shots/fly --out experiments/figures/walls_fly_through.gif
-    python -m experiments.walls_fly_through --checkpoint CKPT [CKPT ...] \
+        --shot runs/shots/fly --out fly.mp4
+    python -m experiments.walls_fly_through --out runs/shots/fly --checkpoint CKPT [CKPT ...] \
         --figure experiments/figures/walls_fly_through.png
 """
 
@@ -16,13 +22,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.walls_eval import WALLS_HEADS, load_walls_generator
 from pilot.animation.video import write_frame
-from pilot.scenes.layouts import fly_through
-from pilot.scenes.render import render
+from pilot.scenes.procedural import add_fly_through_frame, render_fly_through
+from pilot.scenes.render import RenderConfig
+from pilot.scenes.shot import ShotWriter, frame_name, remove_frames
+
+TRUTH = ("textured", "fog")  # frame folders beside the shot's passes
 
 
 def main() -> None:
@@ -35,31 +44,32 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=Path("walls_fly_through.png"))
     parser.add_argument("--rows", default="0,20,40", help="frames shown in the figure")
     args = parser.parse_args()
-    scene, path = fly_through(np.random.default_rng(args.seed))
-    poses = path.poses(args.frames)  # (F, 4, 4)
-    K = path.intrinsics(args.size, args.size)
     rows = [int(r) for r in args.rows.split(",")] if args.checkpoint else []
     if any(not 0 <= r < args.frames for r in rows):
         parser.error(f"--rows {args.rows}: frames are 0..{args.frames - 1}")
-    figure = []
-    for i, c2w in enumerate(poses):
-        out = render(scene, K[None], c2w[None], args.size, args.size)
-        for name in ("hatched", "textured", "fog"):
-            x = out[name][0].clamp(0, 1).mul(255).round().to(torch.uint8)  # (C, S, S)
-            rgb = x.expand(3, -1, -1) if x.shape[0] == 1 else x
-            write_frame(rgb.permute(1, 2, 0).numpy(), args.out / name / f"{i:04d}.png")
-        if i in rows:
-            figure.append(out)
-    print(f"wrote {args.frames} frames of {args.out}/{{hatched,textured,fog}}")
-    if args.checkpoint:
-        print(f"wrote {draw_figure(args.checkpoint, figure, args.figure)}")
+    try:  # every check before the first frame is rendered
+        generators = [load_walls_generator(c) for c in args.checkpoint or []]
+        provenance = {"source": "experiments.walls_fly_through", "seed": args.seed}
+        far = RenderConfig().far
+        writer = ShotWriter(args.out, args.size, args.size, far=far, provenance=provenance)
+        out = render_fly_through(args.seed, args.frames, args.size, args.size)
+    except ValueError as e:
+        parser.error(str(e))
+    for k in range(args.frames):
+        add_fly_through_frame(writer, out, k)  # frame 0 first removes the shot there
+        if k == 0:
+            remove_frames(args.out / name for name in TRUTH)
+        for name in TRUTH:
+            x = out[name][k].clamp(0, 1).mul(255).round().to(torch.uint8)  # (C, S, S)
+            write_frame(x.permute(1, 2, 0).squeeze(2).numpy(), args.out / name / frame_name(k))
+    print(f"wrote {writer.close()} ({args.frames} frames, with {' and '.join(TRUTH)} folders)")
+    if generators:
+        figure = [{k: v[r : r + 1] for k, v in out.items()} for r in rows]
+        print(f"wrote {draw_figure(generators, figure, args.figure)}")
 
 
-def draw_figure(checkpoints: list[str], renders: list[dict], path: Path) -> Path:
+def draw_figure(generators: list[torch.nn.Module], renders: list[dict], path: Path) -> Path:
     """Rows of hatched input | each model's heads | true texture | true fog, in [0, 1] RGB."""
-    from pilot.weights.gan import load_generator
-
-    generators = [load_generator(c, kind="pix2pix")[1] for c in checkpoints]
     side = generators[0].cfg.image_size
     rows = []
     for out in renders:
@@ -67,7 +77,8 @@ def draw_figure(checkpoints: list[str], renders: list[dict], path: Path) -> Path
         panels = [hatched * 2 - 1]
         for generator in generators:
             with torch.no_grad():
-                panels += generator.split_heads(generator(hatched * 2 - 1)).values()
+                heads = generator.split_heads(generator(hatched * 2 - 1))
+            panels += [heads[name] for name in WALLS_HEADS]
         panels += [F.interpolate(out[k], size=(side, side), mode="area") * 2 - 1
                    for k in ("textured", "fog")]  # fmt: skip
         rows.append(torch.cat([p.expand(-1, 3, -1, -1) for p in panels], 3))

@@ -16,10 +16,10 @@ import json
 import numpy as np
 import torch
 
+from experiments.walls_eval import finite, load_walls_generator
 from pilot.scenes.layouts import fly_through
 from pilot.scenes.render import render
 from pilot.scenes.sketch import hatched_pass
-from pilot.weights.gan import load_generator
 from train.metrics import head_metrics
 
 
@@ -36,6 +36,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--density", type=float, default=10.0, help="drawn lines per metre")
     args = parser.parse_args()
+    try:  # before any frame is rendered
+        generators = {c: load_walls_generator(c) for c in args.checkpoint}
+    except ValueError as e:
+        parser.error(str(e))
     scene, path = fly_through(np.random.default_rng(args.seed))
     c2w = path.poses(args.frames)
     K = path.intrinsics(args.size, args.size).expand(args.frames, 3, 3)
@@ -49,19 +53,19 @@ def main() -> None:
     sources = {"renderer": quantise(out["hatched"]), "drawn": quantise(drawn)}
     texture, fog = quantise(out["textured"]), quantise(out["fog"])
     results = {}
-    for checkpoint in args.checkpoint:
-        _, generator = load_generator(checkpoint, kind="pix2pix")
+    for checkpoint, generator in generators.items():
         for name, hatched in sources.items():
             with torch.no_grad():
-                pred = torch.cat([generator(x) for x in hatched.split(16)])
-            t, f = head_metrics(pred[:, :3], texture), head_metrics(pred[:, 3:], fog)
+                heads = [generator.split_heads(generator(x)) for x in hatched.split(16)]
+            pred = {k: torch.cat([h[k] for h in heads]) for k in ("texture", "fog")}
+            t, f = head_metrics(pred["texture"], texture), head_metrics(pred["fog"], fog)
             results[f"{checkpoint} | {name}"] = {
                 "texture_psnr": round(t["psnr"], 2),
                 "fog_corr": round(f["corr"], 3),
                 "fog_corr_per_image": round(f["corr_per_image"], 3),
                 "fog_l1": round(f["l1"], 3),
             }
-    print(json.dumps({"frames": args.frames, "size": args.size, **results}, indent=1))
+    print(json.dumps(finite({"frames": args.frames, "size": args.size, **results}), indent=1))
 
 
 if __name__ == "__main__":

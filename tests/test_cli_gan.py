@@ -93,6 +93,38 @@ def test_conditioner_apply_over_a_rendered_shot(tmp_path, pix2pix_file, capsys):
     assert "no hatched pass (passes ['depth', 'normals', 'motion', 'image'])" in err
 
 
+def test_conditioner_apply_reads_the_shots_frames_and_refuses_an_unfinished_one(
+    tmp_path, pix2pix_file, capsys
+):
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "3", "--size", "32", "32"]) == 0
+    shutil.copy(shot / "hatched" / "000001.png", shot / "hatched" / "0001.png")  # not a frame
+    out = tmp_path / "out.gif"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    assert main([*args, "--out", str(out)]) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 3  # shot.json's frames, once each
+    (shot / ".shot-unfinished").touch()  # an interrupted re-render
+    (shot / "shot.json").unlink()
+    assert main([*args, "--out", str(out)]) == 2
+    assert "shot.json: no shot.json (not a shot folder, or unfinished)" in capsys.readouterr().err
+
+
+def test_conditioner_apply_refuses_another_shots_heads(tmp_path, pix2pix_file, capsys):
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "3", "--size", "32", "32"]) == 0
+    heads = tmp_path / "heads"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    args += ["--out", str(tmp_path / "out.gif"), "--heads-dir", str(heads)]
+    assert main(args) == 0
+    assert main(args) == 0  # the same shot again: its own frames are replaced
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "32", "32"]) == 0
+    assert main(args) == 2  # a shorter shot would leave frame 2 of the other
+    err = capsys.readouterr().err
+    assert f"{heads / 'texture'} holds 1 file(s) this run does not write (000002.png)" in err
+    assert len(list((heads / "fog").iterdir())) == 3  # nothing deleted, nothing written
+
+
 def test_conditioner_apply_errors(tmp_path, pix2pix_file, dcgan_file, capsys):
     (tmp_path / "empty").mkdir()
     args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot"]
@@ -162,6 +194,16 @@ def test_train_refuses_to_start_over_a_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"pilot train: error: an earlier run is there ({tmp_path / 'ckpt'} holds" in err
     assert "resume it with --ckpt_path last" in err
+    other = tmp_path / "other"  # the config fixes both dirpaths: the advice names them
+    args = ["train", "dcgan", "--config", str(cfg), "--trainer.default_root_dir", str(other)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "run elsewhere with --trainer.default_root_dir DIR --checkpoint.dirpath DIR/ckpt "
+        "--timelapse.dirpath DIR/timelapse (the config sets checkpoint.dirpath and "
+        "timelapse.dirpath" in err
+    )
+    assert not other.exists()  # refused before the config copy and the logs are written
 
 
 def test_train_bad_system_and_threads(tmp_path, capsys):

@@ -76,12 +76,27 @@ class RunFolderGuard(L.Callback):
     holds a `last*.ckpt` or whose timelapse holds frames: starting at step 0 there would overwrite
     `last.ckpt` and delete the timelapse frames of the earlier run.
 
-    Checked in `on_fit_start`, when ModelCheckpoint's folder is resolved and before the
-    timelapse deletes anything (`on_train_start`).
+    `PilotCLI.before_fit` checks the folders the config names before anything is written (the
+    config copy and logs under `default_root_dir` included); `on_fit_start` checks again once
+    ModelCheckpoint's folder is resolved and before the timelapse deletes anything
+    (`on_train_start`).
+
+    Args:
+        set_dirpaths: the options whose folders the config fixed (e.g. `{"checkpoint.dirpath":
+            "runs/x/checkpoints"}`): `--trainer.default_root_dir` does not move those, so the
+            advice names them.
     """
 
+    def __init__(self, set_dirpaths: dict[str, str] | None = None) -> None:
+        self.set_dirpaths = dict(set_dirpaths or {})
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fast_dev_run or trainer.ckpt_path is not None:
+        self.check(trainer, trainer.ckpt_path)
+
+    def check(self, trainer: L.Trainer, ckpt_path: str | None) -> None:
+        """ValueError with advice when a fresh training would overwrite an earlier run in the
+        folders known so far (unresolved ones are skipped)."""
+        if trainer.fast_dev_run or ckpt_path is not None:
             return
         found, lasts, ckpts = [], [], []
         ckpt = trainer.checkpoint_callback
@@ -105,8 +120,18 @@ class RunFolderGuard(L.Callback):
             advice = f"it left no checkpoint to resume from: delete {folders} to start over"
         raise ValueError(
             f"an earlier run is there ({'; '.join(found)}) and a fresh training would "
-            f"overwrite it: {advice}, or pick another --trainer.default_root_dir (or "
-            "--checkpoint.dirpath / --timelapse.dirpath)"
+            f"overwrite it: {advice}, or {self.move_advice()}"
+        )
+
+    def move_advice(self) -> str:
+        """How to run elsewhere: another default_root_dir, plus the folders the config fixed."""
+        if not self.set_dirpaths:
+            return "pick another --trainer.default_root_dir"
+        options = " ".join(f"--{k} DIR/{Path(v).name}" for k, v in self.set_dirpaths.items())
+        return (
+            f"run elsewhere with --trainer.default_root_dir DIR {options} (the config sets "
+            f"{' and '.join(self.set_dirpaths)}, which --trainer.default_root_dir alone does not "
+            "move)"
         )
 
 
@@ -190,10 +215,15 @@ class PilotCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Check that the `ckpt_path` file holds this system's models (`check_checkpoint_fits`)
-        before Lightning lists every missing key."""
+        before Lightning lists every missing key, and that a fresh training does not start over
+        an earlier run in the folders the config names (`RunFolderGuard`), before the config
+        copy or a log is written."""
         if self.checkpoint is not None:
             path, ckpt = self.checkpoint
             check_checkpoint_fits(ckpt, path, self.model)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for guard in (c for c in self.trainer.callbacks if isinstance(c, RunFolderGuard)):
+            guard.check(self.trainer, config.get("ckpt_path"))
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -204,7 +234,12 @@ class PilotCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.fast_dev_run:  # Lightning's ModelCheckpoint would still save last-v1.ckpt
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
-        trainer.callbacks += [RunFolderGuard(), SystemName(self.system)]
+        fixed = {
+            f"{group}.dirpath": str(config[group]["dirpath"])
+            for group in ("checkpoint", "timelapse")
+            if config.get(group, {}).get("dirpath")
+        }
+        trainer.callbacks += [RunFolderGuard(fixed), SystemName(self.system)]
         return trainer
 
     def after_fit(self) -> None:

@@ -11,7 +11,10 @@ non-square training pairs; frames that would run at different sizes are refused,
 headers, before any frame runs), and shown next to every predicted head (e.g. input | texture |
 fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
 `--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
-PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy).
+PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy). A head
+folder holding files this run does not write (another shot's frames) is refused before any frame
+runs, rather than mixed with this shot's or deleted; rerunning the same shot overwrites its own.
+An interrupted shot (`.shot-unfinished`, no shot.json) is refused, as `Shot` refuses it.
 A model trained on several input folders concatenated (e.g. 2 channels) is refused: a shot gives
 one image per frame.
 """
@@ -22,31 +25,64 @@ import argparse
 from pathlib import Path
 
 
+def open_shot(shot: Path):
+    """The `Shot` in a shot folder (shot.json, or a writer's unfinished marker: refused as
+    `Shot` refuses it), or None for a plain folder (of frames, or of pass folders)."""
+    from pilot.scenes.shot import UNFINISHED, Shot
+
+    if (shot / "shot.json").is_file() or (shot / UNFINISHED).exists():
+        return Shot(shot)
+    return None
+
+
 def shot_frames(shot: Path, pass_name: str) -> list[Path]:
-    """Frame files of one pass of a shot folder, in name order; errors name the folder."""
+    """Frame files of one pass of a shot folder, in order; errors name the folder.
+
+    A shot's pass gives the frames shot.json lists (other files in the pass folder are not
+    frames of the shot); a folder that is not one of the shot's passes, or a plain folder,
+    gives its images in name order. An interrupted shot (unfinished marker) is refused.
+    """
     from pilot.data.paired import list_images
 
     folder = shot / pass_name
     if not shot.is_dir():
         raise FileNotFoundError(f"{shot}: no such shot folder")
-    if not folder.is_dir() and (shot / "shot.json").is_file():
-        from pilot.scenes.shot import Shot
-
-        passes = Shot(shot).passes
+    opened = open_shot(shot)
+    if opened is not None and pass_name in opened.passes:
+        return [opened.file(k, pass_name) for k in range(len(opened))]
+    if opened is not None and not folder.is_dir():
         raise ValueError(
-            f"{shot}: the shot has no {pass_name} pass (passes {passes}); `pilot shot render` "
-            f"writes a hatched pass, or put the frames as images in {folder}"
+            f"{shot}: the shot has no {pass_name} pass (passes {opened.passes}); `pilot shot "
+            f"render` writes a hatched pass, or put the frames as images in {folder}"
         )
     return list(list_images(folder if folder.is_dir() else shot).values())
 
 
 def shot_fps(shot: Path, default: float = 12.0) -> float:
     """The frame rate in `<shot>/shot.json`, or `default` for a plain folder of frames."""
-    if not (shot / "shot.json").is_file():
-        return default
-    from pilot.scenes.shot import Shot
+    opened = open_shot(shot) if shot.is_dir() else None
+    return default if opened is None else opened.fps
 
-    return Shot(shot).fps
+
+def check_heads_dir(heads_dir: Path, heads: list[str], stems: list[str]) -> None:
+    """ValueError unless `<heads_dir>/<head>/` holds no file but this run's frames (same
+    stems): frames of another shot (a longer one, other names) would be mixed with this one's,
+    and they may be the only copy of earlier work, so they are not deleted."""
+    ours = set(stems)
+    for head in heads:
+        folder = heads_dir / head
+        others = (
+            sorted(f.name for f in folder.iterdir() if f.stem not in ours)
+            if folder.is_dir()
+            else []
+        )
+        if others:
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            raise ValueError(
+                f"--heads-dir {heads_dir}: {folder} holds {len(others)} file(s) this run does not "
+                f"write ({', '.join(others[:3])}{more}), e.g. another shot's frames; pass an "
+                "empty or new folder, or delete them"
+            )
 
 
 def write_head(head, stem: Path) -> Path:
@@ -116,6 +152,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")
     files = shot_frames(args.shot, args.pass_name)
     check_run_sizes(files, size, cfg.image_size, args.square)
+    if args.heads_dir is not None:
+        check_heads_dir(args.heads_dir, list(cfg.head_names), [f.stem for f in files])
     frames = []
     for path in files:
         x = torch.from_numpy(read_image(path, cfg.in_channels).copy()).permute(2, 0, 1)

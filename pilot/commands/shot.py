@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 
@@ -101,20 +100,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_pairs(args: argparse.Namespace) -> int:
     """Write the hatched -> textured + fog pair data set."""
-    from pilot.data.walls import write_pairs
+    from pilot.data.walls import fog_density_range, write_pairs
     from pilot.scenes.layouts import LayoutConfig
 
     cfg = None
     if args.fog_density is not None:
-        lo, hi = args.fog_density[0], args.fog_density[-1]
-        if len(args.fog_density) > 2 or not 0 <= lo <= hi:
-            print(
-                f"pilot shot pairs: --fog-density takes D or LO HI with 0 <= LO <= HI, "
-                f"got {args.fog_density}",
-                file=sys.stderr,
-            )
-            return 2
-        cfg = LayoutConfig(fog_density=(lo, hi))
+        cfg = LayoutConfig(fog_density=fog_density_range(args.fog_density))
     path = write_pairs(
         args.out, args.n, args.size, args.seed, passes=args.passes, workers=args.workers, cfg=cfg
     )
@@ -159,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_preview)
 
     p = group.add_parser("pairs", help="write hatched -> textured + fog training pairs")
-    p.add_argument("out", help="folder to write (PNG per pass + manifest.json)")
+    p.add_argument("out", help="new or empty folder, or an earlier set's (replaced)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)

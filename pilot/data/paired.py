@@ -169,6 +169,9 @@ def _check_sizes(files: Sequence[Path], sizes: Sequence[tuple[int, int]]) -> Non
         raise ValueError(f"pair {files[0].stem!r} mixes image sizes: {listed}")
 
 
+UNFINISHED = ".pairs-unfinished"  # marker: a writer (`pilot.data.walls.write_pairs`) is not done
+
+
 class PairedImages(Dataset):
     """Paired images under `root` (see the module doc); item -> {"A": (Ca, S, S), "B": (Cb, S, S)}.
 
@@ -191,6 +194,11 @@ class PairedImages(Dataset):
         names: Sequence[str] | None = None,
     ) -> None:
         self.root, self.cfg, self.augment = Path(root), cfg, augment
+        if (self.root / UNFINISHED).exists():
+            raise ValueError(
+                f"{self.root}: unfinished pairs ({UNFINISHED}: the writer was interrupted); "
+                "run it again"
+            )
         if cfg.layout == "side_by_side":
             self.pairs = [[p] for p in list_images(self.root).values()]
         else:

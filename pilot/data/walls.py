@@ -15,16 +15,25 @@ Folder layout written by `write_pairs` (8-bit PNG, value = round(255 * x)):
     manifest.json       {"format": "pilot-walls", "version", "count", "size", "seed", "layouts",
                          "passes": {name: {"channels", "range", "ext"}}, "items": [{"index",
                          "layout", "file"}]}; written last: its presence means the set is complete
+    .pairs-unfinished   present while `write_pairs` fills the folder (`PairedImages` refuses it)
     hatched/000000.png  grey, 1 = paper, 0 = ink
     textured/000000.png RGB, lit texture without fog
     fog/000000.png      grey, fog amount 0 (clear) .. 1 (only fog)
     image/, depth/ (.npy float32 metres), normals/ (.npy float32 (3, S, S)) when asked for
+
+`write_pairs` goes into a new or empty folder or one it wrote (a manifest, or its unfinished
+marker); any other folder is refused, so nothing of yours is overwritten. Writing over a set
+marks the folder unfinished and removes the manifest and every pair file (`000000.png` ...)
+first: a smaller or different new set leaves no old pairs, and an interrupted rewrite leaves an
+unfinished folder, never the old manifest over new files. Your own pair folders (no manifest)
+are still read by `PairedImages`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -35,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pilot.data.paired import UNFINISHED
 from pilot.scenes import layouts
 from pilot.scenes.camera import intrinsics
 from pilot.scenes.render import Scene, render, stack_scenes
@@ -43,6 +53,64 @@ PAIR_PASSES = ("hatched", "textured", "fog")
 PNG_PASSES = ("hatched", "textured", "fog", "image")
 NPY_PASSES = ("depth", "normals")
 MANIFEST_VERSION = 1
+PAIR_FILE = re.compile(r"\.?\d{6}\.(png|npy)(\.tmp)?")  # a pair file, or its temporary
+
+
+def fog_density_range(
+    values: Sequence[float], option: str = "--fog-density"
+) -> tuple[float, float]:
+    """`LayoutConfig.fog_density` from one value (fixed) or two (LO HI, drawn per scene).
+
+    Raises:
+        ValueError: naming `option`, unless 1 or 2 values with 0 <= LO <= HI.
+    """
+    lo, hi = (values[0], values[-1]) if values else (-1.0, -1.0)
+    if not 1 <= len(values) <= 2 or not 0 <= lo <= hi:
+        raise ValueError(f"{option} takes D or LO HI with 0 <= LO <= HI, got {list(values)}")
+    return float(lo), float(hi)
+
+
+def check_write_args(n: int, size: int, workers: int = 1) -> None:
+    """ValueError naming the values unless `write_pairs` can run with them."""
+    if n < 1 or size < 8 or workers < 1:
+        raise ValueError(
+            f"need n >= 1 pairs, size >= 8 and workers >= 1, got n={n}, size={size}, "
+            f"workers={workers}"
+        )
+
+
+def check_pairs_folder(root: str | Path) -> None:
+    """ValueError unless `write_pairs` may write into `root`: new, empty, or written by it (a
+    pilot-walls manifest, or its unfinished marker). Any other folder may hold your files."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a pairs folder")
+    if not root.is_dir() or not any(root.iterdir()) or (root / UNFINISHED).exists():
+        return
+    try:
+        ours = json.loads((root / "manifest.json").read_text()).get("format") == "pilot-walls"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"{root} is not empty and holds no pairs of write_pairs (no pilot-walls "
+            "manifest.json): pass a new or empty folder, so nothing of yours is overwritten"
+        )
+
+
+def _clear(root: Path) -> None:
+    """Mark `root` unfinished, then remove its manifest and pair files (other files stay)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / UNFINISHED).touch()
+    (root / "manifest.json").unlink(missing_ok=True)
+    for p in PNG_PASSES + NPY_PASSES:
+        folder = root / p
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if PAIR_FILE.fullmatch(f.name):
+                    f.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def item_generator(seed: int, index: int) -> np.random.Generator:
@@ -194,7 +262,8 @@ def write_pairs(
     `cfg` sets the ranges scenes are drawn from (default `layouts.LayoutConfig()`); e.g. a fixed
     `fog_density=(0.1, 0.1)` makes the fog a function of the geometry alone, which a
     conditioner can learn from the hatched input (a random density per scene is invisible there).
-    The manifest records the fog density range.
+    The manifest records the fog density range. The folder is checked (`check_pairs_folder`)
+    and an earlier set in it removed first (module doc).
 
     `workers` > 1 splits the items over that many processes with one torch thread each: on a
     small, shared CPU this beats one process with several intra-op threads, whose OpenMP
@@ -204,8 +273,9 @@ def write_pairs(
     bad = [p for p in passes if p not in PNG_PASSES + NPY_PASSES]
     if bad:
         raise ValueError(f"unknown passes {bad}; choose from {list(PNG_PASSES + NPY_PASSES)}")
-    if n < 1 or workers < 1:
-        raise ValueError(f"need n >= 1 and workers >= 1, got n={n}, workers={workers}")
+    check_write_args(n, size, workers)
+    check_pairs_folder(root)
+    _clear(root)
     for p in passes:
         (root / p).mkdir(parents=True, exist_ok=True)
     args = (size, seed, tuple(passes), tuple(layout_names), batch, device, cfg)
@@ -231,6 +301,7 @@ def write_pairs(
     }
     path = root / "manifest.json"
     _write_atomic(path, json.dumps(manifest, indent=1).encode())
+    (root / UNFINISHED).unlink()
     return path
 
 

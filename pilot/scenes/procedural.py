@@ -27,6 +27,48 @@ def motion_from_depth(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
     return torch.cat([to_prev, to_next], 1)
 
 
+def render_fly_through(
+    seed: int, n_frames: int, width: int, height: int, batch: int = 8
+) -> dict[str, Tensor]:
+    """Render the corridor fly-through `layouts.fly_through(seed)` in `n_frames` frames.
+
+    Returns:
+        dict of (N, C, H, W) float tensors: every pass of `pilot.scenes.render.render` (in
+        [0, 1] where documented there) plus `motion` (`motion_from_depth`), and the cameras `K`
+        (N, 3, 3) and `c2w` (N, 4, 4).
+    """
+    if n_frames < 2:
+        raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
+    scene, path = fly_through(np.random.default_rng(seed))
+    c2w = path.poses(n_frames)  # (N, 4, 4)
+    K = path.intrinsics(width, height).expand(n_frames, 3, 3).contiguous()
+    parts = []
+    for lo in range(0, n_frames, batch):
+        hi = min(lo + batch, n_frames)
+        parts.append(render(stack_scenes([scene] * (hi - lo)), K[lo:hi], c2w[lo:hi], height, width))
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out.update(motion=motion_from_depth(out["depth"], K, c2w), K=K, c2w=c2w)
+    return out
+
+
+def add_fly_through_frame(writer: ShotWriter, out: dict[str, Tensor], k: int) -> None:
+    """Add frame k of a `render_fly_through` result to `writer`: depth, normals, motion, the
+    fogged colour image and the hatched line drawing, as `fly_through_shot` writes them."""
+    image, hatched = (
+        out[p][k].clamp(0, 1).mul(255).round().to(torch.uint8) for p in ("image", "hatched")
+    )
+    writer.add(
+        out["K"][k].numpy(),
+        out["c2w"][k].numpy(),
+        out["depth"][k, 0].numpy(),
+        normals=out["normals"][k].permute(1, 2, 0).numpy(),
+        motion=out["motion"][k].permute(1, 2, 0).numpy(),
+        image=image.permute(1, 2, 0).numpy(),
+        hatched=hatched[0].numpy(),
+        source_frame=k,
+    )
+
+
 def fly_through_shot(
     root: str | Path,
     seed: int = 0,
@@ -45,30 +87,9 @@ def fly_through_shot(
     """
     if n_frames < 2:
         raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
-    cfg = RenderConfig()
     provenance = {"source": "pilot.scenes.procedural.fly_through_shot", "seed": seed}
-    writer = ShotWriter(root, width, height, fps=fps, far=cfg.far, provenance=provenance)
-    scene, path = fly_through(np.random.default_rng(seed))
-    c2w = path.poses(n_frames)  # (N, 4, 4)
-    K = path.intrinsics(width, height).expand(n_frames, 3, 3).contiguous()
-    parts = []
-    for lo in range(0, n_frames, batch):
-        hi = min(lo + batch, n_frames)
-        parts.append(render(stack_scenes([scene] * (hi - lo)), K[lo:hi], c2w[lo:hi], height, width))
-    out = {k: torch.cat([p[k] for p in parts]) for k in ("image", "hatched", "depth", "normals")}
-    motion = motion_from_depth(out["depth"], K, c2w)
-    image, hatched = (
-        out[p].clamp(0, 1).mul(255).round().to(torch.uint8) for p in ("image", "hatched")
-    )
+    writer = ShotWriter(root, width, height, fps=fps, far=RenderConfig().far, provenance=provenance)
+    out = render_fly_through(seed, n_frames, width, height, batch)
     for k in range(n_frames):
-        writer.add(
-            K[k].numpy(),
-            c2w[k].numpy(),
-            out["depth"][k, 0].numpy(),
-            normals=out["normals"][k].permute(1, 2, 0).numpy(),
-            motion=motion[k].permute(1, 2, 0).numpy(),
-            image=image[k].permute(1, 2, 0).numpy(),
-            hatched=hatched[k, 0].numpy(),
-            source_frame=k,
-        )
+        add_fly_through_frame(writer, out, k)
     return writer.close()

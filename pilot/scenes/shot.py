@@ -73,6 +73,11 @@ CONVENTIONS = {
 }
 
 
+def frame_name(k: int, ext: str = "png") -> str:
+    """File name of frame k of a pass (or of any frame folder kept beside a shot's passes)."""
+    return f"{k:06d}.{ext}"
+
+
 def _save_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -116,11 +121,11 @@ def _save_frame(root: Path, p: str, k: int, a: np.ndarray, height: int, width: i
     a = _check_array(p, k, a, height, width)
     (root / p).mkdir(exist_ok=True)
     if p in PNG_PASSES:
-        _save_atomic(root / p / f"{k:06d}.png", png_bytes(a))
+        _save_atomic(root / p / frame_name(k, "png"), png_bytes(a))
     else:
         f = io.BytesIO()
         np.save(f, a.astype(np.float32))
-        _save_atomic(root / p / f"{k:06d}.npy", f.getvalue())
+        _save_atomic(root / p / frame_name(k, "npy"), f.getvalue())
 
 
 def _shape(p: str, height: int, width: int) -> tuple[int, ...]:
@@ -218,8 +223,13 @@ def _clear(root: Path) -> None:
     """
     (root / UNFINISHED).touch()
     (root / "shot.json").unlink(missing_ok=True)
-    for p in PASSES:
-        folder = root / p
+    remove_frames(root / p for p in PASSES)
+
+
+def remove_frames(folders: Iterable[Path]) -> None:
+    """Remove the frame files (`frame_name`, and their temporaries) from each folder, then the
+    folder if that left it empty; other files stay, missing folders are skipped."""
+    for folder in folders:
         if not folder.is_dir():
             continue
         for f in folder.iterdir():
@@ -366,7 +376,7 @@ class Shot:
 
     def file(self, k: int, p: str) -> Path:
         """Path of pass `p` of frame `k`."""
-        return self.root / p / f"{k:06d}.{'png' if p in PNG_PASSES else 'npy'}"
+        return self.root / p / frame_name(k, "png" if p in PNG_PASSES else "npy")
 
     def _load(self, k: int, p: str) -> np.ndarray:
         f = self.file(k, p)

@@ -5,7 +5,17 @@ import json
 import pytest
 import torch
 
-from pilot.data.walls import WallsFolder, render_pairs, write_pairs
+from pilot.data.paired import UNFINISHED, PairedConfig, PairedImages
+from pilot.data.walls import (
+    WallsFolder,
+    check_write_args,
+    fog_density_range,
+    render_pairs,
+    write_pairs,
+)
+
+WALLS = PairedConfig(inputs=("hatched",), input_channels=(1,), targets=("textured", "fog"),
+                     target_channels=(3, 1), image_size=16, load_size=16)  # fmt: skip
 
 
 def test_same_seed_same_pairs_and_item_independent_of_batch():
@@ -68,3 +78,52 @@ def test_worker_processes_write_identical_files(tmp_path):
         for i in range(3):
             name = f"{p}/{i:06d}.png"
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_rewriting_replaces_the_earlier_set(tmp_path):
+    write_pairs(tmp_path, 4, 16, seed=0, passes=("hatched", "textured", "fog", "depth"))
+    (tmp_path / "notes.txt").write_text("mine")
+    write_pairs(tmp_path, 2, 24, seed=1)  # fewer pairs, other size, no depth
+    for p in ("hatched", "textured", "fog"):
+        assert sorted(f.name for f in (tmp_path / p).iterdir()) == ["000000.png", "000001.png"]
+    assert not (tmp_path / "depth").exists() and (tmp_path / "notes.txt").is_file()
+    assert len(PairedImages(tmp_path, WALLS)) == 2  # training reads the folders: 2, not 4
+    assert not (tmp_path / UNFINISHED).exists()
+
+
+def test_interrupted_rewrite_is_unfinished(tmp_path, monkeypatch):
+    from pilot.data import walls
+
+    write_pairs(tmp_path, 3, 16, seed=0)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(walls, "_write_range", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(tmp_path, 3, 16, seed=1)
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        WallsFolder(tmp_path)  # the old manifest does not vouch for the new files
+    with pytest.raises(ValueError, match="unfinished pairs"):
+        PairedImages(tmp_path, WALLS)
+    monkeypatch.undo()
+    write_pairs(tmp_path, 3, 16, seed=1)  # rerun: accepted, complete
+    assert len(WallsFolder(tmp_path)) == 3
+
+
+def test_a_folder_of_yours_is_refused(tmp_path):
+    (tmp_path / "hatched").mkdir()
+    (tmp_path / "hatched" / "000000.png").write_bytes(b"my sketch")
+    with pytest.raises(ValueError, match="holds no pairs of write_pairs"):
+        write_pairs(tmp_path, 1, 16, seed=0)
+    assert (tmp_path / "hatched" / "000000.png").read_bytes() == b"my sketch"
+
+
+def test_argument_checks():
+    assert fog_density_range([0.1]) == (0.1, 0.1)
+    assert fog_density_range([0.02, 0.25]) == (0.02, 0.25)
+    for bad in ([0.3, 0.1], [0.1, 0.2, 0.3], [-0.1], []):
+        with pytest.raises(ValueError, match="--fog-density takes D or LO HI"):
+            fog_density_range(bad)
+    with pytest.raises(ValueError, match="n=0"):
+        check_write_args(0, 16)

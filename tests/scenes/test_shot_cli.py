@@ -152,3 +152,11 @@ def test_export_through_a_blender_executable(tmp_path):
         "64",
         "48",
     ]
+
+
+def test_pairs_refuses_a_folder_of_yours(tmp_path, capsys):
+    (tmp_path / "mine" / "hatched").mkdir(parents=True)
+    (tmp_path / "mine" / "hatched" / "000000.png").write_bytes(b"my sketch")
+    assert main(["shot", "pairs", str(tmp_path / "mine"), "--n", "1", "--size", "16"]) == 2
+    assert "holds no pairs of write_pairs" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "hatched" / "000000.png").read_bytes() == b"my sketch"
