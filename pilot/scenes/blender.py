@@ -12,6 +12,9 @@ conventions (`pilot.scenes.shot`):
 
 * camera: Blender cameras look down -Z with +Y up; c2w = matrix_world @ diag(1, -1, -1, 1) gives
   OpenCV axes. K follows lens, sensor size and fit, shift and render resolution (square pixels).
+* units: shots are in metres; a scene's Blender units are `unit_settings.scale_length` metres
+  each (1 unless the scene says otherwise; unit system "NONE" counts them as metres), so camera
+  positions, depth and `far` are scaled by it.
 * depth: Cycles' Z pass is already z-depth along the view axis; misses (1e10) become `far`,
   the camera's clip end.
 * normals: Cycles' Normal pass is world space; rotated into camera space, flipped to face the
@@ -71,6 +74,12 @@ def camera_pose(cam_obj) -> np.ndarray:
     return M @ BLENDER_TO_OPENCV
 
 
+def metres_per_unit(scene) -> float:
+    """Metres per Blender unit: the scene's unit scale (1 with unit system "NONE")."""
+    units = scene.unit_settings
+    return 1.0 if units.system == "NONE" else float(units.scale_length)
+
+
 def configure(scene, samples: int) -> None:
     """Cycles on the CPU, depth/normal/vector passes, uncompressed multilayer EXR output."""
     scene.render.engine = "CYCLES"
@@ -98,11 +107,15 @@ def _pass(channels: dict[str, np.ndarray], name: str, comps: str, path: Path) ->
     return np.stack(out, -1)
 
 
-def convert_passes(path: Path, K: np.ndarray, c2w: np.ndarray, far: float) -> dict:
-    """Read one frame's multilayer EXR and convert its passes to shot conventions."""
+def convert_passes(
+    path: Path, K: np.ndarray, c2w: np.ndarray, far: float, metres: float = 1.0
+) -> dict:
+    """Read one frame's multilayer EXR and convert its passes to shot conventions (`far` in
+    Blender units, `metres` per unit: depth comes out in metres)."""
     ch = read_exr(path)
     depth = _pass(ch, "Depth", "Z", path)[..., 0]
-    depth = np.where(np.isfinite(depth) & (depth < far), depth, far).astype(np.float32)
+    depth = np.where(np.isfinite(depth) & (depth < far), depth, far) * metres
+    depth = depth.astype(np.float32)
     n = _pass(ch, "Normal", "XYZ", path) @ c2w[:3, :3]  # world -> camera: R^T n per pixel
     H, W = depth.shape
     xs, ys = np.meshgrid(np.arange(W), np.arange(H))
@@ -156,11 +169,12 @@ def export_shot(
         scene.render.resolution_percentage = 100
     _, W, H = camera_intrinsics(cam, scene)
     fps = fps or scene.render.fps / scene.render.fps_base
-    far = float(cam.data.clip_end)
+    far, metres = float(cam.data.clip_end), metres_per_unit(scene)
     blend = bpy.data.filepath or "<unsaved>"
     provenance = {"source": "blender", "blender": bpy.app.version_string, "file": blend,
-                  "camera": cam.name, "engine": "CYCLES", "samples": samples}  # fmt: skip
-    writer = ShotWriter(out, W, H, fps=fps, far=far, provenance=provenance)
+                  "camera": cam.name, "engine": "CYCLES", "samples": samples,
+                  "metres_per_unit": metres}  # fmt: skip
+    writer = ShotWriter(out, W, H, fps=fps, far=far * metres, provenance=provenance)
     with tempfile.TemporaryDirectory() as tmp:
         for f in range(first, last + 1):
             scene.frame_set(f)
@@ -168,7 +182,8 @@ def export_shot(
             c2w = camera_pose(cam)
             scene.render.filepath = str(Path(tmp) / f"frame_{f:06d}")
             bpy.ops.render.render(write_still=True)
-            passes = convert_passes(Path(tmp) / f"frame_{f:06d}.exr", K, c2w, far)
+            passes = convert_passes(Path(tmp) / f"frame_{f:06d}.exr", K, c2w, far, metres)
+            c2w[:3, 3] *= metres  # the camera's position in metres
             writer.add(K, c2w, source_frame=f, **passes)
     return writer.close()
 

@@ -117,3 +117,23 @@ def test_hatched_pass_of_a_blender_export_is_fixed_on_the_surfaces(tmp_path):
     edges = sum((b.hatched.diff(dim=d)).abs().mean() for d in (1, 2))
     assert flow.norm(dim=1).mean() > 5
     assert (moved - b.hatched).abs()[visible[0]].mean() < 0.5 * edges
+
+
+def test_scene_units_become_metres(tmp_path):
+    _build_scene()
+    assert main([str(tmp_path / "m"), "--frames", "1", "2", "--samples", "1"]) == 0
+    units = bpy.context.scene.unit_settings
+    units.system, units.scale_length = "METRIC", 0.01  # a scene modelled in centimetres
+    assert main([str(tmp_path / "cm"), "--frames", "1", "2", "--samples", "1"]) == 0
+    m, cm = Shot(tmp_path / "m"), Shot(tmp_path / "cm")
+    assert cm.meta["provenance"]["metres_per_unit"] == pytest.approx(0.01)
+    assert cm.far == pytest.approx(m.far * 0.01)
+    for k in range(2):
+        assert torch.allclose(cm[k].depth, m[k].depth * 0.01, rtol=1e-6)
+        assert torch.allclose(cm[k].c2w[:3, 3], m[k].c2w[:3, 3] * 0.01, rtol=1e-6)
+        assert torch.equal(cm[k].c2w[:3, :3], m[k].c2w[:3, :3])
+    a, b = cm[0], cm[1]  # the flow from depth and cameras does not depend on the unit
+    flow = reprojection_flow(a.depth[None], a.K[None], a.c2w[None], b.K[None], b.c2w[None])[0]
+    a, b = m[0], m[1]
+    expected = reprojection_flow(a.depth[None], a.K[None], a.c2w[None], b.K[None], b.c2w[None])[0]
+    assert torch.allclose(flow, expected, atol=1e-3)
