@@ -54,15 +54,17 @@ def test_folder_round_trip_and_errors(tmp_path):
 
 
 def test_decode_latents_with_a_preview_decoder():
-    sd = make_tiny_sd()
-    decoder = PreviewDecoder(SMALL)
+    sd = make_tiny_sd()  # its VAE's factor is 2: the decoder's must be too
+    decoder = PreviewDecoder(PreviewConfig(channels=8, upsamples=1, blocks=1))
     latents = torch.randn(1, 4, 4, 4)
     images = decode_latents(sd, latents, decoder=decoder)
     expected = decoder.decode(latents / sd.scaling_factor) / 2 + 0.5
-    assert images.shape == (1, 3, 32, 32)
+    assert images.shape == (1, 3, 8, 8)
     torch.testing.assert_close(images, expected.clamp(0, 1))
-    tiled = decode_latents(sd, torch.randn(1, 4, 8, 8), decoder=decoder, tile=32)
-    assert tiled.shape == (1, 3, 64, 64)
+    tiled = decode_latents(sd, torch.randn(1, 4, 8, 8), decoder=decoder, tile=8)
+    assert tiled.shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="decoder downsample_factor 8, but the model's VAE has 2"):
+        decode_latents(sd, latents, decoder=PreviewDecoder(SMALL))
 
 
 def test_vae_fingerprint_names_the_weights_not_the_file_or_precision(tmp_path):
