@@ -223,6 +223,34 @@ def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
     assert list(tmp_path.glob("csv/version_*/metrics.csv")), "no CSV log next to W&B"
 
 
+def test_wandb_frames_share_the_losses_step(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []  # (step, metrics) of every W&B log call
+    log_metrics = WandbLogger.log_metrics
+
+    def record(self, metrics, step=None):
+        logged.append((step, dict(metrics)))
+        log_metrics(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", record)
+    cfg = dcgan_config(tmp_path, max_steps=8, log_every_n_steps=1)  # 4 GAN steps
+    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 2, 6 and 8 (after the fit)
+    cfg["wandb"] = "offline"
+    cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    cli.trainer.logger.experiment.finish()
+    losses = [step for step, m in logged if "g_loss" in m]
+    frames = [(step, m["timelapse/global_step"]) for step, m in logged if "timelapse/frame" in m]
+    assert losses == [0, 1, 2, 3]  # one per GAN step
+    assert frames == [(0, 2), (2, 6), (3, 8)]  # the frame files keep the global step
+    assert [step for step, m in logged if "timelapse/video" in m] == [3]
+    names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
+    assert names == ["00000002.png", "00000006.png", "00000008.png"]
+
+
 def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     cfg = dcgan_config(tmp_path, max_steps=2)
