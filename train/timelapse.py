@@ -125,7 +125,8 @@ class Timelapse(L.Callback):
 
     Args:
         every_n_steps: global steps between frames (a GAN step counts 2, see the module note).
-        dirpath: output folder; default `<trainer.log_dir or default_root_dir>/timelapse`.
+        dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
+            every run in that folder, so a resumed run adds to the frames of the run it resumes.
         fps: frame rate of the GIF and MP4.
         video_every_n_frames: rebuild the videos after this many new frames (and at the end).
         log_wandb: also log frames and the final video to an attached `WandbLogger`.
@@ -172,9 +173,8 @@ class Timelapse(L.Callback):
         self.last_frame_step = state_dict["last_frame_step"]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            root = trainer.log_dir or trainer.default_root_dir
-            self.dirpath = Path(root) / "timelapse"
+        if self.dirpath is None:  # not the logger's versioned folder: a resume writes here too
+            self.dirpath = Path(trainer.default_root_dir) / "timelapse"
         if not hasattr(pl_module, "timelapse_panels"):
             raise ValueError(f"{type(pl_module).__name__} has no timelapse_panels() to draw")
 

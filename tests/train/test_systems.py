@@ -183,6 +183,19 @@ def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
     assert run("dcgan", ["fit", "--config", str(cfg)]).trainer.global_step == 4
 
 
+def test_default_timelapse_folder_survives_a_resume(tmp_path):
+    config = dcgan_config(tmp_path, max_steps=4)
+    del config["timelapse"]["dirpath"]  # default: <default_root_dir>/timelapse, not csv/version_N
+    cfg = write_yaml(tmp_path / "c.yaml", config)
+    run("dcgan", ["fit", "--config", str(cfg)])
+    run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
+    assert names == ["00000002.png", "00000004.png", "00000006.png", "00000008.png"]
+    assert not list(tmp_path.glob("csv/*/timelapse"))
+    with pytest.raises(ValueError, match="holds 4 timelapse frames"):  # the guard sees them
+        run("dcgan", ["fit", "--config", str(cfg), "--checkpoint.dirpath", str(tmp_path / "c2")])
+
+
 def test_fast_dev_run_leaves_a_run_folder_alone(tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
     run("dcgan", ["fit", "--config", str(cfg)])
