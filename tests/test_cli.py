@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from pilot.cli import main
 
 
@@ -24,6 +26,41 @@ def test_inspect_missing_path_is_a_clear_error(capsys, tmp_path):
     missing = tmp_path / "nope.safetensors"
     assert main(["inspect", str(missing)]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_inspect_names_controlnets_and_gan_checkpoints(capsys, tmp_path):
+    from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
+    from pilot.weights.gan import export_generator
+    from pilot.weights.hub import resolve
+
+    assert main(["inspect", "tiny_sd_depth"]) == 0  # the packaged ControlNet
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "controlnet" and summary["controlnet"]["params"] > 0
+    gan = tmp_path / "g.safetensors"
+    export_generator("dcgan", DCGANGenerator(DCGAN_PRESETS["tiny"]), gan)
+    assert main(["inspect", str(gan)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "dcgan" and summary["run_with"] == "pilot walk"
+    assert summary["generator"]["config"]["latent_dim"] == DCGAN_PRESETS["tiny"].latent_dim
+    unet = resolve("tiny_sd") / "unet"  # one model of a pipeline
+    assert main(["inspect", str(unet)]) == 2
+    err = capsys.readouterr().err
+    assert "a diffusers UNet2DConditionModel folder (one model" in err
+    assert f"pass the pipeline folder that holds it ({unet.parent})" in err
+
+
+def test_load_pipeline_names_gan_checkpoints_and_controlnets(tmp_path):
+    import pilot
+    from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
+    from pilot.weights.gan import export_generator
+    from pilot.weights.io import WeightsError
+
+    gan = tmp_path / "g.safetensors"
+    export_generator("dcgan", DCGANGenerator(DCGAN_PRESETS["tiny"]), gan)
+    with pytest.raises(WeightsError, match="a Diffusion Pilot dcgan exported generator, not a"):
+        pilot.load_pipeline(gan)
+    with pytest.raises(WeightsError, match="ControlNetModel folder .* pilot.load_controlnet"):
+        pilot.load_pipeline("tiny_sd_depth")
 
 
 def test_inspect_single_file(capsys, tmp_path):

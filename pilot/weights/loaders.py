@@ -296,6 +296,7 @@ def load_pipeline(
         tokenizer = load_tokenizer(source / "tokenizer")
     else:
         ckpt = read_checkpoint(source)
+        _refuse_gan(ckpt, source)
         models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in _KINDS}
         _warn_unused(ckpt.tensors, source)
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
@@ -521,11 +522,34 @@ def _normalize_keys(component: str, state_dict: Mapping[str, Tensor]) -> dict[st
     return dict(state_dict)
 
 
+def _refuse_gan(ckpt: Checkpoint, source: Path) -> None:
+    """A one-line error for a Diffusion Pilot GAN checkpoint (`pilot.weights.gan`)."""
+    kind = ckpt.metadata.get("pilot_kind")
+    if kind is None:
+        return
+    what = "training checkpoint" if "global_step" in ckpt.metadata else "exported generator"
+    raise WeightsError(
+        f"{source}: a Diffusion Pilot {kind} {what}, not a Stable Diffusion model: "
+        f"`pilot walk` (dcgan) or `pilot conditioner apply` (pix2pix) runs it "
+        "(pilot.weights.gan.load_generator loads it)"
+    )
+
+
 def _check_pipeline_folder(source: Path) -> None:
     index = source / "model_index.json"
     if not index.is_file():
         if all((source / c).is_dir() for c in _KINDS):
             return
+        if name := folder_class_name(source):  # one model of a pipeline, or a ControlNet
+            hint = (
+                "load it with pilot.load_controlnet (`pilot generate --controlnet`)"
+                if name == "ControlNetModel"
+                else f"pass the pipeline folder that holds it ({source.parent})"
+            )
+            raise WeightsError(
+                f"{source}: a diffusers {name} folder (one model, no model_index.json), not a "
+                f"pipeline folder: {hint}"
+            )
         raise WeightsError(f"{source}: no model_index.json, not a diffusers pipeline folder")
     try:
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
@@ -533,6 +557,16 @@ def _check_pipeline_folder(source: Path) -> None:
         raise WeightsError(f"{index}: unreadable: {e}") from e
     if "XL" in name or "StableDiffusion3" in name:
         raise WeightsError(f"{index}: a {name}; pilot loads SD 1.x / 2.x pipelines only")
+
+
+def folder_class_name(folder: Path) -> str | None:
+    """The `_class_name` of a diffusers model folder's config.json (None: none readable)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
 
 
 # The training schedule pilot samples with (`DiscreteSchedule.scaled_linear()`), as diffusers'

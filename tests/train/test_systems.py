@@ -214,6 +214,11 @@ def test_checkpoint_loads_without_lightning(tmp_path):
     run("dcgan", ["fit", "--config", str(cfg)])
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # no pickled code
     assert ckpt["pilot_kind"] == "dcgan"
+    import pilot
+    from pilot.weights.io import WeightsError
+
+    with pytest.raises(WeightsError, match="a Diffusion Pilot dcgan training checkpoint, not a"):
+        pilot.load_pipeline(tmp_path / "ckpt" / "last.ckpt")  # `pilot inspect` describes it
 
 
 def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
