@@ -63,7 +63,7 @@ def test_load_pipeline_names_gan_checkpoints_and_controlnets(tmp_path):
         pilot.load_pipeline("tiny_sd_depth")
 
 
-def test_inspect_single_file(capsys, tmp_path):
+def test_single_file_needs_a_tokenizer_that_fits(capsys, tmp_path):
     from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
     from pilot.models.unet import UNET_PRESETS, UNet
     from pilot.models.vae import VAE_PRESETS, AutoencoderKL
@@ -83,8 +83,18 @@ def test_inspect_single_file(capsys, tmp_path):
     )
     path = tmp_path / "tiny.safetensors"
     save_state_dict(state, path)
-    assert main(["inspect", str(path)]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["prediction_type"] == "epsilon"
-    assert summary["unet"]["params"] == sum(p.numel() for p in unet.parameters())
-    assert summary["unet"]["config"]["block_out_channels"] == list(unet.cfg.block_out_channels)
+    # the shipped CLIP tokenizer (49408 tokens) overflows the tiny text encoder's 1000
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the tokenizer has 49408 tokens but the text encoder embeds only 1000" in err
+    assert "tokenizer=" in err
+    import pilot
+    from pilot.commands._inspect import describe_module
+    from pilot.weights.hub import resolve
+
+    sd = pilot.load_pipeline(path, tokenizer=resolve("tiny_sd"))  # its 578 tokens fit
+    sd.text_encoder(sd.tokenizer(["a red wall"]))  # no IndexError in the embedding
+    assert sd.prediction_type == "epsilon"
+    summary = describe_module(sd.unet)
+    assert summary["params"] == sum(p.numel() for p in unet.parameters())
+    assert summary["config"]["block_out_channels"] == unet.cfg.block_out_channels

@@ -267,6 +267,7 @@ def load_pipeline(
     unet_config: Any = None,
     vae_config: Any = None,
     text_config: Any = None,
+    tokenizer: Any = None,
 ) -> StableDiffusion:
     """Load all four models of a Stable Diffusion 1.x / 2.x checkpoint.
 
@@ -281,9 +282,13 @@ def load_pipeline(
         unet_config, vae_config, text_config: each component's `config` (see `load_unet`,
             `load_vae`, `load_text_encoder`): a config object or preset name, needed for single
             files whose shapes fit no preset.
+        tokenizer: a `CLIPTokenizer`, or a path `load_tokenizer` reads (a tokenizer or model
+            folder, a BPE `.txt.gz`); None: the folder's `tokenizer/`, or pilot's shipped CLIP
+            vocabulary (49408 tokens) for a single file.
 
     Raises:
-        WeightsError: naming the file and the problem.
+        WeightsError: naming the file and the problem, e.g. a tokenizer with more tokens than
+            the text encoder's embedding table (a single file of a small text encoder).
     """
     source = resolve(path)
     kwargs = dict(dtype=dtype, device=device)
@@ -293,17 +298,33 @@ def load_pipeline(
         models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in _KINDS}
         pred = prediction_type or _folder_prediction_type(source)
         _check_folder_schedule(source)
-        tokenizer = load_tokenizer(source / "tokenizer")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(source / "tokenizer")
     else:
         ckpt = read_checkpoint(source)
         _refuse_gan(ckpt, source)
         models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in _KINDS}
         _warn_unused(ckpt.tensors, source)
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
-        tokenizer = _default_tokenizer(ckpt.tensors)
+        if tokenizer is None:
+            tokenizer = _default_tokenizer(ckpt.tensors)
     if pred not in ("epsilon", "v_prediction"):
         raise WeightsError(f"{source}: unsupported prediction_type {pred!r}")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    _check_tokenizer(tokenizer, models["text_encoder"], source)
     return StableDiffusion(tokenizer=tokenizer, prediction_type=pred, **models)
+
+
+def _check_tokenizer(tokenizer: Any, text_encoder: nn.Module, source: Path) -> None:
+    """Refuse a tokenizer whose ids overflow the text encoder's embedding table."""
+    n_tokens, n_embeddings = len(tokenizer.vocab), text_encoder.cfg.vocab_size
+    if n_tokens > n_embeddings:
+        raise WeightsError(
+            f"{source}: the tokenizer has {n_tokens} tokens but the text encoder embeds only "
+            f"{n_embeddings}: pass the tokenizer it was trained with "
+            "(load_pipeline(..., tokenizer=FOLDER or CLIPTokenizer))"
+        )
 
 
 def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.Module:
