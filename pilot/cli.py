@@ -36,25 +36,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Load a model (folder, single file or cached repo id) and print what it is."""
-    import pilot
+    from pilot.commands._inspect import describe_model
 
-    sd = pilot.load_pipeline(args.path)
-    summary = {
-        "path": args.path,
-        "prediction_type": sd.prediction_type,
-        "unet": _describe(sd.unet),
-        "vae": _describe(sd.vae),
-        "text_encoder": _describe(sd.text_encoder),
-        "tokenizer": {"vocab_size": len(sd.tokenizer.vocab), "pad": sd.tokenizer.pad_token_id},
-    }
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(describe_model(args.path), indent=2, default=str))
     return 0
-
-
-def _describe(module) -> dict:
-    """Config and parameter count of one component."""
-    n_params = sum(p.numel() for p in module.parameters())
-    return {"config": vars(module.cfg), "params": n_params}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print versions and devices")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("inspect", help="load a Stable Diffusion model and describe it")
+    p = sub.add_parser(
+        "inspect", help="describe a Stable Diffusion model, a ControlNet or a GAN checkpoint"
+    )
     p.add_argument("path", help="diffusers folder, single .safetensors/.ckpt file, or HF repo id")
     p.set_defaults(func=cmd_inspect)
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from pilot.cli import main
 
 
@@ -26,7 +28,42 @@ def test_inspect_missing_path_is_a_clear_error(capsys, tmp_path):
     assert "nope.safetensors" in capsys.readouterr().err
 
 
-def test_inspect_single_file(capsys, tmp_path):
+def test_inspect_names_controlnets_and_gan_checkpoints(capsys, tmp_path):
+    from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
+    from pilot.weights.gan import export_generator
+    from pilot.weights.hub import resolve
+
+    assert main(["inspect", "tiny_sd_depth"]) == 0  # the packaged ControlNet
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "controlnet" and summary["controlnet"]["params"] > 0
+    gan = tmp_path / "g.safetensors"
+    export_generator("dcgan", DCGANGenerator(DCGAN_PRESETS["tiny"]), gan)
+    assert main(["inspect", str(gan)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "dcgan" and summary["run_with"] == "pilot walk"
+    assert summary["generator"]["config"]["latent_dim"] == DCGAN_PRESETS["tiny"].latent_dim
+    unet = resolve("tiny_sd") / "unet"  # one model of a pipeline
+    assert main(["inspect", str(unet)]) == 2
+    err = capsys.readouterr().err
+    assert "a diffusers UNet2DConditionModel folder (one model" in err
+    assert f"pass the pipeline folder that holds it ({unet.parent})" in err
+
+
+def test_load_pipeline_names_gan_checkpoints_and_controlnets(tmp_path):
+    import pilot
+    from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
+    from pilot.weights.gan import export_generator
+    from pilot.weights.io import WeightsError
+
+    gan = tmp_path / "g.safetensors"
+    export_generator("dcgan", DCGANGenerator(DCGAN_PRESETS["tiny"]), gan)
+    with pytest.raises(WeightsError, match="a Diffusion Pilot dcgan exported generator, not a"):
+        pilot.load_pipeline(gan)
+    with pytest.raises(WeightsError, match="ControlNetModel folder .* pilot.load_controlnet"):
+        pilot.load_pipeline("tiny_sd_depth")
+
+
+def test_single_file_needs_a_tokenizer_that_fits(capsys, tmp_path):
     from pilot.models.clip import CLIP_PRESETS, CLIPTextModel
     from pilot.models.unet import UNET_PRESETS, UNet
     from pilot.models.vae import VAE_PRESETS, AutoencoderKL
@@ -46,8 +83,18 @@ def test_inspect_single_file(capsys, tmp_path):
     )
     path = tmp_path / "tiny.safetensors"
     save_state_dict(state, path)
-    assert main(["inspect", str(path)]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["prediction_type"] == "epsilon"
-    assert summary["unet"]["params"] == sum(p.numel() for p in unet.parameters())
-    assert summary["unet"]["config"]["block_out_channels"] == list(unet.cfg.block_out_channels)
+    # the shipped CLIP tokenizer (49408 tokens) overflows the tiny text encoder's 1000
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the tokenizer has 49408 tokens but the text encoder embeds only 1000" in err
+    assert "tokenizer=" in err
+    import pilot
+    from pilot.commands._inspect import describe_module
+    from pilot.weights.hub import resolve
+
+    sd = pilot.load_pipeline(path, tokenizer=resolve("tiny_sd"))  # its 578 tokens fit
+    sd.text_encoder(sd.tokenizer(["a red wall"]))  # no IndexError in the embedding
+    assert sd.prediction_type == "epsilon"
+    summary = describe_module(sd.unet)
+    assert summary["params"] == sum(p.numel() for p in unet.parameters())
+    assert summary["config"]["block_out_channels"] == unet.cfg.block_out_channels

@@ -206,6 +206,22 @@ def test_train_refuses_to_start_over_a_run(tmp_path, capsys):
     assert not other.exists()  # refused before the config copy and the logs are written
 
 
+def test_train_wandb_online_without_login_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("lightning")
+    pytest.importorskip("wandb")
+    from tests.train.helpers import dcgan_config, write_yaml
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    args = ["train", "dcgan", "--config", str(cfg), "--threads", "1", "--wandb", "online"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pilot train: error: wandb='online' needs W&B credentials" in err
+    assert "`wandb login`" in err and "--wandb offline" in err and "Traceback" not in err
+    assert not (tmp_path / "wandb").exists()
+
+
 def test_train_bad_system_and_threads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "gan"])

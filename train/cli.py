@@ -56,11 +56,17 @@ def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
     only when asked for or logged in).
 
     Raises:
-        ValueError: mode "online"/"offline" was asked for but wandb is not installed.
+        ValueError: mode "online"/"offline" was asked for but wandb is not installed, or
+            "online" without W&B credentials (`wandb_logged_in`).
     """
     has_wandb = importlib.util.find_spec("wandb") is not None
     if mode in ("online", "offline") and not has_wandb:
         raise ValueError(f"wandb={mode!r} needs the wandb package (pip install wandb)")
+    if mode == "online" and not wandb_logged_in():
+        raise ValueError(
+            "wandb='online' needs W&B credentials (no WANDB_API_KEY, no api.wandb.ai entry in "
+            "~/.netrc): run `wandb login`, or pass --wandb offline, auto or disabled"
+        )
     csv = CSVLogger(save_dir=save_dir, name="csv")
     if mode == "disabled" or not has_wandb:
         return [csv]

@@ -5,11 +5,12 @@ from inputs fixed at construction (latents, validation pairs), and `training_ste
 losses as a dict. This rank-zero callback keeps the loss history, renders a frame keyed by
 `trainer.global_step` into `<dirpath>/frames/<step>.png`, rebuilds `timelapse.gif` and
 `timelapse.mp4` from every frame on disk, and logs frames and video to W&B when a `WandbLogger`
-is attached. Under `fast_dev_run` (a config check) a frame is rendered into `last_frame` but
-nothing is written or deleted. The history is part of the checkpoint and the frames stay on
-disk, so a training resumed from its last checkpoint keeps the frames it had made (frames newer
-than the checkpoint are dropped and made again). Only `<step>.png` files count as frames; the
-temp files of writes a kill interrupted are deleted when a training starts.
+is attached, at the step Lightning logs the losses at (one per GAN step), with `global_step` as
+`timelapse/global_step`. Under `fast_dev_run` (a config check) a frame is rendered into
+`last_frame` but nothing is written or deleted. The history is part of the checkpoint and the
+frames stay on disk, so a training resumed from its last checkpoint keeps the frames it had made
+(frames newer than the checkpoint are dropped and made again). Only `<step>.png` files count as
+frames; the temp files of writes a kill interrupted are deleted when a training starts.
 
 Note: with manual optimisation Lightning counts every optimiser step, so a GAN step (one
 discriminator and one generator update) advances `global_step` by 2.
@@ -124,7 +125,8 @@ class Timelapse(L.Callback):
 
     Args:
         every_n_steps: global steps between frames (a GAN step counts 2, see the module note).
-        dirpath: output folder; default `<trainer.log_dir or default_root_dir>/timelapse`.
+        dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
+            every run in that folder, so a resumed run adds to the frames of the run it resumes.
         fps: frame rate of the GIF and MP4.
         video_every_n_frames: rebuild the videos after this many new frames (and at the end).
         log_wandb: also log frames and the final video to an attached `WandbLogger`.
@@ -171,9 +173,8 @@ class Timelapse(L.Callback):
         self.last_frame_step = state_dict["last_frame_step"]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            root = trainer.log_dir or trainer.default_root_dir
-            self.dirpath = Path(root) / "timelapse"
+        if self.dirpath is None:  # not the logger's versioned folder: a resume writes here too
+            self.dirpath = Path(trainer.default_root_dir) / "timelapse"
         if not hasattr(pl_module, "timelapse_panels"):
             raise ValueError(f"{type(pl_module).__name__} has no timelapse_panels() to draw")
 
@@ -206,9 +207,12 @@ class Timelapse(L.Callback):
         if due and not trainer.sanity_checking:
             self.make_frame(trainer, pl_module)
 
-    def make_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
-        """Render, write and (maybe) log the frame of the current step; returns its path (None
-        under `fast_dev_run`, which only renders it into `last_frame`)."""
+    def make_frame(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *, final: bool = False
+    ) -> Path | None:
+        """Render, write and (maybe) log the frame of the current step (`final`: after the fit
+        loop); returns its path (None under `fast_dev_run`, which only renders it into
+        `last_frame`)."""
         step = trainer.global_step
         with torch.no_grad():
             panels = pl_module.timelapse_panels()
@@ -220,9 +224,7 @@ class Timelapse(L.Callback):
         self._new_frames += 1
         if self._new_frames >= self.video_every_n_frames:
             self.write_videos()
-        logger = self._wandb_logger(trainer)
-        if logger is not None:
-            logger.log_image(key="timelapse/frame", images=[frame], step=step)
+        self._log_wandb(trainer, final, frame=frame)
         self._write_history()
         return path
 
@@ -247,27 +249,51 @@ class Timelapse(L.Callback):
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_frame_step != trainer.global_step:
-            self.make_frame(trainer, pl_module)
+            self.make_frame(trainer, pl_module, final=True)
         if trainer.fast_dev_run:
             return
-        paths = self.write_videos()
-        logger = self._wandb_logger(trainer)
-        if logger is not None and paths:
-            import wandb
-
-            logger.experiment.log({"timelapse/video": wandb.Video(str(paths[0]), format="gif")})
+        if paths := self.write_videos():
+            self._log_wandb(trainer, True, video=paths[0])
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error: Exception):
         if self.dirpath is not None and self._new_frames:
             self.write_videos()  # keep what was made when a training is interrupted
 
-    def _wandb_logger(self, trainer: L.Trainer):
+    def _log_wandb(
+        self,
+        trainer: L.Trainer,
+        final: bool,
+        frame: np.ndarray | None = None,
+        video: Path | None = None,
+    ) -> None:
+        """Log a frame or the video (GIF) to an attached `WandbLogger` (if any) at the
+        step Lightning logs the losses at (`_logging_step`), with `trainer.global_step` (the
+        frame files' step) as `timelapse/global_step`."""
         if not self.log_wandb:
-            return None
+            return
         from lightning.pytorch.loggers import WandbLogger
 
-        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if logger is None:
+            return
+        import wandb
+
+        metrics: dict[str, Any] = {"timelapse/global_step": trainer.global_step}
+        if frame is not None:
+            metrics["timelapse/frame"] = [wandb.Image(frame)]
+        if video is not None:
+            metrics["timelapse/video"] = wandb.Video(str(video), format="gif")
+        logger.log_metrics(metrics, step=_logging_step(trainer, final=final))
+
+
+def _logging_step(trainer: L.Trainer, *, final: bool) -> int:
+    """The step Lightning logs `LightningModule.log` metrics at (Lightning 2.x): the batches
+    that stepped the optimisers, so a GAN step is one step (`global_step` counts each optimiser,
+    2 per GAN step). The count goes up after a batch's hooks, so once the fit loop is done
+    (`final`) the last batch's step is one less."""
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return max(step - 1, 0) if final else step
 
 
 def _is_step(stem: str) -> bool:

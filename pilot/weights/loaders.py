@@ -267,6 +267,7 @@ def load_pipeline(
     unet_config: Any = None,
     vae_config: Any = None,
     text_config: Any = None,
+    tokenizer: Any = None,
 ) -> StableDiffusion:
     """Load all four models of a Stable Diffusion 1.x / 2.x checkpoint.
 
@@ -281,9 +282,13 @@ def load_pipeline(
         unet_config, vae_config, text_config: each component's `config` (see `load_unet`,
             `load_vae`, `load_text_encoder`): a config object or preset name, needed for single
             files whose shapes fit no preset.
+        tokenizer: a `CLIPTokenizer`, or a path `load_tokenizer` reads (a tokenizer or model
+            folder, a BPE `.txt.gz`); None: the folder's `tokenizer/`, or pilot's shipped CLIP
+            vocabulary (49408 tokens) for a single file.
 
     Raises:
-        WeightsError: naming the file and the problem.
+        WeightsError: naming the file and the problem, e.g. a tokenizer with more tokens than
+            the text encoder's embedding table (a single file of a small text encoder).
     """
     source = resolve(path)
     kwargs = dict(dtype=dtype, device=device)
@@ -293,16 +298,33 @@ def load_pipeline(
         models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in _KINDS}
         pred = prediction_type or _folder_prediction_type(source)
         _check_folder_schedule(source)
-        tokenizer = load_tokenizer(source / "tokenizer")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(source / "tokenizer")
     else:
         ckpt = read_checkpoint(source)
+        _refuse_gan(ckpt, source)
         models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in _KINDS}
         _warn_unused(ckpt.tensors, source)
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
-        tokenizer = _default_tokenizer(ckpt.tensors)
+        if tokenizer is None:
+            tokenizer = _default_tokenizer(ckpt.tensors)
     if pred not in ("epsilon", "v_prediction"):
         raise WeightsError(f"{source}: unsupported prediction_type {pred!r}")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    _check_tokenizer(tokenizer, models["text_encoder"], source)
     return StableDiffusion(tokenizer=tokenizer, prediction_type=pred, **models)
+
+
+def _check_tokenizer(tokenizer: Any, text_encoder: nn.Module, source: Path) -> None:
+    """Refuse a tokenizer whose ids overflow the text encoder's embedding table."""
+    n_tokens, n_embeddings = len(tokenizer.vocab), text_encoder.cfg.vocab_size
+    if n_tokens > n_embeddings:
+        raise WeightsError(
+            f"{source}: the tokenizer has {n_tokens} tokens but the text encoder embeds only "
+            f"{n_embeddings}: pass the tokenizer it was trained with "
+            "(load_pipeline(..., tokenizer=FOLDER or CLIPTokenizer))"
+        )
 
 
 def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.Module:
@@ -521,11 +543,34 @@ def _normalize_keys(component: str, state_dict: Mapping[str, Tensor]) -> dict[st
     return dict(state_dict)
 
 
+def _refuse_gan(ckpt: Checkpoint, source: Path) -> None:
+    """A one-line error for a Diffusion Pilot GAN checkpoint (`pilot.weights.gan`)."""
+    kind = ckpt.metadata.get("pilot_kind")
+    if kind is None:
+        return
+    what = "training checkpoint" if "global_step" in ckpt.metadata else "exported generator"
+    raise WeightsError(
+        f"{source}: a Diffusion Pilot {kind} {what}, not a Stable Diffusion model: "
+        f"`pilot walk` (dcgan) or `pilot conditioner apply` (pix2pix) runs it "
+        "(pilot.weights.gan.load_generator loads it)"
+    )
+
+
 def _check_pipeline_folder(source: Path) -> None:
     index = source / "model_index.json"
     if not index.is_file():
         if all((source / c).is_dir() for c in _KINDS):
             return
+        if name := folder_class_name(source):  # one model of a pipeline, or a ControlNet
+            hint = (
+                "load it with pilot.load_controlnet (`pilot generate --controlnet`)"
+                if name == "ControlNetModel"
+                else f"pass the pipeline folder that holds it ({source.parent})"
+            )
+            raise WeightsError(
+                f"{source}: a diffusers {name} folder (one model, no model_index.json), not a "
+                f"pipeline folder: {hint}"
+            )
         raise WeightsError(f"{source}: no model_index.json, not a diffusers pipeline folder")
     try:
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
@@ -533,6 +578,16 @@ def _check_pipeline_folder(source: Path) -> None:
         raise WeightsError(f"{index}: unreadable: {e}") from e
     if "XL" in name or "StableDiffusion3" in name:
         raise WeightsError(f"{index}: a {name}; pilot loads SD 1.x / 2.x pipelines only")
+
+
+def folder_class_name(folder: Path) -> str | None:
+    """The `_class_name` of a diffusers model folder's config.json (None: none readable)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
 
 
 # The training schedule pilot samples with (`DiscreteSchedule.scaled_linear()`), as diffusers'

@@ -11,6 +11,7 @@ UNet), with the float32 references rounded to float16 values first: pilot loads 
 """
 
 import gc
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,11 +32,15 @@ TOL = 1e-5
 # (`Upsample2D(phases=True)`): the same sum in another order, ~1e-5 apart in float32 at SD 1.5.
 TOL_DECODE = 3e-5
 PROMPTS = ["a red brick corridor, thick blue fog", "a cat"]
+# The tiny text encoder with CLIP's 49408 tokens: single files of it need this config.
+TINY_TEXT = replace(CLIP_PRESETS["tiny"], vocab_size=49408)
 
 
 def reference_models(size: str, seed: int = 0, text_act: str | None = None) -> dict:
     """diffusers UNet / VAE and transformers CLIP text model with pilot's preset shapes."""
     text_cfg = CLIP_PRESETS[size].to_transformers()
+    if size == "tiny":  # CLIP's vocabulary, which the shipped tokenizer needs (not the preset's)
+        text_cfg["vocab_size"] = TINY_TEXT.vocab_size
     if text_act:
         text_cfg["hidden_act"] = text_act
     with torch.device("meta"):  # skip the slow default init: `fill` sets every parameter
@@ -173,7 +178,7 @@ def test_pipeline_folder_tiny(tiny, tmp_path):
 def test_single_file_round_trip_tiny(tiny, tmp_path, suffix):
     path = tmp_path / f"tiny-sd1{suffix}"
     original_file(tiny["models"], path)
-    sd = pilot.load_pipeline(path)
+    sd = pilot.load_pipeline(path, text_config=TINY_TEXT)
     assert sd.prediction_type == "epsilon"
     assert sd.tokenizer.pad_token == "<|endoftext|>"
     out = pilot_outputs(sd.unet, sd.vae, sd.text_encoder, x=tiny["x"])
@@ -193,12 +198,14 @@ def test_single_file_round_trip_tiny(tiny, tmp_path, suffix):
 def test_single_file_round_trip_tiny_sd2(tiny_sd2, tmp_path, suffix, extra, prediction_type):
     path = tmp_path / f"tiny-sd2{suffix}"
     original_file(tiny_sd2["models"], path, text_format="open_clip", **extra)
-    sd = pilot.load_pipeline(path)
+    text = replace(TINY_TEXT, hidden_act="gelu")
+    sd = pilot.load_pipeline(path, text_config=text)
     assert sd.prediction_type == prediction_type
     assert sd.tokenizer.pad_token == "!"
     out = pilot_outputs(sd.unet, sd.vae, sd.text_encoder, x=tiny_sd2["x"])
     assert_parity(out, tiny_sd2["ref"], f"tiny SD2 single file {suffix}")
-    assert pilot.load_pipeline(path, prediction_type="epsilon").prediction_type == "epsilon"
+    sd = pilot.load_pipeline(path, prediction_type="epsilon", text_config=text)
+    assert sd.prediction_type == "epsilon"
 
 
 def test_diffusers_single_file_loader_reads_our_layout(tiny, tmp_path):

@@ -183,6 +183,19 @@ def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
     assert run("dcgan", ["fit", "--config", str(cfg)]).trainer.global_step == 4
 
 
+def test_default_timelapse_folder_survives_a_resume(tmp_path):
+    config = dcgan_config(tmp_path, max_steps=4)
+    del config["timelapse"]["dirpath"]  # default: <default_root_dir>/timelapse, not csv/version_N
+    cfg = write_yaml(tmp_path / "c.yaml", config)
+    run("dcgan", ["fit", "--config", str(cfg)])
+    run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
+    assert names == ["00000002.png", "00000004.png", "00000006.png", "00000008.png"]
+    assert not list(tmp_path.glob("csv/*/timelapse"))
+    with pytest.raises(ValueError, match="holds 4 timelapse frames"):  # the guard sees them
+        run("dcgan", ["fit", "--config", str(cfg), "--checkpoint.dirpath", str(tmp_path / "c2")])
+
+
 def test_fast_dev_run_leaves_a_run_folder_alone(tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
     run("dcgan", ["fit", "--config", str(cfg)])
@@ -201,6 +214,11 @@ def test_checkpoint_loads_without_lightning(tmp_path):
     run("dcgan", ["fit", "--config", str(cfg)])
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # no pickled code
     assert ckpt["pilot_kind"] == "dcgan"
+    import pilot
+    from pilot.weights.io import WeightsError
+
+    with pytest.raises(WeightsError, match="a Diffusion Pilot dcgan training checkpoint, not a"):
+        pilot.load_pipeline(tmp_path / "ckpt" / "last.ckpt")  # `pilot inspect` describes it
 
 
 def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
@@ -221,6 +239,34 @@ def test_wandb_offline_logs_frames(tmp_path, monkeypatch):
     media = list(runs[0].rglob("*.png"))
     assert media, "timelapse frames were not logged to W&B"
     assert list(tmp_path.glob("csv/version_*/metrics.csv")), "no CSV log next to W&B"
+
+
+def test_wandb_frames_share_the_losses_step(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []  # (step, metrics) of every W&B log call
+    log_metrics = WandbLogger.log_metrics
+
+    def record(self, metrics, step=None):
+        logged.append((step, dict(metrics)))
+        log_metrics(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", record)
+    cfg = dcgan_config(tmp_path, max_steps=8, log_every_n_steps=1)  # 4 GAN steps
+    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 2, 6 and 8 (after the fit)
+    cfg["wandb"] = "offline"
+    cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    cli.trainer.logger.experiment.finish()
+    losses = [step for step, m in logged if "g_loss" in m]
+    frames = [(step, m["timelapse/global_step"]) for step, m in logged if "timelapse/frame" in m]
+    assert losses == [0, 1, 2, 3]  # one per GAN step
+    assert frames == [(0, 2), (2, 6), (3, 8)]  # the frame files keep the global step
+    assert [step for step, m in logged if "timelapse/video" in m] == [3]
+    names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
+    assert names == ["00000002.png", "00000006.png", "00000008.png"]
 
 
 def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):

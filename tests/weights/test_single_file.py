@@ -22,6 +22,9 @@ ODD_UNET = replace(
 )
 ODD_VAE = replace(VAE_PRESETS["tiny"], block_out_channels=(16, 32), norm_num_groups=8)
 ODD_TEXT = replace(CLIP_PRESETS["tiny"], hidden_size=48, num_heads=4)
+# The shipped CLIP tokenizer (49408 tokens) overflows the tiny text encoder's 1000 embeddings;
+# the packaged tiny SD's (578) fits.
+TOKENIZER = "tiny_sd"
 
 
 def models(unet_cfg=ODD_UNET, vae_cfg=ODD_VAE, text_cfg=ODD_TEXT) -> dict:
@@ -76,7 +79,8 @@ def test_shapes_of_no_preset_load_with_configs(odd):
     path, ref = odd
     with pytest.raises(WeightsError, match="pass config= to load_unet, or unet_config="):
         pilot.load_pipeline(path)
-    sd = pilot.load_pipeline(path, unet_config=ODD_UNET, vae_config=ODD_VAE, text_config=ODD_TEXT)
+    configs = dict(unet_config=ODD_UNET, vae_config=ODD_VAE, text_config=ODD_TEXT)
+    sd = pilot.load_pipeline(path, **configs, tokenizer=TOKENIZER)
     for name, model in ref.items():
         assert getattr(sd, name).cfg == model.cfg
         assert_weights_equal(getattr(sd, name), model)
@@ -88,7 +92,7 @@ def test_presets_and_their_input_variants_need_no_config(tmp_path):
     inpaint = replace(UNET_PRESETS["tiny"], in_channels=9)
     ref = models(inpaint, VAE_PRESETS["tiny"], CLIP_PRESETS["tiny"])
     write(ref, tmp_path / "tiny.safetensors")
-    sd = pilot.load_pipeline(tmp_path / "tiny.safetensors")
+    sd = pilot.load_pipeline(tmp_path / "tiny.safetensors", tokenizer=TOKENIZER)
     assert sd.unet.cfg == inpaint
     assert (sd.vae.cfg, sd.text_encoder.cfg) == (VAE_PRESETS["tiny"], CLIP_PRESETS["tiny"])
     assert_weights_equal(sd.unet, ref["unet"])
@@ -173,7 +177,7 @@ def test_keys_outside_the_components_are_reported(tiny_file, tmp_path):
     }
     save_state_dict({**tiny_file, **lora}, tmp_path / "lora.safetensors")
     with pytest.warns(UserWarning, match=r"3 keys outside the SD components") as record:
-        sd = pilot.load_pipeline(tmp_path / "lora.safetensors")
+        sd = pilot.load_pipeline(tmp_path / "lora.safetensors", tokenizer=TOKENIZER)
     assert len(record) == 1
     message = str(record[0].message)
     assert "lora_unet_down_blocks_0_attentions_0_proj_in.alpha" in message
