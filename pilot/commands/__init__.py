@@ -36,3 +36,8 @@ def resolve_device(name: str | None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"--device {name}: not usable here: {first}") from e
     return device
+
+
+def default_dtype(device) -> str:
+    """The dtype used without --dtype: float16 on CUDA, float32 elsewhere."""
+    return "float16" if device.type == "cuda" else "float32"

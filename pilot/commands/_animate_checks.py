@@ -24,16 +24,13 @@ import hashlib
 import json
 from pathlib import Path
 
+from pilot.commands import default_dtype
+
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
 NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
                 "channels_last", "compile", "cuda_graphs", "prepack", "batch",
                 "vae_batch")  # fmt: skip
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the frames of a video folder
-
-
-def default_dtype(device) -> str:
-    """The dtype used without --dtype: float16 on CUDA, float32 elsewhere."""
-    return "float16" if device.type == "cuda" else "float32"
 
 
 def check_source_arguments(args: argparse.Namespace) -> None:

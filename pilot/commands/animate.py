@@ -177,11 +177,12 @@ def cmd_animate(args: argparse.Namespace) -> int:
     from pilot.animation.feedback import check_prompts
     from pilot.animation.inputs import FrameStore, check_run_folder
     from pilot.commands import _animate_checks as checks
+    from pilot.commands import default_dtype
     from pilot.diffusion.speed import optimize
 
     settings, config, prompts, frames, todo, device = check_arguments(args)
     speed = speed_settings(args, device)
-    dtype_name = args.dtype or checks.default_dtype(device)
+    dtype_name = args.dtype or default_dtype(device)
     dtype = getattr(torch, dtype_name)
     run = args.run or args.out.with_suffix(".run")
     chosen = checks.run_settings(args, frames, dtype_name)

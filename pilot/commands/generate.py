@@ -125,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import pilot
-    from pilot.commands import resolve_device
+    from pilot.commands import default_dtype, resolve_device
     from pilot.diffusion.pipeline import Request, SamplingSettings, generate
     from pilot.diffusion.speed import optimize
 
@@ -142,7 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     speed = speed_settings(args, device)
     init, mask = load_inputs(args)
-    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    dtype = getattr(torch, args.dtype or default_dtype(device))
     start = time.perf_counter()
     preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
     sd = pilot.load_pipeline(
