@@ -143,7 +143,7 @@ def check_range_start(run: Path, config, todo: range) -> None:
     )
 
 
-def check_frame_sizes(images: list, todo: range, frames, store, run: Path) -> None:
+def check_frame_sizes(images: list, todo: range, frames, store) -> None:
     """ValueError naming the first frame read from disk (`images`, frames `todo`) whose size
     is not the source's: checked before any video is written."""
     for k, image in zip(todo, images, strict=True):
@@ -151,6 +151,6 @@ def check_frame_sizes(images: list, todo: range, frames, store, run: Path) -> No
         if (h, w) != (frames.height, frames.width):
             raise ValueError(
                 f"{store.frame_path(k)} is {w}x{h}, but {frames.name} is "
-                f"{frames.width}x{frames.height}: run folder {run} was made from another "
+                f"{frames.width}x{frames.height}: run folder {store.root} was made from another "
                 "source; use another --run folder"
             )

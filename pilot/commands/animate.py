@@ -285,7 +285,7 @@ def finish(
     from pilot.imageio import atomic_output, to_uint8
 
     images = [store.read(k) for k in todo]
-    check_frame_sizes(images, todo, frames, store, run)
+    check_frame_sizes(images, todo, frames, store)
     images = torch.cat(images)  # (N, 3, H, W)
     video = [to_uint8(image) for image in images]
     write_mp4(video, args.out, fps=frames.fps)

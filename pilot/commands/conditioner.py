@@ -35,8 +35,9 @@ def open_shot(shot: Path):
     return None
 
 
-def shot_frames(shot: Path, pass_name: str) -> list[Path]:
-    """Frame files of one pass of a shot folder, in order; errors name the folder.
+def shot_frames(shot: Path, pass_name: str, opened) -> list[Path]:
+    """Frame files of one pass of a shot folder, in order; errors name the folder. `opened`:
+    its `open_shot` (read once by the caller, who also takes the fps from it).
 
     A shot's pass gives the frames shot.json lists (other files in the pass folder are not
     frames of the shot); a folder that is not one of the shot's passes, or a plain folder,
@@ -47,7 +48,6 @@ def shot_frames(shot: Path, pass_name: str) -> list[Path]:
     folder = shot / pass_name
     if not shot.is_dir():
         raise FileNotFoundError(f"{shot}: no such shot folder")
-    opened = open_shot(shot)
     if opened is not None and pass_name in opened.passes:
         return [opened.file(k, pass_name) for k in range(len(opened))]
     if opened is not None and not folder.is_dir():
@@ -58,9 +58,8 @@ def shot_frames(shot: Path, pass_name: str) -> list[Path]:
     return list(list_images(folder if folder.is_dir() else shot).values())
 
 
-def shot_fps(shot: Path, default: float = 12.0) -> float:
-    """The frame rate in `<shot>/shot.json`, or `default` for a plain folder of frames."""
-    opened = open_shot(shot) if shot.is_dir() else None
+def shot_fps(opened, default: float = 12.0) -> float:
+    """The frame rate of a shot (`open_shot`), or `default` for a plain folder of frames."""
     return default if opened is None else opened.fps
 
 
@@ -137,7 +136,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from pilot.data.paired import read_image
     from pilot.weights.gan import load_generator
 
-    fps = shot_fps(args.shot) if args.fps is None else args.fps
+    opened = open_shot(args.shot) if args.shot.is_dir() else None
+    fps = shot_fps(opened) if args.fps is None else args.fps
     check_video_path(args.out, fps)  # before any frame is made
     _, generator = load_generator(args.checkpoint, kind="pix2pix")
     cfg = generator.cfg
@@ -150,7 +150,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     size = cfg.image_size if args.size is None else args.size
     if size <= 0 or size % cfg.image_size:
         raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")
-    files = shot_frames(args.shot, args.pass_name)
+    files = shot_frames(args.shot, args.pass_name, opened)
     check_run_sizes(files, size, cfg.image_size, args.square)
     if args.heads_dir is not None:
         check_heads_dir(args.heads_dir, list(cfg.head_names), [f.stem for f in files])

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -48,12 +47,12 @@ from pilot.data.paired import UNFINISHED
 from pilot.scenes import layouts
 from pilot.scenes.camera import intrinsics
 from pilot.scenes.render import Scene, render, stack_scenes
+from pilot.scenes.shot import remove_frames
 
 PAIR_PASSES = ("hatched", "textured", "fog")
 PNG_PASSES = ("hatched", "textured", "fog", "image")
 NPY_PASSES = ("depth", "normals")
 MANIFEST_VERSION = 1
-PAIR_FILE = re.compile(r"\.?\d{6}\.(png|npy)(\.tmp)?")  # a pair file, or its temporary
 
 
 def fog_density_range(
@@ -103,14 +102,7 @@ def _clear(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / UNFINISHED).touch()
     (root / "manifest.json").unlink(missing_ok=True)
-    for p in PNG_PASSES + NPY_PASSES:
-        folder = root / p
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if PAIR_FILE.fullmatch(f.name):
-                    f.unlink()
-            if not any(folder.iterdir()):
-                folder.rmdir()
+    remove_frames(root / p for p in PNG_PASSES + NPY_PASSES)  # pair files are named as frames
 
 
 def item_generator(seed: int, index: int) -> np.random.Generator:
