@@ -27,7 +27,7 @@ def state_sha256(state: Mapping[str, Tensor]) -> str:
     for key, value in sorted(state.items()):
         value = value.detach().cpu().contiguous()
         digest.update(f"{key} {value.dtype} {tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy())  # the buffer, no copy
     return digest.hexdigest()
 
 
@@ -55,13 +55,19 @@ class FrozenModels:
             for key, value in model.state_dict().items()
         }
 
+    def frozen_sha256(self) -> str:
+        """`state_sha256` of `frozen_state()`, computed once per run (the weights are frozen)."""
+        if getattr(self, "_frozen_sha256", None) is None:
+            self._frozen_sha256 = state_sha256(self.frozen_state())
+        return self._frozen_sha256
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen models out of the checkpoint (each run loads them from their
         source) and record the SHA-256 of their weights under `FROZEN_SHA256`."""
         frozen = tuple(f"{name}." for name in self.frozen_models())
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(frozen)}
-        checkpoint[FROZEN_SHA256] = state_sha256(self.frozen_state())
+        checkpoint[FROZEN_SHA256] = self.frozen_sha256()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume with the frozen models loaded now, refusing a checkpoint trained against
@@ -73,7 +79,7 @@ class FrozenModels:
         recorded = checkpoint.get(FROZEN_SHA256)
         if recorded is None:
             recorded = state_sha256({k: v for k, v in state.items() if k.startswith(frozen)})
-        if recorded != state_sha256(current):
+        if recorded != self.frozen_sha256():
             trainer = getattr(self, "_trainer", None)
             run = getattr(trainer, "default_root_dir", "this stage's run folder")
             raise ValueError(

@@ -39,8 +39,8 @@ def forwarded(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
     argv = []
     for name in options:
         if name == "speed":
-            argv += [f"--{flag}" for flag in ("channels-last", "compile", "cuda-graphs", "prepack")
-                     if getattr(args, flag.replace("-", "_"))]  # fmt: skip
+            on = [flag for flag in SPEED_FLAGS if flag != "compile_mode" and getattr(args, flag)]
+            argv += [f"--{flag.replace('_', '-')}" for flag in on]
             if args.compile_mode != "default":
                 argv += ["--compile-mode", args.compile_mode]
         elif name == "channels_last":  # a benchmark with no other speed-up flag
@@ -97,7 +97,8 @@ def main(argv=None) -> None:
             continue
         options = getattr(module, "SHARED_OPTIONS", ())
         bench_argv = forwarded(args, options)
-        skipped = f"(ignores {' '.join(ignored(args, options))})" if ignored(args, options) else ""
+        skip = ignored(args, options)
+        skipped = f"(ignores {' '.join(skip)})" if skip else ""
         print(f"## {name} {' '.join(bench_argv)} {skipped}".rstrip(), flush=True)
         try:
             module.main(bench_argv)
