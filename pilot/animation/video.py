@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pilot.imageio import decode_image
+
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
@@ -136,12 +138,9 @@ def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: f
 
 
 def read_frame(path: str | os.PathLike) -> np.ndarray:
-    """An image file as a uint8 RGB array (H, W, 3); ValueError naming an unreadable file."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
+    """An image file as a uint8 RGB array (H, W, 3) (`pilot.imageio.decode_image`); ValueError
+    naming an unreadable file."""
+    return decode_image(path, "RGB")
 
 
 def write_frame(frame: np.ndarray, path: str | os.PathLike) -> Path:

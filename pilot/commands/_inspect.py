@@ -21,8 +21,8 @@ def describe_model(path: str) -> dict[str, Any]:
 
     try:
         sd = pilot.load_pipeline(path)
-    except WeightsError:
-        if (other := _describe_other(path)) is None:
+    except WeightsError as e:
+        if (other := _describe_other(path, e)) is None:
             raise
         return other
     return {
@@ -41,13 +41,14 @@ def describe_module(module: nn.Module) -> dict[str, Any]:
     return {"config": cfg, "params": sum(p.numel() for p in module.parameters())}
 
 
-def _describe_other(path: str) -> dict[str, Any] | None:
-    """A ControlNet folder or a GAN file, described; None when `path` is neither."""
+def _describe_other(path: str, error: Exception) -> dict[str, Any] | None:
+    """A ControlNet folder or a GAN file (which `load_pipeline` refused with `error`),
+    described; None when `path` is neither."""
     import pilot
     from pilot.weights.gan import load_generator
     from pilot.weights.hub import resolve
-    from pilot.weights.io import WeightsError, read_checkpoint
-    from pilot.weights.loaders import folder_class_name
+    from pilot.weights.io import WeightsError
+    from pilot.weights.loaders import GANCheckpointError, folder_class_name
 
     try:
         source = resolve(path)
@@ -56,8 +57,8 @@ def _describe_other(path: str) -> dict[str, Any] | None:
                 return None
             controlnet = describe_module(pilot.load_controlnet(source))
             return {"path": path, "kind": "controlnet", "controlnet": controlnet}
-        if "pilot_kind" not in read_checkpoint(source).metadata:
-            return None
+        if not isinstance(error, GANCheckpointError):
+            return None  # not read again: the pipeline loader knows a GAN file when it sees one
         kind, generator = load_generator(source)
     except (WeightsError, OSError):
         return None

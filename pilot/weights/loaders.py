@@ -296,8 +296,9 @@ def load_pipeline(
     if source.is_dir():
         _check_pipeline_folder(source)
         models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in _KINDS}
-        pred = prediction_type or _folder_prediction_type(source)
-        _check_folder_schedule(source)
+        scheduler = _scheduler_config(source)
+        pred = prediction_type or _folder_prediction_type(scheduler)
+        _check_folder_schedule(source, scheduler)
         if tokenizer is None:
             tokenizer = load_tokenizer(source / "tokenizer")
     else:
@@ -543,13 +544,17 @@ def _normalize_keys(component: str, state_dict: Mapping[str, Tensor]) -> dict[st
     return dict(state_dict)
 
 
+class GANCheckpointError(WeightsError):
+    """`load_pipeline` was given a Diffusion Pilot GAN checkpoint (`pilot.weights.gan`)."""
+
+
 def _refuse_gan(ckpt: Checkpoint, source: Path) -> None:
     """A one-line error for a Diffusion Pilot GAN checkpoint (`pilot.weights.gan`)."""
     kind = ckpt.metadata.get("pilot_kind")
     if kind is None:
         return
     what = "training checkpoint" if "global_step" in ckpt.metadata else "exported generator"
-    raise WeightsError(
+    raise GANCheckpointError(
         f"{source}: a Diffusion Pilot {kind} {what}, not a Stable Diffusion model: "
         f"`pilot walk` (dcgan) or `pilot conditioner apply` (pix2pix) runs it "
         "(pilot.weights.gan.load_generator loads it)"
@@ -590,50 +595,53 @@ def folder_class_name(folder: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-# The training schedule pilot samples with (`DiscreteSchedule.scaled_linear()`), as diffusers'
-# scheduler_config.json spells it; a diffusers default stands in for an absent key.
-_SD_SCHEDULE = {
-    "beta_schedule": ("scaled_linear", "linear"),
-    "beta_start": (0.00085, 0.0001),
-    "beta_end": (0.012, 0.02),
-    "num_train_timesteps": (1000, 1000),
-    "trained_betas": (None, None),
-    "rescale_betas_zero_snr": (False, False),
+# diffusers' scheduler defaults, which stand in for a key scheduler_config.json leaves out; SD's
+# own values (`pilot.weights.save.SD_SCHEDULER`, what pilot samples with) are compared to them.
+_SCHEDULE_DEFAULTS = {
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "num_train_timesteps": 1000,
+    "trained_betas": None,
+    "rescale_betas_zero_snr": False,
 }
 
 
-def _check_folder_schedule(source: Path) -> None:
-    """Warn when `scheduler/scheduler_config.json` trains on other noise levels than SD's.
+def _scheduler_config(source: Path) -> dict | None:
+    """A pipeline folder's `scheduler/scheduler_config.json`, None when it has none."""
+    path = source / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable: {e}") from e
+
+
+def _check_folder_schedule(source: Path, config: dict | None) -> None:
+    """Warn when the folder's scheduler `config` trains on other noise levels than SD's.
 
     Sampling always uses SD 1.x / 2.x's scaled_linear betas 0.00085..0.012 over 1000 steps; a
     fine-tune trained on another schedule is sampled on the wrong noise levels.
     """
-    path = source / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
+    from pilot.weights.save import SD_SCHEDULER
+
+    if config is None:
         return
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable: {e}") from e
     other = {
         key: config.get(key, default)
-        for key, (sd, default) in _SD_SCHEDULE.items()
-        if config.get(key, default) != sd
+        for key, default in _SCHEDULE_DEFAULTS.items()
+        if config.get(key, default) != SD_SCHEDULER.get(key, default)
     }
     if other:
         warnings.warn(
-            f"{path}: the model was trained with {other}, not SD's scaled_linear betas "
-            "0.00085..0.012 over 1000 steps; pilot samples with SD's schedule only, so results "
-            "will be off",
+            f"{source / 'scheduler' / 'scheduler_config.json'}: the model was trained with "
+            f"{other}, not SD's scaled_linear betas 0.00085..0.012 over 1000 steps; pilot samples "
+            "with SD's schedule only, so results will be off",
             stacklevel=3,
         )
 
 
-def _folder_prediction_type(source: Path) -> str:
-    path = source / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return "epsilon"  # diffusers' scheduler default
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("prediction_type", "epsilon")
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable: {e}") from e
+def _folder_prediction_type(config: dict | None) -> str:
+    """The scheduler `config`'s prediction type (diffusers' default: epsilon)."""
+    return "epsilon" if config is None else config.get("prediction_type", "epsilon")

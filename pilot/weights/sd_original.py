@@ -419,9 +419,10 @@ def extract_text_encoder(
         origins: as in `extract_unet`.
     """
     if text_format(state_dict) == "clip":
-        out = {map_clip_key(k): v for k, v in _strip(state_dict, CLIP_PREFIX).items()}
-        for key in _strip(state_dict, CLIP_PREFIX):
-            _note(origins, map_clip_key(key), CLIP_PREFIX + key)
+        out = {}
+        for key, value in _strip(state_dict, CLIP_PREFIX).items():
+            out[ours := map_clip_key(key)] = value
+            _note(origins, ours, CLIP_PREFIX + key)
         return out
     tower = _strip(state_dict, OPEN_CLIP_PREFIX)
     if num_layers is None:
