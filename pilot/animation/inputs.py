@@ -180,11 +180,15 @@ class VideoFrames:
         return self.frames[k][None]
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The frames of a video given as a folder: its PNG / JPEG files in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
 def _read_video(path: Path, fps: float) -> tuple[dict[str, Tensor], float]:
     """Frames (3, H, W) in [0, 1] in order, keyed by file name (folder) or "frame k" (video)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        return {p.name: read_image(p) for p in files}, fps
+        return {p.name: read_image(p) for p in frame_files(path)}, fps
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such video file or frame folder")
     import cv2
@@ -353,6 +357,20 @@ class FrameStore:
             tmp.write_bytes(buffer.getvalue())
 
 
+def read_settings(run: Path, hint: str = "use another --run") -> dict | None:
+    """`run/settings.json` as a dict, None if absent; ValueError naming a corrupt file."""
+    path = run / "settings.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix it, or {hint}") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path} holds {type(old).__name__}, not a JSON object of settings")
+    return old
+
+
 def check_run_folder(
     run: Path, settings: dict, hint: str = "use another --run folder, or the original settings"
 ) -> None:
@@ -364,8 +382,7 @@ def check_run_folder(
         ValueError: the folder was made with other settings; the message names every key.
     """
     path = run / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if (old := read_settings(run, hint)) is not None:
         differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if differ:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)

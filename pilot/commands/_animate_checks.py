@@ -30,7 +30,6 @@ from pilot.commands import default_dtype
 NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
                 "channels_last", "compile", "cuda_graphs", "prepack", "batch",
                 "vae_batch")  # fmt: skip
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the frames of a video folder
 
 
 def check_source_arguments(args: argparse.Namespace) -> None:
@@ -67,11 +66,13 @@ def check_color_reference(reference: int, n: int) -> None:
 def source_fingerprint(args: argparse.Namespace, frames) -> str:
     """Frame count, size and a SHA-256 of the source's files: shot.json for a shot, the
     video file or the folder's frame images for a video."""
+    from pilot.animation.inputs import frame_files
+
     digest = hashlib.sha256()
     if args.shot is not None:
         files = [args.shot / "shot.json"]
     elif args.video.is_dir():
-        files = sorted(p for p in args.video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = frame_files(args.video)  # the files VideoFrames read
     else:
         files = [args.video]
     for path in files:
@@ -94,20 +95,6 @@ def run_settings(args: argparse.Namespace, frames, dtype: str) -> dict:
         if chosen[name] == default:
             del chosen[name]
     return json.loads(json.dumps(chosen, default=str))
-
-
-def read_settings(run: Path) -> dict | None:
-    """`run/settings.json` as a dict, None if absent; ValueError naming a corrupt file."""
-    path = run / "settings.json"
-    if not path.is_file():
-        return None
-    try:
-        old = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix it, or use another --run") from None
-    if not isinstance(old, dict):
-        raise ValueError(f"{path} holds {type(old).__name__}, not a JSON object of settings")
-    return old
 
 
 def as_recorded(old: dict, chosen: dict, device) -> dict:

@@ -175,7 +175,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
     import pilot
     from pilot.animation.feedback import check_prompts
-    from pilot.animation.inputs import FrameStore, check_run_folder
+    from pilot.animation.inputs import FrameStore, check_run_folder, read_settings
     from pilot.commands import _animate_checks as checks
     from pilot.commands import default_dtype
     from pilot.diffusion.speed import optimize
@@ -186,7 +186,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
     dtype = getattr(torch, dtype_name)
     run = args.run or args.out.with_suffix(".run")
     chosen = checks.run_settings(args, frames, dtype_name)
-    old = checks.read_settings(run)  # a corrupt file: before the slow loading
+    old = read_settings(run)  # a corrupt file: before the slow loading
     chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
     checks.check_range_start(run, config, todo)
     preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
