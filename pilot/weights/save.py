@@ -62,8 +62,9 @@ def _write_folder(folder: str | os.PathLike, write, *, overwrite: bool) -> Path:
     system has none, two renames (folder -> `.NAME.old-*`, new -> folder), and a kill between them
     leaves `folder` missing: `previous_export` finds the old one, loaders read it and the next
     export renames it back first. Every export then deletes the leftovers of earlier interrupted
-    exports of the same folder (also the `.NAME.old` and `.NAME.XXXXXXXX` that this function
-    used to leave); one export per folder at a time.
+    exports of the same folder (also the `.NAME.old` that this function used to leave; not the
+    `mkdtemp` folders `.NAME.XXXXXXXX` of that code, whose names a user's `.unet.original` or
+    `.vae.backup01` would match); one export per folder at a time.
     """
     folder = Path(folder)
     previous = previous_export(folder)
@@ -123,9 +124,9 @@ def folder_or_previous(folder: str | os.PathLike) -> Path:
 
 def _leftovers(folder: Path) -> list[Path]:
     """Hidden siblings of `folder` that earlier interrupted exports of it left (`_write_folder`);
-    `.NAME.old` and `.NAME.` + 8 `mkdtemp` characters are the names it used to give them."""
+    `.NAME.old` is the name it used to give the previous folder."""
     name = re.escape(folder.name)
-    ours = re.compile(rf"\.{name}\.(tmp-[a-z0-9_]{{8}}|old-[0-9a-f]{{8}}|old|[a-z0-9_]{{8}})")
+    ours = re.compile(rf"\.{name}\.(tmp-[a-z0-9_]{{8}}|old-[0-9a-f]{{8}}|old)")
     return [p for p in folder.parent.iterdir() if ours.fullmatch(p.name)]
 
 

@@ -153,10 +153,11 @@ def test_a_missing_folder_is_put_back_before_an_export_that_may_not_overwrite(tm
 
 def test_leftovers_of_the_old_naming_are_removed_and_nothing_else(tmp_path):
     """Before, a kill left `.vae.old` (which blocked every later export with `Directory not
-    empty`) or a `mkdtemp` folder `.vae.XXXXXXXX`."""
+    empty`). Its `mkdtemp` folders `.vae.XXXXXXXX` stay: a user's backup can have that shape."""
     folder = save_vae(tiny_vae(0), tmp_path / "vae")
-    ours = [".vae.old", ".vae.mrw7a_y5", ".vae.tmp-ab_12xyz", ".vae.old-0123abcd"]
+    ours = [".vae.old", ".vae.tmp-ab_12xyz", ".vae.old-0123abcd"]
     others = [".vae.keep", ".vae.old-mine", ".unet.old", "vae.old", ".vae.tmp-a"]
+    others += [".vae.original", ".vae.backup01", ".vae.mrw7a_y5"]
     for name in ours + others:
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
