@@ -443,32 +443,70 @@ def _detect_config(component: str, tensors: Mapping[str, Tensor], source: Path) 
         derived = _DETECTORS[component](tensors)
     except (ValueError, StopIteration, IndexError) as e:
         raise WeightsError(f"{source}: cannot read the {kind.label} architecture: {e}") from e
-    exact = [k for k in kind.structure if k not in kind.free]
-    for keys in (kind.structure, exact):  # a preset, then a preset with other in/out channels
-        for preset in api.presets.values():
-            reference = api.to_dict(preset)
-            if not all(_plain(derived.get(k)) == _plain(reference.get(k)) for k in keys):
-                continue
-            read = {k: derived[k] for k in (*kind.structure, *kind.from_format)}
-            if all(_plain(read[k]) == _plain(reference.get(k)) for k in read):
-                return preset
-            try:
-                return api.from_dict({**reference, **read})
-            except ValueError as e:
-                raise WeightsError(f"{source}: invalid {kind.label} config {read}: {e}") from e
-    raise _no_preset(component, derived, source)
+    name = fitting_preset(derived, api.presets, api.to_dict, kind.structure, kind.free)
+    if name is None:
+        raise _no_preset(component, derived, source)
+    preset = api.presets[name]
+    reference = api.to_dict(preset)
+    read = {k: derived[k] for k in (*kind.structure, *kind.from_format)}
+    if all(_plain(read[k]) == _plain(reference.get(k)) for k in read):
+        return preset
+    try:
+        return api.from_dict({**reference, **read})
+    except ValueError as e:
+        raise WeightsError(f"{source}: invalid {kind.label} config {read}: {e}") from e
+
+
+def fitting_preset(
+    derived: Mapping[str, Any],
+    presets: Mapping[str, Any],
+    to_dict: Callable[[Any], dict],
+    structure: tuple[str, ...],
+    free: tuple[str, ...] = (),
+) -> str | None:
+    """The first preset whose config dict equals `derived` on the `structure` keys, failing that
+    on the `structure` keys less the `free` ones (e.g. a UNet with more input channels); None
+    when none does.
+    """
+    exact = tuple(k for k in structure if k not in free)
+    for keys in (structure, exact):
+        for name, preset in presets.items():
+            reference = to_dict(preset)
+            if all(_plain(derived.get(k)) == _plain(reference.get(k)) for k in keys):
+                return name
+    return None
 
 
 def _no_preset(component: str, derived: Mapping[str, Any], source: Path) -> WeightsError:
     """The error for a single-file component whose shapes fit no preset."""
-    kind, presets = _KINDS[component], sorted(_api(component).presets)
-    shapes = {k: derived[k] for k in kind.structure}
-    unstored = " and ".join(f"{what} ({key})" for key, what in kind.unstored.items())
+    kind = _KINDS[component]
     loader = "load_text_encoder" if component == "text_encoder" else f"load_{component}"
+    remedy = f"pass config= to {loader}, or {_PIPELINE_CONFIG[component]}= to load_pipeline"
+    shapes = {k: derived[k] for k in kind.structure}
+    return no_preset_error(
+        source, kind.label, shapes, _api(component).presets, kind.unstored, remedy
+    )
+
+
+def no_preset_error(
+    source: Path,
+    label: str,
+    shapes: Mapping[str, Any],
+    presets: Mapping[str, Any],
+    unstored: Mapping[str, str],
+    remedy: str,
+) -> WeightsError:
+    """The error for a single file whose shapes fit no preset: pilot does not guess `unstored`.
+
+    Args:
+        unstored: config field -> what it is, for the values the file does not store.
+        remedy: what to pass instead, e.g. `pass config= to load_unet`.
+    """
+    what = " and ".join(f"{name} ({key})" for key, name in unstored.items())
+    names = ", ".join(sorted(presets))
     return WeightsError(
-        f"{source}: the {kind.label} shapes {shapes} fit no preset ({', '.join(presets)}). "
-        f"Its {unstored} are not stored in the file and pilot will not guess them: pass "
-        f"config= to {loader}, or {_PIPELINE_CONFIG[component]}= to load_pipeline"
+        f"{source}: the {label} shapes {dict(shapes)} fit no preset ({names}). "
+        f"Its {what} are not stored in the file and pilot will not guess them: {remedy}"
     )
 
 
