@@ -21,6 +21,8 @@ from torch import Tensor
 
 from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet, ControlNetConfig
 from pilot.weights import controlnet_original as original
+from pilot.weights.configs import fitting_preset, no_preset_error
+from pilot.weights.folders import _find_weights
 from pilot.weights.hub import resolve
 from pilot.weights.io import (
     WeightsError,
@@ -29,8 +31,7 @@ from pilot.weights.io import (
     load_into,
     read_checkpoint,
 )
-from pilot.weights.loaders import _find_weights, fitting_preset, no_preset_error
-from pilot.weights.sd_original import UNetLayout
+from pilot.weights.sd_keys import UNetLayout
 
 _CLASS = "ControlNetModel"
 # Config keys that weight shapes fix; a preset matching them supplies the head counts.
