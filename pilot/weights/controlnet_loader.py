@@ -15,13 +15,14 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet, ControlNetConfig
 from pilot.weights import controlnet_original as original
+from pilot.weights.configs import fitting_preset, no_preset_error
+from pilot.weights.folders import _find_weights
 from pilot.weights.hub import resolve
 from pilot.weights.io import (
     WeightsError,
@@ -30,14 +31,18 @@ from pilot.weights.io import (
     load_into,
     read_checkpoint,
 )
-from pilot.weights.loaders import _find_weights
-from pilot.weights.sd_original import UNetLayout
+from pilot.weights.sd_keys import UNetLayout
 
 _CLASS = "ControlNetModel"
 # Config keys that weight shapes fix; a preset matching them supplies the head counts.
 _STRUCTURE = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types")
 _STRUCTURE += ("cross_attention_dim", "use_linear_projection", "transformer_layers_per_block")
 _STRUCTURE += ("conditioning_channels", "conditioning_embedding_out_channels")
+# Keys a file may differ in from a preset and still take its head counts and norm groups: the
+# hint encoder (plain convs) and the latent input (an SD UNet with more inputs) have neither.
+_FREE = ("in_channels", "conditioning_channels", "conditioning_embedding_out_channels")
+# What a file's weights do not store: config field -> what it is, for messages.
+_UNSTORED = {"num_heads": "attention heads", "norm_num_groups": "GroupNorm groups"}
 
 
 def load_controlnet(
@@ -56,7 +61,8 @@ def load_controlnet(
         dtype: floating dtype after loading; None keeps the file's.
         device: device after loading; None keeps CPU.
         config: a `ControlNetConfig` or `CONTROLNET_PRESETS` name, overriding `config.json` or
-            the config read from an original file's weight shapes.
+            the config read from an original file's weight shapes. An original file whose UNet
+            shapes fit no preset needs it: head counts and norm groups are not stored in it.
 
     Raises:
         WeightsError: naming the file and the problem.
@@ -138,29 +144,26 @@ def _config_from_json(path: Path) -> ControlNetConfig:
 
 
 def _detect_config(state_dict: Mapping[str, Tensor], source: Path) -> ControlNetConfig:
-    """Config from weight shapes; a preset with the same shapes supplies the head counts."""
+    """Config from weight shapes; a preset with the same UNet shapes supplies the head counts.
+
+    Raises:
+        WeightsError: no preset fits, so head counts and norm groups would be guesses.
+    """
     try:
         derived = original.detect_controlnet_config(state_dict)
     except (ValueError, StopIteration, IndexError) as e:
         raise WeightsError(f"{source}: cannot read the ControlNet architecture: {e}") from e
     derived["global_pool_conditions"] = "shuffle" in source.name.lower()
-    for preset in CONTROLNET_PRESETS.values():
-        reference = preset.to_diffusers()
-        if all(_plain(derived[k]) == _plain(reference.get(k)) for k in _STRUCTURE):
-            derived = {
-                **reference,
-                **derived,
-                "attention_head_dim": reference["attention_head_dim"],
-            }
-            break
+    name = fitting_preset(
+        derived, CONTROLNET_PRESETS, ControlNetConfig.to_diffusers, _STRUCTURE, _FREE
+    )
+    if name is None:
+        shapes = {k: derived[k] for k in _STRUCTURE}
+        remedy = "pass load_controlnet(path, config=...) a ControlNetConfig or preset name"
+        raise no_preset_error(source, "ControlNet", shapes, CONTROLNET_PRESETS, _UNSTORED, remedy)
+    reference = CONTROLNET_PRESETS[name].to_diffusers()
+    derived = {**reference, **derived, "attention_head_dim": reference["attention_head_dim"]}
     try:
         return ControlNetConfig.from_diffusers(derived)
     except ValueError as e:
-        raise WeightsError(
-            f"{source}: the ControlNet shapes {derived} fit no preset and no valid config ({e}); "
-            "pass config="
-        ) from e
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
+        raise WeightsError(f"{source}: invalid ControlNet config {derived}: {e}") from e

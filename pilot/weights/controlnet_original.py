@@ -30,14 +30,14 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from pilot.weights.sd_original import (
+from pilot.weights.sd_keys import (
     UNET_PREFIX,
     UNetLayout,
-    _need,
     count_indices,
     map_unet_key,
     unmap_unet_key,
 )
+from pilot.weights.sd_original import _need
 
 CONTROL_PREFIX = "control_model."
 Layout = Literal["v1.0", "v1.1", "bare", "diffusers"]

@@ -7,16 +7,16 @@ found in the local hub cache (see `pilot.weights.hub`). Models are built on the 
 filled with `load_state_dict(assign=True)`; any missing, unexpected or mis-shaped key is a
 `WeightsError` naming the file.
 
+Configs come from `pilot.weights.configs`, diffusers folders are read by `pilot.weights.folders`.
 Original files that hold both training and EMA UNet weights (`model_ema.*`) load the training
 weights, as diffusers does by default; the `-emaonly` files already hold the EMA weights there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from pilot.weights import sd_original
+from pilot.weights.configs import _KINDS, _api, _config, _config_from_json, _detect_config
+from pilot.weights.folders import (
+    _check_folder_schedule,
+    _check_pipeline_folder,
+    _component_folder,
+    _find_weights,
+    _folder_prediction_type,
+    _normalize_keys,
+    _scheduler_config,
+    folder_class_name,
+)
 from pilot.weights.hub import resolve
 from pilot.weights.io import (
     Checkpoint,
@@ -37,112 +48,19 @@ from pilot.weights.io import (
     read_keys,
 )
 
+__all__ = [  # folder_class_name: from pilot.weights.folders, importable from here as before
+    "GANCheckpointError",
+    "StableDiffusion",
+    "folder_class_name",
+    "load_pipeline",
+    "load_text_encoder",
+    "load_tokenizer",
+    "load_unet",
+    "load_vae",
+]
+
 Component = Literal["unet", "vae", "text_encoder"]
 PathLike = str | os.PathLike
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """How one component is stored in diffusers folders and detected from single files."""
-
-    label: str  # for messages
-    stems: tuple[str, ...]  # weight file names in a component folder, without suffixes
-    classes: tuple[str, ...]  # `_class_name` / `architectures` a fitting config.json names
-    structure: tuple[str, ...]  # config keys read from weights, compared with the presets
-    # Config values the weights of a single file do not determine (`detect_*_config` guesses
-    # them); only a preset with the same shapes may supply them. Field -> what it is, for messages.
-    unstored: Mapping[str, str]
-    # Keys the single-file format fixes whatever the preset says (OpenAI CLIP: quick_gelu,
-    # OpenCLIP: gelu), taken from the detected config over a matching preset.
-    from_format: tuple[str, ...] = ()
-    # Structure keys in which a file may differ from a preset and still take its unstored values:
-    # SD's inpainting (9), depth (5) and instruct-pix2pix (8) UNets are SD UNets with more inputs.
-    free: tuple[str, ...] = ()
-
-
-_KINDS: dict[str, _Kind] = {
-    "unet": _Kind(
-        "UNet",
-        ("diffusion_pytorch_model",),
-        ("UNet2DConditionModel",),
-        (
-            "in_channels",
-            "out_channels",
-            "block_out_channels",
-            "layers_per_block",
-            "down_block_types",
-            "up_block_types",
-            "cross_attention_dim",
-            "use_linear_projection",
-            "transformer_layers_per_block",
-        ),
-        {"num_heads": "attention heads", "norm_num_groups": "GroupNorm groups"},
-        free=("in_channels", "out_channels"),
-    ),
-    "vae": _Kind(
-        "VAE",
-        ("diffusion_pytorch_model",),
-        ("AutoencoderKL",),
-        (
-            "in_channels",
-            "out_channels",
-            "block_out_channels",
-            "layers_per_block",
-            "latent_channels",
-        ),
-        {"norm_num_groups": "GroupNorm groups", "scaling_factor": "latent scaling factor"},
-    ),
-    "text_encoder": _Kind(
-        "text encoder",
-        ("model", "pytorch_model"),
-        ("CLIPTextModel", "CLIPTextModelWithProjection"),
-        (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "max_position_embeddings",
-        ),
-        {"num_heads": "attention heads"},
-        ("hidden_act",),
-    ),
-}
-_DETECTORS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Any]]] = {
-    "unet": sd_original.detect_unet_config,
-    "vae": sd_original.detect_vae_config,
-    "text_encoder": sd_original.detect_text_config,
-}
-# load_pipeline's argument for each component's config.
-_PIPELINE_CONFIG = {"unet": "unet_config", "vae": "vae_config", "text_encoder": "text_config"}
-# Attention names of diffusers VAE folders saved before diffusers 0.14 -> current names.
-_LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-@dataclass(frozen=True)
-class _ModelAPI:
-    """A pilot model family: config <-> diffusers/transformers dict, class, presets."""
-
-    from_dict: Callable[[dict], Any]
-    to_dict: Callable[[Any], dict]
-    model: Callable[[Any], nn.Module]
-    presets: Mapping[str, Any]
-
-
-def _api(component: str) -> _ModelAPI:
-    """The pilot model of a component (imported lazily: `import pilot` stays light)."""
-    if component == "unet":
-        from pilot.models.unet import UNET_PRESETS, UNet, UNetConfig
-
-        return _ModelAPI(UNetConfig.from_diffusers, UNetConfig.to_diffusers, UNet, UNET_PRESETS)
-    if component == "vae":
-        from pilot.models.vae import VAE_PRESETS, AutoencoderKL, VAEConfig
-
-        vae_api = (VAEConfig.from_diffusers, VAEConfig.to_diffusers)
-        return _ModelAPI(*vae_api, AutoencoderKL, VAE_PRESETS)
-    from pilot.models.clip import CLIP_PRESETS, CLIPTextConfig, CLIPTextModel
-
-    clip_api = (CLIPTextConfig.from_transformers, CLIPTextConfig.to_transformers)
-    return _ModelAPI(*clip_api, CLIPTextModel, CLIP_PRESETS)
 
 
 @dataclass(frozen=True)
@@ -421,129 +339,6 @@ def _build(
     )
 
 
-def _config(component: str, config: Any) -> Any:
-    """An explicit config: a config object, or the name of a preset."""
-    if config is None or not isinstance(config, str):
-        return config
-    presets = _api(component).presets
-    if config not in presets:
-        raise ValueError(f"unknown {_KINDS[component].label} preset {config!r}: {sorted(presets)}")
-    return presets[config]
-
-
-def _detect_config(component: str, tensors: Mapping[str, Tensor], source: Path) -> Any:
-    """Config read from weight shapes; a preset whose shapes match supplies what is not.
-
-    Raises:
-        WeightsError: no preset matches, so the values the file does not store (head counts,
-            norm groups) would be guesses: the caller must pass a config.
-    """
-    api, kind = _api(component), _KINDS[component]
-    try:
-        derived = _DETECTORS[component](tensors)
-    except (ValueError, StopIteration, IndexError) as e:
-        raise WeightsError(f"{source}: cannot read the {kind.label} architecture: {e}") from e
-    exact = [k for k in kind.structure if k not in kind.free]
-    for keys in (kind.structure, exact):  # a preset, then a preset with other in/out channels
-        for preset in api.presets.values():
-            reference = api.to_dict(preset)
-            if not all(_plain(derived.get(k)) == _plain(reference.get(k)) for k in keys):
-                continue
-            read = {k: derived[k] for k in (*kind.structure, *kind.from_format)}
-            if all(_plain(read[k]) == _plain(reference.get(k)) for k in read):
-                return preset
-            try:
-                return api.from_dict({**reference, **read})
-            except ValueError as e:
-                raise WeightsError(f"{source}: invalid {kind.label} config {read}: {e}") from e
-    raise _no_preset(component, derived, source)
-
-
-def _no_preset(component: str, derived: Mapping[str, Any], source: Path) -> WeightsError:
-    """The error for a single-file component whose shapes fit no preset."""
-    kind, presets = _KINDS[component], sorted(_api(component).presets)
-    shapes = {k: derived[k] for k in kind.structure}
-    unstored = " and ".join(f"{what} ({key})" for key, what in kind.unstored.items())
-    loader = "load_text_encoder" if component == "text_encoder" else f"load_{component}"
-    return WeightsError(
-        f"{source}: the {kind.label} shapes {shapes} fit no preset ({', '.join(presets)}). "
-        f"Its {unstored} are not stored in the file and pilot will not guess them: pass "
-        f"config= to {loader}, or {_PIPELINE_CONFIG[component]}= to load_pipeline"
-    )
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _config_from_json(component: str, path: Path) -> Any:
-    kind = _KINDS[component]
-    if not path.is_file():
-        raise WeightsError(f"{path.parent}: no config.json, not a diffusers {kind.label} folder")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable config: {e}") from e
-    name = d.get("_class_name") or (d.get("architectures") or [None])[0]
-    if name is not None and name not in kind.classes:
-        raise WeightsError(f"{path}: describes a {name}, not a {kind.label} ({kind.classes[0]})")
-    try:
-        return _api(component).from_dict(d)
-    except ValueError as e:
-        hint = ""
-        if d.get("addition_embed_type") == "text_time" or d.get("cross_attention_dim") == 2048:
-            hint = " It looks like an SDXL UNet; pilot loads SD 1.x / 2.x only."
-        raise WeightsError(f"{path}: unsupported {kind.label} config: {e}.{hint}") from e
-
-
-def _component_folder(source: Path, component: str) -> Path:
-    """`source/<component>` for a pipeline folder, `source` for a component folder."""
-    if (source / component / "config.json").is_file() and not (source / "config.json").is_file():
-        return source / component
-    if (source / "model_index.json").is_file():
-        raise WeightsError(f"{source}: pipeline folder without {component}/config.json")
-    return source
-
-
-def _find_weights(folder: Path, stems: tuple[str, ...]) -> list[Path]:
-    """The weights of a component folder: safetensors before .bin, full before fp16 variant."""
-    for ext in (".safetensors", ".bin"):
-        for variant in ("", ".fp16"):
-            for stem in stems:
-                file = folder / f"{stem}{variant}{ext}"
-                if file.is_file():
-                    return [file]
-                index = folder / f"{stem}{variant}{ext}.index.json"
-                if index.is_file():
-                    return _shards(index)
-    names = ", ".join(f"{s}[.fp16].safetensors|.bin" for s in stems)
-    raise WeightsError(f"{folder}: no weights file (looked for {names})")
-
-
-def _shards(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{index}: unreadable shard index: {e}") from e
-    return [index.parent / name for name in sorted(set(weight_map.values()))]
-
-
-def _normalize_keys(component: str, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Older diffusers / transformers key spellings -> current ones."""
-    if component == "text_encoder":  # transformers < 5 saved CLIPTextModel under `text_model.`
-        return {k.removeprefix("text_model."): v for k, v in state_dict.items()}
-    if component == "vae":
-        out = {}
-        for key, value in state_dict.items():
-            head, _, leaf = key.rpartition(".")  # leaf: weight / bias
-            owner, _, name = head.rpartition(".")
-            if ".mid_block.attentions." in key and name in _LEGACY_VAE_ATTENTION:
-                key = f"{owner}.{_LEGACY_VAE_ATTENTION[name]}.{leaf}"
-            out[key] = value
-        return out
-    return dict(state_dict)
-
-
 class GANCheckpointError(WeightsError):
     """`load_pipeline` was given a Diffusion Pilot GAN checkpoint (`pilot.weights.gan`)."""
 
@@ -559,89 +354,3 @@ def _refuse_gan(ckpt: Checkpoint, source: Path) -> None:
         f"`pilot walk` (dcgan) or `pilot conditioner apply` (pix2pix) runs it "
         "(pilot.weights.gan.load_generator loads it)"
     )
-
-
-def _check_pipeline_folder(source: Path) -> None:
-    index = source / "model_index.json"
-    if not index.is_file():
-        if all((source / c).is_dir() for c in _KINDS):
-            return
-        if name := folder_class_name(source):  # one model of a pipeline, or a ControlNet
-            hint = (
-                "load it with pilot.load_controlnet (`pilot generate --controlnet`)"
-                if name == "ControlNetModel"
-                else f"pass the pipeline folder that holds it ({source.parent})"
-            )
-            raise WeightsError(
-                f"{source}: a diffusers {name} folder (one model, no model_index.json), not a "
-                f"pipeline folder: {hint}"
-            )
-        raise WeightsError(f"{source}: no model_index.json, not a diffusers pipeline folder")
-    try:
-        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{index}: unreadable: {e}") from e
-    if "XL" in name or "StableDiffusion3" in name:
-        raise WeightsError(f"{index}: a {name}; pilot loads SD 1.x / 2.x pipelines only")
-
-
-def folder_class_name(folder: Path) -> str | None:
-    """The `_class_name` of a diffusers model folder's config.json (None: none readable)."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    name = config.get("_class_name") if isinstance(config, dict) else None
-    return name if isinstance(name, str) else None
-
-
-# diffusers' scheduler defaults, which stand in for a key scheduler_config.json leaves out; SD's
-# own values (`pilot.weights.save.SD_SCHEDULER`, what pilot samples with) are compared to them.
-_SCHEDULE_DEFAULTS = {
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "num_train_timesteps": 1000,
-    "trained_betas": None,
-    "rescale_betas_zero_snr": False,
-}
-
-
-def _scheduler_config(source: Path) -> dict | None:
-    """A pipeline folder's `scheduler/scheduler_config.json`, None when it has none."""
-    path = source / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable: {e}") from e
-
-
-def _check_folder_schedule(source: Path, config: dict | None) -> None:
-    """Warn when the folder's scheduler `config` trains on other noise levels than SD's.
-
-    Sampling always uses SD 1.x / 2.x's scaled_linear betas 0.00085..0.012 over 1000 steps; a
-    fine-tune trained on another schedule is sampled on the wrong noise levels.
-    """
-    from pilot.weights.save import SD_SCHEDULER
-
-    if config is None:
-        return
-    other = {
-        key: config.get(key, default)
-        for key, default in _SCHEDULE_DEFAULTS.items()
-        if config.get(key, default) != SD_SCHEDULER.get(key, default)
-    }
-    if other:
-        warnings.warn(
-            f"{source / 'scheduler' / 'scheduler_config.json'}: the model was trained with "
-            f"{other}, not SD's scaled_linear betas 0.00085..0.012 over 1000 steps; pilot samples "
-            "with SD's schedule only, so results will be off",
-            stacklevel=3,
-        )
-
-
-def _folder_prediction_type(config: dict | None) -> str:
-    """The scheduler `config`'s prediction type (diffusers' default: epsilon)."""
-    return "epsilon" if config is None else config.get("prediction_type", "epsilon")

@@ -5,6 +5,7 @@ converter reads the same file back to the same weights, which checks the mapping
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,42 @@ def test_sd_pipeline_folder_is_not_a_controlnet(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     with pytest.raises(WeightsError, match="a Stable Diffusion pipeline folder .* not a Control"):
         pilot.load_controlnet(tmp_path)
+
+
+def random_controlnet(cfg: ControlNetConfig) -> ControlNet:
+    torch.manual_seed(0)
+    model = ControlNet(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model
+
+
+def test_shapes_of_no_preset_need_a_config(tmp_path):
+    """Head counts and norm groups are not in a single file: no fitting preset, no guess."""
+    ref = random_controlnet(THREE_BLOCKS)
+    file = tmp_path / "control_odd.safetensors"
+    save_state_dict(original.to_original(ref.state_dict(), THREE_BLOCKS.unet), file)
+    unstored = r"attention heads \(num_heads\) and GroupNorm groups \(norm_num_groups\)"
+    with pytest.raises(
+        WeightsError, match=rf"control_odd.safetensors: .* fit no preset.*{unstored}"
+    ):
+        pilot.load_controlnet(file)
+    with pytest.raises(WeightsError, match=r"load_controlnet\(path, config=\.\.\.\)"):
+        pilot.load_controlnet(file)
+    loaded = pilot.load_controlnet(file, config=THREE_BLOCKS)
+    assert loaded.cfg == THREE_BLOCKS
+    assert_same_weights(loaded, ref)
+
+
+def test_other_hint_encoder_takes_the_preset_heads(tmp_path):
+    """The hint encoder has no heads or norms: a preset's UNet with other hint convs fits it."""
+    cfg = replace(
+        CONTROLNET_PRESETS["tiny"], hint_channels=(8, 16, 32, 64), conditioning_channels=1
+    )
+    ref = random_controlnet(cfg)
+    file = tmp_path / "control_hint.safetensors"
+    save_state_dict(original.to_original(ref.state_dict(), cfg.unet), file)
+    loaded = pilot.load_controlnet(file)
+    assert loaded.cfg == cfg
+    assert_same_weights(loaded, ref)
