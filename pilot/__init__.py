@@ -16,6 +16,8 @@ _LAZY = {
     "load_pipeline": "pilot.weights.loaders",
     "StableDiffusion": "pilot.weights.loaders",
     "load_controlnet": "pilot.weights.controlnet_loader",
+    "save_pipeline": "pilot.weights.save",
+    "save_controlnet": "pilot.weights.save",
     "WeightsError": "pilot.weights.io",
 }
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "load_tokenizer",
     "load_unet",
     "load_vae",
+    "save_controlnet",
+    "save_pipeline",
 ]
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
         load_unet,
         load_vae,
     )
+    from pilot.weights.save import save_controlnet, save_pipeline
 
 
 def __getattr__(name: str) -> Any:

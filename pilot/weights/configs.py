@@ -207,7 +207,9 @@ def no_preset_error(
     names = ", ".join(sorted(presets))
     return WeightsError(
         f"{source}: the {label} shapes {dict(shapes)} fit no preset ({names}). "
-        f"Its {what} are not stored in the file and pilot will not guess them: {remedy}"
+        f"Its {what} are not stored in the file and pilot will not guess them: {remedy}. "
+        f"For the pilot commands, save it once as a folder, which stores them "
+        f"(pilot.save_pipeline / pilot.save_controlnet)"
     )
 
 

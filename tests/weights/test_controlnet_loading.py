@@ -180,6 +180,10 @@ def test_shapes_of_no_preset_need_a_config(tmp_path):
     loaded = pilot.load_controlnet(file, config=THREE_BLOCKS)
     assert loaded.cfg == THREE_BLOCKS
     assert_same_weights(loaded, ref)
+    with pytest.raises(WeightsError, match=r"save it once as a folder.*pilot.save_controlnet"):
+        pilot.load_controlnet(file)
+    folder = pilot.save_controlnet(loaded, tmp_path / "control_odd")  # what the commands load
+    assert pilot.load_controlnet(folder).cfg == THREE_BLOCKS
 
 
 def test_other_hint_encoder_takes_the_preset_heads(tmp_path):

@@ -85,6 +85,10 @@ def test_shapes_of_no_preset_load_with_configs(odd):
         assert getattr(sd, name).cfg == model.cfg
         assert_weights_equal(getattr(sd, name), model)
     assert pilot.load_unet(path, config=ODD_UNET).cfg == ODD_UNET
+    with pytest.raises(WeightsError, match=r"save it once as a folder.*pilot.save_pipeline"):
+        pilot.load_pipeline(path)
+    folder = pilot.save_pipeline(sd, path.parent / "odd")  # what the pilot commands load
+    assert pilot.load_pipeline(folder).unet.cfg == ODD_UNET
 
 
 def test_presets_and_their_input_variants_need_no_config(tmp_path):
