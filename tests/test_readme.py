@@ -1,7 +1,11 @@
 """The README stays true to the code: every `pilot ...` and `python -m ...` command it shows
-(code blocks and inline spans) parses with today's options, and every repository path it names
-(commands, links, images) exists."""
+(code blocks and inline spans) parses with today's options, every repository path it names
+(commands, links, images) exists, the imports of its Python blocks work and every dotted name
+of the project it mentions (`pilot.diffusion.pipeline.generate`, `train.metrics.checkerboard`)
+resolves."""
 
+import ast
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -81,6 +85,50 @@ def named_paths(text: str, argvs: list[list[str]]) -> set[str]:
     return {m.group(1) for t in tokens if (m := REPO_PATH.match(t))}
 
 
+def python_blocks(text: str) -> list[str]:
+    """The README's Python code blocks."""
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def broken_imports(text: str) -> list[str]:
+    """The import statements of the Python blocks that fail, each with its error."""
+    bad = []
+    for block in python_blocks(text):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                statement = ast.unparse(node)
+                try:
+                    exec(statement, {})
+                except ImportError as e:
+                    bad.append(f"{statement}: {e}")
+    return bad
+
+
+# A project name like `pilot.nn.norms.SPLIT_MIN_ELEMENTS`; not a file name (`train.sh`).
+DOTTED = re.compile(
+    r"(?<![\w/.-])((?:pilot|train|experiments)(?:\.(?!(?:sh|py|yaml|json)\b)[A-Za-z_]\w*)+)"
+)
+
+
+def unresolved_names(text: str) -> list[str]:
+    """The dotted project names of the README that name no module or attribute."""
+    bad = []
+    for name in sorted(set(DOTTED.findall(text))):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ImportError:
+                continue
+        try:
+            for part in parts[i:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            bad.append(name)
+    return bad
+
+
 def test_readme_commands_are_found():
     """The extraction sees the README's commands, wrapped inline spans included."""
     argvs = commands(README.read_text())
@@ -110,6 +158,26 @@ def test_readme_paths_exist():
     text = README.read_text()
     missing = sorted(p for p in named_paths(text, commands(text)) if not (ROOT / p).exists())
     assert not missing, f"README.md names paths that do not exist: {missing}"
+
+
+def test_readme_python_imports_work():
+    assert len(python_blocks(README.read_text())) >= 4
+    bad = broken_imports(README.read_text())
+    assert not bad, "README imports that fail:\n" + "\n".join(bad)
+
+
+def test_readme_names_resolve():
+    text = README.read_text()
+    assert "pilot.diffusion.pipeline.generate" in DOTTED.findall(text)
+    bad = unresolved_names(text)
+    assert not bad, f"README.md names what the code does not have: {bad}"
+
+
+def test_a_stale_name_is_caught():
+    text = "`pilot.diffusion.speed.optimize` and `pilot.diffusion.speed.optimise`, train.sh"
+    assert unresolved_names(text) == ["pilot.diffusion.speed.optimise"]
+    block = "```python\nfrom pilot.diffusion import SAMPLERS, SAMPLERZ\n```\n"
+    assert len(broken_imports(block)) == 1
 
 
 def test_a_stale_option_is_caught(monkeypatch):

@@ -41,7 +41,7 @@ def check_source_arguments(args: argparse.Namespace) -> None:
             video.append("--source-mix")
         if video:
             raise ValueError(
-                f"{', '.join(video)} only apply to --video; a shot has its own size and no "
+                f"{', '.join(video)}: only for --video; a shot has its own size and no "
                 "source frames to mix (render the shot at the size you want)"
             )
         return

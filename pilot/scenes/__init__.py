@@ -4,7 +4,7 @@ camera      pinhole intrinsics, OpenCV look-at poses, Catmull-Rom camera paths
 materials   hatching and colour texture shaders (bricks, tiles, panels, plaster, noise)
 layouts     random rooms, corridors, free-standing walls, cameras and fly-through paths
 render      vectorised ray casting of plane scenes: hatched, textured, fog, depth, normals
-geometry    reprojection flow, visibility masks, forward-backward error, grid_sample warp
+geometry    reprojection flow, visibility masks, forward-backward error, backward warp
 shot        the shot folder format (reader and writer, numpy-only at import)
 procedural  procedural fly-through shots
 exr         numpy reader for uncompressed scanline EXR (Blender's multilayer passes)
