@@ -17,11 +17,13 @@ import argparse
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 import pilot
+from pilot.cli import report_errors
 from pilot.diffusion.control import Control
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate
 from pilot.weights.save import save_controlnet, save_pipeline
@@ -42,7 +44,10 @@ def stage_log(runs: Path, stage: str) -> dict:
             logged += list(csv.DictReader(f))
     rows = [r for r in logged if r.get(LOSS[stage])]  # training rows; validation rows apart
     if not rows:
-        raise FileNotFoundError(f"no {LOSS[stage]!r} rows in {runs / stage / 'csv'}/*/metrics.csv")
+        raise FileNotFoundError(
+            f"{runs / stage / 'csv'}/*/metrics.csv: no {LOSS[stage]!r} rows; the {stage} stage has "
+            f"not logged its loss yet (it logs every trainer.log_every_n_steps steps)"
+        )
     psnr = [float(r["val/psnr"]) for r in logged if r.get("val/psnr")]
     last = [float(r[LOSS[stage]]) for r in rows[-10:]]
     out = {"steps": int(rows[-1]["step"]) + 1, LOSS[stage]: sum(last) / len(last)}
@@ -167,4 +172,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("ship", lambda: main() or 0))

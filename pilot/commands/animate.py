@@ -200,7 +200,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
             args, sd, settings, config, frames, prompts, store, tracks, todo, preview
         )
         summary = finish(args, frames, store, todo, run, seconds)
-    print(json.dumps(summary, indent=2) if args.json else f"wrote {args.out} ({run})")
+    done = f"wrote {args.out}, {args.out.with_suffix('.gif')} (frames and metrics in {run})"
+    print(json.dumps(summary, indent=2) if args.json else done)
     return 0
 
 
@@ -300,6 +301,7 @@ def finish(
         seconds_per_frame=round(sum(seconds) / len(seconds), 4) if seconds else None,
         rendered_now=len(seconds),
         mp4=str(args.out),
+        gif=str(args.out.with_suffix(".gif")),
     )
     with atomic_output(run / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))

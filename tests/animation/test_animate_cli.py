@@ -52,6 +52,7 @@ def test_resume_after_a_crash_is_byte_identical(
     assert (tmp_path / "b.mp4").stat().st_size > 0 and (tmp_path / "b.gif").stat().st_size > 0
     saved = json.loads((tmp_path / "b.run" / "metrics.json").read_text())
     assert saved["warp_error"] == metrics["warp_error"] and len(saved["warp_error_per_frame"]) == 3
+    assert saved["gif"] == str(tmp_path / "b.gif")
 
 
 def test_video_in_mode(model_folder, small_shot, tmp_path, capsys):

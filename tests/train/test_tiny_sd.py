@@ -2,6 +2,9 @@
 two at 32 px, exported in the diffusers layout and loaded back by `pilot` to generate."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ from pilot.diffusion.pipeline import Request, SamplingSettings, generate  # noqa
 from tests.train.helpers import write_yaml  # noqa: E402
 from train.cli import run  # noqa: E402
 from train.tiny_sd import YCBCR, recon_l1  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -399,8 +404,15 @@ def test_ship_writes_float16_weights_and_a_model_card(stages, tmp_path):
     sd = pilot.load_pipeline(tmp_path / "out" / "pipeline")
     assert sd.unet.conv_in.weight.dtype == torch.float16
     (runs / "unet" / "csv" / "version_0" / "metrics.csv").write_text("epoch,loss,step\n")
-    with pytest.raises(FileNotFoundError, match="no 'loss' rows in .*unet/csv"):
+    with pytest.raises(FileNotFoundError, match=r"unet/csv/\*/metrics.csv: no 'loss' rows"):
         ship.main([str(runs), "--out", str(tmp_path / "out")])
+
+
+def test_ship_on_a_run_without_logs_is_a_one_line_error(tmp_path):
+    command = [sys.executable, "-m", "experiments.tiny_sd.ship", str(tmp_path), "--out", "x"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"ship: error: {tmp_path}/vae/csv/*/metrics.csv: no 'l1' rows")
 
 
 def test_stage_configs_are_checked(tmp_path):
