@@ -6,9 +6,17 @@ dataclasses they take (unknown keys are errors). Beyond Lightning's own `trainer
 
 - `timelapse`: the `train.timelapse.Timelapse` callback (always attached);
 - `checkpoint`: Lightning's `ModelCheckpoint` (attached unless `fast_dev_run`; set
-  `every_n_train_steps` and `save_last` so a killed run resumes with `--ckpt_path last`);
+  `every_n_train_steps` and `save_last` so a killed run resumes with `--ckpt_path last`). Its
+  `dirpath` defaults to `<default_root_dir>/checkpoints`, not the logger's versioned folder, so
+  a resumed run finds and writes the same checkpoints;
 - `wandb`: "auto" (log to W&B online when logged in, offline otherwise, CSV files only when
   wandb is not installed), "online", "offline" or "disabled"; `wandb_project` names the project.
+  The W&B run id is recorded in every checkpoint (`WANDB_RUN_KEY`), so a resumed training goes
+  on logging into the same W&B run.
+
+`--ckpt_path last` is resolved here, as Lightning would (`find_last_checkpoint`), so a corrupt
+`last.ckpt` is a one-line error naming it; with no last checkpoint in the folder a fresh training
+starts, which `RunFolderGuard` refuses when it would overwrite an earlier run.
 
 A fresh training (no `ckpt_path`) refuses to start over the checkpoints or timelapse frames of
 an earlier run (`RunFolderGuard`), and `fast_dev_run` writes no checkpoint, timelapse or log, so
@@ -22,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -31,7 +40,8 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from pilot.weights.io import Checkpoint, WeightsError, read_checkpoint
 from train.timelapse import Timelapse
@@ -50,10 +60,13 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
+def make_logger(
+    mode: WandbMode, project: str, save_dir: str, wandb_run: str | None = None
+) -> list[Logger]:
     """A CSV logger (`<save_dir>/csv/version_*/metrics.csv`, always: the model cards and
     figures are read from it) and, with wandb installed and not disabled, a W&B logger (online
-    only when asked for or logged in).
+    only when asked for or logged in) that goes on with the run of id `wandb_run` when given
+    (a resumed training's, `WANDB_RUN_KEY`; Lightning's WandbLogger resumes with "allow").
 
     Raises:
         ValueError: mode "online"/"offline" was asked for but wandb is not installed, or
@@ -70,11 +83,26 @@ def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
     csv = CSVLogger(save_dir=save_dir, name="csv")
     if mode == "disabled" or not has_wandb:
         return [csv]
-    from lightning.pytorch.loggers import WandbLogger
-
     offline = mode == "offline" or (mode == "auto" and not wandb_logged_in())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return [WandbLogger(project=project, save_dir=save_dir, offline=offline), csv]
+    wandb = WandbLogger(project=project, save_dir=save_dir, offline=offline, id=wandb_run)
+    return [wandb, csv]
+
+
+def checkpoint_dir(config: Any) -> Path:
+    """The checkpoint folder of a parsed `fit` config: `checkpoint.dirpath`, else
+    `<trainer.default_root_dir>/checkpoints` (what `PilotCLI` gives ModelCheckpoint)."""
+    if dirpath := config.get("checkpoint", {}).get("dirpath"):
+        return Path(dirpath)
+    return Path(config["trainer"].get("default_root_dir") or os.getcwd()) / "checkpoints"
+
+
+def find_last_checkpoint(folder: Path) -> Path | None:
+    """The file `ckpt_path="last"` names, as Lightning picks it: the newest (modification time)
+    `last*.ckpt` of the ModelCheckpoint folder (`last.ckpt`, `last-v1.ckpt`...); None if none."""
+    name = re.compile(rf"^{re.escape(ModelCheckpoint.CHECKPOINT_NAME_LAST)}")
+    lasts = [p for p in folder.glob("*.ckpt") if name.match(p.stem) and p.is_file()]
+    return max(lasts, key=lambda p: p.stat().st_mtime, default=None)
 
 
 class RunFolderGuard(L.Callback):
@@ -142,18 +170,26 @@ class RunFolderGuard(L.Callback):
 
 
 SYSTEM_KEY = "pilot_system"  # checkpoint entry: the `SYSTEMS` name of the system that wrote it
+WANDB_RUN_KEY = "pilot_wandb_run"  # checkpoint entry: the id of the W&B run it logged to
 
 
-class SystemName(L.Callback):
-    """Records the system's name (one of `SYSTEMS`) in every checkpoint, under `SYSTEM_KEY`."""
+class RunRecord(L.Callback):
+    """Records in every checkpoint the system's name (one of `SYSTEMS`, under `SYSTEM_KEY`) and
+    the id of the attached W&B run (`WANDB_RUN_KEY`), else the one the resumed checkpoint had, so
+    a session without W&B does not lose the run a later resume goes on with."""
 
-    def __init__(self, system: str) -> None:
-        self.system = system
+    def __init__(self, system: str, wandb_run: str | None = None) -> None:
+        self.system, self.wandb_run = system, wandb_run
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[SYSTEM_KEY] = self.system
+        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if wandb is not None and wandb.version:
+            self.wandb_run = str(wandb.version)
+        if self.wandb_run is not None:
+            checkpoint[WANDB_RUN_KEY] = self.wandb_run
 
 
 def read_training_checkpoint(path: str, system: str) -> Checkpoint:
@@ -208,14 +244,20 @@ class PilotCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="diffusion-pilot")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then read a `ckpt_path` file (Lightning loads it next for its hyperparameters)
-        so a corrupt one, or one that is no Lightning checkpoint of this system, is a one-line
-        error naming it (`read_training_checkpoint`). ("last" is resolved by the Trainer only
-        when it loads the file, so a corrupt last.ckpt still ends in torch's error.)
+        """Parse, resolve `ckpt_path` "last" to its file (`find_last_checkpoint`; none there: a
+        fresh training), then read a `ckpt_path` file (Lightning loads it next for its
+        hyperparameters) so a corrupt one, or one that is no Lightning checkpoint of this system,
+        is a one-line error naming it (`read_training_checkpoint`).
         """
         super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            folder = checkpoint_dir(config)
+            last = find_last_checkpoint(folder)
+            ckpt_path = config["ckpt_path"] = None if last is None else str(last)
+            if last is None:
+                rank_zero_info(f"ckpt_path=last: no last*.ckpt in {folder}: a fresh training")
         if ckpt_path and Path(ckpt_path).is_file():
             self.checkpoint = (ckpt_path, read_training_checkpoint(ckpt_path, self.system))
 
@@ -234,18 +276,24 @@ class PilotCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_cfg = config["trainer"]
+        resumed = {} if self.checkpoint is None else self.checkpoint[1].metadata
+        wandb_run = resumed.get(WANDB_RUN_KEY)  # go on logging into the resumed run's
         if trainer_cfg.get("logger") in (None, True) and not trainer_cfg.get("fast_dev_run"):
             root = trainer_cfg.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = make_logger(config["wandb"], config["wandb_project"], root)
+            project = config["wandb_project"]
+            kwargs["logger"] = make_logger(config["wandb"], project, root, wandb_run)
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.fast_dev_run:  # Lightning's ModelCheckpoint would still save last-v1.ckpt
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        for ckpt in (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)):
+            if ckpt.dirpath is None:  # not the logger's versioned folder: "last" finds it again
+                ckpt.dirpath = os.path.realpath(checkpoint_dir(config))
         fixed = {
             f"{group}.dirpath": str(config[group]["dirpath"])
             for group in ("checkpoint", "timelapse")
             if config.get(group, {}).get("dirpath")
         }
-        trainer.callbacks += [RunFolderGuard(fixed), SystemName(self.system)]
+        trainer.callbacks += [RunFolderGuard(fixed), RunRecord(self.system, wandb_run)]
         return trainer
 
     def after_fit(self) -> None:
