@@ -225,6 +225,41 @@ def check_checkpoint_fits(ckpt: Checkpoint, path: str, model: L.LightningModule)
         )
 
 
+class FinalCheckpoint(L.Callback):
+    """Writes the `last.ckpt` of `checkpoint` when a training stops between two periodic
+    checkpoints, so it loses no steps: at the end of the batch it stops after (`max_steps`,
+    `max_time`, a stop request) or, stopped at the end of an epoch (`max_epochs`), when the
+    training ends.
+
+    At that batch, as ModelCheckpoint saves, not once the fit is over: by then Lightning counts
+    the interrupted epoch as finished, and a run resumed from such a checkpoint numbers every
+    later epoch (checkpoint names, logged `epoch`) one too high, one more per resume.
+    """
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint, self.saved_step = checkpoint, -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # the resumed checkpoint's: nothing new yet
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        max_steps = trainer.max_steps
+        if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        ckpt = self.checkpoint
+        if trainer.fast_dev_run or not ckpt.save_last or ckpt.dirpath is None:
+            return
+        last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt"
+        trainer.save_checkpoint(last, weights_only=ckpt.save_weights_only)  # as the callback
+        self.saved_step = trainer.global_step
+
+
 class PilotCLI(LightningCLI):
     """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot.
 
@@ -265,11 +300,18 @@ class PilotCLI(LightningCLI):
         """Check that the `ckpt_path` file holds this system's models (`check_checkpoint_fits`)
         before Lightning lists every missing key, and that a fresh training does not start over
         an earlier run in the folders the config names (`RunFolderGuard`), before the config
-        copy or a log is written."""
+        copy or a log is written. A resumed training is reseeded with `seed_everything` plus its
+        global step."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
         if self.checkpoint is not None:
             path, ckpt = self.checkpoint
             check_checkpoint_fits(ckpt, path, self.model)
-        config = self.config[self.subcommand] if self.subcommand else self.config
+            seed = config.get("seed_everything")
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                # Lightning saves no random state: reseeded with the seed alone, a resumed run
+                # would draw the batch order, crops and noise of step 0 again, and sessions that
+                # stop before their epoch ends would all train on its first batches.
+                L.seed_everything((seed + int(ckpt.metadata["global_step"])) % 2**32, workers=True)
         for guard in (c for c in self.trainer.callbacks if isinstance(c, RunFolderGuard)):
             guard.check(self.trainer, config.get("ckpt_path"))
 
@@ -294,17 +336,9 @@ class PilotCLI(LightningCLI):
             if config.get(group, {}).get("dirpath")
         }
         trainer.callbacks += [RunFolderGuard(fixed), RunRecord(self.system, wandb_run)]
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+            trainer.callbacks.append(FinalCheckpoint(trainer.checkpoint_callback))
         return trainer
-
-    def after_fit(self) -> None:
-        """Write `last.ckpt` once more at the end: a run stopped by `max_time` or `max_steps`
-        between two periodic checkpoints would otherwise lose its last steps."""
-        trainer, ckpt = self.trainer, self.trainer.checkpoint_callback
-        if trainer.fast_dev_run or not isinstance(ckpt, ModelCheckpoint) or not ckpt.save_last:
-            return
-        if ckpt.dirpath is not None:
-            last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt"
-            trainer.save_checkpoint(last, weights_only=ckpt.save_weights_only)  # as the callback
 
 
 SYSTEMS = (
@@ -366,6 +400,9 @@ QUIET = (
     # the GAN systems step their optimisers themselves (manual optimisation): a checkpoint
     # holds the weights after the step of its global step, which is what resuming needs;
     r"Using ModelCheckpoint with manual optimization",
+    # a resume within an epoch draws the rest of it in a new order (`PilotCLI.before_fit`
+    # reseeds); the batches of the interrupted epoch are not replayed, which is what this warns of;
+    r"You're resuming from a checkpoint that ended before the epoch ended",
     # Lightning's own use of a torch API (one line per run, nothing to act on).
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

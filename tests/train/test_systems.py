@@ -378,3 +378,26 @@ def test_resumed_training_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
         [*args[:3], "--trainer.max_steps", "8", "--ckpt_path", "last", "--wandb", "disabled"],
     )
     assert torch.load(last, weights_only=True)["pilot_wandb_run"] == run_id
+
+
+def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_path, monkeypatch):
+    """8 batches (16 global steps) an epoch; stopped at step 10 and resumed to 20: the epoch
+    goes on (as an unstopped run numbers it) and its batches are not those of step 0 again."""
+    from train.dcgan import DCGANSystem
+
+    seen = []  # (epoch, batch_idx, pixel sum) of every training batch
+    training_step = DCGANSystem.training_step
+
+    def record(self, batch, batch_idx):
+        seen.append((self.current_epoch, batch_idx, float(batch.sum())))
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DCGANSystem, "training_step", record)
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=10))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    first = list(seen)
+    seen.clear()
+    run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "20", "--ckpt_path", "last"])
+    assert [(e, i) for e, i, _ in seen] == [(0, 5), (0, 6), (0, 7), (1, 0), (1, 1)]
+    assert (tmp_path / "ckpt" / "epoch=1-step=20.ckpt").is_file()
+    assert [b for *_, b in seen[:3]] != [b for *_, b in first[:3]]  # not a replay of step 0
