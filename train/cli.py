@@ -306,6 +306,8 @@ class PilotCLI(LightningCLI):
         if self.checkpoint is not None:
             path, ckpt = self.checkpoint
             check_checkpoint_fits(ckpt, path, self.model)
+            # the resumed run's own checkpoints are there (`run` scopes the filter)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
             seed = config.get("seed_everything")
             if isinstance(seed, int) and not isinstance(seed, bool):
                 # Lightning saves no random state: reseeded with the seed alone, a resumed run
