@@ -6,9 +6,17 @@ dataclasses they take (unknown keys are errors). Beyond Lightning's own `trainer
 
 - `timelapse`: the `train.timelapse.Timelapse` callback (always attached);
 - `checkpoint`: Lightning's `ModelCheckpoint` (attached unless `fast_dev_run`; set
-  `every_n_train_steps` and `save_last` so a killed run resumes with `--ckpt_path last`);
+  `every_n_train_steps` and `save_last` so a killed run resumes with `--ckpt_path last`). Its
+  `dirpath` defaults to `<default_root_dir>/checkpoints`, not the logger's versioned folder, so
+  a resumed run finds and writes the same checkpoints;
 - `wandb`: "auto" (log to W&B online when logged in, offline otherwise, CSV files only when
   wandb is not installed), "online", "offline" or "disabled"; `wandb_project` names the project.
+  The W&B run id is recorded in every checkpoint (`WANDB_RUN_KEY`), so a resumed training goes
+  on logging into the same W&B run.
+
+`--ckpt_path last` is resolved here, as Lightning would (`find_last_checkpoint`), so a corrupt
+`last.ckpt` is a one-line error naming it; with no last checkpoint in the folder a fresh training
+starts, which `RunFolderGuard` refuses when it would overwrite an earlier run.
 
 A fresh training (no `ckpt_path`) refuses to start over the checkpoints or timelapse frames of
 an earlier run (`RunFolderGuard`), and `fast_dev_run` writes no checkpoint, timelapse or log, so
@@ -22,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -31,7 +40,8 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from pilot.weights.io import Checkpoint, WeightsError, read_checkpoint
 from train.timelapse import Timelapse
@@ -50,10 +60,13 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
+def make_logger(
+    mode: WandbMode, project: str, save_dir: str, wandb_run: str | None = None
+) -> list[Logger]:
     """A CSV logger (`<save_dir>/csv/version_*/metrics.csv`, always: the model cards and
     figures are read from it) and, with wandb installed and not disabled, a W&B logger (online
-    only when asked for or logged in).
+    only when asked for or logged in) that goes on with the run of id `wandb_run` when given
+    (a resumed training's, `WANDB_RUN_KEY`; Lightning's WandbLogger resumes with "allow").
 
     Raises:
         ValueError: mode "online"/"offline" was asked for but wandb is not installed, or
@@ -70,11 +83,26 @@ def make_logger(mode: WandbMode, project: str, save_dir: str) -> list[Logger]:
     csv = CSVLogger(save_dir=save_dir, name="csv")
     if mode == "disabled" or not has_wandb:
         return [csv]
-    from lightning.pytorch.loggers import WandbLogger
-
     offline = mode == "offline" or (mode == "auto" and not wandb_logged_in())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return [WandbLogger(project=project, save_dir=save_dir, offline=offline), csv]
+    wandb = WandbLogger(project=project, save_dir=save_dir, offline=offline, id=wandb_run)
+    return [wandb, csv]
+
+
+def checkpoint_dir(config: Any) -> Path:
+    """The checkpoint folder of a parsed `fit` config: `checkpoint.dirpath`, else
+    `<trainer.default_root_dir>/checkpoints` (what `PilotCLI` gives ModelCheckpoint)."""
+    if dirpath := config.get("checkpoint", {}).get("dirpath"):
+        return Path(dirpath)
+    return Path(config["trainer"].get("default_root_dir") or os.getcwd()) / "checkpoints"
+
+
+def find_last_checkpoint(folder: Path) -> Path | None:
+    """The file `ckpt_path="last"` names, as Lightning picks it: the newest (modification time)
+    `last*.ckpt` of the ModelCheckpoint folder (`last.ckpt`, `last-v1.ckpt`...); None if none."""
+    name = re.compile(rf"^{re.escape(ModelCheckpoint.CHECKPOINT_NAME_LAST)}")
+    lasts = [p for p in folder.glob("*.ckpt") if name.match(p.stem) and p.is_file()]
+    return max(lasts, key=lambda p: p.stat().st_mtime, default=None)
 
 
 class RunFolderGuard(L.Callback):
@@ -142,18 +170,26 @@ class RunFolderGuard(L.Callback):
 
 
 SYSTEM_KEY = "pilot_system"  # checkpoint entry: the `SYSTEMS` name of the system that wrote it
+WANDB_RUN_KEY = "pilot_wandb_run"  # checkpoint entry: the id of the W&B run it logged to
 
 
-class SystemName(L.Callback):
-    """Records the system's name (one of `SYSTEMS`) in every checkpoint, under `SYSTEM_KEY`."""
+class RunRecord(L.Callback):
+    """Records in every checkpoint the system's name (one of `SYSTEMS`, under `SYSTEM_KEY`) and
+    the id of the attached W&B run (`WANDB_RUN_KEY`), else the one the resumed checkpoint had, so
+    a session without W&B does not lose the run a later resume goes on with."""
 
-    def __init__(self, system: str) -> None:
-        self.system = system
+    def __init__(self, system: str, wandb_run: str | None = None) -> None:
+        self.system, self.wandb_run = system, wandb_run
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[SYSTEM_KEY] = self.system
+        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if wandb is not None and wandb.version:
+            self.wandb_run = str(wandb.version)
+        if self.wandb_run is not None:
+            checkpoint[WANDB_RUN_KEY] = self.wandb_run
 
 
 def read_training_checkpoint(path: str, system: str) -> Checkpoint:
@@ -189,6 +225,41 @@ def check_checkpoint_fits(ckpt: Checkpoint, path: str, model: L.LightningModule)
         )
 
 
+class FinalCheckpoint(L.Callback):
+    """Writes the `last.ckpt` of `checkpoint` when a training stops between two periodic
+    checkpoints, so it loses no steps: at the end of the batch it stops after (`max_steps`,
+    `max_time`, a stop request) or, stopped at the end of an epoch (`max_epochs`), when the
+    training ends.
+
+    At that batch, as ModelCheckpoint saves, not once the fit is over: by then Lightning counts
+    the interrupted epoch as finished, and a run resumed from such a checkpoint numbers every
+    later epoch (checkpoint names, logged `epoch`) one too high, one more per resume.
+    """
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint, self.saved_step = checkpoint, -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # the resumed checkpoint's: nothing new yet
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        max_steps = trainer.max_steps
+        if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        ckpt = self.checkpoint
+        if trainer.fast_dev_run or not ckpt.save_last or ckpt.dirpath is None:
+            return
+        last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt"
+        trainer.save_checkpoint(last, weights_only=ckpt.save_weights_only)  # as the callback
+        self.saved_step = trainer.global_step
+
+
 class PilotCLI(LightningCLI):
     """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot.
 
@@ -208,14 +279,20 @@ class PilotCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="diffusion-pilot")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then read a `ckpt_path` file (Lightning loads it next for its hyperparameters)
-        so a corrupt one, or one that is no Lightning checkpoint of this system, is a one-line
-        error naming it (`read_training_checkpoint`). ("last" is resolved by the Trainer only
-        when it loads the file, so a corrupt last.ckpt still ends in torch's error.)
+        """Parse, resolve `ckpt_path` "last" to its file (`find_last_checkpoint`; none there: a
+        fresh training), then read a `ckpt_path` file (Lightning loads it next for its
+        hyperparameters) so a corrupt one, or one that is no Lightning checkpoint of this system,
+        is a one-line error naming it (`read_training_checkpoint`).
         """
         super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            folder = checkpoint_dir(config)
+            last = find_last_checkpoint(folder)
+            ckpt_path = config["ckpt_path"] = None if last is None else str(last)
+            if last is None:
+                rank_zero_info(f"ckpt_path=last: no last*.ckpt in {folder}: a fresh training")
         if ckpt_path and Path(ckpt_path).is_file():
             self.checkpoint = (ckpt_path, read_training_checkpoint(ckpt_path, self.system))
 
@@ -223,40 +300,47 @@ class PilotCLI(LightningCLI):
         """Check that the `ckpt_path` file holds this system's models (`check_checkpoint_fits`)
         before Lightning lists every missing key, and that a fresh training does not start over
         an earlier run in the folders the config names (`RunFolderGuard`), before the config
-        copy or a log is written."""
+        copy or a log is written. A resumed training is reseeded with `seed_everything` plus its
+        global step."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
         if self.checkpoint is not None:
             path, ckpt = self.checkpoint
             check_checkpoint_fits(ckpt, path, self.model)
-        config = self.config[self.subcommand] if self.subcommand else self.config
+            # the resumed run's own checkpoints are there (`run` scopes the filter)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+            seed = config.get("seed_everything")
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                # Lightning saves no random state: reseeded with the seed alone, a resumed run
+                # would draw the batch order, crops and noise of step 0 again, and sessions that
+                # stop before their epoch ends would all train on its first batches.
+                L.seed_everything((seed + int(ckpt.metadata["global_step"])) % 2**32, workers=True)
         for guard in (c for c in self.trainer.callbacks if isinstance(c, RunFolderGuard)):
             guard.check(self.trainer, config.get("ckpt_path"))
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_cfg = config["trainer"]
+        resumed = {} if self.checkpoint is None else self.checkpoint[1].metadata
+        wandb_run = resumed.get(WANDB_RUN_KEY)  # go on logging into the resumed run's
         if trainer_cfg.get("logger") in (None, True) and not trainer_cfg.get("fast_dev_run"):
             root = trainer_cfg.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = make_logger(config["wandb"], config["wandb_project"], root)
+            project = config["wandb_project"]
+            kwargs["logger"] = make_logger(config["wandb"], project, root, wandb_run)
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.fast_dev_run:  # Lightning's ModelCheckpoint would still save last-v1.ckpt
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        for ckpt in (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)):
+            if ckpt.dirpath is None:  # not the logger's versioned folder: "last" finds it again
+                ckpt.dirpath = os.path.realpath(checkpoint_dir(config))
         fixed = {
             f"{group}.dirpath": str(config[group]["dirpath"])
             for group in ("checkpoint", "timelapse")
             if config.get(group, {}).get("dirpath")
         }
-        trainer.callbacks += [RunFolderGuard(fixed), SystemName(self.system)]
+        trainer.callbacks += [RunFolderGuard(fixed), RunRecord(self.system, wandb_run)]
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+            trainer.callbacks.append(FinalCheckpoint(trainer.checkpoint_callback))
         return trainer
-
-    def after_fit(self) -> None:
-        """Write `last.ckpt` once more at the end: a run stopped by `max_time` or `max_steps`
-        between two periodic checkpoints would otherwise lose its last steps."""
-        trainer, ckpt = self.trainer, self.trainer.checkpoint_callback
-        if trainer.fast_dev_run or not isinstance(ckpt, ModelCheckpoint) or not ckpt.save_last:
-            return
-        if ckpt.dirpath is not None:
-            last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt"
-            trainer.save_checkpoint(last, weights_only=ckpt.save_weights_only)  # as the callback
 
 
 SYSTEMS = (
@@ -318,6 +402,9 @@ QUIET = (
     # the GAN systems step their optimisers themselves (manual optimisation): a checkpoint
     # holds the weights after the step of its global step, which is what resuming needs;
     r"Using ModelCheckpoint with manual optimization",
+    # a resume within an epoch draws the rest of it in a new order (`PilotCLI.before_fit`
+    # reseeds); the batches of the interrupted epoch are not replayed, which is what this warns of;
+    r"You're resuming from a checkpoint that ended before the epoch ended",
     # Lightning's own use of a torch API (one line per run, nothing to act on).
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

@@ -3,6 +3,7 @@ W&B offline and W&B absent, bad configs rejected."""
 
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -297,3 +298,109 @@ def test_discriminator_channels_must_fit(tmp_path):
 
     with pytest.raises(ValueError, match="in_channels=6 must be generator in_channels"):
         Pix2PixSystem(Pix2PixConfig(in_channels=1), PatchGANConfig(in_channels=6))
+
+
+def test_resume_last_from_a_corrupt_last_checkpoint_names_the_file(tmp_path, capsys):
+    from pilot.cli import main
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as a full disk leaves it
+    assert main(["train", "dcgan", "--config", str(cfg), "--ckpt_path", "last"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"pilot train: error: {last}: not a readable torch checkpoint")
+    )
+    assert "Traceback" not in err
+
+
+def test_resume_last_picks_the_newest_last_checkpoint(tmp_path):
+    import os
+
+    from train.cli import find_last_checkpoint
+
+    assert find_last_checkpoint(tmp_path) is None
+    for age, name in enumerate(["last-v1.ckpt", "last.ckpt", "epoch=0-step=4.ckpt"]):
+        (tmp_path / name).touch()
+        os.utime(tmp_path / name, (1000 - age, 1000 - age))
+    assert find_last_checkpoint(tmp_path) == tmp_path / "last-v1.ckpt"  # as Lightning's "last"
+
+
+def test_resume_last_without_a_last_checkpoint(tmp_path):
+    """Nothing there: a fresh training (a script may always pass it); an earlier run's frames
+    or step checkpoints there: refused as a fresh training over them is."""
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=4))
+    args = ["fit", "--config", str(cfg), "--ckpt_path", "last"]
+    assert run("dcgan", args).trainer.global_step == 4
+    (tmp_path / "ckpt" / "last.ckpt").unlink()
+    frames = sorted((tmp_path / "timelapse" / "frames").glob("*.png"))
+    with pytest.raises(ValueError, match="an earlier run is there .* resume it with --ckpt_path"):
+        run("dcgan", args)
+    assert sorted((tmp_path / "timelapse" / "frames").glob("*.png")) == frames  # not deleted
+
+
+def test_checkpoints_default_to_one_folder_that_last_resumes_from(tmp_path):
+    config = dcgan_config(tmp_path, max_steps=4)
+    del config["checkpoint"]["dirpath"]  # default: <default_root_dir>/checkpoints
+    cfg = write_yaml(tmp_path / "c.yaml", config)
+    run("dcgan", ["fit", "--config", str(cfg)])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = ["fit", "--config", str(cfg), "--trainer.max_steps", "8", "--ckpt_path", "last"]
+        cli = run("dcgan", args)
+    assert not [w for w in caught if "is not empty" in str(w.message)]  # its own checkpoints
+    assert cli.trainer.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert cli.trainer.global_step == 8
+    with pytest.raises(ValueError, match="checkpoints holds last.ckpt"):  # the guard sees it
+        run("dcgan", ["fit", "--config", str(cfg)])
+
+
+def test_resumed_training_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = dcgan_config(tmp_path, max_steps=4)
+    cfg["wandb"] = "offline"
+    cfg = write_yaml(tmp_path / "c.yaml", cfg)
+    first = run("dcgan", ["fit", "--config", str(cfg)])
+    first.trainer.logger.experiment.finish()
+    run_id = first.trainer.logger.version
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["pilot_wandb_run"] == run_id
+    args = ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path", "last"]
+    resumed = run("dcgan", args)
+    resumed.trainer.logger.experiment.finish()
+    assert resumed.trainer.logger.version == run_id
+    # a session without W&B keeps the id for the next one
+    run(
+        "dcgan",
+        [*args[:3], "--trainer.max_steps", "8", "--ckpt_path", "last", "--wandb", "disabled"],
+    )
+    assert torch.load(last, weights_only=True)["pilot_wandb_run"] == run_id
+
+
+def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_path, monkeypatch):
+    """8 batches (16 global steps) an epoch; stopped at step 10 and resumed to 20: the epoch
+    goes on (as an unstopped run numbers it) and its batches are not those of step 0 again."""
+    from train.dcgan import DCGANSystem
+
+    seen = []  # (epoch, batch_idx, pixel sum) of every training batch
+    training_step = DCGANSystem.training_step
+
+    def record(self, batch, batch_idx):
+        seen.append((self.current_epoch, batch_idx, float(batch.sum())))
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DCGANSystem, "training_step", record)
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=10))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    first = list(seen)
+    seen.clear()
+    run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "20", "--ckpt_path", "last"])
+    assert [(e, i) for e, i, _ in seen] == [(0, 5), (0, 6), (0, 7), (1, 0), (1, 1)]
+    assert (tmp_path / "ckpt" / "epoch=1-step=20.ckpt").is_file()
+    assert [b for *_, b in seen[:3]] != [b for *_, b in first[:3]]  # not a replay of step 0
