@@ -31,7 +31,9 @@ import importlib.util
 import netrc
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -260,6 +262,41 @@ class FinalCheckpoint(L.Callback):
         self.saved_step = trainer.global_step
 
 
+class StopOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) during training stops it at the end of the step it is in, so
+    `FinalCheckpoint` writes `last.ckpt` and `--ckpt_path last` goes on from that step; a second
+    Ctrl-C stops at once (Lightning's shutdown: no checkpoint, the steps since the last periodic
+    one are lost). A GAN step updates two networks: a stop inside it could not be saved."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set signal handlers
+
+        def stop(signum: int, frame: Any) -> None:
+            self.restore()  # the next Ctrl-C interrupts at once
+            trainer.should_stop = True
+            print(
+                "Ctrl-C: stopping after this step and writing last.ckpt (Ctrl-C again to stop now)",
+                file=sys.stderr,
+            )
+
+        self.previous = signal.signal(signal.SIGINT, stop)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, err: Any) -> None:
+        self.restore()
+
+
 class PilotCLI(LightningCLI):
     """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot.
 
@@ -339,7 +376,7 @@ class PilotCLI(LightningCLI):
         }
         trainer.callbacks += [RunFolderGuard(fixed), RunRecord(self.system, wandb_run)]
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
-            trainer.callbacks.append(FinalCheckpoint(trainer.checkpoint_callback))
+            trainer.callbacks += [FinalCheckpoint(trainer.checkpoint_callback), StopOnInterrupt()]
         return trainer
 
 

@@ -404,3 +404,26 @@ def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_pa
     assert [(e, i) for e, i, _ in seen] == [(0, 5), (0, 6), (0, 7), (1, 0), (1, 1)]
     assert (tmp_path / "ckpt" / "epoch=1-step=20.ckpt").is_file()
     assert [b for *_, b in seen[:3]] != [b for *_, b in first[:3]]  # not a replay of step 0
+
+
+def test_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, monkeypatch):
+    """The first Ctrl-C finishes the step it came in and writes last.ckpt at that step."""
+    import signal
+
+    from train.dcgan import DCGANSystem
+
+    training_step = DCGANSystem.training_step
+
+    def ctrl_c_in_batch_4(self, batch, batch_idx):
+        if self.global_step == 6:  # 3 batches of 2 steps (two optimisers) done
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, inside the step
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DCGANSystem, "training_step", ctrl_c_in_batch_4)
+    cfg = dcgan_config(tmp_path, max_steps=40)
+    cfg["checkpoint"]["every_n_train_steps"] = 100  # no periodic checkpoint to fall back on
+    cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
+    assert cli.trainer.global_step == 8
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 8
