@@ -51,6 +51,7 @@ from pilot.diffusion.pipeline import (
     SamplingSettings,
     VAEUpcast,
     build_denoiser,
+    check_size,
     decode_latents,
     encode_images,
     encode_text,
@@ -247,6 +248,10 @@ class FeedbackSampler:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
         self.factor = sd.vae.cfg.downsample_factor
+        try:
+            check_size(frames.height, frames.width, self.factor)
+        except ValueError as e:
+            raise ValueError(f"{frames.name}: {e}") from None
         self._embeddings: dict[str, tuple[Tensor, Tensor]] = {}
         self._color_stats: dict[int, tuple] = {}  # reference frame -> its `lab_stats`
 

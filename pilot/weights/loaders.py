@@ -229,6 +229,23 @@ def load_text_encoder(
     return _load("text_encoder", path, dtype=dtype, device=device, config=config)
 
 
+def load_config(path: PathLike, component: str) -> Any:
+    """The config of one model of a diffusers pipeline folder (or of a model folder) from its
+    config.json alone, no weights read: e.g. the VAE factor, to check a size before a slow load.
+
+    Args:
+        path: A diffusers pipeline folder or one model's folder.
+        component: "unet", "vae" or "text_encoder".
+
+    Raises:
+        WeightsError: no readable config.json of that model, naming the folder.
+    """
+    if component not in _KINDS:
+        raise ValueError(f"component {component!r}; valid: {', '.join(_KINDS)}")
+    folder = _component_folder(Path(path), component)
+    return _config_from_json(component, folder / "config.json")
+
+
 def load_tokenizer(path: PathLike) -> Any:
     """Load the CLIP tokenizer of a model.
 
