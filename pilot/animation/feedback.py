@@ -457,7 +457,9 @@ class FeedbackSampler:
         top = strength if mask is None else max(strength, self.config.fresh_strength)
         sigmas = img2img_sigmas(full, top)
         x = start_latents(first, sigmas, None if top == 1.0 else init_latents)
-        denoiser = build_denoiser(self.sd, settings, wrap_model=self.controls(ks, params, sigmas))
+        # no step (strength below 1 / steps: the VAE round trip) has no ControlNet grid either
+        wrap = self.controls(ks, params, sigmas) if len(sigmas) > 1 else None
+        denoiser = build_denoiser(self.sd, settings, wrap_model=wrap)
         if mask is not None:  # carried pixels wait at their own noise level (StagedInpaint)
             x = torch.lerp(start_latents(first, sigmas, init_latents), x, mask)
             join = img2img_sigmas(full, strength)[0]

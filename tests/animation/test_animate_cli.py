@@ -67,6 +67,16 @@ def test_video_in_mode(model_folder, small_shot, tmp_path, capsys):
     assert len(list((tmp_path / "v.run" / "frames").glob("*.png"))) == 4
 
 
+def test_a_frame_with_no_step_runs_with_controlnets(
+    model_folder, controlnet_folder, small_shot, tmp_path
+):
+    # strength 0.4 of 2 steps is no step: frame 1 is frame 0 warped, through the VAE
+    extra = ["--controlnet", f"depth={controlnet_folder}", "--steps", "2", "--strength", "0.4",
+             "--occlusion", "ignore", "--frames", "0:2"]  # fmt: skip
+    assert animate(model_folder, small_shot, tmp_path / "a.mp4", *extra) == 0
+    assert len(list((tmp_path / "a.run" / "frames").glob("*.png"))) == 2
+
+
 def test_frame_sizes_follow_the_models_vae_factor(model_folder, tmp_path, capsys):
     import torch
 
