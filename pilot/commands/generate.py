@@ -33,15 +33,16 @@ def register(sub) -> None:
     p.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
     p.add_argument("--eta", type=float, default=None, help="noise of ddim, ancestral, SDE samplers")
-    p.add_argument("--clip-skip", type=int, default=0, help="text encoder layers to skip")
+    p.add_argument("--clip-skip", type=int, default=0,
+                   help="final text encoder layers to skip (A1111's clip skip - 1)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (then +1 each)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--width", type=int, default=None,
-                   help="pixels, a multiple of the model's VAE factor (8 in SD); default 512 "
-                   "or the init's")  # fmt: skip
+                   help="pixels, a multiple of the model's VAE factor (8 in SD); default the "
+                   "init's, else the model's own size (512 in SD 1.x, 64 in tiny_sd)")  # fmt: skip
     p.add_argument("--height", type=int, default=None,
-                   help="pixels, a multiple of the model's VAE factor (8 in SD); default 512 "
-                   "or the init's")  # fmt: skip
+                   help="pixels, a multiple of the model's VAE factor (8 in SD); default the "
+                   "init's, else the model's own size")  # fmt: skip
     p.add_argument("--init", type=Path, default=None, help="init image for img2img")
     p.add_argument("--strength", type=float, default=None,
                    help="img2img strength in [0, 1] (default 0.75; needs --init)")  # fmt: skip
@@ -155,9 +156,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     check_preview(preview, sd, args.preview_decoder)
     check_vae_tile(args.vae_tile, sd)
-    height = init.shape[-2] if init is not None else args.height or 512  # checked: not 0
-    width = init.shape[-1] if init is not None else args.width or 512
+    side = native_size(sd)
+    height = init.shape[-2] if init is not None else args.height or side  # checked: not 0
+    width = init.shape[-1] if init is not None else args.width or side
     check_image_size(args, sd, width, height)
+    check_clip_skip(args, sd)
     sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
     controls = load_controls(args, (height, width), device, dtype, speed, sd)
@@ -321,6 +324,23 @@ def check_image_size(args: argparse.Namespace, sd, width: int, height: int) -> N
         else:
             sizes[f"--{name}"] = value
     check_vae_multiple(sizes, sd, args.model, hint)
+
+
+def native_size(sd) -> int:
+    """The image side the model was trained at: the UNet's latent `sample_size` times the VAE
+    factor (diffusers' default; 512 for SD 1.x), or 512 where the UNet config has none."""
+    latent = sd.unet.cfg.sample_size
+    return 512 if latent is None else latent * sd.vae.cfg.downsample_factor
+
+
+def check_clip_skip(args: argparse.Namespace, sd) -> None:
+    """ValueError unless --clip-skip leaves the loaded text encoder at least one layer."""
+    layers = sd.text_encoder.cfg.num_layers
+    if args.clip_skip >= layers:
+        raise ValueError(
+            f"--clip-skip {args.clip_skip}: the text encoder of {args.model} has {layers} "
+            f"layers; skip at most {layers - 1}"
+        )
 
 
 def check_vae_tile(tile: int | None, sd) -> None:

@@ -65,6 +65,10 @@ class SamplingSettings:
         get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.rescale <= 1.0:
+            raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
+        if self.clip_skip < 0:
+            raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and self.sampler not in samplers_with("eta"):
             raise ValueError(
                 f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
