@@ -80,7 +80,9 @@ class FeedbackConfig:
         noise: Initial noise: "fresh" (per-frame seed), "fixed" (base seed's noise every frame)
             or "warped" (previous noise carried by the flow).
         occlusion: Disoccluded pixels: "ignore", "renoise" or "inpaint" (module docstring).
-        fresh_strength: Strength where disoccluded ("renoise"/"inpaint"), >= strength.
+        fresh_strength: Strength where disoccluded ("renoise"/"inpaint"); a frame whose
+            strength is higher uses its strength there too (disoccluded pixels start at
+            least as noisy as the rest).
         dilate: Grow the disocclusion mask by this many pixels (flow edges are unreliable).
         hidden_share: A latent cell (f x f pixels) counts as disoccluded when more than this
             share of its pixels was not seen; 0 = any pixel. The visibility test also rejects

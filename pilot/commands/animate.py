@@ -65,7 +65,9 @@ def register(sub) -> None:
     p.add_argument("--interpolation", choices=("linear", "step", "smooth"), default="linear")
     p.add_argument("--noise", choices=("fresh", "fixed", "warped"), default="fresh")
     p.add_argument("--occlusion", choices=("ignore", "renoise", "inpaint"), default="renoise")
-    p.add_argument("--fresh-strength", type=float, default=1.0, help="strength where disoccluded")
+    p.add_argument("--fresh-strength", type=float, default=1.0,
+                   help="strength where disoccluded (renoise, inpaint); at least the frame's "
+                   "--strength, which it is where lower (default 1)")  # fmt: skip
     p.add_argument("--dilate", type=int, default=0, help="grow the disocclusion mask (pixels)")
     p.add_argument("--hidden-share", type=float, default=0.0,
                    help="a latent cell is disoccluded when more than this share of its pixels "
