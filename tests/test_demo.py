@@ -122,7 +122,7 @@ def test_missing_weights_name_the_folder_and_the_way_to_train(tmp_path, monkeypa
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"size": 36}, "size must be a multiple of 8"),
+        ({"size": 4}, "size must be >= 8"),
         ({"frames": 1}, "frames must be >= 2"),
         ({"strength": 0.0}, "need 0 < strength <= fresh_strength <= 1"),
         ({"strength": 0.8, "fresh_strength": 0.7}, "strength 0.8, fresh_strength 0.7"),
@@ -133,6 +133,21 @@ def test_missing_weights_name_the_folder_and_the_way_to_train(tmp_path, monkeypa
 def test_bad_settings_are_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         DemoConfig(**changes)
+
+
+def test_size_follows_the_pipelines_vae_factor(weights, tmp_path, capsys):
+    # The test weights' VAE downsamples 2x: 34 px frames are valid for them (not for SD's 8).
+    config = DemoConfig(frames=2, size=34, steps=2, rows=1)
+    metrics = run_demo(tmp_path / "demo", weights=weights, config=config, progress=False, log=None)
+    assert metrics["settings"]["size"] == 34
+    assert read_image(tmp_path / "demo" / "feedback" / "frames" / "000001.png").shape[-1] == 34
+    # the packaged tiny SD's VAE downsamples 8x: refused before anything is written
+    assert main(["demo", "--out", str(tmp_path / "tiny"), "--size", "36", "--no-progress"]) == 2
+    pipeline = weight_folders()[0]
+    assert (
+        f"size 36 is not a multiple of 8, the VAE factor of {pipeline}" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_cli_smoke(weights, tmp_path, capsys):

@@ -32,7 +32,7 @@ REFERENCE = "geometry, whole frames, both ways"
 def sources(shot: Shot) -> dict:
     """Row name -> callable of the frame index k >= 1."""
     return {
-        REFERENCE: lambda k: frame_flow(shot[k], shot[k - 1]),
+        REFERENCE: lambda k: frame_flow(shot[k], shot[k - 1], far=shot.far),
         "GeometryFlow": GeometryFlow(shot),
         "VectorFlow": VectorFlow(shot),
         "EstimatedFlow (DIS)": EstimatedFlow(lambda k: shot.frame(k, ["image"]).image, len(shot)),

@@ -51,6 +51,7 @@ from pilot.diffusion.pipeline import (
     SamplingSettings,
     VAEUpcast,
     build_denoiser,
+    check_size,
     decode_latents,
     encode_images,
     encode_text,
@@ -79,7 +80,9 @@ class FeedbackConfig:
         noise: Initial noise: "fresh" (per-frame seed), "fixed" (base seed's noise every frame)
             or "warped" (previous noise carried by the flow).
         occlusion: Disoccluded pixels: "ignore", "renoise" or "inpaint" (module docstring).
-        fresh_strength: Strength where disoccluded ("renoise"/"inpaint"), >= strength.
+        fresh_strength: Strength where disoccluded ("renoise"/"inpaint"); a frame whose
+            strength is higher uses its strength there too (disoccluded pixels start at
+            least as noisy as the rest).
         dilate: Grow the disocclusion mask by this many pixels (flow edges are unreliable).
         hidden_share: A latent cell (f x f pixels) counts as disoccluded when more than this
             share of its pixels was not seen; 0 = any pixel. The visibility test also rejects
@@ -247,6 +250,10 @@ class FeedbackSampler:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
         self.factor = sd.vae.cfg.downsample_factor
+        try:
+            check_size(frames.height, frames.width, self.factor)
+        except ValueError as e:
+            raise ValueError(f"{frames.name}: {e}") from None
         self._embeddings: dict[str, tuple[Tensor, Tensor]] = {}
         self._color_stats: dict[int, tuple] = {}  # reference frame -> its `lab_stats`
 
@@ -452,7 +459,9 @@ class FeedbackSampler:
         top = strength if mask is None else max(strength, self.config.fresh_strength)
         sigmas = img2img_sigmas(full, top)
         x = start_latents(first, sigmas, None if top == 1.0 else init_latents)
-        denoiser = build_denoiser(self.sd, settings, wrap_model=self.controls(ks, params, sigmas))
+        # no step (strength below 1 / steps: the VAE round trip) has no ControlNet grid either
+        wrap = self.controls(ks, params, sigmas) if len(sigmas) > 1 else None
+        denoiser = build_denoiser(self.sd, settings, wrap_model=wrap)
         if mask is not None:  # carried pixels wait at their own noise level (StagedInpaint)
             x = torch.lerp(start_latents(first, sigmas, init_latents), x, mask)
             join = img2img_sigmas(full, strength)[0]

@@ -10,7 +10,9 @@ sampler must dream fresh instead of smearing.
 Three sources, all swappable:
 
 - `GeometryFlow`: exact reprojection of the shot's depth through its cameras, occlusion by a
-  depth test (`pilot.scenes.geometry.reprojection_flow`, `visibility`);
+  depth test (`pilot.scenes.geometry.reprojection_flow`, `visibility`); the background (depth
+  at the shot's `far`: sky, or beyond the camera's clip end) is at infinity, moved by the
+  camera's rotation only, and seen wherever it lands on background;
 - `VectorFlow`: the shot's motion pass (Blender's vector pass), masked by forward-backward
   consistency with the next-frame vectors of frame k - 1;
 - `EstimatedFlow`: OpenCV's DIS optical flow (Kroeger et al. 2016) between video frames in both
@@ -84,7 +86,8 @@ def consistency_mask(
 
 
 class GeometryFlow:
-    """Exact backward flow from a shot's depth and cameras, occlusion by the depth test.
+    """Exact backward flow from a shot's depth and cameras, occlusion by the depth test;
+    background pixels (depth >= the shot's `far`) are at infinity (`pilot.scenes.geometry`).
 
     Args:
         shot: A `pilot.scenes.shot.Shot`.
@@ -97,10 +100,11 @@ class GeometryFlow:
     def __call__(self, k: int) -> FlowField:
         _check_index(k, len(self.shot), str(self.shot.root))
         cur, prev = self.shot.frame(k, ["depth"]), self.shot.frame(k - 1, ["depth"])
+        far = self.shot.far
         flow, z = reprojection_flow(
-            cur.depth[None], cur.K[None], cur.c2w[None], prev.K[None], prev.c2w[None]
-        )  # (1, 2, H, W) k -> k - 1, and frame k's depth seen from camera k - 1
-        return FlowField(flow, visibility(flow, z, prev.depth[None], self.rel_tol))
+            cur.depth[None], cur.K[None], cur.c2w[None], prev.K[None], prev.c2w[None], far
+        )  # (1, 2, H, W) k -> k - 1, and frame k's depth seen from camera k - 1 (inf: sky)
+        return FlowField(flow, visibility(flow, z, prev.depth[None], self.rel_tol, far))
 
 
 class VectorFlow:

@@ -143,7 +143,8 @@ class VideoFrames:
 
     Args:
         path: A video file OpenCV can read, or a folder of PNG/JPEG frames (sorted by name).
-        size: (H, W) to resize to, multiples of 8; default the video's own size.
+        size: (H, W) to resize to, multiples of the VAE factor (8 in SD); default the
+            video's own size.
         fps: Frame rate for a folder of frames (videos report their own).
     """
 

@@ -143,9 +143,19 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     return decode_image(path, "RGB")
 
 
+def check_image_path(path: str | os.PathLike) -> None:
+    """ValueError naming the path unless its suffix is an image format Pillow writes."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise ValueError(
+            f"{path}: unknown image suffix {suffix!r} (e.g. .png, .jpg; a video: .mp4, .gif)"
+        )
+
+
 def write_frame(frame: np.ndarray, path: str | os.PathLike) -> Path:
     """Write one RGB frame as an image (format from the suffix), atomically."""
     path = Path(path)
+    check_image_path(path)  # before the folder is made
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:

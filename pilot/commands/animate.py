@@ -65,7 +65,9 @@ def register(sub) -> None:
     p.add_argument("--interpolation", choices=("linear", "step", "smooth"), default="linear")
     p.add_argument("--noise", choices=("fresh", "fixed", "warped"), default="fresh")
     p.add_argument("--occlusion", choices=("ignore", "renoise", "inpaint"), default="renoise")
-    p.add_argument("--fresh-strength", type=float, default=1.0, help="strength where disoccluded")
+    p.add_argument("--fresh-strength", type=float, default=1.0,
+                   help="strength where disoccluded (renoise, inpaint); at least the frame's "
+                   "--strength, which it is where lower (default 1)")  # fmt: skip
     p.add_argument("--dilate", type=int, default=0, help="grow the disocclusion mask (pixels)")
     p.add_argument("--hidden-share", type=float, default=0.0,
                    help="a latent cell is disoccluded when more than this share of its pixels "
@@ -190,7 +192,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
     chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
     checks.check_range_start(run, config, todo)
     preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
-    sd = optimize(pilot.load_pipeline(args.model, dtype=dtype, device=device), speed)
+    sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
+    check_frame_size(args, frames, sd)
+    sd = optimize(sd, speed)
     check_preview(preview, sd, args.preview_decoder)
     tracks = load_tracks(args, frames, sd, device, dtype, speed)
     check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
@@ -227,7 +231,7 @@ def check_arguments(args: argparse.Namespace) -> tuple:
         raise ValueError(f"--out {args.out}: expected a .mp4 path (a .gif is written beside it)")
     checks.check_source_arguments(args)
     frames = open_frames(args)
-    check_size(frames.height, frames.width)
+    check_size(frames.height, frames.width, factor=1)  # the VAE's: `check_frame_size`
     check_video_path(args.out, frames.fps)  # fps <= 0 would fail after the last frame
     todo = frame_range(args.frames, len(frames))
     checks.check_color_reference(args.color_reference, len(frames))
@@ -235,6 +239,20 @@ def check_arguments(args: argparse.Namespace) -> tuple:
         frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
     check_schedules(config, [scale] * len(args.controlnet), args.seed, todo)
     return settings, config, prompts, frames, todo, device
+
+
+def check_frame_size(args: argparse.Namespace, frames, sd) -> None:
+    """ValueError unless the frames' size is a multiple of the loaded model's VAE factor,
+    naming the shot, the video or --width / --height."""
+    from pilot.commands import check_vae_multiple
+
+    prefix, hint = "--", ""
+    if args.shot is not None:
+        prefix, hint = f"shot {frames.name} ", "; render or export the shot at another --size"
+    elif args.width is None:
+        prefix, hint = f"video {frames.name} ", "; pass --width/--height to resize it"
+    sizes = {f"{prefix}width": frames.width, f"{prefix}height": frames.height}
+    check_vae_multiple(sizes, sd, args.model, hint)
 
 
 def render_frames(

@@ -33,11 +33,16 @@ def register(sub) -> None:
     p.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
     p.add_argument("--eta", type=float, default=None, help="noise of ddim, ancestral, SDE samplers")
-    p.add_argument("--clip-skip", type=int, default=0, help="text encoder layers to skip")
+    p.add_argument("--clip-skip", type=int, default=0,
+                   help="final text encoder layers to skip (A1111's clip skip - 1)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (then +1 each)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    p.add_argument("--width", type=int, default=None, help="pixels (default 512 or the init's)")
-    p.add_argument("--height", type=int, default=None, help="pixels (default 512 or the init's)")
+    p.add_argument("--width", type=int, default=None,
+                   help="pixels, a multiple of the model's VAE factor (8 in SD); default the "
+                   "init's, else the model's own size (512 in SD 1.x, 64 in tiny_sd)")  # fmt: skip
+    p.add_argument("--height", type=int, default=None,
+                   help="pixels, a multiple of the model's VAE factor (8 in SD); default the "
+                   "init's, else the model's own size")  # fmt: skip
     p.add_argument("--init", type=Path, default=None, help="init image for img2img")
     p.add_argument("--strength", type=float, default=None,
                    help="img2img strength in [0, 1] (default 0.75; needs --init)")  # fmt: skip
@@ -60,7 +65,8 @@ def register(sub) -> None:
     )
     p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode")
     p.add_argument("--vae-tile", type=int, default=None,
-                   help="VAE tile size in pixels, a multiple of 8")  # fmt: skip
+                   help="VAE tile size in pixels, a multiple of the VAE factor (8 in "
+                   "SD)")  # fmt: skip
     p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
                    help="decode with this preview decoder instead of the VAE (fast drafts; "
                    "`pilot train preview_decoder`)")  # fmt: skip
@@ -150,10 +156,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     check_preview(preview, sd, args.preview_decoder)
     check_vae_tile(args.vae_tile, sd)
+    side = native_size(sd)
+    height = init.shape[-2] if init is not None else args.height or side  # checked: not 0
+    width = init.shape[-1] if init is not None else args.width or side
+    check_image_size(args, sd, width, height)
+    check_clip_skip(args, sd)
     sd = optimize(sd, speed)
     seeds = [args.seed + i for i in range(args.batch)]
-    height = init.shape[-2] if init is not None else args.height or 512  # checked: not 0
-    width = init.shape[-1] if init is not None else args.width or 512
     controls = load_controls(args, (height, width), device, dtype, speed, sd)
     request = Request(
         prompts=[args.prompt] * args.batch,
@@ -193,17 +202,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """ValueError for arguments that are wrong on their own, before anything loads: --batch,
-    --width / --height (positive multiples of 8, SD's VAE factor), --vae-tile (positive; its
-    factor is checked once the model is loaded, `check_vae_tile`) and --strength (in [0, 1],
-    with --init)."""
+    --width / --height and --vae-tile (positive; their multiple of the model's VAE factor is
+    checked once the model is loaded, `check_image_size`, `check_vae_tile`) and --strength (in
+    [0, 1], with --init)."""
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.vae_tile is not None and args.vae_tile <= 0:
         raise ValueError(f"--vae-tile: VAE tile {args.vae_tile}: must be positive")
     for name in ("width", "height"):
         value = getattr(args, name)
-        if value is not None and (value <= 0 or value % 8):
-            raise ValueError(f"--{name} must be a positive multiple of 8, got {value}")
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be a positive number of pixels, got {value}")
     if args.strength is None:
         return
     if args.init is None:
@@ -300,6 +309,38 @@ def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:
             "all, one per control in order, or KIND=PATH"
         )
     return list(entries)
+
+
+def check_image_size(args: argparse.Namespace, sd, width: int, height: int) -> None:
+    """ValueError unless the output size is a multiple of the loaded model's VAE factor,
+    naming --width / --height, or the --init image whose size it is."""
+    from pilot.commands import check_vae_multiple
+
+    sizes, hint = {}, ""
+    for name, value in (("width", width), ("height", height)):
+        if getattr(args, name) is None and args.init is not None:
+            sizes[f"--init {args.init} {name}"] = value
+            hint = "; pass --width/--height to resize it"
+        else:
+            sizes[f"--{name}"] = value
+    check_vae_multiple(sizes, sd, args.model, hint)
+
+
+def native_size(sd) -> int:
+    """The image side the model was trained at: the UNet's latent `sample_size` times the VAE
+    factor (diffusers' default; 512 for SD 1.x), or 512 where the UNet config has none."""
+    latent = sd.unet.cfg.sample_size
+    return 512 if latent is None else latent * sd.vae.cfg.downsample_factor
+
+
+def check_clip_skip(args: argparse.Namespace, sd) -> None:
+    """ValueError unless --clip-skip leaves the loaded text encoder at least one layer."""
+    layers = sd.text_encoder.cfg.num_layers
+    if args.clip_skip >= layers:
+        raise ValueError(
+            f"--clip-skip {args.clip_skip}: the text encoder of {args.model} has {layers} "
+            f"layers; skip at most {layers - 1}"
+        )
 
 
 def check_vae_tile(tile: int | None, sd) -> None:

@@ -80,14 +80,17 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """Contact sheet (one row per sampled frame) or MP4/GIF (every frame) of a shot's passes."""
     import torch
 
-    from pilot.animation.video import VIDEO_SUFFIXES, write_frame, write_video
+    from pilot.animation.video import VIDEO_SUFFIXES, check_image_path, write_frame, write_video
     from pilot.scenes.preview import contact_sheet, pass_columns
     from pilot.scenes.shot import Shot
 
     if args.rows < 1:
         raise ValueError(f"--rows {args.rows}: a contact sheet shows at least 1 frame")
+    video = Path(args.out).suffix.lower() in VIDEO_SUFFIXES
+    if not video:
+        check_image_path(args.out)
     shot = Shot(args.shot)
-    if Path(args.out).suffix.lower() in VIDEO_SUFFIXES:
+    if video:
         frames = [contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot))]
         print(f"wrote {write_video(frames, args.out, fps=shot.fps)} ({len(frames)} frames)")
         return 0

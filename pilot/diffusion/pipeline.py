@@ -65,6 +65,10 @@ class SamplingSettings:
         get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.rescale <= 1.0:
+            raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
+        if self.clip_skip < 0:
+            raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and self.sampler not in samplers_with("eta"):
             raise ValueError(
                 f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
@@ -217,9 +221,11 @@ def _float32(module: torch.nn.Module) -> Iterator[None]:
 
 def check_size(height: int, width: int, factor: int = 8) -> None:
     """Raise unless the image size is a positive multiple of the VAE factor (8 for SD)."""
-    if height <= 0 or width <= 0 or height % factor or width % factor:
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size {width}x{height} (WxH) must be positive")
+    if height % factor or width % factor:
         raise ValueError(
-            f"image size {width}x{height} (WxH) must be positive multiples of {factor}"
+            f"image size {width}x{height} (WxH) must be multiples of the VAE factor {factor}"
         )
 
 
@@ -311,7 +317,8 @@ class Request:
         prompts: B prompts (A1111 emphasis and long prompts allowed).
         negative_prompts: B negative prompts (the unconditional branch of CFG).
         seeds: B seeds, one per image: an image reproduces in any batch.
-        width, height: Output size in pixels, multiples of 8 (ignored with init images).
+        width, height: Output size in pixels, multiples of the model's VAE factor (8 in SD;
+            checked by `generate_latents`, which knows the model), ignored with init images.
         init_images: (B, 3, H, W) in [0, 1] for img2img / inpainting.
         strength: img2img strength in [0, 1]: the fraction of the schedule re-run.
         mask: (B or 1, 1, H, W) in [0, 1], 1 = repaint, with init images (inpainting).
@@ -336,7 +343,7 @@ class Request:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
         if self.init_images is None:
-            check_size(self.height, self.width)
+            check_size(self.height, self.width, factor=1)  # the VAE's: in `generate_latents`
             if self.mask is not None:
                 raise ValueError("a mask needs init images to inpaint")
         else:
@@ -346,7 +353,7 @@ class Request:
         images, mask, B = self.init_images, self.mask, len(self.prompts)
         if images.ndim != 4 or images.shape[:2] != (B, 3):
             raise ValueError(f"init images must be (B={B}, 3, H, W), got {tuple(images.shape)}")
-        check_size(*images.shape[-2:])
+        check_size(*images.shape[-2:], factor=1)
         for name, x in (("init images", images), ("mask", mask)):
             if x is not None and not x.is_floating_point():
                 raise ValueError(f"{name} of dtype {x.dtype}: expected float in [0, 1]")

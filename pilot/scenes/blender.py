@@ -15,8 +15,10 @@ conventions (`pilot.scenes.shot`):
 * units: shots are in metres; a scene's Blender units are `unit_settings.scale_length` metres
   each (1 unless the scene says otherwise; unit system "NONE" counts them as metres), so camera
   positions, depth and `far` are scaled by it.
-* depth: Cycles' Z pass is already z-depth along the view axis; misses (1e10) become `far`,
-  the camera's clip end.
+* depth: Cycles' Z pass is already z-depth along the view axis; misses (1e10) and depths at or
+  beyond the camera's clip end become `far`, the clip end in metres as the float32 the depth
+  pass holds (`background_depth`), so `depth >= shot.far` finds every background pixel (the
+  sky, which `pilot.scenes.geometry` puts at infinity).
 * normals: Cycles' Normal pass is world space; rotated into camera space, flipped to face the
   camera.
 * motion: Cycles' Vector pass holds (prev - current, current - next) in pixels with y up; the
@@ -107,15 +109,28 @@ def _pass(channels: dict[str, np.ndarray], name: str, comps: str, path: Path) ->
     return np.stack(out, -1)
 
 
+def background_depth(far: float, metres: float) -> float:
+    """The shot's `far` and the depth of its background pixels: the clip end `far` (Blender
+    units) in metres, rounded to float32 as the depth pass is (a float64 `far * metres` can
+    lie above every float32 depth, e.g. 120 units of 1 cm)."""
+    return float(np.float32(far) * np.float32(metres))
+
+
+def depth_in_metres(z: np.ndarray, far: float, metres: float) -> np.ndarray:
+    """Cycles' Z pass (H, W) in Blender units to shot depth in metres (float32): misses
+    (1e10, inf) and depths at or beyond the clip end `far` are `background_depth`."""
+    hit = np.isfinite(z) & (z < far)
+    depth = z.astype(np.float32) * np.float32(metres)
+    return np.where(hit, depth, np.float32(background_depth(far, metres))).astype(np.float32)
+
+
 def convert_passes(
     path: Path, K: np.ndarray, c2w: np.ndarray, far: float, metres: float = 1.0
 ) -> dict:
     """Read one frame's multilayer EXR and convert its passes to shot conventions (`far` in
     Blender units, `metres` per unit: depth comes out in metres)."""
     ch = read_exr(path)
-    depth = _pass(ch, "Depth", "Z", path)[..., 0]
-    depth = np.where(np.isfinite(depth) & (depth < far), depth, far) * metres
-    depth = depth.astype(np.float32)
+    depth = depth_in_metres(_pass(ch, "Depth", "Z", path)[..., 0], far, metres)
     n = _pass(ch, "Normal", "XYZ", path) @ c2w[:3, :3]  # world -> camera: R^T n per pixel
     H, W = depth.shape
     xs, ys = np.meshgrid(np.arange(W), np.arange(H))
@@ -174,7 +189,9 @@ def export_shot(
     provenance = {"source": "blender", "blender": bpy.app.version_string, "file": blend,
                   "camera": cam.name, "engine": "CYCLES", "samples": samples,
                   "metres_per_unit": metres}  # fmt: skip
-    writer = ShotWriter(out, W, H, fps=fps, far=far * metres, provenance=provenance)
+    writer = ShotWriter(
+        out, W, H, fps=fps, far=background_depth(far, metres), provenance=provenance
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for f in range(first, last + 1):
             scene.frame_set(f)

@@ -1,7 +1,11 @@
 """Multi-view geometry of shots: reprojection flow from depth, occlusion tests, flow warping.
 
 Conventions (see `pilot.scenes.camera`): OpenCV camera axes, camera-to-world poses, z-depth in
-metres, pixel centres at integer coordinates. A flow field `flow_ij` (B, 2, H, W) holds, for
+metres, pixel centres at integer coordinates. Background (the sky, or whatever lies beyond the
+camera's clip end) is stored at a depth `far` (a shot's `far`, the z-depth written where nothing
+was hit); functions given `far` treat pixels at or beyond it as points at infinity, which only a
+camera rotation moves (no parallax), and count a background pixel that lands on background as
+seen. A flow field `flow_ij` (B, 2, H, W) holds, for
 every pixel p of frame i, the displacement (dx, dy) in pixels to where the same surface point
 appears in frame j: p_j = p + flow_ij(p). `warp(image_j, flow_ij)` therefore pulls frame j's
 pixels into frame i's layout (backward warping), the operation the animation code uses to carry
@@ -9,6 +13,8 @@ the previous frame forward.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -55,32 +61,48 @@ def backproject(depth: Tensor, K: Tensor) -> Tensor:
 
 
 def reproject(
-    depth_i: Tensor, K_i: Tensor, c2w_i: Tensor, K_j: Tensor, c2w_j: Tensor
+    depth_i: Tensor,
+    K_i: Tensor,
+    c2w_i: Tensor,
+    K_j: Tensor,
+    c2w_j: Tensor,
+    far: float = math.inf,
 ) -> tuple[Tensor, Tensor]:
     """Where frame i's pixels land in camera j: coords (B, 2, H, W) and z-depth in j (B, 1, H, W).
 
-    Points behind camera j (z <= 0) get coordinates far outside the image.
+    Points behind camera j (z <= 0) get coordinates far outside the image. Background pixels
+    (depth >= `far`, module docstring) are directions at infinity: only the rotation between
+    the cameras moves them, and their z-depth in j is inf (in front of camera j).
     """
     _check(depth_i, K_i, c2w_i, "frame i")
     _check(depth_i, K_j, c2w_j, "frame j")
     B, _, H, W = depth_i.shape
     p_i = backproject(depth_i, K_i).flatten(2)  # (B, 3, HW)
     T = rigid_inverse(c2w_j) @ c2w_i  # camera i -> camera j
-    p_j = T[:, :3, :3] @ p_i + T[:, :3, 3:]  # (B, 3, HW)
+    rotated = T[:, :3, :3] @ p_i
+    background = (depth_i >= far).flatten(2)  # (B, 1, HW)
+    p_j = torch.where(background, rotated, rotated + T[:, :3, 3:])  # (B, 3, HW)
     z = p_j[:, 2:]
     uv = (K_j @ p_j)[:, :2] / torch.where(z > 1e-9, z, 1e-9)
     uv = torch.where(z > 1e-9, uv, torch.full_like(uv, -1e9))
+    z = torch.where(background & (z > 1e-9), math.inf, z)
     return uv.view(B, 2, H, W), z.view(B, 1, H, W)
 
 
 def reprojection_flow(
-    depth_i: Tensor, K_i: Tensor, c2w_i: Tensor, K_j: Tensor, c2w_j: Tensor
+    depth_i: Tensor,
+    K_i: Tensor,
+    c2w_i: Tensor,
+    K_j: Tensor,
+    c2w_j: Tensor,
+    far: float = math.inf,
 ) -> tuple[Tensor, Tensor]:
     """Optical flow i -> j (B, 2, H, W) in pixels induced by camera motion over static geometry.
 
-    Returns the flow and the z-depth of frame i's points seen from camera j (B, 1, H, W).
+    Returns the flow and the z-depth of frame i's points seen from camera j (B, 1, H, W), inf
+    for background pixels (depth >= `far`, at infinity: see `reproject`).
     """
-    uv, z = reproject(depth_i, K_i, c2w_i, K_j, c2w_j)
+    uv, z = reproject(depth_i, K_i, c2w_i, K_j, c2w_j, far)
     return uv - pixel_grid(*depth_i.shape[2:], depth_i), z
 
 
@@ -166,10 +188,19 @@ def _slope(z: Tensor) -> Tensor:
     return gx + gy
 
 
-def visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 0.01) -> Tensor:
+def visibility(
+    flow_ij: Tensor,
+    z_ij: Tensor,
+    depth_j: Tensor,
+    rel_tol: float = 0.01,
+    far: float = math.inf,
+) -> Tensor:
     """Depth test: True (B, 1, H, W) where frame i's pixel is seen in frame j.
 
-    A pixel is visible when it lands inside frame j, in front of camera j, and both
+    A background pixel of frame i (z_ij inf, from `reprojection_flow(..., far)`) is visible when
+    it lands inside frame j on background: the four pixels of its bilinear stencil all at depth
+    >= `far` (the sky stays sky; sky landing on a surface was hidden by it: disoccluded). Any
+    other pixel is visible when it lands inside frame j, in front of camera j, and both
     (1) its depth in camera j agrees with frame j's depth there within `rel_tol` (bilinear in
     inverse depth, exact on planes), and
     (2) each of the four pixels of that bilinear stencil is within `rel_tol` plus two pixels'
@@ -178,6 +209,8 @@ def visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 
     two motions.
     """
     _check_visibility(flow_ij, z_ij, depth_j)
+    background = z_ij.isinf() & (z_ij > 0)
+    z_ij = torch.where(background, 0.0, z_ij)  # finite: no NaN in the tests below
     H, W = depth_j.shape[2:]
     grid = pixel_grid(H, W, flow_ij)
     uv = grid + flow_ij
@@ -195,7 +228,7 @@ def visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor, rel_tol: float = 
     d_max, d_min = warp(d_max, corner, mode="nearest"), warp(d_min, corner, mode="nearest")
     tol = rel_tol * z_ij + 2 * _slope(z_ij)
     stencil = (d_max - z_ij <= tol) & (z_ij - d_min <= tol)
-    return inside & (z_ij > 0) & agree & stencil
+    return inside & torch.where(background, d_min >= far, (z_ij > 0) & agree & stencil)
 
 
 def _check_visibility(flow_ij: Tensor, z_ij: Tensor, depth_j: Tensor) -> None:
@@ -225,25 +258,28 @@ def flow_pair(
     K_j: Tensor,
     c2w_j: Tensor,
     rel_tol: float = 0.01,
+    far: float = math.inf,
 ) -> dict[str, Tensor]:
-    """Forward and backward reprojection flow between two frames with their visibility masks.
+    """Forward and backward reprojection flow between two frames with their visibility masks
+    (background at depth >= `far`: at infinity, module docstring).
 
     Returns:
         `flow_ij`, `flow_ji` (B, 2, H, W) and `visible_ij` (frame i pixels seen in j; False =
         occluded or out of view), `visible_ji` (frame j pixels seen in i; False = disoccluded).
     """
-    flow_ij, z_ij = reprojection_flow(depth_i, K_i, c2w_i, K_j, c2w_j)
-    flow_ji, z_ji = reprojection_flow(depth_j, K_j, c2w_j, K_i, c2w_i)
+    flow_ij, z_ij = reprojection_flow(depth_i, K_i, c2w_i, K_j, c2w_j, far)
+    flow_ji, z_ji = reprojection_flow(depth_j, K_j, c2w_j, K_i, c2w_i, far)
     return {
         "flow_ij": flow_ij,
         "flow_ji": flow_ji,
-        "visible_ij": visibility(flow_ij, z_ij, depth_j, rel_tol),
-        "visible_ji": visibility(flow_ji, z_ji, depth_i, rel_tol),
+        "visible_ij": visibility(flow_ij, z_ij, depth_j, rel_tol, far),
+        "visible_ji": visibility(flow_ji, z_ji, depth_i, rel_tol, far),
     }
 
 
-def frame_flow(frame_i, frame_j, rel_tol: float = 0.01) -> dict[str, Tensor]:
-    """`flow_pair` between two `pilot.scenes.shot.Frame`s; every result has batch size 1."""
+def frame_flow(frame_i, frame_j, rel_tol: float = 0.01, far: float = math.inf) -> dict[str, Tensor]:
+    """`flow_pair` between two `pilot.scenes.shot.Frame`s (pass the shot's `far`, so its
+    background is at infinity); every result has batch size 1."""
     return flow_pair(
         frame_i.depth[None],
         frame_j.depth[None],
@@ -252,4 +288,5 @@ def frame_flow(frame_i, frame_j, rel_tol: float = 0.01) -> dict[str, Tensor]:
         frame_j.K[None],
         frame_j.c2w[None],
         rel_tol,
+        far,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,17 @@ from pilot.scenes.render import RenderConfig, render, stack_scenes
 from pilot.scenes.shot import ShotWriter
 
 
-def motion_from_depth(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
-    """Motion pass (N, 4, H, W) of a static scene: flow to previous frame, then to next frame.
+def motion_from_depth(depth: Tensor, K: Tensor, c2w: Tensor, far: float = math.inf) -> Tensor:
+    """Motion pass (N, 4, H, W) of a static scene: flow to previous frame, then to next frame
+    (background, depth >= `far`, at infinity as in `GeometryFlow`).
 
     The first frame's previous and the last frame's next are the frame itself (zero flow), as
     Blender does for a camera that holds still outside its keys.
     """
     prev = torch.cat([torch.arange(1), torch.arange(len(depth) - 1)])
     nxt = torch.cat([torch.arange(1, len(depth)), torch.tensor([len(depth) - 1])])
-    to_prev, _ = reprojection_flow(depth, K, c2w, K[prev], c2w[prev])
-    to_next, _ = reprojection_flow(depth, K, c2w, K[nxt], c2w[nxt])
+    to_prev, _ = reprojection_flow(depth, K, c2w, K[prev], c2w[prev], far)
+    to_next, _ = reprojection_flow(depth, K, c2w, K[nxt], c2w[nxt], far)
     return torch.cat([to_prev, to_next], 1)
 
 
@@ -47,7 +49,8 @@ def render_fly_through(
         hi = min(lo + batch, n_frames)
         parts.append(render(stack_scenes([scene] * (hi - lo)), K[lo:hi], c2w[lo:hi], height, width))
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    out.update(motion=motion_from_depth(out["depth"], K, c2w), K=K, c2w=c2w)
+    far = RenderConfig().far  # `render`'s depth on sky
+    out.update(motion=motion_from_depth(out["depth"], K, c2w, far), K=K, c2w=c2w)
     return out
 
 

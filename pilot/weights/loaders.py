@@ -52,6 +52,7 @@ __all__ = [  # folder_class_name: from pilot.weights.folders, importable from he
     "GANCheckpointError",
     "StableDiffusion",
     "folder_class_name",
+    "load_config",
     "load_pipeline",
     "load_text_encoder",
     "load_tokenizer",
@@ -145,6 +146,23 @@ def load_text_encoder(
     Args: as `load_unet`, with a `CLIPTextConfig` or `CLIP_PRESETS` name for `config`.
     """
     return _load("text_encoder", path, dtype=dtype, device=device, config=config)
+
+
+def load_config(path: PathLike, component: str) -> Any:
+    """The config of one model of a diffusers pipeline folder (or of a model folder) from its
+    config.json alone, no weights read: e.g. the VAE factor, to check a size before a slow load.
+
+    Args:
+        path: A diffusers pipeline folder or one model's folder.
+        component: "unet", "vae" or "text_encoder".
+
+    Raises:
+        WeightsError: no readable config.json of that model, naming the folder.
+    """
+    if component not in _KINDS:
+        raise ValueError(f"component {component!r}; valid: {', '.join(_KINDS)}")
+    folder = _component_folder(Path(path), component)
+    return _config_from_json(component, folder / "config.json")
 
 
 def load_tokenizer(path: PathLike) -> Any:

@@ -68,6 +68,39 @@ def test_video_in_mode(model_folder, small_shot, tmp_path, capsys):
     assert len(list((tmp_path / "v.run" / "frames").glob("*.png"))) == 4
 
 
+def test_a_frame_with_no_step_runs_with_controlnets(
+    model_folder, controlnet_folder, small_shot, tmp_path
+):
+    # strength 0.4 of 2 steps is no step: frame 1 is frame 0 warped, through the VAE
+    extra = ["--controlnet", f"depth={controlnet_folder}", "--steps", "2", "--strength", "0.4",
+             "--occlusion", "ignore", "--frames", "0:2"]  # fmt: skip
+    assert animate(model_folder, small_shot, tmp_path / "a.mp4", *extra) == 0
+    assert len(list((tmp_path / "a.run" / "frames").glob("*.png"))) == 2
+
+
+def test_frame_sizes_follow_the_models_vae_factor(model_folder, tmp_path, capsys):
+    import torch
+
+    video = tmp_path / "video"
+    for k in range(2):
+        write_png(video / f"{k:04d}.png", torch.rand(3, 12, 20))  # not multiples of SD's 8
+    argv = ["animate", "--video", str(video), "--prompt", "ink", "--steps", "2", "--cfg", "1",
+            "--out", str(tmp_path / "v.mp4")]  # fmt: skip
+    assert main([*argv, "--model", str(model_folder)]) == 0  # its VAE has factor 1
+    assert len(list((tmp_path / "v.run" / "frames").glob("*.png"))) == 2
+    capsys.readouterr()
+    tiny = [*argv, "--model", "tiny_sd", "--run", str(tmp_path / "t.run")]  # factor 8
+    assert main(tiny) == 2
+    err = capsys.readouterr().err
+    assert f"video {video} width 20 is not a multiple of 8, the VAE factor of tiny_sd" in err
+    assert "pass --width/--height to resize it" in err
+    assert main([*tiny, "--width", "16", "--height", "12"]) == 2
+    assert (
+        "--height 12 is not a multiple of 8, the VAE factor of tiny_sd" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "t.run" / "frames").exists()
+
+
 @pytest.fixture(scope="module")
 def sd2_controlnet(animation_sd, tmp_path_factory):
     return make_controlnet(animation_sd.unet, tmp_path_factory.mktemp("cn2") / "wide",

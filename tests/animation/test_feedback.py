@@ -184,6 +184,17 @@ def test_a_latent_cell_is_disoccluded_by_its_share_of_unseen_pixels(
     assert mask[0, 0, 1, 1] == (share < 0.25)
 
 
+def test_frames_off_the_vae_factor_are_refused_naming_the_source(small_shot, tmp_path):
+    from tests.conftest import make_tiny_sd
+
+    sd = make_tiny_sd()  # VAE factor 2
+    frames = ShotFrames(small_shot)  # 32x32
+    frames.width = 31  # as if the shot were 31 px wide
+    with pytest.raises(ValueError, match=rf"{small_shot.root}: image size 31x32 \(WxH\) must be"):
+        FeedbackSampler(sd, SETTINGS, FeedbackConfig(), frames,
+                        parse_prompt_schedule("0: a wall"), FrameStore(tmp_path))  # fmt: skip
+
+
 def test_hidden_share_must_be_a_share():
     with pytest.raises(ValueError, match="hidden_share must be in"):
         FeedbackConfig(hidden_share=1.0)

@@ -121,3 +121,35 @@ def test_missing_passes_are_named(tmp_path, small_shot):
     assert ShotFrames(small_shot).control_image("hatch", 3).shape == (1, 3, 32, 32)
     lines = ShotFrames(small_shot).control_image("hatched", 3)  # white lines on black
     assert lines.shape == (1, 3, 32, 32) and torch.equal(lines[:, 0], 1 - small_shot[3].hatched)
+
+
+def test_geometry_flow_sees_the_sky_that_stays_sky(tmp_path):
+    """A shot of sky only (depth = the shot's `far`, here Blender's default clip end of 100 m)
+    whose camera steps 2 m and turns 4 degrees: the sky is at infinity, so it moves by the
+    rotation alone and every pixel that lands inside the previous frame was seen there."""
+    import math
+
+    import numpy as np
+
+    from pilot.scenes.camera import intrinsics
+    from pilot.scenes.geometry import pixel_grid
+    from pilot.scenes.shot import Shot, ShotWriter
+
+    H, W, far = 24, 32, 100.0
+    K = intrinsics(90.0, W, H).numpy()
+    c, s = math.cos(math.radians(4)), math.sin(math.radians(4))
+    turned = np.eye(4)
+    turned[:3, :3], turned[:3, 3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]], [2.0, 0.0, 0.5]
+    writer = ShotWriter(tmp_path / "sky", W, H, far=far)
+    for c2w in (np.eye(4), turned):
+        writer.add(K, c2w, np.full((H, W), far, np.float32))
+    field = GeometryFlow(Shot(writer.close().parent))(1)
+    R = torch.from_numpy(turned[:3, :3]).float()  # camera 1 -> camera 0 (camera 0: identity)
+    p = torch.cat([pixel_grid(H, W, field.flow), torch.ones(1, 1, H, W)], 1).view(3, -1)
+    q = torch.from_numpy(K).float() @ R @ torch.linalg.inv(torch.from_numpy(K).float()) @ p
+    expected = (q[:2] / q[2:] - p[:2]).view(1, 2, H, W)  # the homography K R K^-1
+    assert torch.allclose(field.flow, expected, atol=1e-3)
+    uv = (q[:2] / q[2:]).view(2, H, W)
+    inside = (uv[0] >= 0) & (uv[0] <= W - 1) & (uv[1] >= 0) & (uv[1] <= H - 1)
+    assert inside.float().mean() > 0.8
+    assert torch.equal(field.visible[0, 0], inside)

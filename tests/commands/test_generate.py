@@ -63,18 +63,50 @@ def test_png_records_the_options_that_change_pixels(capsys, tiny_sd_folder, tmp_
     assert params["vae_tile"] == 30 and params["dtype"] == "float32"
 
 
+def test_sizes_follow_the_models_vae_factor_not_sds(capsys, tiny_sd, tiny_sd_folder, tmp_path):
+    # The tiny VAE downsamples 2x: 30x26 is valid for it, though not a multiple of SD's 8.
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    summary = run(capsys, *argv, "--width", "30", "--height", "26")
+    assert read_image(summary["images"][0]).shape == (3, 26, 30)
+    write_png(tmp_path / "odd.png", torch.rand(3, 24, 31))  # an init's own size is checked too
+    init = ["--model", str(tiny_sd_folder), "--prompt", "fog", "--init", str(tmp_path / "odd.png")]
+    assert main(["generate", *init]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--init {tmp_path / 'odd.png'} width 31 is not a multiple of 2, the VAE factor of" in err
+    )
+    assert "pass --width/--height to resize it" in err
+    # without a size: the model's own, the UNet's sample_size (32 latents) x the VAE factor
+    # (not 512: 256x256 latents through the tiny UNet's attention take minutes on a CPU)
+    from pilot.commands.generate import native_size
+
+    assert native_size(tiny_sd) == 64
+    summary = run(capsys, "--model", str(tiny_sd_folder), "--prompt", "fog", "--steps", "1",
+                  "--out", str(tmp_path))  # fmt: skip
+    assert read_image(summary["images"][0]).shape == (3, 64, 64)
+    assert "Size: 64x64" in read_png_text(summary["images"][0])["parameters"]
+    # the packaged tiny SD's VAE downsamples 8x: the error names its factor and the model
+    assert main(["generate", "--model", "tiny_sd", "--prompt", "fog", "--width", "60"]) == 2
+    err = capsys.readouterr().err
+    assert "--width 60 is not a multiple of 8, the VAE factor of tiny_sd" in err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--sampler", "eulr"], "unknown sampler 'eulr'; valid: ddim, euler"),
         (["--schedule", "cos"], "unknown schedule 'cos'; valid:"),
-        (["--width", "30"], "--width must be a positive multiple of 8, got 30"),
+        (["--width", "31"], "--width 31 is not a multiple of 2, the VAE factor of "),
+        (["--height", "25"], "--height 25 is not a multiple of 2, the VAE factor of "),
         (["--mask", "m.png"], "--mask needs --init"),
         (["--init", "missing.png"], "missing.png: no such image file"),
         (["--batch", "0"], "--batch must be >= 1"),
-        (["--width", "0"], "--width must be a positive multiple of 8, got 0"),
-        (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
-        (["--height", "-8"], "--height must be a positive multiple of 8, got -8"),
+        (["--rescale", "2"], "rescale must be in [0, 1], got 2.0"),
+        (["--clip-skip", "-1"], "clip_skip must be >= 0 (0: the last layer), got -1"),
+        (["--clip-skip", "3"], "--clip-skip 3: the text encoder of "),
+        (["--width", "0"], "--width must be a positive number of pixels, got 0"),
+        (["--height", "0"], "--height must be a positive number of pixels, got 0"),
+        (["--height", "-8"], "--height must be a positive number of pixels, got -8"),
         (
             ["--vae-tile", "7"],
             "--vae-tile: VAE tile 7: must be a positive multiple of the VAE factor 2",

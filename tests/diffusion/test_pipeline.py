@@ -183,13 +183,13 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(width=30), "multiples of 8"),
+        (dict(width=0), r"image size 0x24 \(WxH\) must be positive"),
         (dict(strength=1.5), "strength must be in"),
         (dict(seeds=[1]), "1 seeds for 2 prompts"),
         (dict(prompts=[], seeds=[]), "at least one prompt"),
         (dict(mask=torch.ones(1, 1, 24, 32)), "mask needs init images"),
         (dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 16, 32)), "mask size"),
-        (dict(init_images=torch.rand(2, 3, 20, 32)), "multiples of 8"),
+        (dict(init_images=torch.rand(2, 3, 0, 32)), "must be positive"),
         (dict(init_images=torch.rand(3, 3, 24, 32)), r"init images must be \(B=2"),
         (
             dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(3, 1, 24, 32)),
@@ -208,6 +208,19 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
 def test_bad_requests(kwargs, match):
     with pytest.raises(ValueError, match=match):
         request(**kwargs)
+
+
+def test_sizes_are_checked_against_the_models_vae_factor(tiny_sd, init_images):
+    # The tiny VAE downsamples 2x: 30x26 is a valid size for it (not a multiple of SD's 8).
+    assert tiny_sd.vae.cfg.downsample_factor == 2
+    settings = replace(SETTINGS, steps=1)
+    images = generate(tiny_sd, request(prompts=["fog"], seeds=[0], width=30, height=26), settings)
+    assert images.shape == (1, 3, 26, 30)
+    odd = request(init_images=init_images[:, :, :, :31].contiguous())  # 31 px wide
+    with pytest.raises(
+        ValueError, match=r"image size 31x24 \(WxH\) must be multiples of the VAE factor 2"
+    ):
+        generate(tiny_sd, odd, settings)
 
 
 @pytest.mark.parametrize(

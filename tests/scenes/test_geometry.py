@@ -14,7 +14,7 @@ from pilot.scenes.geometry import (
     visibility,
     warp,
 )
-from pilot.scenes.render import Scene, render
+from pilot.scenes.render import RenderConfig, Scene, render
 
 H, W = 48, 64
 
@@ -98,6 +98,64 @@ def test_occluder_hides_the_predicted_band():
     assert clear.sum() > 50 and visible[clear].all()
     # disocclusion: frame j sees back-wall band X in [2, 3) (camera coords X - 1 in [1, 2))
     assert (~out["visible_ji"][0, 0]).sum() > 10
+
+
+def _turned(degrees: float, t=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Camera at t turned `degrees` to the right (about its y axis) from `_pose`. (1, 4, 4)"""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    c2w = _pose(t)
+    c2w[0, :3, :3] = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    return c2w
+
+
+def _landing(K: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where directions at infinity land after a rotation R (3, 3): the homography K R K^-1.
+    Returns (x, y) pixel coordinates, each (H, W)."""
+    ys, xs = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    p = torch.stack([xs, ys, torch.ones_like(xs)]).view(3, -1)
+    q = K[0] @ R @ torch.linalg.inv(K[0]) @ p
+    return (q[0] / q[2]).view(H, W), (q[1] / q[2]).view(H, W)
+
+
+def _sample(mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mask (H, W) at the nearest pixel of (x, y), False outside the image (1 px margin)."""
+    inside = (x >= 1) & (x <= W - 2) & (y >= 1) & (y <= H - 2)
+    xi, yi = x.round().long().clamp(0, W - 1), y.round().long().clamp(0, H - 1)
+    return inside & mask[yi, xi]
+
+
+def test_sky_is_at_infinity_and_seen_wherever_it_stays_sky():
+    """A 3 m square wall 5 m ahead with sky all around; the camera steps 1 m right and turns
+    5 degrees right. Sky (depth `far`) moves by the rotation alone, K R K^-1, and is seen where
+    it lands on sky, however far from the centre (a depth test on z = far fails there: turned
+    5 degrees, the z-depth of a 45-degree ray changes by 8%); the sky the wall hid is not."""
+    far = RenderConfig().far
+    K = intrinsics(90.0, W, H)[None]
+    scene = _scene([_plane((0, 0, 5.0), (1.5, 1.5))])
+    c2w_i, c2w_j = _pose(), _turned(5.0, (1.0, 0, 0))
+    depth_i, depth_j = (render(scene, K, c2w, H, W)["depth"] for c2w in (c2w_i, c2w_j))
+    sky_i, sky_j = depth_i[0, 0] >= far, depth_j[0, 0] >= far
+    assert 0.05 < (~sky_i).float().mean() < 0.5 and 0.05 < (~sky_j).float().mean() < 0.5
+    out = flow_pair(depth_i, depth_j, K, c2w_i, K, c2w_j, far=far)
+    R_ij = c2w_j[0, :3, :3].T  # camera i -> camera j (c2w_i is the identity)
+    x, y = _landing(K, R_ij)
+    grid_x, grid_y = torch.meshgrid(torch.arange(W).float(), torch.arange(H).float(), indexing="xy")
+    flow = out["flow_ij"][0]
+    assert torch.allclose(flow[0][sky_i], (x - grid_x)[sky_i], atol=1e-3)
+    assert torch.allclose(flow[1][sky_i], (y - grid_y)[sky_i], atol=1e-3)
+    near_wall_j = torch.nn.functional.max_pool2d((~sky_j).float()[None, None], 5, 1, 2)[0, 0] > 0
+    stays_sky = sky_i & _sample(~near_wall_j, x, y)
+    assert stays_sky.float().mean() > 0.5
+    assert out["visible_ij"][0, 0][stays_sky].all()
+    # disocclusion: sky of frame j that lay behind the wall in frame i
+    x, y = _landing(K, R_ij.T)
+    inner_wall_i = -torch.nn.functional.max_pool2d(-(~sky_i).float()[None, None], 5, 1, 2)[0, 0]
+    was_hidden = sky_j & _sample(inner_wall_i > 0, x, y)
+    assert was_hidden.sum() > 10
+    assert not out["visible_ji"][0, 0][was_hidden].any()
+    # without `far` the sky is a plane at 1000 m: the depth test fails it at the edges
+    plain = flow_pair(depth_i, depth_j, K, c2w_i, K, c2w_j)
+    assert not plain["visible_ij"][0, 0][stays_sky].all()
 
 
 def test_forward_backward_round_trip_unoccluded():

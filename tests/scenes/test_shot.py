@@ -261,3 +261,19 @@ def test_a_shot_is_a_pairs_folder_for_a_conditioner(shot_dir):
     assert len(pairs) == 4
     item = pairs[2]
     assert item["A"].shape == (1, 16, 16) and item["B"].shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("far, metres", [(100.0, 1.0), (120.0, 0.01), (333.0, 0.0254)])
+def test_blender_background_depth_is_the_shots_far(tmp_path, far, metres):
+    """Misses and depths beyond the clip end hold exactly the shot's `far` (a float64
+    `far * metres` lies above the float32 depth for these scales: sky taken for a surface)."""
+    from pilot.scenes.blender import background_depth, depth_in_metres
+
+    z = np.array([[1e10, np.inf, far * 2], [far * 0.5, 1.0, far]], np.float32)  # Blender units
+    depth = depth_in_metres(z, far, metres)
+    writer = ShotWriter(tmp_path / "shot", 3, 2, far=background_depth(far, metres))
+    writer.add(np.array([[2.0, 0, 1], [0, 2.0, 0.5], [0, 0, 1]]), np.eye(4), depth)
+    shot = Shot(writer.close().parent)
+    background = shot.frame(0, ["depth"]).depth[0] >= shot.far
+    assert background.tolist() == [[True, True, True], [False, False, True]]
+    assert depth[1, 0] == pytest.approx(far * 0.5 * metres)

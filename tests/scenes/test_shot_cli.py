@@ -87,6 +87,12 @@ def test_preview_rows_must_be_positive(tmp_path, capsys):
     assert main(["shot", "render", str(shot), "--frames", "2", "--size", "16", "16"]) == 0
     assert main(["shot", "preview", str(shot), str(tmp_path / "s.png"), "--rows", "0"]) == 2
     assert "--rows 0" in capsys.readouterr().err
+    out = tmp_path / "new" / "s.txt"  # no image format: named, and no folder made for it
+    assert main(["shot", "preview", str(shot), str(out)]) == 2
+    assert f"{out}: unknown image suffix '.txt' (e.g. .png, .jpg; a video: .mp4, .gif)" in (
+        capsys.readouterr().err
+    )
+    assert not out.parent.exists()
 
 
 def test_export_of_a_file_blender_cannot_read(tmp_path, capsys):
