@@ -48,9 +48,11 @@ from pilot.diffusion.control import Control, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, append_dims
 from pilot.diffusion.guidance import InpaintDenoiser
 from pilot.diffusion.pipeline import (
+    SEED_RANGE,
     SamplingSettings,
     VAEUpcast,
     build_denoiser,
+    check_sigmas,
     decode_latents,
     encode_images,
     encode_text,
@@ -142,10 +144,6 @@ class FrameParams:
 def frame_params(config: FeedbackConfig, tracks: Sequence[ControlTrack], base_seed: int, k: int):
     """`FrameParams` of frame k; ValueError naming a schedule that leaves its range."""
     return schedule_params(config, [track.scale for track in tracks], base_seed, k)
-
-
-# torch.Generator.manual_seed takes seeds in [-2**63, 2**64)
-SEED_RANGE = range(-(2**63), 2**64)
 
 
 def schedule_params(
@@ -445,6 +443,7 @@ class FeedbackSampler:
         settings = replace(self.settings, cfg=params.cfg)
         # on the host: the sampler's and the ControlNets' branches read it there, no GPU wait
         full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
+        full = check_sigmas(full)  # a schedule of your own may return anything
         init_latents = None if init is None else encode_images(self.sd, init, batch=self.vae_batch)
         strength = 1.0 if init is None else params.strength
         aware = flow is not None and self.config.occlusion != "ignore"
