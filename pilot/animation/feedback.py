@@ -43,7 +43,7 @@ from torch import Tensor
 from pilot.animation.color import lab_stats, match_color
 from pilot.animation.flow import FlowField, FlowSource, downsample_flow
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
-from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule
+from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule, schedule_text
 from pilot.diffusion.control import Control, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, append_dims
 from pilot.diffusion.guidance import InpaintDenoiser
@@ -74,7 +74,7 @@ BlendSpace = Literal["latent", "pixel"]
 class FeedbackConfig:
     """Dials of the feedback loop; schedules are keyframe strings (`pilot.animation.schedules`).
 
-    Attributes:
+    Attributes (the schedules take a number too, stored as its constant schedule string):
         strength: img2img strength per frame (share of the schedule re-run on the warped init).
         cfg: Classifier-free guidance scale per frame.
         seed: Seed per frame as a schedule of t; None = base seed + frame number.
@@ -94,9 +94,9 @@ class FeedbackConfig:
         interpolation: Interpolation of all the numeric schedules.
     """
 
-    strength: str = "0.5"
-    cfg: str = "7.5"
-    seed: str | None = None
+    strength: str | float = "0.5"
+    cfg: str | float = "7.5"
+    seed: str | int | None = None
     noise: NoiseMode = "fresh"
     occlusion: OcclusionMode = "renoise"
     fresh_strength: float = 1.0
@@ -109,6 +109,9 @@ class FeedbackConfig:
     interpolation: Literal["linear", "step", "smooth"] = "linear"
 
     def __post_init__(self) -> None:
+        for name in ("strength", "cfg", "seed"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, schedule_text(getattr(self, name), name))
         for name, allowed in [
             ("noise", NoiseMode.__args__),
             ("occlusion", OcclusionMode.__args__),
@@ -119,8 +122,11 @@ class FeedbackConfig:
         for name in ("fresh_strength", "blend", "source_mix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.dilate < 0:
-            raise ValueError(f"dilate must be >= 0, got {self.dilate}")
+        if not isinstance(self.dilate, int) or self.dilate < 0:
+            raise ValueError(f"dilate must be an int >= 0 (pixels), got {self.dilate!r}")
+        ref = self.color_reference
+        if ref is not None and (not isinstance(ref, int) or ref < 0):
+            raise ValueError(f"color_reference must be a frame number >= 0 or None, got {ref!r}")
         if not 0.0 <= self.hidden_share < 1.0:
             raise ValueError(f"hidden_share must be in [0, 1), got {self.hidden_share}")
         for name in ("strength", "cfg", "seed"):
