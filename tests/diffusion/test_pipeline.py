@@ -313,6 +313,20 @@ def test_controls_that_do_not_fit_fail_before_any_model_runs(
         generate(tiny_sd, request(), SETTINGS, controls=[control])
 
 
+def test_control_images_off_0_1_are_refused_before_any_model_runs(tiny_sd, monkeypatch):
+    """A 0..255 or uint8 control image used to steer with clamped (saturated) hint values."""
+    from pilot.diffusion.control import Control
+
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    net = other_controlnet(tiny_sd)
+    for image, match in [
+        (torch.rand(1, 3, 24, 32) * 255, r"controls\[0\]: control image hold values in .*255"),
+        (torch.zeros(1, 3, 24, 32, dtype=torch.uint8), "dtype torch.uint8: expected float"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            generate(tiny_sd, request(), SETTINGS, controls=[Control(net, image)])
+
+
 def test_a_controlnet_with_another_downscale_is_named(tiny_sd):
     from pilot.diffusion.control import Control
     from pilot.models.controlnet import ControlNet
