@@ -52,6 +52,7 @@ from pilot.diffusion.pipeline import (
     SamplingSettings,
     VAEUpcast,
     build_denoiser,
+    check_decode,
     check_sigmas,
     decode_latents,
     encode_images,
@@ -246,6 +247,7 @@ class FeedbackSampler:
         self.flow = frames.flow if flow is None else flow
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
+        check_decode(sd, None, vae_upcast, decoder, vae_batch)  # not after a frame's sampling
         self.vae_upcast, self.vae_batch, self.decoder = vae_upcast, vae_batch, decoder
         for track in self.tracks:
             frames.check_kind(track.kind)

@@ -169,11 +169,11 @@ def decode_latents(
             images, not B; `upcast="auto"` decodes again in float32 only the slices that
             overflowed); None decodes all at once.
     """
-    _check_decode(sd, tile, upcast, decoder, batch)
+    check_decode(sd, tile, upcast, decoder, batch)
     return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
 
 
-def _check_decode(sd, tile: int | None, upcast: VAEUpcast, decoder, batch: int | None) -> None:
+def check_decode(sd, tile: int | None, upcast: VAEUpcast, decoder, batch: int | None) -> None:
     """Raise a ValueError for `decode_latents` settings it cannot follow (`generate` checks
     them before sampling): an unknown upcast rule, a tile off the VAE factor, a batch below 1,
     a decoder whose latents or factor are not the VAE's (it would return another size)."""
@@ -529,7 +529,7 @@ def generate(
         decoder: Decode with this instead of the VAE (a `PreviewDecoder`, see `decode_latents`).
         **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
-    _check_decode(sd, vae_tile, vae_upcast, decoder, vae_batch)  # before any model runs
+    check_decode(sd, vae_tile, vae_upcast, decoder, vae_batch)  # before any model runs
     latents = generate_latents(
         sd, request, settings, vae_tile=vae_tile, vae_batch=vae_batch, **kwargs
     )
@@ -545,6 +545,7 @@ __all__ = [
     "SamplingSettings",
     "VAEUpcast",
     "build_denoiser",
+    "check_decode",
     "decode_latents",
     "encode_images",
     "encode_text",

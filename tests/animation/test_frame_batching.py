@@ -78,6 +78,11 @@ def test_vae_batch_decodes_a_batch_of_frames_by_slices(
     with pytest.raises(ValueError, match="vae_batch must be >= 1 .*got 0"):
         FeedbackSampler(animation_sd, s.settings, s.config, s.frames, s.prompts, s.store,
                         vae_batch=0)  # fmt: skip
+    with pytest.raises(
+        ValueError, match="unknown VAE upcast rule 'sometimes'"
+    ):  # not at frame 0's decode
+        FeedbackSampler(animation_sd, s.settings, s.config, s.frames, s.prompts, s.store,
+                        vae_upcast="sometimes")  # fmt: skip
 
 
 def test_render_video_in_batches_equals_one_by_one_and_resumes(
