@@ -248,6 +248,11 @@ class FeedbackSampler:
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
         check_decode(sd, None, vae_upcast, decoder, vae_batch)  # not after a frame's sampling
+        if config.source_mix > 0 and not isinstance(frames, VideoFrames):
+            raise ValueError(
+                f"source_mix={config.source_mix} mixes a video's own frames into the init; "
+                f"{type(frames).__name__} has none (as `pilot animate --source-mix` with a shot)"
+            )
         self.vae_upcast, self.vae_batch, self.decoder = vae_upcast, vae_batch, decoder
         for track in self.tracks:
             frames.check_kind(track.kind)

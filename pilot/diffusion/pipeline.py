@@ -55,7 +55,8 @@ class SamplingSettings:
         schedule: A name in `pilot.diffusion.SCHEDULES`, or a function of your own,
             `(steps, DiscreteSchedule) -> (steps + 1,) sigmas` (ignored where `sigmas` are
             given).
-        steps: Sampling steps of the full schedule (img2img runs `int(steps * strength)`).
+        steps: Sampling steps of the full schedule (img2img runs `int(steps * strength)`);
+            where `sigmas` are given, their length decides instead.
         cfg: Classifier-free guidance scale; 1 disables guidance (one UNet call per step).
         rescale: Guidance rescale phi in [0, 1] (Lin et al. 2023).
         eta: Noise of the stochastic samplers (ddim, ancestral, SDE); None keeps each default.
