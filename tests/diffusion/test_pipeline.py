@@ -216,7 +216,7 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
         ),
         (
             dict(init_images=torch.rand(2, 3, 24, 32) * 255),
-            r"init images hold values in .*: expected \[0, 1\] \(divide 8-bit values by 255\)",
+            r"init images hold values in .*: expected \[0, 1\] \(8-bit values: x / 255\)",
         ),
         (
             dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.full((1, 1, 24, 32), 255.0)),
@@ -227,6 +227,12 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
 def test_bad_requests(kwargs, match):
     with pytest.raises(ValueError, match=match):
         request(**kwargs)
+
+
+def test_init_images_slightly_off_0_1_pass():
+    """A bicubic resize overshoots [0, 1] a little: that is clamped, not refused."""
+    images = torch.rand(2, 3, 24, 32) * 1.2 - 0.1
+    assert request(init_images=images, strength=0.5).init_images is images
 
 
 @pytest.mark.parametrize(
