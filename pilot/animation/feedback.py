@@ -43,14 +43,17 @@ from torch import Tensor
 from pilot.animation.color import lab_stats, match_color
 from pilot.animation.flow import FlowField, FlowSource, downsample_flow
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
-from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule
+from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule, schedule_text
 from pilot.diffusion.control import Control, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, append_dims
 from pilot.diffusion.guidance import InpaintDenoiser
 from pilot.diffusion.pipeline import (
+    SEED_RANGE,
     SamplingSettings,
     VAEUpcast,
     build_denoiser,
+    check_decode,
+    check_sigmas,
     check_size,
     decode_latents,
     encode_images,
@@ -73,7 +76,7 @@ BlendSpace = Literal["latent", "pixel"]
 class FeedbackConfig:
     """Dials of the feedback loop; schedules are keyframe strings (`pilot.animation.schedules`).
 
-    Attributes:
+    Attributes (the schedules take a number too, stored as its constant schedule string):
         strength: img2img strength per frame (share of the schedule re-run on the warped init).
         cfg: Classifier-free guidance scale per frame.
         seed: Seed per frame as a schedule of t; None = base seed + frame number.
@@ -95,9 +98,9 @@ class FeedbackConfig:
         interpolation: Interpolation of all the numeric schedules.
     """
 
-    strength: str = "0.5"
-    cfg: str = "7.5"
-    seed: str | None = None
+    strength: str | float = "0.5"
+    cfg: str | float = "7.5"
+    seed: str | int | None = None
     noise: NoiseMode = "fresh"
     occlusion: OcclusionMode = "renoise"
     fresh_strength: float = 1.0
@@ -110,6 +113,9 @@ class FeedbackConfig:
     interpolation: Literal["linear", "step", "smooth"] = "linear"
 
     def __post_init__(self) -> None:
+        for name in ("strength", "cfg", "seed"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, schedule_text(getattr(self, name), name))
         for name, allowed in [
             ("noise", NoiseMode.__args__),
             ("occlusion", OcclusionMode.__args__),
@@ -120,8 +126,11 @@ class FeedbackConfig:
         for name in ("fresh_strength", "blend", "source_mix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.dilate < 0:
-            raise ValueError(f"dilate must be >= 0, got {self.dilate}")
+        if not isinstance(self.dilate, int) or self.dilate < 0:
+            raise ValueError(f"dilate must be an int >= 0 (pixels), got {self.dilate!r}")
+        ref = self.color_reference
+        if ref is not None and (not isinstance(ref, int) or ref < 0):
+            raise ValueError(f"color_reference must be a frame number >= 0 or None, got {ref!r}")
         if not 0.0 <= self.hidden_share < 1.0:
             raise ValueError(f"hidden_share must be in [0, 1), got {self.hidden_share}")
         for name in ("strength", "cfg", "seed"):
@@ -145,10 +154,6 @@ class FrameParams:
 def frame_params(config: FeedbackConfig, tracks: Sequence[ControlTrack], base_seed: int, k: int):
     """`FrameParams` of frame k; ValueError naming a schedule that leaves its range."""
     return schedule_params(config, [track.scale for track in tracks], base_seed, k)
-
-
-# torch.Generator.manual_seed takes seeds in [-2**63, 2**64)
-SEED_RANGE = range(-(2**63), 2**64)
 
 
 def schedule_params(
@@ -245,6 +250,12 @@ class FeedbackSampler:
         self.flow = frames.flow if flow is None else flow
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
+        check_decode(sd, None, vae_upcast, decoder, vae_batch)  # not after a frame's sampling
+        if config.source_mix > 0 and not isinstance(frames, VideoFrames):
+            raise ValueError(
+                f"source_mix={config.source_mix} mixes a video's own frames into the init; "
+                f"{type(frames).__name__} has none (as `pilot animate --source-mix` with a shot)"
+            )
         self.vae_upcast, self.vae_batch, self.decoder = vae_upcast, vae_batch, decoder
         for track in self.tracks:
             frames.check_kind(track.kind)
@@ -452,6 +463,7 @@ class FeedbackSampler:
         settings = replace(self.settings, cfg=params.cfg)
         # on the host: the sampler's and the ControlNets' branches read it there, no GPU wait
         full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
+        full = check_sigmas(full)  # a schedule of your own may return anything
         init_latents = None if init is None else encode_images(self.sd, init, batch=self.vae_batch)
         strength = 1.0 if init is None else params.strength
         aware = flow is not None and self.config.occlusion != "ignore"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pilot.animation.flow import EstimatedFlow, FlowSource, GeometryFlow, VectorFlow
-from pilot.animation.schedules import Schedule
+from pilot.animation.schedules import Schedule, parse_schedule, schedule_text
 from pilot.imageio import atomic_output, from_uint8, read_image, to_uint8, write_png
 
 GEOMETRY_KINDS = {
@@ -232,17 +232,26 @@ class ControlTrack:
     Attributes:
         controlnet: The ControlNet model.
         kind: Control image kind, made per frame by the frame source (`depth`, `hatch`...).
-        scale: Keyframed conditioning scale.
+        scale: Keyframed conditioning scale: a `Schedule`, or a schedule string or a number,
+            parsed (`parse_schedule`).
         start, end: Fractions of each frame's sampling steps where the control acts.
         guess_mode: ControlNet guess mode.
     """
 
     controlnet: torch.nn.Module
     kind: str
-    scale: Schedule
+    scale: Schedule | str | float = 1.0
     start: float = 0.0
     end: float = 1.0
     guess_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scale, Schedule):
+            object.__setattr__(self, "scale", parse_schedule(schedule_text(self.scale, "scale")))
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(
+                f"control track start={self.start}, end={self.end}: need 0 <= start <= end <= 1"
+            )
 
 
 class FrameStore:

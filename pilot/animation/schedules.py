@@ -29,7 +29,7 @@ import ast
 import json
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -254,12 +254,15 @@ def _parse_frame(piece: str, text: str, start: int) -> float:
     return frame
 
 
-def parse_schedule(text: str, interpolation: Interpolation = "linear") -> Schedule:
-    """Parse `"0:(0.65), 24:(0.4)"`, or one bare value/expression, into a `Schedule`.
+def parse_schedule(text: str | float, interpolation: Interpolation = "linear") -> Schedule:
+    """Parse `"0:(0.65), 24:(0.4)"`, or one bare value/expression, into a `Schedule`; a
+    number stands for a constant schedule (`0.5` is `"0.5"`).
 
     Raises:
         ScheduleError: malformed text; the message shows the string with a caret at the fault.
+        TypeError: `text` is neither a string nor a number.
     """
+    text = schedule_text(text)
     if not text.strip():
         raise ScheduleError("empty schedule", text, 0)
     if ":" not in text:
@@ -315,12 +318,29 @@ class PromptSchedule:
         return self.prompts[a], self.prompts[b], w
 
 
-def parse_prompt_schedule(text: str, interpolation: Interpolation = "linear") -> PromptSchedule:
-    """Parse `"0: a red corridor | 24: a blue cave"`, a JSON object, or one plain prompt.
+def schedule_text(value: str | float, name: str = "schedule") -> str:
+    """A schedule's text: strings as they are, a number as its constant schedule (`str`);
+    TypeError naming `name` for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} {value!r}: expected a schedule string or a number")
+    return value
+
+
+def parse_prompt_schedule(
+    text: str | Mapping[float, str], interpolation: Interpolation = "linear"
+) -> PromptSchedule:
+    """Parse `"0: a red corridor | 24: a blue cave"`, a JSON object, or one plain prompt; or
+    take a dict `{0: "a red corridor", 24: "a blue cave"}` (checked as the JSON form is).
 
     A piece only counts as keyed when it starts with `<number>:`, so a plain prompt may hold
     colons elsewhere ("style: ink").
     """
+    if isinstance(text, Mapping):
+        text = json.dumps({str(frame): prompt for frame, prompt in text.items()})
+    if not isinstance(text, str):
+        raise TypeError(f"prompt schedule {text!r}: expected a string or a {{frame: prompt}} dict")
     if text.strip().startswith("{"):
         items = _parse_json_prompts(text)
     else:

@@ -234,7 +234,7 @@ def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
 
 def check_controls(sd, controls: Sequence[Control], batch: int) -> None:
     """ValueError unless every control fits `sd` (`check_controlnet_fits`, named `controls[k]`)
-    and has 1 or `batch` images."""
+    and has 1 or `batch` images of floats in [0, 1]."""
     for k, control in enumerate(controls):
         check_controlnet_fits(sd, control.controlnet, f"controls[{k}]")
         if control.image.shape[0] not in (1, batch):
@@ -242,6 +242,15 @@ def check_controls(sd, controls: Sequence[Control], batch: int) -> None:
                 f"controls[{k}]: control image batch {control.image.shape[0]} for {batch} "
                 "prompts: expected (B or 1, C, H, W)"
             )
+        if not control.image.is_floating_point():
+            raise ValueError(
+                f"controls[{k}]: control image of dtype {control.image.dtype}: expected float "
+                "in [0, 1]"
+            )
+        if control.image.device.type != "meta":
+            from pilot.diffusion.pipeline import check_unit_range  # pipeline imports this module
+
+            check_unit_range(control.image, f"controls[{k}]: control image")
 
 
 def cfg_doubles_batch(scale: float | Tensor) -> bool:

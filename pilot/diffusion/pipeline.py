@@ -13,6 +13,8 @@ the models run in their own dtype; masks are 1 where the image is repainted.
 
 from __future__ import annotations
 
+import math
+import operator
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,8 +28,15 @@ from pilot.diffusion.control import Control, check_controls, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
 from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
 from pilot.diffusion.prompts import count_chunks, encode_prompts
-from pilot.diffusion.samplers import BatchedNoise, Callback, get_sampler, samplers_with
-from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas, prior_std
+from pilot.diffusion.samplers import (
+    BatchedNoise,
+    Callback,
+    Sampler,
+    get_sampler,
+    samplers_with,
+    takes,
+)
+from pilot.diffusion.schedules import DiscreteSchedule, ScheduleFn, get_sigmas, prior_std
 from pilot.diffusion.tiling import sliced, tiled
 
 # float32 rules of a half-precision VAE decode (`decode_latents`).
@@ -40,9 +49,15 @@ class SamplingSettings:
     """How to sample: every field is a swappable component or a dial.
 
     Attributes:
-        sampler: A name in `pilot.diffusion.SAMPLERS`.
-        schedule: A name in `pilot.diffusion.SCHEDULES` (ignored where `sigmas` are given).
-        steps: Sampling steps of the full schedule (img2img runs `int(steps * strength)`).
+        sampler: A name in `pilot.diffusion.SAMPLERS`, or a sampler function of your own on
+            the same contract, `sampler(denoiser, x, sigmas, *, extra_args, callback, noise)`
+            (`pilot.diffusion.samplers`); `callback` and `noise` are passed only if it takes
+            them, so a k-diffusion sampler works too (its noise then ignores the seeds).
+        schedule: A name in `pilot.diffusion.SCHEDULES`, or a function of your own,
+            `(steps, DiscreteSchedule) -> (steps + 1,) sigmas` (ignored where `sigmas` are
+            given).
+        steps: Sampling steps of the full schedule (img2img runs `int(steps * strength)`);
+            where `sigmas` are given, their length decides instead.
         cfg: Classifier-free guidance scale; 1 disables guidance (one UNet call per step).
         rescale: Guidance rescale phi in [0, 1] (Lin et al. 2023).
         eta: Noise of the stochastic samplers (ddim, ancestral, SDE); None keeps each default.
@@ -51,8 +66,8 @@ class SamplingSettings:
         quantize: Feed the UNet integer timesteps (diffusers' DPM-Solver with Karras sigmas).
     """
 
-    sampler: str = "dpmpp_2m"
-    schedule: str = "karras"
+    sampler: str | Sampler = "dpmpp_2m"
+    schedule: str | ScheduleFn = "karras"
     steps: int = 20
     cfg: float = 7.5
     rescale: float = 0.0
@@ -61,15 +76,16 @@ class SamplingSettings:
     quantize: bool = False
 
     def __post_init__(self) -> None:
-        get_sampler(self.sampler)  # raise early, naming the valid choices
-        get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
+        sampler = get_sampler(self.sampler)  # raise early, naming the valid choices
+        if not callable(self.schedule):
+            get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 <= self.rescale <= 1.0:
-            raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
+            raise ValueError(f"rescale (guidance rescale) must be in [0, 1], got {self.rescale}")
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
-        if self.eta is not None and self.sampler not in samplers_with("eta"):
+        if self.eta is not None and not takes(sampler, "eta"):
             raise ValueError(
                 f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
                 f"eta: {', '.join(samplers_with('eta'))}"
@@ -155,11 +171,11 @@ def decode_latents(
             images, not B; `upcast="auto"` decodes again in float32 only the slices that
             overflowed); None decodes all at once.
     """
-    _check_decode(sd, tile, upcast, decoder, batch)
+    check_decode(sd, tile, upcast, decoder, batch)
     return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
 
 
-def _check_decode(sd, tile: int | None, upcast: VAEUpcast, decoder, batch: int | None) -> None:
+def check_decode(sd, tile: int | None, upcast: VAEUpcast, decoder, batch: int | None) -> None:
     """Raise a ValueError for `decode_latents` settings it cannot follow (`generate` checks
     them before sampling): an unknown upcast rule, a tile off the VAE factor, a batch below 1,
     a decoder whose latents or factor are not the VAE's (it would return another size)."""
@@ -229,6 +245,31 @@ def check_size(height: int, width: int, factor: int = 8) -> None:
         )
 
 
+# torch.Generator.manual_seed takes seeds in [-2**63, 2**64)
+SEED_RANGE = range(-(2**63), 2**64)
+
+
+def check_seed(seed) -> None:
+    """Raise unless `seed` is an integer `torch.Generator.manual_seed` takes (numpy ints too)."""
+    try:
+        ok = operator.index(seed) in SEED_RANGE
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"seed {seed!r}: expected an int in [-2**63, 2**64)")
+
+
+def check_unit_range(x: Tensor, name: str, slack: float = 0.25) -> None:
+    """Raise unless `x` holds values in [0, 1] within `slack` (a bicubic resize overshoots by
+    ~0.1): images in [-1, 1] or 0..255 would otherwise be clamped to [0, 1] with no word."""
+    lo, hi = (float(v) for v in x.aminmax())
+    if -slack <= lo and hi <= 1 + slack:
+        return
+    hint = " (images in [-1, 1]: x / 2 + 0.5)" if lo < -slack else " (8-bit values: x / 255)"
+    hint = hint if math.isfinite(lo) and math.isfinite(hi) else ""
+    raise ValueError(f"{name} hold values in [{lo:.3g}, {hi:.3g}]: expected [0, 1]{hint}")
+
+
 def check_tile(tile: int | None, factor: int = 8) -> None:
     """Raise unless a VAE tile size is None (no tiling) or a positive multiple of the VAE factor
     (8 for SD): tiles are cut in whole latent pixels, `tile // factor` of them a side, so other
@@ -238,6 +279,22 @@ def check_tile(tile: int | None, factor: int = 8) -> None:
             f"VAE tile {tile}: must be a positive multiple of the VAE factor {factor} (image "
             "pixels), or None for no tiling"
         )
+
+
+def check_sigmas(sigmas: Tensor | Sequence[float]) -> Tensor:
+    """An explicit sampling grid as a float32 CPU tensor, or a ValueError naming what is wrong:
+    it must be 1-D, finite, >= 0 and decreasing (the samplers divide by sigma and by its
+    steps; increasing or repeated sigmas give NaN or noise, not an error)."""
+    sigmas = torch.as_tensor(sigmas).detach().cpu()
+    sigmas = sigmas.to(torch.float64 if sigmas.dtype == torch.float64 else torch.float32)
+    if sigmas.ndim != 1 or len(sigmas) < 1:
+        raise ValueError(f"sigmas of shape {tuple(sigmas.shape)}: expected (steps + 1,)")
+    if not torch.isfinite(sigmas).all() or (sigmas < 0).any() or (sigmas.diff() >= 0).any():
+        raise ValueError(
+            f"sigmas {sigmas.tolist()}: expected finite, decreasing noise levels >= 0 (e.g. "
+            "pilot.diffusion.get_sigmas(...), ending in 0)"
+        )
+    return sigmas
 
 
 def img2img_sigmas(sigmas: Tensor, strength: float) -> Tensor:
@@ -301,12 +358,14 @@ def sample(
     callback: Callback | None = None,
 ) -> Tensor:
     """Run `settings.sampler` from `x` over `sigmas`; returns the final latents."""
-    kwargs = {} if settings.eta is None else {"eta": settings.eta}
-    extra_args = {"context": context, "uncond_context": uncond_context}
     sampler = get_sampler(settings.sampler)
-    return sampler(
-        denoiser, x, sigmas, extra_args=extra_args, callback=callback, noise=noise, **kwargs
-    )
+    kwargs = {} if settings.eta is None else {"eta": settings.eta}
+    if callback is not None:  # a sampler without one raises: the callback is not dropped
+        kwargs["callback"] = callback
+    if takes(sampler, "noise"):  # k-diffusion's samplers draw their own noise
+        kwargs["noise"] = noise
+    extra_args = {"context": context, "uncond_context": uncond_context}
+    return sampler(denoiser, x, sigmas, extra_args=extra_args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -334,18 +393,29 @@ class Request:
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
+        for name in ("prompts", "negative_prompts"):
+            if isinstance(getattr(self, name), str):  # else one prompt per character
+                raise ValueError(f"{name} is a str: pass a list of strings, one per image")
         if not self.prompts:
             raise ValueError("at least one prompt is needed")
         negative = self.negative_prompts or [""] * len(self.prompts)
         object.__setattr__(self, "negative_prompts", list(negative))
-        if len(self.seeds) != len(self.prompts):
-            raise ValueError(f"{len(self.seeds)} seeds for {len(self.prompts)} prompts")
+        if isinstance(self.seeds, int) or len(self.seeds) != len(self.prompts):
+            n = 1 if isinstance(self.seeds, int) else len(self.seeds)
+            raise ValueError(f"{n} seeds for {len(self.prompts)} prompts: one seed per prompt")
+        for seed in self.seeds:
+            check_seed(seed)
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
         if self.init_images is None:
             check_size(self.height, self.width, factor=1)  # the VAE's: in `generate_latents`
             if self.mask is not None:
                 raise ValueError("a mask needs init images to inpaint")
+            if self.strength != 1.0:
+                raise ValueError(
+                    f"strength {self.strength} needs init images (img2img); txt2img runs the "
+                    "whole schedule"
+                )
         else:
             self._check_images()
 
@@ -357,6 +427,8 @@ class Request:
         for name, x in (("init images", images), ("mask", mask)):
             if x is not None and not x.is_floating_point():
                 raise ValueError(f"{name} of dtype {x.dtype}: expected float in [0, 1]")
+            if x is not None and x.device.type != "meta":
+                check_unit_range(x, name)
         if mask is not None and (mask.ndim != 4 or mask.shape[:2] not in ((1, 1), (B, 1))):
             raise ValueError(f"mask must be (B={B} or 1, 1, H, W), got {tuple(mask.shape)}")
         if mask is not None and mask.shape[-2:] != images.shape[-2:]:
@@ -402,7 +474,7 @@ def generate_latents(
     )
     if sigmas is None:
         sigmas = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
-    sigmas = sigmas.cpu()  # the samplers read them on the host (no GPU wait) and move them
+    sigmas = check_sigmas(sigmas)  # on the host: the samplers read them there (no GPU wait)
     f = sd.vae.cfg.downsample_factor
     check_size(request.height, request.width, f)
     shape = (
@@ -463,7 +535,7 @@ def generate(
         decoder: Decode with this instead of the VAE (a `PreviewDecoder`, see `decode_latents`).
         **kwargs: `sigmas`, `callback`, `controls` of `generate_latents`.
     """
-    _check_decode(sd, vae_tile, vae_upcast, decoder, vae_batch)  # before any model runs
+    check_decode(sd, vae_tile, vae_upcast, decoder, vae_batch)  # before any model runs
     latents = generate_latents(
         sd, request, settings, vae_tile=vae_tile, vae_batch=vae_batch, **kwargs
     )
@@ -479,6 +551,7 @@ __all__ = [
     "SamplingSettings",
     "VAEUpcast",
     "build_denoiser",
+    "check_decode",
     "decode_latents",
     "encode_images",
     "encode_text",

@@ -429,15 +429,23 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
-def get_sampler(name: str) -> Sampler:
-    """`SAMPLERS[name]`.
+def get_sampler(name: str | Sampler) -> Sampler:
+    """`SAMPLERS[name]`, or `name` itself if it is a sampler function (your own).
 
     Raises:
         ValueError: `name` is not in `SAMPLERS` (the message lists the valid names).
     """
+    if callable(name):
+        return name
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def takes(sampler: Sampler, parameter: str) -> bool:
+    """Whether `sampler` takes the keyword `parameter` (by name, or through `**kwargs`)."""
+    params = inspect.signature(sampler).parameters
+    return parameter in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def samplers_with(parameter: str) -> list[str]:

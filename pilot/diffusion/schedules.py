@@ -293,7 +293,10 @@ def _exponential(n: int, schedule: DiscreteSchedule) -> Tensor:
     return get_sigmas_exponential(n, schedule.sigma_min, schedule.sigma_max)
 
 
-SCHEDULES: dict[str, Callable[[int, DiscreteSchedule], Tensor]] = {
+# A named sampling grid: `(n, schedule) -> (n + 1,) sigmas`; your own may be passed too.
+ScheduleFn = Callable[[int, DiscreteSchedule], Tensor]
+
+SCHEDULES: dict[str, ScheduleFn] = {
     "leading": _leading,
     "trailing": _trailing,
     "linspace": _linspace,
@@ -302,12 +305,15 @@ SCHEDULES: dict[str, Callable[[int, DiscreteSchedule], Tensor]] = {
 }
 
 
-def get_sigmas(name: str, n: int, schedule: DiscreteSchedule) -> Tensor:
-    """Sampling grid `SCHEDULES[name]` with `n` steps for a model's schedule.
+def get_sigmas(name: str | ScheduleFn, n: int, schedule: DiscreteSchedule) -> Tensor:
+    """Sampling grid `SCHEDULES[name]` with `n` steps for a model's schedule; `name` may also be
+    a function of your own with the same signature, `(n, schedule) -> (n + 1,) sigmas`.
 
     Raises:
         ValueError: `name` is not in `SCHEDULES` (the message lists the valid names).
     """
+    if callable(name):
+        return name(n, schedule)
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
     return SCHEDULES[name](n, schedule)

@@ -43,7 +43,9 @@ def look_at(eye: Tensor, target: Tensor, up: tuple[float, float, float] = (0, 0,
     Raises ValueError when the view direction is parallel to `up` (the roll is undefined).
     """
     z = target - eye
-    z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    if (z.norm(dim=-1) < 1e-12).any():
+        raise ValueError("look_at: a target coincides with its eye (no view direction)")
+    z = z / z.norm(dim=-1, keepdim=True)
     up_t = torch.tensor(up, dtype=eye.dtype, device=eye.device).expand_as(z)
     x = torch.linalg.cross(z, up_t)
     norm = x.norm(dim=-1, keepdim=True)

@@ -10,6 +10,7 @@ plane id of each pixel. Cameras follow `pilot.scenes.camera` (OpenCV axes, z-up 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +165,8 @@ def render(
         camera-space unit normals facing the camera, 0 on sky), and `plane` (1, long, -1 on sky).
     """
     B = c2w.shape[0]
+    if not all(isinstance(n, Integral) and n > 0 for n in (height, width)):
+        raise ValueError(f"render: image size {width}x{height} (WxH) must be positive integers")
     if K.shape != (B, 3, 3) or c2w.shape != (B, 4, 4) or scene.center.shape[0] != B:
         raise ValueError(
             f"render: K {tuple(K.shape)}, c2w {tuple(c2w.shape)} and {scene.center.shape[0]} "

@@ -98,6 +98,35 @@ def test_schedules_set_each_frames_dials():
         FeedbackConfig(occlusion="smear")
 
 
+def test_dials_take_numbers_and_dicts_as_well_as_schedule_strings():
+    """`strength=0.5`, a track's `scale=0.8` and a prompt dict used to fail deep inside with
+    "'float' object has no attribute 'strip'" or "'float' object is not callable"."""
+    from pilot.animation.inputs import ControlTrack
+    from pilot.animation.schedules import parse_schedule
+
+    config = FeedbackConfig(strength=0.5, cfg=3, seed=11)
+    assert (config.strength, config.cfg, config.seed) == ("0.5", "3", "11")
+    assert config == FeedbackConfig(strength="0.5", cfg="3", seed="11")
+    track = ControlTrack(None, "depth", 0.8)
+    assert frame_params(config, [track], base_seed=0, k=2) == frame_params(
+        config, [ControlTrack(None, "depth", parse_schedule("0.8"))], base_seed=0, k=2
+    )
+    assert frame_params(config, [track], 0, 2).scales == (0.8,)
+    assert parse_prompt_schedule({0: "red", 4: "blue"}) == parse_prompt_schedule("0: red | 4: blue")
+    with pytest.raises(
+        TypeError, match=r"strength \[0.5\]: expected a schedule string or a number"
+    ):
+        FeedbackConfig(strength=[0.5])
+    with pytest.raises(ValueError, match="prompt of keyframe '4' must be a string"):
+        parse_prompt_schedule({0: "red", 4: 5})
+    with pytest.raises(ValueError, match="control track start=0.9, end=0.1"):
+        ControlTrack(None, "depth", 1.0, start=0.9, end=0.1)
+    with pytest.raises(ValueError, match="color_reference must be a frame number >= 0 .*got -1"):
+        FeedbackConfig(color_reference=-1)  # was silently no colour matching
+    with pytest.raises(ValueError, match="dilate must be an int >= 0 .*got 1.5"):
+        FeedbackConfig(dilate=1.5)
+
+
 def test_every_frame_is_checked_before_the_first_one(animation_sd):
     from pilot.animation.schedules import parse_schedule
 

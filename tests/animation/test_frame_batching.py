@@ -78,6 +78,13 @@ def test_vae_batch_decodes_a_batch_of_frames_by_slices(
     with pytest.raises(ValueError, match="vae_batch must be >= 1 .*got 0"):
         FeedbackSampler(animation_sd, s.settings, s.config, s.frames, s.prompts, s.store,
                         vae_batch=0)  # fmt: skip
+    # refused when built, not after frame 0 is sampled
+    with pytest.raises(ValueError, match="unknown VAE upcast rule 'sometimes'"):
+        FeedbackSampler(animation_sd, s.settings, s.config, s.frames, s.prompts, s.store,
+                        vae_upcast="sometimes")  # fmt: skip
+    with pytest.raises(ValueError, match="source_mix=0.3 mixes a video's own frames .*ShotFrames"):
+        FeedbackSampler(animation_sd, s.settings, FeedbackConfig(source_mix=0.3), s.frames,
+                        s.prompts, s.store)  # fmt: skip
 
 
 def test_render_video_in_batches_equals_one_by_one_and_resumes(

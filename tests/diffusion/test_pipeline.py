@@ -203,6 +203,25 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
             dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.ones(1, 1, 24, 32).bool()),
             r"mask of dtype torch.bool: expected float in \[0, 1\]",
         ),
+        # mistakes that used to pass silently or fail with messages naming nothing
+        (dict(prompts="a red wall", seeds=[1]), "prompts is a str: pass a list of strings"),
+        (dict(negative_prompts="blurry"), "negative_prompts is a str: pass a list of strings"),
+        (dict(prompts=["a"], seeds=0), "1 seeds for 1 prompts: one seed per prompt"),
+        (dict(seeds=[1, 2**64]), r"seed 18446744073709551616: expected an int in \[-2\*\*63"),
+        (dict(seeds=[1, 2.5]), "seed 2.5: expected an int"),
+        (dict(strength=0.5), "strength 0.5 needs init images"),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32) * 2 - 1),
+            r"init images hold values in .*: expected \[0, 1\] \(images in \[-1, 1\]: x / 2",
+        ),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32) * 255),
+            r"init images hold values in .*: expected \[0, 1\] \(8-bit values: x / 255\)",
+        ),
+        (
+            dict(init_images=torch.rand(2, 3, 24, 32), mask=torch.full((1, 1, 24, 32), 255.0)),
+            r"mask hold values in \[255, 255\]",
+        ),
     ],
 )
 def test_bad_requests(kwargs, match):
@@ -223,6 +242,12 @@ def test_sizes_are_checked_against_the_models_vae_factor(tiny_sd, init_images):
         generate(tiny_sd, odd, settings)
 
 
+def test_init_images_slightly_off_0_1_pass():
+    """A bicubic resize overshoots [0, 1] a little: that is clamped, not refused."""
+    images = torch.rand(2, 3, 24, 32) * 1.2 - 0.1
+    assert request(init_images=images, strength=0.5).init_images is images
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -234,11 +259,32 @@ def test_sizes_are_checked_against_the_models_vae_factor(tiny_sd, init_images):
             "'dpmpp_2m' takes no eta .*with eta: ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_sde$",
         ),
         (dict(sampler="lcm", eta=0.0), "'lcm' takes no eta"),
+        (dict(rescale=1.5), r"rescale \(guidance rescale\) must be in \[0, 1\], got 1.5"),
+        (dict(clip_skip=-1), "clip_skip must be >= 0, got -1"),
     ],
 )
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingSettings(**kwargs)
+
+
+def test_explicit_sigmas_are_checked_and_may_be_a_list(tiny_sd):
+    """A grid that increases or repeats used to sample NaN or noise with no error."""
+    settings = SamplingSettings(sampler="euler", steps=2, cfg=1.0)
+    grid = [14.6, 1.0, 0.0]
+    listed = generate_latents(tiny_sd, request(), settings, sigmas=grid)
+    assert torch.equal(
+        listed, generate_latents(tiny_sd, request(), settings, sigmas=torch.tensor(grid))
+    )
+    for bad, match in [
+        ([0.0, 1.0, 14.6], "expected finite, decreasing"),
+        ([14.6, 1.0, 1.0, 0.0], "expected finite, decreasing"),
+        ([14.6, float("nan"), 0.0], "expected finite, decreasing"),
+        ([1.0, -1.0], "expected finite, decreasing"),
+        ([[14.6, 1.0, 0.0]], r"sigmas of shape \(1, 3\): expected \(steps \+ 1,\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            generate_latents(tiny_sd, request(), settings, sigmas=bad)
 
 
 def test_eta_reaches_every_sampler_that_takes_it(tiny_sd):
@@ -286,6 +332,20 @@ def test_controls_that_do_not_fit_fail_before_any_model_runs(
         generate(tiny_sd, request(), SETTINGS, controls=[control])
 
 
+def test_control_images_off_0_1_are_refused_before_any_model_runs(tiny_sd, monkeypatch):
+    """A 0..255 or uint8 control image used to steer with clamped (saturated) hint values."""
+    from pilot.diffusion.control import Control
+
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    net = other_controlnet(tiny_sd)
+    for image, match in [
+        (torch.rand(1, 3, 24, 32) * 255, r"controls\[0\]: control image hold values in .*255"),
+        (torch.zeros(1, 3, 24, 32, dtype=torch.uint8), "dtype torch.uint8: expected float"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            generate(tiny_sd, request(), SETTINGS, controls=[Control(net, image)])
+
+
 def test_a_controlnet_with_another_downscale_is_named(tiny_sd):
     from pilot.diffusion.control import Control
     from pilot.models.controlnet import ControlNet
@@ -320,3 +380,33 @@ def test_sampling_never_reads_the_device(tiny_sd, init_images, monkeypatch, samp
     with torch.inference_mode():
         out = generate_latents(meta, request(**images), settings)
     assert out.device.type == "meta" and out.shape == (2, 4, 12, 16)
+
+
+def test_a_sampler_and_a_schedule_of_your_own_plug_into_generate(tiny_sd):
+    """Functions on the documented contracts go where the names go; a k-diffusion sampler
+    (no `noise` keyword) works too."""
+    from pilot.diffusion import DiscreteSchedule, get_sigmas_karras
+    from pilot.diffusion.samplers import sample_euler
+
+    def rho_3(n, schedule):
+        return get_sigmas_karras(n, schedule.sigma_min, schedule.sigma_max, rho=3.0)
+
+    def my_euler(denoiser, x, sigmas, *, extra_args=None, callback=None, noise=None):
+        return sample_euler(denoiser, x, sigmas, extra_args=extra_args, callback=callback)
+
+    def k_diffusion_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback)
+
+    grid = rho_3(3, DiscreteSchedule.scaled_linear())
+    named = generate_latents(tiny_sd, request(), SamplingSettings("euler", cfg=2.0), sigmas=grid)
+    steps = []
+    for sampler in (my_euler, k_diffusion_euler):
+        settings = SamplingSettings(sampler, rho_3, steps=3, cfg=2.0)
+        assert torch.equal(
+            generate_latents(tiny_sd, request(), settings, callback=steps.append), named
+        )
+    assert len(steps) == 6
+    with pytest.raises(ValueError, match="takes no eta"):
+        SamplingSettings(my_euler, eta=0.5)
+    with pytest.raises(ValueError, match="expected finite, decreasing"):
+        generate_latents(tiny_sd, request(), SamplingSettings("euler", lambda n, s: grid.flip(0)))

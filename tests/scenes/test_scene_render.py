@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,19 @@ def test_look_at_is_opencv_and_orthonormal():
     assert torch.allclose(c2w[:3, :3], torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]))
     with pytest.raises(ValueError, match="parallel"):
         look_at(torch.zeros(3), torch.tensor([0.0, 0.0, 2.0]))
+    with pytest.raises(ValueError, match="a target coincides with its eye"):
+        look_at(torch.zeros(3), torch.zeros(3))  # was told "parallel to the up vector"
+
+
+def test_bad_render_sizes_and_batches_name_the_value():
+    """Were a singular-matrix error from `linalg.inv` and "range() arg 3 must not be zero"."""
+    from pilot.scenes.procedural import render_fly_through
+
+    scene, c2w, fov = SAMPLERS["room"](np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"image size 0x8 \(WxH\) must be positive integers"):
+        render(scene, intrinsics(fov, 0, 8)[None], c2w[None], 8, 0)
+    with pytest.raises(ValueError, match="batch .* must be >= 1, got 0"):
+        render_fly_through(0, 3, 16, 16, batch=0)
 
 
 def test_intrinsics_centre_and_focal():
