@@ -82,7 +82,7 @@ class SamplingSettings:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 <= self.rescale <= 1.0:
-            raise ValueError(f"rescale (guidance rescale) must be in [0, 1], got {self.rescale}")
+            raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and not takes(sampler, "eta"):

@@ -259,8 +259,8 @@ def test_init_images_slightly_off_0_1_pass():
             "'dpmpp_2m' takes no eta .*with eta: ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_sde$",
         ),
         (dict(sampler="lcm", eta=0.0), "'lcm' takes no eta"),
-        (dict(rescale=1.5), r"rescale \(guidance rescale\) must be in \[0, 1\], got 1.5"),
-        (dict(clip_skip=-1), "clip_skip must be >= 0, got -1"),
+        (dict(rescale=1.5), r"rescale must be in \[0, 1\], got 1.5"),
+        (dict(clip_skip=-1), r"clip_skip must be >= 0 \(0: the last layer\), got -1"),
     ],
 )
 def test_bad_settings(kwargs, match):
