@@ -104,18 +104,46 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_animate)
 
 
-def feedback_config(args: argparse.Namespace):
-    """`FeedbackConfig` from the arguments (schedules are checked here, before any loading)."""
-    from pilot.animation.feedback import FeedbackConfig
+# FeedbackConfig fields whose `pilot animate` flag is not `--` + the field's name, dashed
+FLAGS = {"seed": "--seed-schedule"}
 
-    return FeedbackConfig(
-        strength=args.strength, cfg=args.cfg, seed=args.seed_schedule, noise=args.noise,
-        occlusion=args.occlusion, fresh_strength=args.fresh_strength, dilate=args.dilate,
-        hidden_share=args.hidden_share,
-        color_reference=None if args.color_reference < 0 else args.color_reference,
-        blend=args.blend, blend_space=args.blend_space, source_mix=args.source_mix,
-        interpolation=args.interpolation,
-    )  # fmt: skip
+
+def feedback_config(args: argparse.Namespace):
+    """`FeedbackConfig` from the arguments (schedules are checked here, before any loading);
+    an error names the flag at fault."""
+    from dataclasses import fields
+
+    from pilot.animation.feedback import FeedbackConfig
+    from pilot.animation.schedules import parse_schedule
+
+    schedules = {
+        "--strength": args.strength,
+        "--cfg": args.cfg,
+        "--seed-schedule": args.seed_schedule,
+        "--control-scale": args.control_scale,
+    }
+    for flag, text in schedules.items():
+        try:
+            if text is not None:
+                parse_schedule(text, args.interpolation)
+        except ValueError as e:
+            raise ValueError(f"{flag} {text!r}: {e}") from e
+    try:
+        return FeedbackConfig(
+            strength=args.strength, cfg=args.cfg, seed=args.seed_schedule, noise=args.noise,
+            occlusion=args.occlusion, fresh_strength=args.fresh_strength, dilate=args.dilate,
+            hidden_share=args.hidden_share,
+            color_reference=None if args.color_reference < 0 else args.color_reference,
+            blend=args.blend, blend_space=args.blend_space, source_mix=args.source_mix,
+            interpolation=args.interpolation,
+        )  # fmt: skip
+    except ValueError as e:  # "dilate must be >= 0, ..." -> "--dilate must be >= 0, ..."
+        message = str(e)
+        field = next((f.name for f in fields(FeedbackConfig) if message.split()[0] == f.name), None)
+        if field is None:
+            raise
+        flag = FLAGS.get(field, "--" + field.replace("_", "-"))
+        raise ValueError(flag + message[len(field) :]) from e
 
 
 def open_frames(args: argparse.Namespace):

@@ -185,6 +185,12 @@ def test_options_that_cannot_work_are_clear_errors(model_folder, shot, tmp_path,
         (["--shot", str(shot), "--source-mix", "0.5"], "--source-mix: only for --video"),
         (["--shot", str(shot), "--color-reference", "100"], "--color-reference 100 is not a frame"),
         (["--shot", str(shot), "--device", "foo"], "--device 'foo' is not a torch device"),
+        (["--shot", str(shot), "--dilate", "-1"], "error: --dilate must be an int >= 0"),
+        (["--shot", str(shot), "--blend", "2"], "error: --blend must be in [0, 1], got 2.0"),
+        (["--shot", str(shot), "--hidden-share", "1"], "error: --hidden-share must be in [0, 1)"),
+        (["--shot", str(shot), "--strength", "0.3*t+"], "error: --strength '0.3*t+': invalid"),
+        (["--shot", str(shot), "--seed-schedule", "abc"], "--seed-schedule 'abc': unknown name"),
+        (["--shot", str(shot), "--control-scale", "x"], "--control-scale 'x': unknown name"),
     ]  # fmt: skip
     if not torch.cuda.is_available():
         cases.append((["--shot", str(shot), "--device", "cuda"], "no CUDA device here"))
