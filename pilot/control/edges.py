@@ -62,13 +62,16 @@ def canny(image: Tensor, low: int = 100, high: int = 200) -> Tensor:
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B, 1, H, W), reflect padding."""
+    """Separable Gaussian blur of (B, 1, H, W), reflect padding (edge replication along a side
+    shorter than the kernel's radius, which reflection cannot pad)."""
     radius = max(1, int(3 * sigma + 0.5))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    mode = "reflect" if radius < x.shape[-1] else "replicate"
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    mode = "reflect" if radius < x.shape[-2] else "replicate"
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode=mode), k.view(1, 1, -1, 1))
 
 
 def soft_edges(image: Tensor, sigma: float = 1.5, gamma: float = 0.5) -> Tensor:
@@ -83,6 +86,9 @@ def soft_edges(image: Tensor, sigma: float = 1.5, gamma: float = 0.5) -> Tensor:
     Returns:
         (B, 3, H, W) in [0, 1], bright on edges.
     """
+    if min(image.shape[-2:]) < 2:
+        H, W = image.shape[-2:]
+        raise ValueError(f"image {W}x{H} (WxH): soft edges need 2 pixels a side or more")
     y = _blur(luma(image).float(), sigma)
     gy, gx = torch.gradient(y, dim=(2, 3))
     magnitude = (gx**2 + gy**2).sqrt()

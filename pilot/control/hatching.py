@@ -71,6 +71,8 @@ def hatch(
             f"depth {tuple(depth.shape)} and normals {tuple(normals.shape)}: expected "
             "(B, 1, H, W) and (B, 3, H, W)"
         )
+    if min(H, W) < 2:
+        raise ValueError(f"depth {W}x{H} (WxH): hatching needs 2 pixels a side or more")
     surface = (normals != 0).any(1, keepdim=True) & torch.isfinite(depth) & (depth > 0)
     K = (intrinsics(50.0, W, H) if K is None else K).to(depth).expand(B, 3, 3)
     l_dir = F.normalize(torch.tensor(light, dtype=normals.dtype, device=normals.device), dim=0)

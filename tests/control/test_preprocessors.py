@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pilot.control import (
+    PREPROCESSORS,
     canny,
     depth_to_control,
     hatch,
@@ -149,3 +150,17 @@ def test_hatch_strokes_converge_in_perspective_on_a_floor():
     assert strokes(24) > strokes(31) > 0  # farther rows hold more (converging) strokes
     assert ink[18:20].min() > 0.5  # strokes too dense to draw become an even tone, no moire
     assert not ink[:17].any()  # nothing above the horizon, no outline across the floor
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 3), (2, 3, 2, 9), (1, 3, 3, 1), (1, 3, 1, 1)])
+def test_preprocessors_on_images_smaller_than_their_kernels(shape):
+    """Reflection cannot pad a side shorter than the blur radius: those sides replicate; a side
+    of 1 pixel has no gradient: soft edges and hatching say so."""
+    image = torch.rand(shape)
+    for name, preprocess in PREPROCESSORS.items():
+        if min(shape[2:]) < 2 and name in ("softedge", "hatch"):
+            with pytest.raises(ValueError, match=r"\(WxH\): .* need"):
+                preprocess(image)
+            continue
+        out = preprocess(image)
+        assert out.shape == shape and torch.isfinite(out).all(), name
