@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def register(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="noise of ddim, ancestral, SDE samplers")
     p.add_argument("--clip-skip", type=int, default=0,
                    help="final text encoder layers to skip (A1111's clip skip - 1)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image (then +1 each)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the first image (then +1 each); -1 draws one (as A1111), "
+                        "printed and kept in the PNGs and file names")  # fmt: skip
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--width", type=int, default=None,
                    help="pixels, a multiple of the model's VAE factor (8 in SD); default the "
@@ -145,6 +149,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         clip_skip=args.clip_skip,
     )
     check_arguments(args)
+    if args.seed == -1:
+        args.seed = secrets.randbelow(2**32)
+        print(f"--seed -1: drew seed {args.seed}", file=sys.stderr)
     device = resolve_device(args.device)
     speed = speed_settings(args, device)
     init, mask = load_inputs(args)

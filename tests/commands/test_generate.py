@@ -1,6 +1,7 @@
 """`pilot generate`: one tiny run of each mode, PNG parameters, JSON summary, bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -36,6 +37,19 @@ def test_txt2img_writes_pngs_with_parameters(capsys, tiny_sd_folder, tmp_path):
     assert again["images"][0].endswith("00002-7.png")
     diff = read_image(again["images"][0]) - read_image(paths[0])
     assert diff.abs().max() <= 1 / 255 + 1e-6
+
+
+def test_seed_minus_one_draws_a_seed_it_records(capsys, tiny_sd_folder, tmp_path):
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(out)]
+    assert main(["generate", *args, "--seed", "-1", "--batch", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    seed = int(re.search(r"--seed -1: drew seed (\d+)", captured.err).group(1))
+    paths = json.loads(captured.out)["images"]
+    assert [p.rsplit("/", 1)[1] for p in paths] == [f"00000-{seed}.png", f"00001-{seed + 1}.png"]
+    assert json.loads(read_png_text(paths[0])["pilot"])["seed"] == seed
+    again = run(capsys, *args, "--seed", str(seed))  # the recorded seed makes the same image
+    assert (read_image(again["images"][0]) - read_image(paths[0])).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_img2img_and_inpainting(capsys, tiny_sd_folder, tmp_path):
