@@ -53,6 +53,7 @@ from pilot.diffusion.pipeline import (
     VAEUpcast,
     build_denoiser,
     check_decode,
+    check_seed,
     check_sigmas,
     check_size,
     decode_latents,
@@ -247,6 +248,10 @@ class FeedbackSampler:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
         self.store, self.base_seed = store, base_seed
+        try:
+            check_seed(base_seed)
+        except ValueError as e:
+            raise ValueError(f"base_seed: {e}") from None
         self.flow = frames.flow if flow is None else flow
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")

@@ -224,6 +224,16 @@ def test_frames_off_the_vae_factor_are_refused_naming_the_source(small_shot, tmp
                         parse_prompt_schedule("0: a wall"), FrameStore(tmp_path))  # fmt: skip
 
 
+@pytest.mark.parametrize("seed", [1.5, 2**64, "3"])
+def test_a_base_seed_torch_cannot_take_is_refused_when_created(small_shot, tmp_path, seed):
+    from tests.conftest import make_tiny_sd
+
+    with pytest.raises(ValueError, match=r"base_seed: seed .* expected an int in"):
+        FeedbackSampler(make_tiny_sd(), SETTINGS, FeedbackConfig(), ShotFrames(small_shot),
+                        parse_prompt_schedule("0: a wall"), FrameStore(tmp_path),
+                        base_seed=seed)  # fmt: skip
+
+
 def test_hidden_share_must_be_a_share():
     with pytest.raises(ValueError, match="hidden_share must be in"):
         FeedbackConfig(hidden_share=1.0)
