@@ -25,7 +25,10 @@ conventions (`pilot.scenes.shot`):
 * normals: Cycles' Normal pass is world space; rotated into camera space, flipped to face the
   camera.
 * motion: Cycles' Vector pass holds (prev - current, current - next) in pixels with y up; the
-  motion pass stores (prev - current, next - current) with y down: (X, -Y, -Z, W).
+  motion pass stores (prev - current, next - current) with y down: (X, -Y, -Z, W). Cycles
+  leaves the background at 0; there the motion pass holds the motion of points at infinity
+  (the cameras' rotation only), as `pilot.scenes.geometry` has it, so the sky pans with the
+  camera under `--flow vector` too.
 * image: the Combined pass, linear RGB encoded with the sRGB transfer curve (no view transform).
 
 The pixel filter is shrunk to 0.01 px so every pass samples pixel centres (no blending across
@@ -156,11 +159,38 @@ def depth_in_metres(z: np.ndarray, far: float, metres: float) -> np.ndarray:
     return np.where(hit, depth, np.float32(background_depth(far, metres))).astype(np.float32)
 
 
+def sky_motion(
+    K: np.ndarray, c2w: np.ndarray, neighbours: list[tuple[np.ndarray, np.ndarray]], shape
+) -> np.ndarray:
+    """(H, W, 4) motion of points at infinity (the sky) from camera (K, c2w) to the previous
+    and the next camera, `neighbours` [(K, c2w)] * 2: only the rotation between the cameras
+    moves them, as in `pilot.scenes.geometry.reproject`; directions behind the other camera go
+    to -1e9 as there."""
+    H, W = shape
+    xs, ys = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    pixels = np.stack([xs, ys, np.ones_like(xs)], -1)  # (H, W, 3)
+    rays = pixels @ np.linalg.inv(K).T @ np.asarray(c2w)[:3, :3].T  # world directions
+    out = []
+    for K_j, c2w_j in neighbours:
+        q = rays @ np.asarray(c2w_j)[:3, :3] @ np.asarray(K_j).T  # K_j R_j^T d per pixel
+        z = q[..., 2:]
+        uv = np.where(z > 1e-9, q[..., :2] / np.maximum(z, 1e-9), -1e9)
+        out.append(uv - pixels[..., :2])
+    return np.concatenate(out, -1).astype(np.float32)
+
+
 def convert_passes(
-    path: Path, K: np.ndarray, c2w: np.ndarray, far: float, metres: float = 1.0
+    path: Path,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    far: float,
+    metres: float = 1.0,
+    neighbours: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict:
     """Read one frame's multilayer EXR and convert its passes to shot conventions (`far` in
-    Blender units, `metres` per unit: depth comes out in metres)."""
+    Blender units, `metres` per unit: depth comes out in metres). Cycles leaves the Vector
+    pass 0 on the background: given the previous and next cameras (`neighbours`, (K, c2w) in
+    Blender units), background pixels move as points at infinity do (`sky_motion`)."""
     ch = read_exr(path)
     depth = depth_in_metres(_pass(ch, "Depth", "Z", path)[..., 0], far, metres)
     n = _pass(ch, "Normal", "XYZ", path) @ c2w[:3, :3]  # world -> camera: R^T n per pixel
@@ -170,6 +200,9 @@ def convert_passes(
     n = np.where(((n * rays).sum(-1) > 0)[..., None], -n, n)  # face the camera
     v = _pass(ch, "Vector", "XYZW", path)
     motion = np.stack([v[..., 0], -v[..., 1], -v[..., 2], v[..., 3]], -1)
+    if neighbours is not None:
+        sky = depth >= np.float32(background_depth(far, metres))
+        motion = np.where(sky[..., None], sky_motion(K, c2w, neighbours, (H, W)), motion)
     rgb = np.clip(_pass(ch, "Combined", "RGB", path), 0, 1)
     srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
     image = np.round(srgb * 255).astype(np.uint8)
@@ -233,6 +266,12 @@ def plan_frames(scene, first: int, last: int) -> list[dict]:
     return plan
 
 
+def _camera_at(scene, cam, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """K and c2w (Blender units) of camera object `cam` at frame f."""
+    scene.frame_set(f)
+    return camera_intrinsics(cam, scene)[0], camera_pose(cam)
+
+
 def export_shot(
     out: str | Path,
     frames: tuple[int, int] | None = None,
@@ -272,13 +311,16 @@ def export_shot(
     writer = ShotWriter(
         out, W, H, fps=fps, far=background_depth(far, metres), provenance=provenance
     )
+    cams = [_camera_at(scene, cam, first - 1)] + [(p["K"], p["c2w"]) for p in plan]
+    cams.append(_camera_at(scene, cam, last + 1))  # the frames Blender's vectors point to
     with tempfile.TemporaryDirectory() as tmp:
         exr = Path(tmp) / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
-        for p in plan:
+        for i, p in enumerate(plan):
             scene.frame_set(p["frame"])
             scene.render.filepath = str(exr.with_suffix(""))
             bpy.ops.render.render(write_still=True)
-            passes = convert_passes(exr, p["K"], p["c2w"], far, metres)
+            neighbours = [cams[i], cams[i + 2]]
+            passes = convert_passes(exr, p["K"], p["c2w"], far, metres, neighbours)
             exr.unlink()
             c2w = p["c2w"].copy()
             c2w[:3, 3] *= metres  # the camera's position in metres

@@ -307,3 +307,27 @@ def test_a_refused_export_exits_non_zero_inside_blender(tmp_path, monkeypatch, c
         exec(compile(path.read_text(), str(path), "exec"), namespace)
     assert done.value.code == 2
     assert capsys.readouterr().err.strip().endswith("has no active camera at frame 1")
+
+
+def test_sky_in_the_motion_pass_moves_with_the_cameras_rotation(tmp_path):
+    """Cycles' Vector pass is 0 on the background; the motion pass holds the flow of points at
+    infinity there, the flow `pilot.scenes.geometry` gives the sky (`far`), so `--flow vector`
+    pans the sky with the camera as `--flow geometry` does; surfaces keep Blender's vectors."""
+    _build_scene()
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 32, 24
+    scene.camera.data.clip_end = 20  # the back wall at 30 m is sky now
+    assert main([str(tmp_path), "--frames", "1", "3", "--samples", "1"]) == 0
+    shot = Shot(tmp_path)
+    for k, j, sl in [(1, 0, slice(0, 2)), (1, 2, slice(2, 4)), (0, 1, slice(2, 4))]:
+        a, b = shot[k], shot[j]
+        flow, _ = reprojection_flow(
+            a.depth[None], a.K[None], a.c2w[None], b.K[None], b.c2w[None], shot.far
+        )
+        sky = a.depth[0] >= shot.far
+        assert sky.float().mean() > 0.2 and a.motion[sl][:, sky].abs().max() > 0.5
+        assert torch.allclose(a.motion[sl][:, sky], flow[0][:, sky], atol=1e-3)
+        assert torch.allclose(a.motion[sl][:, ~sky], flow[0][:, ~sky], atol=1e-3)
+    # a range's first and last frames move to the cameras just outside it
+    assert main([str(tmp_path / "part"), "--frames", "2", "2", "--samples", "1"]) == 0
+    assert torch.allclose(Shot(tmp_path / "part")[0].motion, shot[1].motion, atol=1e-4)
