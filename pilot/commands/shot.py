@@ -10,6 +10,7 @@ from pathlib import Path
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a .blend file's camera animation as a shot (bpy module, else `blender -b`)."""
+    from pilot.scenes.blender import check_samples
     from pilot.scenes.shot import check_resolution
 
     blend = Path(args.blend)
@@ -17,6 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{blend}: no such .blend file")
     if args.size:
         check_resolution(*args.size, "--size")
+    check_samples(args.samples, "--samples")
     frames = tuple(args.frames) if args.frames else None
     try:
         import bpy
@@ -33,7 +35,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if exe is None:
         raise ValueError("needs the bpy module (pip install bpy==4.2.0) or a `blender` on PATH")
     script = Path(__file__).resolve().parents[1] / "scenes" / "blender.py"
-    cmd = [exe, "-b", str(blend), "--python", str(script), "--", str(args.out)]
+    # --python-exit-code: a script that raises makes Blender exit 1 (by default it exits 0)
+    cmd = [exe, "-b", str(blend), "--python-exit-code", "1", "--python", str(script)]
+    cmd += ["--", str(args.out)]
     cmd += ["--samples", str(args.samples)] + (["--frames", *map(str, frames)] if frames else [])
     cmd += ["--size", *map(str, args.size)] if args.size else []
     return subprocess.run(cmd, check=False).returncode

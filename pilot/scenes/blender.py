@@ -11,23 +11,31 @@ Each frame is rendered by Cycles on the CPU into an uncompressed multilayer EXR 
 conventions (`pilot.scenes.shot`):
 
 * camera: Blender cameras look down -Z with +Y up; c2w = matrix_world @ diag(1, -1, -1, 1) gives
-  OpenCV axes. K follows lens, sensor size and fit, shift and render resolution (square pixels).
+  OpenCV axes. K follows lens, sensor size and fit, shift, pixel aspect and the render
+  resolution times its percentage, as Blender's view plane does. One perspective camera films
+  the whole range: orthographic and panoramic cameras, and a camera switch inside the range
+  (markers), are refused before anything renders.
 * units: shots are in metres; a scene's Blender units are `unit_settings.scale_length` metres
   each (1 unless the scene says otherwise; unit system "NONE" counts them as metres), so camera
   positions, depth and `far` are scaled by it.
 * depth: Cycles' Z pass is already z-depth along the view axis; misses (1e10) and depths at or
-  beyond the camera's clip end become `far`, the clip end in metres as the float32 the depth
-  pass holds (`background_depth`), so `depth >= shot.far` finds every background pixel (the
-  sky, which `pilot.scenes.geometry` puts at infinity).
+  beyond the camera's clip end become `far`, the clip end (the largest, if animated) in metres
+  as the float32 the depth pass holds (`background_depth`), so `depth >= shot.far` finds every
+  background pixel (the sky, which `pilot.scenes.geometry` puts at infinity).
 * normals: Cycles' Normal pass is world space; rotated into camera space, flipped to face the
   camera.
 * motion: Cycles' Vector pass holds (prev - current, current - next) in pixels with y up; the
-  motion pass stores (prev - current, next - current) with y down: (X, -Y, -Z, W).
+  motion pass stores (prev - current, next - current) with y down: (X, -Y, -Z, W). Cycles
+  leaves the background at 0; there the motion pass holds the motion of points at infinity
+  (the cameras' rotation only), as `pilot.scenes.geometry` has it, so the sky pans with the
+  camera under `--flow vector` too.
 * image: the Combined pass, linear RGB encoded with the sRGB transfer curve (no view transform).
 
 The pixel filter is shrunk to 0.01 px so every pass samples pixel centres (no blending across
-edges); motion blur is turned off (Cycles writes no Vector pass with it on). The open scene's
-render settings are changed (not saved).
+edges); motion blur is turned off (Cycles writes no Vector pass with it on), and so are depth of
+field (it blends depth across edges), a render region, stereo views and the Video Sequencer;
+only the active view layer renders. The open scene's render settings are changed (not saved).
+Every frame of the range renders (the scene's frame step is not used).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -43,30 +52,47 @@ if not globals().get("__package__"):  # run by `blender --python`: make `pilot` 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pilot.scenes.exr import read_exr  # noqa: E402
-from pilot.scenes.shot import ShotWriter, check_resolution  # noqa: E402
+from pilot.scenes.shot import ShotWriter, check_camera, check_resolution  # noqa: E402
 
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: flip y and z
 
 
+CAMERA_TYPES = {"ORTHO": "orthographic", "PANO": "panoramic"}
+
+
+def render_size(scene) -> tuple[int, int]:
+    """Width, height in pixels that Blender renders: the resolution times its percentage,
+    rounded down as Blender does (`BKE_render_resolution`)."""
+    r = scene.render
+    pct = r.resolution_percentage
+    return r.resolution_x * pct // 100, r.resolution_y * pct // 100
+
+
 def camera_intrinsics(cam_obj, scene) -> tuple[np.ndarray, int, int]:
-    """K (3, 3), width, height of a perspective Blender camera at the scene's render size."""
+    """K (3, 3), width, height of a perspective Blender camera at the scene's render size.
+
+    Follows Blender's view plane (`BKE_camera_params_compute_viewplane`): the sensor fits the
+    width (HORIZONTAL, or AUTO on a wide frame) or the height; lens shifts are fractions of that
+    fitted side; non-square pixels (pixel aspect x:y) give fy = fx * x / y.
+    """
     r, cam = scene.render, cam_obj.data
     if cam.type != "PERSP":
-        raise ValueError(f"camera {cam_obj.name!r} is {cam.type}; only PERSP is supported")
-    if r.pixel_aspect_x != r.pixel_aspect_y:
-        raise ValueError(f"non-square pixels ({r.pixel_aspect_x}:{r.pixel_aspect_y})")
-    W = round(r.resolution_x * r.resolution_percentage / 100)
-    H = round(r.resolution_y * r.resolution_percentage / 100)
+        kind = CAMERA_TYPES.get(cam.type, cam.type)
+        raise ValueError(
+            f"camera {cam_obj.name!r} is {kind} ({cam.type}); a shot needs a pinhole camera: "
+            "set its Lens > Type to Perspective"
+        )
+    W, H = render_size(scene)
+    ycor = r.pixel_aspect_y / r.pixel_aspect_x  # a pixel's height over its width
     fit = cam.sensor_fit
+    sensor = cam.sensor_height if fit == "VERTICAL" else cam.sensor_width
     if fit == "AUTO":
-        fit, sensor = ("HORIZONTAL" if W >= H else "VERTICAL"), cam.sensor_width
-    else:
-        sensor = cam.sensor_width if fit == "HORIZONTAL" else cam.sensor_height
-    f = cam.lens / sensor * (W if fit == "HORIZONTAL" else H)
-    side = max(W, H)  # shifts are fractions of the larger side
+        fit = "HORIZONTAL" if W >= ycor * H else "VERTICAL"
+    side = W if fit == "HORIZONTAL" else ycor * H  # the fitted side, in pixel widths
+    fx = cam.lens / sensor * side
     cx = (W - 1) / 2 - cam.shift_x * side
-    cy = (H - 1) / 2 + cam.shift_y * side
-    return np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]]), W, H
+    cy = (H - 1) / 2 + cam.shift_y * side / ycor
+    return np.array([[fx, 0, cx], [0, fx / ycor, cy], [0, 0, 1]]), W, H
 
 
 def camera_pose(cam_obj) -> np.ndarray:
@@ -83,13 +109,22 @@ def metres_per_unit(scene) -> float:
 
 
 def configure(scene, samples: int) -> None:
-    """Cycles on the CPU, depth/normal/vector passes, uncompressed multilayer EXR output."""
+    """Cycles on the CPU, depth/normal/vector passes of the active view layer, uncompressed
+    multilayer EXR output; what would change the passes (motion blur, depth of field, a render
+    region, stereo, the Video Sequencer) is turned off."""
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
     scene.cycles.use_denoising = False
     scene.cycles.filter_width = 0.01  # sample pixel centres: passes are not blended at edges
     scene.render.use_motion_blur = False  # Cycles writes no Vector pass with motion blur
+    for obj in scene.objects:  # depth of field blends depth, normals and vectors across edges
+        if obj.type == "CAMERA":
+            obj.data.dof.use_dof = False
+    scene.render.use_border = False  # the whole frame (a render region crops the passes)
+    scene.render.use_multiview = False  # one view (stereo writes a file per eye)
+    scene.render.use_sequencer = False  # the render, not the Video Sequencer's strips
+    scene.render.use_single_layer = True  # the active view layer only
     for layer in scene.view_layers:
         layer.use_pass_z = layer.use_pass_normal = layer.use_pass_vector = True
     fmt = scene.render.image_settings
@@ -124,11 +159,38 @@ def depth_in_metres(z: np.ndarray, far: float, metres: float) -> np.ndarray:
     return np.where(hit, depth, np.float32(background_depth(far, metres))).astype(np.float32)
 
 
+def sky_motion(
+    K: np.ndarray, c2w: np.ndarray, neighbours: list[tuple[np.ndarray, np.ndarray]], shape
+) -> np.ndarray:
+    """(H, W, 4) motion of points at infinity (the sky) from camera (K, c2w) to the previous
+    and the next camera, `neighbours` [(K, c2w)] * 2: only the rotation between the cameras
+    moves them, as in `pilot.scenes.geometry.reproject`; directions behind the other camera go
+    to -1e9 as there."""
+    H, W = shape
+    xs, ys = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    pixels = np.stack([xs, ys, np.ones_like(xs)], -1)  # (H, W, 3)
+    rays = pixels @ np.linalg.inv(K).T @ np.asarray(c2w)[:3, :3].T  # world directions
+    out = []
+    for K_j, c2w_j in neighbours:
+        q = rays @ np.asarray(c2w_j)[:3, :3] @ np.asarray(K_j).T  # K_j R_j^T d per pixel
+        z = q[..., 2:]
+        uv = np.where(z > 1e-9, q[..., :2] / np.maximum(z, 1e-9), -1e9)
+        out.append(uv - pixels[..., :2])
+    return np.concatenate(out, -1).astype(np.float32)
+
+
 def convert_passes(
-    path: Path, K: np.ndarray, c2w: np.ndarray, far: float, metres: float = 1.0
+    path: Path,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    far: float,
+    metres: float = 1.0,
+    neighbours: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict:
     """Read one frame's multilayer EXR and convert its passes to shot conventions (`far` in
-    Blender units, `metres` per unit: depth comes out in metres)."""
+    Blender units, `metres` per unit: depth comes out in metres). Cycles leaves the Vector
+    pass 0 on the background: given the previous and next cameras (`neighbours`, (K, c2w) in
+    Blender units), background pixels move as points at infinity do (`sky_motion`)."""
     ch = read_exr(path)
     depth = depth_in_metres(_pass(ch, "Depth", "Z", path)[..., 0], far, metres)
     n = _pass(ch, "Normal", "XYZ", path) @ c2w[:3, :3]  # world -> camera: R^T n per pixel
@@ -138,6 +200,9 @@ def convert_passes(
     n = np.where(((n * rays).sum(-1) > 0)[..., None], -n, n)  # face the camera
     v = _pass(ch, "Vector", "XYZW", path)
     motion = np.stack([v[..., 0], -v[..., 1], -v[..., 2], v[..., 3]], -1)
+    if neighbours is not None:
+        sky = depth >= np.float32(background_depth(far, metres))
+        motion = np.where(sky[..., None], sky_motion(K, c2w, neighbours, (H, W)), motion)
     rgb = np.clip(_pass(ch, "Combined", "RGB", path), 0, 1)
     srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
     image = np.round(srgb * 255).astype(np.uint8)
@@ -155,6 +220,58 @@ def open_blend(path: Path) -> None:
         raise ValueError(f"{path}: Blender cannot open it as a .blend file ({reason})") from e
 
 
+def check_samples(samples: int, where: str) -> None:
+    """ValueError naming `where` unless `samples` is a whole number >= 1 (Cycles would clamp
+    0 to 1 without a word)."""
+    if not (isinstance(samples, Integral) and samples >= 1):
+        raise ValueError(f"{where} {samples!r}: Cycles renders at least 1 sample per pixel")
+
+
+def _camera_runs(cams: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """(camera, first, last) for each run of frames that one camera films."""
+    runs: list[tuple[str, int, int]] = []
+    for f, name in cams:
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], f)
+        else:
+            runs.append((name, f, f))
+    return runs
+
+
+def plan_frames(scene, first: int, last: int) -> list[dict]:
+    """Frame number, K, c2w (Blender units), camera object and clip end of frames first..last.
+
+    Everything that would stop an export is found here, before anything renders: no camera, a
+    camera that is not a rigid perspective one, and a camera switch (markers bound to cameras)
+    inside the range, which a shot (one camera move, flow between neighbours) cannot hold.
+    """
+    plan = []
+    for f in range(first, last + 1):
+        scene.frame_set(f)
+        cam = scene.camera
+        if cam is None:
+            raise ValueError(f"scene {scene.name!r} has no active camera at frame {f}")
+        K, _, _ = camera_intrinsics(cam, scene)  # lens, shift may be animated
+        c2w = camera_pose(cam)
+        check_camera(K, c2w, f"frame {f}, camera {cam.name!r}")
+        plan.append({"frame": f, "K": K, "c2w": c2w, "camera": cam, "clip_end": cam.data.clip_end})
+    runs = _camera_runs([(p["frame"], p["camera"].name) for p in plan])
+    if len(runs) > 1:
+        spans = ", ".join(f"{name!r} at {a}..{b}" for name, a, b in runs)
+        name, a, b = runs[0]
+        raise ValueError(
+            f"the scene's camera changes within frames {first}..{last} ({spans}; markers bind "
+            f"cameras): export one shot per camera, e.g. --frames {a} {b}"
+        )
+    return plan
+
+
+def _camera_at(scene, cam, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """K and c2w (Blender units) of camera object `cam` at frame f."""
+    scene.frame_set(f)
+    return camera_intrinsics(cam, scene)[0], camera_pose(cam)
+
+
 def export_shot(
     out: str | Path,
     frames: tuple[int, int] | None = None,
@@ -164,17 +281,16 @@ def export_shot(
 ) -> Path:
     """Render the active scene's camera over `frames` (inclusive, default the scene range).
 
-    `size` (width, height, > 0) overrides the scene's render resolution. Returns the path of
-    the written shot.json.
+    Every frame of the range is rendered (the scene's frame step is not used: Blender's vector
+    pass is the motion to the adjacent frames). `size` (width, height, > 0) overrides the
+    scene's render resolution. Returns the path of the written shot.json.
     """
     import bpy
 
     if size is not None:  # checked here: Blender clamps a bad resolution to 4x4
         check_resolution(*size, "size")
+    check_samples(samples, "samples")
     scene = bpy.context.scene
-    cam = scene.camera
-    if cam is None:
-        raise ValueError(f"scene {scene.name!r} has no active camera")
     first, last = frames or (scene.frame_start, scene.frame_end)
     if last < first:
         raise ValueError(f"frame range {first}..{last} is empty")
@@ -182,9 +298,12 @@ def export_shot(
     if size is not None:
         scene.render.resolution_x, scene.render.resolution_y = size
         scene.render.resolution_percentage = 100
-    _, W, H = camera_intrinsics(cam, scene)
+    plan = plan_frames(scene, first, last)
+    W, H = render_size(scene)
+    cam = plan[0]["camera"]
     fps = fps or scene.render.fps / scene.render.fps_base
-    far, metres = float(cam.data.clip_end), metres_per_unit(scene)
+    metres = metres_per_unit(scene)
+    far = max(float(p["clip_end"]) for p in plan)  # the clip end may be animated
     blend = bpy.data.filepath or "<unsaved>"
     provenance = {"source": "blender", "blender": bpy.app.version_string, "file": blend,
                   "camera": cam.name, "engine": "CYCLES", "samples": samples,
@@ -192,21 +311,26 @@ def export_shot(
     writer = ShotWriter(
         out, W, H, fps=fps, far=background_depth(far, metres), provenance=provenance
     )
+    cams = [_camera_at(scene, cam, first - 1)] + [(p["K"], p["c2w"]) for p in plan]
+    cams.append(_camera_at(scene, cam, last + 1))  # the frames Blender's vectors point to
     with tempfile.TemporaryDirectory() as tmp:
-        for f in range(first, last + 1):
-            scene.frame_set(f)
-            K, _, _ = camera_intrinsics(cam, scene)  # lens may be animated
-            c2w = camera_pose(cam)
-            scene.render.filepath = str(Path(tmp) / f"frame_{f:06d}")
+        exr = Path(tmp) / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
+        for i, p in enumerate(plan):
+            scene.frame_set(p["frame"])
+            scene.render.filepath = str(exr.with_suffix(""))
             bpy.ops.render.render(write_still=True)
-            passes = convert_passes(Path(tmp) / f"frame_{f:06d}.exr", K, c2w, far, metres)
+            neighbours = [cams[i], cams[i + 2]]
+            passes = convert_passes(exr, p["K"], p["c2w"], far, metres, neighbours)
+            exr.unlink()
+            c2w = p["c2w"].copy()
             c2w[:3, 3] *= metres  # the camera's position in metres
-            writer.add(K, c2w, source_frame=f, **passes)
+            writer.add(p["K"], c2w, source_frame=p["frame"], **passes)
     return writer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line inside Blender: arguments after `--`."""
+    """Command line inside Blender: arguments after `--`. Returns the exit status: 2, with the
+    error on one line, when the export is refused."""
     if argv is None:
         argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
     parser = argparse.ArgumentParser(prog="blender -b FILE --python blender.py --")
@@ -216,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resolution")
     args = parser.parse_args(argv)
     frames, size = (tuple(a) if a else None for a in (args.frames, args.size))
-    path = export_shot(args.out, frames, args.samples, size=size)
+    try:
+        path = export_shot(args.out, frames, args.samples, size=size)
+    except (FileNotFoundError, ValueError) as e:  # one line, and a failing exit status
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     return 0
 

@@ -137,3 +137,197 @@ def test_scene_units_become_metres(tmp_path):
     a, b = m[0], m[1]
     expected = reprojection_flow(a.depth[None], a.K[None], a.c2w[None], b.K[None], b.c2w[None])[0]
     assert torch.allclose(flow, expected, atol=1e-3)
+
+
+def _blender_pixel(scene, cam, co) -> tuple[float, float]:
+    """Where Blender's own projection puts world point `co` (pixel centres at integers)."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    v = world_to_camera_view(scene, cam, Vector(co))
+    r = scene.render
+    return v.x * r.resolution_x - 0.5, (1 - v.y) * r.resolution_y - 0.5
+
+
+@pytest.mark.parametrize(
+    "size, fit, aspect",
+    [
+        ((48, 64), "AUTO", (1, 1)),
+        ((48, 64), "HORIZONTAL", (1, 1)),  # a shift is a fraction of the width here
+        ((64, 48), "VERTICAL", (1, 1)),  # and of the height here
+        ((64, 48), "AUTO", (1, 1.5)),  # non-square pixels: fy != fx
+        ((64, 48), "VERTICAL", (2, 1)),
+    ],
+)
+def test_intrinsics_follow_blenders_projection(size, fit, aspect):
+    import numpy as np
+
+    from pilot.scenes.blender import camera_pose
+
+    _build_scene()
+    scene, cam = bpy.context.scene, bpy.context.scene.camera
+    scene.render.resolution_x, scene.render.resolution_y = size
+    scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = aspect
+    cam.data.sensor_fit, cam.data.sensor_height = fit, 20
+    cam.data.shift_x, cam.data.shift_y = 0.1, -0.07
+    scene.frame_set(2)
+    K, W, H = camera_intrinsics(cam, scene)
+    w2c = np.linalg.inv(camera_pose(cam))
+    for co in [(0, 6, 1), (1.0, 9, 0), (3, 14, 2), (-1, 4, 0.2)]:
+        p = w2c[:3] @ np.array([*co, 1.0])
+        ours = (K @ p)[:2] / p[2]
+        assert np.allclose(ours, _blender_pixel(scene, cam, co), atol=1e-3), (co, ours)
+
+
+def _ground_height(shot, k: int) -> torch.Tensor:
+    """World z of frame k's ground pixels (upward normal, below the box tops) from depth + K +
+    c2w: 0 wherever the exported camera matches the one Cycles rendered with."""
+    from pilot.scenes.geometry import backproject
+
+    f = shot[k]
+    H, W = f.depth.shape[1:]
+    world = (f.c2w[:3, :3] @ backproject(f.depth[None], f.K[None])[0].flatten(1)).view(3, H, W)
+    z = world[2] + f.c2w[2, 3]
+    up = torch.einsum("ij,jhw->ihw", f.c2w[:3, :3], f.normals)[2] > 0.99
+    ground = up & (z.abs() < 0.25) & (f.depth[0] < shot.far)
+    assert ground.sum() > 0.1 * H * W
+    return z[ground]
+
+
+def test_resolution_percentage_renders_blenders_size(tmp_path):
+    """Blender renders resolution * percentage // 100 (33x24 here, not a rounded 34x24), with
+    the fitted side and shifts scaled alike; and a non-square pixel, a vertical fit."""
+    _build_scene()
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 134, 98
+    scene.render.resolution_percentage = 25
+    scene.render.pixel_aspect_y = 1.25
+    scene.camera.data.sensor_fit, scene.camera.data.shift_y = "VERTICAL", 0.05
+    assert main([str(tmp_path), "--frames", "2", "2", "--samples", "1"]) == 0
+    shot = Shot(tmp_path)
+    assert (shot.width, shot.height) == (33, 24)
+    assert _ground_height(shot, 0).abs().max() < 1e-3
+
+
+def test_camera_switches_and_non_pinhole_cameras_are_refused_before_rendering(tmp_path, capsys):
+    _build_scene()
+    scene = bpy.context.scene
+    cam2 = bpy.data.objects.new("cam2", bpy.data.cameras.new("cam2"))
+    scene.collection.objects.link(cam2)
+    cam2.location, cam2.rotation_euler = (3, -3, 2), (1.3, 0, 0.5)
+    scene.timeline_markers.new("A", frame=1).camera = scene.camera
+    scene.timeline_markers.new("B", frame=3).camera = cam2
+    out = tmp_path / "shot"
+    assert main([str(out), "--frames", "1", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "camera changes within frames 1..3 ('cam' at 1..2, 'cam2' at 3..3" in err
+    assert "--frames 1 2" in err and not out.exists()
+    assert main([str(out), "--frames", "3", "3", "--samples", "1"]) == 0  # one camera: fine
+    assert Shot(out).meta["provenance"]["camera"] == "cam2"
+    cam2.data.type = "ORTHO"
+    assert main([str(tmp_path / "o"), "--frames", "3", "3"]) == 2
+    assert "camera 'cam2' is orthographic (ORTHO)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_render_settings_of_the_file_leave_the_passes_alone(tmp_path):
+    """Depth of field, a cropped render region, stereo and Video Sequencer strips in the file
+    would blur, crop, rename or replace the passes: the export turns them off."""
+    _build_scene()
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 32, 24
+    assert main([str(tmp_path / "plain"), "--frames", "1", "2", "--samples", "1"]) == 0
+    dof = scene.camera.data.dof
+    dof.use_dof, dof.focus_distance, dof.aperture_fstop = True, 2.0, 0.5
+    scene.render.use_border = scene.render.use_crop_to_border = True
+    scene.render.border_min_x, scene.render.border_max_x = 0.25, 0.75
+    scene.render.use_multiview = True
+    scene.sequence_editor_create().sequences.new_effect("red", "COLOR", 1, 1, frame_end=9)
+    assert main([str(tmp_path / "file"), "--frames", "1", "2", "--samples", "1"]) == 0
+    plain, file = Shot(tmp_path / "plain"), Shot(tmp_path / "file")
+    for k in range(2):
+        for p in ("depth", "normals", "motion"):
+            assert torch.equal(getattr(plain[k], p), getattr(file[k], p)), (k, p)
+
+
+def test_frames_render_one_at_a_time(tmp_path, monkeypatch):
+    """Each frame's EXR (48 bytes a pixel: 100 MB at 1080p) is removed once it is read, so a
+    long shot does not fill the temporary folder."""
+    import tempfile
+
+    import pilot.scenes.blender as bridge
+
+    seen = []
+    convert = bridge.convert_passes
+
+    def spy(path, *args, **kwargs):
+        seen.append(sorted(p.name for p in path.parent.iterdir()))
+        return convert(path, *args, **kwargs)
+
+    monkeypatch.setattr(bridge, "convert_passes", spy)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _build_scene()
+    bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y = 16, 12
+    assert main([str(tmp_path / "shot"), "--frames", "1", "3", "--samples", "1"]) == 0
+    assert [len(names) for names in seen] == [1, 1, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shot"]
+
+
+def test_an_animated_clip_end_keeps_the_surfaces_inside_it(tmp_path):
+    """The back wall (30 m) lies beyond the clip end at frame 1 (12 m), inside it at frame 3
+    (40 m): frame 3 keeps it whatever frame the file was saved at, and `far` is 40 m."""
+    _build_scene()
+    scene = bpy.context.scene
+    cam = scene.camera.data
+    for f, clip in ((1, 12.0), (3, 40.0)):
+        cam.clip_end = clip
+        cam.keyframe_insert("clip_end", frame=f)
+    scene.frame_set(1)
+    assert main([str(tmp_path), "--frames", "1", "3", "--samples", "1"]) == 0
+    shot = Shot(tmp_path)
+    assert shot.far == pytest.approx(40.0)
+    assert ((shot[2].depth > 12) & (shot[2].depth < 40)).any()
+    assert not ((shot[0].depth > 12) & (shot[0].depth < 40)).any()
+
+
+def test_a_refused_export_exits_non_zero_inside_blender(tmp_path, monkeypatch, capsys):
+    """`blender -b --python blender.py -- OUT` exits 0 after an uncaught error unless told
+    otherwise: the script reports a refused export on one line and exits 2."""
+    import sys
+    from pathlib import Path
+
+    import pilot.scenes.blender as bridge
+
+    _build_scene()
+    bpy.context.scene.camera = None
+    path = Path(bridge.__file__)
+    monkeypatch.setattr(sys, "argv", ["blender", "--python", str(path), "--", str(tmp_path)])
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    with pytest.raises(SystemExit) as done:
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("has no active camera at frame 1")
+
+
+def test_sky_in_the_motion_pass_moves_with_the_cameras_rotation(tmp_path):
+    """Cycles' Vector pass is 0 on the background; the motion pass holds the flow of points at
+    infinity there, the flow `pilot.scenes.geometry` gives the sky (`far`), so `--flow vector`
+    pans the sky with the camera as `--flow geometry` does; surfaces keep Blender's vectors."""
+    _build_scene()
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 32, 24
+    scene.camera.data.clip_end = 20  # the back wall at 30 m is sky now
+    assert main([str(tmp_path), "--frames", "1", "3", "--samples", "1"]) == 0
+    shot = Shot(tmp_path)
+    for k, j, sl in [(1, 0, slice(0, 2)), (1, 2, slice(2, 4)), (0, 1, slice(2, 4))]:
+        a, b = shot[k], shot[j]
+        flow, _ = reprojection_flow(
+            a.depth[None], a.K[None], a.c2w[None], b.K[None], b.c2w[None], shot.far
+        )
+        sky = a.depth[0] >= shot.far
+        assert sky.float().mean() > 0.2 and a.motion[sl][:, sky].abs().max() > 0.5
+        assert torch.allclose(a.motion[sl][:, sky], flow[0][:, sky], atol=1e-3)
+        assert torch.allclose(a.motion[sl][:, ~sky], flow[0][:, ~sky], atol=1e-3)
+    # a range's first and last frames move to the cameras just outside it
+    assert main([str(tmp_path / "part"), "--frames", "2", "2", "--samples", "1"]) == 0
+    assert torch.allclose(Shot(tmp_path / "part")[0].motion, shot[1].motion, atol=1e-4)

@@ -145,8 +145,9 @@ def test_export_through_a_blender_executable(tmp_path):
     args = ["--frames", "3", "9", "--samples", "2", "--size", "64", "48", "--blender", str(fake)]
     assert main(["shot", "export", str(blend), str(out), *args]) == 0
     argv = json.loads(log.read_text())
-    assert argv[:3] == ["-b", str(blend), "--python"] and argv[3].endswith("scenes/blender.py")
-    assert argv[4:] == [
+    assert argv[:5] == ["-b", str(blend), "--python-exit-code", "1", "--python"]
+    assert argv[5].endswith("scenes/blender.py")
+    assert argv[6:] == [
         "--",
         str(out),
         "--samples",
@@ -166,3 +167,16 @@ def test_pairs_refuses_a_folder_of_yours(tmp_path, capsys):
     assert main(["shot", "pairs", str(tmp_path / "mine"), "--n", "1", "--size", "16"]) == 2
     assert "holds no pairs of write_pairs" in capsys.readouterr().err
     assert (tmp_path / "mine" / "hatched" / "000000.png").read_bytes() == b"my sketch"
+
+
+@pytest.mark.parametrize("samples", ["0", "-4"])
+def test_export_samples_must_be_positive(tmp_path, capsys, samples):
+    """Cycles would clamp them to 1 silently (and shot.json would say 0)."""
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER")
+    never = ["--blender", str(tmp_path / "no-blender")]  # refused before Blender runs
+    assert (
+        main(["shot", "export", str(blend), str(tmp_path / "x"), "--samples", samples, *never]) == 2
+    )
+    assert f"--samples {samples}: Cycles renders at least 1 sample" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
