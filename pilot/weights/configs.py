@@ -217,14 +217,20 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _config_from_json(component: str, path: Path) -> Any:
-    kind = _KINDS[component]
+def read_config_json(path: Path, label: str) -> dict:
+    """The dict of a diffusers model's config.json; WeightsError naming the folder (none there)
+    or the file (unreadable)."""
     if not path.is_file():
-        raise WeightsError(f"{path.parent}: no config.json, not a diffusers {kind.label} folder")
+        raise WeightsError(f"{path.parent}: no config.json, not a diffusers {label} folder")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise WeightsError(f"{path}: unreadable config: {e}") from e
+
+
+def _config_from_json(component: str, path: Path) -> Any:
+    kind = _KINDS[component]
+    d = read_config_json(path, kind.label)
     name = d.get("_class_name") or (d.get("architectures") or [None])[0]
     if name is not None and name not in kind.classes:
         raise WeightsError(f"{path}: describes a {name}, not a {kind.label} ({kind.classes[0]})")

@@ -11,7 +11,6 @@ unexpected or mis-shaped key a `WeightsError` naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from pilot.models.controlnet import CONTROLNET_PRESETS, ControlNet, ControlNetConfig
 from pilot.weights import controlnet_original as original
-from pilot.weights.configs import fitting_preset, no_preset_error
+from pilot.weights.configs import fitting_preset, no_preset_error, read_config_json
 from pilot.weights.folders import _find_weights
 from pilot.weights.hub import resolve
 from pilot.weights.io import (
@@ -129,12 +128,7 @@ def _refuse_unsupported(tensors: Mapping[str, Tensor], source: Path) -> None:
 
 
 def _config_from_json(path: Path) -> ControlNetConfig:
-    if not path.is_file():
-        raise WeightsError(f"{path.parent}: no config.json, not a diffusers ControlNet folder")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable config: {e}") from e
+    d = read_config_json(path, "ControlNet")
     if d.get("_class_name", _CLASS) != _CLASS:
         raise WeightsError(f"{path}: describes a {d['_class_name']}, not a {_CLASS}")
     try:
