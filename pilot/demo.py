@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +42,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where it is used, so `pilot --help` stays light
     import torch
     from torch import Tensor
+
+    from pilot.animation.feedback import FeedbackConfig
+    from pilot.animation.inputs import ControlTrack
+    from pilot.animation.schedules import PromptSchedule
+    from pilot.diffusion.pipeline import SamplingSettings
+    from pilot.weights.loaders import StableDiffusion
 
 TRAIN_HINT = (
     "train the tiny SD with experiments/tiny_sd/train.sh (it exports to runs/tiny_sd/export) "
@@ -285,7 +291,9 @@ def render_shot(root: Path, config: DemoConfig) -> Path:
     return root
 
 
-def load_models(folders: tuple[Path, Path], config: DemoConfig, device: torch.device):
+def load_models(
+    folders: tuple[Path, Path], config: DemoConfig, device: torch.device
+) -> tuple[StableDiffusion, list[ControlTrack]]:
     """The pipeline and a depth `ControlTrack` (float32), checked to fit each other."""
     import torch
 
@@ -301,7 +309,7 @@ def load_models(folders: tuple[Path, Path], config: DemoConfig, device: torch.de
     return sd, [ControlTrack(net, "depth", parse_schedule(str(config.control_scale)))]
 
 
-def sampling_dials(config: DemoConfig) -> tuple:
+def sampling_dials(config: DemoConfig) -> tuple[SamplingSettings, FeedbackConfig, PromptSchedule]:
     """(`SamplingSettings`, feedback `FeedbackConfig`, `PromptSchedule`) of the demo."""
     from pilot.animation.feedback import FeedbackConfig
     from pilot.animation.schedules import parse_prompt_schedule
@@ -319,7 +327,14 @@ def sampling_dials(config: DemoConfig) -> tuple:
     )
 
 
-def animate_passes(out: Path, sd, tracks, dials: tuple, config: DemoConfig, progress: bool):
+def animate_passes(
+    out: Path,
+    sd: StableDiffusion,
+    tracks: Sequence[ControlTrack],
+    dials: tuple[SamplingSettings, FeedbackConfig, PromptSchedule],
+    config: DemoConfig,
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, float | None]]:
     """Both passes over the shot `out/shot`, resumably, same seeds (frame k: seed + k).
 
     Independent frames are sampled `config.batch` at a time. Returns name -> (N, 3, H, W)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,10 +63,13 @@ from pilot.diffusion.pipeline import (
     sample,
     start_latents,
 )
-from pilot.diffusion.prompts import count_chunks
+from pilot.diffusion.prompts import PromptTokenizer, count_chunks
 from pilot.diffusion.samplers import BatchedNoise
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas
 from pilot.scenes.geometry import warp
+
+if TYPE_CHECKING:  # annotations only: the loaders are not imported at run time
+    from pilot.weights.loaders import StableDiffusion
 
 OcclusionMode = Literal["ignore", "renoise", "inpaint"]
 NoiseMode = Literal["fresh", "fixed", "warped"]
@@ -139,6 +142,7 @@ class FeedbackConfig:
                 parse_schedule(getattr(self, name), self.interpolation)  # ScheduleError early
 
     def schedule(self, name: str) -> Schedule:
+        """The parsed schedule of field `name` ("strength", "cfg" or "seed")."""
         return parse_schedule(getattr(self, name), self.interpolation)
 
 
@@ -152,7 +156,9 @@ class FrameParams:
     scales: tuple[float, ...]
 
 
-def frame_params(config: FeedbackConfig, tracks: Sequence[ControlTrack], base_seed: int, k: int):
+def frame_params(
+    config: FeedbackConfig, tracks: Sequence[ControlTrack], base_seed: int, k: int
+) -> FrameParams:
     """`FrameParams` of frame k; ValueError naming a schedule that leaves its range."""
     return schedule_params(config, [track.scale for track in tracks], base_seed, k)
 
@@ -182,7 +188,9 @@ def check_schedules(
         schedule_params(config, scales, base_seed, k)
 
 
-def check_prompts(tokenizer, prompts: PromptSchedule, negative: str, ks: Sequence[int]) -> None:
+def check_prompts(
+    tokenizer: PromptTokenizer, prompts: PromptSchedule, negative: str, ks: Sequence[int]
+) -> None:
     """Tokenise the keyed prompts of frames ks before the first frame: the ValueError
     `FeedbackSampler.context` would raise at a frame between prompts of different lengths
     (77-token chunks, at least the negative prompt's: `encode_text`)."""
@@ -230,7 +238,7 @@ class FeedbackSampler:
 
     def __init__(
         self,
-        sd,
+        sd: StableDiffusion,
         settings: SamplingSettings,
         config: FeedbackConfig,
         frames: FrameSource,
@@ -412,7 +420,11 @@ class FeedbackSampler:
         return init
 
     def noise(
-        self, ks: Sequence[int], params: Sequence[FrameParams], shape, flow: FlowField | None
+        self,
+        ks: Sequence[int],
+        params: Sequence[FrameParams],
+        shape: tuple[int, ...],
+        flow: FlowField | None,
     ) -> tuple[BatchedNoise, Tensor]:
         """Noise sampler of frames ks (a generator per frame's seed) and its first draw (B, ...),
         replaced as the noise mode says (warped: one frame, carried along `flow`)."""
@@ -509,7 +521,13 @@ class FeedbackSampler:
         share = F.avg_pool2d(hidden, self.factor)  # (1, 1, H/f, W/f)
         return (share > self.config.hidden_share).float().to(self.device)
 
-    def blend(self, latents: Tensor, init_latents, init, flow: FlowField | None) -> Tensor:
+    def blend(
+        self,
+        latents: Tensor,
+        init_latents: Tensor | None,
+        init: Tensor | None,
+        flow: FlowField | None,
+    ) -> Tensor:
         """The blending rule: mix the warped previous frame in on visible pixels."""
         b = self.config.blend
         if b == 0 or flow is None or init is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from pilot.scenes.geometry import (
     visibility,
     warp,
 )
+
+if TYPE_CHECKING:  # annotations only
+    from pilot.scenes.shot import Shot
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class GeometryFlow:
         rel_tol: Relative depth tolerance of the visibility test.
     """
 
-    def __init__(self, shot, rel_tol: float = 0.01) -> None:
+    def __init__(self, shot: Shot, rel_tol: float = 0.01) -> None:
         self.shot, self.rel_tol = shot, rel_tol
 
     def __call__(self, k: int) -> FlowField:
@@ -114,7 +117,7 @@ class VectorFlow:
     channels 2-3 (its flow to the next frame) close the round trip.
     """
 
-    def __init__(self, shot, *, alpha: float = 0.01, beta: float = 0.5) -> None:
+    def __init__(self, shot: Shot, *, alpha: float = 0.01, beta: float = 0.5) -> None:
         if "motion" not in shot.passes:
             raise ValueError(f"{shot.root}: no motion pass (passes: {shot.passes})")
         self.shot, self.alpha, self.beta = shot, alpha, beta

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from torch import Tensor
 from pilot.animation.flow import EstimatedFlow, FlowSource, GeometryFlow, VectorFlow
 from pilot.animation.schedules import Schedule, parse_schedule, schedule_text
 from pilot.imageio import atomic_output, from_uint8, read_image, to_uint8, write_png
+
+if TYPE_CHECKING:  # annotations only
+    from pilot.scenes.shot import Shot
 
 GEOMETRY_KINDS = {
     "depth": ("depth",),
@@ -57,7 +61,7 @@ class ShotFrames:
             "frame" (each frame spans [0, 1], as single-image depth models are trained).
     """
 
-    def __init__(self, shot, flow: str = "geometry", depth_per: str = "shot") -> None:
+    def __init__(self, shot: Shot, flow: str = "geometry", depth_per: str = "shot") -> None:
         if depth_per not in ("shot", "frame"):
             raise ValueError(f"depth_per={depth_per!r}; valid: shot, frame")
         self.shot, self.name, self.depth_per = shot, str(shot.root), depth_per
@@ -148,7 +152,9 @@ class VideoFrames:
         fps: Frame rate for a folder of frames (videos report their own).
     """
 
-    def __init__(self, path: str | os.PathLike, size: tuple[int, int] | None = None, fps=24.0):
+    def __init__(
+        self, path: str | os.PathLike, size: tuple[int, int] | None = None, fps: float = 24.0
+    ) -> None:
         self.name = str(path)
         frames, self.fps = _read_video(Path(path), fps)
         if not frames:
@@ -165,6 +171,7 @@ class VideoFrames:
         return len(self.frames)
 
     def check_kind(self, kind: str) -> None:
+        """ValueError unless control `kind` is made from colour alone (all a video has)."""
         if kind in GEOMETRY_KINDS:
             raise ValueError(
                 f"{kind} control needs a {GEOMETRY_KINDS[kind][0]} pass; video {self.name} has "
@@ -174,10 +181,12 @@ class VideoFrames:
             raise ValueError(f"unknown control kind {kind!r}; valid: {_kinds()}")
 
     def control_image(self, kind: str, k: int) -> Tensor:
+        """Control image (1, 3, H, W) in [0, 1] of frame k, made from its colour."""
         self.check_kind(kind)
         return _image_control(kind, self.frames[k][None])
 
     def source_image(self, k: int) -> Tensor:
+        """Frame k (1, 3, H, W) in [0, 1]."""
         return self.frames[k][None]
 
 
@@ -286,9 +295,11 @@ class FrameStore:
         )
 
     def frame_path(self, k: int) -> Path:
+        """Where frame k's PNG lives (whether or not it is written yet)."""
         return self.root / "frames" / f"{k:06d}.png"
 
     def has(self, k: int) -> bool:
+        """Whether frame k is on disk or being written."""
         return k in self._pending or self.frame_path(k).is_file()
 
     def read(self, k: int) -> Tensor:
@@ -355,12 +366,15 @@ class FrameStore:
             self._recent.popitem(last=False)
 
     def noise_path(self, k: int) -> Path:
+        """Where frame k's noise (.npy) lives (whether or not it is written yet)."""
         return self.root / "state" / f"{k:06d}.npy"
 
     def read_noise(self, k: int) -> Tensor:
+        """Frame k's noise as written by `write_noise` (float32, on the CPU)."""
         return torch.from_numpy(np.load(self.noise_path(k)))
 
     def write_noise(self, k: int, noise: Tensor) -> None:
+        """Write frame k's noise as float32 .npy, atomically."""
         buffer = io.BytesIO()
         np.save(buffer, noise.detach().cpu().float().numpy())
         with atomic_output(self.noise_path(k)) as tmp:

@@ -6,8 +6,17 @@ is a new file. Keep imports of torch and models inside the command functions: `p
 imports every module in this package.
 """
 
+from __future__ import annotations
 
-def resolve_device(name: str | None):
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
+    import torch
+
+    from pilot.weights.loaders import StableDiffusion
+
+
+def resolve_device(name: str | None) -> torch.device:
     """The `torch.device` of a `--device` argument, checked before anything loads.
 
     Args:
@@ -38,12 +47,14 @@ def resolve_device(name: str | None):
     return device
 
 
-def default_dtype(device) -> str:
+def default_dtype(device: torch.device) -> str:
     """The dtype used without --dtype: float16 on CUDA, float32 elsewhere."""
     return "float16" if device.type == "cuda" else "float32"
 
 
-def check_vae_multiple(sizes: dict[str, int], sd, model, hint: str = "") -> None:
+def check_vae_multiple(
+    sizes: dict[str, int], sd: StableDiffusion, model: str, hint: str = ""
+) -> None:
     """ValueError unless every size is a multiple of the loaded model's VAE factor.
 
     Args:

@@ -23,8 +23,16 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilot.commands import default_dtype
+
+if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
+    import torch
+    from torch import Tensor
+
+    from pilot.animation.feedback import FeedbackConfig
+    from pilot.animation.inputs import FrameSource, FrameStore
 
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
 NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
@@ -63,7 +71,7 @@ def check_color_reference(reference: int, n: int) -> None:
         )
 
 
-def source_fingerprint(args: argparse.Namespace, frames) -> str:
+def source_fingerprint(args: argparse.Namespace, frames: FrameSource) -> str:
     """Frame count, size and a SHA-256 of the source's files: shot.json for a shot, the
     video file or the folder's frame images for a video."""
     from pilot.animation.inputs import frame_files
@@ -83,7 +91,7 @@ def source_fingerprint(args: argparse.Namespace, frames) -> str:
     return f"{len(frames)} frames {frames.width}x{frames.height}, sha256 {digest.hexdigest()[:16]}"
 
 
-def run_settings(args: argparse.Namespace, frames, dtype: str) -> dict:
+def run_settings(args: argparse.Namespace, frames: FrameSource, dtype: str) -> dict:
     """The settings a resumed run must match (module docstring), as JSON values."""
     chosen = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     for name in ("shot", "video"):
@@ -97,7 +105,7 @@ def run_settings(args: argparse.Namespace, frames, dtype: str) -> dict:
     return json.loads(json.dumps(chosen, default=str))
 
 
-def as_recorded(old: dict, chosen: dict, device) -> dict:
+def as_recorded(old: dict, chosen: dict, device: torch.device) -> dict:
     """`chosen` in the terms of a folder made before a key existed (module docstring)."""
     chosen = dict(chosen)
     if "source_fingerprint" not in old:
@@ -111,7 +119,7 @@ def as_recorded(old: dict, chosen: dict, device) -> dict:
     return chosen
 
 
-def check_range_start(run: Path, config, todo: range) -> None:
+def check_range_start(run: Path, config: FeedbackConfig, todo: range) -> None:
     """ValueError if the range's first frame is not on disk and would be made from a previous
     frame that is not either: it would start from scratch, unlike in an uninterrupted run."""
     from pilot.animation.feedback import independent_frame
@@ -130,7 +138,9 @@ def check_range_start(run: Path, config, todo: range) -> None:
     )
 
 
-def check_frame_sizes(images: list, todo: range, frames, store) -> None:
+def check_frame_sizes(
+    images: list[Tensor], todo: range, frames: FrameSource, store: FrameStore
+) -> None:
     """ValueError naming the first frame read from disk (`images`, frames `todo`) whose size
     is not the source's: checked before any video is written."""
     for k, image in zip(todo, images, strict=True):

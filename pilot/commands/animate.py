@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilot.commands.generate import (
     add_speed_arguments,
@@ -35,10 +37,21 @@ from pilot.commands.generate import (
     speed_settings,
 )
 
+if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
+    import torch
+
+    from pilot.animation.feedback import FeedbackConfig
+    from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore
+    from pilot.animation.schedules import PromptSchedule
+    from pilot.diffusion.pipeline import SamplingSettings
+    from pilot.diffusion.speed import SpeedSettings
+    from pilot.models.preview import PreviewDecoder
+    from pilot.weights.loaders import StableDiffusion
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `pilot animate` to the subparsers `sub`."""
     p = sub.add_parser(
         "animate",
@@ -108,7 +121,7 @@ def register(sub) -> None:
 FLAGS = {"seed": "--seed-schedule"}
 
 
-def feedback_config(args: argparse.Namespace):
+def feedback_config(args: argparse.Namespace) -> FeedbackConfig:
     """`FeedbackConfig` from the arguments (schedules are checked here, before any loading);
     an error names the flag at fault."""
     from dataclasses import fields
@@ -146,7 +159,7 @@ def feedback_config(args: argparse.Namespace):
         raise ValueError(flag + message[len(field) :]) from e
 
 
-def open_frames(args: argparse.Namespace):
+def open_frames(args: argparse.Namespace) -> FrameSource:
     """The frame source: a shot folder or a video."""
     from pilot.animation.inputs import ShotFrames, VideoFrames
     from pilot.scenes.shot import Shot
@@ -172,7 +185,14 @@ def frame_range(text: str | None, n: int) -> range:
     return range(lo, hi)
 
 
-def load_tracks(args: argparse.Namespace, frames, sd, device, dtype, speed) -> list:
+def load_tracks(
+    args: argparse.Namespace,
+    frames: FrameSource,
+    sd: StableDiffusion,
+    device: torch.device,
+    dtype: torch.dtype,
+    speed: SpeedSettings,
+) -> list[ControlTrack]:
     """One `ControlTrack` per --controlnet KIND=PATH, checked against the source and model,
     sped up by `speed` (a `SpeedSettings`)."""
     import pilot
@@ -237,7 +257,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_arguments(args: argparse.Namespace) -> tuple:
+def check_arguments(
+    args: argparse.Namespace,
+) -> tuple[SamplingSettings, FeedbackConfig, PromptSchedule, FrameSource, range, torch.device]:
     """Everything checkable before loading a model, the source opened: (`SamplingSettings`,
     `FeedbackConfig`, `PromptSchedule`, frame source, frame range, device). Every schedule is
     evaluated at every frame of the range, so a bad value fails before the first frame."""
@@ -269,7 +291,7 @@ def check_arguments(args: argparse.Namespace) -> tuple:
     return settings, config, prompts, frames, todo, device
 
 
-def check_frame_size(args: argparse.Namespace, frames, sd) -> None:
+def check_frame_size(args: argparse.Namespace, frames: FrameSource, sd: StableDiffusion) -> None:
     """ValueError unless the frames' size is a multiple of the loaded model's VAE factor,
     naming the shot, the video or --width / --height."""
     from pilot.commands import check_vae_multiple
@@ -285,15 +307,15 @@ def check_frame_size(args: argparse.Namespace, frames, sd) -> None:
 
 def render_frames(
     args: argparse.Namespace,
-    sd,
-    settings,
-    config,
-    frames,
-    prompts,
-    store,
-    tracks,
+    sd: StableDiffusion,
+    settings: SamplingSettings,
+    config: FeedbackConfig,
+    frames: FrameSource,
+    prompts: PromptSchedule,
+    store: FrameStore,
+    tracks: Sequence[ControlTrack],
     todo: range,
-    preview=None,
+    preview: PreviewDecoder | None = None,
 ) -> list[float]:
     """Render the frames of `todo` missing from the store (decoded by `preview` when given);
     returns seconds per rendered frame."""
@@ -317,7 +339,12 @@ def render_frames(
 
 
 def finish(
-    args: argparse.Namespace, frames, store, todo: range, run: Path, seconds: list[float]
+    args: argparse.Namespace,
+    frames: FrameSource,
+    store: FrameStore,
+    todo: range,
+    run: Path,
+    seconds: list[float],
 ) -> dict:
     """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker scored with
     the shot's geometry flow (DIS for a video) whatever --flow made the frames, so runs with

@@ -23,9 +23,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `pilot --help` imports no numpy
+    import numpy as np
+
+    from pilot.scenes.shot import Shot
 
 
-def open_shot(shot: Path):
+def open_shot(shot: Path) -> Shot | None:
     """The `Shot` in a shot folder (shot.json, or a writer's unfinished marker: refused as
     `Shot` refuses it), or None for a plain folder (of frames, or of pass folders)."""
     from pilot.scenes.shot import UNFINISHED, Shot
@@ -35,7 +41,7 @@ def open_shot(shot: Path):
     return None
 
 
-def shot_frames(shot: Path, pass_name: str, opened) -> list[Path]:
+def shot_frames(shot: Path, pass_name: str, opened: Shot | None) -> list[Path]:
     """Frame files of one pass of a shot folder, in order; errors name the folder. `opened`:
     its `open_shot` (read once by the caller, who also takes the fps from it).
 
@@ -58,7 +64,7 @@ def shot_frames(shot: Path, pass_name: str, opened) -> list[Path]:
     return list(list_images(folder if folder.is_dir() else shot).values())
 
 
-def shot_fps(opened, default: float = 12.0) -> float:
+def shot_fps(opened: Shot | None, default: float = 12.0) -> float:
     """The frame rate of a shot (`open_shot`), or `default` for a plain folder of frames."""
     return default if opened is None else opened.fps
 
@@ -84,7 +90,7 @@ def check_heads_dir(heads_dir: Path, heads: list[str], stems: list[str]) -> None
             )
 
 
-def write_head(head, stem: Path) -> Path:
+def write_head(head: np.ndarray, stem: Path) -> Path:
     """One head's frame (H, W, C) in [-1, 1]: 8-bit PNG for 1, 3 or 4 channels, else float .npy
     (written atomically either way)."""
     import numpy as np

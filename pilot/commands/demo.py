@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `pilot demo` to the subparsers `sub`."""
     from pilot.demo import DemoConfig
 

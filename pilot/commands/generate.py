@@ -13,13 +13,25 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
+    import torch
+    from torch import Tensor
+
+    from pilot.diffusion.control import Control
+    from pilot.diffusion.pipeline import Request, SamplingSettings
+    from pilot.diffusion.speed import SpeedSettings
+    from pilot.models.preview import PreviewDecoder
+    from pilot.weights.loaders import StableDiffusion
 
 DTYPES = ("float32", "float16", "bfloat16")
 VAE_UPCASTS = ("auto", "always", "never")  # pilot.diffusion.pipeline.VAE_UPCASTS (no torch here)
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `pilot generate` to the subparsers `sub`."""
     p = sub.add_parser(
         "generate",
@@ -105,7 +117,7 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
                    "default all at once)")  # fmt: skip
 
 
-def speed_settings(args: argparse.Namespace, device):
+def speed_settings(args: argparse.Namespace, device: torch.device) -> SpeedSettings:
     """`SpeedSettings` of the speed arguments, checked against the device before any work.
 
     Raises:
@@ -230,7 +242,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
 
 
-def load_inputs(args: argparse.Namespace):
+def load_inputs(args: argparse.Namespace) -> tuple[Tensor | None, Tensor | None]:
     """Init image (1, 3, H, W) and mask (1, 1, H, W) in [0, 1], resized to --width/--height."""
     import torch.nn.functional as F
 
@@ -256,8 +268,13 @@ def load_inputs(args: argparse.Namespace):
 
 
 def load_controls(
-    args: argparse.Namespace, size: tuple[int, int], device, dtype, speed=None, sd=None
-) -> list:
+    args: argparse.Namespace,
+    size: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    speed: SpeedSettings | None = None,
+    sd: StableDiffusion | None = None,
+) -> list[Control]:
     """`Control`s from --control specs and the --controlnet weights each one uses
     (each ControlNet sped up by `speed`, a `SpeedSettings`, if given, and checked to fit
     the pipeline `sd`, if given: a ValueError naming its path otherwise)."""
@@ -318,7 +335,9 @@ def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:
     return list(entries)
 
 
-def check_image_size(args: argparse.Namespace, sd, width: int, height: int) -> None:
+def check_image_size(
+    args: argparse.Namespace, sd: StableDiffusion, width: int, height: int
+) -> None:
     """ValueError unless the output size is a multiple of the loaded model's VAE factor,
     naming --width / --height, or the --init image whose size it is."""
     from pilot.commands import check_vae_multiple
@@ -333,14 +352,14 @@ def check_image_size(args: argparse.Namespace, sd, width: int, height: int) -> N
     check_vae_multiple(sizes, sd, args.model, hint)
 
 
-def native_size(sd) -> int:
+def native_size(sd: StableDiffusion) -> int:
     """The image side the model was trained at: the UNet's latent `sample_size` times the VAE
     factor (diffusers' default; 512 for SD 1.x), or 512 where the UNet config has none."""
     latent = sd.unet.cfg.sample_size
     return 512 if latent is None else latent * sd.vae.cfg.downsample_factor
 
 
-def check_clip_skip(args: argparse.Namespace, sd) -> None:
+def check_clip_skip(args: argparse.Namespace, sd: StableDiffusion) -> None:
     """ValueError unless --clip-skip leaves the loaded text encoder at least one layer."""
     layers = sd.text_encoder.cfg.num_layers
     if args.clip_skip >= layers:
@@ -350,7 +369,7 @@ def check_clip_skip(args: argparse.Namespace, sd) -> None:
         )
 
 
-def check_vae_tile(tile: int | None, sd) -> None:
+def check_vae_tile(tile: int | None, sd: StableDiffusion) -> None:
     """ValueError unless `--vae-tile` is a multiple of the loaded model's VAE factor."""
     from pilot.diffusion.pipeline import check_tile
 
@@ -360,14 +379,16 @@ def check_vae_tile(tile: int | None, sd) -> None:
         raise ValueError(f"--vae-tile: {e}") from e
 
 
-def load_preview(folder: Path | None, device, dtype):
+def load_preview(
+    folder: Path | None, device: torch.device, dtype: torch.dtype
+) -> PreviewDecoder | None:
     """The `--preview-decoder` folder's `PreviewDecoder` (None without one)."""
     from pilot.models.preview import load_preview_decoder
 
     return None if folder is None else load_preview_decoder(folder, device=device, dtype=dtype)
 
 
-def check_preview(preview, sd, folder: Path | None) -> None:
+def check_preview(preview: PreviewDecoder | None, sd: StableDiffusion, folder: Path | None) -> None:
     """Refuse a preview decoder that does not decode the model's latents, and warn about one
     distilled from another VAE, naming its folder."""
     from pilot.models.preview import check_fits, check_teacher
@@ -377,7 +398,7 @@ def check_preview(preview, sd, folder: Path | None) -> None:
         check_teacher(preview, sd.vae, folder)
 
 
-def parameters(args: argparse.Namespace, request, settings) -> dict:
+def parameters(args: argparse.Namespace, request: Request, settings: SamplingSettings) -> dict:
     """Everything needed to make the images again."""
     params = {
         "model": str(args.model),
@@ -426,7 +447,13 @@ def a1111_parameters(params: dict, seed: int) -> str:
     return text + "\n" + ", ".join(line)
 
 
-def write_outputs(args, request, settings, images, seeds) -> list[Path]:
+def write_outputs(
+    args: argparse.Namespace,
+    request: Request,
+    settings: SamplingSettings,
+    images: Tensor,
+    seeds: Sequence[int],
+) -> list[Path]:
     """One PNG per image, `NNNNN-SEED.png`, numbered after what the folder already holds."""
     from pilot.imageio import write_png
 

@@ -76,10 +76,12 @@ class PairedConfig:
 
     @property
     def in_channels(self) -> int:
+        """Channels of the model's input: the input folders' channels together."""
         return sum(self.input_channels)
 
     @property
     def out_channels(self) -> int:
+        """Channels of the model's target: the target folders' channels together."""
         return sum(self.target_channels)
 
 
@@ -214,6 +216,7 @@ class PairedImages(Dataset):
 
     @property
     def names(self) -> list[str]:
+        """Name of each pair (its first file's name without suffix), in item order."""
         return [files[0].stem for files in self.pairs]
 
     def _read_sides(self, files: list[Path]) -> list[np.ndarray]:

@@ -25,13 +25,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from pilot.diffusion.denoisers import DiscreteDenoiser
 from pilot.diffusion.guidance import CFGDenoiser
-from pilot.models.controlnet import ControlNet
+from pilot.models.controlnet import ControlNet, ControlNetConfig
+from pilot.models.unet import UNetConfig
+
+if TYPE_CHECKING:  # annotations only: the loaders are not imported at run time
+    from pilot.weights.loaders import StableDiffusion
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,7 +207,9 @@ class ControlDenoiser:
         return hint
 
 
-def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
+def check_controlnet_family(
+    unet_cfg: UNetConfig, controlnet_cfg: ControlNetConfig, name: str
+) -> None:
     """ValueError unless a ControlNet config was made for this UNet config's family (SD 1.x vs
     2.x, sizes), naming the ControlNet `name` and every key that differs."""
     keys = ("cross_attention_dim", "block_out_channels", "in_channels", "use_linear_projection")
@@ -221,7 +228,7 @@ def check_controlnet_family(unet_cfg, controlnet_cfg, name: str) -> None:
         raise ValueError(f"ControlNet {name} does not fit the model{hint}: {detail}")
 
 
-def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
+def check_controlnet_fits(sd: StableDiffusion, controlnet: ControlNet, name: str) -> None:
     """ValueError unless `controlnet` fits the pipeline `sd`, naming it `name`: made for the
     UNet's family (`check_controlnet_family`), with a hint encoder as coarse as the VAE."""
     check_controlnet_family(sd.unet.cfg, controlnet.cfg, name)
@@ -232,7 +239,7 @@ def check_controlnet_fits(sd, controlnet: ControlNet, name: str) -> None:
         )
 
 
-def check_controls(sd, controls: Sequence[Control], batch: int) -> None:
+def check_controls(sd: StableDiffusion, controls: Sequence[Control], batch: int) -> None:
     """ValueError unless every control fits `sd` (`check_controlnet_fits`, named `controls[k]`)
     and has 1 or `batch` images of floats in [0, 1]."""
     for k, control in enumerate(controls):

@@ -96,6 +96,7 @@ class EpsDenoiser(DiscreteDenoiser):
     """Denoiser for noise-predicting (eps) UNets, Ho et al. 2020: `D = x - sigma * eps`."""
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`(c_skip, c_out, c_in) = (1, -sigma, 1 / sqrt(1 + sigma^2))`."""
         c_in = 1 / (sigma**2 + 1) ** 0.5
         return torch.ones_like(sigma), -sigma, c_in
 
@@ -108,6 +109,8 @@ class VDenoiser(DiscreteDenoiser):
     """
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """EDM's `(c_skip, c_out, c_in)` with `sigma_data = 1`: `(1 / (1 + sigma^2),
+        -sigma / sqrt(1 + sigma^2), 1 / sqrt(1 + sigma^2))`."""
         c_in = 1 / (sigma**2 + 1) ** 0.5
         return 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5, c_in
 

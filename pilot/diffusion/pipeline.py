@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -38,6 +38,9 @@ from pilot.diffusion.samplers import (
 )
 from pilot.diffusion.schedules import DiscreteSchedule, ScheduleFn, get_sigmas, prior_std
 from pilot.diffusion.tiling import sliced, tiled
+
+if TYPE_CHECKING:  # annotations only: the loaders are not imported at run time
+    from pilot.weights.loaders import StableDiffusion
 
 # float32 rules of a half-precision VAE decode (`decode_latents`).
 VAEUpcast = Literal["auto", "always", "never"]
@@ -92,13 +95,17 @@ class SamplingSettings:
             )
 
 
-def model_device(sd) -> torch.device:
+def model_device(sd: StableDiffusion) -> torch.device:
     """Device of the UNet: where sampling runs."""
     return next(sd.unet.parameters()).device
 
 
 def encode_text(
-    sd, prompts: Sequence[str], negative_prompts: Sequence[str], *, clip_skip: int = 0
+    sd: StableDiffusion,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    *,
+    clip_skip: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Conditional and unconditional embeddings with the same number of 77-token chunks.
 
@@ -116,7 +123,7 @@ def encode_text(
 
 @torch.no_grad()
 def encode_images(
-    sd, images: Tensor, *, tile: int | None = None, batch: int | None = None
+    sd: StableDiffusion, images: Tensor, *, tile: int | None = None, batch: int | None = None
 ) -> Tensor:
     """VAE-encode images in [0, 1] (B, 3, H, W) to scaled latents (B, 4, H/f, W/f), f = 8 in SD.
 
@@ -145,7 +152,7 @@ def encode_images(
 
 @torch.no_grad()
 def decode_latents(
-    sd,
+    sd: StableDiffusion,
     latents: Tensor,
     *,
     tile: int | None = None,
@@ -175,7 +182,13 @@ def decode_latents(
     return sliced(lambda z: _decode_upcast(sd, z, tile, upcast, decoder), latents, batch)
 
 
-def check_decode(sd, tile: int | None, upcast: VAEUpcast, decoder, batch: int | None) -> None:
+def check_decode(
+    sd: StableDiffusion,
+    tile: int | None,
+    upcast: VAEUpcast,
+    decoder: torch.nn.Module | None,
+    batch: int | None,
+) -> None:
     """Raise a ValueError for `decode_latents` settings it cannot follow (`generate` checks
     them before sampling): an unknown upcast rule, a tile off the VAE factor, a batch below 1,
     a decoder whose latents or factor are not the VAE's (it would return another size)."""
@@ -249,7 +262,7 @@ def check_size(height: int, width: int, factor: int = 8) -> None:
 SEED_RANGE = range(-(2**63), 2**64)
 
 
-def check_seed(seed) -> None:
+def check_seed(seed: object) -> None:
     """Raise unless `seed` is an integer `torch.Generator.manual_seed` takes (numpy ints too)."""
     try:
         ok = operator.index(seed) in SEED_RANGE
@@ -323,7 +336,7 @@ def start_latents(noise: Tensor, sigmas: Tensor, init_latents: Tensor | None = N
 
 
 def build_denoiser(
-    sd,
+    sd: StableDiffusion,
     settings: SamplingSettings,
     *,
     init_latents: Tensor | None = None,
@@ -442,7 +455,7 @@ class Request:
 
 @torch.no_grad()
 def generate_latents(
-    sd,
+    sd: StableDiffusion,
     request: Request,
     settings: SamplingSettings = SamplingSettings(),
     *,
@@ -510,7 +523,7 @@ def _latent_mask(mask: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def generate(
-    sd,
+    sd: StableDiffusion,
     request: Request,
     settings: SamplingSettings = SamplingSettings(),
     *,
@@ -518,7 +531,7 @@ def generate(
     vae_upcast: VAEUpcast = "auto",
     vae_batch: int | None = None,
     decoder: torch.nn.Module | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> Tensor:
     """`generate_latents`, then VAE decode: images (B, 3, H, W) in [0, 1], float32 on CPU.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,21 @@ _PIECES = re.compile(
     """,
     re.VERBOSE,
 )
+
+
+class PromptTokenizer(Protocol):
+    """What prompt chunking needs of a tokenizer (`pilot.models.tokenizer.CLIPTokenizer` has it).
+
+    Attributes:
+        bos_token_id, eos_token_id, pad_token_id: Ids that open, close and pad a 77-token window.
+    """
+
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without BOS / EOS and without truncation."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,9 @@ def _merge(runs: list[list]) -> list[WeightedText]:
     return merged
 
 
-def tokenize_chunks(tokenizer, prompt: str) -> tuple[list[list[int]], list[list[float]]]:
+def tokenize_chunks(
+    tokenizer: PromptTokenizer, prompt: str
+) -> tuple[list[list[int]], list[list[float]]]:
     """Token ids and weights of a prompt in 77-token windows `[BOS, <= 75 ids, EOS, PAD...]`.
 
     Args:
@@ -133,7 +151,7 @@ def tokenize_chunks(tokenizer, prompt: str) -> tuple[list[list[int]], list[list[
     return ids, weights
 
 
-def _window(tokenizer, ids: list[int]) -> list[int]:
+def _window(tokenizer: PromptTokenizer, ids: list[int]) -> list[int]:
     row = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
     return row + [tokenizer.pad_token_id] * (CHUNK_TOKENS + 2 - len(row))
 
@@ -141,7 +159,7 @@ def _window(tokenizer, ids: list[int]) -> list[int]:
 @torch.no_grad()
 def encode_prompts(
     text_encoder: nn.Module,
-    tokenizer,
+    tokenizer: PromptTokenizer,
     prompts: Sequence[str],
     *,
     min_chunks: int = 1,
@@ -190,6 +208,6 @@ def _weight(z: Tensor, w: Tensor) -> Tensor:
     return weighted * ratio.to(z.dtype)
 
 
-def count_chunks(tokenizer, prompts: Sequence[str]) -> int:
+def count_chunks(tokenizer: PromptTokenizer, prompts: Sequence[str]) -> int:
     """Largest number of 77-token chunks among `prompts`."""
     return max(len(tokenize_chunks(tokenizer, p)[0]) for p in prompts)

@@ -63,18 +63,22 @@ class DiscreteSchedule:
 
     @property
     def num_train_timesteps(self) -> int:
+        """T, the number of training timesteps (1000 for SD)."""
         return self.sigmas.shape[0]
 
     @property
     def sigma_min(self) -> float:
+        """Smallest trained noise level, `sigmas[0]` (t = 0)."""
         return self.sigmas[0].item()
 
     @property
     def sigma_max(self) -> float:
+        """Largest trained noise level, `sigmas[-1]` (t = T - 1)."""
         return self.sigmas[-1].item()
 
     @property
     def alphas_cumprod(self) -> Tensor:
+        """DDPM's cumulative alpha products (T,), float64: `1 / (1 + sigma^2)`."""
         return 1 / (1 + self.sigmas.double() ** 2)
 
     def log_sigmas(self, device: torch.device) -> Tensor:

@@ -36,12 +36,15 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from pilot.nn.resnet import Conv2d
+
+if TYPE_CHECKING:  # annotations only: the loaders are not imported at run time
+    from pilot.weights.loaders import StableDiffusion
 
 MANY_GRAPHS = 16  # CUDAGraphed warns when it captures more graphs than this
 
@@ -118,7 +121,7 @@ def optimize_model(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     return CUDAGraphed(model) if settings.cuda_graphs else model
 
 
-def optimize(sd, settings: SpeedSettings):
+def optimize(sd: StableDiffusion, settings: SpeedSettings) -> StableDiffusion:
     """Apply `settings` to a `pilot.StableDiffusion` bundle's UNet (and a CPU VAE's memory format).
 
     The models are converted and compiled in place; the returned bundle holds them, with the

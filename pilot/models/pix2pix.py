@@ -119,6 +119,7 @@ class Pix2PixConfig:
 
     @property
     def out_channels(self) -> int:
+        """Output channels of all heads together."""
         return sum(self.head_channels)
 
 

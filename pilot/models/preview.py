@@ -25,12 +25,16 @@ import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from pilot.weights.io import load_state_dict
 from pilot.weights.save import folder_or_previous
+
+if TYPE_CHECKING:  # annotations only
+    from pilot.models.vae import VAEConfig
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ __all__ = [
 ]
 
 
-def check_fits(decoder: PreviewDecoder, vae_cfg, where: str | os.PathLike) -> None:
+def check_fits(decoder: PreviewDecoder, vae_cfg: VAEConfig, where: str | os.PathLike) -> None:
     """Raise a `ValueError` naming `where` unless `decoder` decodes the latents of a VAE with
     config `vae_cfg` (its latent and image channels, its downsampling factor)."""
     pairs = (

@@ -15,10 +15,14 @@ the previous frame forward.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only
+    from pilot.scenes.shot import Frame
 
 
 def pixel_grid(height: int, width: int, like: Tensor) -> Tensor:
@@ -277,7 +281,9 @@ def flow_pair(
     }
 
 
-def frame_flow(frame_i, frame_j, rel_tol: float = 0.01, far: float = math.inf) -> dict[str, Tensor]:
+def frame_flow(
+    frame_i: Frame, frame_j: Frame, rel_tol: float = 0.01, far: float = math.inf
+) -> dict[str, Tensor]:
     """`flow_pair` between two `pilot.scenes.shot.Frame`s (pass the shot's `far`, so its
     background is at infinity); every result has batch size 1."""
     return flow_pair(

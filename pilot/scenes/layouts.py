@@ -21,6 +21,7 @@ from pilot.scenes.render import Scene
 
 Layout = Literal["room", "corridor", "walls"]
 LAYOUTS: tuple[Layout, ...] = ("room", "corridor", "walls")
+Vec3 = tuple[float, float, float]  # a point or direction in world units (metres)
 _X, _Y, _Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 View = tuple[Scene, Tensor, float]  # one-scene Scene, c2w (4, 4), horizontal fov in degrees
 _SEAM = 1e-3  # metres added to extents so adjoining planes leave no cracks
@@ -49,7 +50,9 @@ class _Builder:
         self.material = replace(cfg.material, hatch_density=(lo * hatch_scale, hi * hatch_scale))
         self.g, self.cfg, self.rows = g, cfg, []
 
-    def add(self, center, u, v, half_u: float, half_v: float) -> None:
+    def add(self, center: Vec3, u: Vec3, v: Vec3, half_u: float, half_v: float) -> None:
+        """A rectangle centred at `center` spanning `half_u` along unit `u` and `half_v` along
+        unit `v` each way (grown by the seam margin), with a random material."""
         mat = materials.sample_material(self.g, self.material)
         self.rows.append((center, u, v, (half_u + _SEAM, half_v + _SEAM), mat))
 

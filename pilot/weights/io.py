@@ -300,7 +300,7 @@ def check_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
     *,
-    path,
+    path: str | os.PathLike,
     file_key: Callable[[str], str] | None = None,
     looks: str | None = None,
 ) -> None:

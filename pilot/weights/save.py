@@ -21,8 +21,16 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilot.weights.io import save_state_dict
+
+if TYPE_CHECKING:  # annotations only: pilot.models.preview imports this module
+    from pilot.models.controlnet import ControlNet
+    from pilot.models.preview import PreviewDecoder
+    from pilot.models.tokenizer import CLIPTokenizer
+    from pilot.models.vae import AutoencoderKL
+    from pilot.weights.loaders import StableDiffusion
 
 DIFFUSERS_VERSION = "0.30.0"  # oldest diffusers whose config format we write
 SD_SCHEDULER = {  # SD 1.x / 2.x training schedule, in DDIMScheduler's terms
@@ -38,7 +46,9 @@ SD_SCHEDULER = {  # SD 1.x / 2.x training schedule, in DDIMScheduler's terms
 }
 
 
-def save_pipeline(sd, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_pipeline(
+    sd: StableDiffusion, folder: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write `sd` (a `pilot.StableDiffusion`) as a diffusers pipeline folder, atomically.
 
     The folder is assembled next to its final place and swapped onto it, so a crash or kill at
@@ -205,7 +215,9 @@ def _write_components(sd, folder: Path) -> None:
     _write_json(folder / "model_index.json", index)
 
 
-def save_controlnet(controlnet, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_controlnet(
+    controlnet: ControlNet, folder: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write a `pilot.models.controlnet.ControlNet` as a diffusers `ControlNetModel` folder.
 
     Atomic like `save_pipeline`; `pilot.load_controlnet` and diffusers read it.
@@ -216,7 +228,7 @@ def save_controlnet(controlnet, folder: str | os.PathLike, *, overwrite: bool = 
     return _save_diffusers_model(controlnet, "ControlNetModel", folder, overwrite=overwrite)
 
 
-def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_vae(vae: AutoencoderKL, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a `pilot.models.vae.AutoencoderKL` as a diffusers `AutoencoderKL` folder.
 
     Atomic like `save_pipeline`; `pilot.load_vae` and diffusers read it (a pipeline's `vae/`).
@@ -227,7 +239,9 @@ def save_vae(vae, folder: str | os.PathLike, *, overwrite: bool = False) -> Path
     return _save_diffusers_model(vae, "AutoencoderKL", folder, overwrite=overwrite)
 
 
-def save_preview_decoder(decoder, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_preview_decoder(
+    decoder: PreviewDecoder, folder: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write a `pilot.models.preview.PreviewDecoder` folder (config.json, with its `teacher_vae`
     when set, + safetensors), atomic; `pilot.models.preview.load_preview_decoder` reads it.
 
@@ -265,7 +279,7 @@ def _write_model(folder: Path, model, config: dict, stem: str) -> None:
     save_state_dict(model.state_dict(), folder / f"{stem}.safetensors")
 
 
-def write_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
+def write_tokenizer(tokenizer: CLIPTokenizer, folder: str | os.PathLike) -> None:
     """A `CLIPTokenizer` as a transformers tokenizer folder (vocab.json, merges.txt, tokens)."""
     folder = Path(folder)
     _write_json(folder / "vocab.json", tokenizer.vocab)

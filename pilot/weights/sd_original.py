@@ -184,7 +184,9 @@ def extract_text_encoder(
     return out
 
 
-def original_key(component: str, key: str, config: Mapping[str, Any], state_dict) -> str:
+def original_key(
+    component: str, key: str, config: Mapping[str, Any], state_dict: Mapping[str, Tensor]
+) -> str:
     """Where our `key` of `component` lies in an original file (with its prefix), for messages.
 
     Args:
