@@ -29,7 +29,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         open_blend(blend)
         size = tuple(args.size) if args.size else None
-        print(f"wrote {export_shot(args.out, frames, args.samples, size=size)}")
+        print(f"wrote {export_shot(args.out, frames, args.samples, size=size, force=args.force)}")
         return 0
     exe = args.blender or shutil.which("blender")
     if exe is None:
@@ -40,6 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cmd += ["--", str(args.out)]
     cmd += ["--samples", str(args.samples)] + (["--frames", *map(str, frames)] if frames else [])
     cmd += ["--size", *map(str, args.size)] if args.size else []
+    cmd += ["--force"] if args.force else []
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -132,6 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="override resolution")
     p.add_argument("--blender", help="Blender executable (default: bpy module, else PATH)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="render every frame again, replacing the shot in OUT (default: resume an "
+        "unfinished export of the same settings; a finished one has nothing to render)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = group.add_parser("render", help="render a procedural corridor fly-through shot")

@@ -36,13 +36,26 @@ edges); motion blur is turned off (Cycles writes no Vector pass with it on), and
 field (it blends depth across edges), a render region, stereo views and the Video Sequencer;
 only the active view layer renders. The open scene's render settings are changed (not saved).
 Every frame of the range renders (the scene's frame step is not used).
+
+Exports resume (`pilot.scenes.shot.ShotWriter` with settings): each frame's passes and camera
+are on disk as soon as it is rendered, and running the same export again over an unfinished
+shot goes on at the first missing frame. The settings compared are the .blend file's SHA-256
+and those of the files it uses (`bpy.utils.blend_paths`: textures, linked libraries...), the
+Blender version, scene, camera, frame range, size, samples, fps, units, clip end and every
+camera of the range; any difference is refused, naming it, until `--force` starts over. Over a
+finished shot of the same settings there is nothing to render. A scene never saved to a file
+cannot be compared: its exports start over only with `--force`. Unsaved changes to a saved file
+are not seen (save before exporting), nor are unbaked simulations, which a resumed export
+enters at a later frame (bake them). Each frame renders into `.shot-resume/scratch/` inside the
+shot folder, emptied by the next run if a kill leaves an EXR there.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
-import tempfile
+from collections.abc import Callable
 from numbers import Integral
 from pathlib import Path
 
@@ -52,12 +65,19 @@ if not globals().get("__package__"):  # run by `blender --python`: make `pilot` 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pilot.scenes.exr import read_exr  # noqa: E402
-from pilot.scenes.shot import ShotWriter, check_camera, check_resolution  # noqa: E402
+from pilot.scenes.shot import (  # noqa: E402
+    START_OVER,
+    ShotWriter,
+    check_camera,
+    check_resolution,
+    written_settings,
+)
 
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: flip y and z
 
 
 CAMERA_TYPES = {"ORTHO": "orthographic", "PANO": "panoramic"}
+FORCE_HELP = "render every frame again, replacing the shot in OUT (default: resume it)"
 
 
 def render_size(scene) -> tuple[int, int]:
@@ -272,18 +292,66 @@ def _camera_at(scene, cam, f: int) -> tuple[np.ndarray, np.ndarray]:
     return camera_intrinsics(cam, scene)[0], camera_pose(cam)
 
 
+def file_digest(path: Path) -> str | None:
+    """SHA-256 (hex) of a file's bytes, read 1 MiB at a time; None if it is not a file."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_fingerprint() -> dict:
+    """SHA-256 of the open .blend file (None if the scene was never saved) and of every file
+    it uses (`bpy.utils.blend_paths`: images, linked libraries, caches...; None where missing).
+    """
+    import bpy
+
+    blend = bpy.data.filepath
+    used = sorted(set(bpy.utils.blend_paths(absolute=True)))
+    return {
+        "blend_sha256": file_digest(Path(blend)) if blend else None,
+        "used_files_sha256": {f: file_digest(Path(f)) for f in used},
+    }
+
+
+def render_frame(scene, frame: int, exr: Path) -> None:
+    """Render `frame` of `scene` with its current settings into the multilayer EXR `exr`."""
+    import bpy
+
+    scene.frame_set(frame)
+    scene.render.filepath = str(exr.with_suffix(""))  # Blender adds the extension
+    bpy.ops.render.render(write_still=True)
+
+
+def _cameras_digest(cams: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """SHA-256 of the cameras (K, c2w) a shot is made from, as float64 bytes."""
+    data = [np.concatenate([np.ravel(K), np.ravel(c2w)]) for K, c2w in cams]
+    return hashlib.sha256(np.asarray(data, np.float64).tobytes()).hexdigest()
+
+
 def export_shot(
     out: str | Path,
     frames: tuple[int, int] | None = None,
     samples: int = 1,
     fps: float | None = None,
     size: tuple[int, int] | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Render the active scene's camera over `frames` (inclusive, default the scene range).
 
     Every frame of the range is rendered (the scene's frame step is not used: Blender's vector
     pass is the motion to the adjacent frames). `size` (width, height, > 0) overrides the
-    scene's render resolution. Returns the path of the written shot.json.
+    scene's render resolution. An unfinished export of the same settings in `out` is resumed
+    at its first missing frame, a finished one left as it is (module docstring); `force`
+    renders every frame again whatever `out` holds. `log` reports a resume. Returns the path
+    of the written shot.json.
+
+    Raises:
+        ValueError: bad arguments or scene, or `out` holds a shot of other settings.
     """
     import bpy
 
@@ -304,28 +372,48 @@ def export_shot(
     fps = fps or scene.render.fps / scene.render.fps_base
     metres = metres_per_unit(scene)
     far = max(float(p["clip_end"]) for p in plan)  # the clip end may be animated
+    cams = [_camera_at(scene, cam, first - 1)] + [(p["K"], p["c2w"]) for p in plan]
+    cams.append(_camera_at(scene, cam, last + 1))  # the frames Blender's vectors point to
     blend = bpy.data.filepath or "<unsaved>"
     provenance = {"source": "blender", "blender": bpy.app.version_string, "file": blend,
                   "camera": cam.name, "engine": "CYCLES", "samples": samples,
                   "metres_per_unit": metres}  # fmt: skip
+    settings = {"source": "blender", "blender": bpy.app.version_string, **source_fingerprint(),
+                "scene": scene.name, "camera": cam.name, "frames": [first, last],
+                "samples": samples, "metres_per_unit": metres,
+                "cameras_sha256": _cameras_digest(cams)}  # fmt: skip
+    if settings["blend_sha256"] is None and not force:
+        _refuse_unsaved(Path(out))
     writer = ShotWriter(
-        out, W, H, fps=fps, far=background_depth(far, metres), provenance=provenance
-    )
-    cams = [_camera_at(scene, cam, first - 1)] + [(p["K"], p["c2w"]) for p in plan]
-    cams.append(_camera_at(scene, cam, last + 1))  # the frames Blender's vectors point to
-    with tempfile.TemporaryDirectory() as tmp:
-        exr = Path(tmp) / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
-        for i, p in enumerate(plan):
-            scene.frame_set(p["frame"])
-            scene.render.filepath = str(exr.with_suffix(""))
-            bpy.ops.render.render(write_still=True)
-            neighbours = [cams[i], cams[i + 2]]
-            passes = convert_passes(exr, p["K"], p["c2w"], far, metres, neighbours)
-            exr.unlink()
-            c2w = p["c2w"].copy()
-            c2w[:3, 3] *= metres  # the camera's position in metres
-            writer.add(p["K"], c2w, source_frame=p["frame"], **passes)
+        out, W, H, fps=fps, far=background_depth(far, metres), provenance=provenance,
+        settings=settings, force=force,
+    )  # fmt: skip
+    done = len(writer.frames)
+    if writer.complete:
+        log(f"{out}: finished shot of these settings, nothing to render (--force renders again)")
+    elif done:
+        log(f"{out}: resuming at frame {plan[done]['frame']} ({done} of {len(plan)} kept)")
+    for i in range(done, len(plan)):
+        p = plan[i]
+        exr = writer.scratch() / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
+        render_frame(scene, p["frame"], exr)
+        passes = convert_passes(exr, p["K"], p["c2w"], far, metres, [cams[i], cams[i + 2]])
+        exr.unlink()
+        c2w = p["c2w"].copy()
+        c2w[:3, 3] *= metres  # the camera's position in metres
+        writer.add(p["K"], c2w, source_frame=p["frame"], **passes)
     return writer.close()
+
+
+def _refuse_unsaved(out: Path) -> None:
+    """ValueError if `out` holds an export an unsaved scene cannot be compared with."""
+    state = written_settings(out) if out.is_dir() else None
+    if state is not None and state[1] is not None:
+        what = "a finished" if state[0] else "an unfinished"
+        raise ValueError(
+            f"{out} holds {what} export, and the scene was never saved to a .blend file, so "
+            f"its content cannot be compared: save it and export again, or {START_OVER}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"))
     parser.add_argument("--samples", type=int, default=1, help="Cycles samples per pixel")
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resolution")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     args = parser.parse_args(argv)
     frames, size = (tuple(a) if a else None for a in (args.frames, args.size))
     try:
-        path = export_shot(args.out, frames, args.samples, size=size)
+        path = export_shot(args.out, frames, args.samples, size=size, force=args.force)
     except (FileNotFoundError, ValueError) as e:  # one line, and a failing exit status
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ bpy = pytest.importorskip(
     "bpy", reason="bpy (Blender as a module, `pip install bpy==4.2.0`, CPython 3.11) not importable"
 )
 
-from pilot.scenes.blender import camera_intrinsics, main  # noqa: E402
+from pilot.scenes.blender import camera_intrinsics, main, render_frame  # noqa: E402
 from pilot.scenes.geometry import reprojection_flow, visibility  # noqa: E402
 from pilot.scenes.shot import Shot  # noqa: E402
 
@@ -252,7 +252,8 @@ def test_render_settings_of_the_file_leave_the_passes_alone(tmp_path):
 
 def test_frames_render_one_at_a_time(tmp_path, monkeypatch):
     """Each frame's EXR (48 bytes a pixel: 100 MB at 1080p) is removed once it is read, so a
-    long shot does not fill the temporary folder."""
+    long shot does not fill the disk; it lives in the shot folder (`.shot-resume/scratch`), so
+    a kill leaves nothing in the temporary folder."""
     import tempfile
 
     import pilot.scenes.blender as bridge
@@ -261,7 +262,7 @@ def test_frames_render_one_at_a_time(tmp_path, monkeypatch):
     convert = bridge.convert_passes
 
     def spy(path, *args, **kwargs):
-        seen.append(sorted(p.name for p in path.parent.iterdir()))
+        seen.append((path, sorted(p.name for p in path.parent.iterdir())))
         return convert(path, *args, **kwargs)
 
     monkeypatch.setattr(bridge, "convert_passes", spy)
@@ -269,8 +270,10 @@ def test_frames_render_one_at_a_time(tmp_path, monkeypatch):
     _build_scene()
     bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y = 16, 12
     assert main([str(tmp_path / "shot"), "--frames", "1", "3", "--samples", "1"]) == 0
-    assert [len(names) for names in seen] == [1, 1, 1]
+    assert [names for _, names in seen] == [["frame.exr"]] * 3
+    assert {path.parent for path, _ in seen} == {tmp_path / "shot" / ".shot-resume" / "scratch"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shot"]
+    assert not (tmp_path / "shot" / ".shot-resume").exists()
 
 
 def test_an_animated_clip_end_keeps_the_surfaces_inside_it(tmp_path):
@@ -331,3 +334,114 @@ def test_sky_in_the_motion_pass_moves_with_the_cameras_rotation(tmp_path):
     # a range's first and last frames move to the cameras just outside it
     assert main([str(tmp_path / "part"), "--frames", "2", "2", "--samples", "1"]) == 0
     assert torch.allclose(Shot(tmp_path / "part")[0].motion, shot[1].motion, atol=1e-4)
+
+
+def _saved_scene(tmp_path):
+    """The test scene at 32x24, saved as tmp_path/scene.blend (the file an export fingerprints)."""
+    _build_scene()
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 32, 24
+    blend = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    return blend
+
+
+def _count_renders(monkeypatch, kill_at=None) -> list[int]:
+    """Frames the bridge renders from now on; rendering frame `kill_at` raises as a kill."""
+    import pilot.scenes.blender as bridge
+
+    rendered = []
+
+    def render(scene, frame, exr):
+        if frame == kill_at:
+            raise KeyboardInterrupt  # killed while rendering this frame
+        rendered.append(frame)
+        render_frame(scene, frame, exr)
+
+    monkeypatch.setattr(bridge, "render_frame", render)
+    return rendered
+
+
+def _files(root):
+    """Every file under root (hidden ones included) with its bytes."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+def test_a_killed_export_resumes_at_the_first_missing_frame(tmp_path, monkeypatch, capsys):
+    """Killed while rendering frame 3 of 1..4, with a kill -9's EXR left in the scratch folder:
+    the rerun renders frames 3 and 4 only, and the shot equals an uninterrupted export byte for
+    byte (depth, normals, motion, image, cameras, shot.json), with no leftovers."""
+    _saved_scene(tmp_path)
+    args = ["--frames", "1", "4", "--samples", "1"]
+    rendered = _count_renders(monkeypatch)
+    assert main([str(tmp_path / "ref"), *args]) == 0 and rendered == [1, 2, 3, 4]
+    out = tmp_path / "shot"
+    rendered = _count_renders(monkeypatch, kill_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(out), *args])
+    assert rendered == [1, 2] and not (out / "shot.json").exists()
+    assert sorted(f.name for f in (out / ".shot-resume" / "frames").iterdir()) == [
+        "000000.json", "000001.json"
+    ]  # fmt: skip
+    (out / ".shot-resume" / "scratch" / "frame.exr").write_bytes(b"cut short by kill -9")
+    rendered = _count_renders(monkeypatch)
+    assert main([str(out), *args]) == 0
+    assert rendered == [3, 4]  # frames 1 and 2 were not rendered again
+    assert f"{out}: resuming at frame 3 (2 of 4 kept)" in capsys.readouterr().out
+    assert _files(out) == _files(tmp_path / "ref")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in (tmp_path / "ref").iterdir()
+    )
+    rendered = _count_renders(monkeypatch)  # finished: nothing to render, nothing touched
+    before = {f: (out / f).stat().st_mtime_ns for f in _files(out)}
+    assert main([str(out), *args]) == 0 and rendered == []
+    assert "finished shot of these settings, nothing to render" in capsys.readouterr().out
+    assert {f: (out / f).stat().st_mtime_ns for f in _files(out)} == before
+
+
+def test_an_export_of_other_settings_is_refused_until_forced(tmp_path, monkeypatch, capsys):
+    """Other samples, frames, size or .blend content never mix with the frames kept: each is
+    refused on one line naming what differs, and --force starts over."""
+    blend = _saved_scene(tmp_path)
+    out = tmp_path / "shot"
+    args = ["--frames", "1", "3", "--samples", "1"]
+    _count_renders(monkeypatch, kill_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(out), *args])
+    kept = _files(out)
+    capsys.readouterr()
+    rendered = _count_renders(monkeypatch)
+    for other, differ in [
+        (["--samples", "2"], "samples: 1 -> 2"),
+        (["--frames", "1", "2"], "frames: [1, 3] -> [1, 2]"),
+        (["--size", "16", "12"], "height: 24 -> 12; width: 32 -> 16"),
+    ]:
+        assert main([str(out), *args, *other]) == 2
+        err = capsys.readouterr().err
+        assert "holds an unfinished shot of other settings (" in err and differ in err, err
+        assert "rerun with its settings to resume it, or start over with --force" in err
+        assert err.count("\n") == 1
+    bpy.context.scene.objects["Cube"].location.x += 0.5  # the scene is edited and saved
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    assert main([str(out), *args]) == 2
+    assert "other settings (blend_sha256: " in capsys.readouterr().err
+    assert rendered == [] and _files(out) == kept
+    assert main([str(out), *args, "--force"]) == 0 and rendered == [1, 2, 3]
+    assert len(Shot(out)) == 3
+    assert main([str(out), *args, "--samples", "2"]) == 2
+    assert "holds a finished shot of other settings (samples: 1 -> 2)" in capsys.readouterr().err
+
+
+def test_an_unsaved_scene_starts_over_only_when_forced(tmp_path, monkeypatch, capsys):
+    """A scene never saved to a file cannot be compared with the frames on disk."""
+    _build_scene()
+    bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y = 16, 12
+    out = tmp_path / "shot"
+    args = ["--frames", "1", "2", "--samples", "1"]
+    _count_renders(monkeypatch, kill_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(out), *args])
+    rendered = _count_renders(monkeypatch)
+    assert main([str(out), *args]) == 2 and rendered == []
+    assert "never saved to a .blend file" in capsys.readouterr().err
+    assert main([str(out), *args, "--force"]) == 0 and rendered == [1, 2]

@@ -277,3 +277,123 @@ def test_blender_background_depth_is_the_shots_far(tmp_path, far, metres):
     background = shot.frame(0, ["depth"]).depth[0] >= shot.far
     assert background.tolist() == [[True, True, True], [False, False, True]]
     assert depth[1, 0] == pytest.approx(far * 0.5 * metres)
+
+
+def _random_frame(k):
+    """Frame k of a resumable test shot (8x6): its camera and every pass, seeded by k."""
+    rng = np.random.default_rng(k)
+    K, c2w = np.array([[8.0, 0, 3.5], [0, 8, 2.5], [0, 0, 1]]), np.eye(4)
+    c2w[:3, 3] = rng.normal(size=3)
+    passes = {
+        "depth": rng.uniform(1, 5, (6, 8)),
+        "normals": rng.normal(size=(6, 8, 3)),
+        "motion": rng.normal(size=(6, 8, 4)),
+        "image": rng.integers(0, 256, (6, 8, 3), dtype=np.uint8),
+    }
+    return K, c2w, passes
+
+
+def _resumable(root, settings=None, force=False):
+    settings = {"seed": 1} if settings is None else settings
+    return ShotWriter(root, 8, 6, provenance={"source": "test"}, settings=settings, force=force)
+
+
+def _add(writer, ks):
+    for k in ks:
+        K, c2w, passes = _random_frame(k)
+        writer.add(K, c2w, source_frame=10 + k, **passes)
+
+
+def _files(root):
+    """Every file under root (hidden ones included) with its bytes."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+def test_an_interrupted_writer_with_settings_resumes_at_the_first_missing_frame(tmp_path):
+    """A kill after 2 frames (the 3rd half written) loses nothing: the rerun keeps frames 0-1
+    with their cameras and the result equals an uninterrupted writer's, byte for byte."""
+    ref = _resumable(tmp_path / "ref")
+    _add(ref, range(5))
+    ref.close()
+    root = tmp_path / "s"
+    _add(_resumable(root), range(2))  # killed before frame 2: never closed
+    K, c2w, passes = _random_frame(2)
+    np.save(root / "depth" / "000002.npy", passes["depth"])  # frame 2 half written, no record
+    (root / "depth" / ".000003.npy.tmp").write_bytes(b"cut short")
+    (root / ".shot-resume" / "scratch").mkdir()
+    (root / ".shot-resume" / "scratch" / "frame.exr").write_bytes(b"a renderer's leftover")
+    kept = {k: v for k, v in _files(root).items() if "000002" not in k and ".tmp" not in k}
+    writer = _resumable(root)
+    assert len(writer.frames) == 2 and writer.passes == ["depth", "normals", "motion", "image"]
+    assert [f["source_frame"] for f in writer.frames] == [10, 11] and not writer.complete
+    assert not (root / "depth" / "000002.npy").exists()  # an unfinished frame is redone
+    assert not (root / ".shot-resume" / "scratch").exists()  # leftovers removed
+    assert {k: v for k, v in _files(root).items() if k in kept} == {
+        k: v for k, v in kept.items() if "scratch" not in k
+    }  # finished frames untouched
+    _add(writer, range(2, 5))
+    writer.close()
+    assert _files(root) == _files(tmp_path / "ref")  # shot.json included; no hidden files left
+    assert json.loads((root / "shot.json").read_text())["settings"] == {
+        "seed": 1, "width": 8, "height": 6, "fps": 24.0, "far": 1000.0
+    }  # fmt: skip
+    assert len(Shot(root)) == 5
+
+
+def test_a_writer_of_other_settings_is_refused_until_forced(tmp_path):
+    root = tmp_path / "s"
+    _add(_resumable(root), range(2))  # interrupted
+    before = _files(root)
+    with pytest.raises(ValueError) as e:
+        _resumable(root, {"seed": 2})
+    message = str(e.value)
+    assert "holds an unfinished shot of other settings (seed: 1 -> 2)" in message
+    assert "rerun with its settings to resume it, or start over with --force" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match=r"height: 6 -> 4; width: 8 -> 9"):
+        ShotWriter(root, 9, 4, settings={"seed": 1})
+    assert _files(root) == before  # refused: nothing changed
+    writer = _resumable(root, {"seed": 2}, force=True)
+    assert writer.frames == [] and _files(root) == before  # nothing removed before a frame
+    _add(writer, [7])
+    writer.close()
+    shot = Shot(root)
+    assert len(shot) == 1 and shot.frames[0]["source_frame"] == 17
+    assert shot.meta["settings"]["seed"] == 2
+
+
+def test_a_finished_shot_of_the_same_settings_has_nothing_to_write(tmp_path):
+    root = tmp_path / "s"
+    writer = _resumable(root)
+    _add(writer, range(3))
+    writer.close()
+    (root / ".shot-unfinished").touch()  # e.g. a forced rerun killed before its first frame
+    before = {k: v for k, v in _files(root).items() if k != ".shot-unfinished"}
+    writer = _resumable(root)
+    assert writer.complete and len(writer.frames) == 3
+    with pytest.raises(ValueError, match="the shot is finished"):
+        _add(writer, [3])
+    assert writer.close() == root / "shot.json" and _files(root) == before
+    with pytest.raises(ValueError, match=r"holds a finished shot of other settings \(seed: 1 -> 3"):
+        _resumable(root, {"seed": 3})
+    (root / "depth" / "000001.npy").unlink()
+    with pytest.raises(ValueError, match=r"finished shot is broken \(frame 1: missing depth"):
+        _resumable(root)
+
+
+def test_shots_without_settings_are_replaced_or_refused(tmp_path, shot_dir):
+    """A settings-less writer (`pilot shot render`) replaces what is there, an interrupted
+    resumable shot included; a resumable one refuses a shot with no settings to compare."""
+    root = _copy(shot_dir, tmp_path / "fly")
+    with pytest.raises(ValueError, match="finished shot with no recorded settings .*procedural"):
+        _resumable(root)
+    _add(_resumable(tmp_path / "s"), range(2))  # an interrupted resumable shot
+    fly_through_shot(tmp_path / "s", seed=3, n_frames=4, width=32, height=24)
+    assert _files(tmp_path / "s") == _files(shot_dir)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / ".shot-unfinished").touch()  # an older writer's: nothing to resume
+    _add(_resumable(tmp_path / "old"), [0])
+    assert sorted(_files(tmp_path / "old")) == [
+        ".shot-resume/frames/000000.json", ".shot-resume/settings.json", ".shot-unfinished",
+        "depth/000000.npy", "image/000000.png", "motion/000000.npy", "normals/000000.npy",
+    ]  # fmt: skip

@@ -143,6 +143,7 @@ def test_export_through_a_blender_executable(tmp_path):
     blend.write_bytes(b"BLENDER")
     out = tmp_path / "shot"
     args = ["--frames", "3", "9", "--samples", "2", "--size", "64", "48", "--blender", str(fake)]
+    args.append("--force")
     assert main(["shot", "export", str(blend), str(out), *args]) == 0
     argv = json.loads(log.read_text())
     assert argv[:5] == ["-b", str(blend), "--python-exit-code", "1", "--python"]
@@ -158,6 +159,7 @@ def test_export_through_a_blender_executable(tmp_path):
         "--size",
         "64",
         "48",
+        "--force",
     ]
 
 
