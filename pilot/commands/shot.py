@@ -59,7 +59,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_hatch(args: argparse.Namespace) -> int:
     """Draw a shot's hatched pass from its depth and normals (`pilot.scenes.sketch`)."""
-    from pilot.scenes.shot import Shot, write_pass
+    from pilot.scenes.shot import Shot
+    from pilot.scenes.shot_writer import write_pass
     from pilot.scenes.sketch import hatched_pass
 
     shot = Shot(args.shot)

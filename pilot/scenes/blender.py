@@ -65,13 +65,8 @@ if not globals().get("__package__"):  # run by `blender --python`: make `pilot` 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pilot.scenes.exr import read_exr  # noqa: E402
-from pilot.scenes.shot import (  # noqa: E402
-    START_OVER,
-    ShotWriter,
-    check_camera,
-    check_resolution,
-    written_settings,
-)
+from pilot.scenes.shot import check_camera, check_resolution  # noqa: E402
+from pilot.scenes.shot_writer import START_OVER, ShotWriter, written_settings  # noqa: E402
 
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: flip y and z
 
