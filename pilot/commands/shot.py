@@ -29,7 +29,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         open_blend(blend)
         size = tuple(args.size) if args.size else None
-        print(f"wrote {export_shot(args.out, frames, args.samples, size=size, force=args.force)}")
+        # prints "wrote PATH", or that a finished shot of these settings had nothing to render
+        export_shot(args.out, frames, args.samples, size=size, force=args.force)
         return 0
     exe = args.blender or shutil.which("blender")
     if exe is None:
