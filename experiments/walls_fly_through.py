@@ -29,7 +29,8 @@ from experiments.walls_eval import WALLS_HEADS, load_walls_generator
 from pilot.animation.video import write_frame
 from pilot.scenes.procedural import add_fly_through_frame, render_fly_through
 from pilot.scenes.render import RenderConfig
-from pilot.scenes.shot import ShotWriter, frame_name, remove_frames
+from pilot.scenes.shot import frame_name
+from pilot.scenes.shot_writer import ShotWriter, remove_frames
 
 TRUTH = ("textured", "fog")  # frame folders beside the shot's passes
 

@@ -29,7 +29,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         open_blend(blend)
         size = tuple(args.size) if args.size else None
-        print(f"wrote {export_shot(args.out, frames, args.samples, size=size, force=args.force)}")
+        # prints "wrote PATH", or that a finished shot of these settings had nothing to render
+        export_shot(args.out, frames, args.samples, size=size, force=args.force)
         return 0
     exe = args.blender or shutil.which("blender")
     if exe is None:
@@ -59,7 +60,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_hatch(args: argparse.Namespace) -> int:
     """Draw a shot's hatched pass from its depth and normals (`pilot.scenes.sketch`)."""
-    from pilot.scenes.shot import Shot, write_pass
+    from pilot.scenes.shot import Shot
+    from pilot.scenes.shot_writer import write_pass
     from pilot.scenes.sketch import hatched_pass
 
     shot = Shot(args.shot)

@@ -47,7 +47,7 @@ from pilot.data.paired import UNFINISHED
 from pilot.scenes import layouts
 from pilot.scenes.camera import intrinsics
 from pilot.scenes.render import Scene, render, stack_scenes
-from pilot.scenes.shot import remove_frames
+from pilot.scenes.shot_writer import remove_frames
 
 PAIR_PASSES = ("hatched", "textured", "fog")
 PNG_PASSES = ("hatched", "textured", "fog", "image")

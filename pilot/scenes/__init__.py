@@ -5,7 +5,8 @@ materials   hatching and colour texture shaders (bricks, tiles, panels, plaster,
 layouts     random rooms, corridors, free-standing walls, cameras and fly-through paths
 render      vectorised ray casting of plane scenes: hatched, textured, fog, depth, normals
 geometry    reprojection flow, visibility masks, forward-backward error, backward warp
-shot        the shot folder format (reader and writer, numpy-only at import)
+shot        the shot folder format and its reader (numpy-only at import)
+shot_writer writing shot folders: frame by frame, resumable (numpy-only at import)
 procedural  procedural fly-through shots
 exr         numpy reader for uncompressed scanline EXR (Blender's multilayer passes)
 blender     export a Blender camera animation as a shot (bpy module or `blender --python`)

@@ -65,13 +65,8 @@ if not globals().get("__package__"):  # run by `blender --python`: make `pilot` 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pilot.scenes.exr import read_exr  # noqa: E402
-from pilot.scenes.shot import (  # noqa: E402
-    START_OVER,
-    ShotWriter,
-    check_camera,
-    check_resolution,
-    written_settings,
-)
+from pilot.scenes.shot import check_camera, check_resolution  # noqa: E402
+from pilot.scenes.shot_writer import START_OVER, ShotWriter, written_settings  # noqa: E402
 
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: flip y and z
 
@@ -347,8 +342,9 @@ def export_shot(
     pass is the motion to the adjacent frames). `size` (width, height, > 0) overrides the
     scene's render resolution. An unfinished export of the same settings in `out` is resumed
     at its first missing frame, a finished one left as it is (module docstring); `force`
-    renders every frame again whatever `out` holds. `log` reports a resume. Returns the path
-    of the written shot.json.
+    renders every frame again whatever `out` holds. `log` reports a resume, and ends with
+    "wrote PATH" once frames were rendered, or says that a finished shot had nothing to render.
+    Returns the path of the shot's shot.json.
 
     Raises:
         ValueError: bad arguments or scene, or `out` holds a shot of other settings.
@@ -402,7 +398,10 @@ def export_shot(
         c2w = p["c2w"].copy()
         c2w[:3, 3] *= metres  # the camera's position in metres
         writer.add(p["K"], c2w, source_frame=p["frame"], **passes)
-    return writer.close()
+    path = writer.close()
+    if not writer.complete:  # a finished shot was logged above: nothing rendered or written
+        log(f"wrote {path}")
+    return path
 
 
 def _refuse_unsaved(out: Path) -> None:
@@ -429,12 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     args = parser.parse_args(argv)
     frames, size = (tuple(a) if a else None for a in (args.frames, args.size))
-    try:
-        path = export_shot(args.out, frames, args.samples, size=size, force=args.force)
+    try:  # export_shot prints the last line: "wrote PATH", or that there was nothing to render
+        export_shot(args.out, frames, args.samples, size=size, force=args.force)
     except (FileNotFoundError, ValueError) as e:  # one line, and a failing exit status
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
     return 0
 
 

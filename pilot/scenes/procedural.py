@@ -12,7 +12,7 @@ from torch import Tensor
 from pilot.scenes.geometry import reprojection_flow
 from pilot.scenes.layouts import fly_through
 from pilot.scenes.render import RenderConfig, render, stack_scenes
-from pilot.scenes.shot import ShotWriter
+from pilot.scenes.shot_writer import ShotWriter
 
 
 def motion_from_depth(depth: Tensor, K: Tensor, c2w: Tensor, far: float = math.inf) -> Tensor:

@@ -445,3 +445,30 @@ def test_an_unsaved_scene_starts_over_only_when_forced(tmp_path, monkeypatch, ca
     assert main([str(out), *args]) == 2 and rendered == []
     assert "never saved to a .blend file" in capsys.readouterr().err
     assert main([str(out), *args, "--force"]) == 0 and rendered == [1, 2]
+
+
+def test_the_last_line_says_whether_the_export_rendered(tmp_path, monkeypatch, capsys):
+    """`pilot shot export` (bpy) and the script inside Blender end with "wrote OUT/shot.json"
+    after rendering; over a finished shot of the same settings, with "nothing to render" and no
+    "wrote" line."""
+    from pilot.cli import main as pilot_main
+
+    blend = _saved_scene(tmp_path)
+    out = tmp_path / "shot"
+    args = [str(out), "--frames", "1", "2", "--samples", "1", "--size", "16", "12"]
+    cli = ["shot", "export", str(blend), *args]
+    for run, argv, frames in [
+        (main, args, [1, 2]),
+        (main, args, []),
+        (pilot_main, cli, []),
+        (pilot_main, [*cli, "--force"], [1, 2]),
+    ]:
+        capsys.readouterr()
+        rendered = _count_renders(monkeypatch)
+        assert run(argv) == 0 and rendered == frames
+        printed = capsys.readouterr().out
+        if frames:
+            assert printed.splitlines()[-1] == f"wrote {out / 'shot.json'}"
+        else:
+            assert printed.splitlines()[-1].endswith("nothing to render (--force renders again)")
+            assert "wrote" not in printed, printed

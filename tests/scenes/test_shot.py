@@ -397,3 +397,20 @@ def test_shots_without_settings_are_replaced_or_refused(tmp_path, shot_dir):
         ".shot-resume/frames/000000.json", ".shot-resume/settings.json", ".shot-unfinished",
         "depth/000000.npy", "image/000000.png", "motion/000000.npy", "normals/000000.npy",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("first", ["pilot.scenes.shot", "pilot.scenes.shot_writer"])
+def test_the_writers_names_stay_importable_from_shot(first):
+    """The writing side lives in `shot_writer`; every name it took is still importable from
+    `pilot.scenes.shot`, as the same object, whichever module a fresh Python imports first."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import {first}; import pilot.scenes.shot as s, pilot.scenes.shot_writer as w; "
+        "from pilot.scenes.shot import ShotWriter, write_pass, remove_frames, written_settings; "
+        "from pilot.scenes.shot import START_OVER, png_bytes, _save_atomic, _clear; "
+        "assert all(getattr(s, n) is getattr(w, n) for n in s.WRITER_NAMES); "
+        "assert not hasattr(s, 'no_such_name') and 'torch' not in __import__('sys').modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
