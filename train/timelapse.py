@@ -41,7 +41,7 @@ from pilot.animation.video import (
 
 _CURVE_COLOURS = [(230, 80, 60), (60, 120, 230), (60, 170, 80), (200, 150, 30), (150, 70, 200)]
 _LABEL_W = 70  # pixels left of each panel row for its name
-_CURVES_W = 330  # width of the loss curves in a frame without panels (beside the label column)
+_CURVES_W = 330  # least width of the loss curves (beside the label column), so they stay readable
 
 
 def image_grid(images: Tensor, ncol: int) -> np.ndarray:
@@ -75,8 +75,9 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], width: int, height:
     series = {k: np.asarray(v, dtype=np.float64) for k, v in history.items() if len(v) > 1}
     if not series:
         return plot
+    legend = _legend_rows(list(series), width - 45)
     x0, x1 = 40, width - 10
-    y0, y1 = 18, height - 16
+    y0, y1 = 5 + 13 * len(legend), height - 16
     steps = np.concatenate([s[:, 0] for s in series.values()])
     smoothed = {k: _smooth(s[:, 1], max(1, len(s) // 50)) for k, s in series.items()}
     ys = np.concatenate(list(smoothed.values()))
@@ -87,14 +88,56 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], width: int, height:
     for text, y in ((f"{hi:.2f}", y0 + 8), (f"{lo:.2f}", y1)):
         cv2.putText(plot, text, (2, y), cv2.FONT_HERSHEY_PLAIN, 0.8, (90, 90, 90), 1)
     cv2.putText(plot, f"{int(s_max)}", (x1 - 40, height - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (0,) * 3)
-    for i, (name, s) in enumerate(series.items()):
-        colour = _CURVE_COLOURS[i % len(_CURVE_COLOURS)]
+    colours = {name: _CURVE_COLOURS[i % len(_CURVE_COLOURS)] for i, name in enumerate(series)}
+    for name, s in series.items():
         px = x0 + (s[:, 0] / s_max) * (x1 - x0)
         py = y1 - (np.clip(smoothed[name], lo, hi) - lo) / (hi - lo) * (y1 - y0)
         pts = np.stack([px, py], axis=1).round().astype(np.int32)[None]
-        cv2.polylines(plot, pts, False, colour, 1, lineType=cv2.LINE_AA)
-        cv2.putText(plot, name, (x0 + 5 + 90 * i, 13), cv2.FONT_HERSHEY_PLAIN, 0.9, colour, 1)
+        cv2.polylines(plot, pts, False, colours[name], 1, lineType=cv2.LINE_AA)
+    for row, names in enumerate(legend):  # every curve named, on as many lines as it takes
+        x = x0 + 5
+        for name in names:
+            cv2.putText(plot, name, (x, 13 + 13 * row), *_FONT, colours[name], 1)
+            x += _text_width(name) + 12
     return plot
+
+
+_FONT = (cv2.FONT_HERSHEY_PLAIN, 0.9)  # face and scale of the panel names and the legend
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, *_FONT, 1)[0][0]
+
+
+def _legend_rows(names: list[str], width: int) -> list[list[str]]:
+    """The curve names in lines of at most `width` pixels (a longer name gets a line)."""
+    rows: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        w = _text_width(name) + 12
+        if rows[-1] and used + w > width:
+            rows.append([])
+            used = 0
+        rows[-1].append(name)
+        used += w
+    return rows
+
+
+def _name_lines(name: str, width: int, max_lines: int) -> list[str]:
+    """A panel name in at most `max_lines` lines of at most `width` pixels, split at spaces
+    (e.g. "true" / "texture"); a word that does not fit is cut."""
+    lines: list[str] = []
+    for word in name.split():
+        if lines and _text_width(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    cut = []
+    for line in lines[: max(max_lines, 1)]:
+        while len(line) > 1 and _text_width(line) > width:
+            line = line[:-1]
+        cut.append(line)
+    return cut
 
 
 def render_frame(
@@ -108,13 +151,14 @@ def render_frame(
     """One timelapse frame: a row of samples per named panel (none: the step and the curves
     only) above the loss curves so far."""
     grids = [(name, image_grid(images, min(ncol, len(images)))) for name, images in panels]
-    width = _LABEL_W + max((g.shape[1] for _, g in grids), default=_CURVES_W)
+    width = _LABEL_W + max([_CURVES_W, *(g.shape[1] for _, g in grids)])
     rows = [np.full((20, width, 3), 255, dtype=np.uint8)]
     cv2.putText(rows[0], f"step {step}", (4, 15), cv2.FONT_HERSHEY_PLAIN, 1.1, (0, 0, 0), 1)
     for name, grid in grids:
         row = np.full((grid.shape[0], width, 3), 255, dtype=np.uint8)
         row[:, _LABEL_W : _LABEL_W + grid.shape[1]] = grid
-        cv2.putText(row, name[:9], (3, 14), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
+        for i, line in enumerate(_name_lines(name, _LABEL_W - 5, max(grid.shape[0] // 13, 1))):
+            cv2.putText(row, line, (3, 14 + 13 * i), *_FONT, (0, 0, 0), 1)
         rows.append(row)
     rows.append(plot_curves(history, width, curve_height))
     return np.concatenate(rows, axis=0)

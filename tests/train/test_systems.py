@@ -110,6 +110,18 @@ def test_frame_without_panels_shows_the_curves():
     assert frame.shape == (20 + 110, 400, 3) and frame.dtype == np.uint8
 
 
+def test_frame_names_every_curve_and_panel_in_full():
+    from train.timelapse import _CURVE_COLOURS, _name_lines, render_frame
+
+    history = {k: [(2, 1.0), (4, 0.5)] for k in ("d_loss", "g_adv", "l1")}  # Pix2Pix's three
+    frame = render_frame([("samples", torch.zeros(4, 3, 32, 32))], history, 4)  # 4 x 32 px
+    legend = frame[-110:][:17].reshape(-1, 3)  # the line above the plot box
+    for colour in _CURVE_COLOURS[:3]:
+        assert (legend == colour).all(axis=1).any(), f"no legend in {colour}"
+    assert _name_lines("true texture", 65, 4) == ["true", "texture"]  # not "true text"
+    assert _name_lines("true texture", 65, 1) == ["true"]
+
+
 @pytest.mark.parametrize("val_count", [0, -1])
 def test_val_count_below_one_is_rejected(tmp_path, val_count):
     from pilot.data.paired import PairedConfig
