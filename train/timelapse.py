@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,8 @@ class Timelapse(L.Callback):
         dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
             every run in that folder, so a resumed run adds to the frames of the run it resumes.
         fps: frame rate of the GIF and MP4.
-        video_every_n_frames: rebuild the videos after this many new frames (and at the end).
+        video_every_n_frames: rebuild the videos after this many new frames, or a quarter of the
+            frames so far when that is more (a long run's rebuilds stay cheap), and at the end.
         log_wandb: also log frames and the final video to an attached `WandbLogger`.
     """
 
@@ -266,23 +268,29 @@ class Timelapse(L.Callback):
             return None
         path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
         self._new_frames += 1
-        if self._new_frames >= self.video_every_n_frames:
+        # rebuilding costs every frame on disk: waiting for the frames to grow by a
+        # quarter keeps a long run's rebuilds linear in its frames, not quadratic
+        if self._new_frames >= max(self.video_every_n_frames, len(self.frame_paths()) // 4):
             self.write_videos()
         self._log_wandb(trainer, final, frame=frame)
         self._write_history()
         return path
 
     def write_videos(self) -> list[Path]:
-        """Rebuild timelapse.gif and timelapse.mp4 from every frame on disk."""
-        frames = [read_frame(p) for p in self.frame_paths()]
+        """Rebuild timelapse.gif and timelapse.mp4 from every frame on disk, read one at a
+        time (hundreds of frames need not fit in memory)."""
+        paths = self.frame_paths()
         self._new_frames = 0
-        if not frames:
+        if not paths:
             return []
-        size = frames[-1].shape  # frames can grow if a panel changes; pad to the last one
-        frames = [_fit(f, size) for f in frames]
+        shape = read_frame(paths[-1]).shape  # frames can grow if a panel changes: pad to it
+
+        def frames() -> Iterator[np.ndarray]:
+            return (_fit(read_frame(path), shape) for path in paths)
+
         return [
-            write_gif(frames, self.dirpath / "timelapse.gif", fps=self.fps),
-            write_mp4(frames, self.dirpath / "timelapse.mp4", fps=self.fps),
+            write_gif(frames(), self.dirpath / "timelapse.gif", fps=self.fps),
+            write_mp4(frames(), self.dirpath / "timelapse.mp4", fps=self.fps),
         ]
 
     def _write_history(self) -> None:
