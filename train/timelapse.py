@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from pilot.animation.video import (
 
 _CURVE_COLOURS = [(230, 80, 60), (60, 120, 230), (60, 170, 80), (200, 150, 30), (150, 70, 200)]
 _LABEL_W = 70  # pixels left of each panel row for its name
-_CURVES_W = 330  # width of the loss curves in a frame without panels (beside the label column)
+_CURVES_W = 330  # least width of the loss curves (beside the label column), so they stay readable
 
 
 def image_grid(images: Tensor, ncol: int) -> np.ndarray:
@@ -75,8 +76,9 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], width: int, height:
     series = {k: np.asarray(v, dtype=np.float64) for k, v in history.items() if len(v) > 1}
     if not series:
         return plot
+    legend = _legend_rows(list(series), width - 45)
     x0, x1 = 40, width - 10
-    y0, y1 = 18, height - 16
+    y0, y1 = 5 + 13 * len(legend), height - 16
     steps = np.concatenate([s[:, 0] for s in series.values()])
     smoothed = {k: _smooth(s[:, 1], max(1, len(s) // 50)) for k, s in series.items()}
     ys = np.concatenate(list(smoothed.values()))
@@ -87,14 +89,56 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], width: int, height:
     for text, y in ((f"{hi:.2f}", y0 + 8), (f"{lo:.2f}", y1)):
         cv2.putText(plot, text, (2, y), cv2.FONT_HERSHEY_PLAIN, 0.8, (90, 90, 90), 1)
     cv2.putText(plot, f"{int(s_max)}", (x1 - 40, height - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (0,) * 3)
-    for i, (name, s) in enumerate(series.items()):
-        colour = _CURVE_COLOURS[i % len(_CURVE_COLOURS)]
+    colours = {name: _CURVE_COLOURS[i % len(_CURVE_COLOURS)] for i, name in enumerate(series)}
+    for name, s in series.items():
         px = x0 + (s[:, 0] / s_max) * (x1 - x0)
         py = y1 - (np.clip(smoothed[name], lo, hi) - lo) / (hi - lo) * (y1 - y0)
         pts = np.stack([px, py], axis=1).round().astype(np.int32)[None]
-        cv2.polylines(plot, pts, False, colour, 1, lineType=cv2.LINE_AA)
-        cv2.putText(plot, name, (x0 + 5 + 90 * i, 13), cv2.FONT_HERSHEY_PLAIN, 0.9, colour, 1)
+        cv2.polylines(plot, pts, False, colours[name], 1, lineType=cv2.LINE_AA)
+    for row, names in enumerate(legend):  # every curve named, on as many lines as it takes
+        x = x0 + 5
+        for name in names:
+            cv2.putText(plot, name, (x, 13 + 13 * row), *_FONT, colours[name], 1)
+            x += _text_width(name) + 12
     return plot
+
+
+_FONT = (cv2.FONT_HERSHEY_PLAIN, 0.9)  # face and scale of the panel names and the legend
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, *_FONT, 1)[0][0]
+
+
+def _legend_rows(names: list[str], width: int) -> list[list[str]]:
+    """The curve names in lines of at most `width` pixels (a longer name gets a line)."""
+    rows: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        w = _text_width(name) + 12
+        if rows[-1] and used + w > width:
+            rows.append([])
+            used = 0
+        rows[-1].append(name)
+        used += w
+    return rows
+
+
+def _name_lines(name: str, width: int, max_lines: int) -> list[str]:
+    """A panel name in at most `max_lines` lines of at most `width` pixels, split at spaces
+    (e.g. "true" / "texture"); a word that does not fit is cut."""
+    lines: list[str] = []
+    for word in name.split():
+        if lines and _text_width(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    cut = []
+    for line in lines[: max(max_lines, 1)]:
+        while len(line) > 1 and _text_width(line) > width:
+            line = line[:-1]
+        cut.append(line)
+    return cut
 
 
 def render_frame(
@@ -108,13 +152,14 @@ def render_frame(
     """One timelapse frame: a row of samples per named panel (none: the step and the curves
     only) above the loss curves so far."""
     grids = [(name, image_grid(images, min(ncol, len(images)))) for name, images in panels]
-    width = _LABEL_W + max((g.shape[1] for _, g in grids), default=_CURVES_W)
+    width = _LABEL_W + max([_CURVES_W, *(g.shape[1] for _, g in grids)])
     rows = [np.full((20, width, 3), 255, dtype=np.uint8)]
     cv2.putText(rows[0], f"step {step}", (4, 15), cv2.FONT_HERSHEY_PLAIN, 1.1, (0, 0, 0), 1)
     for name, grid in grids:
         row = np.full((grid.shape[0], width, 3), 255, dtype=np.uint8)
         row[:, _LABEL_W : _LABEL_W + grid.shape[1]] = grid
-        cv2.putText(row, name[:9], (3, 14), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
+        for i, line in enumerate(_name_lines(name, _LABEL_W - 5, max(grid.shape[0] // 13, 1))):
+            cv2.putText(row, line, (3, 14 + 13 * i), *_FONT, (0, 0, 0), 1)
         rows.append(row)
     rows.append(plot_curves(history, width, curve_height))
     return np.concatenate(rows, axis=0)
@@ -128,7 +173,8 @@ class Timelapse(L.Callback):
         dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
             every run in that folder, so a resumed run adds to the frames of the run it resumes.
         fps: frame rate of the GIF and MP4.
-        video_every_n_frames: rebuild the videos after this many new frames (and at the end).
+        video_every_n_frames: rebuild the videos after this many new frames, or a quarter of the
+            frames so far when that is more (a long run's rebuilds stay cheap), and at the end.
         log_wandb: also log frames and the final video to an attached `WandbLogger`.
     """
 
@@ -222,23 +268,29 @@ class Timelapse(L.Callback):
             return None
         path = write_frame(frame, self.frames_dir / f"{step:08d}.png")
         self._new_frames += 1
-        if self._new_frames >= self.video_every_n_frames:
+        # rebuilding costs every frame on disk: waiting for the frames to grow by a
+        # quarter keeps a long run's rebuilds linear in its frames, not quadratic
+        if self._new_frames >= max(self.video_every_n_frames, len(self.frame_paths()) // 4):
             self.write_videos()
         self._log_wandb(trainer, final, frame=frame)
         self._write_history()
         return path
 
     def write_videos(self) -> list[Path]:
-        """Rebuild timelapse.gif and timelapse.mp4 from every frame on disk."""
-        frames = [read_frame(p) for p in self.frame_paths()]
+        """Rebuild timelapse.gif and timelapse.mp4 from every frame on disk, read one at a
+        time (hundreds of frames need not fit in memory)."""
+        paths = self.frame_paths()
         self._new_frames = 0
-        if not frames:
+        if not paths:
             return []
-        size = frames[-1].shape  # frames can grow if a panel changes; pad to the last one
-        frames = [_fit(f, size) for f in frames]
+        shape = read_frame(paths[-1]).shape  # frames can grow if a panel changes: pad to it
+
+        def frames() -> Iterator[np.ndarray]:
+            return (_fit(read_frame(path), shape) for path in paths)
+
         return [
-            write_gif(frames, self.dirpath / "timelapse.gif", fps=self.fps),
-            write_mp4(frames, self.dirpath / "timelapse.mp4", fps=self.fps),
+            write_gif(frames(), self.dirpath / "timelapse.gif", fps=self.fps),
+            write_mp4(frames(), self.dirpath / "timelapse.mp4", fps=self.fps),
         ]
 
     def _write_history(self) -> None:

@@ -1,17 +1,19 @@
 """Writing frame sequences as GIF (Pillow) and MP4 (OpenCV), atomically.
 
-Frames are uint8 RGB arrays (H, W, 3), all the same size. Each writer renders into a temporary
-file next to the target and `os.replace`s it, so a reader (or a killed training) never sees a
-half-written video; a write killed mid-way leaves only its temp file `.{stem}.{random}{suffix}`,
-which `remove_temp_files` clears.
+Frames are uint8 RGB arrays (H, W, 3), all the same size, from any iterable (a generator reading
+them from disk one at a time keeps a long sequence out of memory). Each writer renders into a
+temporary file next to the target and `os.replace`s it, so a reader (or a killed training) never
+sees a half-written video; a write killed mid-way leaves only its temp file
+`.{stem}.{random}{suffix}`, which `remove_temp_files` clears.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -39,17 +41,24 @@ def _check_fps(path: str | os.PathLike, fps: float) -> None:
         raise ValueError(f"{path}: fps={fps} must be a positive frame rate")
 
 
-def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
-    """(H, W) shared by all frames; ValueError naming the first frame that differs."""
-    if not frames:
+def _check_frames(frames: Iterable[np.ndarray]) -> tuple[int, int, Iterator[np.ndarray]]:
+    """(H, W) of the first frame, and the frames, each checked as it is drawn: ValueError
+    naming the first that is not uint8 (H, W, 3)."""
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
         raise ValueError("no frames to write")
-    h, w = frames[0].shape[:2]
-    for i, frame in enumerate(frames):
-        if frame.dtype != np.uint8 or frame.shape != (h, w, 3):
-            raise ValueError(
-                f"frame {i} is {frame.dtype} {frame.shape}, expected uint8 ({h}, {w}, 3) RGB"
-            )
-    return h, w
+    h, w = first.shape[:2]
+
+    def checked() -> Iterator[np.ndarray]:
+        for i, frame in enumerate(itertools.chain([first], frames)):
+            if frame.dtype != np.uint8 or frame.shape != (h, w, 3):
+                raise ValueError(
+                    f"frame {i} is {frame.dtype} {frame.shape}, expected uint8 ({h}, {w}, 3) RGB"
+                )
+            yield frame
+
+    return h, w, checked()
 
 
 def _temp_path(path: Path) -> Path:
@@ -84,18 +93,18 @@ def remove_temp_files(
     return sorted(found)
 
 
-def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
+def write_gif(frames: Iterable[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
     """Write an endlessly looping GIF; returns the path."""
     _check_fps(path, fps)
-    _check_frames(frames)
+    _, _, frames = _check_frames(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:
-        images = [Image.fromarray(frame) for frame in frames]
+        images = (Image.fromarray(frame) for frame in frames)  # one RGB frame at a time
         duration = max(20, round(1000 / fps))  # ms per frame; browsers clamp below 20 ms
-        images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+        next(images).save(
+            tmp, format="GIF", save_all=True, append_images=images, duration=duration, loop=0
         )
         os.replace(tmp, path)
     finally:
@@ -103,13 +112,13 @@ def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: flo
     return path
 
 
-def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
+def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
     """Write an MP4 (MPEG-4 part 2, 'mp4v', which OpenCV's wheels encode without ffmpeg).
 
     Odd frame sizes are padded by one pixel of black (most players need even sides).
     """
     _check_fps(path, fps)
-    h, w = _check_frames(frames)
+    h, w, frames = _check_frames(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
@@ -129,7 +138,7 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: flo
     return path
 
 
-def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
     """Write a GIF or an MP4, chosen by the suffix of `path`."""
     check_video_path(path, fps)
     if Path(path).suffix.lower() == ".gif":

@@ -110,6 +110,52 @@ def test_frame_without_panels_shows_the_curves():
     assert frame.shape == (20 + 110, 400, 3) and frame.dtype == np.uint8
 
 
+def test_frame_names_every_curve_and_panel_in_full():
+    from train.timelapse import _CURVE_COLOURS, _name_lines, render_frame
+
+    history = {k: [(2, 1.0), (4, 0.5)] for k in ("d_loss", "g_adv", "l1")}  # Pix2Pix's three
+    frame = render_frame([("samples", torch.zeros(4, 3, 32, 32))], history, 4)  # 4 x 32 px
+    legend = frame[-110:][:17].reshape(-1, 3)  # the line above the plot box
+    for colour in _CURVE_COLOURS[:3]:
+        assert (legend == colour).all(axis=1).any(), f"no legend in {colour}"
+    assert _name_lines("true texture", 65, 4) == ["true", "texture"]  # not "true text"
+    assert _name_lines("true texture", 65, 1) == ["true"]
+
+
+def test_long_timelapse_rebuilds_its_videos_rarely_one_frame_at_a_time(tmp_path, monkeypatch):
+    """Rebuilds wait for the frames to grow by a quarter (not every 5: 16 rebuilds of up to 80
+    frames), and read the frames from disk as the writers go (not all in memory)."""
+    import weakref
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import train.timelapse as tl
+
+    alive, peak, rebuilds = [0], [0], []
+
+    def fit(frame, shape):  # count the frames alive at once
+        out = tl_fit(frame, shape)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
+        return out
+
+    tl_fit, write_gif = tl._fit, tl.write_gif
+    monkeypatch.setattr(tl, "_fit", fit)
+    monkeypatch.setattr(tl, "write_gif", lambda *a, **k: rebuilds.append(1) or write_gif(*a, **k))
+    timelapse = tl.Timelapse(every_n_steps=1, dirpath=str(tmp_path), video_every_n_frames=5)
+    module = SimpleNamespace(timelapse_panels=lambda: [("samples", torch.zeros(1, 3, 4, 4))])
+    for step in range(1, 81):
+        trainer = SimpleNamespace(global_step=step, fast_dev_run=False, loggers=[])
+        timelapse.make_frame(trainer, module)
+    assert 7 <= len(rebuilds) <= 9  # at 5, 10, 15, 20 frames, then every quarter more
+    timelapse.write_videos()  # as at the end of the training
+    assert peak[0] <= 4
+    with Image.open(tmp_path / "timelapse.gif") as gif:
+        assert gif.n_frames == 80
+
+
 @pytest.mark.parametrize("val_count", [0, -1])
 def test_val_count_below_one_is_rejected(tmp_path, val_count):
     from pilot.data.paired import PairedConfig
