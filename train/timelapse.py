@@ -169,7 +169,9 @@ class Timelapse(L.Callback):
     """Every `every_n_steps` global steps, draw the module's `timelapse_panels()` and the losses.
 
     Args:
-        every_n_steps: global steps between frames (a GAN step counts 2, see the module note).
+        every_n_steps: global steps between frames (a GAN step counts 2, see the module note):
+            a frame at the first step (the untrained model), then at each multiple of it, and one
+            where training stops.
         dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
             every run in that folder, so a resumed run adds to the frames of the run it resumes.
         fps: frame rate of the GIF and MP4.
@@ -249,7 +251,10 @@ class Timelapse(L.Callback):
                     self.history.setdefault(name, []).append((step, value.detach().item()))
                 elif isinstance(value, (float, int)) and name != "loss":
                     self.history.setdefault(name, []).append((step, float(value)))
-        due = self.last_frame_step is None or step >= self.last_frame_step + self.every_n_steps
+        # the first frame shows the untrained model; then one where the step reaches a multiple of
+        # N, so frames stay N apart across a stop (its own final frame) and a resume
+        n = self.every_n_steps
+        due = self.last_frame_step is None or step // n > self.last_frame_step // n
         if due and not trainer.sanity_checking:
             self.make_frame(trainer, pl_module)
 

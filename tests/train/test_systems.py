@@ -303,17 +303,17 @@ def test_wandb_frames_share_the_losses_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(WandbLogger, "log_metrics", record)
     cfg = dcgan_config(tmp_path, max_steps=8, log_every_n_steps=1)  # 4 GAN steps
-    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 2, 6 and 8 (after the fit)
+    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 2 (the first), 4 and 8
     cfg["wandb"] = "offline"
     cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
     cli.trainer.logger.experiment.finish()
     losses = [step for step, m in logged if "g_loss" in m]
     frames = [(step, m["timelapse/global_step"]) for step, m in logged if "timelapse/frame" in m]
     assert losses == [0, 1, 2, 3]  # one per GAN step
-    assert frames == [(0, 2), (2, 6), (3, 8)]  # the frame files keep the global step
+    assert frames == [(0, 2), (1, 4), (3, 8)]  # the frame files keep the global step
     assert [step for step, m in logged if "timelapse/video" in m] == [3]
     names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert names == ["00000002.png", "00000006.png", "00000008.png"]
+    assert names == ["00000002.png", "00000004.png", "00000008.png"]
 
 
 def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):
@@ -473,3 +473,13 @@ def test_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 8
+
+
+def test_timelapse_frames_stay_on_multiples_of_n_across_a_resume(tmp_path):
+    """The first frame, then every multiple of N: a stop's own frame (6) shifts nothing."""
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=6))  # 3 GAN steps
+    run("dcgan", ["fit", "--config", str(cfg), "--timelapse.every_n_steps", "4"])
+    run("dcgan", ["fit", "--config", str(cfg), "--timelapse.every_n_steps", "4",
+                  "--trainer.max_steps", "12", "--ckpt_path", "last"])  # fmt: skip
+    names = sorted(p.stem for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
+    assert [int(n) for n in names] == [2, 4, 6, 8, 12]
