@@ -19,7 +19,8 @@ Every file is written atomically. Re-running into the same folder with the same 
 weights resumes: finished frames are kept, missing ones made (frame k is made from frame k - 1
 as read back from disk, so the result equals an uninterrupted run); other settings or other
 weights are refused, naming what differs. A non-empty folder that is not a demo folder is
-refused too.
+refused too, and so is a folder another demo process is writing (`pilot.locks`; the hidden
+`.pilot-lock` is there while a demo runs).
 
 Weights: `<weights>/pipeline` (`pilot.load_pipeline`) and `<weights>/controlnet_depth`
 (`pilot.load_controlnet`); by default the ones shipped in `pilot/assets/tiny_sd`.
@@ -38,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pilot.locks import LOCK_FILE
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `pilot --help` stays light
     import torch
@@ -179,11 +182,13 @@ def run_demo(
 
     Raises:
         FileNotFoundError: missing weights folders (the message says how to train them).
-        ValueError: bad settings, or an output folder of another run.
+        ValueError: bad settings, or an output folder of another run, or one another process
+            is writing (`pilot.locks.FolderInUseError`).
     """
     import torch
 
     from pilot.animation.inputs import check_run_folder
+    from pilot.locks import folder_lock
 
     config = config or DemoConfig()
     out = Path(out_dir)
@@ -192,29 +197,30 @@ def run_demo(
     check_size(config, folders[0])
     settings = {**pixel_settings(config), "weights_sha256": weights_digest(folders)}
     _check_out_dir(out)
-    check_run_folder(out, settings, hint="pass another --out, or the original settings")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    start = time.perf_counter()
-    with _torch_threads(threads):
-        seconds = {"shot": _timed(lambda: render_shot(out / "shot", config))}
-        load_start = time.perf_counter()
-        sd, tracks = load_models(folders, config, device)
-        seconds["load"] = time.perf_counter() - load_start
-        videos, timing = animate_passes(out, sd, tracks, dials, config, progress)
-        metrics = measure(out, videos, config)
-        write_outputs(out, videos, config)
-    seconds.update({k: v for k, v in timing.items() if k != "rendered_now"})
-    seconds["total"] = time.perf_counter() - start
-    metrics.update(
-        seconds={k: None if v is None else round(v, 3) for k, v in seconds.items()},
-        rendered_now=timing["rendered_now"],
-        weights=str(folders[0].parent.resolve()),
-        device=str(device),
-        batch=config.batch,
-        threads=torch.get_num_threads() if threads is None else threads,
-        settings=settings,
-    )
-    _write_json(out / "metrics.json", metrics)
+    with folder_lock(out):  # one process per demo folder (`pilot.locks`)
+        check_run_folder(out, settings, hint="pass another --out, or the original settings")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        start = time.perf_counter()
+        with _torch_threads(threads):
+            seconds = {"shot": _timed(lambda: render_shot(out / "shot", config))}
+            load_start = time.perf_counter()
+            sd, tracks = load_models(folders, config, device)
+            seconds["load"] = time.perf_counter() - load_start
+            videos, timing = animate_passes(out, sd, tracks, dials, config, progress)
+            metrics = measure(out, videos, config)
+            write_outputs(out, videos, config)
+        seconds.update({k: v for k, v in timing.items() if k != "rendered_now"})
+        seconds["total"] = time.perf_counter() - start
+        metrics.update(
+            seconds={k: None if v is None else round(v, 3) for k, v in seconds.items()},
+            rendered_now=timing["rendered_now"],
+            weights=str(folders[0].parent.resolve()),
+            device=str(device),
+            batch=config.batch,
+            threads=torch.get_num_threads() if threads is None else threads,
+            settings=settings,
+        )
+        _write_json(out / "metrics.json", metrics)
     if log is not None:
         log(summary(out, metrics))
     return metrics
@@ -240,7 +246,8 @@ def pixel_settings(config: DemoConfig) -> dict:
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
+    mine = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())  # not a lock's
+    if mine and not (out / "settings.json").is_file():
         raise ValueError(
             f"--out {out} is not empty and holds no demo (no settings.json): pass a new or "
             "empty folder, so nothing of yours is overwritten"

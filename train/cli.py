@@ -20,13 +20,15 @@ starts, which `RunFolderGuard` refuses when it would overwrite an earlier run.
 
 A fresh training (no `ckpt_path`) refuses to start over the checkpoints or timelapse frames of
 an earlier run (`RunFolderGuard`), and `fast_dev_run` writes no checkpoint, timelapse or log, so
-neither overwrites a run.
+neither overwrites a run. While a training runs, its checkpoint and timelapse folders are locked
+(`.NAME.lock` beside each, `pilot.locks`): a second training into them stops at once.
 
 Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 4 --trainer.strategy ddp`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import netrc
 import os
@@ -45,6 +47,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from pilot.locks import folder_lock
 from pilot.weights.io import Checkpoint, WeightsError, read_checkpoint
 from train.timelapse import Timelapse
 
@@ -302,11 +305,17 @@ class PilotCLI(LightningCLI):
 
     Args:
         system: The `SYSTEMS` name, recorded in its checkpoints and checked in `ckpt_path`.
+        locks: Where `before_fit` enters the folder locks (`lock_run_folders`); the caller
+            closes it when the training ends (`run`). None: a stack of its own, held until the
+            process ends.
         *args, **kwargs: LightningCLI's.
     """
 
-    def __init__(self, *args: Any, system: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, system: str, locks: contextlib.ExitStack | None = None, **kwargs: Any
+    ) -> None:
         self.system, self.checkpoint = system, None
+        self.locks = locks if locks is not None else contextlib.ExitStack()
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -338,8 +347,9 @@ class PilotCLI(LightningCLI):
         before Lightning lists every missing key, and that a fresh training does not start over
         an earlier run in the folders the config names (`RunFolderGuard`), before the config
         copy or a log is written. A resumed training is reseeded with `seed_everything` plus its
-        global step."""
+        global step. First the run's folders are locked (`lock_run_folders`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self.lock_run_folders()
         if self.checkpoint is not None:
             path, ckpt = self.checkpoint
             check_checkpoint_fits(ckpt, path, self.model)
@@ -353,6 +363,21 @@ class PilotCLI(LightningCLI):
                 L.seed_everything((seed + int(ckpt.metadata["global_step"])) % 2**32, workers=True)
         for guard in (c for c in self.trainer.callbacks if isinstance(c, RunFolderGuard)):
             guard.check(self.trainer, config.get("ckpt_path"))
+
+    def lock_run_folders(self) -> None:
+        """Lock the checkpoint and timelapse folders (`pilot.locks.folder_lock`, `.NAME.lock`
+        beside each, so nothing inside them changes) until the training ends: a second `pilot
+        train` into them, started while this one runs, stops at once naming this one's pid.
+        `fast_dev_run` writes nothing there and locks nothing; other ranks than 0 neither."""
+        trainer = self.trainer
+        if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        checkpoints = (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+        folders = [Path(c.dirpath) for c in checkpoints if c.dirpath]
+        for callback in (c for c in trainer.callbacks if isinstance(c, Timelapse)):
+            folders.append(Path(callback.dirpath or Path(trainer.default_root_dir) / "timelapse"))
+        for folder in dict.fromkeys(Path(os.path.realpath(f)) for f in folders):
+            self.locks.enter_context(folder_lock(folder, beside=True))
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -419,7 +444,7 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
     model_class, data_class = _system_classes(system)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.ExitStack() as locks:  # released when it ends
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
         return PilotCLI(
@@ -429,6 +454,7 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
             parser_kwargs={"prog": f"pilot train {system}"},
             system=system,
+            locks=locks,
         )
 
 

@@ -8,6 +8,8 @@ Run folder (default: the output path without its suffix, plus `.run`)::
     state/NNNNNN.npy     per-frame noise (only with --noise warped)
     metrics.json         warp error and flicker index (a shot's geometry flow whatever --flow
                          made the frames, DIS for a video), seconds per frame
+    .pilot-lock          while a run writes the folder (`pilot.locks`): a second `pilot animate`
+                         on the same folder stops at once, naming the first one's pid
 
 Re-running the same command continues at the first missing frame; since frame k is made from
 frame k - 1 as read back from disk and from seeds derived from the base seed and k, the result is
@@ -229,29 +231,31 @@ def cmd_animate(args: argparse.Namespace) -> int:
     from pilot.commands import _animate_checks as checks
     from pilot.commands import default_dtype
     from pilot.diffusion.speed import optimize
+    from pilot.locks import folder_lock
 
     settings, config, prompts, frames, todo, device = check_arguments(args)
     speed = speed_settings(args, device)
     dtype_name = args.dtype or default_dtype(device)
     dtype = getattr(torch, dtype_name)
     run = args.run or args.out.with_suffix(".run")
-    chosen = checks.run_settings(args, frames, dtype_name)
-    old = read_settings(run)  # a corrupt file: before the slow loading
-    chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
-    checks.check_range_start(run, config, todo)
-    preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
-    sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
-    check_frame_size(args, frames, sd)
-    sd = optimize(sd, speed)
-    check_preview(preview, sd, args.preview_decoder)
-    tracks = load_tracks(args, frames, sd, device, dtype, speed)
-    check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
-    check_run_folder(run, chosen)
-    with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
-        seconds = render_frames(
-            args, sd, settings, config, frames, prompts, store, tracks, todo, preview
-        )
-        summary = finish(args, frames, store, todo, run, seconds)
+    with folder_lock(run):  # one process per run folder (`pilot.locks`), before any loading
+        chosen = checks.run_settings(args, frames, dtype_name)
+        old = read_settings(run)  # a corrupt file: before the slow loading
+        chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
+        checks.check_range_start(run, config, todo)
+        preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
+        sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
+        check_frame_size(args, frames, sd)
+        sd = optimize(sd, speed)
+        check_preview(preview, sd, args.preview_decoder)
+        tracks = load_tracks(args, frames, sd, device, dtype, speed)
+        check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
+        check_run_folder(run, chosen)
+        with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
+            seconds = render_frames(
+                args, sd, settings, config, frames, prompts, store, tracks, todo, preview
+            )
+            summary = finish(args, frames, store, todo, run, seconds)
     done = f"wrote {args.out}, {args.out.with_suffix('.gif')} (frames and metrics in {run})"
     print(json.dumps(summary, indent=2) if args.json else done)
     return 0

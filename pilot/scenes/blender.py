@@ -384,21 +384,24 @@ def export_shot(
         out, W, H, fps=fps, far=background_depth(far, metres), provenance=provenance,
         settings=settings, force=force,
     )  # fmt: skip
-    done = len(writer.frames)
-    if writer.complete:
-        log(f"{out}: finished shot of these settings, nothing to render (--force renders again)")
-    elif done:
-        log(f"{out}: resuming at frame {plan[done]['frame']} ({done} of {len(plan)} kept)")
-    for i in range(done, len(plan)):
-        p = plan[i]
-        exr = writer.scratch() / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
-        render_frame(scene, p["frame"], exr)
-        passes = convert_passes(exr, p["K"], p["c2w"], far, metres, [cams[i], cams[i + 2]])
-        exr.unlink()
-        c2w = p["c2w"].copy()
-        c2w[:3, 3] *= metres  # the camera's position in metres
-        writer.add(p["K"], c2w, source_frame=p["frame"], **passes)
-    path = writer.close()
+    with writer:  # the folder's lock until shot.json is written (`pilot.locks`)
+        done = len(writer.frames)
+        if writer.complete:
+            log(
+                f"{out}: finished shot of these settings, nothing to render (--force renders again)"
+            )
+        elif done:
+            log(f"{out}: resuming at frame {plan[done]['frame']} ({done} of {len(plan)} kept)")
+        for i in range(done, len(plan)):
+            p = plan[i]
+            exr = writer.scratch() / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
+            render_frame(scene, p["frame"], exr)
+            passes = convert_passes(exr, p["K"], p["c2w"], far, metres, [cams[i], cams[i + 2]])
+            exr.unlink()
+            c2w = p["c2w"].copy()
+            c2w[:3, 3] *= metres  # the camera's position in metres
+            writer.add(p["K"], c2w, source_frame=p["frame"], **passes)
+        path = writer.close()
     if not writer.complete:  # a finished shot was logged above: nothing rendered or written
         log(f"wrote {path}")
     return path

@@ -94,7 +94,8 @@ def fly_through_shot(
         raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
     provenance = {"source": "pilot.scenes.procedural.fly_through_shot", "seed": seed}
     writer = ShotWriter(root, width, height, fps=fps, far=RenderConfig().far, provenance=provenance)
-    out = render_fly_through(seed, n_frames, width, height, batch)
-    for k in range(n_frames):
-        add_fly_through_frame(writer, out, k)
-    return writer.close()
+    with writer:  # the folder's lock, from the check to shot.json (`pilot.locks`)
+        out = render_fly_through(seed, n_frames, width, height, batch)
+        for k in range(n_frames):
+            add_fly_through_frame(writer, out, k)
+        return writer.close()

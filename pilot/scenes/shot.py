@@ -5,6 +5,7 @@ A shot is a folder (format "pilot-shot", version 1)::
     shot.json              metadata and cameras (below); written last, so it marks a complete shot
     .shot-unfinished       present while a `ShotWriter` fills the folder (removed by `close()`)
     .shot-resume/          a resumable writer's settings and frame records (below), until `close()`
+    .pilot-lock            a writer's lock (`pilot.locks`): one writer per folder at a time
     depth/000000.npy       float32 (H, W): z-depth in metres (distance along the camera's +z axis,
                            not along the ray); finite and > 0; pixels with no surface hold `far`
     normals/000000.npy     optional float32 (H, W, 3): unit normals in CAMERA space (OpenCV axes),
@@ -69,6 +70,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pilot.locks import LOCK_FILE
 
 if TYPE_CHECKING:  # at run time `__getattr__` imports them: shot_writer imports this module
     from pilot.scenes.shot_writer import START_OVER as START_OVER
@@ -178,6 +181,8 @@ def _holds_only_frames(root: Path) -> bool:
     """Whether every entry of `root` is a pass folder of frame files: an unfinished shot from
     before the marker, or with it removed."""
     for entry in root.iterdir():
+        if entry.name == LOCK_FILE:  # a writer's lock (`pilot.locks`), left by a killed one
+            continue
         if entry.name not in PASSES or not entry.is_dir():
             return False
         if not all(FRAME_FILE.fullmatch(f.name) and f.is_file() for f in entry.iterdir()):
@@ -191,7 +196,7 @@ def check_writable(root: Path) -> None:
     may hold files of the user's."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file, not a shot folder")
-    if not root.is_dir() or not any(root.iterdir()):
+    if not root.is_dir() or not any(e.name != LOCK_FILE for e in root.iterdir()):
         return
     if not ((root / UNFINISHED).is_file() or _is_shot(root) or _holds_only_frames(root)):
         raise ValueError(

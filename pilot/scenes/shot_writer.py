@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pilot.locks import folder_lock
 from pilot.scenes.shot import (
     CONVENTIONS,
     FORMAT,
@@ -194,6 +195,10 @@ class ShotWriter:
     `complete` says the folder holds the finished shot of these settings (`close()` then writes
     nothing). Each frame's files and record are synced to disk as it is added.
 
+    The writer holds the folder's lock (`pilot.locks.folder_lock`) from its creation until
+    `close()` (or the end of its `with` block, or its process): a second writer of the same
+    folder, in another process, fails at once and writes nothing.
+
     Args:
         root: output folder (created).
         width, height: resolution in pixels (> 0).
@@ -207,6 +212,7 @@ class ShotWriter:
     Raises:
         ValueError: a folder that holds no shot; with `settings` and not `force`, a finished shot
             of other settings (or of none), or an unfinished one of other settings.
+        pilot.locks.FolderInUseError: another process writes the folder (a ValueError).
     """
 
     def __init__(
@@ -232,10 +238,28 @@ class ShotWriter:
         if settings is not None:  # compared as read back from disk (tuples become lists)
             shape = {"width": width, "height": height, "fps": float(fps), "far": float(far)}
             self.settings = json.loads(json.dumps({**settings, **shape}))
-        self.root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.root / RESUME / "scratch", ignore_errors=True)  # a killed renderer's
-        if self.settings is not None and not force:
-            self._resume()
+        self._lock = folder_lock(self.root)  # creates the folder
+        self._lock.__enter__()
+        try:
+            shutil.rmtree(self.root / RESUME / "scratch", ignore_errors=True)  # a killed renderer's
+            if self.settings is not None and not force:
+                self._resume()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let another writer have the folder (`close()` does it; a no-op once released)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+    def __enter__(self) -> ShotWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Release the folder (an error leaves the frames added so far, as a kill would)."""
+        self.release()
 
     def _resume(self) -> None:
         """Take over the frames an earlier writer of the same settings left; refuse others."""
@@ -332,7 +356,14 @@ class ShotWriter:
 
     def close(self) -> Path:
         """Write shot.json (atomically), remove the unfinished marker and resume records, return
-        shot.json's path. A `complete` writer only removes a stale marker."""
+        shot.json's path, and release the folder. A `complete` writer only removes a stale
+        marker."""
+        try:
+            return self._close()
+        finally:
+            self.release()
+
+    def _close(self) -> Path:
         if not self.frames:
             raise ValueError(f"{self.root}: a shot needs at least one frame")
         path = self.root / "shot.json"

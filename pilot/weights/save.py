@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.locks import folder_lock
 from pilot.weights.io import save_state_dict
 
 if TYPE_CHECKING:  # annotations only: pilot.models.preview imports this module
@@ -74,34 +75,38 @@ def _write_folder(folder: str | os.PathLike, write, *, overwrite: bool) -> Path:
     export renames it back first. Every export then deletes the leftovers of earlier interrupted
     exports of the same folder (also the `.NAME.old` that this function used to leave; not the
     `mkdtemp` folders `.NAME.XXXXXXXX` of that code, whose names a user's `.unet.original` or
-    `.vae.backup01` would match); one export per folder at a time.
+    `.vae.backup01` would match). One export per folder at a time: each holds the lock
+    `.NAME.lock` beside the folder (`pilot.locks.folder_lock`, released when the export ends or
+    its process dies), and a second one, in another process, fails at once with
+    `pilot.locks.FolderInUseError` (a ValueError) before touching anything.
     """
     folder = Path(folder)
-    previous = previous_export(folder)
-    if previous is not None:
-        os.replace(previous, folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in _leftovers(folder):
-        _remove(leftover)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700; model folders are ordinary shared outputs
-    try:
-        write(tmp)
-        if not (folder.exists() or folder.is_symlink()):
-            os.replace(tmp, folder)
-        elif not _exchange(tmp, folder):
-            old = folder.with_name(f".{folder.name}.old-{secrets.token_hex(4)}")
-            os.replace(folder, old)
-            try:
+    with folder_lock(folder, beside=True):  # `.NAME.lock` beside: the folder is swapped
+        previous = previous_export(folder)
+        if previous is not None:
+            os.replace(previous, folder)
+        if folder.exists() and not overwrite:
+            raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in _leftovers(folder):
+            _remove(leftover)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        tmp.chmod(0o755)  # mkdtemp makes 0700; model folders are ordinary shared outputs
+        try:
+            write(tmp)
+            if not (folder.exists() or folder.is_symlink()):
                 os.replace(tmp, folder)
-            except BaseException:
-                os.replace(old, folder)
-                raise
-            _remove(old)
-    finally:
-        _remove(tmp)  # the new folder after a failure, the previous one after an exchange
+            elif not _exchange(tmp, folder):
+                old = folder.with_name(f".{folder.name}.old-{secrets.token_hex(4)}")
+                os.replace(folder, old)
+                try:
+                    os.replace(tmp, folder)
+                except BaseException:
+                    os.replace(old, folder)
+                    raise
+                _remove(old)
+        finally:
+            _remove(tmp)  # the new folder after a failure, the previous one after an exchange
     return folder
 
 

@@ -145,3 +145,22 @@ def test_sd1_controlnet_on_sd2_model_is_named():
                        "cross_attention_dim: ControlNet 768 vs model 1024"):  # fmt: skip
         check_controlnet_family(UNET_PRESETS["sd21"], CONTROLNET_PRESETS["sd15"], "cn.safetensors")
     check_controlnet_family(UNET_PRESETS["sd15"], CONTROLNET_PRESETS["sd15"], "cn.safetensors")
+
+
+def test_a_run_folder_another_process_writes_is_refused_at_once(
+    model_folder, small_shot, tmp_path, capsys
+):
+    import os
+
+    from pilot.locks import LOCK_FILE, folder_lock
+
+    out, run = tmp_path / "film.mp4", tmp_path / "film.run"
+    with folder_lock(run):  # another `pilot animate` of the same run folder
+        assert animate(model_folder, small_shot, out, "--frames", "0:2", "--cfg", "1") == 2
+        assert capsys.readouterr().err == (
+            f"pilot animate: error: {run} is in use by another pilot process (pid {os.getpid()})"
+            "; wait for it or stop it\n"
+        )
+        assert [p.name for p in run.iterdir()] == [LOCK_FILE] and not out.exists()
+    assert animate(model_folder, small_shot, out, "--frames", "0:2", "--cfg", "1") == 0
+    assert not (run / LOCK_FILE).exists()  # released when the run ended

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pilot.locks import LOCK_FILE
 from pilot.scenes.geometry import forward_backward_error, frame_flow, reprojection_flow
 from pilot.scenes.procedural import fly_through_shot
 from pilot.scenes.shot import Shot, ShotWriter, png_bytes
@@ -305,8 +306,9 @@ def _add(writer, ks):
 
 
 def _files(root):
-    """Every file under root (hidden ones included) with its bytes."""
-    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+    """Every file under root (hidden ones included, not a live writer's lock) with its bytes."""
+    files = (f for f in root.rglob("*") if f.is_file() and f.name != LOCK_FILE)
+    return {str(f.relative_to(root)): f.read_bytes() for f in files}
 
 
 def test_an_interrupted_writer_with_settings_resumes_at_the_first_missing_frame(tmp_path):
