@@ -242,10 +242,10 @@ class FinalCheckpoint(L.Callback):
     """
 
     def __init__(self, checkpoint: ModelCheckpoint) -> None:
-        self.checkpoint, self.saved_step = checkpoint, -1
+        self.checkpoint, self.start_step = checkpoint, -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.saved_step = trainer.global_step  # the resumed checkpoint's: nothing new yet
+        self.start_step = trainer.global_step  # the resumed checkpoint's: nothing new yet
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         max_steps = trainer.max_steps
@@ -253,16 +253,16 @@ class FinalCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.saved_step != trainer.global_step:
+        if trainer.global_step != self.start_step:
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
+        """Save `last.ckpt` through the checkpoint callback (Lightning's private API, there since
+        2.0), so it knows: no second write at a step it saved itself (this callback runs after
+        it), no `last-v1.ckpt` of its own when the fit ends."""
         ckpt = self.checkpoint
-        if trainer.fast_dev_run or not ckpt.save_last or ckpt.dirpath is None:
-            return
-        last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}.ckpt"
-        trainer.save_checkpoint(last, weights_only=ckpt.save_weights_only)  # as the callback
-        self.saved_step = trainer.global_step
+        if ckpt._last_global_step_saved != trainer.global_step:
+            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
 
 
 class StopOnInterrupt(L.Callback):

@@ -473,6 +473,9 @@ def test_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 8
+    # saved through the callback: it writes no `last-v1.ckpt` of its own when the fit ends,
+    # which `--ckpt_path last` (the newest) would resume from
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
 
 
 def test_timelapse_frames_stay_on_multiples_of_n_across_a_resume(tmp_path):
