@@ -254,6 +254,10 @@ class FeedbackSampler:
         decoder: torch.nn.Module | None = None,
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
+        # the full sampling grid, once: on the host, where the sampler's and the ControlNets'
+        # branches read it (no GPU wait); a schedule of your own may return anything
+        schedule = DiscreteSchedule.scaled_linear()
+        self.sigmas = check_sigmas(get_sigmas(settings.schedule, settings.steps, schedule))
         self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
         self.store, self.base_seed = store, base_seed
         try:
@@ -478,9 +482,7 @@ class FeedbackSampler:
                  self.frames.width // self.factor)  # fmt: skip
         noise, first = self.noise(ks, batch, shape, flow)
         settings = replace(self.settings, cfg=params.cfg)
-        # on the host: the sampler's and the ControlNets' branches read it there, no GPU wait
-        full = get_sigmas(settings.schedule, settings.steps, DiscreteSchedule.scaled_linear())
-        full = check_sigmas(full)  # a schedule of your own may return anything
+        full = self.sigmas
         init_latents = None if init is None else encode_images(self.sd, init, batch=self.vae_batch)
         strength = 1.0 if init is None else params.strength
         aware = flow is not None and self.config.occlusion != "ignore"
