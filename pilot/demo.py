@@ -229,13 +229,11 @@ def run_demo(
 def check_size(config: DemoConfig, pipeline: Path) -> None:
     """ValueError unless the frame size is a multiple of the pipeline folder's VAE factor
     (read from its config, before any frame or setting is written)."""
+    from pilot.diffusion.pipeline import check_vae_multiple
     from pilot.weights.loaders import load_config
 
     factor = load_config(pipeline, "vae").downsample_factor
-    if config.size % factor:
-        raise ValueError(
-            f"size {config.size} is not a multiple of {factor}, the VAE factor of {pipeline}"
-        )
+    check_vae_multiple({"size": config.size}, factor, str(pipeline))
 
 
 def pixel_settings(config: DemoConfig) -> dict:

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import torch
 
-    from pilot.weights.loaders import StableDiffusion
-
 
 def resolve_device(name: str | None) -> torch.device:
     """The `torch.device` of a `--device` argument, checked before anything loads.
@@ -50,23 +48,3 @@ def resolve_device(name: str | None) -> torch.device:
 def default_dtype(device: torch.device) -> str:
     """The dtype used without --dtype: float16 on CUDA, float32 elsewhere."""
     return "float16" if device.type == "cuda" else "float32"
-
-
-def check_vae_multiple(
-    sizes: dict[str, int], sd: StableDiffusion, model: str, hint: str = ""
-) -> None:
-    """ValueError unless every size is a multiple of the loaded model's VAE factor.
-
-    Args:
-        sizes: What each size is (e.g. "--width") -> pixels, positive (checked earlier).
-        sd: The loaded `pilot.StableDiffusion`; its VAE decides the factor (8 in SD, 2 in a
-            one-downsample VAE), so a size is checked only once the model is known.
-        model: The --model argument, named in the message.
-        hint: Appended to the message (what to do instead).
-    """
-    factor = sd.vae.cfg.downsample_factor
-    for what, value in sizes.items():
-        if value % factor:
-            raise ValueError(
-                f"{what} {value} is not a multiple of {factor}, the VAE factor of {model}{hint}"
-            )

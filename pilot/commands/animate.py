@@ -298,7 +298,7 @@ def check_arguments(
 def check_frame_size(args: argparse.Namespace, frames: FrameSource, sd: StableDiffusion) -> None:
     """ValueError unless the frames' size is a multiple of the loaded model's VAE factor,
     naming the shot, the video or --width / --height."""
-    from pilot.commands import check_vae_multiple
+    from pilot.diffusion.pipeline import check_vae_multiple
 
     prefix, hint = "--", ""
     if args.shot is not None:
@@ -306,7 +306,7 @@ def check_frame_size(args: argparse.Namespace, frames: FrameSource, sd: StableDi
     elif args.width is None:
         prefix, hint = f"video {frames.name} ", "; pass --width/--height to resize it"
     sizes = {f"{prefix}width": frames.width, f"{prefix}height": frames.height}
-    check_vae_multiple(sizes, sd, args.model, hint)
+    check_vae_multiple(sizes, sd.vae.cfg.downsample_factor, args.model, hint)
 
 
 def render_frames(

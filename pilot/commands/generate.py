@@ -340,7 +340,7 @@ def check_image_size(
 ) -> None:
     """ValueError unless the output size is a multiple of the loaded model's VAE factor,
     naming --width / --height, or the --init image whose size it is."""
-    from pilot.commands import check_vae_multiple
+    from pilot.diffusion.pipeline import check_vae_multiple
 
     sizes, hint = {}, ""
     for name, value in (("width", width), ("height", height)):
@@ -349,7 +349,7 @@ def check_image_size(
             hint = "; pass --width/--height to resize it"
         else:
             sizes[f"--{name}"] = value
-    check_vae_multiple(sizes, sd, args.model, hint)
+    check_vae_multiple(sizes, sd.vae.cfg.downsample_factor, args.model, hint)
 
 
 def native_size(sd: StableDiffusion) -> int:

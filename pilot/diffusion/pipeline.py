@@ -258,6 +258,22 @@ def check_size(height: int, width: int, factor: int = 8) -> None:
         )
 
 
+def check_vae_multiple(sizes: dict[str, int], factor: int, model: str, hint: str = "") -> None:
+    """ValueError unless every size is a multiple of a model's VAE factor, naming the size.
+
+    Args:
+        sizes: What each size is (e.g. "--width") -> pixels, positive (checked earlier).
+        factor: The VAE's downsampling factor (8 in SD, 2 in a one-downsample VAE).
+        model: The model, named in the message.
+        hint: Appended to the message (what to do instead).
+    """
+    for what, value in sizes.items():
+        if value % factor:
+            raise ValueError(
+                f"{what} {value} is not a multiple of {factor}, the VAE factor of {model}{hint}"
+            )
+
+
 # torch.Generator.manual_seed takes seeds in [-2**63, 2**64)
 SEED_RANGE = range(-(2**63), 2**64)
 
