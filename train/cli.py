@@ -32,7 +32,6 @@ import contextlib
 import importlib.util
 import netrc
 import os
-import re
 import signal
 import sys
 import threading
@@ -102,12 +101,16 @@ def checkpoint_dir(config: Any) -> Path:
     return Path(config["trainer"].get("default_root_dir") or os.getcwd()) / "checkpoints"
 
 
+def last_checkpoints(folder: Path) -> list[Path]:
+    """The `last*.ckpt` files of a ModelCheckpoint folder (`last.ckpt`, `last-v1.ckpt`...)."""
+    last = ModelCheckpoint.CHECKPOINT_NAME_LAST
+    return sorted(p for p in folder.glob("*.ckpt") if p.name.startswith(last) and p.is_file())
+
+
 def find_last_checkpoint(folder: Path) -> Path | None:
     """The file `ckpt_path="last"` names, as Lightning picks it: the newest (modification time)
-    `last*.ckpt` of the ModelCheckpoint folder (`last.ckpt`, `last-v1.ckpt`...); None if none."""
-    name = re.compile(rf"^{re.escape(ModelCheckpoint.CHECKPOINT_NAME_LAST)}")
-    lasts = [p for p in folder.glob("*.ckpt") if name.match(p.stem) and p.is_file()]
-    return max(lasts, key=lambda p: p.stat().st_mtime, default=None)
+    of `last_checkpoints`; None if none."""
+    return max(last_checkpoints(folder), key=lambda p: p.stat().st_mtime, default=None)
 
 
 class RunFolderGuard(L.Callback):
@@ -141,7 +144,7 @@ class RunFolderGuard(L.Callback):
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath and Path(ckpt.dirpath).is_dir():
             ckpts = sorted(Path(ckpt.dirpath).glob("*.ckpt"))
-            lasts = [p for p in ckpts if p.name.startswith(ckpt.CHECKPOINT_NAME_LAST)]
+            lasts = last_checkpoints(Path(ckpt.dirpath))
             if lasts:
                 found.append(f"{ckpt.dirpath} holds {', '.join(p.name for p in lasts)}")
         timelapses = [c for c in trainer.callbacks if isinstance(c, Timelapse) and c.dirpath]
