@@ -450,4 +450,4 @@ def takes(sampler: Sampler, parameter: str) -> bool:
 
 def samplers_with(parameter: str) -> list[str]:
     """Names in `SAMPLERS` whose sampler takes the keyword `parameter` (e.g. "eta"), in order."""
-    return [name for name, f in SAMPLERS.items() if parameter in inspect.signature(f).parameters]
+    return [name for name, f in SAMPLERS.items() if takes(f, parameter)]
