@@ -104,6 +104,11 @@ def frame_name(k: int, ext: str = "png") -> str:
     return f"{k:06d}.{ext}"
 
 
+def pass_file(root: Path, p: str, k: int) -> Path:
+    """Path of pass `p` of frame `k` in the shot folder `root` (PNG or float32 .npy)."""
+    return root / p / frame_name(k, "png" if p in PNG_PASSES else "npy")
+
+
 def _check_array(p: str, k: int, a: np.ndarray, height: int, width: int) -> np.ndarray:
     """Frame k's array of pass `p` as an array, checked for shape (and uint8 for PNG passes)."""
     a = np.asarray(a)
@@ -259,7 +264,7 @@ class Shot:
 
     def file(self, k: int, p: str) -> Path:
         """Path of pass `p` of frame `k`."""
-        return self.root / p / frame_name(k, "png" if p in PNG_PASSES else "npy")
+        return pass_file(self.root, p, k)
 
     def _load(self, k: int, p: str) -> np.ndarray:
         f = self.file(k, p)

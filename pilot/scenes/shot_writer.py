@@ -39,6 +39,7 @@ from pilot.scenes.shot import (
     check_resolution,
     check_writable,
     frame_name,
+    pass_file,
 )
 
 
@@ -82,11 +83,11 @@ def _save_frame(
     a = _check_array(p, k, a, height, width)
     (root / p).mkdir(exist_ok=True)
     if p in PNG_PASSES:
-        _save_atomic(root / p / frame_name(k, "png"), png_bytes(a), sync)
+        _save_atomic(pass_file(root, p, k), png_bytes(a), sync)
     else:
         f = io.BytesIO()
         np.save(f, a.astype(np.float32))
-        _save_atomic(root / p / frame_name(k, "npy"), f.getvalue(), sync)
+        _save_atomic(pass_file(root, p, k), f.getvalue(), sync)
 
 
 def _clear(root: Path) -> None:
@@ -174,8 +175,7 @@ def _read_records(root: Path) -> tuple[list[dict[str, Any]], list[str] | None]:
             check_camera(frame["K"], frame["c2w"], f"record {k}")
         except (OSError, ValueError, KeyError, TypeError):
             break
-        ext = {p: "png" if p in PNG_PASSES else "npy" for p in PASSES}
-        files = [root / p / frame_name(k, ext[p]) for p in these if p in ext]
+        files = [pass_file(root, p, k) for p in these if p in PASSES]
         if (passes is not None and these != passes) or not all(f.is_file() for f in files):
             break
         frames.append(frame)
