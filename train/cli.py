@@ -378,7 +378,7 @@ class PilotCLI(LightningCLI):
         checkpoints = (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
         folders = [Path(c.dirpath) for c in checkpoints if c.dirpath]
         for callback in (c for c in trainer.callbacks if isinstance(c, Timelapse)):
-            folders.append(Path(callback.dirpath or Path(trainer.default_root_dir) / "timelapse"))
+            folders.append(callback.folder(trainer))
         for folder in dict.fromkeys(Path(os.path.realpath(f)) for f in folders):
             self.locks.enter_context(folder_lock(folder, beside=True))
 

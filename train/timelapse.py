@@ -220,9 +220,13 @@ class Timelapse(L.Callback):
         self.history = {k: [tuple(p) for p in v] for k, v in state_dict["history"].items()}
         self.last_frame_step = state_dict["last_frame_step"]
 
+    def folder(self, trainer: L.Trainer) -> Path:
+        """`dirpath`, else `<default_root_dir>/timelapse`: not the logger's versioned folder,
+        so a resume writes here too."""
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "timelapse")
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.dirpath is None:  # not the logger's versioned folder: a resume writes here too
-            self.dirpath = Path(trainer.default_root_dir) / "timelapse"
+        self.dirpath = self.folder(trainer)
         if not hasattr(pl_module, "timelapse_panels"):
             raise ValueError(f"{type(pl_module).__name__} has no timelapse_panels() to draw")
 
