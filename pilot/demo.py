@@ -173,7 +173,8 @@ def run_demo(
         weights: Folder with `pipeline/` and `controlnet_depth/`; None = the packaged weights.
         config: Settings; None = `DemoConfig()`.
         threads: torch CPU threads for the run (restored afterwards); None keeps torch's.
-        device: torch device; None = cuda if present, else cpu.
+        device: torch device, as `--device` takes it (`pilot.commands.resolve_device`, checked
+            before any work); None = cuda if present, else cpu.
         progress: Show a progress bar per pass.
         log: Where the summary lines go (None: silent).
 
@@ -188,18 +189,19 @@ def run_demo(
     import torch
 
     from pilot.animation.inputs import check_run_folder
+    from pilot.commands import resolve_device
     from pilot.locks import folder_lock
 
     config = config or DemoConfig()
     out = Path(out_dir)
     dials = sampling_dials(config)  # bad names and schedules fail before any work
+    device = resolve_device(None if device is None else str(device))  # as generate / animate
     folders = weight_folders(weights)
     check_size(config, folders[0])
     settings = {**pixel_settings(config), "weights_sha256": weights_digest(folders)}
     _check_out_dir(out)
     with folder_lock(out):  # one process per demo folder (`pilot.locks`)
         check_run_folder(out, settings, hint="pass another --out, or the original settings")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         start = time.perf_counter()
         with _torch_threads(threads):
             seconds = {"shot": _timed(lambda: render_shot(out / "shot", config))}

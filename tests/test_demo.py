@@ -165,3 +165,22 @@ def test_cli_smoke(weights, tmp_path, capsys):
     assert "unknown sampler 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert torch.get_num_threads() == 1  # the one_thread fixture's setting survives the runs
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", "--device 'foo' is not a torch device (cpu, cuda, cuda:N, ...)"),
+        ("cuda:1", "--device cuda:1: torch sees no CUDA device here"),
+    ],
+)
+def test_the_device_is_picked_as_generate_and_animate_pick_it(
+    weights, tmp_path, capsys, monkeypatch, device, message
+):
+    """`resolve_device`: a device this machine lacks is a one-line error before any work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--weights", str(weights), *SMALL_ARGS,
+                 "--device", device]) == 2  # fmt: skip
+    assert f"pilot demo: error: {message}" in capsys.readouterr().err
+    assert not out.exists()

@@ -15,8 +15,10 @@ dataclasses they take (unknown keys are errors). Beyond Lightning's own `trainer
   on logging into the same W&B run.
 
 `--ckpt_path last` is resolved here, as Lightning would (`find_last_checkpoint`), so a corrupt
-`last.ckpt` is a one-line error naming it; with no last checkpoint in the folder a fresh training
-starts, which `RunFolderGuard` refuses when it would overwrite an earlier run.
+`last.ckpt` is a one-line error naming it; runs from before the default folder kept their
+checkpoints in the logger's versioned folder (`old_checkpoint_dirs`), and `last` looks there too.
+With no last checkpoint a fresh training starts, which `RunFolderGuard` refuses when it would
+overwrite an earlier run.
 
 A fresh training (no `ckpt_path`) refuses to start over the checkpoints or timelapse frames of
 an earlier run (`RunFolderGuard`), and `fast_dev_run` writes no checkpoint, timelapse or log, so
@@ -29,6 +31,7 @@ Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 4 --trainer.st
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import netrc
 import os
@@ -107,10 +110,39 @@ def last_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.ckpt") if p.name.startswith(last) and p.is_file())
 
 
-def find_last_checkpoint(folder: Path) -> Path | None:
+def old_checkpoint_dirs(config: Any) -> list[Path]:
+    """Where runs made before checkpoints had one folder kept them, for a parsed `fit` config
+    without `checkpoint.dirpath`: the first logger's versioned folder under
+    `default_root_dir`, `csv/version_*/checkpoints` (CSV logger) or
+    `<wandb_project>/*/checkpoints` (W&B logger, first when wandb was installed). With a
+    `checkpoint.dirpath` the old runs wrote there too: none."""
+    if config.get("checkpoint", {}).get("dirpath"):
+        return []
+    root = Path(config["trainer"].get("default_root_dir") or os.getcwd())
+    project = config.get("wandb_project") or "diffusion-pilot"
+    patterns = ("csv/version_*/checkpoints", f"{glob.escape(project)}/*/checkpoints")
+    return sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_dir()})
+
+
+def find_last_checkpoint(folder: Path, old_folders: Sequence[Path] = ()) -> Path | None:
     """The file `ckpt_path="last"` names, as Lightning picks it: the newest (modification time)
-    of `last_checkpoints`; None if none."""
-    return max(last_checkpoints(folder), key=lambda p: p.stat().st_mtime, default=None)
+    of the `last_checkpoints` of `folder` and of `old_folders` (`old_checkpoint_dirs`, whose
+    runs a resume goes on in `folder`); None if none.
+
+    Raises:
+        ValueError: the newest are equally new in different folders, listing them.
+    """
+    found = [p for f in (folder, *old_folders) for p in last_checkpoints(f)]
+    if not found:
+        return None
+    times = {p: p.stat().st_mtime for p in found}
+    tied = [p for p in found if times[p] == max(times.values())]
+    if len({p.parent for p in tied}) > 1:
+        raise ValueError(
+            f"ckpt_path=last: {', '.join(map(str, tied))} are equally new: pass the one to "
+            "resume as --ckpt_path FILE"
+        )
+    return tied[0]
 
 
 class RunFolderGuard(L.Callback):
@@ -337,11 +369,15 @@ class PilotCLI(LightningCLI):
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            folder = checkpoint_dir(config)
-            last = find_last_checkpoint(folder)
+            folder, old = checkpoint_dir(config), old_checkpoint_dirs(config)
+            last = find_last_checkpoint(folder, old)
             ckpt_path = config["ckpt_path"] = None if last is None else str(last)
             if last is None:
                 rank_zero_info(f"ckpt_path=last: no last*.ckpt in {folder}: a fresh training")
+            elif last.parent != folder:
+                rank_zero_info(
+                    f"ckpt_path=last: {last} (an older run's folder); goes on in {folder}"
+                )
         if ckpt_path and Path(ckpt_path).is_file():
             self.checkpoint = (ckpt_path, read_training_checkpoint(ckpt_path, self.system))
 

@@ -44,6 +44,7 @@ from pilot.animation.color import lab_stats, match_color
 from pilot.animation.flow import FlowField, FlowSource, downsample_flow
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
 from pilot.animation.schedules import PromptSchedule, Schedule, parse_schedule, schedule_text
+from pilot.deprecation import renamed_keywords
 from pilot.diffusion.control import Control, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, append_dims
 from pilot.diffusion.guidance import InpaintDenoiser
@@ -188,8 +189,9 @@ def check_schedules(
         schedule_params(config, scales, base_seed, k)
 
 
+@renamed_keywords(negative="negative_prompt")
 def check_prompts(
-    tokenizer: PromptTokenizer, prompts: PromptSchedule, negative: str, ks: Sequence[int]
+    tokenizer: PromptTokenizer, prompts: PromptSchedule, negative_prompt: str, ks: Sequence[int]
 ) -> None:
     """Tokenise the keyed prompts of frames ks before the first frame: the ValueError
     `FeedbackSampler.context` would raise at a frame between prompts of different lengths
@@ -198,7 +200,7 @@ def check_prompts(
     for k in ks:
         a, b, _ = prompts.at(k)
         for prompt in {a, b} - set(lengths):
-            lengths[prompt] = count_chunks(tokenizer, [prompt, negative])
+            lengths[prompt] = count_chunks(tokenizer, [prompt, negative_prompt])
         if lengths[a] != lengths[b]:
             raise ValueError(_length_error(a, b))
 
@@ -224,7 +226,9 @@ class FeedbackSampler:
         settings: Sampler, schedule, steps (cfg is overridden per frame).
         config: The feedback dials.
         frames: A `ShotFrames` or `VideoFrames`.
-        prompts: Keyed prompts; negative: the negative prompt for every frame.
+        prompts: Keyed prompts.
+        negative_prompt: The negative prompt of every frame (`negative=` is its deprecated
+            name).
         tracks: ControlNets with their control kinds and scales.
         store: Where frames are read back from and written to.
         base_seed: Seed of frame 0 (frame k: base_seed + k unless `config.seed`).
@@ -236,6 +240,7 @@ class FeedbackSampler:
             draft; the next frame's init is still encoded by the VAE).
     """
 
+    @renamed_keywords(negative="negative_prompt")
     def __init__(
         self,
         sd: StableDiffusion,
@@ -245,7 +250,7 @@ class FeedbackSampler:
         prompts: PromptSchedule,
         store: FrameStore,
         *,
-        negative: str = "",
+        negative_prompt: str = "",
         tracks: Sequence[ControlTrack] = (),
         base_seed: int = 0,
         flow: FlowSource | None = None,
@@ -258,7 +263,7 @@ class FeedbackSampler:
         # branches read it (no GPU wait); a schedule of your own may return anything
         schedule = DiscreteSchedule.scaled_linear()
         self.sigmas = check_sigmas(get_sigmas(settings.schedule, settings.steps, schedule))
-        self.prompts, self.negative, self.tracks = prompts, negative, tuple(tracks)
+        self.prompts, self.negative_prompt, self.tracks = prompts, negative_prompt, tuple(tracks)
         self.store, self.base_seed = store, base_seed
         try:
             check_seed(base_seed)
@@ -290,7 +295,7 @@ class FeedbackSampler:
         a, b, w = self.prompts.at(k)
         for prompt in {a, b} - set(self._embeddings):
             self._embeddings[prompt] = encode_text(
-                self.sd, [prompt], [self.negative], clip_skip=self.settings.clip_skip
+                self.sd, [prompt], [self.negative_prompt], clip_skip=self.settings.clip_skip
             )
         (ca, ua), (cb, _) = self._embeddings[a], self._embeddings[b]
         if ca.shape != cb.shape:
@@ -315,7 +320,7 @@ class FeedbackSampler:
             )  # fmt: skip
             for t, scale in zip(self.tracks, params.scales, strict=True)
         ]
-        return control_wrapper(controls, sigmas, cfg_scale=params.cfg)
+        return control_wrapper(controls, sigmas, cfg=params.cfg)
 
     def render(self, k: int, flow: FlowField | None = None) -> Tensor:
         """Make frame k (its previous frame must be in the store if k > 0 and frame k is not

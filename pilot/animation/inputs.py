@@ -142,25 +142,44 @@ def _kinds() -> str:
 class VideoFrames:
     """A plain video (or a folder of images) as the animation's frames: "video in" mode.
 
-    Frames are read once and each is resized to `size` (H, W) if given; flow is estimated with
-    DIS. Without a size every frame must have the first one's size (a folder of frames may not).
+    Frames are read once and each is resized to `width` x `height` if given; flow is estimated
+    with DIS. Without a size every frame must have the first one's size (a folder of frames may
+    not).
 
     Args:
         path: A video file OpenCV can read, or a folder of PNG/JPEG frames (sorted by name).
-        size: (H, W) to resize to, multiples of the VAE factor (8 in SD); default the
-            video's own size.
+        size: Deprecated: (H, W), the old spelling of `height=H, width=W`.
         fps: Frame rate for a folder of frames (videos report their own).
+        width, height: Size to resize to (both or neither), multiples of the VAE factor (8 in
+            SD); default the video's own size.
     """
 
     def __init__(
-        self, path: str | os.PathLike, size: tuple[int, int] | None = None, fps: float = 24.0
+        self,
+        path: str | os.PathLike,
+        size: tuple[int, int] | None = None,
+        fps: float = 24.0,
+        *,
+        width: int | None = None,
+        height: int | None = None,
     ) -> None:
         self.name = str(path)
+        if size is not None:
+            if width is not None or height is not None:
+                raise TypeError("VideoFrames() got size= (the old spelling) and width=/height=")
+            warnings.warn(
+                "VideoFrames(size=(H, W)) is deprecated: pass height=H, width=W instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            height, width = size
+        if (width is None) != (height is None):
+            raise ValueError(f"{path}: width={width}, height={height}: pass both, or neither")
         frames, self.fps = _read_video(Path(path), fps)
         if not frames:
             raise ValueError(f"{path}: no frames")
-        if size is not None:
-            frames = {name: _resize(frame, size) for name, frame in frames.items()}
+        if width is not None:
+            frames = {name: _resize(frame, (height, width)) for name, frame in frames.items()}
         _check_same_size(frames, path)
         video = torch.stack(list(frames.values()))  # (N, 3, H, W)
         self.frames = video

@@ -168,8 +168,7 @@ def open_frames(args: argparse.Namespace) -> FrameSource:
 
     if args.shot is not None:
         return ShotFrames(Shot(args.shot), flow=args.flow, depth_per=args.depth_per)
-    size = None if args.width is None else (args.height, args.width)
-    return VideoFrames(args.video, size=size)
+    return VideoFrames(args.video, width=args.width, height=args.height)
 
 
 def frame_range(text: str | None, n: int) -> range:
@@ -329,7 +328,7 @@ def render_frames(
 
     sampler = FeedbackSampler(
         sd, settings, config, frames, prompts, store,
-        negative=args.negative_prompt, tracks=tracks, base_seed=args.seed,
+        negative_prompt=args.negative_prompt, tracks=tracks, base_seed=args.seed,
         vae_upcast=args.vae_upcast, vae_batch=args.vae_batch, decoder=preview,
     )  # fmt: skip
     missing = [k for k in todo if not store.has(k)]

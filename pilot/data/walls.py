@@ -125,7 +125,7 @@ def sample_item(
     """
     g = item_generator(seed, index)
     k = int(g.integers(len(layout_names)))
-    scene, pose, fov = layouts.SAMPLERS[layout_names[k]](g, cfg or layouts.LayoutConfig())
+    scene, pose, fov = layouts.LAYOUT_BUILDERS[layout_names[k]](g, cfg or layouts.LayoutConfig())
     return scene, pose, fov, k
 
 
@@ -150,9 +150,9 @@ def render_pairs(
     """
     if n < 1 or size < 8:
         raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")
-    bad = [name for name in layout_names if name not in layouts.SAMPLERS]
+    bad = [name for name in layout_names if name not in layouts.LAYOUT_BUILDERS]
     if bad or not layout_names:
-        raise ValueError(f"unknown layouts {bad}; choose from {list(layouts.SAMPLERS)}")
+        raise ValueError(f"unknown layouts {bad}; choose from {list(layouts.LAYOUT_BUILDERS)}")
     device = torch.device(device or "cpu")
     chunks: list[dict[str, Tensor]] = []
     for lo in range(start, start + n, batch):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from pilot.deprecation import renamed_keywords
 from pilot.diffusion.denoisers import DiscreteDenoiser
 from pilot.diffusion.guidance import CFGDenoiser
 from pilot.models.controlnet import ControlNet, ControlNetConfig
@@ -260,32 +261,37 @@ def check_controls(sd: StableDiffusion, controls: Sequence[Control], batch: int)
             check_unit_range(control.image, f"controls[{k}]: control image")
 
 
-def cfg_doubles_batch(scale: float | Tensor) -> bool:
-    """Whether `CFGDenoiser(..., scale)` calls its inner denoiser with `[uncond, cond]` halves."""
-    return not (isinstance(scale, (int, float)) and scale == 1)
+@renamed_keywords(scale="cfg")
+def cfg_doubles_batch(cfg: float | Tensor) -> bool:
+    """Whether `CFGDenoiser(..., cfg)` calls its inner denoiser with `[uncond, cond]` halves."""
+    return not (isinstance(cfg, (int, float)) and cfg == 1)
 
 
+@renamed_keywords(cfg_scale="cfg")
 def control_wrapper(
-    controls: Sequence[Control], sigmas: Tensor, *, cfg_scale: float | Tensor
+    controls: Sequence[Control], sigmas: Tensor, *, cfg: float | Tensor
 ) -> Callable[[DiscreteDenoiser], ControlDenoiser]:
     """`denoiser -> ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...)`, for a pipeline
-    that builds the model denoiser itself and puts CFG (scale `cfg_scale`) around the result."""
-    doubled = cfg_doubles_batch(cfg_scale)
+    that builds the model denoiser itself and puts CFG (guidance scale `cfg`; `cfg_scale=` is
+    its deprecated name) around the result."""
+    doubled = cfg_doubles_batch(cfg)
     return lambda denoiser: ControlDenoiser(denoiser, controls, sigmas, cfg_batch=doubled)
 
 
+@renamed_keywords(scale="cfg")
 def controlled_cfg(
     denoiser: DiscreteDenoiser,
     controls: Sequence[Control],
     sigmas: Tensor,
-    scale: float | Tensor = 7.5,
+    cfg: float | Tensor = 7.5,
     *,
     rescale: float = 0.0,
 ) -> CFGDenoiser:
     """Classifier-free guidance over a ControlNet-controlled denoiser.
 
-    `CFGDenoiser(ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...), scale, rescale)`,
-    with `cfg_batch` set to whether CFG doubles the batch (every scale but the number 1).
+    `CFGDenoiser(ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...), cfg, rescale)`,
+    with `cfg_batch` set to whether CFG doubles the batch (every guidance scale `cfg` but the
+    number 1; `scale=` is its deprecated name).
     """
-    inner = control_wrapper(controls, sigmas, cfg_scale=scale)(denoiser)
-    return CFGDenoiser(inner, scale, rescale=rescale)
+    inner = control_wrapper(controls, sigmas, cfg=cfg)(denoiser)
+    return CFGDenoiser(inner, cfg, rescale=rescale)

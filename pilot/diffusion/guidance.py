@@ -9,13 +9,14 @@ and ControlNet (which must see both branches) inside.
 import torch
 from torch import Tensor
 
+from pilot.deprecation import renamed_keywords
 from pilot.diffusion.denoisers import Denoiser, append_dims
 
 
 class CFGDenoiser:
     """Classifier-free guidance, Ho & Salimans 2022, with guidance rescale (Lin et al. 2023).
 
-    `D = D_uncond + scale * (D_cond - D_uncond)`, both branches in one batched call
+    `D = D_uncond + cfg * (D_cond - D_uncond)`, both branches in one batched call
     (`[uncond, cond]`, diffusers' order). Guidance is linear in the model output, so guiding
     denoised estimates equals guiding eps or v predictions.
 
@@ -29,15 +30,17 @@ class CFGDenoiser:
     Args:
         denoiser: The conditional denoiser; called with `context` and the kwargs, which must
             already cover the doubled batch (ControlNet should wrap the inner denoiser).
-        scale: Guidance scale (1 = no guidance, a single conditional call); a float or a (B,)
-            tensor of per-item scales.
+        cfg: Guidance scale (1 = no guidance, a single conditional call); a float or a (B,)
+            tensor of per-item scales. `scale=` is its deprecated name; the attribute is
+            `scale`.
         rescale: Guidance rescale factor phi in [0, 1] (the paper suggests 0.7).
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float | Tensor = 7.5, *, rescale: float = 0.0):
+    @renamed_keywords(scale="cfg")
+    def __init__(self, denoiser: Denoiser, cfg: float | Tensor = 7.5, *, rescale: float = 0.0):
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
-        self.denoiser, self.scale, self.rescale = denoiser, scale, rescale
+        self.denoiser, self.scale, self.rescale = denoiser, cfg, rescale
 
     def __call__(
         self, x: Tensor, sigma: Tensor, *, context: Tensor, uncond_context: Tensor, **kwargs

@@ -523,7 +523,7 @@ def generate_latents(
     full_strength = request.strength == 1.0 and mask is None
     x = start_latents(first, sigmas, None if full_strength else init)
     steps = len(sigmas) - 1  # 0 for img2img at a strength below 1 / steps: the VAE round trip
-    wrap = control_wrapper(controls, sigmas, cfg_scale=settings.cfg) if controls and steps else None
+    wrap = control_wrapper(controls, sigmas, cfg=settings.cfg) if controls and steps else None
     denoiser = build_denoiser(
         sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap
     )

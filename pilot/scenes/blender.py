@@ -35,7 +35,7 @@ The pixel filter is shrunk to 0.01 px so every pass samples pixel centres (no bl
 edges); motion blur is turned off (Cycles writes no Vector pass with it on), and so are depth of
 field (it blends depth across edges), a render region, stereo views and the Video Sequencer;
 only the active view layer renders. The open scene's render settings are changed (not saved).
-Every frame of the range renders (the scene's frame step is not used).
+Every frame of the range renders; a scene frame step other than 1 is refused (`check_frame_step`).
 
 Exports resume (`pilot.scenes.shot.ShotWriter` with settings): each frame's passes and camera
 are on disk as soon as it is rendered, and running the same export again over an unfinished
@@ -242,6 +242,23 @@ def check_samples(samples: int, where: str) -> None:
         raise ValueError(f"{where} {samples!r}: Cycles renders at least 1 sample per pixel")
 
 
+def check_frame_step(scene) -> None:
+    """ValueError unless the scene's frame step is 1, saying how to export every Nth frame.
+
+    With a step N a shot's neighbours would be N frames apart, but Blender's Vector pass (the
+    motion pass) is the motion to the adjacent frame numbers. Time Stretching (frame_map_old N,
+    frame_map_new 1) renders frame N * f at frame f instead, where the Vector pass follows.
+    """
+    step = scene.frame_step
+    if step != 1:
+        raise ValueError(
+            f"scene {scene.name!r} has frame step {step}, but Blender's motion vectors point to "
+            f"the adjacent frames: set the step to 1 and, for every {step}th frame, Time "
+            f"Stretching (Output > Frame Range) to Old {step}, New 1 (frame f then shows frame "
+            f"{step} * f: divide the range by {step})"
+        )
+
+
 def _camera_runs(cams: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
     """(camera, first, last) for each run of frames that one camera films."""
     runs: list[tuple[str, int, int]] = []
@@ -338,13 +355,13 @@ def export_shot(
 ) -> Path:
     """Render the active scene's camera over `frames` (inclusive, default the scene range).
 
-    Every frame of the range is rendered (the scene's frame step is not used: Blender's vector
-    pass is the motion to the adjacent frames). `size` (width, height, > 0) overrides the
-    scene's render resolution. An unfinished export of the same settings in `out` is resumed
-    at its first missing frame, a finished one left as it is (module docstring); `force`
-    renders every frame again whatever `out` holds. `log` reports a resume, and ends with
-    "wrote PATH" once frames were rendered, or says that a finished shot had nothing to render.
-    Returns the path of the shot's shot.json.
+    Every frame of the range is rendered; a scene frame step other than 1 is refused
+    (`check_frame_step`: Blender's vector pass is the motion to the adjacent frames). `size`
+    (width, height, > 0) overrides the scene's render resolution. An unfinished export of the
+    same settings in `out` is resumed at its first missing frame, a finished one left as it is
+    (module docstring); `force` renders every frame again whatever `out` holds. `log` reports a
+    resume, and ends with "wrote PATH" once frames were rendered, or says that a finished shot
+    had nothing to render. Returns the path of the shot's shot.json.
 
     Raises:
         ValueError: bad arguments or scene, or `out` holds a shot of other settings.
@@ -355,6 +372,7 @@ def export_shot(
         check_resolution(*size, "size")
     check_samples(samples, "samples")
     scene = bpy.context.scene
+    check_frame_step(scene)
     first, last = frames or (scene.frame_start, scene.frame_end)
     if last < first:
         raise ValueError(f"frame range {first}..{last} is empty")

@@ -1,13 +1,16 @@
 """Random plane layouts (rooms, corridors, free-standing walls) with random cameras and paths.
 
-Each sampler takes a `np.random.Generator` and returns a one-scene `Scene` (B = 1) plus a camera, so
-a dataset item is reproducible from its own seed whatever the batch it is rendered in. World
+Each layout builder (`LAYOUT_BUILDERS`, keyed by the names in `LAYOUTS`) takes a
+`np.random.Generator` and returns a one-scene `Scene` (B = 1) plus a camera, so a dataset item is
+reproducible from its own seed whatever the batch it is rendered in. World
 units are metres, z up, floor at z = 0.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -175,7 +178,22 @@ def _clearance(b: _Builder, p: np.ndarray) -> float:
     return best
 
 
-SAMPLERS = {"room": room, "corridor": corridor, "walls": walls}
+LAYOUT_BUILDERS: dict[Layout, Callable[..., View]] = {
+    "room": room,
+    "corridor": corridor,
+    "walls": walls,
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "SAMPLERS":  # its old name, taken by `pilot.diffusion.SAMPLERS` (the samplers)
+        warnings.warn(
+            "pilot.scenes.layouts.SAMPLERS is deprecated: use LAYOUT_BUILDERS",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LAYOUT_BUILDERS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fly_through(

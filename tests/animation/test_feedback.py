@@ -298,3 +298,20 @@ def test_feedback_frame_waits_for_the_gpu_a_fixed_number_of_times(small_shot, tm
         return sum("synchroniz" in str(w.message) for w in caught)
 
     assert syncs(4) == syncs(16)
+
+
+def test_the_negative_prompt_is_negative_prompt_and_negative_is_its_deprecated_name(
+    animation_sd, small_shot, tmp_path
+):
+    """As `--negative-prompt`; old scripts' `negative=` still works, with a warning."""
+    args = (animation_sd, SETTINGS, FeedbackConfig(), ShotFrames(small_shot),
+            parse_prompt_schedule("0: a wall"), FrameStore(tmp_path))  # fmt: skip
+    assert FeedbackSampler(*args, negative_prompt="blurry").negative_prompt == "blurry"
+    with pytest.warns(DeprecationWarning, match=r"FeedbackSampler\(negative=.*negative_prompt="):
+        assert FeedbackSampler(*args, negative="fog").negative_prompt == "fog"
+    with pytest.raises(TypeError, match="negative= .* and negative_prompt="):
+        FeedbackSampler(*args, negative="fog", negative_prompt="blurry")
+    prompts, tokenizer = parse_prompt_schedule("0: red"), animation_sd.tokenizer
+    feedback.check_prompts(tokenizer, prompts, negative_prompt="blurry", ks=[0])
+    with pytest.warns(DeprecationWarning, match=r"check_prompts\(negative=.*negative_prompt="):
+        feedback.check_prompts(tokenizer, prompts, negative="blurry", ks=[0])

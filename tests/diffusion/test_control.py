@@ -224,7 +224,7 @@ def test_control_wrapper_knows_when_cfg_doubles_the_batch(unet, controlnet):
     _, _, _, image = data()
     controls, s, inner = [Control(controlnet, image)], sigmas(4), EpsDenoiser(unet, SCHEDULE)
     for scale, doubled in [(1.0, False), (1, False), (7.5, True), (torch.tensor([1.0, 2.0]), True)]:
-        wrapped = control_wrapper(controls, s, cfg_scale=scale)(inner)
+        wrapped = control_wrapper(controls, s, cfg=scale)(inner)
         assert isinstance(wrapped, ControlDenoiser) and wrapped.cfg_batch is doubled
 
 
@@ -266,3 +266,21 @@ def test_a_controlled_step_never_waits_for_the_device(unet, controlnet, start):
         with CopiesToMeta() as copies:
             out = denoiser(x, meta_grid[1], context=cond, uncond_context=uncond)
     assert out.shape == x.shape and copies.copies == 0
+
+
+def test_the_guidance_scale_is_cfg_and_the_old_names_warn(unet, controlnet):
+    """`cfg` as in `SamplingSettings(cfg=)`: `controlled_cfg(scale=)` and
+    `control_wrapper(cfg_scale=)` still work, with a DeprecationWarning naming `cfg`."""
+    from pilot.diffusion.control import cfg_doubles_batch
+
+    _, _, _, image = data()
+    controls, s, inner = [Control(controlnet, image)], sigmas(2), EpsDenoiser(unet, SCHEDULE)
+    assert controlled_cfg(inner, controls, s, cfg=1.0).scale == 1.0
+    assert control_wrapper(controls, s, cfg=3.0)(inner).cfg_batch is True
+    assert not cfg_doubles_batch(cfg=1)
+    with pytest.warns(DeprecationWarning, match=r"controlled_cfg\(scale=\.\.\.\).*pass cfg="):
+        assert controlled_cfg(inner, controls, s, scale=1.0).scale == 1.0
+    with pytest.warns(DeprecationWarning, match=r"control_wrapper\(cfg_scale=\.\.\.\).*pass cfg="):
+        assert control_wrapper(controls, s, cfg_scale=1.0)(inner).cfg_batch is False
+    with pytest.warns(DeprecationWarning, match="pass cfg="):
+        assert cfg_doubles_batch(scale=3.0)

@@ -141,3 +141,13 @@ def test_inpaint_bad_sizes():
         InpaintDenoiser(Recorder(), init, mask[..., :4], noise)
     with pytest.raises(ValueError, match="must have matching sizes"):
         InpaintDenoiser(Recorder(), init, mask, noise[:1])
+
+
+def test_the_guidance_scale_is_cfg_and_scale_is_its_deprecated_name():
+    """`cfg` as in `SamplingSettings(cfg=)`; old scripts' `scale=` still works, with a warning."""
+    assert CFGDenoiser(Recorder(), cfg=2.0).scale == 2.0
+    with pytest.warns(DeprecationWarning, match=r"CFGDenoiser\(scale=\.\.\.\).*pass cfg=") as w:
+        assert CFGDenoiser(Recorder(), scale=3.0).scale == 3.0
+    assert w[0].filename == __file__  # points at the caller's line
+    with pytest.raises(TypeError, match="scale= .* and cfg="):
+        CFGDenoiser(Recorder(), scale=3.0, cfg=2.0)

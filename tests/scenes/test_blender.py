@@ -472,3 +472,32 @@ def test_the_last_line_says_whether_the_export_rendered(tmp_path, monkeypatch, c
         else:
             assert printed.splitlines()[-1].endswith("nothing to render (--force renders again)")
             assert "wrote" not in printed, printed
+
+
+def test_a_frame_step_is_refused_and_time_stretching_gives_every_other_frame(tmp_path, capsys):
+    """Blender's vectors point to the adjacent frames, so a step of 2 would leave the motion
+    pass wrong: refused before anything renders. What the error advises, Time Stretching Old 2,
+    New 1, renders frames 2, 4, 6 at 1, 2, 3, and the motion pass follows them."""
+    _build_scene()
+    scene = bpy.context.scene
+    for curve in scene.camera.animation_data.action.fcurves:  # keys at frames 1, 4, 7
+        for i, key in enumerate(curve.keyframe_points):
+            shift = 3 * i + 1 - key.co.x
+            for point in (key.co, key.handle_left, key.handle_right):
+                point.x += shift
+    scene.frame_step = 2
+    assert main([str(tmp_path / "step"), "--frames", "1", "6", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "has frame step 2" in err and "Time Stretching (Output > Frame Range) to Old 2" in err
+    assert not (tmp_path / "step").exists()
+    scene.frame_step = 1
+    scene.render.frame_map_old, scene.render.frame_map_new = 2, 1
+    assert main([str(tmp_path / "shot"), "--frames", "1", "3", "--samples", "1"]) == 0
+    shot = Shot(tmp_path / "shot")
+    middle_key = torch.tensor([0.6, -1.5, 1.7])  # the camera at frame 4
+    assert torch.allclose(shot[1].c2w[:3, 3], middle_key, atol=1e-5)  # Blender frame 2
+    a, b = shot[1], shot[2]
+    flow, z = reprojection_flow(a.depth[None], a.K[None], a.c2w[None], b.K[None], b.c2w[None])
+    visible = visibility(flow, z, b.depth[None])[0, 0] & (a.depth[0] < shot.far)
+    assert flow[0][:, visible].abs().max() > 2  # the camera really moved
+    assert (flow[0] - a.motion[2:4]).norm(dim=0)[visible].mean() <= 0.5

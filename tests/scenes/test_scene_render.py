@@ -8,7 +8,7 @@ import torch
 
 from pilot.scenes import materials
 from pilot.scenes.camera import CameraPath, catmull_rom, intrinsics, look_at
-from pilot.scenes.layouts import LAYOUTS, SAMPLERS, fly_through
+from pilot.scenes.layouts import LAYOUT_BUILDERS, LAYOUTS, fly_through
 from pilot.scenes.render import Scene, render, stack_scenes
 
 
@@ -50,7 +50,7 @@ def test_bad_render_sizes_and_batches_name_the_value():
     """Were a singular-matrix error from `linalg.inv` and "range() arg 3 must not be zero"."""
     from pilot.scenes.procedural import render_fly_through
 
-    scene, c2w, fov = SAMPLERS["room"](np.random.default_rng(0))
+    scene, c2w, fov = LAYOUT_BUILDERS["room"](np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"image size 0x8 \(WxH\) must be positive integers"):
         render(scene, intrinsics(fov, 0, 8)[None], c2w[None], 8, 0)
     with pytest.raises(ValueError, match="batch .* must be >= 1, got 0"):
@@ -110,7 +110,7 @@ def test_sky_and_padding():
 def test_layouts_put_surfaces_in_view(name):
     import numpy as np
 
-    scene, c2w, fov = SAMPLERS[name](np.random.default_rng(1))
+    scene, c2w, fov = LAYOUT_BUILDERS[name](np.random.default_rng(1))
     out = render(scene, intrinsics(fov, 32, 32)[None], c2w[None], 32, 32)
     assert (out["plane"] >= 0).float().mean() > 0.2
     assert torch.isfinite(out["depth"]).all() and (out["depth"] > 0).all()
@@ -135,3 +135,15 @@ def test_cuda_render_matches_cpu():
         assert (gpu[k].cpu().float() - cpu[k].float()).abs().mean() < 1e-3, k
     for k in ("hatched", "textured", "fog"):
         assert (gpu[k].cpu() - cpu[k]).abs().mean() < 1e-2, k
+
+
+def test_layout_builders_are_named_apart_from_the_diffusion_samplers():
+    """`LAYOUT_BUILDERS` builds one of each of `LAYOUTS`; its old name `SAMPLERS` (the name of
+    `pilot.diffusion.SAMPLERS`, the samplers) still works, with a DeprecationWarning."""
+    from pilot.scenes import layouts
+
+    assert tuple(LAYOUT_BUILDERS) == LAYOUTS
+    with pytest.warns(DeprecationWarning, match="use LAYOUT_BUILDERS"):
+        assert layouts.SAMPLERS is LAYOUT_BUILDERS
+    with pytest.raises(AttributeError, match="no attribute 'SAMPLER'"):
+        layouts.SAMPLER  # noqa: B018

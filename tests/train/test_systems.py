@@ -405,6 +405,46 @@ def test_checkpoints_default_to_one_folder_that_last_resumes_from(tmp_path):
         run("dcgan", ["fit", "--config", str(cfg)])
 
 
+def test_resume_last_finds_runs_that_kept_checkpoints_in_the_loggers_versioned_folder(tmp_path):
+    """Before checkpoints had one folder, they went to the first logger's versioned folder (the
+    CSV logger's `csv/version_N`, W&B's `<project>/<run id>`): `last` looks there too, and the
+    resumed run goes on in `<default_root_dir>/checkpoints`."""
+    config = dcgan_config(tmp_path, max_steps=4)
+    del config["checkpoint"]["dirpath"]
+    cfg = write_yaml(tmp_path / "c.yaml", config)
+    run("dcgan", ["fit", "--config", str(cfg)])
+    old = tmp_path / "csv" / "version_0" / "checkpoints"
+    (tmp_path / "checkpoints").rename(old)  # where the old default kept them
+    args = ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path", "last"]
+    cli = run("dcgan", args)
+    assert cli.trainer.ckpt_path == str(old / "last.ckpt")
+    assert cli.trainer.global_step == 6
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    cli = run("dcgan", [*args[:3], "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    assert cli.trainer.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")  # the newest
+
+
+def test_resume_last_picks_the_newest_across_old_and_new_folders_or_names_a_tie(tmp_path):
+    import os
+
+    from train.cli import find_last_checkpoint, old_checkpoint_dirs
+
+    config = {"trainer": {"default_root_dir": str(tmp_path)}, "wandb_project": "p"}
+    new, csv, wandb = (tmp_path / d for d in ("checkpoints", "csv/version_1", "p/ab12"))
+    for folder, mtime in [(new, 1000), (csv, 3000), (wandb, 2000)]:
+        last = folder / "checkpoints" / "last.ckpt" if folder != new else folder / "last.ckpt"
+        last.parent.mkdir(parents=True)
+        last.touch()
+        os.utime(last, (mtime, mtime))
+    old = old_checkpoint_dirs(config)
+    assert old == [csv / "checkpoints", wandb / "checkpoints"]
+    assert old_checkpoint_dirs({**config, "checkpoint": {"dirpath": str(new)}}) == []
+    assert find_last_checkpoint(new, old) == csv / "checkpoints" / "last.ckpt"
+    os.utime(new / "last.ckpt", (3000, 3000))
+    with pytest.raises(ValueError, match=r"version_1/checkpoints/last.ckpt are equally new"):
+        find_last_checkpoint(new, old)
+
+
 def test_resumed_training_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
