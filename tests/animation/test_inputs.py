@@ -83,5 +83,6 @@ def test_a_frame_folder_of_mixed_sizes_names_the_first_odd_frame(tmp_path):
     with pytest.raises(ValueError, match=r"mixed: 002\.png is 8x16, but 000\.png is 16x16"):
         VideoFrames(folder)
     video = VideoFrames(folder, size=(16, 8))  # with a size each frame is resized
-    assert video.frames.shape == (4, 3, 16, 8)
-    assert torch.equal(video.frames[2], read_image(folder / "002.png"))  # already that size
+    assert (len(video), video.height, video.width) == (4, 16, 8)
+    assert all(video.frame(k).shape == (3, 16, 8) for k in range(4))
+    assert torch.equal(video.frame(2), read_image(folder / "002.png"))  # already that size
