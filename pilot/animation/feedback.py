@@ -170,7 +170,9 @@ def schedule_params(
     """`frame_params` from the ControlNet scale schedules alone (no models needed)."""
     strength = config.schedule("strength")(k)
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength schedule {config.strength!r} gives {strength} at frame {k}")
+        raise ValueError(
+            f"strength schedule {config.strength!r} gives {strength} at frame {k}, outside [0, 1]"
+        )
     seed = base_seed + k if config.seed is None else int(round(config.schedule("seed")(k)))
     if seed not in SEED_RANGE:
         origin = f"seed schedule {config.seed!r}" if config.seed else f"base seed {base_seed} + k"

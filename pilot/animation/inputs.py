@@ -30,6 +30,7 @@ from torch import Tensor
 
 from pilot.animation.flow import EstimatedFlow, FlowSource, GeometryFlow, VectorFlow
 from pilot.animation.schedules import Schedule, parse_schedule, schedule_text
+from pilot.animation.video_reader import FrameFolder, open_video
 from pilot.imageio import atomic_output, from_uint8, read_image, to_uint8, write_png
 
 if TYPE_CHECKING:  # annotations only
@@ -142,28 +143,30 @@ def _kinds() -> str:
 class VideoFrames:
     """A plain video (or a folder of images) as the animation's frames: "video in" mode.
 
-    Frames are read once and each is resized to `width` x `height` if given; flow is estimated
-    with DIS. Without a size every frame must have the first one's size (a folder of frames may
-    not).
+    Frames are read when asked for (`pilot.animation.video_reader`: a long or large video is
+    never all in memory; the last few frames asked for are kept) and each is resized to `width` x
+    `height` if given; flow is estimated with DIS. Without a size every frame must have the first
+    one's size (a folder's frames are checked up front from their headers).
 
     Args:
         path: A video file OpenCV can read, or a folder of PNG/JPEG frames (sorted by name).
         size: Deprecated: (H, W), the old spelling of `height=H, width=W`.
-        fps: Frame rate for a folder of frames (videos report their own).
+        fps: Frame rate of the output; default the video's own (24 for a folder of frames).
         width, height: Size to resize to (both or neither), multiples of the VAE factor (8 in
             SD); default the video's own size.
+        keep: How many decoded frames stay in memory.
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         size: tuple[int, int] | None = None,
-        fps: float = 24.0,
+        fps: float | None = None,
         *,
         width: int | None = None,
         height: int | None = None,
+        keep: int = 4,
     ) -> None:
-        self.name = str(path)
         if size is not None:
             if width is not None or height is not None:
                 raise TypeError("VideoFrames() got size= (the old spelling) and width=/height=")
@@ -175,19 +178,50 @@ class VideoFrames:
             height, width = size
         if (width is None) != (height is None):
             raise ValueError(f"{path}: width={width}, height={height}: pass both, or neither")
-        frames, self.fps = _read_video(Path(path), fps)
-        if not frames:
+        size = None if width is None else (height, width)
+        self.name, self.size, self.keep = str(path), size, keep
+        self.reader = open_video(path)
+        if not len(self.reader):
             raise ValueError(f"{path}: no frames")
-        if width is not None:
-            frames = {name: _resize(frame, (height, width)) for name, frame in frames.items()}
-        _check_same_size(frames, path)
-        video = torch.stack(list(frames.values()))  # (N, 3, H, W)
-        self.frames = video
-        self.height, self.width = video.shape[-2:]
-        self.flow: FlowSource = EstimatedFlow(lambda k: self.frames[k], len(video))
+        self.fps = float(fps or self.reader.fps or 24.0)
+        self._recent: OrderedDict[int, Tensor] = OrderedDict()
+        if size is None and isinstance(self.reader, FrameFolder):
+            _check_same_size(self.reader)
+        self.height, self.width = self.frame(0).shape[-2:]
+        if max(self.height, self.width) < 12:  # OpenCV's DIS flow refuses smaller
+            raise ValueError(
+                f"video {path} is {self.width}x{self.height}: estimating its flow needs a side "
+                "of at least 12 pixels (give a larger size, --width/--height)"
+            )
+        self.flow: FlowSource = EstimatedFlow(self.frame, len(self.reader))
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.reader)
+
+    def frame(self, k: int) -> Tensor:
+        """Frame k (3, H, W) in [0, 1], resized to `size` if given."""
+        image = self._recent.get(k)
+        if image is None:
+            image = from_uint8(self.reader.read(k))
+            if self.size is not None:
+                image = _resize(image, self.size)
+            elif k and image.shape[-2:] != (self.height, self.width):
+                _, h, w = image.shape
+                raise ValueError(
+                    f"{self.name}: {self.reader.names[k]} is {w}x{h}, but {self.reader.names[0]} "
+                    f"is {self.width}x{self.height}: frames of one video share a size (give a "
+                    "size, --width/--height, to resize each)"
+                )
+            self._recent[k] = image
+        self._recent.move_to_end(k)
+        while len(self._recent) > self.keep:
+            self._recent.popitem(last=False)
+        return image
+
+    def notes(self, out: Path, first: int = 0) -> list[str]:
+        """What `out`, made from frames `first`... of this video, does not keep (an audio
+        track, a variable frame rate, frames that did not decode): one line each."""
+        return self.reader.notes(out, first)
 
     def check_kind(self, kind: str) -> None:
         """ValueError unless control `kind` is made from colour alone (all a video has)."""
@@ -202,37 +236,11 @@ class VideoFrames:
     def control_image(self, kind: str, k: int) -> Tensor:
         """Control image (1, 3, H, W) in [0, 1] of frame k, made from its colour."""
         self.check_kind(kind)
-        return _image_control(kind, self.frames[k][None])
+        return _image_control(kind, self.frame(k)[None])
 
     def source_image(self, k: int) -> Tensor:
         """Frame k (1, 3, H, W) in [0, 1]."""
-        return self.frames[k][None]
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """The frames of a video given as a folder: its PNG / JPEG files in name order."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-
-
-def _read_video(path: Path, fps: float) -> tuple[dict[str, Tensor], float]:
-    """Frames (3, H, W) in [0, 1] in order, keyed by file name (folder) or "frame k" (video)."""
-    if path.is_dir():
-        return {p.name: read_image(p) for p in frame_files(path)}, fps
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such video file or frame folder")
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    frames = {}
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        frames[f"frame {len(frames)}"] = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
-    video_fps = capture.get(cv2.CAP_PROP_FPS) or fps
-    capture.release()
-    return frames, float(video_fps)
+        return self.frame(k)[None]
 
 
 def _resize(frame: Tensor, size: tuple[int, int]) -> Tensor:
@@ -242,13 +250,13 @@ def _resize(frame: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(frame[None], size=size, mode="bilinear", antialias=True)[0].clamp(0, 1)
 
 
-def _check_same_size(frames: dict[str, Tensor], path: str | os.PathLike) -> None:
+def _check_same_size(folder: FrameFolder) -> None:
     """ValueError naming the first frame whose size differs from the first frame's."""
-    (first, shape), *rest = ((name, f.shape[-2:]) for name, f in frames.items())
-    for name, other in rest:
-        if other != shape:
+    (h, w), names = folder.size(0), folder.names
+    for k in range(1, len(folder)):
+        if (size := folder.size(k)) != (h, w):
             raise ValueError(
-                f"{path}: {name} is {other[1]}x{other[0]}, but {first} is {shape[1]}x{shape[0]}: "
+                f"{folder.path}: {names[k]} is {size[1]}x{size[0]}, but {names[0]} is {w}x{h}: "
                 "frames of one video share a size (give a size, --width/--height, to resize each)"
             )
 

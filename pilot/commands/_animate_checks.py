@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +38,14 @@ if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
 NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
                 "channels_last", "compile", "cuda_graphs", "prepack", "batch",
-                "vae_batch")  # fmt: skip
+                "vae_batch", "fps")  # fmt: skip
 
 
 def check_source_arguments(args: argparse.Namespace) -> None:
-    """ValueError for options that have no effect on the chosen source (or a bad size)."""
+    """ValueError for options that have no effect on the chosen source (or a bad size or
+    --fps)."""
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps {args.fps} must be a positive frame rate")
     if args.shot is not None:
         shot_only = {"--width": args.width, "--height": args.height}
         video = [k for k, v in shot_only.items() if v is not None]
@@ -74,7 +78,7 @@ def check_color_reference(reference: int, n: int) -> None:
 def source_fingerprint(args: argparse.Namespace, frames: FrameSource) -> str:
     """Frame count, size and a SHA-256 of the source's files: shot.json for a shot, the
     video file or the folder's frame images for a video."""
-    from pilot.animation.inputs import frame_files
+    from pilot.animation.video_reader import frame_files
 
     digest = hashlib.sha256()
     if args.shot is not None:

@@ -14,7 +14,8 @@ Run folder (default: the output path without its suffix, plus `.run`)::
 Re-running the same command continues at the first missing frame; since frame k is made from
 frame k - 1 as read back from disk and from seeds derived from the base seed and k, the result is
 byte-identical to an uninterrupted run (a --frames range whose first frame would be made
-from a frame not on disk is refused). The MP4 and a GIF beside it are written at the shot's fps.
+from a frame not on disk is refused). The MP4 and a GIF beside it are written at the source's
+fps (or --fps); for a video, `note:` lines on stderr say what they do not keep (its audio).
 
 The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch) change float
 rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", default=None, metavar="START:END", help="frame range (end excl.)")
     p.add_argument("--width", type=int, default=None, help="video mode: resize width")
     p.add_argument("--height", type=int, default=None, help="video mode: resize height")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate of the output (default: the shot's or video's; 24 for a "
+                   "folder of frames)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
     add_speed_arguments(p)
@@ -121,6 +126,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # FeedbackConfig fields whose `pilot animate` flag is not `--` + the field's name, dashed
 FLAGS = {"seed": "--seed-schedule"}
+# `check_schedules`' errors by how they start, and the flag at fault
+SCHEDULE_FLAGS = {"strength schedule": "--strength", "seed schedule": "--seed-schedule",
+                  "base seed": "--seed"}  # fmt: skip
+
+
+def output_fps(args: argparse.Namespace, frames: FrameSource) -> float:
+    """The frame rate of the MP4 and GIF: --fps, else the source's."""
+    return frames.fps if args.fps is None else args.fps
 
 
 def feedback_config(args: argparse.Namespace) -> FeedbackConfig:
@@ -152,13 +165,18 @@ def feedback_config(args: argparse.Namespace) -> FeedbackConfig:
             blend=args.blend, blend_space=args.blend_space, source_mix=args.source_mix,
             interpolation=args.interpolation,
         )  # fmt: skip
-    except ValueError as e:  # "dilate must be >= 0, ..." -> "--dilate must be >= 0, ..."
-        message = str(e)
-        field = next((f.name for f in fields(FeedbackConfig) if message.split()[0] == f.name), None)
-        if field is None:
-            raise
-        flag = FLAGS.get(field, "--" + field.replace("_", "-"))
-        raise ValueError(flag + message[len(field) :]) from e
+    except ValueError as e:
+        raise flag_error(e, [f.name for f in fields(FeedbackConfig)]) from e
+
+
+def flag_error(error: ValueError, names: Sequence[str]) -> ValueError:
+    """A config's error in the terms of its flag: "dilate must be >= 0, ..." -> "--dilate must
+    be >= 0, ..." where the message starts with one of the field `names`; else `error`."""
+    message = str(error)
+    field = next((name for name in names if message.split()[0] == name), None)
+    if field is None:
+        return error
+    return ValueError(FLAGS.get(field, "--" + field.replace("_", "-")) + message[len(field) :])
 
 
 def open_frames(args: argparse.Namespace) -> FrameSource:
@@ -168,7 +186,7 @@ def open_frames(args: argparse.Namespace) -> FrameSource:
 
     if args.shot is not None:
         return ShotFrames(Shot(args.shot), flow=args.flow, depth_per=args.depth_per)
-    return VideoFrames(args.video, width=args.width, height=args.height)
+    return VideoFrames(args.video, width=args.width, height=args.height, fps=args.fps)
 
 
 def frame_range(text: str | None, n: int) -> range:
@@ -182,7 +200,7 @@ def frame_range(text: str | None, n: int) -> range:
     except ValueError:
         raise ValueError(f"--frames {text!r}: expected START:END with integers") from None
     if not sep or not 0 <= lo < hi <= n:
-        raise ValueError(f"--frames {text!r} is outside the shot's frames 0:{n} (END exclusive)")
+        raise ValueError(f"--frames {text!r} is outside the source's frames 0:{n} (END exclusive)")
     return range(lo, hi)
 
 
@@ -257,6 +275,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
             summary = finish(args, frames, store, todo, run, seconds)
     done = f"wrote {args.out}, {args.out.with_suffix('.gif')} (frames and metrics in {run})"
     print(json.dumps(summary, indent=2) if args.json else done)
+    if args.video is not None:  # what the output does not keep: audio, variable timing
+        for note in frames.notes(args.out, todo.start):
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -273,7 +294,10 @@ def check_arguments(
     from pilot.commands import resolve_device
     from pilot.diffusion.pipeline import SamplingSettings, check_size
 
-    settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
+    try:
+        settings = SamplingSettings(sampler=args.sampler, schedule=args.schedule, steps=args.steps)
+    except ValueError as e:  # "steps must be >= 1" -> "--steps must be >= 1"
+        raise flag_error(e, ["steps"]) from e
     config = feedback_config(args)
     scale = parse_schedule(args.control_scale, args.interpolation)  # ScheduleError early
     prompts = parse_prompt_schedule(args.prompt, args.interpolation)
@@ -285,12 +309,18 @@ def check_arguments(
     checks.check_source_arguments(args)
     frames = open_frames(args)
     check_size(frames.height, frames.width, factor=1)  # the VAE's: `check_frame_size`
-    check_video_path(args.out, frames.fps)  # fps <= 0 would fail after the last frame
+    check_video_path(args.out, output_fps(args, frames))  # fps <= 0: after the last frame
     todo = frame_range(args.frames, len(frames))
     checks.check_color_reference(args.color_reference, len(frames))
     for entry in args.controlnet:
         frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
-    check_schedules(config, [scale] * len(args.controlnet), args.seed, todo)
+    try:
+        check_schedules(config, [scale] * len(args.controlnet), args.seed, todo)
+    except ValueError as e:  # "strength schedule '1.5' gives ..." -> "--strength: strength ..."
+        flag = next((f for text, f in SCHEDULE_FLAGS.items() if str(e).startswith(text)), None)
+        if flag is None:
+            raise
+        raise ValueError(f"{flag}: {e}") from e
     return settings, config, prompts, frames, todo, device
 
 
@@ -365,8 +395,8 @@ def finish(
     check_frame_sizes(images, todo, frames, store)
     images = torch.cat(images)  # (N, 3, H, W)
     video = [to_uint8(image) for image in images]
-    write_mp4(video, args.out, fps=frames.fps)
-    write_gif(video, args.out.with_suffix(".gif"), fps=frames.fps)
+    write_mp4(video, args.out, fps=output_fps(args, frames))
+    write_gif(video, args.out.with_suffix(".gif"), fps=output_fps(args, frames))
     shot = isinstance(frames, ShotFrames)
     truth = GeometryFlow(frames.shot) if shot else frames.flow
     metrics = temporal_metrics(images, truth, first=todo.start)

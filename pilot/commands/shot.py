@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,6 +53,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     check_fps(args.fps, "--fps")
     check_resolution(*args.size, "--size")
+    if args.frames < 2:
+        raise ValueError(f"--frames {args.frames}: a fly-through needs at least 2 frames")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed} must be >= 0")
     w, h = args.size
     path = fly_through_shot(args.out, args.seed, args.frames, w, h, fps=args.fps)
     print(f"wrote {path}")
@@ -64,6 +69,10 @@ def cmd_hatch(args: argparse.Namespace) -> int:
     from pilot.scenes.shot_writer import write_pass
     from pilot.scenes.sketch import hatched_pass
 
+    if not (math.isfinite(args.density) and args.density > 0):
+        raise ValueError(f"--density {args.density}: lines per metre must be > 0")
+    if not 0 < args.width < 1:
+        raise ValueError(f"--width {args.width}: line width / spacing must be in (0, 1)")
     shot = Shot(args.shot)
     if "hatched" in shot.passes and not args.force:
         raise ValueError(f"{shot.root}: the shot has a hatched pass already (--force replaces it)")

@@ -43,6 +43,8 @@ def render_fly_through(
         raise ValueError(f"a fly-through needs at least 2 frames, got {n_frames}")
     if batch < 1:
         raise ValueError(f"batch (frames rendered per call) must be >= 1, got {batch}")
+    if seed < 0:
+        raise ValueError(f"seed {seed} must be >= 0")
     scene, path = fly_through(np.random.default_rng(seed))
     c2w = path.poses(n_frames)  # (N, 4, 4)
     K = path.intrinsics(width, height).expand(n_frames, 3, 3).contiguous()

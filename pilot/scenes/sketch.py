@@ -20,6 +20,8 @@ camera space and shaded by a light.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,7 +59,7 @@ def hatched_pass(
             f"depth {tuple(depth.shape)}, normals {tuple(normals.shape)}, K {tuple(K.shape)}, "
             f"c2w {tuple(c2w.shape)}: expected (B, 1, H, W), (B, 3, H, W), (B, 3, 3), (B, 4, 4)"
         )
-    if density <= 0 or not 0 < width < 1:
+    if not (math.isfinite(density) and density > 0 and 0 < width < 1):
         raise ValueError(f"density={density} must be > 0 and width={width} in (0, 1)")
     R = c2w[:, :3, :3]
     surface = (normals != 0).any(1, keepdim=True)

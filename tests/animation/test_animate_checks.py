@@ -56,6 +56,19 @@ def test_bad_schedule_values_fail_before_the_first_frame(
     assert animate(model_folder, shot, out, "--frames", "0:2", "--strength", "0:(0.1*t)") == 0
 
 
+def test_errors_name_the_flag(model_folder, shot, tmp_path, capsys):
+    cases = [
+        (["--steps", "0"], "error: --steps must be >= 1, got 0"),
+        (["--strength", "1.5"], "error: --strength: strength schedule '1.5' gives 1.5 at frame 0, "
+                                "outside [0, 1]"),
+        (["--frames", "0:99"], "error: --frames '0:99' is outside the source's frames 0:24"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        assert animate(model_folder, shot, tmp_path / "bad.mp4", *extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert frames_made(tmp_path / "bad.mp4") == []
+
+
 def test_a_range_after_a_missing_frame_is_refused(model_folder, shot, tmp_path, capsys):
     out = tmp_path / "film.mp4"
     assert animate(model_folder, shot, out, "--frames", "0:2") == 0

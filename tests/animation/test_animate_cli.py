@@ -119,7 +119,7 @@ def test_bad_input_is_a_clear_error_and_keeps_finished_frames(
     write_png(video / "0001.png", small_shot[1].image)
     cases = [
         (["--strength", "0:(0.5), 10:(0.4 +)"], "at character 19:"),
-        (["--frames", "20:30"], "--frames '20:30' is outside the shot's frames 0:24"),
+        (["--frames", "20:30"], "--frames '20:30' is outside the source's frames 0:24"),
         (["--controlnet", f"depth={sd2_controlnet}"],
          "cross_attention_dim: ControlNet 64 vs model 32"),
         (["--cfg", "3"], "was made with other settings (cfg: '1' -> '3')"),

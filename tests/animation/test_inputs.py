@@ -83,8 +83,9 @@ def test_a_frame_folder_of_mixed_sizes_names_the_first_odd_frame(tmp_path):
     with pytest.raises(ValueError, match=r"mixed: 002\.png is 8x16, but 000\.png is 16x16"):
         VideoFrames(folder)
     video = VideoFrames(folder, width=8, height=16)  # with a size each frame is resized
-    assert video.frames.shape == (4, 3, 16, 8)
-    assert torch.equal(video.frames[2], read_image(folder / "002.png"))  # already that size
+    assert (len(video), video.height, video.width) == (4, 16, 8)
+    assert all(video.frame(k).shape == (3, 16, 8) for k in range(4))
+    assert torch.equal(video.frame(2), read_image(folder / "002.png"))  # already that size
 
 
 def test_a_video_is_resized_by_width_and_height_and_size_is_their_deprecated_spelling(
@@ -93,8 +94,8 @@ def test_a_video_is_resized_by_width_and_height_and_size_is_their_deprecated_spe
     """`width=` / `height=` as in `Request` and `--width/--height`; the old `size=(H, W)`
     still works, with a warning."""
     folder = _frame_folder(tmp_path / "frames", [(16, 16), (16, 16)])
-    assert VideoFrames(folder, width=8, height=16).frames.shape == (2, 3, 16, 8)
+    assert VideoFrames(folder, width=8, height=16).frame(1).shape == (3, 16, 8)
     with pytest.warns(DeprecationWarning, match=r"size=\(H, W\)\) is deprecated.*height=H"):
-        assert VideoFrames(folder, size=(16, 8)).frames.shape == (2, 3, 16, 8)
+        assert VideoFrames(folder, size=(16, 8)).frame(1).shape == (3, 16, 8)
     with pytest.raises(ValueError, match="width=8, height=None: pass both, or neither"):
         VideoFrames(folder, width=8)

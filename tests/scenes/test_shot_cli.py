@@ -182,3 +182,20 @@ def test_export_samples_must_be_positive(tmp_path, capsys, samples):
     )
     assert f"--samples {samples}: Cycles renders at least 1 sample" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_render_and_hatch_errors_name_the_flag(tmp_path, capsys):
+    for flag, value, message in [
+        ("--frames", "1", "--frames 1: a fly-through needs at least 2 frames"),
+        ("--seed", "-1", "--seed -1 must be >= 0"),
+    ]:
+        assert main(["shot", "render", str(tmp_path / "r"), flag, value]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "16", "16"]) == 0
+    before = (shot / "shot.json").read_bytes()
+    for flag, value in [("--density", "nan"), ("--density", "0"), ("--width", "1")]:
+        assert main(["shot", "hatch", str(shot), "--force", flag, value]) == 2, value
+        assert f"error: {flag} {float(value)}" in capsys.readouterr().err
+    assert (shot / "shot.json").read_bytes() == before  # the shot's hatched pass is kept

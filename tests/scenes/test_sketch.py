@@ -128,7 +128,7 @@ def test_replacing_a_pass_never_leaves_a_mix_of_old_and_new_frames(shot, tmp_pat
     shutil.copytree(shot.root, root)
     old = Shot(root)[5].hatched.clone()
     assert main(["shot", "hatch", str(root), "--force", "--width", "2"]) == 2
-    assert "width=2.0" in capsys.readouterr().err
+    assert "--width 2.0" in capsys.readouterr().err
     assert torch.equal(Shot(root)[5].hatched, old)  # a bad argument changes nothing
 
     def crash_after_two():
