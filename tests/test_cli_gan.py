@@ -2,7 +2,9 @@
 
 import json
 import shutil
+import tracemalloc
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -51,7 +53,44 @@ def test_walk_errors_are_clear(tmp_path, pix2pix_file, dcgan_file, capsys):
     assert main(["walk", "--checkpoint", str(pix2pix_file)]) == 2
     assert "holds a pix2pix generator, expected dcgan" in capsys.readouterr().err
     assert main(["walk", "--checkpoint", str(dcgan_file), "--frames", "1"]) == 2
-    assert "--frames >= 2" in capsys.readouterr().err
+    assert "--frames 1: must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--points", "1"], "--points 1: must be at least 2"),
+        (["--fps", "-2"], "--fps -2.0: must be a positive frame rate"),
+        (["--seed", str(2**64)], f"--seed {2**64}: the walk uses seeds"),
+        (["--scale", "200", "--grid", "2"], "--grid 2 x 32 px x --scale 200: "),
+        (["--scale", "300", "--out", "w.gif"], "9600x9600 px are too large (at most 8190"),
+        (["--out", "folder.mp4"], "folder.mp4: is a folder, not a video file"),
+        (["--out", "file.txt/w.gif"], "file.txt is a file, not a folder"),
+    ],
+)
+def test_walk_names_the_flag_at_fault(tmp_path, monkeypatch, dcgan_file, capsys, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "file.txt").touch()
+    assert main(["walk", "--checkpoint", str(dcgan_file), "--frames", "2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.mp4", "g.safetensors"]
+
+
+def test_walk_makes_frames_as_the_writer_takes_them(tmp_path, dcgan_file, capsys):
+    """Memory does not grow with --frames: 100 frames of 256 px hold 19.7 MB as uint8."""
+    out = tmp_path / "walk.mp4"
+    args = ["walk", "--checkpoint", str(dcgan_file), "--frames", "100", "--scale", "8"]
+    tracemalloc.start()
+    try:
+        assert main([*args, "--out", str(out)]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8e6
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 100 and capture.get(cv2.CAP_PROP_FPS) == 24
 
 
 def test_conditioner_apply_over_a_shot(tmp_path, pix2pix_file):

@@ -23,17 +23,39 @@ from PIL import Image
 from pilot.imageio import decode_image
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
+# Largest frame side written: OpenCV's mp4v writer opens frames up to 8190 px a side and refuses
+# 8192 (odd sides are padded to even ones). A GIF could take 65535, but is held to the same:
+# frames that large stay under Pillow's decompression-bomb limit (89.5 M pixels) when read back,
+# and one frame's arrays stay within a few GB while it is made.
+MAX_VIDEO_SIDE = 8190
 
 
 def check_video_path(path: str | os.PathLike, fps: float) -> None:
-    """ValueError unless `path` has a video suffix and `fps` is a positive frame rate (call it
-    before making the frames, so bad arguments cost nothing)."""
-    suffix = Path(path).suffix.lower()
+    """ValueError unless `path` has a video suffix, can become a file (it is not a folder and
+    no folder above it is a file) and `fps` is a positive frame rate (call it before making the
+    frames, so bad arguments cost nothing)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise ValueError(
             f"{path}: unknown video suffix {suffix!r} (expected one of {VIDEO_SUFFIXES})"
         )
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a video file")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is a file, not a folder")
     _check_fps(path, fps)
+
+
+def check_video_size(path: str | os.PathLike, height: int, width: int) -> None:
+    """ValueError unless frames of `height` x `width` are at most `MAX_VIDEO_SIDE` a side;
+    call it before making the frames."""
+    if max(height, width) > MAX_VIDEO_SIDE:
+        raise ValueError(
+            f"{path}: frames of {width}x{height} px are too large "
+            f"(at most {MAX_VIDEO_SIDE} px a side)"
+        )
 
 
 def _check_fps(path: str | os.PathLike, fps: float) -> None:
@@ -112,7 +134,8 @@ def _timed(frame: np.ndarray, duration: int) -> Image.Image:
 def write_gif(frames: Iterable[np.ndarray], path: str | os.PathLike, *, fps: float = 8) -> Path:
     """Write an endlessly looping GIF; returns the path."""
     _check_fps(path, fps)
-    _, _, frames = _check_frames(frames)
+    h, w, frames = _check_frames(frames)
+    check_video_size(path, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
@@ -132,6 +155,7 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, *, fps: flo
     """
     _check_fps(path, fps)
     h, w, frames = _check_frames(frames)
+    check_video_size(path, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)

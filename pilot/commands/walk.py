@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
 def cmd_walk(args: argparse.Namespace) -> int:
-    """Render a looping slerp/lerp walk through seeded latents and write the video."""
-    import torch
-    import torch.nn.functional as F
+    """Render a looping slerp/lerp walk through seeded latents and write the video.
 
-    from pilot.animation.video import check_video_path, to_uint8, write_video
+    Frames are made one at a time as the writer takes them (an MP4's memory does not grow with
+    --frames; Pillow keeps a GIF's frames at one byte a pixel). The video replaces --out
+    atomically: an interrupted run leaves the earlier file, or none, and no partial one.
+    """
+    import torch
+
+    from pilot.animation.video import check_video_path, check_video_size, write_video
     from pilot.animation.walks import latent_walk
     from pilot.weights.gan import load_generator
 
-    if args.frames < 2 or args.points < 2 or args.scale < 1 or args.grid < 1:
-        raise ValueError(
-            f"need --frames >= 2, --points >= 2, --scale >= 1, --grid >= 1; got {args.frames}, "
-            f"{args.points}, {args.scale}, {args.grid}"
-        )
+    _check_args(args)
     check_video_path(args.out, args.fps)
     _, generator = load_generator(args.checkpoint, kind="dcgan")
+    side = args.grid * generator.cfg.image_size * args.scale
+    try:
+        check_video_size(args.out, side, side)
+    except ValueError as e:
+        raise ValueError(
+            f"--grid {args.grid} x {generator.cfg.image_size} px x --scale {args.scale}: {e}"
+        ) from None
     dim = generator.cfg.latent_dim
     walks = [  # one independent walk per grid cell, seeds spaced by the number of points
         latent_walk(
@@ -36,16 +44,42 @@ def cmd_walk(args: argparse.Namespace) -> int:
         for cell in range(args.grid * args.grid)
     ]
     z = torch.stack(walks, dim=1)  # (frames, cells, latent_dim)
-    frames = []
     with torch.no_grad():
-        for zs in z:
-            images = generator(zs)  # (cells, C, S, S) in [-1, 1]
-            if args.scale > 1:
-                images = F.interpolate(images, scale_factor=args.scale, mode="nearest")
-            frames.append(_tile(images, args.grid))
-    path = write_video([to_uint8(f) for f in frames], args.out, fps=args.fps)
-    print(f"wrote {path} ({len(frames)} frames)")
+        frames = (_frame(generator, zs, args.grid, args.scale) for zs in z)
+        path = write_video(frames, args.out, fps=args.fps)
+    print(f"wrote {path} ({len(z)} frames)")
     return 0
+
+
+# torch.Generator.manual_seed's range (a negative seed s is the same as 2**64 + s)
+_SEEDS = (-(2**63), 2**64 - 1)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """ValueError naming the first flag whose value is out of range."""
+    minimum = {"frames": 2, "points": 2, "scale": 1, "grid": 1}
+    for name, least in minimum.items():
+        if getattr(args, name) < least:
+            raise ValueError(f"--{name} {getattr(args, name)}: must be at least {least}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps {args.fps}: must be a positive frame rate")
+    last = args.seed + args.grid * args.grid * args.points - 1  # the walk's seeds: seed..last
+    if args.seed < _SEEDS[0] or last > _SEEDS[1]:
+        raise ValueError(
+            f"--seed {args.seed}: the walk uses seeds {args.seed}..{last}, which must lie in "
+            f"[{_SEEDS[0]}, {_SEEDS[1]}]"
+        )
+
+
+def _frame(generator, zs, grid: int, scale: int):
+    """One video frame, uint8 (grid S scale, grid S scale, 3), from latents zs (cells, dim);
+    upscaled (nearest neighbour) after the conversion to uint8, the smallest copy to enlarge."""
+    import numpy as np
+
+    from pilot.animation.video import to_uint8
+
+    frame = to_uint8(_tile(generator(zs), grid))  # generator: (cells, C, S, S) in [-1, 1]
+    return np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
 
 
 def _tile(images, grid: int):
@@ -63,11 +97,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=96, help="number of frames")
     p.add_argument("--points", type=int, default=4, help="keypoints the walk passes through")
     p.add_argument("--seed", type=int, default=0, help="seed of the first keypoint")
-    p.add_argument("--mode", choices=["slerp", "lerp"], default="slerp")
+    p.add_argument(
+        "--mode",
+        choices=["slerp", "lerp"],
+        default="slerp",
+        help="slerp keeps latents near the Gaussian shell; lerp cuts inside it (shorter midpoints)",
+    )
     p.add_argument("--no-loop", action="store_true", help="end at the last point")
     p.add_argument("--ease", action="store_true", help="pause at keypoints (smoothstep)")
     p.add_argument("--grid", type=int, default=1, help="grid x grid independent walks")
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor")
-    p.add_argument("--fps", type=float, default=24.0)
-    p.add_argument("--out", type=Path, default=Path("walk.mp4"), help=".mp4 or .gif")
+    p.add_argument("--fps", type=float, default=24.0, help="frames per second of the video")
+    p.add_argument(
+        "--out", type=Path, default=Path("walk.mp4"), help=".mp4 or .gif (replaced if it exists)"
+    )
     p.set_defaults(func=cmd_walk)

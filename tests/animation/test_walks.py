@@ -86,3 +86,20 @@ def test_remove_temp_files_clears_what_killed_writes_left(tmp_path):
     assert remove_temp_files(tmp_path, "timelapse", (".gif", ".mp4")) == [video]
     assert sorted(tmp_path.iterdir()) == sorted(keep)
     assert remove_temp_files(tmp_path / "missing") == []
+
+
+def test_video_targets_and_sizes_are_checked_before_any_work(tmp_path):
+    from pilot.animation.video import check_video_path
+
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "file").touch()
+    with pytest.raises(ValueError, match=r"folder.mp4: is a folder, not a video file"):
+        check_video_path(tmp_path / "folder.mp4", 8)
+    with pytest.raises(ValueError, match=r"file is a file, not a folder"):
+        check_video_path(tmp_path / "file" / "sub" / "a.gif", 8)
+    check_video_path(tmp_path / "new" / "a.gif", 8)  # folders to be made are fine
+    wide = [np.zeros((2, 8192, 3), np.uint8)]  # OpenCV's mp4v writer refuses 8192 px
+    for name in ("a.mp4", "a.gif"):
+        with pytest.raises(ValueError, match=r"8192x2 px are too large \(at most 8190 px"):
+            write_video(wide, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.mp4"]
