@@ -203,14 +203,13 @@ def _read_video(path: Path, fps: float) -> tuple[dict[str, Tensor], float]:
         raise FileNotFoundError(f"{path}: no such video file or frame folder")
     import cv2
 
+    from pilot.animation.video import video_frames
+
+    frames = {
+        f"frame {k}": torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+        for k, rgb in enumerate(video_frames(path))
+    }
     capture = cv2.VideoCapture(str(path))
-    frames = {}
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        frames[f"frame {len(frames)}"] = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     video_fps = capture.get(cv2.CAP_PROP_FPS) or fps
     capture.release()
     return frames, float(video_fps)
@@ -381,9 +380,12 @@ class FrameStore:
             tmp.write_bytes(buffer.getvalue())
 
 
-def read_settings(run: Path, hint: str = "use another --run") -> dict | None:
-    """`run/settings.json` as a dict, None if absent; ValueError naming a corrupt file."""
-    path = run / "settings.json"
+def read_settings(
+    run: Path, hint: str = "use another --run", name: str = "settings.json"
+) -> dict | None:
+    """`run/settings.json` (or `run/<name>`) as a dict, None if absent; ValueError naming a
+    corrupt file."""
+    path = run / name
     if not path.is_file():
         return None
     try:
@@ -396,17 +398,21 @@ def read_settings(run: Path, hint: str = "use another --run") -> dict | None:
 
 
 def check_run_folder(
-    run: Path, settings: dict, hint: str = "use another --run folder, or the original settings"
+    run: Path,
+    settings: dict,
+    hint: str = "use another --run folder, or the original settings",
+    name: str = "settings.json",
 ) -> None:
-    """Write `run/settings.json`, or check a resumed run's against it (frames are never touched).
+    """Write `run/settings.json` (or `run/<name>`), or check a resumed run's against it (frames
+    are never touched).
 
     `hint` ends the error message: what the user can do instead.
 
     Raises:
         ValueError: the folder was made with other settings; the message names every key.
     """
-    path = run / "settings.json"
-    if (old := read_settings(run, hint)) is not None:
+    path = run / name
+    if (old := read_settings(run, hint, name)) is not None:
         differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if differ:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)

@@ -159,6 +159,42 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, *, fps: f
     return write_mp4(frames, path, fps=fps)
 
 
+def video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The frames of a video file OpenCV reads (MP4, MOV, AVI, ...), in order, as uint8 RGB
+    arrays (H, W, 3), decoded one at a time."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            yield np.ascontiguousarray(bgr[:, :, ::-1])
+    finally:
+        capture.release()
+
+
+def video_info(path: str | os.PathLike, default_fps: float = 24.0) -> tuple[int, float]:
+    """(frame count, fps) of a video file, counted by decoding it (container headers may be
+    wrong); `default_fps` where the file reports none.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming a file with no frame OpenCV can read (not a video).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such video file")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps, count = capture.get(cv2.CAP_PROP_FPS), 0
+        while capture.grab():
+            count += 1
+    finally:
+        capture.release()
+    if count == 0:
+        raise ValueError(f"{path}: no frames OpenCV can read (not a video file?)")
+    return count, float(fps) if fps and np.isfinite(fps) and fps > 0 else default_fps
+
+
 def read_frame(path: str | os.PathLike) -> np.ndarray:
     """An image file as a uint8 RGB array (H, W, 3) (`pilot.imageio.decode_image`); ValueError
     naming an unreadable file."""
