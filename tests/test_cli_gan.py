@@ -309,6 +309,10 @@ def test_conditioner_apply_to_a_folder_of_drawings(tmp_path, painter_file, capsy
     assert f"--out {other} holds 1 file(s) this run would overwrite ({other / 'wide.png'})" in err
     with Image.open(other / "wide.png") as image:
         assert image.size == (8, 8)
+    (tmp_path / "drawings" / "zz.png").write_bytes(b"half a drawing")
+    assert main([*args[:-1], str(tmp_path / "new")]) == 2  # before any is painted
+    assert "zz.png: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_conditioner_outputs_never_overwrite_the_inputs(tmp_path, painter_file, capsys):

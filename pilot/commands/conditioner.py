@@ -102,22 +102,27 @@ class Source:
     fps: float  # the shot's or the video's; 12 for a folder of images
     protected: list[Path]  # what no output may be: the inputs' folder, the shot and its passes
 
-    def frames(self, channels: int) -> Iterator[np.ndarray]:
-        """The frames in order as uint8 (H, W, channels), converted as training converts."""
+    def frames(self, channels: int, skip: frozenset[int] = frozenset()) -> Iterator:
+        """The frames in order as uint8 (H, W, channels), converted as training converts; None
+        for those in `skip` (not decoded, but a video's)."""
         from pilot.data.paired import read_image
 
         if self.files is not None:
-            yield from (read_image(path, channels) for path in self.files)
+            yield from (None if k in skip else read_image(p, channels)
+                        for k, p in enumerate(self.files))  # fmt: skip
             return
         import numpy as np
         from PIL import Image
 
         from pilot.animation.video import video_frames
 
-        for rgb in video_frames(self.video):
-            yield (
-                np.asarray(Image.fromarray(rgb).convert("L"))[:, :, None] if channels == 1 else rgb
-            )
+        for k, rgb in enumerate(video_frames(self.video)):
+            if k in skip:
+                yield None
+            elif channels == 1:
+                yield np.asarray(Image.fromarray(rgb).convert("L"))[:, :, None]
+            else:
+                yield rgb
 
     def mtime(self, k: int) -> float:
         """When frame k's input last changed (the video's for a video)."""
@@ -263,11 +268,14 @@ def apply_to_folder(
         check_run_folder(out, settings, hint, SETTINGS)
         for folder in folders.values():
             remove_temp_files(folder, suffixes=(".png", ".npy"))  # left by writes a kill cut
-        done = written = 0
-        for k, frame in enumerate(source.frames(cfg.in_channels)):
-            mine = [ps[k] for ps in paths.values()]
-            if all(p.exists() and p.stat().st_mtime >= source.mtime(k) for p in mine):
-                done += 1  # made by an earlier run of these settings, after its input
+        done = frozenset(  # made by an earlier run of these settings, after its input
+            k for k in range(len(source.names))
+            if all(p.exists() and p.stat().st_mtime >= source.mtime(k)
+                   for p in (ps[k] for ps in paths.values()))
+        )  # fmt: skip
+        written = 0
+        for k, frame in enumerate(source.frames(cfg.in_channels, skip=done)):
+            if frame is None:
                 continue
             _, heads = predict(generator, frame, size, square)
             for name, head in heads.items():
@@ -276,7 +284,7 @@ def apply_to_folder(
                 ).clamp(-1, 1)  # back to the input's own size
                 write_head(head[0].permute(1, 2, 0).numpy(), paths[name][k].with_suffix(""))
             written += 1
-    kept = f", {done} kept from an earlier run" if done else ""
+    kept = f", {len(done)} kept from an earlier run" if done else ""
     print(f"wrote {written} image(s) to {out}{kept} ({' | '.join(cfg.head_names)})")
     return 0
 
@@ -293,6 +301,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         write_frame,
         write_video,
     )
+    from pilot.data.paired import check_image
     from pilot.weights.gan import load_generator
 
     to_folder = args.out.suffix.lower() not in VIDEO_SUFFIXES and (
@@ -327,6 +336,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     check_outputs(source, outputs)
     if to_folder:
         from pilot.scenes.blender import file_digest
+
+        for path in source.files or []:
+            check_image(path)  # a corrupt drawing stops the run before any is painted
 
         settings = {"checkpoint_sha256": file_digest(Path(args.checkpoint)), "size": size,
                     "square": args.square, "input": os.path.abspath(args.shot)}  # fmt: skip
