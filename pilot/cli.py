@@ -83,8 +83,18 @@ def report_errors(prog: str, command: Callable[[], int]) -> int:
     try:
         return command()
     except (FileNotFoundError, ValueError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def error_line(error: BaseException) -> str:
+    """The message of `error`; for one re-raised from a DataLoader worker (torch puts the
+    worker's whole traceback in it), the worker's own message, its traceback's last line."""
+    text = str(error)
+    if " in DataLoader worker process " in text and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "ValueError: a.jpg: not a readable image (...)"
+        return last.split(": ", 1)[-1]
+    return text
 
 
 if __name__ == "__main__":

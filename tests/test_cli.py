@@ -98,3 +98,30 @@ def test_single_file_needs_a_tokenizer_that_fits(capsys, tmp_path):
     summary = describe_module(sd.unet)
     assert summary["params"] == sum(p.numel() for p in unet.parameters())
     assert summary["config"]["block_out_channels"] == unet.cfg.block_out_channels
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line(capsys):
+    import torch
+    from torch._utils import ExceptionWrapper
+
+    from pilot.cli import report_errors
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            try:
+                raise OSError("image file is truncated")
+            except OSError as e:
+                raise ValueError("B/x.jpg: not a readable image (image file is truncated)") from e
+
+    def train():
+        try:
+            Pairs()[0]
+        except ValueError:  # what a worker sends and the loader re-raises in the main process
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+
+    assert report_errors("pilot train", train) == 2
+    err = capsys.readouterr().err
+    assert err == "pilot train: error: B/x.jpg: not a readable image (image file is truncated)\n"

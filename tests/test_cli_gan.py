@@ -1,6 +1,7 @@
 """Smoke tests of `pilot train`, `pilot walk` and `pilot conditioner apply`."""
 
 import json
+import os
 import shutil
 import tracemalloc
 
@@ -294,3 +295,106 @@ def test_wide_frames_keep_their_aspect(tmp_path, pix2pix_file):
     assert main([*args, "--out", str(out), "--square"]) == 0  # as square training pairs load
     with Image.open(out) as gif:
         assert gif.size == (64 * 3, 64)
+
+
+@pytest.fixture
+def painter_file(tmp_path):
+    """A one-head RGB -> RGB conditioner, as experiments/own_pairs_pix2pix.yaml trains."""
+    cfg = Pix2PixConfig(image_size=64, in_channels=3, base_channels=4, max_mult=2)
+    path = tmp_path / "painter.safetensors"
+    export_generator("pix2pix", UNetGenerator(cfg), path)
+    return path
+
+
+def _drawings(folder):
+    """An artist's folder: several sizes and aspects, transparency, .JPG, a Mac's hidden files."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 50, 3), np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (90, 40), np.uint8), "L").save(folder / "Tall.JPG")
+    Image.fromarray(np.zeros((20, 20, 4), np.uint8), "RGBA").save(folder / "café.png")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "._wide.png").write_bytes(b"\0\5\26\7")
+    return {"wide.png": (50, 30), "Tall.png": (40, 90), "café.png": (20, 20)}
+
+
+def test_conditioner_apply_to_a_folder_of_drawings(tmp_path, painter_file, capsys):
+    sizes = _drawings(tmp_path / "drawings")
+    out = tmp_path / "paintings"
+    args = ["conditioner", "apply", "--checkpoint", str(painter_file)]
+    args += ["--shot", str(tmp_path / "drawings"), "--out", str(out)]
+    assert main(args) == 0  # sizes of every aspect in one run: no video to share a size
+    assert "wrote 3 image(s)" in capsys.readouterr().out
+    for name, size in sizes.items():
+        with Image.open(out / name) as image:
+            assert image.size == size and image.mode == "RGB"  # named and sized as the input
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(sizes)
+    made = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    later = (out / "wide.png").stat().st_mtime + 60
+    os.utime(tmp_path / "drawings" / "wide.png", (later, later))  # the artist redraws one
+    (out / "Tall.png").unlink()  # and a kill lost one, mid-write
+    (out / ".Tall.a1b2c3d4.png").write_bytes(b"half a png")
+    assert main(args) == 0
+    assert "wrote 2 image(s) to" in capsys.readouterr().out  # the rest kept
+    assert (out / "café.png").stat().st_mtime_ns == made["café.png"]
+    assert (out / "Tall.png").is_file() and not (out / ".Tall.a1b2c3d4.png").exists()
+    assert main([*args, "--size", "128"]) == 2  # other settings: refused, not mixed
+    assert "was made with other settings (size: 64 -> 128)" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(other / "wide.png")  # not ours
+    assert main([*args[:-1], str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {other} holds 1 file(s) this run would overwrite ({other / 'wide.png'})" in err
+    with Image.open(other / "wide.png") as image:
+        assert image.size == (8, 8)
+    (tmp_path / "drawings" / "zz.png").write_bytes(b"half a drawing")
+    assert main([*args[:-1], str(tmp_path / "new")]) == 2  # before any is painted
+    assert "zz.png: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_conditioner_outputs_never_overwrite_the_inputs(tmp_path, painter_file, capsys):
+    _drawings(tmp_path / "drawings")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "drawings").iterdir()}
+    base = ["conditioner", "apply", "--checkpoint", str(painter_file), "--square"]
+    args = [*base, "--shot", str(tmp_path / "drawings")]
+    drawings = tmp_path / "drawings"
+    for extra in (["--out", str(drawings)], ["--out", str(tmp_path / "x.gif"), "--frames-dir",
+                                             str(drawings)]):  # fmt: skip
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{drawings} is an input folder ({drawings}): its files would be overwritten" in err
+    assert {p.name: p.read_bytes() for p in drawings.iterdir()} == before
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "2", "--size", "32", "32"]) == 0
+    colour = (shot / "image" / "000000.png").read_bytes()
+    heads = ["--shot", str(shot), "--out", str(tmp_path / "y.gif"), "--heads-dir", str(shot)]
+    assert main([*base, *heads]) == 2  # the head "image" is the shot's colour pass
+    assert f"--heads-dir {shot / 'image'} is an input folder" in capsys.readouterr().err
+    assert (shot / "image" / "000000.png").read_bytes() == colour
+
+
+def test_conditioner_apply_over_a_video(tmp_path, pix2pix_file, capsys):
+    from pilot.animation.video import write_video
+
+    frames = [np.full((40, 72, 3), 40 * k, np.uint8) for k in range(3)]
+    clip = write_video(frames, tmp_path / "clip.mp4", fps=5)
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(clip)]
+    assert main([*args, "--out", str(tmp_path / "out.gif")]) == 0
+    with Image.open(tmp_path / "out.gif") as gif:
+        assert gif.n_frames == 3 and gif.size == (128 * 3, 64)  # 72x40 runs at 128x64
+        assert gif.info["duration"] == 200  # the video's 5 fps
+    assert main([*args, "--out", str(tmp_path / "frames")]) == 0
+    names = sorted(p.name for p in (tmp_path / "frames" / "fog").iterdir())
+    assert names == ["000000.png", "000001.png", "000002.png"]
+    with Image.open(tmp_path / "frames" / "texture" / "000001.png") as texture:
+        assert texture.size == (72, 40)  # the video's own size
+    assert main([*args, "--out", str(clip)]) == 2
+    assert f"--out {clip} is the input video ({clip}): it would be overwritten" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "notes.txt").write_text("not a video")
+    bad = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--out", "x.gif"]
+    assert main([*bad, "--shot", str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt: OpenCV cannot open it (not a video OpenCV reads" in capsys.readouterr().err

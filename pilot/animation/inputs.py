@@ -408,9 +408,12 @@ class FrameStore:
             tmp.write_bytes(buffer.getvalue())
 
 
-def read_settings(run: Path, hint: str = "use another --run") -> dict | None:
-    """`run/settings.json` as a dict, None if absent; ValueError naming a corrupt file."""
-    path = run / "settings.json"
+def read_settings(
+    run: Path, hint: str = "use another --run", name: str = "settings.json"
+) -> dict | None:
+    """`run/settings.json` (or `run/<name>`) as a dict, None if absent; ValueError naming a
+    corrupt file."""
+    path = run / name
     if not path.is_file():
         return None
     try:
@@ -423,17 +426,21 @@ def read_settings(run: Path, hint: str = "use another --run") -> dict | None:
 
 
 def check_run_folder(
-    run: Path, settings: dict, hint: str = "use another --run folder, or the original settings"
+    run: Path,
+    settings: dict,
+    hint: str = "use another --run folder, or the original settings",
+    name: str = "settings.json",
 ) -> None:
-    """Write `run/settings.json`, or check a resumed run's against it (frames are never touched).
+    """Write `run/settings.json` (or `run/<name>`), or check a resumed run's against it (frames
+    are never touched).
 
     `hint` ends the error message: what the user can do instead.
 
     Raises:
         ValueError: the folder was made with other settings; the message names every key.
     """
-    path = run / "settings.json"
-    if (old := read_settings(run, hint)) is not None:
+    path = run / name
+    if (old := read_settings(run, hint, name)) is not None:
         differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if differ:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)

@@ -1,34 +1,58 @@
 """`pilot conditioner apply --checkpoint ... --shot ...`: a trained Pix2Pix conditioner over the
-hatched frames of a shot, written as a video (the seed's fly-through test).
+frames of a shot, a folder of drawings or a video, written as a video (the seed's fly-through
+test) or, with `--out DIR`, as images named as the inputs.
 
-The shot's frames are the images in `<shot>/<pass>/` (default pass `hatched`, which `pilot shot
-render` writes) or, for a plain folder of frames, the images in `<shot>/` itself, in name order.
-Each frame is converted to the model's input channels (grey or RGB, see `pilot.data.paired`),
-resized so that its short side is `--size` (default: the model's training side) and its long
-side the multiple of the model's side nearest the frame's aspect ratio (a 16:9 frame runs at
-2:1 rather than squashed into a square; `--square` squashes, as `pilot.data.paired` does to
-non-square training pairs; frames that would run at different sizes are refused, from their
-headers, before any frame runs), and shown next to every predicted head (e.g. input | texture |
-fog). The video plays at the shot's fps (shot.json) unless `--fps` says otherwise.
-`--heads-dir` also writes every head as its own image sequence for compositing: texture as RGB
-PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float .npy). A head
-folder holding files this run does not write (another shot's frames) is refused before any frame
-runs, rather than mixed with this shot's or deleted; rerunning the same shot overwrites its own.
-An interrupted shot (`.shot-unfinished`, no shot.json) is refused, as `Shot` refuses it.
-A model trained on several input folders concatenated (e.g. 2 channels) is refused: a shot gives
-one image per frame.
+Inputs (`--shot`): the images in `<shot>/<pass>/` (default pass `hatched`, which `pilot shot
+render` writes) or, for a plain folder of frames or drawings, the images in `<shot>/` itself, in
+name order (hidden files skipped, as `pilot.data.paired.list_images` lists them), or the frames
+of a video file (MP4, MOV, ... as OpenCV reads them; frame k is named `00000k`, at the video's
+fps). Each frame is converted to the model's input channels (grey or RGB; transparency over
+white paper, as in training, see `pilot.data.paired`), resized so that its short side is
+`--size` (default: the model's training side) and its long side the multiple of the model's
+side nearest the frame's aspect ratio (a 16:9 frame runs at 2:1 rather than squashed into a
+square; `--square` squashes, as `pilot.data.paired` does to non-square training pairs).
+
+Video out (`--out X.mp4|.gif`): frames that would run at different sizes are refused, from
+their headers, before any frame runs; each is shown next to every predicted head (e.g. input |
+texture | fog). The video plays at the shot's fps (shot.json) or the video's unless `--fps`
+says otherwise. `--heads-dir` also writes every head as its own image sequence for compositing:
+texture as RGB PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float
+.npy). A head folder holding files this run does not write (another shot's frames) is refused
+before any frame runs, rather than mixed with this shot's or deleted; rerunning the same shot
+overwrites its own.
+
+Images out (`--out DIR`, a folder: no video suffix): every input gives `DIR/<name>.png` (a model
+with several heads: `DIR/<head>/<name>.png`), resized back to the input's own size, so inputs
+of any sizes and aspects go in one run; outputs are opaque. Each file is written atomically as
+soon as it is made, and the run's settings (checkpoint digest, --size, --square, input) are
+kept in `DIR/.pilot-conditioner.json`: rerunning the same command after a kill or with new
+drawings added computes only what is missing or older than its input; other settings are
+refused, naming each, and so is a folder holding files of this run's names made otherwise.
+
+No output (`--out` folder, `--frames-dir`, `--heads-dir` head folders) may be the input folder,
+the shot folder or one of its passes, whose files it would overwrite; nor may a video `--out` be
+the input video. An interrupted shot (`.shot-unfinished`, no shot.json) is refused, as `Shot`
+refuses it. A model trained on several input folders concatenated (e.g. 2 channels) is refused:
+a shot gives one image per frame.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no numpy
     import numpy as np
+    from torch import nn
 
     from pilot.scenes.shot import Shot
+
+SETTINGS = ".pilot-conditioner.json"  # an --out folder's record of the run that fills it
 
 
 def open_shot(shot: Path) -> Shot | None:
@@ -53,7 +77,7 @@ def shot_frames(shot: Path, pass_name: str, opened: Shot | None) -> list[Path]:
 
     folder = shot / pass_name
     if not shot.is_dir():
-        raise FileNotFoundError(f"{shot}: no such shot folder")
+        raise FileNotFoundError(f"{shot}: no such shot folder or video file")
     if opened is not None and pass_name in opened.passes:
         return [opened.file(k, pass_name) for k in range(len(opened))]
     if opened is not None and not folder.is_dir():
@@ -67,6 +91,77 @@ def shot_frames(shot: Path, pass_name: str, opened: Shot | None) -> list[Path]:
 def shot_fps(opened: Shot | None, default: float = 12.0) -> float:
     """The frame rate of a shot (`open_shot`), or `default` for a plain folder of frames."""
     return default if opened is None else opened.fps
+
+
+@dataclass(frozen=True)
+class Source:
+    """The frames `--shot` names: image files (`files`) or a video file's (`video`)."""
+
+    names: list[str]  # each frame's output name: its file's name without suffix, or 00000k
+    files: list[Path] | None
+    video: Path | None
+    fps: float  # the shot's or the video's; 12 for a folder of images
+    protected: list[Path]  # what no output may be: the inputs' folder, the shot and its passes
+
+    def frames(self, channels: int, skip: frozenset[int] = frozenset()) -> Iterator:
+        """The frames in order as uint8 (H, W, channels), converted as training converts; None
+        for those in `skip` (not decoded, but a video's)."""
+        from pilot.data.paired import read_image
+
+        if self.files is not None:
+            yield from (None if k in skip else read_image(p, channels)
+                        for k, p in enumerate(self.files))  # fmt: skip
+            return
+        import numpy as np
+        from PIL import Image
+
+        from pilot.animation.video_reader import VideoFile
+
+        video = VideoFile(self.video)
+        try:
+            for k in range(len(video)):
+                if k in skip:
+                    yield None
+                elif channels == 1:
+                    yield np.asarray(Image.fromarray(video.read(k)).convert("L"))[:, :, None]
+                else:
+                    yield video.read(k)
+        finally:
+            video.close()
+
+    def mtime(self, k: int) -> float:
+        """When frame k's input last changed (the video's for a video)."""
+        return (self.video if self.files is None else self.files[k]).stat().st_mtime
+
+
+def open_source(shot: Path, pass_name: str) -> Source:
+    """The frames of `--shot`: a shot's pass, a folder of images, or a video file."""
+    if shot.is_file():
+        from pilot.animation.video_reader import VideoFile
+
+        video = VideoFile(shot)  # counts the frames that decode
+        fps = video.fps if video.fps and math.isfinite(video.fps) else 12.0
+        names = [f"{k:06d}" for k in range(len(video))]
+        return Source(names, None, shot, fps, [shot])
+    opened = open_shot(shot) if shot.is_dir() else None
+    files = shot_frames(shot, pass_name, opened)
+    protected = [files[0].parent, shot]
+    protected += [shot / p for p in opened.passes] if opened is not None else []
+    return Source([f.stem for f in files], files, None, shot_fps(opened), protected)
+
+
+def check_outputs(source: Source, outputs: list[tuple[str, Path]]) -> None:
+    """ValueError naming an output (flag, path) that is one of the inputs' (`Source.protected`),
+    before anything is written: its files would be overwritten."""
+    protected = {Path(os.path.abspath(p)): p for p in source.protected}
+    for flag, path in outputs:
+        hit = protected.get(Path(os.path.abspath(path)))
+        if hit is not None:
+            what = "the input video" if hit == source.video else "an input folder"
+            files = "it" if hit == source.video else "its files"
+            raise ValueError(
+                f"{flag} {path} is {what} ({hit}): {files} would be overwritten; pass another path"
+            )
 
 
 def check_heads_dir(heads_dir: Path, heads: list[str], stems: list[str]) -> None:
@@ -90,6 +185,11 @@ def check_heads_dir(heads_dir: Path, heads: list[str], stems: list[str]) -> None
             )
 
 
+def head_path(stem: Path, channels: int) -> Path:
+    """Where `write_head` writes a head of `channels` channels for `stem`."""
+    return Path(f"{stem}.png" if channels in (1, 3, 4) else f"{stem}.npy")
+
+
 def write_head(head: np.ndarray, stem: Path) -> Path:
     """One head's frame (H, W, C) in [-1, 1]: 8-bit PNG for 1, 3 or 4 channels, else float .npy
     (written atomically either way)."""
@@ -98,10 +198,10 @@ def write_head(head: np.ndarray, stem: Path) -> Path:
     from pilot.animation.video import to_uint8, write_frame
     from pilot.imageio import atomic_output
 
-    if head.shape[2] in (1, 3, 4):
+    path = head_path(stem, head.shape[2])
+    if path.suffix == ".png":
         pixels = to_uint8(head)
-        return write_frame(pixels[:, :, 0] if head.shape[2] == 1 else pixels, f"{stem}.png")
-    path = Path(f"{stem}.npy")
+        return write_frame(pixels[:, :, 0] if head.shape[2] == 1 else pixels, path)
     with atomic_output(path) as tmp:
         np.save(tmp, head.astype(np.float32))
     return path
@@ -130,21 +230,95 @@ def check_run_sizes(files: list[Path], size: int, side: int, square: bool) -> No
             raise ValueError(
                 f"frames of different aspect ratios: {first[0]} runs at {w0}x{h0} and {path} at "
                 f"{w1}x{h1}, but a video has one frame size; pass --square to run every frame "
-                "as a --size square, or give frames of one aspect ratio"
+                "as a --size square, or give frames of one aspect ratio (or --out a folder)"
             )
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
-    """Run the conditioner frame by frame and write the video (and PNG frames if asked)."""
+def predict(generator: nn.Module, frame: np.ndarray, size: int, square: bool) -> tuple:
+    """Run one uint8 (H, W, C) frame at its run size: (input (1, C, h, w), {head: (1, Ch, h, w)}),
+    in [-1, 1]."""
     import torch
 
-    from pilot.animation.video import check_video_path, to_uint8, write_frame, write_video
-    from pilot.data.paired import read_image
+    side = generator.cfg.image_size
+    x = torch.from_numpy(frame.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    shape = (size, size) if square else run_size(*x.shape[2:], size, side)
+    x = torch.nn.functional.interpolate(x, size=shape, mode="area")
+    with torch.no_grad():
+        return x, generator.split_heads(generator(x))
+
+
+def apply_to_folder(
+    generator: nn.Module, source: Source, out: Path, settings: dict, size: int, square: bool
+) -> int:
+    """Images out (module doc): `out/<name>.png` per input at its size, resumable."""
+    import torch
+
+    from pilot.animation.inputs import check_run_folder, read_settings
+    from pilot.animation.video import remove_temp_files
+    from pilot.locks import folder_lock
+
+    cfg = generator.cfg
+    folders = {h: out if len(cfg.head_names) == 1 else out / h for h in cfg.head_names}
+    paths = {h: [head_path(folders[h] / n, c) for n in source.names]
+             for h, c in zip(cfg.head_names, cfg.head_channels, strict=True)}  # fmt: skip
+    hint = "pass another --out folder, or the checkpoint and settings that made it"
+    with folder_lock(out, f"--out {out}"):
+        if read_settings(out, hint, SETTINGS) is None:
+            made = [str(p) for ps in paths.values() for p in ps if p.exists()]
+            if made:
+                raise ValueError(
+                    f"--out {out} holds {len(made)} file(s) this run would overwrite ({made[0]}"
+                    f"{', ...' if len(made) > 1 else ''}), not made by `pilot conditioner`; "
+                    f"pass another --out folder, or delete them"
+                )
+        check_run_folder(out, settings, hint, SETTINGS)
+        for folder in folders.values():
+            remove_temp_files(folder, suffixes=(".png", ".npy"))  # left by writes a kill cut
+        done = frozenset(  # made by an earlier run of these settings, after its input
+            k for k in range(len(source.names))
+            if all(p.exists() and p.stat().st_mtime >= source.mtime(k)
+                   for p in (ps[k] for ps in paths.values()))
+        )  # fmt: skip
+        written = 0
+        for k, frame in enumerate(source.frames(cfg.in_channels, skip=done)):
+            if frame is None:
+                continue
+            _, heads = predict(generator, frame, size, square)
+            for name, head in heads.items():
+                head = torch.nn.functional.interpolate(
+                    head, size=frame.shape[:2], mode="bicubic", antialias=True
+                ).clamp(-1, 1)  # back to the input's own size
+                write_head(head[0].permute(1, 2, 0).numpy(), paths[name][k].with_suffix(""))
+            written += 1
+    kept = f", {len(done)} kept from an earlier run" if done else ""
+    print(f"wrote {written} image(s) to {out}{kept} ({' | '.join(cfg.head_names)})")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Run the conditioner frame by frame; write the video (and PNG frames if asked), or the
+    images of `--out DIR`."""
+    import torch
+
+    from pilot.animation.video import (
+        VIDEO_SUFFIXES,
+        check_video_path,
+        to_uint8,
+        write_frame,
+        write_video,
+    )
+    from pilot.data.paired import check_image
     from pilot.weights.gan import load_generator
 
-    opened = open_shot(args.shot) if args.shot.is_dir() else None
-    fps = shot_fps(opened) if args.fps is None else args.fps
-    check_video_path(args.out, fps)  # before any frame is made
+    to_folder = args.out.suffix.lower() not in VIDEO_SUFFIXES and (
+        args.out.suffix == "" or args.out.is_dir()
+    )
+    if to_folder and (args.frames_dir is not None or args.heads_dir is not None):
+        raise ValueError(
+            f"--frames-dir and --heads-dir go with a video --out, not a folder {args.out}"
+        )
+    if not to_folder:  # before any frame is made
+        check_video_path(args.out, 1.0 if args.fps is None else args.fps)
     _, generator = load_generator(args.checkpoint, kind="pix2pix")
     cfg = generator.cfg
     if cfg.in_channels not in (1, 3):
@@ -156,18 +330,32 @@ def cmd_apply(args: argparse.Namespace) -> int:
     size = cfg.image_size if args.size is None else args.size
     if size <= 0 or size % cfg.image_size:
         raise ValueError(f"--size={size} must be a multiple of the model's side {cfg.image_size}")
-    files = shot_frames(args.shot, args.pass_name, opened)
-    check_run_sizes(files, size, cfg.image_size, args.square)
+    source = open_source(args.shot, args.pass_name)
+    fps = source.fps if args.fps is None else args.fps
+    if not to_folder:
+        check_video_path(args.out, fps)
+    outputs = [("--frames-dir", args.frames_dir)] if args.frames_dir is not None else []
     if args.heads_dir is not None:
-        check_heads_dir(args.heads_dir, list(cfg.head_names), [f.stem for f in files])
+        outputs += [("--heads-dir", args.heads_dir / h) for h in cfg.head_names]
+    outputs += [("--out", args.out)]
+    outputs += [("--out", args.out / h) for h in cfg.head_names] if to_folder else []
+    check_outputs(source, outputs)
+    if to_folder:
+        from pilot.scenes.blender import file_digest
+
+        for path in source.files or []:
+            check_image(path)  # a corrupt drawing stops the run before any is painted
+
+        settings = {"checkpoint_sha256": file_digest(Path(args.checkpoint)), "size": size,
+                    "square": args.square, "input": os.path.abspath(args.shot)}  # fmt: skip
+        return apply_to_folder(generator, source, args.out, settings, size, args.square)
+    if source.files is not None:
+        check_run_sizes(source.files, size, cfg.image_size, args.square)
+    if args.heads_dir is not None:
+        check_heads_dir(args.heads_dir, list(cfg.head_names), source.names)
     frames = []
-    for path in files:
-        x = torch.from_numpy(read_image(path, cfg.in_channels).copy()).permute(2, 0, 1)
-        x = x[None].float().div(127.5).sub(1.0)  # (1, C, H, W) in [-1, 1]
-        shape = (size, size) if args.square else run_size(*x.shape[2:], size, cfg.image_size)
-        x = torch.nn.functional.interpolate(x, size=shape, mode="area")
-        with torch.no_grad():
-            heads = generator.split_heads(generator(x))
+    for name, frame in zip(source.names, source.frames(cfg.in_channels), strict=True):
+        x, heads = predict(generator, frame, size, args.square)
         panels = [x, *heads.values()]
         row = torch.cat(
             [p[:, :3] if p.shape[1] >= 3 else p.expand(-1, 3, -1, -1) for p in panels], 3
@@ -175,10 +363,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         frame = to_uint8(row[0].permute(1, 2, 0).numpy())  # (H, W * panels, 3)
         frames.append(frame)
         if args.frames_dir is not None:
-            write_frame(frame, args.frames_dir / f"{path.stem}.png")
+            write_frame(frame, args.frames_dir / f"{name}.png")
         if args.heads_dir is not None:
-            for name, head in heads.items():
-                write_head(head[0].permute(1, 2, 0).numpy(), args.heads_dir / name / path.stem)
+            for head_name, head in heads.items():
+                write_head(head[0].permute(1, 2, 0).numpy(), args.heads_dir / head_name / name)
     out = write_video(frames, args.out, fps=fps)
     print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
     return 0
@@ -188,11 +376,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `conditioner` command group to the `pilot` parser."""
     p = sub.add_parser("conditioner", help="apply a trained Pix2Pix conditioner")
     groups = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    a = groups.add_parser("apply", help="run it over a shot's hatched frames, write a video")
+    a = groups.add_parser(
+        "apply", help="run it over a shot's frames, drawings or a video; write a video or images"
+    )
     a.add_argument("--checkpoint", required=True, help="Pix2Pix .ckpt or exported .safetensors")
-    a.add_argument("--shot", required=True, type=Path, help="shot folder (or folder of frames)")
+    a.add_argument(
+        "--shot", required=True, type=Path, help="shot folder, folder of images, or video file"
+    )
     a.add_argument("--pass", dest="pass_name", default="hatched", help="pass sub-folder")
-    a.add_argument("--out", type=Path, default=Path("conditioned.mp4"), help=".mp4 or .gif")
+    a.add_argument(
+        "--out",
+        type=Path,
+        default=Path("conditioned.mp4"),
+        help=".mp4 or .gif video, or a folder: images named as the inputs, at their sizes",
+    )
     a.add_argument("--fps", type=float, help="video frame rate (default: the shot's, else 12)")
     a.add_argument("--size", type=int, help="short side to run at (multiple of the model's)")
     a.add_argument("--square", action="store_true", help="squash frames to --size squares")

@@ -3,7 +3,9 @@
 Two layouts:
 
 - "folders": one sub-folder per side, files matched by name without suffix, e.g. `A/0001.png` with
-  `B/0001.jpg`. A side can be several folders concatenated along channels, e.g. targets
+  `B/0001.jpg` (suffixes in any case, `.PNG`; accented names match however the system spelled
+  them; hidden files such as `.DS_Store` or macOS `._0001.png` copies, and sub-folders, are
+  skipped). A side can be several folders concatenated along channels, e.g. targets
   `("textured", "fog")` read an RGB texture and a grey fog map as one 4-channel target.
 - "side_by_side": every image is A and B next to each other (A left), as the pix2pix data sets
   ship; the image is cut in half.
@@ -13,18 +15,21 @@ channels its folder asks for; 1 channel = luminance (ITU-R 601, Pillow's "L"), 3
 (greyscale is repeated). 16-bit greys (PNG, TIFF) are scaled to 8 bits, and the EXIF orientation of
 phone photos is applied, so images read as viewers show them. Transparent images (RGBA, LA, P with
 transparency) are composited over white first. Images of any size are resized to `load_size` squares
-(aspect not kept), so mixed sizes are fine; the two sides of one pair must have the same size,
-though, since they should be pixel-aligned. Augmentation (random crop to `image_size` and horizontal
-flip) draws one crop and one flip per pair and applies them to every side alike.
+(aspect not kept; smaller ones upscaled), so mixed sizes are fine; the two sides of one pair must
+have the same size, though, since they should be pixel-aligned. Augmentation (random crop to
+`image_size` and horizontal flip) draws one crop and one flip per pair and applies them to every
+side alike.
 
-Errors name the files: an empty folder, names present on only one side, a file that is not an
-image or a pair of two sizes (checked from the headers when the set is opened), an image that
-fails to decode (checked when the item is read).
+Errors name the files: an empty folder, names present on only one side (and files of those names
+whose suffix is not read, e.g. `A/0001.gif`), a file that is not an image, a cut-off JPEG or PNG
+(an interrupted copy) or a pair of two sizes (checked when the set is opened, before training
+starts), an image that fails to decode otherwise (checked when the item is read).
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,21 +90,44 @@ class PairedConfig:
         return sum(self.target_channels)
 
 
+def _key(path: Path) -> str:
+    """A file's pair name: its name without suffix, in Unicode NFC (macOS writes accented names
+    decomposed, other systems composed; both spellings are one name)."""
+    return unicodedata.normalize("NFC", path.stem)
+
+
+def _skipped(path: Path) -> bool:
+    """Hidden files (`.DS_Store`, macOS `._name` copies) and folders are not images."""
+    return path.name.startswith(".") or path.is_dir()
+
+
 def list_images(folder: Path) -> dict[str, Path]:
-    """Image files of a folder keyed by name without suffix; errors name the folder."""
+    """Image files of a folder keyed by name without suffix (`_key`), hidden files and
+    sub-folders skipped; errors name the folder."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not _skipped(p)
+    )
     if not files:
         raise ValueError(f"{folder}: no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
     stems: dict[str, Path] = {}
     for p in files:
-        if p.stem in stems:
+        if _key(p) in stems:
             raise ValueError(
-                f"{folder}: two files named {p.stem!r}: {stems[p.stem].name}, {p.name}"
+                f"{folder}: two files named {p.stem!r}: {stems[_key(p)].name}, {p.name}"
             )
-        stems[p.stem] = p
+        stems[_key(p)] = p
     return stems
+
+
+def _not_read(folder: Path, names: set[str]) -> list[str]:
+    """Files of `folder` named as one of `names` whose suffix is not an image's (e.g. .gif)."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if _key(p) in names and p.suffix.lower() not in IMAGE_SUFFIXES and not _skipped(p)
+    )
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -108,14 +136,22 @@ def _listing(names: Sequence[str]) -> str:
 
 
 def match_pairs(root: Path, folders: Sequence[str]) -> list[list[Path]]:
-    """Files with the same name in every folder, sorted; ValueError naming unmatched files."""
+    """Files with the same name in every folder, sorted; ValueError naming unmatched files (and
+    files of those names not read for their suffix)."""
     listings = [list_images(root / f) for f in folders]
     common = set(listings[0]).intersection(*listings[1:])
     problems = []
+    unmatched = set().union(*listings) - common
     for folder, files in zip(folders, listings, strict=True):
         alone = sorted(set(files) - common)
         if alone:
             problems.append(f"only in {folder}/: {_listing([files[s].name for s in alone])}")
+        ignored = _not_read(root / folder, unmatched - set(files))
+        if ignored:
+            problems.append(
+                f"not read in {folder}/, not an image suffix: {_listing(ignored)} (read: "
+                f"{', '.join(IMAGE_SUFFIXES)})"
+            )
     if problems:
         raise ValueError(f"{root}: unmatched files ({'; '.join(problems)})")
     return [[files[s] for files in listings] for s in sorted(common)]
@@ -136,12 +172,17 @@ def check_image(path: Path) -> tuple[int, int]:
     """Open the header; returns (width, height) as viewers show it (EXIF orientation applied).
 
     Raises:
-        ValueError: naming a file that is not an image.
+        ValueError: naming a file that is not an image, or a cut-off JPEG or PNG (an
+            interrupted copy or download).
     """
     try:
         with Image.open(path) as image:
             (width, height), orientation = image.size, _orientation(image)
-            image.verify()
+            if image.format == "JPEG":  # verify() reads no JPEG data: decode at 1/8 scale,
+                image.draft("RGB", (width // 8, height // 8))  # which finds a cut-off file
+                image.load()
+            else:
+                image.verify()  # PNG: every chunk's CRC, so a cut-off file too
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
     return (height, width) if orientation in _TRANSPOSED else (width, height)
@@ -207,7 +248,7 @@ class PairedImages(Dataset):
             self.pairs = match_pairs(self.root, cfg.inputs + cfg.targets)
         if names is not None:
             wanted = set(names)
-            self.pairs = [p for p in self.pairs if p[0].stem in wanted]
+            self.pairs = [p for p in self.pairs if _key(p[0]) in wanted]
         for files in self.pairs:
             _check_sizes(files, [check_image(path) for path in files])
 
@@ -217,7 +258,7 @@ class PairedImages(Dataset):
     @property
     def names(self) -> list[str]:
         """Name of each pair (its first file's name without suffix), in item order."""
-        return [files[0].stem for files in self.pairs]
+        return [_key(files[0]) for files in self.pairs]
 
     def _read_sides(self, files: list[Path]) -> list[np.ndarray]:
         cfg = self.cfg

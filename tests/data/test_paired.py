@@ -142,3 +142,34 @@ def test_exif_orientation_is_applied(tmp_path):
         pixels = read_image(tmp_path / name, 3)
         assert pixels.shape == (80, 60, 3)
         assert np.abs(pixels.astype(int) - np.rot90(stored, -1)).max() < 16  # jpeg error only
+
+
+def test_hidden_files_and_accented_names_of_a_mac_copy(tmp_path):
+    import unicodedata
+
+    for name in ("a", "café"):
+        _write(tmp_path / "A" / f"{unicodedata.normalize('NFD', name)}.png", _ramp())  # macOS
+        _write(tmp_path / "B" / f"{unicodedata.normalize('NFC', name)}.jpg", _ramp())
+    (tmp_path / "A" / "._a.png").write_bytes(b"\0\5\26\7 AppleDouble")  # a Mac's copy to a drive
+    (tmp_path / "B" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "B" / "old").mkdir()  # a sub-folder, skipped
+    ds = PairedImages(tmp_path, CFG)
+    assert ds.names == ["a", "café"] and len(PairedImages(tmp_path, CFG, names=["café"])) == 1
+
+
+def test_files_of_an_unread_suffix_are_named(tmp_path):
+    for name in ("A/x.gif", "A/y.png", "B/x.png", "B/y.png"):
+        _write(tmp_path / name, _ramp())
+    with pytest.raises(ValueError, match=r"not read in A/, not an image suffix: x.gif \(read: "):
+        PairedImages(tmp_path, CFG)
+
+
+def test_a_cut_off_jpeg_is_refused_before_training(tmp_path):
+    _write(tmp_path / "A" / "x.png", _ramp())
+    _write(
+        tmp_path / "B" / "x.jpg", np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    )
+    data = (tmp_path / "B" / "x.jpg").read_bytes()
+    (tmp_path / "B" / "x.jpg").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"B/x.jpg: not a readable image \(image file is trunc"):
+        PairedImages(tmp_path, CFG)  # when opened, not mid-epoch in a DataLoader worker
