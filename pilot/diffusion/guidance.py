@@ -1,4 +1,5 @@
-"""Denoiser wrappers: classifier-free guidance and mask-blending inpainting.
+"""Denoiser wrappers: classifier-free guidance, mask-blending inpainting and its staged form
+(`StagedInpaint`: the feedback sampler's re-noising of disoccluded pixels).
 
 Each wrapper is itself a denoiser `D(x, sigma, **cond) -> denoised`, so they stack and any
 sampler takes them. Order matters where batches differ: CFG doubles the batch for the model, so
@@ -128,3 +129,29 @@ class InpaintDenoiser:
         known = init + noise * append_dims(sigma, x.ndim).to(x.dtype)
         denoised = self.denoiser(torch.lerp(known, x, mask), sigma, **cond)
         return torch.lerp(init, denoised, mask)
+
+
+class StagedInpaint:
+    """Masked re-noising: the unmasked region is held at `init + sigma * noise` (inpainting,
+    `InpaintDenoiser`) while sigma > `sigma_join`, then sampled freely with the rest.
+
+    With `sigma_join` = the img2img start of the frame's strength, the masked (disoccluded)
+    region is denoised from a higher noise level than the region carried from the last frame;
+    with `sigma_join` = 0 the carried region is kept as it is (pure inpainting).
+    """
+
+    def __init__(
+        self, denoiser: Denoiser, init: Tensor, mask: Tensor, noise: Tensor, sigma_join: Tensor
+    ) -> None:
+        self.denoiser, self.init, self.mask, self.noise = denoiser, init, mask, noise
+        self.sigma_join = float(sigma_join)
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        """Inpaint with the mask while sigma > `sigma_join`, with an all-ones mask after (the
+        free call exactly: `lerp(a, b, 1) == b`), chosen on the device: no read of sigma."""
+        mask = self.mask
+        if self.sigma_join > 0:
+            sigma_b = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+            held = append_dims(sigma_b > self.sigma_join * (1 + 1e-6), x.ndim)
+            mask = torch.where(held, mask.to(x), 1.0)
+        return InpaintDenoiser(self.denoiser, self.init, mask, self.noise)(x, sigma, **cond)

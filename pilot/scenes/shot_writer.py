@@ -1,5 +1,6 @@
 """Writing shot folders: `ShotWriter` (frame by frame, resumable), `write_pass`, and the
-helpers that clear a folder, remove frame files and read back what a writer left.
+helpers that clear a folder and remove frame files. What a writer left is read back by
+`pilot.scenes.shot_resume` (`written_settings`...), whose names import from here too.
 
 The folder format, which folders a writer may go into and how a writer given settings
 resumes are documented in one place, the docstring of `pilot.scenes.shot` (which re-exports
@@ -12,7 +13,6 @@ import io
 import itertools
 import json
 import os
-import re
 import shutil
 import struct
 import zlib
@@ -40,6 +40,13 @@ from pilot.scenes.shot import (
     check_writable,
     frame_name,
     pass_file,
+)
+from pilot.scenes.shot_resume import (
+    START_OVER,
+    _brief,
+    _differences,
+    _read_records,
+    written_settings,
 )
 
 
@@ -115,72 +122,6 @@ def remove_frames(folders: Iterable[Path], start: int = 0) -> None:
                 f.unlink()
         if not any(folder.iterdir()):
             folder.rmdir()
-
-
-def written_settings(root: str | Path) -> tuple[bool, dict | None] | None:
-    """What a writer left in `root`: (finished, settings) for a shot.json of this format (its
-    "settings", None if it has none) or for an unfinished resumable writer's folder; None when
-    there is nothing to resume (no shot, or an unfinished one without settings).
-
-    Raises:
-        ValueError: an unreadable resume settings file (named).
-    """
-    root = Path(root)
-    try:
-        meta = json.loads((root / "shot.json").read_text())
-    except (OSError, ValueError):
-        meta = None
-    if isinstance(meta, dict) and meta.get("format") == FORMAT:
-        settings = meta.get("settings")
-        return True, settings if isinstance(settings, dict) else None
-    path = root / RESUME / "settings.json"
-    if not ((root / UNFINISHED).is_file() and path.is_file()):
-        return None
-    try:
-        settings = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        settings = e
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: unreadable resume settings ({settings}); {START_OVER}")
-    return False, settings
-
-
-START_OVER = "start over with --force, or pass another folder"
-
-
-def _brief(value: Any) -> str:
-    """A settings value for a one-line message: SHA-256 digests cut to 12 hex digits, other
-    values to 40 characters of JSON."""
-    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
-        return json.dumps(value[:12])[:-1] + '..."'
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _differences(old: dict, new: dict) -> str:
-    """'key: old -> new' for every key whose value differs (`_brief` values)."""
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: {_brief(old.get(k))} -> {_brief(new.get(k))}" for k in keys)
-
-
-def _read_records(root: Path) -> tuple[list[dict[str, Any]], list[str] | None]:
-    """Frames and passes an interrupted resumable writer finished: its records 0, 1, ... up to
-    the first one missing or unreadable, or whose pass files are not all there."""
-    frames: list[dict[str, Any]] = []
-    passes = None
-    for k in itertools.count():
-        try:
-            record = json.loads((root / RESUME / "frames" / frame_name(k, "json")).read_text())
-            frame, these = record["frame"], record["passes"]
-            check_camera(frame["K"], frame["c2w"], f"record {k}")
-        except (OSError, ValueError, KeyError, TypeError):
-            break
-        files = [pass_file(root, p, k) for p in these if p in PASSES]
-        if (passes is not None and these != passes) or not all(f.is_file() for f in files):
-            break
-        frames.append(frame)
-        passes = these
-    return frames, passes
 
 
 class ShotWriter:
