@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     from pilot.diffusion.control import Control
     from pilot.diffusion.pipeline import Request, SamplingSettings
     from pilot.diffusion.speed import SpeedSettings
+    from pilot.models.controlnet import ControlNet
     from pilot.models.preview import PreviewDecoder
     from pilot.weights.loaders import StableDiffusion
 
@@ -67,9 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--control",
         action="append",
         default=[],
-        metavar="KIND:IMAGE[:SCALE[:START:END]]",
-        help="ControlNet input (repeatable); KIND: canny, softedge, lineart, depth, normal, "
-        "hatch, image",
+        metavar="KIND[+invert]:IMAGE[:SCALE[:START:END]]",
+        help="ControlNet input (repeatable); KIND: canny, softedge, lineart, depth (near = "
+        "white), normal, hatch (from a near-white depth), image (as it is); +invert takes 1 - "
+        "the picture first (depth, hatch, image: a near-black depth, a black-on-white sketch); "
+        "SCALE default 1 (0 = off), START:END the fraction of steps it acts on (default 0:1); "
+        "the picture is stretched to the output size (`pilot control` previews it)",
     )
     p.add_argument(
         "--controlnet",
@@ -296,17 +300,38 @@ def load_controls(
         if sd is not None:
             check_controlnet_fits(sd, net, path)
         loaded[path] = optimize_model(net, speed)
-    return [
-        Control(
-            loaded[path],
-            spec.control_image(size).to(device, dtype),
-            spec.scale,
-            spec.start,
-            spec.end,
-            guess_mode=args.guess_mode,
+    controls = []
+    for text, spec, path in zip(args.control, specs, paths, strict=True):
+        if note := spec.stretch_note(size):
+            print(f"note: --control {text}: {note}", file=sys.stderr)
+        image = fit_channels(spec.control_image(size), loaded[path], text, path)
+        controls.append(
+            Control(
+                loaded[path],
+                image.to(device, dtype),
+                spec.scale,
+                spec.start,
+                spec.end,
+                guess_mode=args.guess_mode,
+            )
         )
-        for spec, path in zip(specs, paths, strict=True)
-    ]
+    return controls
+
+
+def fit_channels(image: Tensor, net: ControlNet, text: str, path: str) -> Tensor:
+    """The RGB control image (1, 3, H, W) of `--control text` as the ControlNet at `path`
+    takes it: as it is, or grey for a 1-channel one; else a ValueError naming both."""
+    from pilot.control.edges import luma
+
+    channels = net.cfg.conditioning_channels
+    if channels == 1:
+        return luma(image)
+    if channels != image.shape[1]:
+        raise ValueError(
+            f"--control {text}: ControlNet {path} takes {channels}-channel control images; "
+            f"--control makes {image.shape[1]} (RGB)"
+        )
+    return image
 
 
 def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:

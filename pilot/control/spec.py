@@ -1,4 +1,4 @@
-"""`KIND:IMAGE[:SCALE[:START:END]]` control arguments and the image preprocessors they name.
+"""`KIND[+invert]:IMAGE[:SCALE[:START:END]]` control arguments and the preprocessors they name.
 
 `parse_control_arg("depth:shot/0001.png:0.8:0:0.6")` gives a `ControlSpec`; `spec.control_image()`
 reads the picture and runs the kind's preprocessor, giving the (1, 3, H, W) tensor in [0, 1]
@@ -11,6 +11,9 @@ that `pilot.diffusion.control.Control` takes. Kinds (`PREPROCESSORS`):
 - `hatch`: the picture is a near-bright depth map; normals come from it (`normals_from_depth`
   with a 50 degree horizontal field of view) and `pilot.control.hatching.hatch` draws it;
 - `image`: the picture is already a control image.
+
+`KIND+invert` (`depth`, `hatch`, `image`) takes 1 - the picture first: a near-dark depth map
+(Blender's normalised Z or mist pass) becomes near-bright, a black-on-white sketch white-on-black.
 
 Scene passes (metric depth, normal passes) go through `depth_to_control`, `normals_to_control`
 and `hatch` directly.
@@ -54,6 +57,8 @@ PREPROCESSORS: dict[str, Callable[[Tensor], Tensor]] = {
     "hatch": _hatch_from_depth_image,
     "image": lambda image: image,
 }
+# Kinds whose picture is data to invert (`KIND+invert`); an edge detector's photo is not.
+INVERTIBLE = ("depth", "hatch", "image")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class ControlSpec:
         scale: Conditioning scale (default 1).
         start: Fraction of the sampling steps where the control starts (default 0).
         end: Fraction where it ends (default 1).
+        invert: Take 1 - the picture before the preprocessor (`INVERTIBLE` kinds only).
     """
 
     kind: str
@@ -73,6 +79,7 @@ class ControlSpec:
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    invert: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PREPROCESSORS:
@@ -83,18 +90,36 @@ class ControlSpec:
             raise ValueError(
                 f"control start={self.start}, end={self.end}: need 0 <= start <= end <= 1"
             )
+        if self.invert and self.kind not in INVERTIBLE:
+            raise ValueError(
+                f"{self.kind}+invert: only {', '.join(INVERTIBLE)} pictures are inverted (an "
+                f"edge detector finds the same edges in a negative)"
+            )
 
     def control_image(self, size: tuple[int, int] | None = None) -> Tensor:
         """The preprocessed control image (1, 3, H, W) in [0, 1].
 
         Args:
-            size: (height, width) to resize the picture to first (the generated image's size).
+            size: (height, width) to resize the picture to first (the generated image's size;
+                a picture of another aspect is stretched, see `stretch_note`).
         """
-        return PREPROCESSORS[self.kind](read_image(self.image, size))
+        picture = read_image(self.image, size)
+        return PREPROCESSORS[self.kind](1 - picture if self.invert else picture)
+
+    def stretch_note(self, size: tuple[int, int]) -> str | None:
+        """What `control_image(size)` does to a picture of another aspect ratio, for the user
+        (None when the aspects agree within 1%): it is stretched, not cropped."""
+        w, h = picture_size(self.image)
+        if abs((w / h) / (size[1] / size[0]) - 1) <= 0.01:
+            return None
+        return (
+            f"{self.image} is {w}x{h} (WxH), stretched to {size[1]}x{size[0]}: crop it to that "
+            "aspect, or pass --width/--height of its own"
+        )
 
 
 def parse_control_arg(text: str) -> ControlSpec:
-    """Parse `KIND:IMAGE[:SCALE[:START:END]]`, e.g. `depth:img.png:0.8:0:1`.
+    """Parse `KIND[+invert]:IMAGE[:SCALE[:START:END]]`, e.g. `depth+invert:mist.png:0.8:0:1`.
 
     The image path may itself contain colons (`C:/x.png`, `a:b.png`): trailing numeric fields
     are taken from the right, the kind is everything before the first colon.
@@ -105,6 +130,9 @@ def parse_control_arg(text: str) -> ControlSpec:
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
         raise ValueError(f"--control {text!r}: expected KIND:IMAGE[:SCALE[:START:END]]")
+    kind, plus, modifier = kind.partition("+")
+    if plus and modifier != "invert":
+        raise ValueError(f"--control {text!r}: unknown modifier +{modifier} (valid: +invert)")
     parts = rest.split(":")
     numbers: list[float] = []
     while len(parts) > 1 and len(numbers) < 3 and _is_number(parts[-1]):
@@ -114,7 +142,7 @@ def parse_control_arg(text: str) -> ControlSpec:
     scale, start, end = [*numbers, 0.0, 1.0] if len(numbers) == 1 else numbers or [1.0, 0.0, 1.0]
     _check_image_part(text, rest, ":".join(parts))
     try:
-        return ControlSpec(kind, Path(":".join(parts)), scale, start, end)
+        return ControlSpec(kind, Path(":".join(parts)), scale, start, end, invert=bool(plus))
     except ValueError as e:
         raise ValueError(f"--control {text!r}: {e}") from e
 
@@ -157,8 +185,34 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such control image")
+    if path.suffix.lower() == ".exr":
+        raise ValueError(
+            f"{path}: EXR control images are not read; save the depth as a 16-bit PNG "
+            "(near = white, or near = black with depth+invert)"
+        )
     im = Image.fromarray(decode_image(path, "RGB"))  # EXIF orientation, 16-bit grey
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(im).copy())  # (H, W, 3) uint8
     return pixels.permute(2, 0, 1)[None].float() / 255
+
+
+def picture_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as `read_image` shows it (EXIF rotation applied),
+    from its header.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such control image")
+    try:
+        with Image.open(path) as im:
+            (w, h), orientation = im.size, im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # transposed / rotated 90 deg

@@ -240,11 +240,23 @@ def check_controlnet_fits(sd: StableDiffusion, controlnet: ControlNet, name: str
         )
 
 
-def check_controls(sd: StableDiffusion, controls: Sequence[Control], batch: int) -> None:
+def check_controls(
+    sd: StableDiffusion,
+    controls: Sequence[Control],
+    batch: int,
+    size: tuple[int, int] | None = None,
+) -> None:
     """ValueError unless every control fits `sd` (`check_controlnet_fits`, named `controls[k]`)
-    and has 1 or `batch` images of floats in [0, 1]."""
+    and has 1 or `batch` images of floats in [0, 1], of the output's (height, width) `size` if
+    given (the hint encoder would take a few pixels more or less and shift the control)."""
     for k, control in enumerate(controls):
         check_controlnet_fits(sd, control.controlnet, f"controls[{k}]")
+        if size is not None and tuple(control.image.shape[-2:]) != tuple(size):
+            h, w = control.image.shape[-2:]
+            raise ValueError(
+                f"controls[{k}]: control image of {w}x{h} (WxH) for a {size[1]}x{size[0]} image: "
+                "resize it to the output's size (pilot.control.read_image(path, (height, width)))"
+            )
         if control.image.shape[0] not in (1, batch):
             raise ValueError(
                 f"controls[{k}]: control image batch {control.image.shape[0]} for {batch} "

@@ -495,7 +495,7 @@ def generate_latents(
         vae_tile: Tile size in image pixels for encoding init images (see `encode_images`).
         vae_batch: Init images encoded per VAE call (see `encode_images`); None: all at once.
     """
-    check_controls(sd, controls, len(request.prompts))  # before any model runs
+    check_controls(sd, controls, len(request.prompts), (request.height, request.width))
     check_tile(vae_tile, sd.vae.cfg.downsample_factor)  # decoded at the end by `generate`
     device = model_device(sd)
     context, uncond = encode_text(

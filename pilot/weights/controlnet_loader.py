@@ -131,6 +131,8 @@ def _config_from_json(path: Path) -> ControlNetConfig:
     d = read_config_json(path, "ControlNet")
     if d.get("_class_name", _CLASS) != _CLASS:
         raise WeightsError(f"{path}: describes a {d['_class_name']}, not a {_CLASS}")
+    if d.get("addition_embed_type") == "text_time":  # SDXL's size / crop conditioning
+        raise WeightsError(f"{path}: an SDXL ControlNet; pilot loads SD 1.x / 2.x only")
     try:
         return ControlNetConfig.from_diffusers(d)
     except ValueError as e:

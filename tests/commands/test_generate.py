@@ -237,6 +237,43 @@ def test_bad_control_arguments(capsys, tiny_sd_folder, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_near_black_depth_with_invert_steers_as_the_near_white_one(
+    capsys, tiny_sd_folder, controlnet_folder, tmp_path
+):
+    """`depth+invert:` reads Blender's near-black depth; a picture of another aspect is
+    stretched with a one-line note naming it and both sizes."""
+    near_white = torch.linspace(1, 0, 32).expand(1, 24, 32)
+    write_png(tmp_path / "white.png", near_white)
+    write_png(tmp_path / "black.png", 1 - near_white)
+    base = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    cn = ["--controlnet", str(controlnet_folder)]
+    white = run(capsys, *base, "--control", f"depth:{tmp_path / 'white.png'}", *cn)
+    black = run(capsys, *base, "--control", f"depth+invert:{tmp_path / 'black.png'}", *cn)
+    plain = run(capsys, *base, "--control", f"depth:{tmp_path / 'black.png'}", *cn)
+    image = {k: read_image(v["images"][0]) for k, v in dict(w=white, b=black, p=plain).items()}
+    assert (image["b"] - image["w"]).abs().max() <= 1 / 255 + 1e-6
+    assert (image["p"] - image["w"]).abs().mean() > 1e-3
+    assert black["parameters"]["control"] == [f"depth+invert:{tmp_path / 'black.png'}"]
+    control = ["--control", f"depth:{tmp_path / 'white.png'}", *cn]
+    assert main(["generate", *base, "--width", "32", "--height", "32", *control]) == 0
+    note = f"note: --control depth:{tmp_path / 'white.png'}: {tmp_path / 'white.png'} is 32x24"
+    assert note in capsys.readouterr().err
+
+
+def test_a_one_channel_controlnet_gets_the_grey_picture(capsys, tiny_sd, tiny_sd_folder, tmp_path):
+    """conditioning_channels=1 (diffusers allows any): the picture's luma, not a shape error."""
+    from pilot.models.controlnet import ControlNet
+    from pilot.weights.save import save_controlnet
+
+    net = ControlNet.from_unet(tiny_sd.unet, hint_channels=(16, 32), conditioning_channels=1)
+    folder = save_controlnet(net, tmp_path / "cn1")
+    write_png(tmp_path / "depth.png", torch.rand(3, 24, 32))
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "x", *FAST, "--out", str(tmp_path / "o")]
+    summary = run(capsys, *argv, "--control", f"depth:{tmp_path / 'depth.png'}", "--controlnet",
+                  str(folder))  # fmt: skip
+    assert len(summary["images"]) == 1
+
+
 def save_preview(folder, upsamples: int, latent_channels: int = 4, teacher_vae=None):
     """A random `PreviewDecoder` folder for a VAE of factor 2 ** upsamples."""
     from pilot.models.preview import PreviewConfig, PreviewDecoder

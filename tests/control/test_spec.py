@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 
 from pilot.control import PREPROCESSORS, ControlSpec, parse_control_arg, read_image
+from pilot.control.spec import picture_size
+from pilot.imageio import write_png
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,56 @@ def test_control_image_reads_resizes_and_preprocesses(tmp_path):
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(ValueError, match="bad.png: not a readable image"):
         read_image(tmp_path / "bad.png")
+
+
+def test_invert_flips_a_near_black_depth_map_before_its_preprocessor(tmp_path):
+    """Blender's normalised Z and mist passes are near = black: `depth+invert` reads them."""
+    near_white = torch.linspace(1, 0, 16).expand(1, 3, 8, 16)
+    write_png(tmp_path / "near_black.png", 1 - near_white[0])
+    spec = parse_control_arg(f"depth+invert:{tmp_path / 'near_black.png'}:0.5")
+    assert (spec.kind, spec.invert, spec.scale) == ("depth", True, 0.5)
+    assert (spec.control_image() - near_white).abs().max() < 1e-6
+    plain = parse_control_arg(f"depth:{tmp_path / 'near_black.png'}")
+    assert not plain.invert and (plain.control_image() - (1 - near_white)).abs().max() < 1e-6
+    sketch = parse_control_arg(f"image+invert:{tmp_path / 'near_black.png'}").control_image()
+    assert (sketch - near_white).abs().max() < 1e-6  # black lines on white -> white on black
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("depth+flip:img.png", r"unknown modifier \+flip \(valid: \+invert\)"),
+        ("canny+invert:img.png", r"canny\+invert: only depth, hatch, image"),
+    ],
+)
+def test_bad_modifiers_are_named(text, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_control_arg(text)
+    assert repr(text) in str(info.value)
+
+
+def test_stretch_note_names_a_picture_of_another_aspect(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("L", (160, 90)).save(path)
+    spec = ControlSpec("depth", path)
+    assert spec.stretch_note((90 * 2, 160 * 2)) is None  # same aspect: resized, no note
+    assert spec.stretch_note((64, 64)) == (
+        f"{path} is 160x90 (WxH), stretched to 64x64: crop it to that aspect, or pass "
+        "--width/--height of its own"
+    )
+
+
+def test_picture_size_is_as_shown_after_exif_rotation(tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown
+    Image.new("RGB", (40, 30)).save(path, exif=exif)
+    assert picture_size(path) == (30, 40)
+    assert read_image(path).shape[-2:] == (40, 30)  # (H, W): what the size says
+
+
+def test_an_exr_control_image_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "z.exr"
+    path.write_bytes(b"\x76\x2f\x31\x01" + bytes(60))
+    with pytest.raises(ValueError, match=r"z.exr: EXR control images are not read; save the"):
+        ControlSpec("depth", path).control_image()

@@ -346,6 +346,19 @@ def test_control_images_off_0_1_are_refused_before_any_model_runs(tiny_sd, monke
             generate(tiny_sd, request(), SETTINGS, controls=[Control(net, image)])
 
 
+def test_a_control_image_of_another_size_is_named(tiny_sd, monkeypatch):
+    """23x31 used to pass: the hint encoder rounds it up to the latents and shifts the control."""
+    from pilot.diffusion.control import Control
+
+    monkeypatch.setattr(type(tiny_sd.text_encoder), "forward", lambda *a, **k: pytest.fail())
+    net = other_controlnet(tiny_sd)
+    for shape in [(23, 31), (48, 64)]:
+        control = Control(net, torch.rand(1, 3, *shape))
+        match = rf"controls\[0\]: control image of {shape[1]}x{shape[0]} \(WxH\) for a 32x24 image"
+        with pytest.raises(ValueError, match=match):
+            generate(tiny_sd, request(), SETTINGS, controls=[control])
+
+
 def test_a_controlnet_with_another_downscale_is_named(tiny_sd):
     from pilot.diffusion.control import Control
     from pilot.models.controlnet import ControlNet

@@ -156,6 +156,16 @@ def test_sd_pipeline_folder_is_not_a_controlnet(tmp_path):
         pilot.load_controlnet(tmp_path)
 
 
+def test_an_sdxl_controlnet_folder_is_named_as_one(ref, tmp_path):
+    """SDXL's config.json (size / crop conditioning): one line saying so, as for single files."""
+    ref.save_pretrained(tmp_path / "xl")
+    config = json.loads((tmp_path / "xl" / "config.json").read_text())
+    config |= {"addition_embed_type": "text_time", "cross_attention_dim": 2048}
+    (tmp_path / "xl" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match=r"xl/config.json: an SDXL ControlNet; pilot loads SD 1"):
+        pilot.load_controlnet(tmp_path / "xl")
+
+
 def random_controlnet(cfg: ControlNetConfig) -> ControlNet:
     torch.manual_seed(0)
     model = ControlNet(cfg)
