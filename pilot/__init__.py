@@ -16,6 +16,8 @@ _LAZY = {
     "load_pipeline": "pilot.weights.loaders",
     "StableDiffusion": "pilot.weights.loaders",
     "load_controlnet": "pilot.weights.controlnet_loader",
+    "apply_lora": "pilot.weights.lora",
+    "read_lora": "pilot.weights.lora",
     "save_pipeline": "pilot.weights.save",
     "save_controlnet": "pilot.weights.save",
     "WeightsError": "pilot.weights.io",
@@ -24,12 +26,14 @@ __all__ = [
     "StableDiffusion",
     "WeightsError",
     "__version__",
+    "apply_lora",
     "load_controlnet",
     "load_pipeline",
     "load_text_encoder",
     "load_tokenizer",
     "load_unet",
     "load_vae",
+    "read_lora",
     "save_controlnet",
     "save_pipeline",
 ]
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
         load_unet,
         load_vae,
     )
+    from pilot.weights.lora import apply_lora, read_lora
     from pilot.weights.save import save_controlnet, save_pipeline
 
 

@@ -11,6 +11,8 @@ Run settings beyond the arguments:
   video, with the frame count and size. A changed source is refused like any other setting.
 - `dtype` holds the resolved dtype (fp16 on CUDA, fp32 otherwise, unless --dtype says), so a
   CPU run resumed on a GPU is refused, and `--dtype float32` resumes a default CPU run.
+- `lora` holds each --lora as `FILE:SCALE` (recorded when given), so a re-run with another LoRA,
+  scale or order is refused; the file is named as given, like --model.
 
 Folders made before these keys resume as before: without `source_fingerprint` the recorded
 path is compared resolved from the current folder, and a recorded `dtype` of null stands for
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pilot.commands import default_dtype
+from pilot.commands._lora import lora_settings
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import torch
@@ -102,8 +105,15 @@ def run_settings(args: argparse.Namespace, frames: FrameSource, dtype: str) -> d
         if chosen[name] is not None:
             chosen[name] = str(Path(chosen[name]).resolve())
     chosen.update(dtype=dtype, source_fingerprint=source_fingerprint(args, frames))
+    chosen["lora"] = lora_settings(args.lora)  # "FILE:SCALE": a.safetensors resumes a.safetensors:1
     # options recorded only when not their default, so folders made before them resume
-    for name, default in (("vae_upcast", "auto"), ("preview_decoder", None), ("depth_per", "shot")):
+    defaults = (
+        ("vae_upcast", "auto"),
+        ("preview_decoder", None),
+        ("depth_per", "shot"),
+        ("lora", []),
+    )
+    for name, default in defaults:
         if chosen[name] == default:
             del chosen[name]
     return json.loads(json.dumps(chosen, default=str))

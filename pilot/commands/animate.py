@@ -21,8 +21,8 @@ The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch
 rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
 --vae-upcast decides the precision of a half-precision VAE decode, so it is one (recorded in
 settings.json when not the default "auto", so folders made before the flag resume with the
-default), and so is --preview-decoder (a fast draft: frames decoded by a distilled preview
-decoder; recorded when given).
+default), and so are --preview-decoder (a fast draft: frames decoded by a distilled preview
+decoder; recorded when given) and each --lora FILE[:SCALE] (recorded when given).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands._lora import add_lora_argument, apply_loras, read_loras
 from pilot.commands.generate import (
     add_speed_arguments,
     check_preview,
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "warped by optical flow, steered by ControlNets fed from the shot's passes.",
     )
     p.add_argument("--model", required=True, help="diffusers folder, .safetensors/.ckpt, repo id")
+    add_lora_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shot", type=Path, help="shot folder (pilot shot render/export)")
     src.add_argument("--video", type=Path, help="video file or frame folder to restyle")
@@ -261,7 +263,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
         chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
         checks.check_range_start(run, config, todo)
         preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
+        loras = read_loras(args.lora)
         sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
+        apply_loras(sd, loras)
         check_frame_size(args, frames, sd)
         sd = optimize(sd, speed)
         check_preview(preview, sd, args.preview_decoder)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands._lora import add_lora_argument, apply_loras, lora_settings, read_loras
+
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import torch
     from torch import Tensor
@@ -41,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="diffusers folder, .safetensors/.ckpt, repo id")
     p.add_argument("--prompt", required=True, help="prompt; A1111 emphasis like (fog:1.3) works")
+    add_lora_argument(p)
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler name (default dpmpp_2m)")
     p.add_argument("--schedule", default="karras", help="sigma schedule name (default karras)")
@@ -174,9 +177,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype or default_dtype(device))
     start = time.perf_counter()
     preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
+    loras = read_loras(args.lora)
     sd = pilot.load_pipeline(
         args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
     )
+    apply_loras(sd, loras)
     check_preview(preview, sd, args.preview_decoder)
     check_vae_tile(args.vae_tile, sd)
     side = native_size(sd)
@@ -430,6 +435,7 @@ def parameters(args: argparse.Namespace, request: Request, settings: SamplingSet
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         **vars(settings),
+        **({"lora": lora_settings(args.lora)} if args.lora else {}),
         "seed": args.seed,
         "batch": args.batch,
         "width": request.width,

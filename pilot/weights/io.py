@@ -376,7 +376,7 @@ def describe_state_dict(state_dict: Mapping[str, Tensor]) -> str:
     if has("controlnet_cond_embedding") or has("input_hint_block"):
         return "it looks like a ControlNet"
     if has("lora_") or has(".alpha"):
-        return "it looks like a LoRA, not a full model"
+        return "it looks like a LoRA, not a full model (apply it with --lora or pilot.apply_lora)"
     if has("down_blocks.") and has("time_embedding."):
         return "it looks like a diffusers UNet"
     if has("encoder.down_blocks.") or has("post_quant_conv."):

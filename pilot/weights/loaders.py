@@ -336,7 +336,8 @@ def _warn_unused(tensors: Mapping[str, Tensor], source: Path) -> None:
         return
     lora = [k for k in unused if k.startswith("lora_")]
     note = (
-        f" {len(lora)} of them are LoRA weights, NOT applied: pilot does not apply LoRAs."
+        f" {len(lora)} of them are LoRA weights, not merged: apply them with"
+        f" `--lora {source.name}` or pilot.apply_lora(sd, {str(source)!r})."
         if lora
         else ""
     )

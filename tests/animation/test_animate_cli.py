@@ -164,3 +164,23 @@ def test_a_run_folder_another_process_writes_is_refused_at_once(
         assert [p.name for p in run.iterdir()] == [LOCK_FILE] and not out.exists()
     assert animate(model_folder, small_shot, out, "--frames", "0:2", "--cfg", "1") == 0
     assert not (run / LOCK_FILE).exists()  # released when the run ended
+
+
+def test_a_lora_is_a_setting_of_the_run(animation_sd, model_folder, small_shot, tmp_path, capsys):
+    from pilot.weights.io import save_state_dict
+    from tests.weights.lora_files import random_lora
+
+    lora = tmp_path / "style.safetensors"
+    save_state_dict(random_lora(animation_sd, "kohya", alpha=1.0), lora)
+    out, extra = tmp_path / "film.mp4", ["--frames", "0:1", "--cfg", "1", "--steps", "2"]
+    assert animate(model_folder, small_shot, out, *extra, "--lora", f"{lora}:0.5") == 0
+    settings = json.loads((tmp_path / "film.run" / "settings.json").read_text())
+    assert settings["lora"] == [f"{lora}:0.5"]
+    capsys.readouterr()
+    for other, now in ([f"{lora}:0.7"], [f"{lora}:0.7"]), ([], None):
+        argv = [a for entry in other for a in ("--lora", entry)]
+        assert animate(model_folder, small_shot, out, *extra, *argv) == 2
+        assert f"made with other settings (lora: ['{lora}:0.5'] -> {now!r})" in (
+            capsys.readouterr().err
+        )
+    assert animate(model_folder, small_shot, out, *extra, "--lora", f"{lora}:0.5") == 0

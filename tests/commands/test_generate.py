@@ -346,3 +346,48 @@ def test_missing_preview_decoder_fails_before_the_model_loads(capsys, tmp_path):
     argv = ["--model", str(tmp_path / "no-model"), "--prompt", "x", "--preview-decoder"]
     assert main(["generate", *argv, str(missing)]) == 2
     assert f"{missing / 'config.json'}: no such file" in capsys.readouterr().err
+
+
+def test_a_lora_is_merged_and_recorded(capsys, tiny_sd, tiny_sd_folder, tmp_path):
+    from pilot.weights.io import save_state_dict
+    from tests.weights.lora_files import random_lora
+
+    lora = tmp_path / "style.safetensors"
+    save_state_dict(random_lora(tiny_sd, "kohya", rank=4, alpha=8.0), lora)
+    argv = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    plain = run(capsys, *argv)["images"][0]
+    off = run(capsys, *argv, "--lora", f"{lora}:0")["images"][0]
+    styled = run(capsys, *argv, "--lora", str(lora), "--lora", f"{lora}:-0.5")["images"][0]
+    assert torch.equal(read_image(off), read_image(plain))  # scale 0 changes no weight
+    assert (read_image(styled) - read_image(plain)).abs().max() > 0.05
+    assert "lora" not in json.loads(read_png_text(plain)["pilot"])
+    assert json.loads(read_png_text(styled)["pilot"])["lora"] == [f"{lora}:1.0", f"{lora}:-0.5"]
+
+
+def test_a_lora_that_does_not_fit_is_one_line(capsys, tiny_sd_folder, tmp_path):
+    from pilot.weights.io import save_state_dict
+
+    lora = tmp_path / "sd15.safetensors"
+    name = "lora_unet_down_blocks_3_resnets_0_conv1"  # SD 1.5 has four blocks, tiny two
+    save_state_dict({f"{name}.lora_down.weight": torch.zeros(2, 8),
+                     f"{name}.lora_up.weight": torch.zeros(8, 2)}, lora)  # fmt: skip
+    argv = ["generate", "--model", str(tiny_sd_folder), "--prompt", "x", *FAST]
+    assert main([*argv, "--lora", f"{lora}:0.8"]) == 2
+    assert capsys.readouterr().err == (
+        f"pilot generate: error: --lora {lora}: 1 of its 1 LoRA modules are not in this "
+        f"pipeline: {name}\n"
+    )
+    assert main([*argv, "--lora", "missing.safetensors:0.5"]) == 2
+    assert "error: --lora missing.safetensors: does not exist" in capsys.readouterr().err
+
+
+def test_lora_entries_parse_file_and_scale():
+    from pilot.commands._lora import lora_settings, parse_lora
+
+    assert parse_lora("a.safetensors:0.5") == ("a.safetensors", 0.5)
+    assert parse_lora("a.safetensors") == ("a.safetensors", 1.0)
+    assert parse_lora(r"C:\loras\a.safetensors") == (r"C:\loras\a.safetensors", 1.0)
+    assert parse_lora("C:/a.safetensors:-1") == ("C:/a.safetensors", -1.0)
+    assert lora_settings(["a.safetensors", "b.pt:2"]) == ["a.safetensors:1.0", "b.pt:2.0"]
+    with pytest.raises(ValueError, match="--lora a.safetensors:nan: scale nan must be a finite"):
+        parse_lora("a.safetensors:nan")

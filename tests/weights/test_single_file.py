@@ -185,8 +185,12 @@ def test_keys_outside_the_components_are_reported(tiny_file, tmp_path):
     assert len(record) == 1
     message = str(record[0].message)
     assert "lora_unet_down_blocks_0_attentions_0_proj_in.alpha" in message
-    assert "2 of them are LoRA weights, NOT applied" in message
+    path = tmp_path / "lora.safetensors"
+    assert (
+        "2 of them are LoRA weights, not merged: apply them with `--lora lora.safetensors` or "
+        f"pilot.apply_lora(sd, {str(path)!r})." in message
+    )
     assert "alphas_cumprod" not in message and "model_ema" not in message
     assert sd.unet.cfg == UNET_PRESETS["tiny"]
-    with pytest.warns(UserWarning, match="LoRA weights, NOT applied"):
+    with pytest.warns(UserWarning, match="LoRA weights, not merged: apply them with"):
         pilot.load_unet(tmp_path / "lora.safetensors")
