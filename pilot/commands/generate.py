@@ -70,8 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KIND[+invert]:IMAGE[:SCALE[:START:END]]",
         help="ControlNet input (repeatable); KIND: canny, softedge, lineart, depth (near = "
-        "white), normal, hatch (from a near-white depth), image (as it is); +invert takes 1 - "
-        "the picture first (depth, hatch, image: a near-black depth, a black-on-white sketch); "
+        "white; or a float depth .exr/.npy/.tif, near = small, e.g. Blender's Z pass), normal, "
+        "hatch (from a depth as depth reads it), image (as it is); +invert takes 1 - the "
+        "picture first (depth, hatch, image: a near-black depth, a black-on-white sketch; of a "
+        "float depth file: it holds inverse depth); "
         "SCALE default 1 (0 = off), START:END the fraction of steps it acts on (default 0:1); "
         "the picture is stretched to the output size (`pilot control` previews it)",
     )

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,6 +189,25 @@ def test_controlnet_steers_the_image(capsys, tiny_sd_folder, controlnet_folder, 
     assert torch.equal(image["off"], image["plain"])
     assert (image["on"] - image["plain"]).abs().mean() > 1e-3
     assert steered["parameters"]["control"] == [f"depth:{tmp_path / 'depth.png'}:1.0"]
+
+
+def test_blenders_zip_depth_pass_steers_the_image(
+    capsys, tiny_sd_folder, controlnet_folder, tmp_path
+):
+    """`--control depth:z.exr`: a ZIP-compressed multilayer render's Z pass (metres, sky 1e10)
+    steers as its near-white control image does."""
+    exr = Path(__file__).parents[1] / "scenes" / "data" / "blender_zip.exr"
+    base = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    cn = ["--controlnet", str(controlnet_folder)]
+    plain = run(capsys, *base)
+    steered = run(capsys, *base, "--control", f"depth:{exr}", *cn)
+    assert main(["control", f"depth:{exr}", "--out", str(tmp_path / "c.png"), "--width", "32",
+                 "--height", "24"]) == 0  # fmt: skip
+    capsys.readouterr()
+    from_png = run(capsys, *base, "--control", f"depth:{tmp_path / 'c.png'}", *cn)
+    image = {k: read_image(v["images"][0]) for k, v in dict(p=plain, e=steered, c=from_png).items()}
+    assert (image["e"] - image["p"]).abs().mean() > 1e-3
+    assert (image["e"] - image["c"]).abs().mean() < 0.1 * (image["e"] - image["p"]).abs().mean()
 
 
 def test_a_controlnet_of_another_family_is_named(capsys, tiny_sd, tmp_path, tiny_sd_folder):
