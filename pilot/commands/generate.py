@@ -468,10 +468,46 @@ def a1111_parameters(params: dict, seed: int) -> str:
         line.append(f"Denoising strength: {params['strength']}")
     if params["clip_skip"]:
         line.append(f"Clip skip: {params['clip_skip'] + 1}")
+    line += a1111_controlnets(params)
     text = params["prompt"]
     if params["negative_prompt"]:
         text += f"\nNegative prompt: {params['negative_prompt']}"
     return text + "\n" + ", ".join(line)
+
+
+def a1111_controlnets(params: dict) -> list[str]:
+    """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries A1111's ControlNet
+    extension writes, one per --control (Module: pilot's KIND[+invert]; Resize Mode: Just
+    Resize, as pilot stretches the picture)."""
+    from pilot.control.spec import parse_control_arg
+
+    texts = params.get("control", [])
+    specs = [parse_control_arg(text) for text in texts]
+    paths = match_controlnets([s.kind for s in specs], params.get("controlnet", []))
+    entries = []
+    for i, (spec, path) in enumerate(zip(specs, paths, strict=True)):
+        fields = {
+            "Module": spec.kind + ("+invert" if spec.invert else ""),
+            "Model": _model_name(path),
+            "Weight": f"{spec.scale:g}",
+            "Resize Mode": "Just Resize",
+            "Guidance Start": f"{spec.start:g}",
+            "Guidance End": f"{spec.end:g}",
+        }
+        if params.get("guess_mode"):
+            fields["Guess Mode"] = "True"
+        text = ", ".join(f"{k}: {v}" for k, v in fields.items()).replace('"', "'")
+        entries.append(f'ControlNet {i}: "{text}"')
+    return entries
+
+
+def _model_name(path: str) -> str:
+    """A ControlNet's name as A1111 shows it: the file or folder name, without a weights
+    suffix (`control_v11f1p_sd15_depth.pth` -> `control_v11f1p_sd15_depth`)."""
+    name = Path(path).name
+    for suffix in (".safetensors", ".pth", ".ckpt", ".bin", ".pt"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def write_outputs(

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pilot.cli import main
+from pilot.commands.generate import a1111_parameters
 from pilot.imageio import read_image, read_png_text, write_png
 
 FAST = ["--steps", "2", "--width", "32", "--height", "24", "--sampler", "euler"]
@@ -189,6 +190,28 @@ def test_controlnet_steers_the_image(capsys, tiny_sd_folder, controlnet_folder, 
     assert torch.equal(image["off"], image["plain"])
     assert (image["on"] - image["plain"]).abs().mean() > 1e-3
     assert steered["parameters"]["control"] == [f"depth:{tmp_path / 'depth.png'}:1.0"]
+    assert read_png_text(steered["images"][0])["parameters"].endswith(
+        ', ControlNet 0: "Module: depth, Model: tiny-depth, Weight: 1, Resize Mode: Just Resize, '
+        'Guidance Start: 0, Guidance End: 1"'
+    )
+
+
+def test_a1111_parameters_name_each_controlnet():
+    """As A1111's ControlNet extension writes them, one quoted entry per control."""
+    params = {"prompt": "p", "negative_prompt": "", "steps": 2, "sampler": "euler",
+              "schedule": "karras", "cfg": 7.5, "width": 64, "height": 64, "model": "m",
+              "clip_skip": 0, "control": ["depth+invert:a.png:0.8:0:0.6", "canny:b.png"],
+              "controlnet": ["canny=cn/control_v11p_sd15_canny.safetensors",
+                             "depth=lllyasviel/control_v11f1p_sd15_depth"],
+              "guess_mode": True}  # fmt: skip
+    line = a1111_parameters(params, seed=3).splitlines()[-1]
+    assert line.endswith(
+        'Model: m, ControlNet 0: "Module: depth+invert, Model: control_v11f1p_sd15_depth, '
+        "Weight: 0.8, Resize Mode: Just Resize, Guidance Start: 0, Guidance End: 0.6, Guess "
+        'Mode: True", ControlNet 1: "Module: canny, Model: control_v11p_sd15_canny, Weight: 1, '
+        'Resize Mode: Just Resize, Guidance Start: 0, Guidance End: 1, Guess Mode: True"'
+    )
+    assert "ControlNet" not in a1111_parameters({**params, "control": []}, seed=3)
 
 
 def test_blenders_zip_depth_pass_steers_the_image(
