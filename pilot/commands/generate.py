@@ -73,8 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KIND[+invert]:IMAGE[:SCALE[:START:END]]",
         help="ControlNet input (repeatable); KIND: canny, softedge, lineart, depth (near = "
-        "white), normal, hatch (from a near-white depth), image (as it is); +invert takes 1 - "
-        "the picture first (depth, hatch, image: a near-black depth, a black-on-white sketch); "
+        "white; or a float depth .exr/.npy/.tif, near = small, e.g. Blender's Z pass), normal, "
+        "hatch (from a depth as depth reads it), image (as it is); +invert takes 1 - the "
+        "picture first (depth, hatch, image: a near-black depth, a black-on-white sketch; of a "
+        "float depth file: it holds inverse depth); "
         "SCALE default 1 (0 = off), START:END the fraction of steps it acts on (default 0:1); "
         "the picture is stretched to the output size (`pilot control` previews it)",
     )
@@ -472,10 +474,46 @@ def a1111_parameters(params: dict, seed: int) -> str:
         line.append(f"Denoising strength: {params['strength']}")
     if params["clip_skip"]:
         line.append(f"Clip skip: {params['clip_skip'] + 1}")
+    line += a1111_controlnets(params)
     text = params["prompt"]
     if params["negative_prompt"]:
         text += f"\nNegative prompt: {params['negative_prompt']}"
     return text + "\n" + ", ".join(line)
+
+
+def a1111_controlnets(params: dict) -> list[str]:
+    """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries A1111's ControlNet
+    extension writes, one per --control (Module: pilot's KIND[+invert]; Resize Mode: Just
+    Resize, as pilot stretches the picture)."""
+    from pilot.control.spec import parse_control_arg
+
+    texts = params.get("control", [])
+    specs = [parse_control_arg(text) for text in texts]
+    paths = match_controlnets([s.kind for s in specs], params.get("controlnet", []))
+    entries = []
+    for i, (spec, path) in enumerate(zip(specs, paths, strict=True)):
+        fields = {
+            "Module": spec.kind + ("+invert" if spec.invert else ""),
+            "Model": _model_name(path),
+            "Weight": f"{spec.scale:g}",
+            "Resize Mode": "Just Resize",
+            "Guidance Start": f"{spec.start:g}",
+            "Guidance End": f"{spec.end:g}",
+        }
+        if params.get("guess_mode"):
+            fields["Guess Mode"] = "True"
+        text = ", ".join(f"{k}: {v}" for k, v in fields.items()).replace('"', "'")
+        entries.append(f'ControlNet {i}: "{text}"')
+    return entries
+
+
+def _model_name(path: str) -> str:
+    """A ControlNet's name as A1111 shows it: the file or folder name, without a weights
+    suffix (`control_v11f1p_sd15_depth.pth` -> `control_v11f1p_sd15_depth`)."""
+    name = Path(path).name
+    for suffix in (".safetensors", ".pth", ".ckpt", ".bin", ".pt"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def write_outputs(

@@ -15,6 +15,10 @@ that `pilot.diffusion.control.Control` takes. Kinds (`PREPROCESSORS`):
 `KIND+invert` (`depth`, `hatch`, `image`) takes 1 - the picture first: a near-dark depth map
 (Blender's normalised Z or mist pass) becomes near-bright, a black-on-white sketch white-on-black.
 
+`depth` and `hatch` also read float depth files (`.exr`, `.npy`, float TIFF; near = small, e.g.
+Blender's Z pass in metres), made near-bright by `depth_to_control` as pilot's own depth passes
+are (`pilot.control.depth_files`); with `+invert` the file holds inverse depth (near = large).
+
 Scene passes (metric depth, normal passes) go through `depth_to_control`, `normals_to_control`
 and `hatch` directly.
 """
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from pilot.control.depth import normals_from_depth
+from pilot.control.depth_files import depth_file_size, depth_picture, is_depth_file
 from pilot.control.edges import canny, line_art, luma, soft_edges
 from pilot.control.hatching import hatch
 from pilot.scenes.camera import intrinsics
@@ -59,6 +64,9 @@ PREPROCESSORS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 # Kinds whose picture is data to invert (`KIND+invert`); an edge detector's photo is not.
 INVERTIBLE = ("depth", "hatch", "image")
+# Kinds whose picture is a depth map, so that a float depth file can stand for it.
+DEPTH_KINDS = ("depth", "hatch")
+DEPTH_SUFFIXES = (".exr", ".npy")
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,8 @@ class ControlSpec:
         scale: Conditioning scale (default 1).
         start: Fraction of the sampling steps where the control starts (default 0).
         end: Fraction where it ends (default 1).
-        invert: Take 1 - the picture before the preprocessor (`INVERTIBLE` kinds only).
+        invert: Take 1 - the picture before the preprocessor (`INVERTIBLE` kinds only); of a
+            float depth file: it holds inverse depth, near = large.
     """
 
     kind: str
@@ -95,6 +104,8 @@ class ControlSpec:
                 f"{self.kind}+invert: only {', '.join(INVERTIBLE)} pictures are inverted (an "
                 f"edge detector finds the same edges in a negative)"
             )
+        if self.kind not in DEPTH_KINDS and self.image.suffix.lower() in DEPTH_SUFFIXES:
+            raise ValueError(_not_a_picture(self.image, self.kind))
 
     def control_image(self, size: tuple[int, int] | None = None) -> Tensor:
         """The preprocessed control image (1, 3, H, W) in [0, 1].
@@ -103,8 +114,12 @@ class ControlSpec:
             size: (height, width) to resize the picture to first (the generated image's size;
                 a picture of another aspect is stretched, see `stretch_note`).
         """
-        picture = read_image(self.image, size)
-        return PREPROCESSORS[self.kind](1 - picture if self.invert else picture)
+        if self.kind in DEPTH_KINDS and is_depth_file(self.image):
+            picture = depth_picture(self.image, size, disparity=self.invert)  # near = 1
+        else:
+            picture = read_image(self.image, size, kind=self.kind)
+            picture = 1 - picture if self.invert else picture
+        return PREPROCESSORS[self.kind](picture)
 
     def stretch_note(self, size: tuple[int, int]) -> str | None:
         """What `control_image(size)` does to a picture of another aspect ratio, for the user
@@ -170,13 +185,16 @@ def _is_number(text: str) -> bool:
     return _NUMBER.fullmatch(text) is not None
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
+def read_image(
+    path: str | os.PathLike, size: tuple[int, int] | None = None, *, kind: str | None = None
+) -> Tensor:
     """Read a picture as (1, 3, H, W) float32 RGB in [0, 1], optionally resized (bicubic);
     decoded as viewers show it (`pilot.imageio.decode_image`: EXIF orientation, 16-bit grey).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable image.
+        ValueError: the file is not a readable image, or a float depth file (which
+            `depth_picture` reads; `kind` names the control kind that was given it).
     """
     from PIL import Image
 
@@ -185,11 +203,8 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such control image")
-    if path.suffix.lower() == ".exr":
-        raise ValueError(
-            f"{path}: EXR control images are not read; save the depth as a 16-bit PNG "
-            "(near = white, or near = black with depth+invert)"
-        )
+    if is_depth_file(path):
+        raise ValueError(_not_a_picture(path, kind))
     im = Image.fromarray(decode_image(path, "RGB"))  # EXIF orientation, 16-bit grey
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
@@ -197,9 +212,15 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     return pixels.permute(2, 0, 1)[None].float() / 255
 
 
+def _not_a_picture(path: Path, kind: str | None) -> str:
+    """Why a float depth file is no picture for `kind` (None: whatever asked)."""
+    wants = f"{kind}: wants an 8- or 16-bit picture" if kind else "depth:FILE"
+    return f"{path}: a float depth file, which only depth and hatch controls read ({wants})"
+
+
 def picture_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file as `read_image` shows it (EXIF rotation applied),
-    from its header.
+    """(width, height) of an image file as `read_image` shows it (EXIF rotation applied), or
+    of a float depth file, from its header.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -210,6 +231,8 @@ def picture_size(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such control image")
+    if is_depth_file(path):
+        return depth_file_size(path)
     try:
         with Image.open(path) as im:
             (w, h), orientation = im.size, im.getexif().get(0x0112, 1)

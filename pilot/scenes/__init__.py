@@ -9,7 +9,7 @@ shot        the shot folder format and its reader (numpy-only at import)
 shot_writer writing shot folders: frame by frame, resumable (numpy-only at import)
 shot_resume what a writer left in a shot folder, read back to resume or refuse (numpy-only)
 procedural  procedural fly-through shots
-exr         numpy reader for uncompressed scanline EXR (Blender's multilayer passes)
+exr         numpy reader for scanline EXR, uncompressed, ZIP, ZIPS or RLE (Blender's passes)
 blender     export a Blender camera animation as a shot (bpy module or `blender --python`);
             blender_conventions: its cameras, units and Cycles passes in shot conventions
 preview     colourised depth / normals / flow and labelled contact sheets

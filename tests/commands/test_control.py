@@ -1,5 +1,7 @@
 """`pilot control`: the control image a --control argument makes, written for a preview."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,3 +51,13 @@ def test_bad_arguments_are_one_line(capsys, tmp_path, depth, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("pilot control: error: ") and message in err and err.count("\n") == 1
     assert read_image(depth)[0, 0, 0] == 0  # the input is untouched
+
+
+def test_previews_blenders_zip_depth_pass(capsys, tmp_path):
+    """`pilot control depth:z.exr` reads a ZIP-compressed Z pass (metres, sky 1e10): near white."""
+    exr = Path(__file__).parents[1] / "scenes" / "data" / "blender_zip.exr"
+    out = tmp_path / "c.png"
+    assert main(["control", f"depth:{exr}", "--out", str(out), "--width", "40"]) == 0
+    image = read_image(out)
+    assert image.shape == (3, 36, 40) and capsys.readouterr().err == ""
+    assert image[:, -1].min() > 0.9 and image[:, 0].max() == 0  # the floor below, the sky above

@@ -2,11 +2,13 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from pilot.cli import main
+from pilot.commands.generate import a1111_parameters
 from pilot.imageio import read_image, read_png_text, write_png
 
 FAST = ["--steps", "2", "--width", "32", "--height", "24", "--sampler", "euler"]
@@ -188,6 +190,47 @@ def test_controlnet_steers_the_image(capsys, tiny_sd_folder, controlnet_folder, 
     assert torch.equal(image["off"], image["plain"])
     assert (image["on"] - image["plain"]).abs().mean() > 1e-3
     assert steered["parameters"]["control"] == [f"depth:{tmp_path / 'depth.png'}:1.0"]
+    assert read_png_text(steered["images"][0])["parameters"].endswith(
+        ', ControlNet 0: "Module: depth, Model: tiny-depth, Weight: 1, Resize Mode: Just Resize, '
+        'Guidance Start: 0, Guidance End: 1"'
+    )
+
+
+def test_a1111_parameters_name_each_controlnet():
+    """As A1111's ControlNet extension writes them, one quoted entry per control."""
+    params = {"prompt": "p", "negative_prompt": "", "steps": 2, "sampler": "euler",
+              "schedule": "karras", "cfg": 7.5, "width": 64, "height": 64, "model": "m",
+              "clip_skip": 0, "control": ["depth+invert:a.png:0.8:0:0.6", "canny:b.png"],
+              "controlnet": ["canny=cn/control_v11p_sd15_canny.safetensors",
+                             "depth=lllyasviel/control_v11f1p_sd15_depth"],
+              "guess_mode": True}  # fmt: skip
+    line = a1111_parameters(params, seed=3).splitlines()[-1]
+    assert line.endswith(
+        'Model: m, ControlNet 0: "Module: depth+invert, Model: control_v11f1p_sd15_depth, '
+        "Weight: 0.8, Resize Mode: Just Resize, Guidance Start: 0, Guidance End: 0.6, Guess "
+        'Mode: True", ControlNet 1: "Module: canny, Model: control_v11p_sd15_canny, Weight: 1, '
+        'Resize Mode: Just Resize, Guidance Start: 0, Guidance End: 1, Guess Mode: True"'
+    )
+    assert "ControlNet" not in a1111_parameters({**params, "control": []}, seed=3)
+
+
+def test_blenders_zip_depth_pass_steers_the_image(
+    capsys, tiny_sd_folder, controlnet_folder, tmp_path
+):
+    """`--control depth:z.exr`: a ZIP-compressed multilayer render's Z pass (metres, sky 1e10)
+    steers as its near-white control image does."""
+    exr = Path(__file__).parents[1] / "scenes" / "data" / "blender_zip.exr"
+    base = ["--model", str(tiny_sd_folder), "--prompt", "fog", *FAST, "--out", str(tmp_path)]
+    cn = ["--controlnet", str(controlnet_folder)]
+    plain = run(capsys, *base)
+    steered = run(capsys, *base, "--control", f"depth:{exr}", *cn)
+    assert main(["control", f"depth:{exr}", "--out", str(tmp_path / "c.png"), "--width", "32",
+                 "--height", "24"]) == 0  # fmt: skip
+    capsys.readouterr()
+    from_png = run(capsys, *base, "--control", f"depth:{tmp_path / 'c.png'}", *cn)
+    image = {k: read_image(v["images"][0]) for k, v in dict(p=plain, e=steered, c=from_png).items()}
+    assert (image["e"] - image["p"]).abs().mean() > 1e-3
+    assert (image["e"] - image["c"]).abs().mean() < 0.1 * (image["e"] - image["p"]).abs().mean()
 
 
 def test_a_controlnet_of_another_family_is_named(capsys, tiny_sd, tmp_path, tiny_sd_folder):

@@ -125,8 +125,9 @@ def test_picture_size_is_as_shown_after_exif_rotation(tmp_path):
     assert read_image(path).shape[-2:] == (40, 30)  # (H, W): what the size says
 
 
-def test_an_exr_control_image_is_refused_with_what_to_do(tmp_path):
+def test_a_damaged_exr_control_image_is_named(tmp_path):
+    """EXR depth is read (tests/control/test_depth_files.py); a broken one is one error."""
     path = tmp_path / "z.exr"
     path.write_bytes(b"\x76\x2f\x31\x01" + bytes(60))
-    with pytest.raises(ValueError, match=r"z.exr: EXR control images are not read; save the"):
+    with pytest.raises(ValueError, match=r"z.exr: bad channel list"):
         ControlSpec("depth", path).control_image()
