@@ -16,6 +16,7 @@ _LAZY = {
     "load_pipeline": "pilot.weights.loaders",
     "StableDiffusion": "pilot.weights.loaders",
     "load_controlnet": "pilot.weights.controlnet_loader",
+    "load_embedding": "pilot.weights.embeddings",
     "save_pipeline": "pilot.weights.save",
     "save_controlnet": "pilot.weights.save",
     "WeightsError": "pilot.weights.io",
@@ -25,6 +26,7 @@ __all__ = [
     "WeightsError",
     "__version__",
     "load_controlnet",
+    "load_embedding",
     "load_pipeline",
     "load_text_encoder",
     "load_tokenizer",
@@ -36,6 +38,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from pilot.weights.controlnet_loader import load_controlnet
+    from pilot.weights.embeddings import load_embedding
     from pilot.weights.io import WeightsError
     from pilot.weights.loaders import (
         StableDiffusion,

@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands import default_dtype
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
@@ -102,6 +103,8 @@ def run_settings(args: argparse.Namespace, frames: FrameSource, dtype: str) -> d
         if chosen[name] is not None:
             chosen[name] = str(Path(chosen[name]).resolve())
     chosen.update(dtype=dtype, source_fingerprint=source_fingerprint(args, frames))
+    chosen = {k: v for k, v in chosen.items() if k not in ("vae", "embedding")}
+    chosen.update(vae_embeddings.recorded(args))  # when given, as the defaults below
     # options recorded only when not their default, so folders made before them resume
     for name, default in (("vae_upcast", "auto"), ("preview_decoder", None), ("depth_per", "shot")):
         if chosen[name] == default:

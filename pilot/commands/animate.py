@@ -22,7 +22,7 @@ rounding, not what is computed, so they are not settings: a run may be resumed w
 --vae-upcast decides the precision of a half-precision VAE decode, so it is one (recorded in
 settings.json when not the default "auto", so folders made before the flag resume with the
 default), and so is --preview-decoder (a fast draft: frames decoded by a distilled preview
-decoder; recorded when given).
+decoder; recorded when given), and so are --vae and --embedding (recorded when given).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands.generate import (
     add_speed_arguments,
     check_preview,
@@ -111,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "folder of frames)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
+    vae_embeddings.add_arguments(p)
     add_speed_arguments(p)
     p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
                    help="decode the frames with this preview decoder instead of the VAE (a "
@@ -261,7 +263,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
         chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
         checks.check_range_start(run, config, todo)
         preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
-        sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
+        sd = pilot.load_pipeline(args.model, dtype=dtype, device=device, vae=args.vae)
+        vae_embeddings.load_embeddings(sd, args)
         check_frame_size(args, frames, sd)
         sd = optimize(sd, speed)
         check_preview(preview, sd, args.preview_decoder)
@@ -312,6 +315,7 @@ def check_arguments(
     check_video_path(args.out, output_fps(args, frames))  # fps <= 0: after the last frame
     todo = frame_range(args.frames, len(frames))
     checks.check_color_reference(args.color_reference, len(frames))
+    vae_embeddings.check_paths(args)
     for entry in args.controlnet:
         frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
     try:
