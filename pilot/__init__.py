@@ -18,6 +18,7 @@ _LAZY = {
     "load_controlnet": "pilot.weights.controlnet_loader",
     "apply_lora": "pilot.weights.lora",
     "read_lora": "pilot.weights.lora",
+    "load_embedding": "pilot.weights.embeddings",
     "save_pipeline": "pilot.weights.save",
     "save_controlnet": "pilot.weights.save",
     "WeightsError": "pilot.weights.io",
@@ -28,6 +29,7 @@ __all__ = [
     "__version__",
     "apply_lora",
     "load_controlnet",
+    "load_embedding",
     "load_pipeline",
     "load_text_encoder",
     "load_tokenizer",
@@ -40,6 +42,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from pilot.weights.controlnet_loader import load_controlnet
+    from pilot.weights.embeddings import load_embedding
     from pilot.weights.io import WeightsError
     from pilot.weights.loaders import (
         StableDiffusion,

@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands import default_dtype
 from pilot.commands._lora import lora_settings
 
@@ -106,6 +107,8 @@ def run_settings(args: argparse.Namespace, frames: FrameSource, dtype: str) -> d
             chosen[name] = str(Path(chosen[name]).resolve())
     chosen.update(dtype=dtype, source_fingerprint=source_fingerprint(args, frames))
     chosen["lora"] = lora_settings(args.lora)  # "FILE:SCALE": a.safetensors resumes a.safetensors:1
+    chosen = {k: v for k, v in chosen.items() if k not in ("vae", "embedding")}
+    chosen.update(vae_embeddings.recorded(args))  # when given, as the defaults below
     # options recorded only when not their default, so folders made before them resume
     defaults = (
         ("vae_upcast", "auto"),

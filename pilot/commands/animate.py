@@ -21,8 +21,9 @@ The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch
 rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
 --vae-upcast decides the precision of a half-precision VAE decode, so it is one (recorded in
 settings.json when not the default "auto", so folders made before the flag resume with the
-default), and so are --preview-decoder (a fast draft: frames decoded by a distilled preview
-decoder; recorded when given) and each --lora FILE[:SCALE] (recorded when given).
+default), and so are --preview-decoder (a fast draft: frames decoded by a distilled
+preview decoder; recorded when given), each --lora FILE[:SCALE], --vae and --embedding
+(each recorded when given).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands._lora import add_lora_argument, apply_loras, read_loras
 from pilot.commands.generate import (
     add_speed_arguments,
@@ -113,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "folder of frames)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
+    vae_embeddings.add_arguments(p)
     add_speed_arguments(p)
     p.add_argument("--preview-decoder", type=Path, default=None, metavar="FOLDER",
                    help="decode the frames with this preview decoder instead of the VAE (a "
@@ -264,8 +267,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
         checks.check_range_start(run, config, todo)
         preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
         loras = read_loras(args.lora)
-        sd = pilot.load_pipeline(args.model, dtype=dtype, device=device)
+        sd = pilot.load_pipeline(args.model, dtype=dtype, device=device, vae=args.vae)
         apply_loras(sd, loras)
+        vae_embeddings.load_embeddings(sd, args)
         check_frame_size(args, frames, sd)
         sd = optimize(sd, speed)
         check_preview(preview, sd, args.preview_decoder)
@@ -316,6 +320,7 @@ def check_arguments(
     check_video_path(args.out, output_fps(args, frames))  # fps <= 0: after the last frame
     todo = frame_range(args.frames, len(frames))
     checks.check_color_reference(args.color_reference, len(frames))
+    vae_embeddings.check_paths(args)
     for entry in args.controlnet:
         frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
     try:

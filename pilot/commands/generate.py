@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands._lora import add_lora_argument, apply_loras, lora_settings, read_loras
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
@@ -98,6 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
     p.add_argument("--prediction-type", default=None, help="override: epsilon or v_prediction")
+    vae_embeddings.add_arguments(p)
     add_speed_arguments(p)
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -176,14 +178,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     speed = speed_settings(args, device)
     init, mask = load_inputs(args)
+    vae_embeddings.check_paths(args)
     dtype = getattr(torch, args.dtype or default_dtype(device))
     start = time.perf_counter()
     preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
     loras = read_loras(args.lora)
     sd = pilot.load_pipeline(
-        args.model, dtype=dtype, device=device, prediction_type=args.prediction_type
+        args.model, dtype=dtype, device=device, prediction_type=args.prediction_type, vae=args.vae
     )
     apply_loras(sd, loras)
+    vae_embeddings.load_embeddings(sd, args)
     check_preview(preview, sd, args.preview_decoder)
     check_vae_tile(args.vae_tile, sd)
     side = native_size(sd)
@@ -456,6 +460,7 @@ def parameters(args: argparse.Namespace, request: Request, settings: SamplingSet
             params[name] = getattr(args, name)
     if args.preview_decoder is not None:
         params["preview_decoder"] = str(args.preview_decoder)
+    params.update(vae_embeddings.recorded(args))
     return params
 
 
@@ -474,6 +479,8 @@ def a1111_parameters(params: dict, seed: int) -> str:
         line.append(f"Denoising strength: {params['strength']}")
     if params["clip_skip"]:
         line.append(f"Clip skip: {params['clip_skip'] + 1}")
+    if "vae" in params:
+        line.append(f"VAE: {Path(params['vae']).name}")
     line += a1111_controlnets(params)
     text = params["prompt"]
     if params["negative_prompt"]:

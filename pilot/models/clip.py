@@ -10,7 +10,7 @@ The tokenizer lives in :mod:`pilot.models.tokenizer` and is re-exported here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -264,6 +264,28 @@ class CLIPTextModel(nn.Module):
         for layer in self.encoder.layers[: num_layers - skip]:
             x = layer(x)
         return self.final_layer_norm(x)  # (B, T, C)
+
+    @torch.no_grad()
+    def add_token_embeddings(self, first_id: int, vectors: torch.Tensor) -> None:
+        """Grow the token table: ids from ``first_id`` embed as ``vectors`` (textual inversion).
+
+        Args:
+            first_id: The id of the first vector, at least the table's size (``cfg.vocab_size``,
+                updated here); rows between the old size and it are zero.
+            vectors: (n, hidden_size) embeddings, converted to the table's dtype and device.
+        """
+        table = self.embeddings.token_embedding
+        old = table.weight
+        if first_id < old.shape[0] or vectors.ndim != 2 or vectors.shape[1] != old.shape[1]:
+            raise ValueError(
+                f"vectors {tuple(vectors.shape)} at id {first_id} do not extend a token table of "
+                f"{tuple(old.shape)}"
+            )
+        gap = old.new_zeros(first_id - old.shape[0], old.shape[1])
+        weight = torch.cat([old, gap, vectors.to(old)])  # (vocab_size + gap + n, C)
+        table.weight = nn.Parameter(weight, requires_grad=old.requires_grad)
+        table.num_embeddings = weight.shape[0]
+        self.cfg = replace(self.cfg, vocab_size=weight.shape[0])
 
     def pool(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Pooled output: the hidden state at each prompt's EOS token, as transformers picks it.

@@ -17,6 +17,12 @@ Two references exist and differ in small ways; ``unescape_html`` picks between t
   and Python counts the controls U+001C..U+001F as spaces (both as CLIP does), and characters
   newer than Python's Unicode tables.
 
+Added tokens (textual inversion, ``add_token``) are matched in the cleaned prompt before BPE, as
+transformers matches the added tokens of diffusers' ``load_textual_inversion``, so a prompt
+without emphasis encodes to the same ids; unlike there, a token matches as a whole word only
+(``art`` is not found in ``artist``, as in A1111, which matches whole BPE tokens), and a
+multi-vector token stands for all its ids (diffusers rewrites the prompt to the same effect).
+
 SD 2 quirk: its tokenizer pads with ``!``. transformers registers that pad token as a special
 token and therefore splits every ``!`` of a prompt off as id 0 (``"cat!"`` -> ``cat</w>``, ``!``);
 we keep CLIP's BPE (``!</w>``, id 256), which is what open_clip produced when SD 2 was trained.
@@ -129,6 +135,17 @@ def _read_pad_token(folder: Path) -> str:
     return EOS_TOKEN
 
 
+def _read_added_tokens(folder: Path) -> dict[str, int]:
+    """Token -> id of a folder's added tokens (textual inversion): transformers' legacy
+    ``added_tokens.json``, else the non-special ``added_tokens`` of ``tokenizer.json``."""
+    if (folder / "added_tokens.json").is_file():
+        return json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))
+    if not (folder / "tokenizer.json").is_file():
+        return {}
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    return {t["content"]: t["id"] for t in data.get("added_tokens", []) if not t.get("special")}
+
+
 def _parse_merges(lines: Iterable[str | Sequence[str]]) -> list[tuple[str, str]]:
     """Merge rules from `merges.txt` lines or `tokenizer.json` entries ("a b" or ["a", "b"])."""
     merges = []
@@ -183,6 +200,8 @@ class CLIPTokenizer:
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         # Pieces typed as special tokens map to themselves, as in CLIP.
         self._cache: dict[str, tuple[str, ...]] = {BOS_TOKEN: (BOS_TOKEN,), EOS_TOKEN: (EOS_TOKEN,)}
+        self.added_tokens: dict[str, tuple[str, ...]] = {}  # cleaned token -> its vocab symbols
+        self._added_re: re.Pattern | None = None
 
     @classmethod
     def from_files(
@@ -227,11 +246,14 @@ class CLIPTokenizer:
         folder = Path(path)
         options = {"pad_token": _read_pad_token(folder), "unescape_html": unescape_html}
         if (folder / "vocab.json").is_file():
-            return cls.from_files(folder / "vocab.json", folder / "merges.txt", **options)
-        if not (folder / "tokenizer.json").is_file():
+            tokenizer = cls.from_files(folder / "vocab.json", folder / "merges.txt", **options)
+        elif (folder / "tokenizer.json").is_file():
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+            tokenizer = cls(model["vocab"], _parse_merges(model["merges"]), **options)
+        else:
             raise FileNotFoundError(f"no vocab.json or tokenizer.json in {folder}")
-        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-        return cls(model["vocab"], _parse_merges(model["merges"]), **options)
+        tokenizer._add_saved_tokens(_read_added_tokens(folder))
+        return tokenizer
 
     @classmethod
     def default(cls, pad_token: str = EOS_TOKEN, *, unescape_html: bool = True) -> CLIPTokenizer:
@@ -257,9 +279,71 @@ class CLIPTokenizer:
             self._cache[piece] = tuple(word)
         return tuple(word)
 
+    def add_token(self, token: str, count: int = 1, first_id: int | None = None) -> list[int]:
+        """Add a prompt word standing for ``count`` new ids (a textual inversion embedding).
+
+        The word is cleaned as prompts are (lower-cased), so it matches in any case. Its ids
+        are named ``token``, ``token_1``, ... in ``vocab``, as diffusers names them.
+
+        Args:
+            token: The word, e.g. ``"easynegative"``.
+            count: How many ids (vectors) it stands for.
+            first_id: Its first id; default one past the largest id (a text encoder with a
+                larger embedding table needs its size here).
+
+        Returns:
+            The new ids, in order.
+
+        Raises:
+            ValueError: an empty token, or one (or one of its ``_k`` names) already in the
+                vocabulary, as a symbol, a whole word or an added token.
+        """
+        word = clean_text(token, unescape_html=self.unescape_html)
+        names = [word] + [f"{word}_{k}" for k in range(1, count)]
+        if not word or count < 1:
+            raise ValueError(f"token {token!r}: needs a non-empty word and count >= 1")
+        taken = [n for n in (*names, word + "</w>") if n in self.vocab] + (
+            [word] if word in self.added_tokens else []
+        )
+        if taken:
+            raise ValueError(f"token {token!r} is already in the vocabulary (as {taken[0]!r})")
+        start = max(self.vocab.values()) + 1 if first_id is None else first_id
+        if start <= max(self.vocab.values()):
+            raise ValueError(f"first_id={first_id} is taken: ids up to {max(self.vocab.values())}")
+        ids = list(range(start, start + count))
+        self.vocab.update(zip(names, ids, strict=True))
+        self.id_to_token.update(zip(ids, names, strict=True))
+        self.added_tokens[word] = tuple(names)
+        alternatives = sorted(self.added_tokens, key=len, reverse=True)  # longest match first
+        self._added_re = re.compile("|".join(_whole_word(w) for w in alternatives))
+        return ids
+
+    def _add_saved_tokens(self, added: dict[str, int]) -> None:
+        """Add a folder's added tokens again; ``name_k`` with the next id joins ``name``, as
+        diffusers names the vectors of one embedding."""
+        groups: list[list] = []  # [name, count, first id]
+        for name, i in sorted(added.items(), key=lambda item: item[1]):
+            last = groups[-1] if groups else None
+            if last and name == f"{last[0]}_{last[1]}" and i == last[2] + last[1]:
+                last[1] += 1
+            elif name not in self.vocab:  # special tokens are in the vocabulary already
+                groups.append([name, 1, i])
+        for name, count, first in groups:
+            self.add_token(name, count, first_id=first)
+
     def tokenize(self, text: str) -> list[str]:
-        """Clean and split ``text`` into BPE symbols (no BOS/EOS)."""
+        """Clean and split ``text`` into BPE symbols (no BOS/EOS); added tokens first."""
         text = clean_text(text, unescape_html=self.unescape_html)
+        if self._added_re is None:
+            return self._tokenize_clean(text)
+        symbols, start = [], 0
+        for match in self._added_re.finditer(text):
+            symbols += self._tokenize_clean(text[start : match.start()])
+            symbols += self.added_tokens[match.group()]
+            start = match.end()
+        return symbols + self._tokenize_clean(text[start:])
+
+    def _tokenize_clean(self, text: str) -> list[str]:
         symbols = []
         for piece in split_pieces(text):
             if piece not in (BOS_TOKEN, EOS_TOKEN):  # typed special tokens are kept whole
@@ -311,13 +395,24 @@ class CLIPTokenizer:
             if self.eos_token_id in ids:
                 ids = ids[: ids.index(self.eos_token_id)]
         data = bytearray()
+        added = {name for names in self.added_tokens.values() for name in names}
         for i in ids:
             token = self.id_to_token[i]
+            if token in added:  # typed as it is, not byte-mapped
+                data += token.encode("utf-8") + b" "
+                continue
             word = token.removesuffix("</w>")  # special tokens are printable ASCII: kept as typed
             data += bytes(self.byte_decoder[c] for c in word)
             if len(word) < len(token):
                 data += b" "
         return data.decode("utf-8", errors="replace").strip()
+
+
+def _whole_word(word: str) -> str:
+    """A pattern matching `word` not inside a longer run of letters and digits."""
+    before = r"(?<![^\W_])" if word[0].isalnum() else ""
+    after = r"(?![^\W_])" if word[-1].isalnum() else ""
+    return before + re.escape(word) + after
 
 
 def _merge_pair(word: list[str], first: str, second: str) -> list[str]:

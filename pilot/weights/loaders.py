@@ -25,7 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from pilot.weights import sd_original
-from pilot.weights.configs import _KINDS, _api, _config, _config_from_json, _detect_config
+from pilot.weights.configs import (
+    _KINDS,
+    _api,
+    _config,
+    _config_from_json,
+    _detect_config,
+    read_config_json,
+)
 from pilot.weights.folders import (
     _check_folder_schedule,
     _check_pipeline_folder,
@@ -204,6 +211,7 @@ def load_pipeline(
     vae_config: Any = None,
     text_config: Any = None,
     tokenizer: Any = None,
+    vae: PathLike | nn.Module | None = None,
 ) -> StableDiffusion:
     """Load all four models of a Stable Diffusion 1.x / 2.x checkpoint.
 
@@ -221,17 +229,24 @@ def load_pipeline(
         tokenizer: a `CLIPTokenizer`, or a path `load_tokenizer` reads (a tokenizer or model
             folder, a BPE `.txt.gz`); None: the folder's `tokenizer/`, or pilot's shipped CLIP
             vocabulary (49408 tokens) for a single file.
+        vae: another VAE in place of the checkpoint's (e.g. `vae-ft-mse-840000-ema-pruned`):
+            anything `load_vae` reads (an original-layout VAE file, a diffusers `vae/` folder or
+            the pipeline folder holding one, a cached repo id; `vae_config` applies to it), or
+            a loaded `AutoencoderKL`. The checkpoint's own VAE is then not read.
 
     Raises:
         WeightsError: naming the file and the problem, e.g. a tokenizer with more tokens than
-            the text encoder's embedding table (a single file of a small text encoder).
+            the text encoder's embedding table (a single file of a small text encoder), or a
+            `vae` whose latents are not the checkpoint's (channels, or the image size factor).
     """
     source = resolve(path)
     kwargs = dict(dtype=dtype, device=device)
     configs = dict(zip(_KINDS, (unet_config, vae_config, text_config), strict=True))
+    kinds = [c for c in _KINDS if vae is None or c != "vae"]  # a swapped VAE: not the own
     if source.is_dir():
         _check_pipeline_folder(source)
-        models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in _KINDS}
+        models = {c: _load(c, source / c, config=configs[c], **kwargs) for c in kinds}
+        own = None if vae is None else _vae_latents(source)
         scheduler = _scheduler_config(source)
         pred = prediction_type or _folder_prediction_type(scheduler)
         _check_folder_schedule(source, scheduler)
@@ -240,7 +255,8 @@ def load_pipeline(
     else:
         ckpt = read_checkpoint(source)
         _refuse_gan(ckpt, source)
-        models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in _KINDS}
+        models = {c: _from_original(c, ckpt, source, configs[c], **kwargs) for c in kinds}
+        own = None if vae is None else _vae_latents(source, ckpt.tensors)
         _warn_unused(ckpt.tensors, source)
         pred = sd_original.detect_prediction_type(ckpt.tensors, ckpt.metadata, prediction_type)
         if tokenizer is None:
@@ -250,7 +266,58 @@ def load_pipeline(
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     _check_tokenizer(tokenizer, models["text_encoder"], source)
+    if vae is not None:
+        own_factor, unet = own and own[1], models["unet"]
+        models["vae"] = _swap_vae(vae, source, own_factor, unet, configs["vae"], **kwargs)
     return StableDiffusion(tokenizer=tokenizer, prediction_type=pred, **models)
+
+
+def _swap_vae(
+    vae: PathLike | nn.Module, source: Path, own_factor: int | None, unet: nn.Module, config, **kw
+) -> nn.Module:
+    """`load_pipeline(vae=)`: the VAE loaded (or moved), refused unless its latents have the
+    UNet's channels and the image size factor of the checkpoint's own VAE (`own_factor`,
+    None: the checkpoint has none)."""
+
+    def check(name: str, latents: tuple[int, int] | None) -> None:
+        want = (unet.cfg.out_channels, own_factor)
+        if latents is not None and latents != (want[0], want[1] or latents[1]):
+            raise WeightsError(
+                f"{name}: a VAE whose latents do not fit {source}: {latents[0]} channels at "
+                f"1/{latents[1]} of the image size, where the model's are {want[0]} channels at "
+                f"1/{want[1] or latents[1]}"
+            )
+
+    if isinstance(vae, nn.Module):
+        check(f"vae={type(vae).__name__}", _latents(vars(vae.cfg)))
+        return vae.to(**kw)
+    try:
+        model = _load("vae", vae, config=config, **kw)
+    except WeightsError:  # e.g. shapes of no preset: say first if they cannot fit anyway
+        check(str(resolve(vae)), _vae_latents(resolve(vae)))
+        raise
+    check(str(resolve(vae)), _latents(vars(model.cfg)))
+    return model
+
+
+def _latents(config: Mapping[str, Any]) -> tuple[int, int]:
+    """(latent channels, image side / latent side) of a VAE config (diffusers or ours)."""
+    return config.get("latent_channels", 4), 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def _vae_latents(path: Path, tensors: Mapping[str, Tensor] | None = None) -> tuple | None:
+    """`_latents` of a VAE read without loading it: a folder's (or pipeline folder's vae/)
+    config.json, or an original file's shapes (`tensors`, else read); None where unreadable."""
+    try:
+        if path.is_dir():
+            folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+            return _latents(read_config_json(folder / "config.json", "VAE"))
+        tensors = read_checkpoint(path).tensors if tensors is None else tensors
+        if sd_original.has_component(tensors, "vae"):
+            return _latents(sd_original.detect_vae_config(tensors))
+    except (WeightsError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _check_tokenizer(tokenizer: Any, text_encoder: nn.Module, source: Path) -> None:

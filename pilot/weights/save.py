@@ -285,9 +285,13 @@ def _write_model(folder: Path, model, config: dict, stem: str) -> None:
 
 
 def write_tokenizer(tokenizer: CLIPTokenizer, folder: str | os.PathLike) -> None:
-    """A `CLIPTokenizer` as a transformers tokenizer folder (vocab.json, merges.txt, tokens)."""
+    """A `CLIPTokenizer` as a transformers tokenizer folder (vocab.json, merges.txt, tokens;
+    textual inversion tokens in added_tokens.json, as transformers writes them)."""
     folder = Path(folder)
-    _write_json(folder / "vocab.json", tokenizer.vocab)
+    added = {name: tokenizer.vocab[name] for v in tokenizer.added_tokens.values() for name in v}
+    _write_json(folder / "vocab.json", {k: v for k, v in tokenizer.vocab.items() if k not in added})
+    if added:
+        _write_json(folder / "added_tokens.json", added)
     merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
     lines = ["#version: 0.2", *(" ".join(pair) for pair in merges)]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
