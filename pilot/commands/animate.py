@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ from pilot.commands.generate import (
 )
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
+    import numpy as np
     import torch
 
     from pilot.animation.feedback import FeedbackConfig
@@ -381,25 +382,31 @@ def finish(
 ) -> dict:
     """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker scored with
     the shot's geometry flow (DIS for a video) whatever --flow made the frames, so runs with
-    other flow sources are on one scale."""
-    import torch
-
+    other flow sources are on one scale. Frames are read from disk one at a time, as the
+    writers take them (a 2000-frame 512 px run held as floats would take 6 GB)."""
     from pilot.animation.flow import GeometryFlow
     from pilot.animation.inputs import ShotFrames
-    from pilot.animation.metrics import temporal_metrics
+    from pilot.animation.metrics import TemporalMetrics
     from pilot.animation.video import write_gif, write_mp4
     from pilot.commands._animate_checks import check_frame_sizes
     from pilot.imageio import atomic_output, to_uint8
 
-    images = [store.read(k) for k in todo]
-    check_frame_sizes(images, todo, frames, store)
-    images = torch.cat(images)  # (N, 3, H, W)
-    video = [to_uint8(image) for image in images]
-    write_mp4(video, args.out, fps=output_fps(args, frames))
-    write_gif(video, args.out.with_suffix(".gif"), fps=output_fps(args, frames))
+    store.flush()  # every frame on disk, for their headers
+    check_frame_sizes(todo, frames, store)  # before any video is written
     shot = isinstance(frames, ShotFrames)
-    truth = GeometryFlow(frames.shot) if shot else frames.flow
-    metrics = temporal_metrics(images, truth, first=todo.start)
+    scores = TemporalMetrics(GeometryFlow(frames.shot) if shot else frames.flow, todo.start)
+
+    def video(score: bool) -> Iterator[np.ndarray]:
+        for k in todo:
+            image = store.read(k)[0]  # (3, H, W) in [0, 1]
+            if score:
+                scores.add(image)
+            yield to_uint8(image)
+
+    fps = output_fps(args, frames)
+    write_mp4(video(score=True), args.out, fps=fps)  # scored on the way: one read per frame
+    write_gif(video(score=False), args.out.with_suffix(".gif"), fps=fps)
+    metrics = scores.result()
     metrics.update(
         first_frame=todo.start,
         flow=args.flow if args.shot is not None else "estimated",
