@@ -398,3 +398,31 @@ def test_conditioner_apply_over_a_video(tmp_path, pix2pix_file, capsys):
     bad = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--out", "x.gif"]
     assert main([*bad, "--shot", str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: OpenCV cannot open it (not a video OpenCV reads" in capsys.readouterr().err
+
+
+def test_conditioner_video_takes_each_frame_as_it_is_made(tmp_path, pix2pix_file, monkeypatch):
+    """A video --out is written as the frames are made: never all in memory."""
+    import pilot.animation.video as video
+    import pilot.commands.conditioner as conditioner
+
+    shot = tmp_path / "drawings"
+    shot.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 40), 40 * i, np.uint8), "L").save(shot / f"{i:02d}.png")
+    made, predict, write_mp4 = [], conditioner.predict, video.write_mp4
+    monkeypatch.setattr(conditioner, "predict", lambda *a: made.append(1) or predict(*a))
+
+    def check_order(frames, path, *, fps):
+        def taken():
+            for k, frame in enumerate(frames):
+                assert len(made) == k + 1, f"frame {k} taken after {len(made)} were made"
+                yield frame
+
+        return write_mp4(taken(), path, fps=fps)
+
+    monkeypatch.setattr(video, "write_mp4", check_order)
+    out = tmp_path / "out.mp4"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    assert main([*args, "--out", str(out), "--frames-dir", str(tmp_path / "rows")]) == 0
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == 5
+    assert len(list((tmp_path / "rows").glob("*.png"))) == 5

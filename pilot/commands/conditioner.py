@@ -15,7 +15,9 @@ square; `--square` squashes, as `pilot.data.paired` does to non-square training 
 Video out (`--out X.mp4|.gif`): frames that would run at different sizes are refused, from
 their headers, before any frame runs; each is shown next to every predicted head (e.g. input |
 texture | fog). The video plays at the shot's fps (shot.json) or the video's unless `--fps`
-says otherwise. `--heads-dir` also writes every head as its own image sequence for compositing:
+says otherwise. Frames are made as the writer takes them (memory does not grow with the video's
+length); a killed run leaves no partial video and starts over when rerun (a folder `--out`
+resumes). `--heads-dir` also writes every head as its own image sequence for compositing:
 texture as RGB PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float
 .npy). A head folder holding files this run does not write (another shot's frames) is refused
 before any frame runs, rather than mixed with this shot's or deleted; rerunning the same shot
@@ -298,15 +300,8 @@ def apply_to_folder(
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame; write the video (and PNG frames if asked), or the
     images of `--out DIR`."""
-    import torch
 
-    from pilot.animation.video import (
-        VIDEO_SUFFIXES,
-        check_video_path,
-        to_uint8,
-        write_frame,
-        write_video,
-    )
+    from pilot.animation.video import VIDEO_SUFFIXES, check_video_path, write_video
     from pilot.data.paired import check_image
     from pilot.weights.gan import load_generator
 
@@ -353,23 +348,40 @@ def cmd_apply(args: argparse.Namespace) -> int:
         check_run_sizes(source.files, size, cfg.image_size, args.square)
     if args.heads_dir is not None:
         check_heads_dir(args.heads_dir, list(cfg.head_names), source.names)
-    frames = []
-    for name, frame in zip(source.names, source.frames(cfg.in_channels), strict=True):
-        x, heads = predict(generator, frame, size, args.square)
+    rows = video_rows(generator, source, size, args.square, args.frames_dir, args.heads_dir)
+    out = write_video(rows, args.out, fps=fps)
+    print(f"wrote {out} ({len(source.names)} frames: input | {' | '.join(cfg.head_names)})")
+    return 0
+
+
+def video_rows(
+    generator: nn.Module,
+    source: Source,
+    size: int,
+    square: bool,
+    frames_dir: Path | None,
+    heads_dir: Path | None,
+) -> Iterator[np.ndarray]:
+    """The video's frames, uint8 (H, W * panels, 3): each input next to every predicted head,
+    made one at a time as the writer takes them (a long video is never all in memory), with
+    its `frames_dir` PNG and `heads_dir` heads written as it is made."""
+    import torch
+
+    from pilot.animation.video import to_uint8, write_frame
+
+    for name, frame in zip(source.names, source.frames(generator.cfg.in_channels), strict=True):
+        x, heads = predict(generator, frame, size, square)
         panels = [x, *heads.values()]
         row = torch.cat(
             [p[:, :3] if p.shape[1] >= 3 else p.expand(-1, 3, -1, -1) for p in panels], 3
         )
-        frame = to_uint8(row[0].permute(1, 2, 0).numpy())  # (H, W * panels, 3)
-        frames.append(frame)
-        if args.frames_dir is not None:
-            write_frame(frame, args.frames_dir / f"{name}.png")
-        if args.heads_dir is not None:
+        row = to_uint8(row[0].permute(1, 2, 0).numpy())  # (H, W * panels, 3)
+        if frames_dir is not None:
+            write_frame(row, frames_dir / f"{name}.png")
+        if heads_dir is not None:
             for head_name, head in heads.items():
-                write_head(head[0].permute(1, 2, 0).numpy(), args.heads_dir / head_name / name)
-    out = write_video(frames, args.out, fps=fps)
-    print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
-    return 0
+                write_head(head[0].permute(1, 2, 0).numpy(), heads_dir / head_name / name)
+        yield row
 
 
 def register(sub: argparse._SubParsersAction) -> None:
