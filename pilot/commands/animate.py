@@ -269,6 +269,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         tracks = load_tracks(args, frames, sd, device, dtype, speed)
         check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
         check_run_folder(run, chosen)
+        remove_run_temps(run, args.out)
         with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
             seconds = render_frames(
                 args, sd, settings, config, frames, prompts, store, tracks, todo, preview
@@ -370,6 +371,18 @@ def render_frames(
             bar.set_postfix(frame=ks[-1], s_per_frame=f"{seconds[-1]:.2f}")
             bar.update(len(ks))
     return seconds
+
+
+def remove_run_temps(run: Path, out: Path) -> None:
+    """Delete the temporary files that writes killed mid-way (kill -9, a power cut) left in the
+    run folder (locked: no other process writes there) and beside the videos."""
+    from pilot.animation.video import remove_temp_files
+    from pilot.imageio import remove_stale_temps
+
+    remove_temp_files(run / "frames")
+    remove_temp_files(run / "state", suffixes=(".npy",))
+    remove_temp_files(run, suffixes=(".json",))  # settings.json, metrics.json
+    remove_stale_temps([out, out.with_suffix(".gif")])
 
 
 def finish(

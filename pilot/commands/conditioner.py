@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # annotations only: `pilot --help` imports no numpy
     import numpy as np
     from torch import nn
 
+    from pilot.models.pix2pix import Pix2PixConfig
     from pilot.scenes.shot import Shot
 
 SETTINGS = ".pilot-conditioner.json"  # an --out folder's record of the run that fills it
@@ -257,6 +258,7 @@ def apply_to_folder(
 
     from pilot.animation.inputs import check_run_folder, read_settings
     from pilot.animation.video import remove_temp_files
+    from pilot.imageio import remove_stale_temps
     from pilot.locks import folder_lock
 
     cfg = generator.cfg
@@ -276,6 +278,7 @@ def apply_to_folder(
         check_run_folder(out, settings, hint, SETTINGS)
         for folder in folders.values():
             remove_temp_files(folder, suffixes=(".png", ".npy"))  # left by writes a kill cut
+        remove_stale_temps([out / SETTINGS])
         done = frozenset(  # made by an earlier run of these settings, after its input
             k for k in range(len(source.names))
             if all(p.exists() and p.stat().st_mtime >= source.mtime(k)
@@ -297,17 +300,21 @@ def apply_to_folder(
     return 0
 
 
+def folder_output(out: Path) -> bool:
+    """Whether `--out` names a folder of images (no video suffix), not a video."""
+    from pilot.animation.video import VIDEO_SUFFIXES
+
+    return out.suffix.lower() not in VIDEO_SUFFIXES and (out.suffix == "" or out.is_dir())
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame; write the video (and PNG frames if asked), or the
     images of `--out DIR`."""
-
-    from pilot.animation.video import VIDEO_SUFFIXES, check_video_path, write_video
+    from pilot.animation.video import check_video_path, write_video
     from pilot.data.paired import check_image
     from pilot.weights.gan import load_generator
 
-    to_folder = args.out.suffix.lower() not in VIDEO_SUFFIXES and (
-        args.out.suffix == "" or args.out.is_dir()
-    )
+    to_folder = folder_output(args.out)
     if to_folder and (args.frames_dir is not None or args.heads_dir is not None):
         raise ValueError(
             f"--frames-dir and --heads-dir go with a video --out, not a folder {args.out}"
@@ -346,12 +353,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return apply_to_folder(generator, source, args.out, settings, size, args.square)
     if source.files is not None:
         check_run_sizes(source.files, size, cfg.image_size, args.square)
+    remove_video_temps(args, source, cfg)  # before the heads' check, which they would fail
     if args.heads_dir is not None:
         check_heads_dir(args.heads_dir, list(cfg.head_names), source.names)
     rows = video_rows(generator, source, size, args.square, args.frames_dir, args.heads_dir)
     out = write_video(rows, args.out, fps=fps)
     print(f"wrote {out} ({len(source.names)} frames: input | {' | '.join(cfg.head_names)})")
     return 0
+
+
+def remove_video_temps(args: argparse.Namespace, source: Source, cfg: Pix2PixConfig) -> None:
+    """Delete the temporary files that writes of this run's outputs (the video, --frames-dir
+    and --heads-dir files) killed mid-way left; other files' are left alone."""
+    from pilot.imageio import remove_stale_temps
+
+    targets = [args.out]
+    if args.frames_dir is not None:
+        targets += [args.frames_dir / f"{name}.png" for name in source.names]
+    if args.heads_dir is not None:
+        targets += [head_path(args.heads_dir / head / name, channels)
+                    for head, channels in zip(cfg.head_names, cfg.head_channels, strict=True)
+                    for name in source.names]  # fmt: skip
+    remove_stale_temps(targets)
 
 
 def video_rows(

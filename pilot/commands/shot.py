@@ -97,6 +97,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     import torch
 
     from pilot.animation.video import VIDEO_SUFFIXES, check_image_path, write_frame, write_video
+    from pilot.imageio import remove_stale_temps
     from pilot.scenes.preview import contact_sheet, pass_columns
     from pilot.scenes.shot import Shot
 
@@ -106,6 +107,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not video:
         check_image_path(args.out)
     shot = Shot(args.shot)
+    remove_stale_temps([args.out])  # a killed run's writer's
     if video:
         frames = [contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot))]
         print(f"wrote {write_video(frames, args.out, fps=shot.fps)} ({len(frames)} frames)")

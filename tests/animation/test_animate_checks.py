@@ -167,6 +167,18 @@ def test_depth_per_frame_is_a_run_setting(model_folder, controlnet_folder, shot,
     assert (tmp_path / "a.run" / png).read_bytes() != (tmp_path / "b.run" / png).read_bytes()
 
 
+def test_a_rerun_clears_what_killed_writes_left(model_folder, small_shot, tmp_path):
+    from tests.conftest import plant_temps
+
+    out, run = tmp_path / "film.mp4", tmp_path / "film.run"
+    assert animate(model_folder, small_shot.root, out, "--frames", "0:2") == 0
+    cut = plant_temps(run / "frames" / "000002.png", run / "state" / "000002.npy",
+                      run / "metrics.json", out, out.with_suffix(".gif"))  # fmt: skip
+    other = plant_temps(tmp_path / "other.mp4")  # another command's output, maybe being written
+    assert animate(model_folder, small_shot.root, out, "--frames", "0:2") == 0
+    assert not any(p.exists() for p in cut) and other[0].exists()
+
+
 def test_metrics_are_scored_with_the_shot_geometry(model_folder, small_shot, tmp_path, capsys):
     from pilot.animation.flow import GeometryFlow
     from pilot.animation.metrics import temporal_metrics
