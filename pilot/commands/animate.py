@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=None, help="run folder (default OUT.run)")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (a .gif is written too)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=cmd_animate)
+    p.set_defaults(func=cmd_animate, resumes=True)
 
 
 # FeedbackConfig fields whose `pilot animate` flag is not `--` + the field's name, dashed

@@ -430,4 +430,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--square", action="store_true", help="squash frames to --size squares")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
     a.add_argument("--heads-dir", type=Path, help="also write each head's frames: DIR/HEAD/")
-    a.set_defaults(func=cmd_apply)
+    a.set_defaults(func=cmd_apply, resumes=lambda args: folder_output(args.out))

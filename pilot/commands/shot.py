@@ -152,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="render every frame again, replacing the shot in OUT (default: resume an "
         "unfinished export of the same settings; a finished one has nothing to render)",
     )
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, resumes=lambda args: not args.force)
 
     p = group.add_parser("render", help="render a procedural corridor fly-through shot")
     p.add_argument("out", help="shot folder to write")
