@@ -74,17 +74,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return report_errors(f"pilot {args.command}", lambda: args.func(args))
+    resumes = getattr(args, "resumes", False)  # a command's `set_defaults(resumes=...)`
+    resumes = resumes(args) if callable(resumes) else resumes
+    return report_errors(f"pilot {args.command}", lambda: args.func(args), resumes=resumes)
 
 
-def report_errors(prog: str, command: Callable[[], int]) -> int:
+def report_errors(prog: str, command: Callable[[], int], *, resumes: bool = False) -> int:
     """Run `command`; a FileNotFoundError or ValueError (a WeightsError is one) becomes the one
-    line `<prog>: error: <message>` on stderr and exit status 2, with no traceback."""
+    line `<prog>: error: <message>` on stderr and exit status 2, with no traceback.
+
+    Ctrl-C (a KeyboardInterrupt that reaches here, once the command's `with` blocks have closed
+    what it was writing) becomes `<prog>: interrupted` (and, when the command `resumes`, how to
+    resume) and the shell's status for SIGINT, 130. Signal handlers are left as they are: a
+    second Ctrl-C while the first unwinds stops at once, and a command's own (`pilot train`'s
+    first Ctrl-C finishes the step and saves last.ckpt) raises nothing here.
+    """
     try:
         return command()
     except (FileNotFoundError, ValueError) as e:
         print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = "; rerun the same command to resume" if resumes else ""
+        print(f"{prog}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 def error_line(error: BaseException) -> str:

@@ -202,6 +202,7 @@ def run_demo(
     _check_out_dir(out)
     with folder_lock(out):  # one process per demo folder (`pilot.locks`)
         check_run_folder(out, settings, hint="pass another --out, or the original settings")
+        remove_demo_temps(out)
         start = time.perf_counter()
         with _torch_threads(threads):
             seconds = {"shot": _timed(lambda: render_shot(out / "shot", config))}
@@ -226,6 +227,17 @@ def run_demo(
     if log is not None:
         log(summary(out, metrics))
     return metrics
+
+
+def remove_demo_temps(out: Path) -> None:
+    """Delete the temporary files that writes killed mid-way left in the (locked) demo folder:
+    frames, noise, videos, sheet, JSON. The shot's writer clears its own (`pilot.scenes`)."""
+    from pilot.animation.video import remove_temp_files
+
+    remove_temp_files(out, suffixes=(".json", ".mp4", ".png"))
+    for name in ("independent", "feedback"):
+        remove_temp_files(out / name / "frames")
+        remove_temp_files(out / name / "state", suffixes=(".npy",))
 
 
 def check_size(config: DemoConfig, pipeline: Path) -> None:

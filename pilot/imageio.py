@@ -1,14 +1,17 @@
 """Image files: reading to tensors, atomic writes, PNG text chunks (generation parameters).
 
 Every writer goes through `atomic_output`: data lands in a temporary file next to the target and
-is `os.replace`d onto it, so a crash never leaves a half-written image behind a finished name.
+is `os.replace`d onto it, so a crash never leaves a half-written image behind a finished name;
+a write killed mid-way leaves its temporary file, which `remove_stale_temps` clears when the
+command runs again.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +38,37 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile's random part of a temporary file's name
+
+
+def remove_stale_temps(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """Delete the temporary files that writes of `targets` killed mid-way left beside them
+    (`atomic_output`'s names, `.{stem}.{8 random characters}{suffix}`); returns them.
+
+    A command calls it on its outputs before writing them, so a kill -9 leaves nothing for
+    good. Only the targets' own temporary files go: other files' in the same folders may be
+    another process's writes in progress. Each folder is listed once.
+    """
+    names: dict[Path, set[tuple[str, str]]] = {}
+    for target in map(Path, targets):
+        names.setdefault(target.parent, set()).add((target.stem, target.suffix))
+    found = []
+    for folder, ours in names.items():
+        try:
+            hidden = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in hidden:
+            for suffix in {suffix for _, suffix in ours}:
+                core = name[1 : len(name) - len(suffix)] if name.endswith(suffix) else ""
+                stem, dot, random = core[:-9], core[-9:-8], core[-8:]
+                if dot == "." and TEMP_RANDOM.fullmatch(random) and (stem, suffix) in ours:
+                    found.append(folder / name)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return sorted(found)
 
 
 _WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greys Pillow's convert clips

@@ -1,6 +1,9 @@
 """Shared test set-up: `gpu` marker skipped without CUDA, seeded torch, a tiny random SD."""
 
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +78,16 @@ def tiny_sd_folder(tmp_path_factory, tiny_sd):
     from pilot.weights.save import save_pipeline
 
     return save_pipeline(tiny_sd, tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+def plant_temps(*targets, age: float = 3600.0) -> list[Path]:
+    """The hidden temporary file a write of each target killed mid-way (kill -9) leaves,
+    `.{stem}.{8 random}{suffix}` (`pilot.imageio.atomic_output`), changed `age` seconds ago."""
+    paths = []
+    for target in map(Path, targets):
+        path = target.with_name(f".{target.stem}.k9x_2ab7{target.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"cut")
+        os.utime(path, (time.time() - age,) * 2)
+        paths.append(path)
+    return paths

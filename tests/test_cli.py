@@ -125,3 +125,67 @@ def test_an_error_in_a_dataloader_worker_is_one_line(capsys):
     assert report_errors("pilot train", train) == 2
     err = capsys.readouterr().err
     assert err == "pilot train: error: B/x.jpg: not a readable image (image file is truncated)\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
+    """A real SIGINT while `pilot walk` writes: no traceback, no partial video or temp file."""
+    import os
+    import signal
+    import time
+
+    from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
+    from pilot.weights.gan import export_generator
+
+    export_generator("dcgan", DCGANGenerator(DCGAN_PRESETS["tiny"]), tmp_path / "g.safetensors")
+    out = tmp_path / "walk.mp4"
+    argv = ["walk", "--checkpoint", str(tmp_path / "g.safetensors"), "--frames", "20000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "pilot.cli", *argv, "--out", str(out)],
+                               stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".walk.*.mp4")):  # the writer has started
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip() == "pilot walk: interrupted"  # one line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors"]  # nothing half-made
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["animate", "--model", "m", "--shot", "s", "--prompt", "p", "--out", "o.mp4"],
+         "pilot animate: interrupted; rerun the same command to resume"),
+        (["conditioner", "apply", "--checkpoint", "c", "--shot", "s", "--out", "folder"],
+         "pilot conditioner: interrupted; rerun the same command to resume"),
+        (["conditioner", "apply", "--checkpoint", "c", "--shot", "s", "--out", "o.mp4"],
+         "pilot conditioner: interrupted"),
+        (["demo"], "pilot demo: interrupted; rerun the same command to resume"),
+        (["shot", "export", "a.blend", "shot"],
+         "pilot shot: interrupted; rerun the same command to resume"),
+        (["shot", "export", "a.blend", "shot", "--force"], "pilot shot: interrupted"),
+        (["walk", "--checkpoint", "c"], "pilot walk: interrupted"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_says_whether_the_command_resumes(monkeypatch, capsys, argv, line):
+    import argparse
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_interrupt(self, *a, **k):  # the real command's arguments, then a Ctrl-C
+        args = parse_args(self, *a, **k)
+        if getattr(args, "func", None) is not None:
+            args.func = interrupted
+        return args
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_interrupt)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == line + "\n"

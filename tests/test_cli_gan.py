@@ -14,6 +14,7 @@ from pilot.cli import main
 from pilot.models.dcgan import DCGAN_PRESETS, DCGANGenerator
 from pilot.models.pix2pix import Pix2PixConfig, UNetGenerator
 from pilot.weights.gan import export_generator
+from tests.conftest import plant_temps
 
 
 @pytest.fixture
@@ -40,12 +41,14 @@ def pix2pix_file(tmp_path):
 
 def test_walk_writes_gif_and_mp4(tmp_path, dcgan_file, capsys):
     out = tmp_path / "walk.gif"
+    cut = plant_temps(out, tmp_path / "walk.mp4", tmp_path / "other.gif")  # kill -9's
     args = ["walk", "--checkpoint", str(dcgan_file), "--frames", "6", "--grid", "2"]
     assert main([*args, "--out", str(out), "--scale", "2"]) == 0
+    assert not cut[0].exists() and cut[1].exists() and cut[2].exists()  # its own output's
     with Image.open(out) as gif:
         assert gif.n_frames == 6 and gif.size == (128, 128)  # 2 x 2 cells of 32 px, scaled x2
     assert main([*args, "--out", str(tmp_path / "walk.mp4")]) == 0
-    assert (tmp_path / "walk.mp4").stat().st_size > 0
+    assert (tmp_path / "walk.mp4").stat().st_size > 0 and not cut[1].exists()
 
 
 def test_walk_errors_are_clear(tmp_path, pix2pix_file, dcgan_file, capsys):
@@ -101,9 +104,12 @@ def test_conditioner_apply_over_a_shot(tmp_path, pix2pix_file):
         pixels = np.random.default_rng(i).integers(0, 256, (50, 70), dtype=np.uint8)
         Image.fromarray(pixels, "L").save(shot / f"{i:04d}.png")
     out, frames, heads = tmp_path / "out.gif", tmp_path / "frames", tmp_path / "heads"
+    cut = plant_temps(out, frames / "0001.png", heads / "fog" / "0002.png",
+                      heads / "texture" / "0000.png")  # a kill -9 cut these writes # fmt: skip
     args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot.parent)]
     args += ["--out", str(out), "--frames-dir", str(frames), "--heads-dir", str(heads)]
     assert main(args) == 0
+    assert not any(p.exists() for p in cut)
     with Image.open(out) as gif:
         assert gif.n_frames == 3 and gif.size == (64 * 3, 64)  # input | texture | fog
     assert len(list(frames.glob("*.png"))) == 3
@@ -334,7 +340,9 @@ def test_conditioner_apply_to_a_folder_of_drawings(tmp_path, painter_file, capsy
     os.utime(tmp_path / "drawings" / "wide.png", (later, later))  # the artist redraws one
     (out / "Tall.png").unlink()  # and a kill lost one, mid-write
     (out / ".Tall.a1b2c3d4.png").write_bytes(b"half a png")
+    cut = plant_temps(out / ".pilot-conditioner.json")
     assert main(args) == 0
+    assert not cut[0].exists()
     assert "wrote 2 image(s) to" in capsys.readouterr().out  # the rest kept
     assert (out / "café.png").stat().st_mtime_ns == made["café.png"]
     assert (out / "Tall.png").is_file() and not (out / ".Tall.a1b2c3d4.png").exists()
@@ -398,3 +406,31 @@ def test_conditioner_apply_over_a_video(tmp_path, pix2pix_file, capsys):
     bad = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--out", "x.gif"]
     assert main([*bad, "--shot", str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: OpenCV cannot open it (not a video OpenCV reads" in capsys.readouterr().err
+
+
+def test_conditioner_video_takes_each_frame_as_it_is_made(tmp_path, pix2pix_file, monkeypatch):
+    """A video --out is written as the frames are made: never all in memory."""
+    import pilot.animation.video as video
+    import pilot.commands.conditioner as conditioner
+
+    shot = tmp_path / "drawings"
+    shot.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 40), 40 * i, np.uint8), "L").save(shot / f"{i:02d}.png")
+    made, predict, write_mp4 = [], conditioner.predict, video.write_mp4
+    monkeypatch.setattr(conditioner, "predict", lambda *a: made.append(1) or predict(*a))
+
+    def check_order(frames, path, *, fps):
+        def taken():
+            for k, frame in enumerate(frames):
+                assert len(made) == k + 1, f"frame {k} taken after {len(made)} were made"
+                yield frame
+
+        return write_mp4(taken(), path, fps=fps)
+
+    monkeypatch.setattr(video, "write_mp4", check_order)
+    out = tmp_path / "out.mp4"
+    args = ["conditioner", "apply", "--checkpoint", str(pix2pix_file), "--shot", str(shot)]
+    assert main([*args, "--out", str(out), "--frames-dir", str(tmp_path / "rows")]) == 0
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == 5
+    assert len(list((tmp_path / "rows").glob("*.png"))) == 5

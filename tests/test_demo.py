@@ -11,6 +11,7 @@ import torch
 from pilot.cli import main
 from pilot.demo import OUTPUTS, DemoConfig, run_demo, weight_folders
 from pilot.imageio import read_image
+from tests.conftest import plant_temps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,7 +157,9 @@ def test_cli_smoke(weights, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "warp error: feedback" in printed and str(out) in printed
     assert (out / "demo.mp4").is_file()
+    cut = plant_temps(out / "demo.mp4", out / "metrics.json", out / "feedback/frames/000001.png")
     assert main(["demo", "--out", str(out), "--weights", str(weights), *SMALL_ARGS, "--json"]) == 0
+    assert not any(p.exists() for p in cut)  # a kill -9's, cleared by the rerun
     assert json.loads(capsys.readouterr().out)["rendered_now"] == 0
     assert main(["demo", "--out", str(tmp_path / "x"), "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from pilot.control.spec import read_image as read_control
-from pilot.imageio import decode_image, read_image
+from pilot.imageio import atomic_output, decode_image, read_image, remove_stale_temps
 
 
 def _ramp(h: int, w: int) -> np.ndarray:
@@ -47,3 +47,18 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="bad.png: not a readable image"):
         read_image(tmp_path / "bad.png")
+
+
+def test_remove_stale_temps_clears_only_the_targets_own(tmp_path):
+    from tests.conftest import plant_temps
+
+    targets = [tmp_path / "a.b.mp4", tmp_path / "f" / "00001.png", tmp_path / "noext"]
+    ours = plant_temps(*targets)
+    others = plant_temps(tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "f" / "00002.png")
+    (tmp_path / ".a.b.notrandom.mp4").touch()
+    assert remove_stale_temps([*targets, tmp_path / "missing" / "x.png"]) == sorted(ours)
+    assert all(p.exists() for p in others) and (tmp_path / ".a.b.notrandom.mp4").exists()
+    with atomic_output(tmp_path / "a.b.mp4") as tmp:  # the names it clears are these
+        tmp.write_bytes(b"video")
+    tmp.touch()  # as a kill mid-write leaves it
+    assert remove_stale_temps([tmp_path / "a.b.mp4"]) == [tmp]

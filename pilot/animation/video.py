@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pilot.imageio import decode_image
+from pilot.imageio import TEMP_RANDOM, decode_image
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 # Largest frame side written: OpenCV's mp4v writer opens frames up to 8190 px a side and refuses
@@ -92,24 +92,34 @@ def _temp_path(path: Path) -> Path:
     return Path(tmp)
 
 
-_TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile's random part of a `_temp_path` name
-
-
 def remove_temp_files(
-    folder: str | os.PathLike, stem: str = "*", suffixes: Sequence[str] = (".png",)
+    folder: str | os.PathLike,
+    stem: str = "*",
+    suffixes: Sequence[str] = (".png",),
+    *,
+    min_age: float = 0.0,
 ) -> list[Path]:
-    """Delete the temp files that writes killed mid-way left in `folder`; returns them.
+    """Delete the temp files that writes killed mid-way left in `folder`; returns them. Call it
+    where no other process writes (a locked folder), or give `min_age`; for known outputs,
+    `pilot.imageio.remove_stale_temps` clears only theirs.
 
     Args:
         folder: where the targets are written (a missing folder holds none).
         stem: glob pattern of the target names without suffix, e.g. "timelapse".
         suffixes: target suffixes, e.g. (".gif", ".mp4").
+        min_age: leave temp files changed less than this many seconds ago (a write another
+            process is making).
     """
     found = []
+    now = time.time()
     for suffix in suffixes:
         for path in Path(folder).glob(f".{stem}.{'?' * 8}{suffix}"):
-            if _TEMP_RANDOM.fullmatch(path.name[-len(suffix) - 8 : -len(suffix)]):
-                found.append(path)
+            if TEMP_RANDOM.fullmatch(path.name[-len(suffix) - 8 : len(path.name) - len(suffix)]):
+                try:
+                    if now - path.stat().st_mtime >= min_age:
+                        found.append(path)
+                except FileNotFoundError:  # its writer finished meanwhile
+                    pass
     for path in found:
         path.unlink(missing_ok=True)
     return sorted(found)

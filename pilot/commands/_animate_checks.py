@@ -34,7 +34,6 @@ from pilot.commands._lora import lora_settings
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import torch
-    from torch import Tensor
 
     from pilot.animation.feedback import FeedbackConfig
     from pilot.animation.inputs import FrameSource, FrameStore
@@ -155,16 +154,21 @@ def check_range_start(run: Path, config: FeedbackConfig, todo: range) -> None:
     )
 
 
-def check_frame_sizes(
-    images: list[Tensor], todo: range, frames: FrameSource, store: FrameStore
-) -> None:
-    """ValueError naming the first frame read from disk (`images`, frames `todo`) whose size
-    is not the source's: checked before any video is written."""
-    for k, image in zip(todo, images, strict=True):
-        h, w = image.shape[-2:]
+def check_frame_sizes(todo: range, frames: FrameSource, store: FrameStore) -> None:
+    """ValueError naming the first frame of `todo` on disk whose size (from its PNG header) is
+    not the source's: checked before any video is written."""
+    from PIL import Image
+
+    for k in todo:
+        path = store.frame_path(k)
+        try:
+            with Image.open(path) as image:
+                w, h = image.size
+        except OSError as e:  # not an image, or missing
+            raise ValueError(f"{path}: not a readable image ({e})") from e
         if (h, w) != (frames.height, frames.width):
             raise ValueError(
-                f"{store.frame_path(k)} is {w}x{h}, but {frames.name} is "
+                f"{path} is {w}x{h}, but {frames.name} is "
                 f"{frames.width}x{frames.height}: run folder {store.root} was made from another "
                 "source; use another --run folder"
             )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,7 @@ from pilot.commands.generate import (
 )
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
+    import numpy as np
     import torch
 
     from pilot.animation.feedback import FeedbackConfig
@@ -126,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=None, help="run folder (default OUT.run)")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (a .gif is written too)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=cmd_animate)
+    p.set_defaults(func=cmd_animate, resumes=True)
 
 
 # FeedbackConfig fields whose `pilot animate` flag is not `--` + the field's name, dashed
@@ -276,6 +277,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         tracks = load_tracks(args, frames, sd, device, dtype, speed)
         check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
         check_run_folder(run, chosen)
+        remove_run_temps(run, args.out)
         with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
             seconds = render_frames(
                 args, sd, settings, config, frames, prompts, store, tracks, todo, preview
@@ -380,6 +382,18 @@ def render_frames(
     return seconds
 
 
+def remove_run_temps(run: Path, out: Path) -> None:
+    """Delete the temporary files that writes killed mid-way (kill -9, a power cut) left in the
+    run folder (locked: no other process writes there) and beside the videos."""
+    from pilot.animation.video import remove_temp_files
+    from pilot.imageio import remove_stale_temps
+
+    remove_temp_files(run / "frames")
+    remove_temp_files(run / "state", suffixes=(".npy",))
+    remove_temp_files(run, suffixes=(".json",))  # settings.json, metrics.json
+    remove_stale_temps([out, out.with_suffix(".gif")])
+
+
 def finish(
     args: argparse.Namespace,
     frames: FrameSource,
@@ -390,25 +404,31 @@ def finish(
 ) -> dict:
     """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker scored with
     the shot's geometry flow (DIS for a video) whatever --flow made the frames, so runs with
-    other flow sources are on one scale."""
-    import torch
-
+    other flow sources are on one scale. Frames are read from disk one at a time, as the
+    writers take them (a 2000-frame 512 px run held as floats would take 6 GB)."""
     from pilot.animation.flow import GeometryFlow
     from pilot.animation.inputs import ShotFrames
-    from pilot.animation.metrics import temporal_metrics
+    from pilot.animation.metrics import TemporalMetrics
     from pilot.animation.video import write_gif, write_mp4
     from pilot.commands._animate_checks import check_frame_sizes
     from pilot.imageio import atomic_output, to_uint8
 
-    images = [store.read(k) for k in todo]
-    check_frame_sizes(images, todo, frames, store)
-    images = torch.cat(images)  # (N, 3, H, W)
-    video = [to_uint8(image) for image in images]
-    write_mp4(video, args.out, fps=output_fps(args, frames))
-    write_gif(video, args.out.with_suffix(".gif"), fps=output_fps(args, frames))
+    store.flush()  # every frame on disk, for their headers
+    check_frame_sizes(todo, frames, store)  # before any video is written
     shot = isinstance(frames, ShotFrames)
-    truth = GeometryFlow(frames.shot) if shot else frames.flow
-    metrics = temporal_metrics(images, truth, first=todo.start)
+    scores = TemporalMetrics(GeometryFlow(frames.shot) if shot else frames.flow, todo.start)
+
+    def video(score: bool) -> Iterator[np.ndarray]:
+        for k in todo:
+            image = store.read(k)[0]  # (3, H, W) in [0, 1]
+            if score:
+                scores.add(image)
+            yield to_uint8(image)
+
+    fps = output_fps(args, frames)
+    write_mp4(video(score=True), args.out, fps=fps)  # scored on the way: one read per frame
+    write_gif(video(score=False), args.out.with_suffix(".gif"), fps=fps)
+    metrics = scores.result()
     metrics.update(
         first_frame=todo.start,
         flow=args.flow if args.shot is not None else "estimated",

@@ -15,7 +15,9 @@ square; `--square` squashes, as `pilot.data.paired` does to non-square training 
 Video out (`--out X.mp4|.gif`): frames that would run at different sizes are refused, from
 their headers, before any frame runs; each is shown next to every predicted head (e.g. input |
 texture | fog). The video plays at the shot's fps (shot.json) or the video's unless `--fps`
-says otherwise. `--heads-dir` also writes every head as its own image sequence for compositing:
+says otherwise. Frames are made as the writer takes them (memory does not grow with the video's
+length); a killed run leaves no partial video and starts over when rerun (a folder `--out`
+resumes). `--heads-dir` also writes every head as its own image sequence for compositing:
 texture as RGB PNGs, fog as grey PNGs (`<dir>/<head>/<frame>.png`; heads of other widths as float
 .npy). A head folder holding files this run does not write (another shot's frames) is refused
 before any frame runs, rather than mixed with this shot's or deleted; rerunning the same shot
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # annotations only: `pilot --help` imports no numpy
     import numpy as np
     from torch import nn
 
+    from pilot.models.pix2pix import Pix2PixConfig
     from pilot.scenes.shot import Shot
 
 SETTINGS = ".pilot-conditioner.json"  # an --out folder's record of the run that fills it
@@ -255,6 +258,7 @@ def apply_to_folder(
 
     from pilot.animation.inputs import check_run_folder, read_settings
     from pilot.animation.video import remove_temp_files
+    from pilot.imageio import remove_stale_temps
     from pilot.locks import folder_lock
 
     cfg = generator.cfg
@@ -274,6 +278,7 @@ def apply_to_folder(
         check_run_folder(out, settings, hint, SETTINGS)
         for folder in folders.values():
             remove_temp_files(folder, suffixes=(".png", ".npy"))  # left by writes a kill cut
+        remove_stale_temps([out / SETTINGS])
         done = frozenset(  # made by an earlier run of these settings, after its input
             k for k in range(len(source.names))
             if all(p.exists() and p.stat().st_mtime >= source.mtime(k)
@@ -295,24 +300,21 @@ def apply_to_folder(
     return 0
 
 
+def folder_output(out: Path) -> bool:
+    """Whether `--out` names a folder of images (no video suffix), not a video."""
+    from pilot.animation.video import VIDEO_SUFFIXES
+
+    return out.suffix.lower() not in VIDEO_SUFFIXES and (out.suffix == "" or out.is_dir())
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run the conditioner frame by frame; write the video (and PNG frames if asked), or the
     images of `--out DIR`."""
-    import torch
-
-    from pilot.animation.video import (
-        VIDEO_SUFFIXES,
-        check_video_path,
-        to_uint8,
-        write_frame,
-        write_video,
-    )
+    from pilot.animation.video import check_video_path, write_video
     from pilot.data.paired import check_image
     from pilot.weights.gan import load_generator
 
-    to_folder = args.out.suffix.lower() not in VIDEO_SUFFIXES and (
-        args.out.suffix == "" or args.out.is_dir()
-    )
+    to_folder = folder_output(args.out)
     if to_folder and (args.frames_dir is not None or args.heads_dir is not None):
         raise ValueError(
             f"--frames-dir and --heads-dir go with a video --out, not a folder {args.out}"
@@ -351,25 +353,58 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return apply_to_folder(generator, source, args.out, settings, size, args.square)
     if source.files is not None:
         check_run_sizes(source.files, size, cfg.image_size, args.square)
+    remove_video_temps(args, source, cfg)  # before the heads' check, which they would fail
     if args.heads_dir is not None:
         check_heads_dir(args.heads_dir, list(cfg.head_names), source.names)
-    frames = []
-    for name, frame in zip(source.names, source.frames(cfg.in_channels), strict=True):
-        x, heads = predict(generator, frame, size, args.square)
+    rows = video_rows(generator, source, size, args.square, args.frames_dir, args.heads_dir)
+    out = write_video(rows, args.out, fps=fps)
+    print(f"wrote {out} ({len(source.names)} frames: input | {' | '.join(cfg.head_names)})")
+    return 0
+
+
+def remove_video_temps(args: argparse.Namespace, source: Source, cfg: Pix2PixConfig) -> None:
+    """Delete the temporary files that writes of this run's outputs (the video, --frames-dir
+    and --heads-dir files) killed mid-way left; other files' are left alone."""
+    from pilot.imageio import remove_stale_temps
+
+    targets = [args.out]
+    if args.frames_dir is not None:
+        targets += [args.frames_dir / f"{name}.png" for name in source.names]
+    if args.heads_dir is not None:
+        targets += [head_path(args.heads_dir / head / name, channels)
+                    for head, channels in zip(cfg.head_names, cfg.head_channels, strict=True)
+                    for name in source.names]  # fmt: skip
+    remove_stale_temps(targets)
+
+
+def video_rows(
+    generator: nn.Module,
+    source: Source,
+    size: int,
+    square: bool,
+    frames_dir: Path | None,
+    heads_dir: Path | None,
+) -> Iterator[np.ndarray]:
+    """The video's frames, uint8 (H, W * panels, 3): each input next to every predicted head,
+    made one at a time as the writer takes them (a long video is never all in memory), with
+    its `frames_dir` PNG and `heads_dir` heads written as it is made."""
+    import torch
+
+    from pilot.animation.video import to_uint8, write_frame
+
+    for name, frame in zip(source.names, source.frames(generator.cfg.in_channels), strict=True):
+        x, heads = predict(generator, frame, size, square)
         panels = [x, *heads.values()]
         row = torch.cat(
             [p[:, :3] if p.shape[1] >= 3 else p.expand(-1, 3, -1, -1) for p in panels], 3
         )
-        frame = to_uint8(row[0].permute(1, 2, 0).numpy())  # (H, W * panels, 3)
-        frames.append(frame)
-        if args.frames_dir is not None:
-            write_frame(frame, args.frames_dir / f"{name}.png")
-        if args.heads_dir is not None:
+        row = to_uint8(row[0].permute(1, 2, 0).numpy())  # (H, W * panels, 3)
+        if frames_dir is not None:
+            write_frame(row, frames_dir / f"{name}.png")
+        if heads_dir is not None:
             for head_name, head in heads.items():
-                write_head(head[0].permute(1, 2, 0).numpy(), args.heads_dir / head_name / name)
-    out = write_video(frames, args.out, fps=fps)
-    print(f"wrote {out} ({len(frames)} frames: input | {' | '.join(cfg.head_names)})")
-    return 0
+                write_head(head[0].permute(1, 2, 0).numpy(), heads_dir / head_name / name)
+        yield row
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -395,4 +430,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--square", action="store_true", help="squash frames to --size squares")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")
     a.add_argument("--heads-dir", type=Path, help="also write each head's frames: DIR/HEAD/")
-    a.set_defaults(func=cmd_apply)
+    a.set_defaults(func=cmd_apply, resumes=lambda args: folder_output(args.out))

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, resumes=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

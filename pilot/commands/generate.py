@@ -531,8 +531,12 @@ def write_outputs(
     seeds: Sequence[int],
 ) -> list[Path]:
     """One PNG per image, `NNNNN-SEED.png`, numbered after what the folder already holds."""
+    from pilot.animation.video import remove_temp_files
     from pilot.imageio import write_png
 
+    # temporary files that killed runs' writes left (`.NNNNN-SEED.XXXXXXXX.png`); the folder is
+    # not locked (runs may share it), so one written in the last minute may be another's
+    remove_temp_files(args.out, "[0-9][0-9][0-9][0-9][0-9]*-*", min_age=60)
     params = parameters(args, request, settings)
     taken = [int(m.group(1)) for p in args.out.glob("*.png") if (m := _NAME.match(p.name))]
     first = max(taken, default=-1) + 1

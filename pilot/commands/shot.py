@@ -97,6 +97,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     import torch
 
     from pilot.animation.video import VIDEO_SUFFIXES, check_image_path, write_frame, write_video
+    from pilot.imageio import remove_stale_temps
     from pilot.scenes.preview import contact_sheet, pass_columns
     from pilot.scenes.shot import Shot
 
@@ -106,6 +107,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not video:
         check_image_path(args.out)
     shot = Shot(args.shot)
+    remove_stale_temps([args.out])  # a killed run's writer's
     if video:
         frames = [contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot))]
         print(f"wrote {write_video(frames, args.out, fps=shot.fps)} ({len(frames)} frames)")
@@ -150,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="render every frame again, replacing the shot in OUT (default: resume an "
         "unfinished export of the same settings; a finished one has nothing to render)",
     )
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, resumes=lambda args: not args.force)
 
     p = group.add_parser("render", help="render a procedural corridor fly-through shot")
     p.add_argument("out", help="shot folder to write")

@@ -12,12 +12,14 @@ def cmd_walk(args: argparse.Namespace) -> int:
 
     Frames are made one at a time as the writer takes them (an MP4's memory does not grow with
     --frames; Pillow keeps a GIF's frames at one byte a pixel). The video replaces --out
-    atomically: an interrupted run leaves the earlier file, or none, and no partial one.
+    atomically: an interrupted run leaves the earlier file, or none, and no partial one (a kill -9
+    leaves the writer's hidden temporary file, which the next run deletes).
     """
     import torch
 
     from pilot.animation.video import check_video_path, check_video_size, write_video
     from pilot.animation.walks import latent_walk
+    from pilot.imageio import remove_stale_temps
     from pilot.weights.gan import load_generator
 
     _check_args(args)
@@ -44,6 +46,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
         for cell in range(args.grid * args.grid)
     ]
     z = torch.stack(walks, dim=1)  # (frames, cells, latent_dim)
+    remove_stale_temps([args.out])  # what a killed run's writer left
     with torch.no_grad():
         frames = (_frame(generator, zs, args.grid, args.scale) for zs in z)
         path = write_video(frames, args.out, fps=args.fps)

@@ -222,6 +222,8 @@ def save_state_dict(
     """
     from safetensors.torch import save_file
 
+    from pilot.imageio import remove_stale_temps
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors, seen = {}, set()
@@ -232,6 +234,7 @@ def save_state_dict(
             value = value.contiguous().clone()  # safetensors refuses tensors sharing memory
         seen.add(storage)
         tensors[key] = value
+    remove_stale_temps([path.with_name(f"{path.name}.tmp")])  # killed writes': `.NAME.XXXXXXXX.tmp`
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -167,6 +167,18 @@ def test_depth_per_frame_is_a_run_setting(model_folder, controlnet_folder, shot,
     assert (tmp_path / "a.run" / png).read_bytes() != (tmp_path / "b.run" / png).read_bytes()
 
 
+def test_a_rerun_clears_what_killed_writes_left(model_folder, small_shot, tmp_path):
+    from tests.conftest import plant_temps
+
+    out, run = tmp_path / "film.mp4", tmp_path / "film.run"
+    assert animate(model_folder, small_shot.root, out, "--frames", "0:2") == 0
+    cut = plant_temps(run / "frames" / "000002.png", run / "state" / "000002.npy",
+                      run / "metrics.json", out, out.with_suffix(".gif"))  # fmt: skip
+    other = plant_temps(tmp_path / "other.mp4")  # another command's output, maybe being written
+    assert animate(model_folder, small_shot.root, out, "--frames", "0:2") == 0
+    assert not any(p.exists() for p in cut) and other[0].exists()
+
+
 def test_metrics_are_scored_with_the_shot_geometry(model_folder, small_shot, tmp_path, capsys):
     from pilot.animation.flow import GeometryFlow
     from pilot.animation.metrics import temporal_metrics
@@ -229,3 +241,54 @@ def test_non_finite_latents_name_the_frame(model_folder, shot, tmp_path, capsys)
     assert animate(model_folder, shot, out, "--frames", "0:3", "--cfg", "0:(2), 1:(1e38)") == 2
     assert "frame 1: sampling gave non-finite latents" in capsys.readouterr().err
     assert frames_made(out) == ["000000.png"]
+
+
+def test_finish_reads_one_frame_at_a_time_and_scores_as_before(tmp_path, monkeypatch):
+    """The videos and metrics of a run are made reading its frames one at a time (a 2000-frame
+    512 px run held as floats took 6 GB), with the metrics the stacked frames gave."""
+    import argparse
+    import weakref
+
+    from pilot.animation.inputs import FrameStore, VideoFrames
+    from pilot.animation.metrics import flicker_indices, warp_errors
+    from pilot.commands.animate import finish
+    from pilot.imageio import read_image
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, 8, 8, generator=g)
+    source = tmp_path / "video"
+    for k in range(10):  # smooth moving content for DIS
+        write_png(source / f"{k:04d}.png", torch.roll(base, k, 2).repeat_interleave(4, 1)
+                  .repeat_interleave(4, 2))  # fmt: skip
+    frames = VideoFrames(source)
+    run = tmp_path / "film.run"
+    with FrameStore(run) as store:
+        for k in range(10):
+            store.write(k, torch.rand(1, 3, 32, 32, generator=g))
+    alive, most = [0], [0]
+
+    def counted(read):
+        def read_counted(self, k):
+            image = read(self, k)
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+            weakref.finalize(image, lambda: alive.__setitem__(0, alive[0] - 1))
+            return image
+
+        return read_counted
+
+    monkeypatch.setattr(FrameStore, "read", counted(FrameStore.read))
+    args = argparse.Namespace(out=tmp_path / "film.mp4", fps=None, flow="geometry", shot=None)
+    metrics = finish(args, frames, FrameStore(run), range(1, 10), run, [])
+    assert most[0] <= 3, f"{most[0]} frames in memory at once"
+    assert (tmp_path / "film.mp4").stat().st_size > 0 and (tmp_path / "film.gif").is_file()
+    stack = torch.stack([read_image(run / "frames" / f"{k:06d}.png") for k in range(1, 10)])
+    fields = [frames.flow(k) for k in range(2, 10)]
+    errors, flicker = warp_errors(stack, fields), flicker_indices(stack, fields)
+    assert metrics["frames"] == 9 and metrics["warp_error"] == float(errors.nanmean())
+    assert metrics["flicker"] == float(flicker.nanmean())
+    assert metrics["warp_error_per_frame"] == [round(float(e), 6) for e in errors]
+    assert json.loads((run / "metrics.json").read_text())["first_frame"] == 1
+    write_png(run / "frames" / "000004.png", torch.rand(3, 16, 16))  # from another source
+    with pytest.raises(ValueError, match=r"000004.png is 16x16, but .* is 32x32"):
+        finish(args, frames, FrameStore(run), range(1, 10), run, [])

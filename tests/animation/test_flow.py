@@ -13,7 +13,12 @@ from pilot.animation.flow import (
     dis_flow,
     downsample_flow,
 )
-from pilot.animation.metrics import flicker_indices, temporal_metrics, warp_errors
+from pilot.animation.metrics import (
+    TemporalMetrics,
+    flicker_indices,
+    temporal_metrics,
+    warp_errors,
+)
 from pilot.scenes.geometry import warp
 
 
@@ -153,3 +158,33 @@ def test_geometry_flow_sees_the_sky_that_stays_sky(tmp_path):
     inside = (uv[0] >= 0) & (uv[0] <= W - 1) & (uv[1] >= 0) & (uv[1] <= H - 1)
     assert inside.float().mean() > 0.8
     assert torch.equal(field.visible[0, 0], inside)
+
+
+def test_metrics_of_frames_one_at_a_time_are_those_of_the_stack_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(6, 3, 24, 32, generator=g)
+
+    def flow(k):  # random flow and visibility; frame 3 sees nothing of frame 2 (a NaN pair)
+        visible = torch.rand(1, 1, 24, 32, generator=g) > (1.0 if k == 5 else 0.3)
+        return FlowField(torch.randn(1, 2, 24, 32, generator=g) * 3, visible)
+
+    fields = {k: flow(k) for k in range(3, 8)}  # frames[0] is shot frame 2
+    errors = warp_errors(frames, [fields[k] for k in range(3, 8)])
+    flicker = flicker_indices(frames, [fields[k] for k in range(3, 8)])
+    before = {  # what `temporal_metrics` computed before it took frames one at a time
+        "frames": 6,
+        "warp_error": float(errors.nanmean()),
+        "flicker": float(flicker.nanmean()),
+        "warp_error_per_frame": [round(float(e), 6) for e in errors],
+        "flicker_per_frame": [round(float(e), 6) for e in flicker],
+    }
+    assert torch.isnan(errors[2]) and not torch.isnan(errors).all()
+    streamed = TemporalMetrics(fields.__getitem__, first=2)
+    for frame in frames:
+        streamed.add(frame)
+    after = streamed.result()
+    assert str(after) == str(before)  # NaN per-pair values compare equal as text
+    assert str(temporal_metrics(frames, fields.__getitem__, first=2)) == str(before)
+    assert TemporalMetrics(fields.__getitem__).result()["warp_error"] is None
+    with pytest.raises(ValueError, match=r"frame of shape \(1, 3, 24, 32\)"):
+        streamed.add(frames[:1])

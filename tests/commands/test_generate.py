@@ -10,6 +10,7 @@ import torch
 from pilot.cli import main
 from pilot.commands.generate import a1111_parameters
 from pilot.imageio import read_image, read_png_text, write_png
+from tests.conftest import plant_temps
 
 FAST = ["--steps", "2", "--width", "32", "--height", "24", "--sampler", "euler"]
 
@@ -21,11 +22,14 @@ def run(capsys, *argv) -> dict:
 
 def test_txt2img_writes_pngs_with_parameters(capsys, tiny_sd_folder, tmp_path):
     out = tmp_path / "out"
+    stale = plant_temps(out / "00004-1.png")  # a kill -9 cut a write
+    writing = plant_temps(out / "00005-2.png", age=0)  # another run is writing this one now
     args = ["--model", str(tiny_sd_folder), "--prompt", "a (red:1.2) wall", *FAST]
     summary = run(capsys, *args, "--negative-prompt", "fog", "--seed", "7", "--batch", "2",
                   "--out", str(out))  # fmt: skip
     paths = summary["images"]
     assert [p.rsplit("/", 1)[1] for p in paths] == ["00000-7.png", "00001-8.png"]
+    assert not stale[0].exists() and writing[0].exists()
     assert read_image(paths[0]).shape == (3, 24, 32)
     text = read_png_text(paths[1])
     assert text["parameters"].startswith("a (red:1.2) wall\nNegative prompt: fog\nSteps: 2,")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pilot.cli import main
+from tests.conftest import plant_temps
 
 
 def test_render_then_preview(tmp_path, capsys):
@@ -21,7 +22,9 @@ def test_render_then_preview(tmp_path, capsys):
     img = cv2.imread(str(sheet))
     assert img.shape[1] >= 5 * 40 and img.shape[0] >= 2 * 32  # 5 passes x 2 frames
     video = tmp_path / "passes.mp4"
+    cut = plant_temps(video, sheet)  # writes a kill -9 cut
     assert main(["shot", "preview", str(shot), str(video)]) == 0
+    assert not cut[0].exists() and cut[1].exists()  # its own, not another output's
     cap = cv2.VideoCapture(str(video))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 

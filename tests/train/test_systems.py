@@ -513,6 +513,31 @@ def test_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 8
+
+
+def test_ctrl_c_through_the_pilot_command_still_saves_the_step(tmp_path, monkeypatch, capsys):
+    """`pilot train`'s first Ctrl-C is the training's (step finished, last.ckpt, exit 0), not
+    the `pilot` command's "interrupted"."""
+    import signal
+
+    from pilot.cli import main
+    from train.dcgan import DCGANSystem
+
+    training_step = DCGANSystem.training_step
+
+    def ctrl_c_in_batch_2(self, batch, batch_idx):
+        if self.global_step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DCGANSystem, "training_step", ctrl_c_in_batch_2)
+    cfg = dcgan_config(tmp_path, max_steps=40)
+    cfg["checkpoint"]["every_n_train_steps"] = 100
+    assert main(["train", "dcgan", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0
+    assert "interrupted" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 4
     # saved through the callback: it writes no `last-v1.ckpt` of its own when the fit ends,
     # which `--ckpt_path last` (the newest) would resume from
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]

@@ -18,6 +18,7 @@ from pilot.weights.io import (
     read_checkpoint,
     save_state_dict,
 )
+from tests.conftest import plant_temps
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def toy_state_dict(width: int = 4) -> dict[str, torch.Tensor]:
 def test_safetensors_round_trip_is_atomic(tmp_path):
     sd = toy_state_dict()
     path = tmp_path / "sub" / "toy.safetensors"
+    plant_temps(path.with_name("toy.safetensors.tmp"))  # a kill -9 cut the last export
     save_state_dict(sd, path, metadata={"global_step": "12"})
     assert sorted(os.listdir(path.parent)) == ["toy.safetensors"]  # no temporary file left
     ckpt = read_checkpoint(path)
