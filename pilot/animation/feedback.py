@@ -23,6 +23,12 @@ Frame 0 (and any frame without a previous one) is txt2img, or img2img from the s
 video mode. Everything frame k needs is re-read from the run folder, and seeds derive from the
 base seed and k, so a resumed run reproduces an uninterrupted one byte for byte.
 
+Every step-th frame (`frame_step`, e.g. a 60 fps video at 30 fps, or a fast draft of a shot):
+"the previous frame" of frame k is frame k - step, warped by the flow between those two source
+frames; frames keep their source numbers, so schedules, prompts and seeds are read at the
+source frame number, and frames 0 to step - 1 have no previous frame. The colour reference is
+used by the frames it precedes by a multiple of the step (the others never see it made).
+
 Frame batching: a frame whose pixels depend on no other frame (`FeedbackSampler.independent`:
 frame 0, or any frame at strength 1 with occlusion "ignore", no blend and no warped noise, as in
 `pilot.animation.compare.independent`) can be sampled together with others of its kind:
@@ -56,7 +62,13 @@ from pilot.animation.feedback_config import OcclusionMode as OcclusionMode
 from pilot.animation.feedback_config import check_prompts as check_prompts
 from pilot.animation.feedback_config import check_schedules as check_schedules
 from pilot.animation.feedback_config import schedule_params as schedule_params
-from pilot.animation.flow import FlowField, FlowSource, downsample_flow
+from pilot.animation.flow import (
+    FlowField,
+    FlowSource,
+    VectorFlow,
+    backward_flow,
+    downsample_flow,
+)
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
 from pilot.animation.schedules import PromptSchedule
 from pilot.deprecation import renamed_keywords
@@ -105,6 +117,8 @@ class FeedbackSampler:
             slicing, `decode_latents(batch=)`); None: the whole batch at once.
         decoder: Decode the frames with this instead of the VAE (a `PreviewDecoder`: a fast
             draft; the next frame's init is still encoded by the VAE).
+        frame_step: Render every frame_step-th frame: frame k is made from frame k - frame_step
+            (module docstring); the flow source is called `flow(k, frame_step)` when above 1.
     """
 
     @renamed_keywords(negative="negative_prompt")
@@ -124,6 +138,7 @@ class FeedbackSampler:
         vae_upcast: VAEUpcast = "auto",
         vae_batch: int | None = None,
         decoder: torch.nn.Module | None = None,
+        frame_step: int = 1,
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         # the full sampling grid, once: on the host, where the sampler's and the ControlNets'
@@ -137,6 +152,14 @@ class FeedbackSampler:
         except ValueError as e:
             raise ValueError(f"base_seed: {e}") from None
         self.flow = frames.flow if flow is None else flow
+        if not isinstance(frame_step, int) or frame_step < 1:
+            raise ValueError(f"frame_step must be an int >= 1, got {frame_step!r}")
+        if frame_step > 1 and isinstance(self.flow, VectorFlow):  # not after frame 0
+            raise ValueError(
+                f"frame_step={frame_step}: {frames.name}'s motion pass (vector flow) links "
+                "adjacent frames only; use geometry or estimated flow"
+            )
+        self.frame_step = frame_step
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
         check_decode(sd, None, vae_upcast, decoder, vae_batch)  # not after a frame's sampling
@@ -190,14 +213,16 @@ class FeedbackSampler:
         return control_wrapper(controls, sigmas, cfg=params.cfg)
 
     def render(self, k: int, flow: FlowField | None = None) -> Tensor:
-        """Make frame k (its previous frame must be in the store if k > 0 and frame k is not
-        `independent`); returns (1, 3, H, W) in [0, 1] after writing it (a write-behind
-        store may still be writing the PNG: `store.flush()` waits; `render_missing` does)."""
+        """Make frame k (its previous frame, k - `frame_step`, must be in the store unless frame
+        k is `independent`); returns (1, 3, H, W) in [0, 1] after writing it (a write-behind
+        store may still be writing the PNG: `store.flush()` waits; `render_missing` does).
+        `flow`: frame k's flow back to its previous frame, default the flow source's."""
         params = frame_params(self.config, self.tracks, self.base_seed, k)
         # An independent frame ignores its previous one: no flow, no warp, no VAE encode of it.
-        has_prev = k > 0 and self.store.has(k - 1) and not self.independent(k)
+        step = self.frame_step
+        has_prev = not self.independent(k) and self.store.has(k - step)  # k - step >= 0
         if has_prev and flow is None:
-            flow = self.flow(k)
+            flow = backward_flow(self.flow, k, step)
         init = self.init_image(k, flow if has_prev else None)
         image = self.sample_frames([k], [params], init, flow if has_prev else None)
         self.store.write(k, image)
@@ -205,7 +230,7 @@ class FeedbackSampler:
 
     def independent(self, k: int) -> bool:
         """Whether frame k's pixels depend on no other frame (`independent_frame`)."""
-        return independent_frame(self.config, k)
+        return independent_frame(self.config, k, self.frame_step)
 
     def batch_key(self, k: int) -> tuple:
         """What frames of one batch share: strength, CFG, ControlNet scales (one sigma grid and
@@ -277,15 +302,18 @@ class FeedbackSampler:
         return torch.cat([self.store.read(k) for k in ks])
 
     def init_image(self, k: int, flow: FlowField | None) -> Tensor | None:
-        """The img2img start of frame k (1, 3, H, W): the warped previous frame [colour-matched,
-        mixed with the source frame in video mode], the source frame alone for a video's first
-        frame, or None (txt2img)."""
+        """The img2img start of frame k (1, 3, H, W): the warped previous frame (k -
+        `frame_step`) [colour-matched, mixed with the source frame in video mode], the source
+        frame alone for a video's first frame, or None (txt2img)."""
         source = self.frames.source_image(k) if isinstance(self.frames, VideoFrames) else None
         if flow is None:
             return source
-        init = warp(self.store.read(k - 1), flow.flow)
+        step = self.frame_step
+        init = warp(self.store.read(k - step), flow.flow)
         ref = self.config.color_reference
-        if ref is not None and ref < k and self.store.has(ref):
+        # a reference off frame k's chain (k - step, k - 2 step...) is never made before it
+        # in a run: used or not, it would depend on what else the folder holds
+        if ref is not None and ref < k and (k - ref) % step == 0 and self.store.has(ref):
             # A frame once in the store never changes: its statistics are taken once per run,
             # instead of a copy of it (or a PNG decode) and a LAB conversion every frame.
             if ref not in self._color_stats:
@@ -306,14 +334,14 @@ class FeedbackSampler:
         replaced as the noise mode says (warped: one frame, carried along `flow`)."""
         noise = BatchedNoise([p.seed for p in params], shape, device=self.device)
         first = noise.draw()
-        mode, k = self.config.noise, ks[0]
+        mode, before = self.config.noise, ks[0] - self.frame_step  # the previous frame
         if mode == "fixed":
             one = (1, *shape[1:])
             first = BatchedNoise([self.base_seed], one, device=self.device).draw()
             first = first.repeat(len(ks), 1, 1, 1)
-        elif mode == "warped" and flow is not None and self.store.noise_path(k - 1).is_file():
+        elif mode == "warped" and flow is not None and self.store.noise_path(before).is_file():
             lat = downsample_flow(flow, self.factor)
-            prev = self.store.read_noise(k - 1).to(self.device)
+            prev = self.store.read_noise(before).to(self.device)
             carried = warp(prev, lat.flow.to(self.device), mode="nearest")
             first = torch.where(lat.visible.to(self.device), carried, first)
         if mode == "warped":
@@ -387,7 +415,7 @@ class FeedbackSampler:
 
     def disocclusion(self, flow: FlowField) -> Tensor:
         """Latent mask (1, 1, h, w), 1 where more than `hidden_share` of a cell's pixels (any,
-        at 0) were not seen in frame k - 1 (after dilation)."""
+        at 0) were not seen in the previous frame (after dilation)."""
         hidden = (~flow.visible).float()
         d = self.config.dilate
         if d:

@@ -163,10 +163,12 @@ def _length_error(a: str, b: str) -> str:
     return f"prompts {a!r} and {b!r} encode to different lengths; shorten one"
 
 
-def independent_frame(config: FeedbackConfig, k: int) -> bool:
-    """Whether frame k's pixels depend on no other frame: frame 0, or a frame that ignores
-    its previous one (strength 1, occlusion "ignore", no blend, noise not "warped")."""
-    if k == 0:
+def independent_frame(config: FeedbackConfig, k: int, step: int = 1) -> bool:
+    """Whether frame k's pixels depend on no other frame: a frame with no previous one (frame
+    0; with every `step`-th frame, whose previous is frame k - step, frames 0 to step - 1), or
+    a frame that ignores its previous one (strength 1, occlusion "ignore", no blend, noise not
+    "warped")."""
+    if k < step:
         return True
     ignores = config.noise != "warped" and config.occlusion == "ignore" and config.blend == 0
     return ignores and config.schedule("strength")(k) == 1.0

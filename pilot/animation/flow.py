@@ -5,7 +5,10 @@ A flow source is a callable `source(k) -> FlowField` for k >= 1: the backward fl
 surface point in frame k - 1, so `warp(previous_output, field.flow)` (`pilot.scenes.geometry`)
 carries the previous frame onto the new camera, and a mask `visible` (1, 1, H, W), False where
 the point was not seen in frame k - 1 (disoccluded or outside the old view): the pixels the
-sampler must dream fresh instead of smearing.
+sampler must dream fresh instead of smearing. The sources here also take a step,
+`source(k, step)`: the flow from frame k back to frame k - step (every step-th frame of a shot
+or video, `pilot animate --frames START:END:STEP`); `backward_flow` calls any source, a
+one-argument one of your own included, with step 1.
 
 Three sources, all swappable:
 
@@ -14,7 +17,7 @@ Three sources, all swappable:
   at the shot's `far`: sky, or beyond the camera's clip end) is at infinity, moved by the
   camera's rotation only, and seen wherever it lands on background;
 - `VectorFlow`: the shot's motion pass (Blender's vector pass), masked by forward-backward
-  consistency with the next-frame vectors of frame k - 1;
+  consistency with the next-frame vectors of frame k - 1; adjacent frames only (step 1);
 - `EstimatedFlow`: OpenCV's DIS optical flow (Kroeger et al. 2016) between video frames in both
   directions, masked by forward-backward consistency (Sundaram et al. 2010): for plain video.
 """
@@ -56,14 +59,24 @@ class FlowField:
 
 
 class FlowSource(Protocol):
-    """`source(k)`: the `FlowField` from frame k back to frame k - 1, for 1 <= k < len."""
+    """`source(k)`: the `FlowField` from frame k back to frame k - 1, for 1 <= k < len (the
+    sources of this module also take `step`: back to frame k - step)."""
 
     def __call__(self, k: int) -> FlowField: ...
 
 
-def _check_index(k: int, n: int, name: str) -> None:
-    if not 1 <= k < n:
-        raise IndexError(f"{name}: flow to the previous frame needs 1 <= k < {n}, got {k}")
+def backward_flow(source: FlowSource, k: int, step: int = 1) -> FlowField:
+    """`source`'s flow from frame k back to frame k - step: `source(k)` for step 1 (any flow
+    source, a one-argument callable of your own included), else `source(k, step)`."""
+    return source(k) if step == 1 else source(k, step)  # type: ignore[call-arg]
+
+
+def _check_index(k: int, n: int, name: str, step: int = 1) -> None:
+    if not isinstance(step, int) or step < 1:
+        raise ValueError(f"{name}: flow step must be an int >= 1, got {step!r}")
+    if not step <= k < n:
+        back = "the previous frame" if step == 1 else f"frame k - {step}"
+        raise IndexError(f"{name}: flow to {back} needs {step} <= k < {n}, got {k}")
 
 
 def inside(flow: Tensor) -> Tensor:
@@ -100,13 +113,14 @@ class GeometryFlow:
     def __init__(self, shot: Shot, rel_tol: float = 0.01) -> None:
         self.shot, self.rel_tol = shot, rel_tol
 
-    def __call__(self, k: int) -> FlowField:
-        _check_index(k, len(self.shot), str(self.shot.root))
-        cur, prev = self.shot.frame(k, ["depth"]), self.shot.frame(k - 1, ["depth"])
+    def __call__(self, k: int, step: int = 1) -> FlowField:
+        """Flow from frame k back to frame k - step (any two frames: depth and cameras)."""
+        _check_index(k, len(self.shot), str(self.shot.root), step)
+        cur, prev = self.shot.frame(k, ["depth"]), self.shot.frame(k - step, ["depth"])
         far = self.shot.far
         flow, z = reprojection_flow(
             cur.depth[None], cur.K[None], cur.c2w[None], prev.K[None], prev.c2w[None], far
-        )  # (1, 2, H, W) k -> k - 1, and frame k's depth seen from camera k - 1 (inf: sky)
+        )  # (1, 2, H, W) k -> k - step, and frame k's depth seen from camera k - step (inf: sky)
         return FlowField(flow, visibility(flow, z, prev.depth[None], self.rel_tol, far))
 
 
@@ -114,7 +128,8 @@ class VectorFlow:
     """Backward flow from a shot's motion pass (Blender's vector pass), consistency-masked.
 
     The motion pass of frame k holds the flow to frame k - 1 in channels 0-1; frame k - 1's
-    channels 2-3 (its flow to the next frame) close the round trip.
+    channels 2-3 (its flow to the next frame) close the round trip. The pass links adjacent
+    frames only: a step other than 1 is a ValueError (use `GeometryFlow` or `EstimatedFlow`).
     """
 
     def __init__(self, shot: Shot, *, alpha: float = 0.01, beta: float = 0.5) -> None:
@@ -122,7 +137,13 @@ class VectorFlow:
             raise ValueError(f"{shot.root}: no motion pass (passes: {shot.passes})")
         self.shot, self.alpha, self.beta = shot, alpha, beta
 
-    def __call__(self, k: int) -> FlowField:
+    def __call__(self, k: int, step: int = 1) -> FlowField:
+        """Flow from frame k back to frame k - 1 (`step` must be 1)."""
+        if step != 1:
+            raise ValueError(
+                f"{self.shot.root}: the motion pass (vector flow) links adjacent frames only, not "
+                f"frames {step} apart; use geometry flow (depth and cameras) or estimated flow"
+            )
         _check_index(k, len(self.shot), str(self.shot.root))
         to_prev = self.shot.frame(k, ["motion"]).motion[None, :2].float()  # (1, 2, H, W)
         to_next = self.shot.frame(k - 1, ["motion"]).motion[None, 2:].float()
@@ -175,9 +196,10 @@ class EstimatedFlow:
         self.frames, self.n_frames, self.preset = frames, n_frames, preset
         self.alpha, self.beta = alpha, beta
 
-    def __call__(self, k: int) -> FlowField:
-        _check_index(k, self.n_frames, "video")
-        cur, prev = self.frames(k), self.frames(k - 1)
+    def __call__(self, k: int, step: int = 1) -> FlowField:
+        """Flow from frame k back to frame k - step (DIS between those two frames)."""
+        _check_index(k, self.n_frames, "video", step)
+        cur, prev = self.frames(k), self.frames(k - step)
         to_prev = dis_flow(cur, prev, self.preset)
         to_next = dis_flow(prev, cur, self.preset)
         visible = consistency_mask(to_prev, to_next, alpha=self.alpha, beta=self.beta)

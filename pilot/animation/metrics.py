@@ -7,7 +7,9 @@
   change that is a global brightness/colour shift: what reads as flicker on screen. It is at
   most the warp error; textures that "boil" in place raise the warp error but not the flicker.
 
-Frames are (N, 3, H, W) in [0, 1]; flow fields follow `pilot.animation.flow`.
+Frames are (N, 3, H, W) in [0, 1]; flow fields follow `pilot.animation.flow`. For every
+step-th frame of a shot (`step`), "frame k - 1" is the previous frame of the animation, shot
+frame k - step.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pilot.animation.flow import FlowField, FlowSource
+from pilot.animation.flow import FlowField, FlowSource, backward_flow
 from pilot.scenes.geometry import warp
 
 
@@ -60,17 +62,19 @@ def _check(frames: Tensor, fields: Sequence[FlowField]) -> None:
         raise ValueError(f"{len(fields)} flow fields for {len(frames)} frames (need N - 1)")
 
 
-def temporal_metrics(frames: Tensor, flow: FlowSource, first: int = 0) -> dict:
+def temporal_metrics(frames: Tensor, flow: FlowSource, first: int = 0, step: int = 1) -> dict:
     """Warp error and flicker index of consecutive frames, mean and per pair.
 
     Args:
-        frames: (N, 3, H, W) in [0, 1]: frames `first` to `first + N - 1` of a shot.
-        flow: Flow source of the shot (`flow(k)` for the shot's own frame numbers).
+        frames: (N, 3, H, W) in [0, 1]: frames `first`, `first + step`, ... of a shot.
+        flow: Flow source of the shot (`flow(k)` for the shot's own frame numbers; `flow(k,
+            step)` for a step other than 1, `backward_flow`).
         first: Shot frame number of `frames[0]`.
+        step: Shot frames from one of `frames` to the next.
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames of shape {tuple(frames.shape)}: expected (N, 3, H, W)")
-    metrics = TemporalMetrics(flow, first)
+    metrics = TemporalMetrics(flow, first, step)
     for frame in frames:
         metrics.add(frame)
     return metrics.result()
@@ -82,12 +86,16 @@ class TemporalMetrics:
     bit for bit, as `temporal_metrics` of the frames stacked.
 
     Args:
-        flow: Flow source of the shot (`flow(k)` for the shot's own frame numbers).
+        flow: Flow source of the shot (`flow(k)` for the shot's own frame numbers; `flow(k,
+            step)` for a step other than 1, `backward_flow`).
         first: Shot frame number of the first frame added.
+        step: Shot frames from one frame added to the next (every step-th frame of the shot).
     """
 
-    def __init__(self, flow: FlowSource, first: int = 0) -> None:
-        self.flow, self.first, self.frames = flow, first, 0
+    def __init__(self, flow: FlowSource, first: int = 0, step: int = 1) -> None:
+        if not isinstance(step, int) or step < 1:
+            raise ValueError(f"step must be an int >= 1, got {step!r}")
+        self.flow, self.first, self.step, self.frames = flow, first, step, 0
         self.previous: Tensor | None = None
         # float32 values as Python floats (exact): thousands of 0-dim tensors kept among the
         # frames' large buffers fragment the heap (~0.5 MB a pair at 256 px)
@@ -99,7 +107,8 @@ class TemporalMetrics:
         if frame.ndim != 3 or frame.shape[0] != 3:
             raise ValueError(f"frame of shape {tuple(frame.shape)}: expected (3, H, W)")
         if self.previous is not None:
-            field = self.flow(self.first + self.frames)  # frame `first + frames` -> the one before
+            k = self.first + self.frames * self.step  # this frame's shot number
+            field = backward_flow(self.flow, k, self.step)  # frame k -> frame k - step
             difference = frame_difference(frame, self.previous, field)
             self.errors.append(masked_mean(difference.abs(), field.visible).item())
             self.flicker.append(masked_mean(difference, field.visible).abs().item())

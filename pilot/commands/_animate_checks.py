@@ -13,6 +13,11 @@ Run settings beyond the arguments:
   CPU run resumed on a GPU is refused, and `--dtype float32` resumes a default CPU run.
 - `lora` holds each --lora as `FILE:SCALE` (recorded when given), so a re-run with another LoRA,
   scale or order is refused; the file is named as given, like --model.
+- `frame_step` holds the --frames STEP (recorded when not 1). Frames keep their source numbers
+  and frame k is made from frame k - STEP, so a frame's pixels depend on the step: a re-run
+  with another step is refused (render it into another --run folder). The range itself is not a
+  setting: any START:END of the same step resumes, and so does another phase (`1::2` beside
+  `0::2`: frames 0 to STEP - 1 each start a chain of their own).
 
 Folders made before these keys resume as before: without `source_fingerprint` the recorded
 path is compared resolved from the current folder, and a recorded `dtype` of null stands for
@@ -70,11 +75,56 @@ def check_source_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} {value} must be a positive number of pixels")
 
 
-def check_color_reference(reference: int, n: int) -> None:
-    """ValueError unless --color-reference is -1 (off) or a frame of the source's n."""
+def frame_range(text: str | None, n: int) -> range:
+    """`START:END[:STEP]` (END exclusive, START and END may be empty; STEP >= 1, default 1, as
+    in a Python slice) checked against a source of n frames."""
+    if text is None:
+        return range(n)
+    parts = text.split(":")
+    usage = f"--frames {text!r}: expected START:END or START:END:STEP with integers"
+    if len(parts) not in (2, 3):
+        raise ValueError(usage)
+    parts += [""] * (3 - len(parts))
+    try:
+        lo, hi, step = (int(p) if p.strip() else d for p, d in zip(parts, (0, n, 1), strict=True))
+    except ValueError:
+        raise ValueError(usage) from None
+    if step < 1:
+        raise ValueError(f"--frames {text!r}: STEP {step} must be >= 1 (every STEP-th frame)")
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"--frames {text!r} is outside the source's frames 0:{n} (END exclusive)")
+    return range(lo, hi, step)
+
+
+def range_text(todo: range) -> str:
+    """`todo` as a --frames value: START:END, with :STEP when not 1."""
+    return f"{todo.start}:{todo.stop}" + (f":{todo.step}" if todo.step != 1 else "")
+
+
+def check_frame_step(args: argparse.Namespace, todo: range) -> None:
+    """ValueError for a --frames STEP above 1 with --flow vector: Blender's motion pass holds
+    the flow to the adjacent frames only."""
+    if todo.step > 1 and args.shot is not None and args.flow == "vector":
+        raise ValueError(
+            f"--flow vector with --frames {range_text(todo)}: the shot's motion pass links "
+            f"adjacent frames only, not frames {todo.step} apart; pass --flow geometry (exact, "
+            "from the shot's depth and cameras) or --flow estimated (DIS on its colour pass)"
+        )
+
+
+def check_color_reference(reference: int, n: int, todo: range) -> None:
+    """ValueError unless --color-reference is -1 (off) or a frame of the source's n that the
+    range's frames are made after (with a STEP, one of START, START +- STEP...)."""
     if not -1 <= reference < n:
         raise ValueError(
             f"--color-reference {reference} is not a frame of the source (0 to {n - 1}, or -1: off)"
+        )
+    if reference >= 0 and (todo.start - reference) % todo.step:
+        raise ValueError(
+            f"--color-reference {reference} is not among the frames --frames {range_text(todo)} "
+            f"follows (frames {', '.join(map(str, todo[:3]))}... are made from frames "
+            f"{todo.step} before them), so none is matched to it; pass --color-reference "
+            f"{todo.start} (the range's first frame), or -1 (off)"
         )
 
 
@@ -98,9 +148,12 @@ def source_fingerprint(args: argparse.Namespace, frames: FrameSource) -> str:
     return f"{len(frames)} frames {frames.width}x{frames.height}, sha256 {digest.hexdigest()[:16]}"
 
 
-def run_settings(args: argparse.Namespace, frames: FrameSource, dtype: str) -> dict:
+def run_settings(
+    args: argparse.Namespace, frames: FrameSource, dtype: str, frame_step: int = 1
+) -> dict:
     """The settings a resumed run must match (module docstring), as JSON values."""
     chosen = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    chosen["frame_step"] = frame_step
     for name in ("shot", "video"):
         if chosen[name] is not None:
             chosen[name] = str(Path(chosen[name]).resolve())
@@ -114,6 +167,7 @@ def run_settings(args: argparse.Namespace, frames: FrameSource, dtype: str) -> d
         ("preview_decoder", None),
         ("depth_per", "shot"),
         ("lora", []),
+        ("frame_step", 1),
     )
     for name, default in defaults:
         if chosen[name] == default:
@@ -137,20 +191,22 @@ def as_recorded(old: dict, chosen: dict, device: torch.device) -> dict:
 
 def check_range_start(run: Path, config: FeedbackConfig, todo: range) -> None:
     """ValueError if the range's first frame is not on disk and would be made from a previous
-    frame that is not either: it would start from scratch, unlike in an uninterrupted run."""
+    frame (k - STEP) that is not either: it would start from scratch, unlike in an
+    uninterrupted run."""
     from pilot.animation.feedback import independent_frame
     from pilot.animation.inputs import FrameStore
 
-    store, k = FrameStore(run), todo.start
-    if store.has(k) or store.has(k - 1) or independent_frame(config, k):
+    store, k, step = FrameStore(run), todo.start, todo.step
+    if store.has(k) or independent_frame(config, k, step) or store.has(k - step):
         return
-    first = k - 1  # the first frame of the missing run before k that can be made now
-    while not store.has(first - 1) and not independent_frame(config, first):
-        first -= 1
+    first = k - step  # the first frame of the missing run before k that can be made now
+    while not independent_frame(config, first, step) and not store.has(first - step):
+        first -= step
     raise ValueError(
-        f"--frames {k}:{todo.stop}: frame {k} is made from frame {k - 1}, which is not in "
-        f"{store.root / 'frames'}; made now it would start from scratch, unlike in an "
-        f"uninterrupted run: render --frames {first}:{todo.stop} (from the first missing frame)"
+        f"--frames {range_text(todo)}: frame {k} is made from frame {k - step}, which is not "
+        f"in {store.root / 'frames'}; made now it would start from scratch, unlike in an "
+        f"uninterrupted run: render --frames {range_text(range(first, todo.stop, step))} (from "
+        "the first missing frame)"
     )
 
 

@@ -17,6 +17,14 @@ byte-identical to an uninterrupted run (a --frames range whose first frame would
 from a frame not on disk is refused). The MP4 and a GIF beside it are written at the source's
 fps (or --fps); for a video, `note:` lines on stderr say what they do not keep (its audio).
 
+`--frames START:END:STEP` renders every STEP-th frame (Python's slice): frame k is made from
+frame k - STEP, warped by the flow between those two source frames (geometry or estimated flow;
+Blender's motion pass links adjacent frames only, so `--flow vector` is refused), and plays at
+the source's fps / STEP unless --fps says (the clip keeps its duration). Frames keep their
+source numbers (frames/000010.png is source frame 10), so schedules, prompts and seeds are read
+at source frame numbers whatever the step; the step is a run setting (`frame_step` in
+settings.json, recorded when not 1: a folder made with another step is refused).
+
 The speed flags (--channels-last, --compile, --cuda-graphs, --batch, --vae-batch) change float
 rounding, not what is computed, so they are not settings: a run may be resumed with other ones.
 --vae-upcast decides the precision of a half-precision VAE decode, so it is one (recorded in
@@ -108,12 +116,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="euler", help="sampler name (default euler)")
     p.add_argument("--schedule", default="karras", help="sigma schedule (default karras)")
     p.add_argument("--steps", type=int, default=20, help="steps of the full schedule")
-    p.add_argument("--frames", default=None, metavar="START:END", help="frame range (end excl.)")
+    p.add_argument("--frames", default=None, metavar="START:END[:STEP]",
+                   help="frame range, END exclusive; STEP: every STEP-th frame, played at the "
+                   "source's fps / STEP (schedules stay keyed by source frame)")  # fmt: skip
     p.add_argument("--width", type=int, default=None, help="video mode: resize width")
     p.add_argument("--height", type=int, default=None, help="video mode: resize height")
     p.add_argument("--fps", type=float, default=None,
-                   help="frame rate of the output (default: the shot's or video's; 24 for a "
-                   "folder of frames)")  # fmt: skip
+                   help="frame rate of the output (default: the shot's or video's, 24 for a "
+                   "folder of frames, divided by the --frames STEP)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default cuda if present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default fp16 on GPU, else fp32")
     vae_embeddings.add_arguments(p)
@@ -137,9 +147,10 @@ SCHEDULE_FLAGS = {"strength schedule": "--strength", "seed schedule": "--seed-sc
                   "base seed": "--seed"}  # fmt: skip
 
 
-def output_fps(args: argparse.Namespace, frames: FrameSource) -> float:
-    """The frame rate of the MP4 and GIF: --fps, else the source's."""
-    return frames.fps if args.fps is None else args.fps
+def output_fps(args: argparse.Namespace, frames: FrameSource, step: int = 1) -> float:
+    """The frame rate of the MP4 and GIF: --fps, else the source's / the --frames step (every
+    step-th frame keeps the clip's duration)."""
+    return frames.fps / step if args.fps is None else args.fps
 
 
 def feedback_config(args: argparse.Namespace) -> FeedbackConfig:
@@ -195,21 +206,6 @@ def open_frames(args: argparse.Namespace) -> FrameSource:
     return VideoFrames(args.video, width=args.width, height=args.height, fps=args.fps)
 
 
-def frame_range(text: str | None, n: int) -> range:
-    """`START:END` (END exclusive, either may be empty) checked against a source of n frames."""
-    if text is None:
-        return range(n)
-    start, sep, end = text.partition(":")
-    try:
-        lo = int(start) if start.strip() else 0
-        hi = int(end) if end.strip() else n
-    except ValueError:
-        raise ValueError(f"--frames {text!r}: expected START:END with integers") from None
-    if not sep or not 0 <= lo < hi <= n:
-        raise ValueError(f"--frames {text!r} is outside the source's frames 0:{n} (END exclusive)")
-    return range(lo, hi)
-
-
 def load_tracks(
     args: argparse.Namespace,
     frames: FrameSource,
@@ -262,7 +258,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
     dtype = getattr(torch, dtype_name)
     run = args.run or args.out.with_suffix(".run")
     with folder_lock(run):  # one process per run folder (`pilot.locks`), before any loading
-        chosen = checks.run_settings(args, frames, dtype_name)
+        chosen = checks.run_settings(args, frames, dtype_name, todo.step)
         old = read_settings(run)  # a corrupt file: before the slow loading
         chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
         checks.check_range_start(run, config, todo)
@@ -319,9 +315,10 @@ def check_arguments(
     checks.check_source_arguments(args)
     frames = open_frames(args)
     check_size(frames.height, frames.width, factor=1)  # the VAE's: `check_frame_size`
-    check_video_path(args.out, output_fps(args, frames))  # fps <= 0: after the last frame
-    todo = frame_range(args.frames, len(frames))
-    checks.check_color_reference(args.color_reference, len(frames))
+    todo = checks.frame_range(args.frames, len(frames))
+    check_video_path(args.out, output_fps(args, frames, todo.step))  # not after the last frame
+    checks.check_frame_step(args, todo)
+    checks.check_color_reference(args.color_reference, len(frames), todo)
     vae_embeddings.check_paths(args)
     for entry in args.controlnet:
         frames.check_kind(controlnet_arg(entry)[0])  # before the slow model load
@@ -371,6 +368,7 @@ def render_frames(
         sd, settings, config, frames, prompts, store,
         negative_prompt=args.negative_prompt, tracks=tracks, base_seed=args.seed,
         vae_upcast=args.vae_upcast, vae_batch=args.vae_batch, decoder=preview,
+        frame_step=todo.step,
     )  # fmt: skip
     missing = [k for k in todo if not store.has(k)]
     seconds = []
@@ -402,9 +400,10 @@ def finish(
     run: Path,
     seconds: list[float],
 ) -> dict:
-    """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker scored with
-    the shot's geometry flow (DIS for a video) whatever --flow made the frames, so runs with
-    other flow sources are on one scale. Frames are read from disk one at a time, as the
+    """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker of each frame
+    against the one before it in the range (frame k - STEP), scored with the shot's geometry
+    flow (DIS for a video) whatever --flow made the frames, so runs with other flow sources are
+    on one scale. Frames are read from disk one at a time, as the
     writers take them (a 2000-frame 512 px run held as floats would take 6 GB)."""
     from pilot.animation.flow import GeometryFlow
     from pilot.animation.inputs import ShotFrames
@@ -416,7 +415,8 @@ def finish(
     store.flush()  # every frame on disk, for their headers
     check_frame_sizes(todo, frames, store)  # before any video is written
     shot = isinstance(frames, ShotFrames)
-    scores = TemporalMetrics(GeometryFlow(frames.shot) if shot else frames.flow, todo.start)
+    flow = GeometryFlow(frames.shot) if shot else frames.flow
+    scores = TemporalMetrics(flow, todo.start, todo.step)
 
     def video(score: bool) -> Iterator[np.ndarray]:
         for k in todo:
@@ -425,12 +425,14 @@ def finish(
                 scores.add(image)
             yield to_uint8(image)
 
-    fps = output_fps(args, frames)
+    fps = output_fps(args, frames, todo.step)
     write_mp4(video(score=True), args.out, fps=fps)  # scored on the way: one read per frame
     write_gif(video(score=False), args.out.with_suffix(".gif"), fps=fps)
     metrics = scores.result()
     metrics.update(
         first_frame=todo.start,
+        frame_step=todo.step,
+        fps=fps,
         flow=args.flow if args.shot is not None else "estimated",
         scored_with="geometry" if shot else "estimated",
         seconds_per_frame=round(sum(seconds) / len(seconds), 4) if seconds else None,

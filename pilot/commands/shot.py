@@ -108,9 +108,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
         check_image_path(args.out)
     shot = Shot(args.shot)
     remove_stale_temps([args.out])  # a killed run's writer's
-    if video:
-        frames = [contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot))]
-        print(f"wrote {write_video(frames, args.out, fps=shot.fps)} ({len(frames)} frames)")
+    if video:  # one sheet at a time, as the writer takes them (a long shot would not fit)
+        sheets = (contact_sheet(pass_columns([shot[k]], shot.far)) for k in range(len(shot)))
+        print(f"wrote {write_video(sheets, args.out, fps=shot.fps)} ({len(shot)} frames)")
         return 0
     rows = min(args.rows, len(shot))
     picks = torch.linspace(0, len(shot) - 1, rows).round().long().tolist()

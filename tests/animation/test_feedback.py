@@ -315,3 +315,51 @@ def test_the_negative_prompt_is_negative_prompt_and_negative_is_its_deprecated_n
     feedback.check_prompts(tokenizer, prompts, negative_prompt="blurry", ks=[0])
     with pytest.warns(DeprecationWarning, match=r"check_prompts\(negative=.*negative_prompt="):
         feedback.check_prompts(tokenizer, prompts, negative="blurry", ks=[0])
+
+
+def test_with_a_frame_step_frame_k_is_made_from_frame_k_minus_step(
+    animation_sd, small_shot, tmp_path
+):
+    """frame_step 2: frame 4 is frame 2 warped by the flow from 4 back to 2 (strength 0: the
+    warped init through the identity VAE); frame 1 has no previous frame (txt2img)."""
+    frames, asked = ShotFrames(small_shot), []
+    geometry = frames.flow
+
+    def flow(k, step=1):
+        asked.append((k, step))
+        return geometry(k, step)
+
+    config = FeedbackConfig(strength="0", occlusion="ignore", color_reference=None, cfg="1")
+    sampler = FeedbackSampler(
+        animation_sd, SETTINGS, config, frames, parse_prompt_schedule("0: a wall"),
+        FrameStore(tmp_path), flow=flow, frame_step=2,
+    )  # fmt: skip
+    first, second = sampler.render(0), sampler.render(2)
+    assert asked == [(2, 2)]
+    expected = warp(first, geometry(2, 2).flow)
+    assert (second - expected).abs().max() < 2 / 255  # 8-bit PNG rounding, the VAE's ~1e-4
+    assert (second - warp(first, geometry(2).flow)).abs().max() > 0.1  # not the 1-frame flow
+    assert sampler.independent(1) and not sampler.independent(2)
+    assert not torch.equal(sampler.render(1), first)  # its own txt2img, frame 0 on disk or not
+    assert asked == [(2, 2)]
+    with pytest.raises(ValueError, match="motion pass .vector flow. links adjacent frames only"):
+        FeedbackSampler(animation_sd, SETTINGS, config, ShotFrames(small_shot, flow="vector"),
+                        parse_prompt_schedule("0: a wall"), FrameStore(tmp_path),
+                        frame_step=2)  # fmt: skip
+
+
+def test_with_a_frame_step_the_colour_reference_serves_its_own_chain(
+    animation_sd, small_shot, tmp_path, monkeypatch
+):
+    """frame_step 2, reference 0: frame 2 is matched to it, frame 3 (made from frame 1) is not,
+    whether frame 0 happens to be in the folder or not."""
+    matched = []
+    monkeypatch.setattr(feedback, "match_color", lambda init, stats: matched.append(1) or init)
+    config = FeedbackConfig(strength="0", occlusion="ignore", color_reference=0, cfg="1")
+    sampler = FeedbackSampler(
+        animation_sd, SETTINGS, config, ShotFrames(small_shot),
+        parse_prompt_schedule("0: a wall"), FrameStore(tmp_path), frame_step=2,
+    )  # fmt: skip
+    for k, calls in [(0, 0), (1, 0), (3, 0), (2, 1)]:
+        sampler.render(k)
+        assert len(matched) == calls, k

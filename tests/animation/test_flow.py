@@ -188,3 +188,46 @@ def test_metrics_of_frames_one_at_a_time_are_those_of_the_stack_bit_for_bit():
     assert TemporalMetrics(fields.__getitem__).result()["warp_error"] is None
     with pytest.raises(ValueError, match=r"frame of shape \(1, 3, 24, 32\)"):
         streamed.add(frames[:1])
+
+
+def test_flow_sources_take_a_step_back_to_frame_k_minus_step(small_shot):
+    """Every STEP-th frame: the flow from frame k back to frame k - step, between those two
+    frames (an integer shift is exact for DIS; the shot's geometry for any two frames)."""
+    base = texture()
+    video = [shifted(base, 2 * k, k) for k in range(5)]  # content moves (+2, +1) a frame
+    field = EstimatedFlow(video.__getitem__, 5)(4, 2)
+    interior = field.flow[..., 8:-8, 8:-8]  # two frames: (-4, -2) back to frame 2
+    assert interior[:, 0].median() == pytest.approx(-4, abs=0.15)
+    assert interior[:, 1].median() == pytest.approx(-2, abs=0.15)
+    with pytest.raises(IndexError, match="flow to frame k - 2 needs 2 <= k < 5, got 1"):
+        EstimatedFlow(video.__getitem__, 5)(1, 2)
+
+    from pilot.scenes.geometry import frame_flow
+
+    geometry, k = GeometryFlow(small_shot), 12
+    for step in (2, 3):
+        field, pair = geometry(k, step), frame_flow(small_shot[k], small_shot[k - step])
+        assert torch.equal(field.flow, pair["flow_ij"])
+        assert torch.equal(field.visible, pair["visible_ij"])
+        assert not torch.equal(field.flow, geometry(k).flow)
+    assert torch.equal(geometry(k, 1).flow, geometry(k).flow)
+    with pytest.raises(ValueError, match="links adjacent frames only, not frames 2 apart"):
+        VectorFlow(small_shot)(12, 2)
+
+
+def test_metrics_with_a_step_score_each_frame_against_frame_k_minus_step():
+    asked = []
+
+    def flow(k, step=1):
+        asked.append((k, step))
+        return FlowField(torch.zeros(1, 2, 4, 4), torch.ones(1, 1, 4, 4, dtype=torch.bool))
+
+    frames = torch.rand(3, 3, 4, 4)  # shot frames 1, 3, 5
+    metrics = temporal_metrics(frames, flow, first=1, step=2)
+    assert asked == [(3, 2), (5, 2)] and metrics["frames"] == 3
+    assert metrics["warp_error"] == pytest.approx((frames[1:] - frames[:-1]).abs().mean().item())
+    asked.clear()
+    temporal_metrics(frames, lambda k: flow(k), first=1)  # step 1: one-argument sources work
+    assert asked == [(2, 1), (3, 1)]
+    with pytest.raises(ValueError, match="step must be an int >= 1, got 0"):
+        TemporalMetrics(flow, step=0)

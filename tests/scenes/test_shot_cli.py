@@ -202,3 +202,32 @@ def test_render_and_hatch_errors_name_the_flag(tmp_path, capsys):
         assert main(["shot", "hatch", str(shot), "--force", flag, value]) == 2, value
         assert f"error: {flag} {float(value)}" in capsys.readouterr().err
     assert (shot / "shot.json").read_bytes() == before  # the shot's hatched pass is kept
+
+
+def test_preview_video_makes_each_sheet_as_the_writer_takes_it(tmp_path, monkeypatch):
+    import pilot.animation.video as video
+    import pilot.scenes.preview as preview
+
+    shot = tmp_path / "shot"
+    assert main(["shot", "render", str(shot), "--frames", "3", "--size", "16", "16"]) == 0
+    made, seen = [], []
+    sheet, write = preview.contact_sheet, video.write_video
+
+    def counted_sheet(*args, **kwargs):
+        made.append(1)
+        return sheet(*args, **kwargs)
+
+    def watched_write(frames, path, **kwargs):
+        assert len(made) == 0  # nothing made before the writer asks
+
+        def drawn():
+            for frame in frames:
+                seen.append(len(made))  # sheets made when the writer gets this one
+                yield frame
+
+        return write(drawn(), path, **kwargs)
+
+    monkeypatch.setattr(preview, "contact_sheet", counted_sheet)
+    monkeypatch.setattr(video, "write_video", watched_write)
+    assert main(["shot", "preview", str(shot), str(tmp_path / "p.gif")]) == 0
+    assert seen == [1, 2, 3]
