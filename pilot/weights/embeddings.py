@@ -4,7 +4,9 @@
 loaded pipeline's tokenizer and text encoder, as diffusers' `load_textual_inversion` does:
 
 - A1111 `.pt` (also `.bin`): a dict with `string_to_param: {"*": (n, C)}` (and `name`, `step`),
-  read with `torch.load(weights_only=True)`;
+  read with `torch.load(weights_only=True)`; older files (the original textual_inversion repo,
+  early A1111) pickle `string_to_param` as an `nn.ParameterDict`, which that load is allowed to
+  rebuild (`pilot.weights.io.SAFE_GLOBALS`; any other class is refused, naming it);
 - A1111 `.safetensors`: one tensor `emb_params` (n, C);
 - diffusers `learned_embeds.safetensors` / `.bin`: `{token: (C,)}` (or (n, C)), alone or in a
   concept folder.
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from pilot.weights.io import (
     PICKLE_SUFFIXES,
@@ -85,6 +87,8 @@ def _find_vectors(data: Any, path: Path) -> tuple[Tensor, str | None]:
     if not isinstance(data, Mapping):
         raise WeightsError(f"{path}: holds a {type(data).__name__}, not an embedding")
     params = data.get("string_to_param")
+    if isinstance(params, nn.ParameterDict):  # older files; read without calling its methods
+        params = vars(params).get("_parameters")
     if isinstance(params, Mapping) and params:  # A1111 .pt: {"*": (n, C)}
         vectors = params.get("*", next(iter(params.values())))
         if isinstance(vectors, Tensor):

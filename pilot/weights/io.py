@@ -9,6 +9,7 @@ internals.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import pickletools
@@ -33,6 +34,13 @@ IGNORED_KEYS = (
 )
 
 _MAX_LISTED = 10  # how many keys an error message lists before "... and N more"
+
+# Classes besides tensors and plain containers that `torch.load(weights_only=True)` may rebuild
+# here: containers of tensors that real files hold, whose unpickling runs no code of the file's.
+# ParameterDict: the `string_to_param` of textual inversion embeddings saved by the original
+# textual_inversion repo and early A1111 versions (one Parameter, key "*"). Any other class is
+# still refused, naming it.
+SAFE_GLOBALS = (nn.ParameterDict,)
 
 
 class WeightsError(ValueError):
@@ -119,7 +127,8 @@ def _read_pickle(path: Path, device: str | torch.device) -> Any:
     """torch.load with weights_only=True; mmap when the file is a zip-format checkpoint."""
 
     def load(mmap: bool) -> Any:
-        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        with _allowed(SAFE_GLOBALS):
+            return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
 
     try:
         try:
@@ -142,6 +151,15 @@ def _read_pickle(path: Path, device: str | torch.device) -> Any:
         raise WeightsError(
             f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}"
         ) from e
+
+
+def _allowed(classes: tuple[type, ...]) -> contextlib.AbstractContextManager:
+    """`torch.serialization.safe_globals(classes)`; torch 2.4, which lacks it, gets them added
+    for the process (`add_safe_globals`), the same few classes every time."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(list(classes))
+    torch.serialization.add_safe_globals(list(classes))
+    return contextlib.nullcontext()
 
 
 def _first_line(error: Exception) -> str:
@@ -185,11 +203,12 @@ def _pickle_imports(path: Path) -> list[str]:
 
 
 def _refusal_detail(error: pickle.UnpicklingError) -> str:
-    """The line of torch's message naming what failed, never its advice to load unsafely."""
+    """The line of torch's message naming what failed, never its advice to load unsafely (nor
+    to allow-list the class: a user of pilot has no torch.load call to add it to)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     picked = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
     if picked:
-        return picked[0]
+        return picked[0].split(" Please use ")[0]
     if "weights only load failed" in str(error).lower():
         return "torch.load(weights_only=True) cannot read the pickle"
     return _first_line(error)
