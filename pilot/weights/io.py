@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pilot.weights.kinds import KIND_LOOKS, describe_state_dict  # describe_state_dict: as before
+
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -223,6 +225,8 @@ def _unwrap(obj: Any, path: Path) -> Checkpoint:
         metadata.update({k: v for k, v in obj.items() if isinstance(v, (int, float, str, bool))})
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors and "string_to_param" in obj:  # A1111's .pt: the vectors are one level down
+        raise WeightsError(f"{path}: holds no tensors: {KIND_LOOKS['embedding']}")
     if not tensors:
         raise WeightsError(f"{path}: holds no tensors (keys: {_listing(list(obj))})")
     return Checkpoint(tensors, metadata)
@@ -377,36 +381,6 @@ def _materialize_buffers(model: nn.Module, path) -> None:
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner)
         module._buffers[leaf] = fresh[name]
-
-
-def describe_state_dict(state_dict: Mapping[str, Tensor]) -> str:
-    """A short guess of what a state dict holds, for error messages."""
-    keys = list(state_dict)
-
-    def has(fragment: str) -> bool:
-        return any(fragment in k for k in keys)
-
-    if not keys:
-        return "it is empty"
-    if has("model.diffusion_model.") or has("first_stage_model.") or has("cond_stage_model."):
-        return "it looks like an original CompVis/Stability single-file checkpoint"
-    if has("add_embedding.") or has("conditioner.embedders."):
-        return "it looks like an SDXL UNet or checkpoint, which pilot does not support"
-    if has("controlnet_cond_embedding") or has("input_hint_block"):
-        return "it looks like a ControlNet"
-    if has("lora_") or has(".alpha"):
-        return "it looks like a LoRA, not a full model (apply it with --lora or pilot.apply_lora)"
-    if has("down_blocks.") and has("time_embedding."):
-        return "it looks like a diffusers UNet"
-    if has("encoder.down_blocks.") or has("post_quant_conv."):
-        return "it looks like a diffusers VAE (AutoencoderKL)"
-    if has("encoder.down.") or has("decoder.up."):
-        return "it looks like an original-layout VAE"
-    if has("token_embedding") and has("encoder.layers."):
-        return "it looks like a CLIP text encoder"
-    if has("resblocks.") and has("token_embedding"):
-        return "it looks like an OpenCLIP text encoder"
-    return f"unrecognised layout, first keys: {_listing(keys, 3)}"
 
 
 def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:

@@ -54,6 +54,7 @@ from pilot.weights.io import (
     read_checkpoint,
     read_keys,
 )
+from pilot.weights.kinds import KIND_LOOKS, guess_kind
 
 __all__ = [  # folder_class_name: from pilot.weights.folders, importable from here as before
     "GANCheckpointError",
@@ -345,10 +346,23 @@ def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.M
             f"{source}: a training checkpoint, not {_KINDS[component].label} weights: pass the "
             "folder its training exported (a diffusers folder with config.json)"
         )
+    _refuse_other_kind(component, ckpt.tensors, source)
     # A bare diffusers / transformers weights file: its config.json lies next to it.
     cfg = _config(component, config) or _config_from_json(component, source.parent / "config.json")
     state_dict = _normalize_keys(component, ckpt.tensors)
     return _build(component, cfg, state_dict, source, dtype, device)
+
+
+_OWN_KINDS = {"unet": ("unet",), "vae": ("vae",), "text_encoder": ("text_encoder", "open_clip")}
+
+
+def _refuse_other_kind(component: str, tensors: Mapping[str, Tensor], source: Path) -> None:
+    """Name what a bare weights file is when it is plainly not `component` (a LoRA, an
+    embedding...), rather than asking for a config.json beside it."""
+    kind = guess_kind(tensors)
+    if kind is not None and kind not in _OWN_KINDS[component]:
+        label = _KINDS[component].label
+        raise WeightsError(f"{source}: holds no {label} weights ({KIND_LOOKS[kind]})")
 
 
 def _from_folder(component: str, folder: Path, config: Any, dtype, device) -> nn.Module:
