@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-__all__ = ["KIND_LOOKS", "describe_state_dict", "guess_kind"]
+__all__ = ["KIND_LOOKS", "describe_state_dict", "guess_kind", "refuse_other_kind"]
 
 _USE_VAE = "swap it in with --vae or load_pipeline(vae=)"
 _USE_EMBEDDING = "add it with --embedding or pilot.load_embedding"
@@ -67,6 +67,25 @@ def describe_state_dict(state_dict: Mapping[str, Tensor]) -> str:
     if kind is None:
         return f"unrecognised layout, first keys: {_listing(list(state_dict), 3)}"
     return KIND_LOOKS[kind]
+
+
+def refuse_other_kind(
+    state_dict: Mapping[str, Tensor], source: object, label: str, own: tuple[str, ...]
+) -> None:
+    """WeightsError naming what a file is when it is plainly another kind than `own` (a LoRA
+    or an embedding given as a VAE...), e.g. before asking for a config.json beside it.
+
+    Args:
+        state_dict: the file's tensors.
+        source: the file, named in the message.
+        label: what was wanted ("VAE").
+        own: the `guess_kind` kinds that are it.
+    """
+    from pilot.weights.io import WeightsError
+
+    kind = guess_kind(state_dict)
+    if kind is not None and kind not in own:
+        raise WeightsError(f"{source}: holds no {label} weights ({KIND_LOOKS[kind]})")
 
 
 def _is_embedding(state_dict: Mapping[str, Tensor]) -> bool:
