@@ -35,7 +35,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Load a model (folder, single file or cached repo id) and print what it is."""
+    """Load a model (folder, single file or cached repo id), or read a LoRA, embedding or VAE,
+    and print what it is."""
     from pilot.commands._inspect import describe_model
 
     print(json.dumps(describe_model(args.path), indent=2, default=str))
@@ -54,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "inspect", help="describe a Stable Diffusion model, a ControlNet or a GAN checkpoint"
+        "inspect",
+        help="describe a Stable Diffusion model, a ControlNet, a GAN checkpoint, a LoRA, a "
+        "textual inversion embedding or a VAE",
     )
-    p.add_argument("path", help="diffusers folder, single .safetensors/.ckpt file, or HF repo id")
+    p.add_argument("path", help="folder, single .safetensors/.ckpt/.pt file, or HF repo id")
     p.set_defaults(func=cmd_inspect)
 
     import pilot.commands

@@ -40,12 +40,19 @@ def check_paths(args: argparse.Namespace) -> None:
 
 
 def load_embeddings(sd: StableDiffusion, args: argparse.Namespace) -> list[str]:
-    """Add each --embedding to the loaded model; the tokens, each named on stderr."""
+    """Add each --embedding to the loaded model; the tokens, each named on stderr.
+
+    Raises:
+        ValueError: naming the flag and the file: unreadable, not an embedding, or not fitting.
+    """
     import pilot
 
     tokens = []
     for path in args.embedding:
-        tokens.append(pilot.load_embedding(sd, path))
+        try:
+            tokens.append(pilot.load_embedding(sd, path))
+        except ValueError as e:
+            raise ValueError(f"--embedding {e}") from e
         print(f"--embedding {path}: write {tokens[-1]!r} in the prompt", file=sys.stderr)
     return tokens
 

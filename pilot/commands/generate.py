@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pilot.commands import _vae_embeddings as vae_embeddings
+from pilot.commands._a1111 import (
+    ExtraNetworks,
+    hash_fields,
+    prompt_with_loras,
+    read_extra_networks,
+    used_embeddings,
+)
 from pilot.commands._lora import add_lora_argument, apply_loras, lora_settings, read_loras
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
@@ -187,7 +194,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.model, dtype=dtype, device=device, prediction_type=args.prediction_type, vae=args.vae
     )
     apply_loras(sd, loras)
-    vae_embeddings.load_embeddings(sd, args)
+    tokens = vae_embeddings.load_embeddings(sd, args)
+    texts = [args.prompt, args.negative_prompt]
+    used = used_embeddings(sd.tokenizer, texts, zip(tokens, args.embedding, strict=True))
+    networks = read_extra_networks(args.lora, used)  # hashes for the A1111 text
     check_preview(preview, sd, args.preview_decoder)
     check_vae_tile(args.vae_tile, sd)
     side = native_size(sd)
@@ -221,7 +231,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             decoder=preview,
             callback=lambda _: bar.update(),
         )
-    paths = write_outputs(args, request, settings, images, seeds)
+    paths = write_outputs(args, request, settings, images, seeds, networks)
     summary = {
         "images": [str(p) for p in paths],
         "seconds": round(time.perf_counter() - start, 3),
@@ -464,8 +474,10 @@ def parameters(args: argparse.Namespace, request: Request, settings: SamplingSet
     return params
 
 
-def a1111_parameters(params: dict, seed: int) -> str:
-    """The `parameters` text A1111 writes (prompt, negative prompt, then a settings line)."""
+def a1111_parameters(params: dict, seed: int, networks: ExtraNetworks | None = None) -> str:
+    """The `parameters` text A1111 writes (prompt, negative prompt, then a settings line), with
+    the LoRAs and used embeddings of `networks` as A1111 writes them (`pilot.commands._a1111`)."""
+    networks = networks or ExtraNetworks()
     line = [
         f"Steps: {params['steps']}",
         f"Sampler: {params['sampler']}",
@@ -481,8 +493,9 @@ def a1111_parameters(params: dict, seed: int) -> str:
         line.append(f"Clip skip: {params['clip_skip'] + 1}")
     if "vae" in params:
         line.append(f"VAE: {Path(params['vae']).name}")
+    line += hash_fields(networks)
     line += a1111_controlnets(params)
-    text = params["prompt"]
+    text = prompt_with_loras(params["prompt"], networks)
     if params["negative_prompt"]:
         text += f"\nNegative prompt: {params['negative_prompt']}"
     return text + "\n" + ", ".join(line)
@@ -529,8 +542,10 @@ def write_outputs(
     settings: SamplingSettings,
     images: Tensor,
     seeds: Sequence[int],
+    networks: ExtraNetworks | None = None,
 ) -> list[Path]:
-    """One PNG per image, `NNNNN-SEED.png`, numbered after what the folder already holds."""
+    """One PNG per image, `NNNNN-SEED.png`, numbered after what the folder already holds;
+    `networks`: the LoRAs and embeddings for the A1111 text."""
     from pilot.animation.video import remove_temp_files
     from pilot.imageio import write_png
 
@@ -543,7 +558,7 @@ def write_outputs(
     paths = []
     for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
         text = {
-            "parameters": a1111_parameters(params, seed),
+            "parameters": a1111_parameters(params, seed, networks),
             "pilot": json.dumps({**params, "seed": seed, "batch": 1}),
         }
         paths.append(write_png(args.out / f"{first + i:05d}-{seed}.png", image, text))

@@ -4,7 +4,9 @@
 loaded pipeline's tokenizer and text encoder, as diffusers' `load_textual_inversion` does:
 
 - A1111 `.pt` (also `.bin`): a dict with `string_to_param: {"*": (n, C)}` (and `name`, `step`),
-  read with `torch.load(weights_only=True)`;
+  read with `torch.load(weights_only=True)`; older files (the original textual_inversion repo,
+  early A1111) pickle `string_to_param` as an `nn.ParameterDict`, which that load is allowed to
+  rebuild (`pilot.weights.io.SAFE_GLOBALS`; any other class is refused, naming it);
 - A1111 `.safetensors`: one tensor `emb_params` (n, C);
 - diffusers `learned_embeds.safetensors` / `.bin`: `{token: (C,)}` (or (n, C)), alone or in a
   concept folder.
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from pilot.weights.io import (
     PICKLE_SUFFIXES,
@@ -31,8 +33,9 @@ from pilot.weights.io import (
     _read_pickle,
     read_checkpoint,
 )
+from pilot.weights.kinds import describe_state_dict, guess_kind
 
-__all__ = ["load_embedding", "read_embedding"]
+__all__ = ["default_token", "load_embedding", "read_embedding"]
 
 DIFFUSERS_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 _FAMILIES = {768: "SD 1.x", 1024: "SD 2.x"}  # CLIP width -> the models with that text encoder
@@ -85,6 +88,8 @@ def _find_vectors(data: Any, path: Path) -> tuple[Tensor, str | None]:
     if not isinstance(data, Mapping):
         raise WeightsError(f"{path}: holds a {type(data).__name__}, not an embedding")
     params = data.get("string_to_param")
+    if isinstance(params, nn.ParameterDict):  # older files; read without calling its methods
+        params = vars(params).get("_parameters")
     if isinstance(params, Mapping) and params:  # A1111 .pt: {"*": (n, C)}
         vectors = params.get("*", next(iter(params.values())))
         if isinstance(vectors, Tensor):
@@ -97,9 +102,11 @@ def _find_vectors(data: Any, path: Path) -> tuple[Tensor, str | None]:
     if len(data) == 1 and len(tensors) == 1:  # diffusers: {token: (C,)}
         token, vectors = next(iter(tensors.items()))
         return vectors, str(token)
+    looks = describe_state_dict(tensors) if tensors and guess_kind(tensors) else ""
+    looks = looks or f"keys: {_listing([str(k) for k in data], 5)}"
     raise WeightsError(
         f"{path}: not a textual inversion embedding (no string_to_param, emb_params or single "
-        f"token; keys: {_listing([str(k) for k in data], 5)})"
+        f"token; {looks})"
     )
 
 
@@ -122,9 +129,7 @@ def load_embedding(sd: Any, path: str | os.PathLike, token: str | None = None) -
     """
     path = Path(path)
     vectors, stored = read_embedding(path)
-    if token is None:
-        file = _embedding_file(path)
-        token = stored if stored is not None and file.stem == "learned_embeds" else path.stem
+    token = default_token(path, stored) if token is None else token
     width = sd.text_encoder.cfg.hidden_size
     if vectors.shape[1] != width:
         got, want = vectors.shape[1], width
@@ -142,6 +147,15 @@ def load_embedding(sd: Any, path: str | os.PathLike, token: str | None = None) -
         ) from e
     sd.text_encoder.add_token_embeddings(first_id, vectors)
     return token
+
+
+def default_token(path: str | os.PathLike, stored: str | None) -> str:
+    """The prompt word `load_embedding` gives an embedding file by default: its stem, or for
+    diffusers' `learned_embeds.*` (and their folder) the token `stored` in it."""
+    path = Path(path)
+    if stored is not None and _embedding_file(path).stem == "learned_embeds":
+        return stored
+    return path.stem
 
 
 def _family(width: int) -> str:

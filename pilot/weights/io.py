@@ -9,6 +9,7 @@ internals.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import pickletools
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pilot.weights.kinds import KIND_LOOKS, describe_state_dict  # describe_state_dict: as before
+
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -33,6 +36,13 @@ IGNORED_KEYS = (
 )
 
 _MAX_LISTED = 10  # how many keys an error message lists before "... and N more"
+
+# Classes besides tensors and plain containers that `torch.load(weights_only=True)` may rebuild
+# here: containers of tensors that real files hold, whose unpickling runs no code of the file's.
+# ParameterDict: the `string_to_param` of textual inversion embeddings saved by the original
+# textual_inversion repo and early A1111 versions (one Parameter, key "*"). Any other class is
+# still refused, naming it.
+SAFE_GLOBALS = (nn.ParameterDict,)
 
 
 class WeightsError(ValueError):
@@ -119,7 +129,8 @@ def _read_pickle(path: Path, device: str | torch.device) -> Any:
     """torch.load with weights_only=True; mmap when the file is a zip-format checkpoint."""
 
     def load(mmap: bool) -> Any:
-        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        with _allowed(SAFE_GLOBALS):
+            return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
 
     try:
         try:
@@ -142,6 +153,15 @@ def _read_pickle(path: Path, device: str | torch.device) -> Any:
         raise WeightsError(
             f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}"
         ) from e
+
+
+def _allowed(classes: tuple[type, ...]) -> contextlib.AbstractContextManager:
+    """`torch.serialization.safe_globals(classes)`; torch 2.4, which lacks it, gets them added
+    for the process (`add_safe_globals`), the same few classes every time."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(list(classes))
+    torch.serialization.add_safe_globals(list(classes))
+    return contextlib.nullcontext()
 
 
 def _first_line(error: Exception) -> str:
@@ -185,11 +205,12 @@ def _pickle_imports(path: Path) -> list[str]:
 
 
 def _refusal_detail(error: pickle.UnpicklingError) -> str:
-    """The line of torch's message naming what failed, never its advice to load unsafely."""
+    """The line of torch's message naming what failed, never its advice to load unsafely (nor
+    to allow-list the class: a user of pilot has no torch.load call to add it to)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     picked = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
     if picked:
-        return picked[0]
+        return picked[0].split(" Please use ")[0]
     if "weights only load failed" in str(error).lower():
         return "torch.load(weights_only=True) cannot read the pickle"
     return _first_line(error)
@@ -204,6 +225,8 @@ def _unwrap(obj: Any, path: Path) -> Checkpoint:
         metadata.update({k: v for k, v in obj.items() if isinstance(v, (int, float, str, bool))})
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors and "string_to_param" in obj:  # A1111's .pt: the vectors are one level down
+        raise WeightsError(f"{path}: holds no tensors: {KIND_LOOKS['embedding']}")
     if not tensors:
         raise WeightsError(f"{path}: holds no tensors (keys: {_listing(list(obj))})")
     return Checkpoint(tensors, metadata)
@@ -361,36 +384,6 @@ def _materialize_buffers(model: nn.Module, path) -> None:
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner)
         module._buffers[leaf] = fresh[name]
-
-
-def describe_state_dict(state_dict: Mapping[str, Tensor]) -> str:
-    """A short guess of what a state dict holds, for error messages."""
-    keys = list(state_dict)
-
-    def has(fragment: str) -> bool:
-        return any(fragment in k for k in keys)
-
-    if not keys:
-        return "it is empty"
-    if has("model.diffusion_model.") or has("first_stage_model.") or has("cond_stage_model."):
-        return "it looks like an original CompVis/Stability single-file checkpoint"
-    if has("add_embedding.") or has("conditioner.embedders."):
-        return "it looks like an SDXL UNet or checkpoint, which pilot does not support"
-    if has("controlnet_cond_embedding") or has("input_hint_block"):
-        return "it looks like a ControlNet"
-    if has("lora_") or has(".alpha"):
-        return "it looks like a LoRA, not a full model (apply it with --lora or pilot.apply_lora)"
-    if has("down_blocks.") and has("time_embedding."):
-        return "it looks like a diffusers UNet"
-    if has("encoder.down_blocks.") or has("post_quant_conv."):
-        return "it looks like a diffusers VAE (AutoencoderKL)"
-    if has("encoder.down.") or has("decoder.up."):
-        return "it looks like an original-layout VAE"
-    if has("token_embedding") and has("encoder.layers."):
-        return "it looks like a CLIP text encoder"
-    if has("resblocks.") and has("token_embedding"):
-        return "it looks like an OpenCLIP text encoder"
-    return f"unrecognised layout, first keys: {_listing(keys, 3)}"
 
 
 def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:

@@ -7,7 +7,8 @@ found in the local hub cache (see `pilot.weights.hub`). Models are built on the 
 filled with `load_state_dict(assign=True)`; any missing, unexpected or mis-shaped key is a
 `WeightsError` naming the file.
 
-Configs come from `pilot.weights.configs`, diffusers folders are read by `pilot.weights.folders`.
+Configs come from `pilot.weights.configs`, diffusers folders are read by `pilot.weights.folders`,
+`load_pipeline(vae=)` is checked by `pilot.weights.vae_swap`.
 Original files that hold both training and EMA UNet weights (`model_ema.*`) load the training
 weights, as diffusers does by default; the `-emaonly` files already hold the EMA weights there.
 """
@@ -31,7 +32,6 @@ from pilot.weights.configs import (
     _config,
     _config_from_json,
     _detect_config,
-    read_config_json,
 )
 from pilot.weights.folders import (
     _check_folder_schedule,
@@ -54,6 +54,9 @@ from pilot.weights.io import (
     read_checkpoint,
     read_keys,
 )
+from pilot.weights.kinds import refuse_other_kind
+from pilot.weights.vae_swap import _latents as _latents  # load_pipeline(vae=), moved there
+from pilot.weights.vae_swap import _swap_vae, _vae_latents
 
 __all__ = [  # folder_class_name: from pilot.weights.folders, importable from here as before
     "GANCheckpointError",
@@ -68,6 +71,8 @@ __all__ = [  # folder_class_name: from pilot.weights.folders, importable from he
 ]
 
 Component = Literal["unet", "vae", "text_encoder"]
+# `pilot.weights.kinds.guess_kind` of each component's bare weights files.
+_OWN_KINDS = {"unet": ("unet",), "vae": ("vae",), "text_encoder": ("text_encoder", "open_clip")}
 PathLike = str | os.PathLike
 
 
@@ -272,54 +277,6 @@ def load_pipeline(
     return StableDiffusion(tokenizer=tokenizer, prediction_type=pred, **models)
 
 
-def _swap_vae(
-    vae: PathLike | nn.Module, source: Path, own_factor: int | None, unet: nn.Module, config, **kw
-) -> nn.Module:
-    """`load_pipeline(vae=)`: the VAE loaded (or moved), refused unless its latents have the
-    UNet's channels and the image size factor of the checkpoint's own VAE (`own_factor`,
-    None: the checkpoint has none)."""
-
-    def check(name: str, latents: tuple[int, int] | None) -> None:
-        want = (unet.cfg.out_channels, own_factor)
-        if latents is not None and latents != (want[0], want[1] or latents[1]):
-            raise WeightsError(
-                f"{name}: a VAE whose latents do not fit {source}: {latents[0]} channels at "
-                f"1/{latents[1]} of the image size, where the model's are {want[0]} channels at "
-                f"1/{want[1] or latents[1]}"
-            )
-
-    if isinstance(vae, nn.Module):
-        check(f"vae={type(vae).__name__}", _latents(vars(vae.cfg)))
-        return vae.to(**kw)
-    try:
-        model = _load("vae", vae, config=config, **kw)
-    except WeightsError:  # e.g. shapes of no preset: say first if they cannot fit anyway
-        check(str(resolve(vae)), _vae_latents(resolve(vae)))
-        raise
-    check(str(resolve(vae)), _latents(vars(model.cfg)))
-    return model
-
-
-def _latents(config: Mapping[str, Any]) -> tuple[int, int]:
-    """(latent channels, image side / latent side) of a VAE config (diffusers or ours)."""
-    return config.get("latent_channels", 4), 2 ** (len(config["block_out_channels"]) - 1)
-
-
-def _vae_latents(path: Path, tensors: Mapping[str, Tensor] | None = None) -> tuple | None:
-    """`_latents` of a VAE read without loading it: a folder's (or pipeline folder's vae/)
-    config.json, or an original file's shapes (`tensors`, else read); None where unreadable."""
-    try:
-        if path.is_dir():
-            folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-            return _latents(read_config_json(folder / "config.json", "VAE"))
-        tensors = read_checkpoint(path).tensors if tensors is None else tensors
-        if sd_original.has_component(tensors, "vae"):
-            return _latents(sd_original.detect_vae_config(tensors))
-    except (WeightsError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 def _check_tokenizer(tokenizer: Any, text_encoder: nn.Module, source: Path) -> None:
     """Refuse a tokenizer whose ids overflow the text encoder's embedding table."""
     n_tokens, n_embeddings = len(tokenizer.vocab), text_encoder.cfg.vocab_size
@@ -345,6 +302,7 @@ def _load(component: str, path: PathLike, *, config: Any, dtype, device) -> nn.M
             f"{source}: a training checkpoint, not {_KINDS[component].label} weights: pass the "
             "folder its training exported (a diffusers folder with config.json)"
         )
+    refuse_other_kind(ckpt.tensors, source, _KINDS[component].label, _OWN_KINDS[component])
     # A bare diffusers / transformers weights file: its config.json lies next to it.
     cfg = _config(component, config) or _config_from_json(component, source.parent / "config.json")
     state_dict = _normalize_keys(component, ckpt.tensors)

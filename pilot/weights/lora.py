@@ -72,11 +72,13 @@ _METADATA_KEY = "lora_adapter_metadata"  # diffusers' JSON of the PEFT LoraConfi
 @dataclass(frozen=True)
 class LoRAFactors:
     """One adapted layer: `down` (r, in) or (r, in, k, k), `up` (out, r) or (out, r, 1, 1) and
-    the multiplier `alpha / r` (or `alpha / sqrt(r)`, rsLoRA) as `factor`."""
+    the multiplier `alpha / r` (or `alpha / sqrt(r)`, rsLoRA) as `factor`, with that `alpha`
+    (None where not given)."""
 
     down: Tensor
     up: Tensor
     factor: float
+    alpha: float | None = None
 
     def delta(self, device: torch.device | None = None) -> Tensor:
         """`factor * up @ down` in float32, shaped (out, in, *kernel)."""
@@ -117,6 +119,7 @@ def read_lora(
     else:
         ckpt = read_checkpoint(lora)
         source, tensors, metadata = str(lora), ckpt.tensors, ckpt.metadata
+    everything = tensors
     full = sd_original.is_original(tensors)
     if full:  # a full checkpoint with LoRA keys beside its components (`load_pipeline` warns)
         tensors = {k: tensors[k] for k in sd_original.unused_keys(tensors) if k.startswith("lora_")}
@@ -130,8 +133,8 @@ def read_lora(
         else:
             parts.setdefault(key[: -len(suffix)], {})[_SUFFIXES[suffix]] = value
     if not parts:
-        looks = describe_state_dict(tensors)
-        if full:
+        looks = describe_state_dict(everything)
+        if sd_original.has_component(everything, "unet"):
             looks = "it is a full Stable Diffusion model: pass it as the model"
         elif "LoRA" in looks:  # LoRA-like names, but none of the factors read here
             looks = f"keys: {_listing(list(tensors), 3)}"
@@ -186,7 +189,7 @@ def _factors(
         alpha, rs = float(parts["alpha"]), False
     else:
         alpha, rs = _peft_alpha(name, peft, rank)
-    return LoRAFactors(down, up, alpha / (math.sqrt(rank) if rs else rank))
+    return LoRAFactors(down, up, alpha / (math.sqrt(rank) if rs else rank), alpha)
 
 
 def _peft_alphas(metadata: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:

@@ -125,3 +125,34 @@ def test_a_saved_pipeline_keeps_its_embeddings(sd, tmp_path):
     hf = HFTokenizer.from_pretrained(folder / "tokenizer")
     expanded = "<b> in inkstyle inkstyle_1 inkstyle_2, fog"
     assert hf(expanded).input_ids[1:-1] == sd.tokenizer.encode(prompt)
+
+
+def test_an_old_a1111_file_with_a_parameter_dict_loads(sd, tmp_path):
+    """The original textual_inversion repo and early A1111 pickled `string_to_param` as an
+    nn.ParameterDict: read with weights_only and that one class allowed."""
+    vectors = torch.randn(2, WIDTH)
+    path = tmp_path / "OldStyle.pt"
+    data = {
+        "string_to_token": {"*": 265},
+        "string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors.clone())}),
+        "name": "OldStyle",
+        "step": 3000,
+        "sd_checkpoint": "7460a6fa",
+        "sd_checkpoint_name": "sd-v1-4",
+    }
+    torch.save(data, path)
+    assert pilot.load_embedding(sd, path) == "OldStyle"
+    weight = sd.text_encoder.embeddings.token_embedding.weight
+    assert torch.equal(weight[-2:], vectors)
+
+
+def test_any_other_class_in_a_pickle_is_refused_naming_it(sd, tmp_path):
+    path = tmp_path / "other.pt"
+    params = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(1, WIDTH))])
+    torch.save({"string_to_param": {"*": params}}, path)
+    with pytest.raises(WeightsError) as info:
+        pilot.load_embedding(sd, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: holds pickled code or unsafe objects")
+    assert "torch.nn.modules.container.ParameterList" in message
+    assert "\n" not in message and "Please use" not in message  # no advice to allow-list it

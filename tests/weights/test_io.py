@@ -191,6 +191,9 @@ def test_shape_mismatch_names_key_and_shapes():
         (["encoder.down_blocks.0.resnets.0.conv1.weight", "post_quant_conv.weight"], "VAE"),
         (["conv_in.weight", "down_blocks.0.x", "time_embedding.linear_1.weight"], "diffusers UNet"),
         (["embeddings.token_embedding.weight", "encoder.layers.0.mlp.fc1.weight"], "CLIP"),
+        (["encoder.down.0.block.0.conv1.weight", "post_quant_conv.weight"], "original-layout VAE"),
+        (["emb_params"], "textual inversion embedding"),
+        (["<cat-toy>"], "textual inversion embedding"),  # diffusers' learned_embeds
         (["foo.weight"], "unrecognised"),
     ],
 )

@@ -113,3 +113,10 @@ def test_a_file_that_is_no_vae_is_named(pipelines, tmp_path):
     save_state_dict({k: v for k, v in state.items() if k.startswith("model.")}, unet_only)
     with pytest.raises(WeightsError, match=f"{unet_only}: holds no VAE weights"):
         pilot.load_pipeline(pipelines["a_dir"], vae=unet_only)
+
+
+def test_the_swap_helpers_live_in_vae_swap_and_import_from_loaders_as_before():
+    from pilot.weights import loaders, vae_swap
+
+    for name in ("_swap_vae", "_latents", "_vae_latents"):
+        assert getattr(loaders, name) is getattr(vae_swap, name)

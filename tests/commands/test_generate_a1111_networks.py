@@ -1,0 +1,80 @@
+"""LoRAs and embeddings in the A1111 `parameters` text of `pilot generate`'s PNGs, as A1111 writes
+them (`<lora:NAME:W>` in the prompt, `Lora hashes`, `TI hashes`), with A1111's hashes."""
+
+import hashlib
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from pilot.cli import main
+from pilot.commands._a1111 import ExtraNetworks
+from pilot.commands.generate import a1111_parameters
+from pilot.imageio import read_png_text
+from pilot.weights.hashes import embedding_hash, lora_hash
+from tests.weights.lora_files import random_lora
+
+FAST = ["--steps", "1", "--width", "16", "--height", "16", "--sampler", "euler"]
+PARAMS = {"prompt": "fog", "negative_prompt": "", "steps": 2, "sampler": "euler",
+          "schedule": "karras", "cfg": 7.5, "width": 64, "height": 64, "model": "m",
+          "clip_skip": 0}  # fmt: skip
+
+
+def tensor_data_sha256(path) -> str:
+    """A1111's `addnet_hash_safetensors`, written out: SHA-256 after the safetensors header."""
+    data = path.read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
+
+
+def test_a1111_text_names_loras_in_the_prompt_and_both_hash_lists():
+    networks = ExtraNetworks(
+        loras=(("style", 0.8, "aaaaaaaaaaaa"), ("de,tail", 1.0, "bbbbbbbbbbbb")),
+        embeddings=(("InkStyle", "cccccccccccc"),),
+    )
+    text = a1111_parameters(PARAMS, seed=3, networks=networks)
+    assert text.splitlines()[0] == "fog <lora:style:0.8> <lora:de,tail:1>"
+    assert text.splitlines()[-1].endswith(
+        'Model: m, Lora hashes: "style: aaaaaaaaaaaa, detail: bbbbbbbbbbbb", '
+        'TI hashes: "InkStyle: cccccccccccc"'
+    )
+    assert a1111_parameters(PARAMS, seed=3) == a1111_parameters(PARAMS, 3, ExtraNetworks())
+    assert "hashes" not in a1111_parameters(PARAMS, seed=3)
+
+
+def test_lora_hash_is_a1111s(tmp_path):
+    """sd-scripts' stored `sshs_model_hash` when present, else the tensor data's SHA-256 (the
+    metadata does not change it); a pickled LoRA: the whole file's."""
+    tensors = {"lora_unet_a.lora_down.weight": torch.randn(2, 4)}
+    plain, tagged = tmp_path / "plain.safetensors", tmp_path / "tagged.safetensors"
+    save_file(tensors, plain)
+    save_file(tensors, tagged, metadata={"ss_output_name": "x" * 100})
+    assert lora_hash(plain) == lora_hash(tagged) == tensor_data_sha256(plain)
+    assert lora_hash(plain) != hashlib.sha256(plain.read_bytes()).hexdigest()
+    stored = tmp_path / "stored.safetensors"
+    save_file(tensors, stored, metadata={"sshs_model_hash": "f" * 64})
+    assert lora_hash(stored) == "f" * 64
+    pickled = tmp_path / "old.pt"
+    torch.save(tensors, pickled)
+    assert lora_hash(pickled) == hashlib.sha256(pickled.read_bytes()).hexdigest()
+
+
+def test_generated_pngs_name_loras_and_used_embeddings(capsys, tiny_sd, tiny_sd_folder, tmp_path):
+    lora = tmp_path / "style.safetensors"
+    save_file(random_lora(tiny_sd, "kohya", rank=2, alpha=1.0), lora)
+    used, unused = tmp_path / "InkStyle.pt", tmp_path / "zq-unused.pt"
+    for path in (used, unused):
+        torch.save({"string_to_param": {"*": torch.randn(1, 32)}, "name": path.stem}, path)
+    argv = ["generate", "--model", str(tiny_sd_folder), "--prompt", "(inkstyle:1.2) fog", *FAST,
+            "--lora", f"{lora}:0.8", "--embedding", str(used), "--embedding", str(unused),
+            "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    image = json.loads(capsys.readouterr().out)["images"][0]
+    text = read_png_text(image)
+    lines = text["parameters"].splitlines()
+    assert lines[0] == "(inkstyle:1.2) fog <lora:style:0.8>"
+    ti = hashlib.sha256(used.read_bytes()).hexdigest()[:12]
+    assert ti == embedding_hash(used)[:12]
+    assert f'Lora hashes: "style: {tensor_data_sha256(lora)[:12]}"' in lines[-1]
+    assert f'TI hashes: "InkStyle: {ti}"' in lines[-1]  # zq-unused: loaded, not used: not listed
+    params = json.loads(text["pilot"])  # pilot's JSON as it was
+    assert params["prompt"] == "(inkstyle:1.2) fog" and params["lora"] == [f"{lora}:0.8"]
