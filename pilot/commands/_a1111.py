@@ -1,5 +1,7 @@
-"""The LoRAs and textual inversion embeddings in the A1111 `parameters` text of `pilot generate`'s
-PNGs, written as A1111 writes them so that image sites (civitai) link the resources:
+"""The A1111 `parameters` text of `pilot generate`'s PNGs (`a1111_parameters`): prompt, negative
+prompt and a settings line, with each --control as A1111's ControlNet extension writes it, and
+the LoRAs and textual inversion embeddings written as A1111 writes them so that image sites
+(civitai) link the resources:
 
 - each LoRA as `<lora:NAME:SCALE>` at the end of the prompt (where A1111 users write them; NAME
   is the file's stem, as A1111 names LoRAs) and in `Lora hashes: "NAME: HASH, ..."`;
@@ -81,3 +83,66 @@ def hash_fields(networks: ExtraNetworks) -> list[str]:
 
 def _bare(name: str) -> str:
     return name.replace(":", "").replace(",", "")
+
+
+def a1111_parameters(params: dict, seed: int, networks: ExtraNetworks | None = None) -> str:
+    """The `parameters` text A1111 writes (prompt, negative prompt, then a settings line), with
+    the LoRAs and used embeddings of `networks` as A1111 writes them (module docstring)."""
+    networks = networks or ExtraNetworks()
+    line = [
+        f"Steps: {params['steps']}",
+        f"Sampler: {params['sampler']}",
+        f"Schedule type: {params['schedule']}",
+        f"CFG scale: {params['cfg']}",
+        f"Seed: {seed}",
+        f"Size: {params['width']}x{params['height']}",
+        f"Model: {Path(params['model']).name}",
+    ]
+    if "strength" in params:
+        line.append(f"Denoising strength: {params['strength']}")
+    if params["clip_skip"]:
+        line.append(f"Clip skip: {params['clip_skip'] + 1}")
+    if "vae" in params:
+        line.append(f"VAE: {Path(params['vae']).name}")
+    line += hash_fields(networks)
+    line += a1111_controlnets(params)
+    text = prompt_with_loras(params["prompt"], networks)
+    if params["negative_prompt"]:
+        text += f"\nNegative prompt: {params['negative_prompt']}"
+    return text + "\n" + ", ".join(line)
+
+
+def a1111_controlnets(params: dict) -> list[str]:
+    """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries A1111's ControlNet
+    extension writes, one per --control (Module: pilot's KIND[+invert]; Resize Mode: Just
+    Resize, as pilot stretches the picture)."""
+    from pilot.commands.generate import match_controlnets  # generate imports this module
+    from pilot.control.spec import parse_control_arg
+
+    texts = params.get("control", [])
+    specs = [parse_control_arg(text) for text in texts]
+    paths = match_controlnets([s.kind for s in specs], params.get("controlnet", []))
+    entries = []
+    for i, (spec, path) in enumerate(zip(specs, paths, strict=True)):
+        fields = {
+            "Module": spec.kind + ("+invert" if spec.invert else ""),
+            "Model": _model_name(path),
+            "Weight": f"{spec.scale:g}",
+            "Resize Mode": "Just Resize",
+            "Guidance Start": f"{spec.start:g}",
+            "Guidance End": f"{spec.end:g}",
+        }
+        if params.get("guess_mode"):
+            fields["Guess Mode"] = "True"
+        text = ", ".join(f"{k}: {v}" for k, v in fields.items()).replace('"', "'")
+        entries.append(f'ControlNet {i}: "{text}"')
+    return entries
+
+
+def _model_name(path: str) -> str:
+    """A ControlNet's name as A1111 shows it: the file or folder name, without a weights
+    suffix (`control_v11f1p_sd15_depth.pth` -> `control_v11f1p_sd15_depth`)."""
+    name = Path(path).name
+    for suffix in (".safetensors", ".pth", ".ckpt", ".bin", ".pt"):
+        name = name.removesuffix(suffix)
+    return name

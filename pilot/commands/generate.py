@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands._a1111 import (
     ExtraNetworks,
-    hash_fields,
-    prompt_with_loras,
+    a1111_parameters,
     read_extra_networks,
     used_embeddings,
 )
@@ -472,68 +471,6 @@ def parameters(args: argparse.Namespace, request: Request, settings: SamplingSet
         params["preview_decoder"] = str(args.preview_decoder)
     params.update(vae_embeddings.recorded(args))
     return params
-
-
-def a1111_parameters(params: dict, seed: int, networks: ExtraNetworks | None = None) -> str:
-    """The `parameters` text A1111 writes (prompt, negative prompt, then a settings line), with
-    the LoRAs and used embeddings of `networks` as A1111 writes them (`pilot.commands._a1111`)."""
-    networks = networks or ExtraNetworks()
-    line = [
-        f"Steps: {params['steps']}",
-        f"Sampler: {params['sampler']}",
-        f"Schedule type: {params['schedule']}",
-        f"CFG scale: {params['cfg']}",
-        f"Seed: {seed}",
-        f"Size: {params['width']}x{params['height']}",
-        f"Model: {Path(params['model']).name}",
-    ]
-    if "strength" in params:
-        line.append(f"Denoising strength: {params['strength']}")
-    if params["clip_skip"]:
-        line.append(f"Clip skip: {params['clip_skip'] + 1}")
-    if "vae" in params:
-        line.append(f"VAE: {Path(params['vae']).name}")
-    line += hash_fields(networks)
-    line += a1111_controlnets(params)
-    text = prompt_with_loras(params["prompt"], networks)
-    if params["negative_prompt"]:
-        text += f"\nNegative prompt: {params['negative_prompt']}"
-    return text + "\n" + ", ".join(line)
-
-
-def a1111_controlnets(params: dict) -> list[str]:
-    """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries A1111's ControlNet
-    extension writes, one per --control (Module: pilot's KIND[+invert]; Resize Mode: Just
-    Resize, as pilot stretches the picture)."""
-    from pilot.control.spec import parse_control_arg
-
-    texts = params.get("control", [])
-    specs = [parse_control_arg(text) for text in texts]
-    paths = match_controlnets([s.kind for s in specs], params.get("controlnet", []))
-    entries = []
-    for i, (spec, path) in enumerate(zip(specs, paths, strict=True)):
-        fields = {
-            "Module": spec.kind + ("+invert" if spec.invert else ""),
-            "Model": _model_name(path),
-            "Weight": f"{spec.scale:g}",
-            "Resize Mode": "Just Resize",
-            "Guidance Start": f"{spec.start:g}",
-            "Guidance End": f"{spec.end:g}",
-        }
-        if params.get("guess_mode"):
-            fields["Guess Mode"] = "True"
-        text = ", ".join(f"{k}: {v}" for k, v in fields.items()).replace('"', "'")
-        entries.append(f'ControlNet {i}: "{text}"')
-    return entries
-
-
-def _model_name(path: str) -> str:
-    """A ControlNet's name as A1111 shows it: the file or folder name, without a weights
-    suffix (`control_v11f1p_sd15_depth.pth` -> `control_v11f1p_sd15_depth`)."""
-    name = Path(path).name
-    for suffix in (".safetensors", ".pth", ".ckpt", ".bin", ".pt"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def write_outputs(

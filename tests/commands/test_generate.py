@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pilot.cli import main
-from pilot.commands.generate import a1111_parameters
+from pilot.commands._a1111 import a1111_parameters
 from pilot.imageio import read_image, read_png_text, write_png
 from tests.conftest import plant_temps
 

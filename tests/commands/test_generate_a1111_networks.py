@@ -8,8 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from pilot.cli import main
-from pilot.commands._a1111 import ExtraNetworks
-from pilot.commands.generate import a1111_parameters
+from pilot.commands._a1111 import ExtraNetworks, a1111_parameters
 from pilot.imageio import read_png_text
 from pilot.weights.hashes import embedding_hash, lora_hash
 from tests.weights.lora_files import random_lora
