@@ -44,3 +44,37 @@ def hf_tokenizer(folder, pad_token: str) -> HFTokenizer:
         pad_token=pad_token,
         model_max_length=77,
     )
+
+
+def tiny_diffusers_pipeline(root):
+    """A diffusers `StableDiffusionPipeline` of the `tiny` presets with seeded weights (VAE 1,
+    text encoder 2, UNet 3), transformers' tokenizer over CLIP's real vocabulary (its vocab
+    files under `root`) and the DDIM scheduler of SD's config; not saved."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from scheduler_cases import CASES, SD
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pilot.models.unet import UNET_PRESETS
+    from pilot.models.vae import VAE_PRESETS
+
+    tok = CLIPTokenizer.default()
+    text_cfg = CLIPTextConfig(
+        vocab_size=len(tok.vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return StableDiffusionPipeline(
+        vae=fill(AutoencoderKL(**VAE_PRESETS["tiny"].to_diffusers()), 1),
+        text_encoder=fill(CLIPTextModel(text_cfg), 2),
+        tokenizer=hf_tokenizer(root / "vocab", pad_token="<|endoftext|>"),
+        unet=fill(UNet2DConditionModel(**UNET_PRESETS["tiny"].to_diffusers()), 3),
+        scheduler=CASES["ddim_sd_config"].scheduler(**SD, **CASES["ddim_sd_config"].config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -8,45 +8,21 @@ pilot (`load_pipeline` + `load_embedding` + `encode_text`). Ids and embeddings m
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
-from scheduler_cases import CASES, SD
-from sd_references import fill, hf_tokenizer
-from transformers import CLIPTextConfig, CLIPTextModel
+from sd_references import tiny_diffusers_pipeline
 
 import pilot
 from pilot.diffusion.pipeline import encode_text
 from pilot.models.tokenizer import CLIPTokenizer
-from pilot.models.unet import UNET_PRESETS
-from pilot.models.vae import VAE_PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    tok = CLIPTokenizer.default()
-    text_cfg = CLIPTextConfig(
-        vocab_size=len(tok.vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     root = tmp_path_factory.mktemp("ti")
-    pipe = StableDiffusionPipeline(
-        vae=fill(AutoencoderKL(**VAE_PRESETS["tiny"].to_diffusers()), 1),
-        text_encoder=fill(CLIPTextModel(text_cfg), 2),
-        tokenizer=hf_tokenizer(root / "vocab", pad_token="<|endoftext|>"),
-        unet=fill(UNet2DConditionModel(**UNET_PRESETS["tiny"].to_diffusers()), 3),
-        scheduler=CASES["ddim_sd_config"].scheduler(**SD, **CASES["ddim_sd_config"].config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = tiny_diffusers_pipeline(root)
     pipe.save_pretrained(root / "sd")
     return root / "sd"
 

@@ -12,17 +12,12 @@ scaled by `sqrt(1 + sigma_max^2)`, the pipeline's convention.
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from scheduler_cases import CASES, SD, pilot_sigmas
-from sd_references import fill, hf_tokenizer, rel_err
-from transformers import CLIPTextConfig, CLIPTextModel
+from sd_references import rel_err, tiny_diffusers_pipeline
 
 import pilot
 from pilot.diffusion import DiscreteSchedule, prior_std
 from pilot.diffusion.pipeline import Request, SamplingSettings, generate_latents
-from pilot.models.tokenizer import CLIPTokenizer
-from pilot.models.unet import UNET_PRESETS
-from pilot.models.vae import VAE_PRESETS
 
 TOL = 1e-4
 STEPS = 8
@@ -47,28 +42,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict:
     """Tiny eps and v pipelines saved by diffusers, with transformers' tokenizer."""
-    tok = CLIPTokenizer.default()
-    text_cfg = CLIPTextConfig(
-        vocab_size=len(tok.vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     root = tmp_path_factory.mktemp("pipelines")
-    pipe = StableDiffusionPipeline(
-        vae=fill(AutoencoderKL(**VAE_PRESETS["tiny"].to_diffusers()), 1),
-        text_encoder=fill(CLIPTextModel(text_cfg), 2),
-        tokenizer=hf_tokenizer(root / "vocab", pad_token="<|endoftext|>"),
-        unet=fill(UNet2DConditionModel(**UNET_PRESETS["tiny"].to_diffusers()), 3),
-        scheduler=CASES["ddim_sd_config"].scheduler(**SD, **CASES["ddim_sd_config"].config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = tiny_diffusers_pipeline(root)
     out = {}
     for prediction_type in ("epsilon", "v_prediction"):
         pipe.scheduler = pipe.scheduler.from_config(
