@@ -282,7 +282,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
     done = f"wrote {args.out}, {args.out.with_suffix('.gif')} (frames and metrics in {run})"
     print(json.dumps(summary, indent=2) if args.json else done)
     if args.video is not None:  # what the output does not keep: audio, variable timing
-        for note in frames.notes(args.out, todo.start):
+        for note in frames.notes(args.out, todo, output_fps(args, frames, todo.step)):
             print(f"note: {note}", file=sys.stderr)
     return 0
 
