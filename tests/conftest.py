@@ -24,6 +24,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _hash_cache(tmp_path_factory):
+    """The weight-hash cache (`pilot.weights.hashes`) in a temporary folder, not the user's."""
+    from pilot.weights.hashes import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("hash-cache") / "hashes.json")
+    yield
+    if before is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Seed torch; restore the thread count a test may change (CLI `--threads` options):

@@ -210,10 +210,13 @@ class VideoFrames:
             self._recent.popitem(last=False)
         return image
 
-    def notes(self, out: Path, first: int = 0) -> list[str]:
-        """What `out`, made from frames `first`... of this video, does not keep (an audio
-        track, a variable frame rate, frames that did not decode): one line each."""
-        return self.reader.notes(out, first)
+    def notes(self, out: Path, todo: range | None = None, fps: float | None = None) -> list[str]:
+        """What `out`, made from frames `todo` (default all) of this video and played at `fps`
+        (default `self.fps` / the range's step), does not keep (an audio track, with the ffmpeg
+        command that adds it in step; a variable frame rate; frames that did not decode): one
+        line each."""
+        todo = range(len(self)) if todo is None else todo
+        return self.reader.notes(out, todo, self.fps / todo.step if fps is None else fps)
 
     def check_kind(self, kind: str) -> None:
         """ValueError unless control `kind` is made from colour alone (all a video has)."""

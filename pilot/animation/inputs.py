@@ -18,9 +18,11 @@ import json
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,11 +206,14 @@ def check_run_folder(
     settings: dict,
     hint: str = "use another --run folder, or the original settings",
     name: str = "settings.json",
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Write `run/settings.json` (or `run/<name>`), or check a resumed run's against it (frames
     are never touched).
 
-    `hint` ends the error message: what the user can do instead.
+    `hint` ends the error message: what the user can do instead. `defaults` holds the values
+    of the settings recorded only when not their default: the message shows a missing one as
+    its default (`frame_step: 2 -> 1`), not as None.
 
     Raises:
         ValueError: the folder was made with other settings; the message names every key.
@@ -217,7 +222,11 @@ def check_run_folder(
     if (old := read_settings(run, hint, name)) is not None:
         differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if differ:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+            defaults = defaults or {}
+            detail = ", ".join(
+                f"{k}: {old.get(k, defaults.get(k))!r} -> {settings.get(k, defaults.get(k))!r}"
+                for k in differ
+            )
             raise ValueError(
                 f"run folder {run} was made with other settings ({detail}); its frames are kept: "
                 f"{hint} to resume"

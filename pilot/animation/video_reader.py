@@ -16,6 +16,7 @@ a file that lists more frames than decode.
 from __future__ import annotations
 
 import os
+import shlex
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from pilot.imageio import decode_image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NOT_READ = "not a video OpenCV reads, or a damaged or truncated file"
 VFR_TOLERANCE = 0.25  # frame intervals further than this share from the mean: variable rate
+TEMPO_TOLERANCE = 1e-3  # an output this near the source's speed keeps its audio in step
 
 
 def open_video(path: str | os.PathLike) -> VideoFile | FrameFolder:
@@ -78,7 +80,7 @@ class FrameFolder:
         """Frame k as uint8 (H, W, 3) RGB."""
         return decode_image(self.files[k], "RGB")
 
-    def notes(self, out: Path, first: int) -> list[str]:
+    def notes(self, out: Path, todo: range, fps: float) -> list[str]:
         """Nothing a frame folder holds is lost."""
         return []
 
@@ -145,16 +147,12 @@ class VideoFile:
             self._capture.release()
             self._capture = None
 
-    def notes(self, out: Path, first: int) -> list[str]:
-        """What `out`, made from frames `first`... of this video, does not keep: one line each."""
+    def notes(self, out: Path, todo: range, fps: float) -> list[str]:
+        """What `out`, made from frames `todo` of this video and played at `fps`, does not keep:
+        one line each."""
         notes = []
         if self.audio:
-            skip = f"-ss {self.times[first] / 1000:g} " if first else ""
-            notes.append(
-                f"{self.path} has an audio track; {out} has none (frames only). To add it: "
-                f"ffmpeg -i {out} {skip}-i {self.path} -map 0:v -map 1:a -c copy -shortest "
-                f"{out.with_name(out.stem + '_audio.mp4')}"
-            )
+            notes.append(self.audio_note(out, todo, fps))
         if self.listed > len(self) and self.audio is not None:  # MP4/MOV: an exact count
             notes.append(
                 f"{self.path} lists {self.listed} frames but only the first {len(self)} decode "
@@ -166,6 +164,58 @@ class VideoFile:
                 f"ms apart); {out} shows each frame for the same time, so its timing differs"
             )
         return notes
+
+    def audio_note(self, out: Path, todo: range, fps: float) -> str:
+        """The audio track left out, and the ffmpeg command that adds it to `out` in step.
+
+        `out` shows source frame `todo[i]` at `i / fps` s, so it plays the source at `tempo` =
+        fps * STEP / source fps times its speed. At 1 (the default rate, source fps / STEP) the
+        audio from the first frame's time is copied as it is; else it is re-timed by that
+        factor with ffmpeg's `atempo` filter (pitch kept; chained within [0.5, 2], the range
+        every ffmpeg version takes), so each frame still meets its sound. The result is cut to
+        the video's length (`-t`; `-shortest` would cut the video's last frames where the
+        re-timed audio ends a little early).
+        """
+        start = self.times[todo.start] / 1000
+        skip = f"-ss {start:g} " if start else ""
+        head = f"{self.path} has an audio track; {out} has none (frames only)"
+        muxed = shlex.quote(str(out.with_name(out.stem + "_audio.mp4")))  # a shell command
+        source_fps = self.fps or _mean_rate(self.times)
+        tempo = 1.0 if source_fps is None else fps * todo.step / source_fps
+        inputs = (
+            f"-i {shlex.quote(str(out))} {skip}-i {shlex.quote(str(self.path))} -map 0:v -map 1:a"
+        )
+        length = f"-t {len(todo) / fps:.3f} {muxed}"  # the video's length: every frame stays
+        if abs(tempo - 1) <= TEMPO_TOLERANCE:
+            return f"{head}. To add it: ffmpeg {inputs} -c copy {length}"
+        chain = ",".join(f"atempo={f:.6g}" for f in atempo_factors(tempo))
+        every = f"1 frame in {todo.step} of " if todo.step > 1 else ""
+        return (
+            f"{head}, and plays the source at {tempo:.4g}x its speed ({every}a {source_fps:g} "
+            f"fps source at {fps:g} fps), so a copy of the audio would drift: re-time it. To add "
+            f"it: "
+            f"ffmpeg {inputs} -c:v copy -af {chain} {length}"
+        )
+
+
+def atempo_factors(tempo: float) -> list[float]:
+    """`tempo` as a product of factors in [0.5, 2] (ffmpeg's `atempo` range before 4.3):
+    2s or 0.5s, then the rest."""
+    factors = []
+    while tempo > 2:
+        factors.append(2.0)
+        tempo /= 2
+    while tempo < 0.5:
+        factors.append(0.5)
+        tempo /= 0.5
+    return [*factors, tempo]
+
+
+def _mean_rate(times: Sequence[float]) -> float | None:
+    """Frames per second from the timestamps `times` (ms); None for fewer than two."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return 1000 * (len(times) - 1) / (times[-1] - times[0])
 
 
 def variable_rate(times: Sequence[float]) -> tuple[float, float] | None:

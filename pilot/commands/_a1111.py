@@ -8,13 +8,18 @@ the LoRAs and textual inversion embeddings written as A1111 writes them so that 
 - each embedding that the prompt or negative prompt uses (A1111 lists only those) in
   `TI hashes: "TOKEN: HASH, ..."`.
 
-HASH is the 12-digit short hash A1111 shows (`pilot.weights.hashes`). pilot's own JSON is not
-changed: it records the `--lora` / `--embedding` entries themselves.
+HASH is the 12-digit short hash A1111 shows (`pilot.weights.hashes`). The checkpoint and the
+--vae are linked by `Model hash` / `VAE hash` (A1111's 10 digits, "AutoV2") where they are single
+files; a diffusers folder (the packaged `tiny_sd` too, and a cached repo id) has no hash in
+A1111, so none is written. Hashes are cached (`pilot.weights.hashes.hash_cache_path`), so a
+multi-gigabyte checkpoint is hashed once. pilot's own JSON is not changed: it records the
+`--model` / `--vae` / `--lora` / `--embedding` entries themselves.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,22 +30,30 @@ from pilot.commands._lora import parse_lora
 
 @dataclass(frozen=True)
 class ExtraNetworks:
-    """What A1111 calls extra networks, hashed.
+    """What A1111 calls extra networks, hashed, and the checkpoint's and VAE's short hashes.
 
     Attributes:
         loras: `(name, scale, short hash)` per `--lora`, in order.
         embeddings: `(token, short hash)` per embedding the prompts use, in `--embedding` order.
+        model_hash: the checkpoint's 10-digit hash; None for a folder (module docstring).
+        vae_hash: the --vae file's 10-digit hash; None without one or for a folder.
     """
 
     loras: tuple[tuple[str, float, str], ...] = ()
     embeddings: tuple[tuple[str, str], ...] = ()
+    model_hash: str | None = None
+    vae_hash: str | None = None
 
 
 def read_extra_networks(
-    lora_entries: Sequence[str], embeddings: Iterable[tuple[str, Path]]
+    lora_entries: Sequence[str],
+    embeddings: Iterable[tuple[str, Path]],
+    model: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
 ) -> ExtraNetworks:
-    """Hash the `--lora FILE[:SCALE]` files and the `(token, file)` embeddings (those the
-    prompts use: `used_embeddings`)."""
+    """Hash the `--lora FILE[:SCALE]` files, the `(token, file)` embeddings (those the prompts
+    use: `used_embeddings`), and the `--model` and `--vae` (as given: a file, folder, packaged
+    name or cached repo id) where they are single files."""
     from pilot.weights.hashes import SHORT_HASH, embedding_hash, lora_hash
 
     loras = tuple(
@@ -48,7 +61,16 @@ def read_extra_networks(
         for path, scale in map(parse_lora, lora_entries)
     )
     used = tuple((token, embedding_hash(path)[:SHORT_HASH]) for token, path in embeddings)
-    return ExtraNetworks(loras, used)
+    return ExtraNetworks(loras, used, _short_checkpoint_hash(model), _short_checkpoint_hash(vae))
+
+
+def _short_checkpoint_hash(model: str | os.PathLike | None) -> str | None:
+    """The 10 digits A1111 shows of a checkpoint or VAE file's hash; None for none or a folder."""
+    from pilot.weights.hashes import SHORT_MODEL_HASH, checkpoint_hash
+    from pilot.weights.hub import resolve
+
+    digest = None if model is None else checkpoint_hash(resolve(model))
+    return None if digest is None else digest[:SHORT_MODEL_HASH]
 
 
 def used_embeddings(
@@ -96,12 +118,15 @@ def a1111_parameters(params: dict, seed: int, networks: ExtraNetworks | None = N
         f"CFG scale: {params['cfg']}",
         f"Seed: {seed}",
         f"Size: {params['width']}x{params['height']}",
-        f"Model: {Path(params['model']).name}",
+        *([f"Model hash: {networks.model_hash}"] if networks.model_hash else []),
+        f"Model: {_model_name(params['model'])}",  # A1111's: the file name, no suffix
     ]
     if "strength" in params:
         line.append(f"Denoising strength: {params['strength']}")
     if params["clip_skip"]:
         line.append(f"Clip skip: {params['clip_skip'] + 1}")
+    if networks.vae_hash:
+        line.append(f"VAE hash: {networks.vae_hash}")
     if "vae" in params:
         line.append(f"VAE: {Path(params['vae']).name}")
     line += hash_fields(networks)
@@ -140,8 +165,8 @@ def a1111_controlnets(params: dict) -> list[str]:
 
 
 def _model_name(path: str) -> str:
-    """A ControlNet's name as A1111 shows it: the file or folder name, without a weights
-    suffix (`control_v11f1p_sd15_depth.pth` -> `control_v11f1p_sd15_depth`)."""
+    """A checkpoint's or ControlNet's name as A1111 shows it: the file or folder name, without
+    a weights suffix (`control_v11f1p_sd15_depth.pth` -> `control_v11f1p_sd15_depth`)."""
     name = Path(path).name
     for suffix in (".safetensors", ".pth", ".ckpt", ".bin", ".pt"):
         name = name.removesuffix(suffix)

@@ -49,6 +49,12 @@ NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
                 "vae_batch", "fps")  # fmt: skip
 
 
+# Settings recorded only when not their default (so folders made before them resume), with that
+# default as JSON: a missing key is shown as it in the message refusing another value.
+RECORDED_DEFAULTS = {"vae_upcast": "auto", "preview_decoder": None, "depth_per": "shot",
+                     "lora": [], "frame_step": 1, "vae": None, "embedding": []}  # fmt: skip
+
+
 def check_source_arguments(args: argparse.Namespace) -> None:
     """ValueError for options that have no effect on the chosen source (or a bad size or
     --fps)."""
@@ -160,17 +166,9 @@ def run_settings(
     chosen.update(dtype=dtype, source_fingerprint=source_fingerprint(args, frames))
     chosen["lora"] = lora_settings(args.lora)  # "FILE:SCALE": a.safetensors resumes a.safetensors:1
     chosen = {k: v for k, v in chosen.items() if k not in ("vae", "embedding")}
-    chosen.update(vae_embeddings.recorded(args))  # when given, as the defaults below
-    # options recorded only when not their default, so folders made before them resume
-    defaults = (
-        ("vae_upcast", "auto"),
-        ("preview_decoder", None),
-        ("depth_per", "shot"),
-        ("lora", []),
-        ("frame_step", 1),
-    )
-    for name, default in defaults:
-        if chosen[name] == default:
+    chosen.update(vae_embeddings.recorded(args))  # only when given
+    for name, default in RECORDED_DEFAULTS.items():
+        if name in chosen and chosen[name] == default:
             del chosen[name]
     return json.loads(json.dumps(chosen, default=str))
 

@@ -272,7 +272,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         check_preview(preview, sd, args.preview_decoder)
         tracks = load_tracks(args, frames, sd, device, dtype, speed)
         check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
-        check_run_folder(run, chosen)
+        check_run_folder(run, chosen, defaults=checks.RECORDED_DEFAULTS)
         remove_run_temps(run, args.out)
         with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
             seconds = render_frames(
@@ -282,7 +282,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
     done = f"wrote {args.out}, {args.out.with_suffix('.gif')} (frames and metrics in {run})"
     print(json.dumps(summary, indent=2) if args.json else done)
     if args.video is not None:  # what the output does not keep: audio, variable timing
-        for note in frames.notes(args.out, todo.start):
+        for note in frames.notes(args.out, todo, output_fps(args, frames, todo.step)):
             print(f"note: {note}", file=sys.stderr)
     return 0
 

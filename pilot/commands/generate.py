@@ -196,7 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tokens = vae_embeddings.load_embeddings(sd, args)
     texts = [args.prompt, args.negative_prompt]
     used = used_embeddings(sd.tokenizer, texts, zip(tokens, args.embedding, strict=True))
-    networks = read_extra_networks(args.lora, used)  # hashes for the A1111 text
+    networks = read_extra_networks(args.lora, used, args.model, args.vae)  # for the A1111 text
     check_preview(preview, sd, args.preview_decoder)
     check_vae_tile(args.vae_tile, sd)
     side = native_size(sd)

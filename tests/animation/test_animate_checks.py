@@ -3,6 +3,7 @@ values over the whole range, a range starting after a missing frame, the source'
 the resolved dtype, and clear errors for options that cannot work."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -165,6 +166,42 @@ def test_depth_per_frame_is_a_run_setting(model_folder, controlnet_folder, shot,
     assert "depth_per" not in a and b["depth_per"] == "frame"  # older folders resume
     png = "frames/000000.png"
     assert (tmp_path / "a.run" / png).read_bytes() != (tmp_path / "b.run" / png).read_bytes()
+
+
+def test_settings_recorded_only_when_not_default_are_refused_naming_the_default(tmp_path):
+    """A setting left out of settings.json at its default shows as that default (frame_step 1,
+    not None) in the message refusing a rerun, whichever way it changed."""
+    from pilot.animation.inputs import check_run_folder
+    from pilot.cli import build_parser
+    from pilot.commands._animate_checks import RECORDED_DEFAULTS, frame_range
+
+    args = build_parser().parse_args(
+        ["animate", "--model", "m", "--prompt", "p", "--out", "o", "--shot", "s"]
+    )
+    options = {k: getattr(args, k) for k in RECORDED_DEFAULTS if hasattr(args, k)}
+    assert options == {k: v for k, v in RECORDED_DEFAULTS.items() if k in options}
+    assert set(RECORDED_DEFAULTS) - set(options) == {"frame_step"}  # --frames' STEP
+    assert frame_range("0:3", 3).step == RECORDED_DEFAULTS["frame_step"]
+    given = {
+        "seed": 1,
+        "frame_step": 2,
+        "lora": ["a.safetensors:1"],
+        "vae_upcast": "always",
+        "depth_per": "frame",
+        "preview_decoder": "p",
+        "vae": "v",
+        "embedding": ["x.pt"],
+    }
+    shown = ("depth_per: 'frame' -> 'shot', embedding: ['x.pt'] -> [], frame_step: 2 -> 1, "
+             "lora: ['a.safetensors:1'] -> [], preview_decoder: 'p' -> None, vae: 'v' -> None, "
+             "vae_upcast: 'always' -> 'auto')")  # fmt: skip
+    for run, first, second, message in [
+        (tmp_path / "a", given, {"seed": 1}, shown),
+        (tmp_path / "b", {"seed": 1}, {"seed": 1, "frame_step": 3}, "(frame_step: 1 -> 3)"),
+    ]:
+        check_run_folder(run, first, defaults=RECORDED_DEFAULTS)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_run_folder(run, second, defaults=RECORDED_DEFAULTS)
 
 
 def test_a_rerun_clears_what_killed_writes_left(model_folder, small_shot, tmp_path):

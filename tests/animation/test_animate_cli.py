@@ -177,7 +177,7 @@ def test_a_lora_is_a_setting_of_the_run(animation_sd, model_folder, small_shot, 
     settings = json.loads((tmp_path / "film.run" / "settings.json").read_text())
     assert settings["lora"] == [f"{lora}:0.5"]
     capsys.readouterr()
-    for other, now in ([f"{lora}:0.7"], [f"{lora}:0.7"]), ([], None):
+    for other, now in ([f"{lora}:0.7"], [f"{lora}:0.7"]), ([], []):  # []: the default
         argv = [a for entry in other for a in ("--lora", entry)]
         assert animate(model_folder, small_shot, out, *extra, *argv) == 2
         assert f"made with other settings (lora: ['{lora}:0.5'] -> {now!r})" in (

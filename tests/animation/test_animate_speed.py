@@ -49,7 +49,7 @@ def test_speed_flags_and_batch_keep_the_frames(
     assert json.loads(capsys.readouterr().out)["rendered_now"] == 0
     assert animate(model_folder, small_shot, tmp_path / "a.mp4", *control, "--vae-upcast",
                    "never") == 2  # fmt: skip
-    assert "(vae_upcast: None -> 'never')" in capsys.readouterr().err
+    assert "(vae_upcast: 'auto' -> 'never')" in capsys.readouterr().err
 
 
 def test_cuda_graphs_off_cuda_is_refused_before_any_work(

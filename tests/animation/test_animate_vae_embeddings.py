@@ -42,9 +42,9 @@ def test_vae_and_embeddings_are_run_settings(model_folder, small_shot, tmp_path,
     assert animate(model_folder, small_shot, tmp_path / "b.mp4", *extra) == 0  # resumes
     for changed, message in [
         (extra[2:], f"vae: {str(vae)!r} -> None"),
-        (extra[:2], f"embedding: {[str(embedding)]!r} -> None"),
+        (extra[:2], f"embedding: {[str(embedding)]!r} -> []"),
     ]:
         assert animate(model_folder, small_shot, tmp_path / "b.mp4", *changed) == 2
         assert message in capsys.readouterr().err
     assert animate(model_folder, small_shot, tmp_path / "a.mp4", *extra) == 2
-    assert "was made with other settings (embedding: None -> [" in capsys.readouterr().err
+    assert "was made with other settings (embedding: [] -> [" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 
 from pilot.animation.inputs import VideoFrames
 from pilot.animation.video import write_mp4
-from pilot.animation.video_reader import variable_rate
+from pilot.animation.video_reader import open_video, variable_rate
 from pilot.cli import main
 from pilot.imageio import write_png
 
@@ -74,7 +74,35 @@ def test_an_audio_track_is_said_to_be_left_out(model_folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"note: {phone} has an audio track; {out} has none" in err
     muxed = tmp_path / "b_audio.mp4"
-    assert f"ffmpeg -i {out} -i {phone} -map 0:v -map 1:a -c copy -shortest {muxed}" in err
+    assert f"ffmpeg -i {out} -i {phone} -map 0:v -map 1:a -c copy -t 0.300 {muxed}" in err
+    assert animate_video(model_folder, phone, out, "--frames", "0:3", "--fps", "20") == 0
+    err = capsys.readouterr().err  # twice the source's speed: the audio re-timed to match
+    assert f"{out} has none (frames only), and plays the source at 2x its speed (a 10 fps" in err
+    assert f"-map 0:v -map 1:a -c:v copy -af atempo=2 -t 0.150 {muxed}" in err
+
+
+def test_the_audio_command_keeps_the_frames_in_step_with_the_sound(tmp_path):
+    """Output frame i is source frame todo[i], shown at i / fps s: the audio from the first
+    frame's time, sped by fps * STEP / source fps (`atempo`, chained within [0.5, 2]), cut to
+    the video's length. Checked by hand with ffmpeg 9 on a clip beeping each second."""
+    video = open_video(with_audio_track(grey_video(tmp_path / "phone.mp4", 30)))  # 10 fps
+    out = tmp_path / "o.mp4"
+    head = f"ffmpeg -i {out} "
+    tail = f"-i {video.path} -map 0:v -map 1:a"
+    for todo, fps, command in [
+        (range(30), 10, f"{tail} -c copy -t 3.000 "),
+        (range(0, 30, 2), 5, f"{tail} -c copy -t 3.000 "),  # every 2nd frame at half the fps
+        (range(0, 30, 2), 10, f"{tail} -c:v copy -af atempo=2 -t 1.500 "),
+        (range(5, 30), 5, f"-ss 0.5 {tail} -c:v copy -af atempo=0.5 -t 5.000 "),
+        (range(30), 2.5, f"{tail} -c:v copy -af atempo=0.5,atempo=0.5 -t 12.000 "),
+        (range(0, 30, 3), 24, f"{tail} -c:v copy -af atempo=2,atempo=2,atempo=1.8 -t 0.417 "),
+    ]:
+        (note,) = video.notes(out, todo, fps)
+        assert f"To add it: {head}{command}{tmp_path / 'o_audio.mp4'}" in note, note
+        assert ("re-time it" in note) == ("atempo" in command)
+    spaced = tmp_path / "my film.mp4"  # quoted for the shell
+    (note,) = video.notes(spaced, range(30), 10)
+    assert f"ffmpeg -i '{spaced}' -i" in note and f"-t 3.000 '{tmp_path}/my film_audio.mp4'" in note
 
 
 def test_fps_sets_the_frame_rate_of_a_folder_of_frames(model_folder, tmp_path, capsys):

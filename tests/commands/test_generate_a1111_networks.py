@@ -77,3 +77,38 @@ def test_generated_pngs_name_loras_and_used_embeddings(capsys, tiny_sd, tiny_sd_
     assert f'TI hashes: "InkStyle: {ti}"' in lines[-1]  # zq-unused: loaded, not used: not listed
     params = json.loads(text["pilot"])  # pilot's JSON as it was
     assert params["prompt"] == "(inkstyle:1.2) fog" and params["lora"] == [f"{lora}:0.8"]
+
+
+def test_a1111_text_has_the_model_and_vae_hashes_before_their_names():
+    networks = ExtraNetworks(model_hash="0123456789", vae_hash="abcdefabcd")
+    text = a1111_parameters({**PARAMS, "vae": "dir/v.safetensors"}, seed=3, networks=networks)
+    line = text.splitlines()[-1]
+    assert "Size: 64x64, Model hash: 0123456789, Model: m, " in line
+    assert line.endswith("VAE hash: abcdefabcd, VAE: v.safetensors")
+    assert "hash" not in a1111_parameters(PARAMS, seed=3)  # a folder: none, as in A1111
+
+
+def test_generated_pngs_link_a_single_file_model_and_vae_by_a1111s_hash(
+    capsys, tiny_sd, tiny_sd_folder, tmp_path, monkeypatch
+):
+    import pilot
+    from tests.commands.test_generate_vae_embeddings import write_original_vae
+
+    model, vae = tmp_path / "tiny.safetensors", tmp_path / "own-vae.safetensors"
+    model.write_bytes(b"a single-file checkpoint")  # loaded as the folder: tiny models' single
+    write_original_vae(tiny_sd.vae, vae)  # files need configs the CLI cannot pass
+    load = pilot.load_pipeline
+    monkeypatch.setattr(pilot, "load_pipeline", lambda path, **kw: load(tiny_sd_folder, **kw))
+    for argv, expected in [
+        (["--model", str(model), "--vae", str(vae)], [model, vae]),
+        (["--model", str(tiny_sd_folder)], []),  # a diffusers folder: no hash, as in A1111
+    ]:
+        out = tmp_path / f"out{len(expected)}"
+        assert main(["generate", *argv, "--prompt", "fog", *FAST, "--out", str(out)]) == 0
+        line = read_png_text(capsys.readouterr().out.split()[0])["parameters"].splitlines()[-1]
+        hashes = [hashlib.sha256(p.read_bytes()).hexdigest()[:10] for p in expected]
+        if expected:
+            assert f"Model hash: {hashes[0]}, Model: tiny, " in line  # A1111's: no suffix
+            assert f"VAE hash: {hashes[1]}, VAE: own-vae.safetensors" in line
+        else:
+            assert "hash" not in line
