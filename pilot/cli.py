@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import platform
 import sys
@@ -90,10 +91,13 @@ def report_errors(prog: str, command: Callable[[], int], *, resumes: bool = Fals
     what it was writing) becomes `<prog>: interrupted` (and, when the command `resumes`, how to
     resume) and the shell's status for SIGINT, 130. Signal handlers are left as they are: a
     second Ctrl-C while the first unwinds stops at once, and a command's own (`pilot train`'s
-    first Ctrl-C finishes the step and saves last.ckpt) raises nothing here.
+    first Ctrl-C finishes the step and saves last.ckpt) raises nothing here. A stdout its reader
+    closed (`pilot inspect X | head`) ends quietly with SIGPIPE's status, 141.
     """
     try:
-        return command()
+        status = command()
+        sys.stdout.flush()  # a closed pipe's error here, not in the interpreter's exit
+        return status
     except (FileNotFoundError, ValueError) as e:
         print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 2
@@ -101,6 +105,21 @@ def report_errors(prog: str, command: Callable[[], int], *, resumes: bool = Fals
         hint = "; rerun the same command to resume" if resumes else ""
         print(f"{prog}: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader left (`pilot inspect X | head`): quietly
+        _silence_stdout()
+        return 141  # as a shell reports SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what the closed pipe did
+    not take raises nothing more (Python's advice for SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def error_line(error: BaseException) -> str:

@@ -1,12 +1,16 @@
 """Smoke tests of the `pilot` command."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pilot.cli import main
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_help_runs_as_console_script():
@@ -189,3 +193,41 @@ def test_ctrl_c_says_whether_the_command_resumes(monkeypatch, capsys, argv, line
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_interrupt)
     assert main(argv) == 130
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_every_commands_help_renders(capsys):
+    """`pilot X [Y] --help` for every command and subcommand: no argparse error in a help text."""
+    import argparse
+
+    from pilot.cli import build_parser
+
+    def commands(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield (*prefix, name)
+                    yield from commands(sub, (*prefix, name))
+
+    helps = {}
+    for argv in commands(build_parser()):
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "--help"])
+        assert info.value.code == 0, argv
+        helps[argv] = " ".join(capsys.readouterr().out.split())
+    assert len(helps) >= 16 and "--frames START:END[:STEP]" in helps[("animate",)]
+    assert "the shot's or the video's, else 12" in helps[("conditioner", "apply")]
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path):
+    """`pilot info | head -0`: the reader is gone before pilot writes; exit 141 (SIGPIPE's) and
+    no traceback, as for other command-line tools."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "pilot.cli", "info"], stdout=write, stderr=subprocess.PIPE,
+            text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (run.returncode, run.stderr) == (141, "")

@@ -160,10 +160,17 @@ def _describe_embedding(source: Path) -> dict[str, Any]:
 
 
 def _describe_vae(source: Path) -> dict[str, Any]:
-    """Latent channels and the image size factor, and the model's config."""
+    """Latent channels and the image size factor, and the model's config (of a file of no
+    preset, its shapes: what it does not store, `--vae` takes from the model's own VAE)."""
     import pilot
+    from pilot.weights.io import WeightsError
 
-    vae = pilot.load_vae(source)
+    try:
+        vae = pilot.load_vae(source)
+    except WeightsError:
+        if source.is_dir():
+            raise
+        return _describe_vae_shapes(source)
     return {
         "kind": "vae",
         "format": "diffusers" if source.is_dir() else _vae_file_format(source),
@@ -171,6 +178,26 @@ def _describe_vae(source: Path) -> dict[str, Any]:
         "downsample_factor": vae.cfg.downsample_factor,
         "scaling_factor": vae.cfg.scaling_factor,
         "vae": describe_module(vae),
+        "use_with": "--vae FILE or pilot.load_pipeline(..., vae=)",
+    }
+
+
+def _describe_vae_shapes(source: Path) -> dict[str, Any]:
+    """A VAE file whose shapes fit no preset, described from them alone."""
+    from pilot.weights import sd_original
+    from pilot.weights.configs import _KINDS
+    from pilot.weights.io import read_checkpoint
+
+    derived = sd_original.detect_vae_config(read_checkpoint(source).tensors)
+    return {
+        "kind": "vae",
+        "format": _vae_file_format(source),
+        "latent_channels": derived["latent_channels"],
+        "downsample_factor": 2 ** (len(derived["block_out_channels"]) - 1),
+        "scaling_factor": None,
+        "shapes": {k: derived[k] for k in _KINDS["vae"].structure},
+        "note": "fits no preset: its GroupNorm groups and scaling factor are not in the file; "
+        "--vae and load_pipeline(vae=) take those of a model folder's own VAE of these shapes",
         "use_with": "--vae FILE or pilot.load_pipeline(..., vae=)",
     }
 

@@ -425,7 +425,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=Path("conditioned.mp4"),
         help=".mp4 or .gif video, or a folder: images named as the inputs, at their sizes",
     )
-    a.add_argument("--fps", type=float, help="video frame rate (default: the shot's, else 12)")
+    a.add_argument(
+        "--fps", type=float, help="video frame rate (default: the shot's or the video's, else 12)"
+    )
     a.add_argument("--size", type=int, help="short side to run at (multiple of the model's)")
     a.add_argument("--square", action="store_true", help="squash frames to --size squares")
     a.add_argument("--frames-dir", type=Path, help="also write every frame as PNG here")

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_control(args: argparse.Namespace) -> int:
     """Preprocess the picture of `args.control` and write it to `--out` (atomically)."""
     from pilot.control.spec import parse_control_arg, picture_size
-    from pilot.imageio import write_png
+    from pilot.imageio import remove_stale_temps, write_png
 
     spec = parse_control_arg(args.control)
     for name in ("width", "height"):
@@ -51,5 +51,6 @@ def cmd_control(args: argparse.Namespace) -> int:
     if note := spec.stretch_note((height, width)):
         print(f"note: {note}", file=sys.stderr)
     image = spec.control_image((height, width))  # (1, 3, H, W) in [0, 1]
+    remove_stale_temps([args.out])  # what a killed run's write left
     print(write_png(args.out, image[0]))
     return 0

@@ -184,8 +184,9 @@ def _no_preset(component: str, derived: Mapping[str, Any], source: Path) -> Weig
     loader = "load_text_encoder" if component == "text_encoder" else f"load_{component}"
     remedy = f"pass config= to {loader}, or {_PIPELINE_CONFIG[component]}= to load_pipeline"
     shapes = {k: derived[k] for k in kind.structure}
+    saver = "pilot.weights.save.save_vae" if component == "vae" else None
     return no_preset_error(
-        source, kind.label, shapes, _api(component).presets, kind.unstored, remedy
+        source, kind.label, shapes, _api(component).presets, kind.unstored, remedy, saver
     )
 
 
@@ -196,12 +197,15 @@ def no_preset_error(
     presets: Mapping[str, Any],
     unstored: Mapping[str, str],
     remedy: str,
+    saver: str | None = None,
 ) -> WeightsError:
     """The error for a single file whose shapes fit no preset: pilot does not guess `unstored`.
 
     Args:
         unstored: config field -> what it is, for the values the file does not store.
         remedy: what to pass instead, e.g. `pass config= to load_unet`.
+        saver: the function that saves it as a folder (default: the pipeline's and the
+            ControlNet's).
     """
     what = " and ".join(f"{name} ({key})" for key, name in unstored.items())
     names = ", ".join(sorted(presets))
@@ -209,7 +213,7 @@ def no_preset_error(
         f"{source}: the {label} shapes {dict(shapes)} fit no preset ({names}). "
         f"Its {what} are not stored in the file and pilot will not guess them: {remedy}. "
         f"For the pilot commands, save it once as a folder, which stores them "
-        f"(pilot.save_pipeline / pilot.save_controlnet)"
+        f"({saver or 'pilot.save_pipeline / pilot.save_controlnet'})"
     )
 
 

@@ -237,7 +237,7 @@ def load_pipeline(
         vae: another VAE in place of the checkpoint's (e.g. `vae-ft-mse-840000-ema-pruned`):
             anything `load_vae` reads (an original-layout VAE file, a diffusers `vae/` folder or
             the pipeline folder holding one, a cached repo id; `vae_config` applies to it), or
-            a loaded `AutoencoderKL`. The checkpoint's own VAE is then not read.
+            a loaded `AutoencoderKL` (a file of no preset: `vae_swap`). The own VAE is not read.
 
     Raises:
         WeightsError: naming the file and the problem, e.g. a tokenizer with more tokens than

@@ -1,6 +1,11 @@
 """`load_pipeline(..., vae=)`: another VAE in place of a checkpoint's own, refused unless its
 latents fit the checkpoint (the UNet's channels, the own VAE's image size factor).
 
+A VAE file holds no GroupNorm group count or latent scaling factor: one whose shapes fit no
+preset takes those of the pipeline folder's own VAE when its shapes are that VAE's (as A1111
+loads a VAE file into the model's own VAE), so a fine-tuned VAE of a model of no preset (the
+packaged tiny SD) swaps in without a `vae_config`.
+
 Split from `pilot.weights.loaders` (which imports these names) to keep that module to loading.
 """
 
@@ -14,7 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from pilot.weights import sd_original
-from pilot.weights.configs import read_config_json
+from pilot.weights.configs import _KINDS, _api, _config_from_json, fitting_preset, read_config_json
 from pilot.weights.hub import resolve
 from pilot.weights.io import WeightsError, read_checkpoint
 
@@ -26,7 +31,8 @@ def _swap_vae(
 ) -> nn.Module:
     """`load_pipeline(vae=)`: the VAE loaded (or moved), refused unless its latents have the
     UNet's channels and the image size factor of the checkpoint's own VAE (`own_factor`,
-    None: the checkpoint has none)."""
+    None: the checkpoint has none). A file of no preset takes the config of the folder's own
+    VAE where its shapes are that VAE's (module docstring)."""
     from pilot.weights.loaders import load_vae  # here: loaders imports this module
 
     def check(name: str, latents: tuple[int, int] | None) -> None:
@@ -45,9 +51,28 @@ def _swap_vae(
         model = load_vae(vae, config=config, **kw)
     except WeightsError:  # e.g. shapes of no preset: say first if they cannot fit anyway
         check(str(resolve(vae)), _vae_latents(resolve(vae)))
-        raise
+        own = None if config is not None else _own_config(source, resolve(vae))
+        if own is None:
+            raise
+        model = load_vae(vae, config=own, **kw)
     check(str(resolve(vae)), _latents(vars(model.cfg)))
     return model
+
+
+def _own_config(source: Path, path: Path) -> Any:
+    """The config of pipeline folder `source`'s own VAE if the VAE file `path` has its shapes;
+    None otherwise (a single-file checkpoint, a folder, other shapes, anything unreadable)."""
+    own_json = source / "vae" / "config.json"
+    if not (source.is_dir() and own_json.is_file() and path.is_file()):
+        return None
+    try:
+        own = _config_from_json("vae", own_json)
+        tensors = read_checkpoint(path).tensors
+        derived = sd_original.detect_vae_config(tensors)
+    except (WeightsError, ValueError, KeyError, TypeError):
+        return None
+    fits = fitting_preset(derived, {"own": own}, _api("vae").to_dict, _KINDS["vae"].structure)
+    return own if fits else None
 
 
 def _latents(config: Mapping[str, Any]) -> tuple[int, int]:

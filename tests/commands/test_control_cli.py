@@ -8,6 +8,7 @@ import torch
 from pilot.cli import main
 from pilot.control import parse_control_arg
 from pilot.imageio import read_image, write_png
+from tests.conftest import plant_temps
 
 
 @pytest.fixture
@@ -19,11 +20,14 @@ def depth(tmp_path):
 
 def test_writes_what_generate_feeds_the_controlnet(capsys, tmp_path, depth):
     out = tmp_path / "preview" / "control.png"
+    killed = plant_temps(out, age=0)  # a kill -9 during a write: removed by the next run
+    others = plant_temps(tmp_path / "preview" / "other.png", age=0)
     assert main(["control", f"depth+invert:{depth}:0.8:0:0.5", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     expected = parse_control_arg(f"depth+invert:{depth}").control_image()[0]
     assert torch.allclose(read_image(out), expected, atol=0.5 / 255)
     assert read_image(out)[0, 0, 0] == 1  # the near (left) side is white now
+    assert not killed[0].exists() and others[0].exists()  # only its own output's
 
 
 def test_size_follows_the_picture_and_notes_a_stretch(capsys, tmp_path, depth):

@@ -134,3 +134,16 @@ def test_a_file_given_to_another_option_is_named(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message.format(f=files[file], **LOOKS) in err and err.count("\n") == 1, err
+
+
+def test_inspect_a_vae_file_of_no_preset_describes_its_shapes(capsys, tmp_path):
+    """The packaged tiny SD's VAE as a file fits no preset: described from its shapes."""
+    import pilot
+
+    path = tmp_path / "tiny-vae.safetensors"
+    write_original_vae(pilot.load_vae("tiny_sd"), path)
+    summary = inspect(capsys, path)
+    assert summary["kind"] == "vae" and summary["format"] == "original (CompVis) layout"
+    assert (summary["latent_channels"], summary["downsample_factor"]) == (4, 8)
+    assert summary["shapes"]["block_out_channels"] == [16, 32, 64, 64]
+    assert summary["scaling_factor"] is None and "fits no preset" in summary["note"]

@@ -120,3 +120,28 @@ def test_the_swap_helpers_live_in_vae_swap_and_import_from_loaders_as_before():
 
     for name in ("_swap_vae", "_latents", "_vae_latents"):
         assert getattr(loaders, name) is getattr(vae_swap, name)
+
+
+def test_a_vae_file_of_no_preset_takes_the_folders_own_vae_config(tmp_path):
+    """A VAE file stores no GroupNorm groups or scaling factor: one with the shapes of the
+    folder's own VAE (of no preset: the packaged tiny SD's) takes them, as A1111 loads it."""
+    own = replace(
+        VAE_PRESETS["tiny"], block_out_channels=(16, 32), norm_num_groups=4, scaling_factor=0.5
+    )
+    sd = replace(make_tiny_sd(seed=1), vae=AutoencoderKL(own).eval())
+    folder = save_pipeline(sd, tmp_path / "model")
+    tuned = AutoencoderKL(own).eval()  # the same shapes, other weights
+    write_original_vae(tuned, vae_file := tmp_path / "tuned-vae.safetensors")
+    with pytest.raises(WeightsError, match="fit no preset"):
+        pilot.load_vae(vae_file)  # on its own, it still needs a config
+    swapped = pilot.load_pipeline(folder, vae=vae_file).vae
+    assert swapped.cfg == own
+    assert_weights_equal(swapped, tuned)
+    other = replace(own, layers_per_block=2)  # other shapes: the config is not the own's
+    write_original_vae(AutoencoderKL(other), other_file := tmp_path / "other.safetensors")
+    with pytest.raises(WeightsError) as info:
+        pilot.load_pipeline(folder, vae=other_file)
+    assert "fit no preset" in str(info.value)
+    assert "save it once as a folder, which stores them (pilot.weights.save.save_vae)" in str(
+        info.value
+    )
