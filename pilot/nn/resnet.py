@@ -51,8 +51,9 @@ class Conv2d(nn.Conv2d):
 
         Inference tensors (weights made or loaded under `torch.inference_mode()`) keep no
         version counter; they can only change in place inside inference mode, and a
-        `load_state_dict` drops the copy (`_load_from_state_dict`). Other in-place edits of such
-        weights are not seen: reload them, or make the weights outside inference mode.
+        `load_state_dict` or `weights_changed` drops the copy. Other in-place edits of such
+        weights are not seen: call `weights_changed`, or make the weights outside inference
+        mode.
         """
         weight = self.weight
         version = None if weight.is_inference() else weight._version
@@ -66,9 +67,14 @@ class Conv2d(nn.Conv2d):
             x, packed[1], self.bias, *args, "none", [], ""
         )
 
+    def weights_changed(self) -> None:
+        """Drop the prepacked copy: call it after changing the weights in place where their
+        version counter is not kept (inference tensors; `pilot.apply_lora` calls it)."""
+        _PACKED.pop(self, None)
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         """Load as `nn.Conv2d` does; new weights are packed again at the next prepacked call."""
-        _PACKED.pop(self, None)
+        self.weights_changed()
         super()._load_from_state_dict(*args, **kwargs)
 
     def _gemm_output_size(self, x: Tensor) -> tuple[int, int] | None:

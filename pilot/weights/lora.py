@@ -22,7 +22,8 @@ Design: the LoRA is merged into the weights in place, so sampling costs nothing 
 `set_scale` adds the difference of the two deltas and `remove` is `set_scale(0)`. In float32 that
 restores the weights up to float rounding (~1e-7 relative); in float16 / bfloat16 each change
 rounds the weights once more (at most one step of their precision). LoRAs stack in any order.
-Apply LoRAs before `pilot.diffusion.speed.optimize` (compiled or prepacked weights are copies).
+Apply LoRAs before `pilot.diffusion.speed.optimize` (a compiled model may hold copies of the
+weights); a prepacked convolution's packed copy is dropped whenever its weights change here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pilot.nn.resnet import Conv2d
 from pilot.weights import sd_original
 from pilot.weights.io import WeightsError, _listing, describe_state_dict, read_checkpoint
 from pilot.weights.sd_keys import UNetLayout, unmap_unet_key
@@ -259,9 +261,12 @@ class AppliedLoRA:
         if change == 0:
             return
         for (component, name), factors in self._targets.items():
-            weight = self._models[component].get_submodule(name).weight
+            module = self._models[component].get_submodule(name)
+            weight = module.weight
             delta = factors.delta(weight.device).reshape(weight.shape)
             weight.copy_((weight.float() + change * delta).to(weight.dtype))
+            if isinstance(module, Conv2d):  # a prepacked copy may not see the change
+                module.weights_changed()
         self.scale = scale
 
     def remove(self) -> None:

@@ -209,3 +209,23 @@ def test_two_names_of_one_layer_are_refused(sd):
 def test_scale_must_be_finite(sd):
     with pytest.raises(ValueError, match="LoRA scale nan must be a finite number"):
         apply_lora(sd, random_lora(sd, "kohya", LAYERS), float("nan"))
+
+
+def test_set_scale_reaches_prepacked_convolutions_of_inference_weights():
+    """Weights made in inference mode keep no version counter, so a prepacked conv would keep
+    its packed copy of the old weights: `set_scale` drops it (`Conv2d.weights_changed`)."""
+    from pilot.diffusion.speed import SpeedSettings, optimize
+
+    with torch.inference_mode():
+        sd, fresh = make_tiny_sd(), make_tiny_sd()
+        lora = apply_lora(sd, random_lora(sd, "kohya", LAYERS, rank=2), 1.0)
+    sd = optimize(sd, SpeedSettings(prepack=True))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 16, 16, generator=g), torch.tensor([500.0])
+    context = torch.randn(1, 77, sd.text_encoder.cfg.hidden_size, generator=g)
+    with torch.inference_mode():
+        merged = sd.unet(x, t, context)  # packs the convs' merged weights
+        lora.remove()
+        removed, reference = sd.unet(x, t, context), fresh.unet(x, t, context)
+    assert (merged - reference).abs().max() > 1e-3  # the LoRA changed the output
+    torch.testing.assert_close(removed, reference, rtol=1e-5, atol=1e-5)
