@@ -91,10 +91,11 @@ def prompt_with_loras(prompt: str, networks: ExtraNetworks) -> str:
 
 
 def hash_fields(networks: ExtraNetworks) -> list[str]:
-    """The `Lora hashes` and `TI hashes` entries of the settings line (none when empty)."""
+    """The `Lora hashes` and `TI hashes` entries of the settings line (none when empty; a LoRA
+    given twice is listed once, as A1111 keys them by name)."""
     fields = []
     for key, items in (
-        ("Lora hashes", [(name, h) for name, _, h in networks.loras]),
+        ("Lora hashes", list(dict.fromkeys((name, h) for name, _, h in networks.loras))),
         ("TI hashes", networks.embeddings),
     ):
         if items:  # A1111 drops ':' and ',' from the names, then quotes the value

@@ -38,6 +38,10 @@ def test_a1111_text_names_loras_in_the_prompt_and_both_hash_lists():
     )
     assert a1111_parameters(PARAMS, seed=3) == a1111_parameters(PARAMS, 3, ExtraNetworks())
     assert "hashes" not in a1111_parameters(PARAMS, seed=3)
+    twice = ExtraNetworks(loras=(("style", 0.8, "aaaaaaaaaaaa"), ("style", -0.5, "aaaaaaaaaaaa")))
+    text = a1111_parameters(PARAMS, seed=3, networks=twice)
+    assert text.splitlines()[0] == "fog <lora:style:0.8> <lora:style:-0.5>"
+    assert text.endswith('Lora hashes: "style: aaaaaaaaaaaa"')  # once, as A1111 lists it
 
 
 def test_lora_hash_is_a1111s(tmp_path):
