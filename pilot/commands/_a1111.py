@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pilot.commands._lora import parse_lora
+
+HASH_NOTE_BYTES = 256 << 20  # files from this size get a note before their first hash
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,19 @@ def _short_checkpoint_hash(model: str | os.PathLike | None) -> str | None:
     from pilot.weights.hashes import SHORT_MODEL_HASH, checkpoint_hash
     from pilot.weights.hub import resolve
 
-    digest = None if model is None else checkpoint_hash(resolve(model))
+    digest = None if model is None else checkpoint_hash(resolve(model), _say_hashing)
     return None if digest is None else digest[:SHORT_MODEL_HASH]
+
+
+def _say_hashing(path: Path, size: int) -> None:
+    """A `note:` before a large file is hashed (once: the hash is cached), so the wait has a
+    reason."""
+    if size >= HASH_NOTE_BYTES:
+        print(
+            f"note: hashing {path.name} ({size / 2**30:.1f} GiB) once for the A1111 text's "
+            "Model hash; it is cached",
+            file=sys.stderr,
+        )
 
 
 def used_embeddings(

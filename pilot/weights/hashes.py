@@ -96,11 +96,14 @@ def embedding_hash(path: str | os.PathLike) -> str:
     return cached_sha256(_embedding_file(Path(path)))
 
 
-def checkpoint_hash(path: str | os.PathLike) -> str | None:
+def checkpoint_hash(
+    path: str | os.PathLike, on_miss: Callable[[Path, int], None] | None = None
+) -> str | None:
     """A1111's hash of a checkpoint or VAE file (`Model hash` / `VAE hash` show its first
     `SHORT_MODEL_HASH` digits): the whole file's SHA-256, as 64 hex digits; None for a folder
-    (a diffusers model, which A1111 does not hash)."""
-    return None if Path(path).is_dir() else cached_sha256(path)
+    (a diffusers model, which A1111 does not hash). `on_miss(path, size)` is called before a
+    file the cache does not hold is read (seconds for a multi-GB checkpoint)."""
+    return None if Path(path).is_dir() else cached_sha256(path, on_miss=on_miss)
 
 
 def hash_cache_path() -> Path:
@@ -111,9 +114,15 @@ def hash_cache_path() -> Path:
     return Path(base).expanduser() / "pilot" / "hashes.json"
 
 
-def cached_sha256(path: str | os.PathLike, *, data_only: bool = False) -> str:
+def cached_sha256(
+    path: str | os.PathLike,
+    *,
+    data_only: bool = False,
+    on_miss: Callable[[Path, int], None] | None = None,
+) -> str:
     """`file_sha256(path)` (`safetensors_data_sha256` if `data_only`), from the cache while the
-    file keeps its size and modification time, else computed and cached (module docstring)."""
+    file keeps its size and modification time, else computed and cached (module docstring);
+    `on_miss(resolved path, size in bytes)` is called before computing."""
     path = Path(path).resolve()
     kind = "safetensors_data_sha256" if data_only else "sha256"
     compute: Callable[[Path], str] = safetensors_data_sha256 if data_only else file_sha256
@@ -124,6 +133,8 @@ def cached_sha256(path: str | os.PathLike, *, data_only: bool = False) -> str:
         digest = entry.get("sha256")
         if isinstance(digest, str) and _SHA256.fullmatch(digest):
             return digest
+    if on_miss is not None:
+        on_miss(path, stat.st_size)
     digest = compute(path)
     _write_cache(kind, str(path), {**stamp, "sha256": digest})
     return digest

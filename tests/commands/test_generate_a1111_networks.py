@@ -116,3 +116,18 @@ def test_generated_pngs_link_a_single_file_model_and_vae_by_a1111s_hash(
             assert f"VAE hash: {hashes[1]}, VAE: own-vae.safetensors" in line
         else:
             assert "hash" not in line
+
+
+def test_a_large_checkpoint_gets_a_note_before_its_first_hash(capsys, tmp_path, monkeypatch):
+    """Hashing a multi-GB file takes seconds: the first time is said on stderr; cached, not."""
+    from pilot.commands import _a1111
+
+    monkeypatch.setattr(_a1111, "HASH_NOTE_BYTES", 10)
+    big, small = tmp_path / "big.safetensors", tmp_path / "small.safetensors"
+    big.write_bytes(b"x" * 20)
+    small.write_bytes(b"x" * 5)
+    assert _a1111._short_checkpoint_hash(big) == hashlib.sha256(b"x" * 20).hexdigest()[:10]
+    assert "note: hashing big.safetensors (0.0 GiB) once for the A1111" in capsys.readouterr().err
+    _a1111._short_checkpoint_hash(big)  # cached now
+    _a1111._short_checkpoint_hash(small)  # under the size
+    assert capsys.readouterr().err == ""
