@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # annotations only: `pilot --help` imports no numpy
     import numpy as np
     from torch import nn
 
+    from pilot.animation.video_reader import VideoFile
     from pilot.models.pix2pix import Pix2PixConfig
     from pilot.scenes.shot import Shot
 
@@ -98,11 +99,12 @@ def shot_fps(opened: Shot | None, default: float = 12.0) -> float:
 
 @dataclass(frozen=True)
 class Source:
-    """The frames `--shot` names: image files (`files`) or a video file's (`video`)."""
+    """The frames `--shot` names: image files (`files`) or a video file's (`video`, opened
+    once: opening counts its frames by decoding them)."""
 
     names: list[str]  # each frame's output name: its file's name without suffix, or 00000k
     files: list[Path] | None
-    video: Path | None
+    video: VideoFile | None
     fps: float  # the shot's or the video's; 12 for a folder of images
     protected: list[Path]  # what no output may be: the inputs' folder, the shot and its passes
 
@@ -118,9 +120,7 @@ class Source:
         import numpy as np
         from PIL import Image
 
-        from pilot.animation.video_reader import VideoFile
-
-        video = VideoFile(self.video)
+        video = self.video
         try:
             for k in range(len(video)):
                 if k in skip:
@@ -134,7 +134,7 @@ class Source:
 
     def mtime(self, k: int) -> float:
         """When frame k's input last changed (the video's for a video)."""
-        return (self.video if self.files is None else self.files[k]).stat().st_mtime
+        return (self.video.path if self.files is None else self.files[k]).stat().st_mtime
 
 
 def open_source(shot: Path, pass_name: str) -> Source:
@@ -145,7 +145,7 @@ def open_source(shot: Path, pass_name: str) -> Source:
         video = VideoFile(shot)  # counts the frames that decode
         fps = video.fps if video.fps and math.isfinite(video.fps) else 12.0
         names = [f"{k:06d}" for k in range(len(video))]
-        return Source(names, None, shot, fps, [shot])
+        return Source(names, None, video, fps, [shot])
     opened = open_shot(shot) if shot.is_dir() else None
     files = shot_frames(shot, pass_name, opened)
     protected = [files[0].parent, shot]
@@ -160,8 +160,9 @@ def check_outputs(source: Source, outputs: list[tuple[str, Path]]) -> None:
     for flag, path in outputs:
         hit = protected.get(Path(os.path.abspath(path)))
         if hit is not None:
-            what = "the input video" if hit == source.video else "an input folder"
-            files = "it" if hit == source.video else "its files"
+            video = source.video is not None and hit == source.video.path
+            what = "the input video" if video else "an input folder"
+            files = "it" if video else "its files"
             raise ValueError(
                 f"{flag} {path} is {what} ({hit}): {files} would be overwritten; pass another path"
             )
