@@ -8,7 +8,7 @@ A log is the output of `gpu.sh`, of `python -m experiments.bench` or of one benc
 UNet table (`experiments.bench.unet`) and txt2img table (`experiments.bench.pipeline`) in them,
 and every dtype in it, the points are, each ratio taken within one table (one process):
 
-- the fastest pilot row without torch.compile against diffusers eager: <= 0.8x;
+- the fastest pilot row (with or without torch.compile) against diffusers eager: <= 0.8x;
 - a pilot row with torch.compile against diffusers compiled: <= 1.0x;
 - the whole image, the fastest pilot row against diffusers eager: <= 0.8x;
 - peak memory of each of those rows against diffusers' in the same mode (eager, compiled):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 9's GPU figures, one phase per call, SD 1.5 shapes (random weights), 512x512, from the repo root:
 #
-#   experiments/bench/gpu.sh acceptance  # issue 9's acceptance rows only, on the current code, ~7 min
+#   experiments/bench/gpu.sh acceptance  # issue 9's acceptance rows only, on the current code, ~10 min
 #   experiments/bench/gpu.sh eager     # GPU tests; eager / channels_last / CUDA graphs, ~4 min
 #   experiments/bench/gpu.sh compile   # compile GPU tests + torch.compile (pilot's and diffusers'), ~6 min
 #   experiments/bench/gpu.sh memory    # GPU tests, memory rows, VAE peak trace, feedback loop, flow, ~5 min

@@ -151,6 +151,27 @@ def test_the_recorded_h100_logs():
     ]  # fmt: skip
 
 
+def test_the_recorded_h200_acceptance_logs():
+    """The README's acceptance table comes from these logs (nineteenth session, an H200): the
+    gpu.sh acceptance run and its third benchmark run again on its own; every point holds."""
+    logs = [RESULTS / "h200_acceptance.log", RESULTS / "h200_acceptance_unet_eager.log"]
+    rows = {}
+    for path in logs:
+        for table in acceptance.read_tables(path):
+            rows.update({(path.name, row[0]): row for row in acceptance.points(table)})
+    assert len(rows) == 11 and all(row[5] == "yes" for row in rows.values())
+    fast = "pilot channels_last+compile+cuda_graphs"
+    compiled = rows[("h200_acceptance.log", f"UNet step vs compiled, {fast}")]
+    assert compiled[1:4] == ["6.5 ms", "7.2 ms compiled", "0.89x"]
+    memory = rows[("h200_acceptance.log", f"peak memory, UNet step vs compiled, {fast}")]
+    assert memory[1:4] == ["134 MiB", "288 MiB compiled", "0.47x"]  # own process, both
+    graphs = "pilot channels_last+cuda_graphs"
+    eager = rows[("h200_acceptance_unet_eager.log", f"UNet step vs eager, {graphs}")]
+    assert eager[1:4] == ["9.7 ms", "30.3 ms eager", "0.32x"]
+    image = rows[("h200_acceptance.log", f"peak memory, whole image vs eager, {graphs}")]
+    assert image[1:4] == ["487 MiB", "610 MiB eager", "0.80x"]
+
+
 def test_zero_memory_on_both_sides(tmp_path):
     """Tiny models on a CPU (a dry run of gpu.sh) round to 0 MiB: equal, not a crash."""
     rows = verdicts(
