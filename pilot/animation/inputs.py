@@ -7,8 +7,8 @@
 - `FrameStore`: the run folder's frames (PNG) and per-frame noise, each written atomically as it is
   made. The sampler re-reads frame k - 1 from disk, so a resumed run sees exactly the bytes an
   uninterrupted run saw.
-- `read_settings` / `check_run_folder`: a run folder's settings.json, written or checked against
-  a resumed run's.
+- `read_settings` / `check_run_folder` (`check_settings`, `write_settings`): a run folder's
+  settings.json, written or checked against a resumed run's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +184,9 @@ class FrameStore:
             tmp.write_bytes(buffer.getvalue())
 
 
+RESUME_HINT = "use another --run folder, or the original settings"
+
+
 def read_settings(
     run: Path, hint: str = "use another --run", name: str = "settings.json"
 ) -> dict | None:
@@ -204,33 +207,56 @@ def read_settings(
 def check_run_folder(
     run: Path,
     settings: dict,
-    hint: str = "use another --run folder, or the original settings",
+    hint: str = RESUME_HINT,
     name: str = "settings.json",
     defaults: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write `run/settings.json` (or `run/<name>`), or check a resumed run's against it (frames
-    are never touched).
-
-    `hint` ends the error message: what the user can do instead. `defaults` holds the values
-    of the settings recorded only when not their default: the message shows a missing one as
-    its default (`frame_step: 2 -> 1`), not as None.
+    """Write `run/settings.json` (or `run/<name>`), or check a resumed run's against it
+    (`check_settings`; frames are never touched).
 
     Raises:
         ValueError: the folder was made with other settings; the message names every key.
     """
-    path = run / name
     if (old := read_settings(run, hint, name)) is not None:
-        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if differ:
-            defaults = defaults or {}
-            detail = ", ".join(
-                f"{k}: {old.get(k, defaults.get(k))!r} -> {settings.get(k, defaults.get(k))!r}"
-                for k in differ
-            )
-            raise ValueError(
-                f"run folder {run} was made with other settings ({detail}); its frames are kept: "
-                f"{hint} to resume"
-            )
+        check_settings(run, old, settings, hint, defaults)
         return
-    with atomic_output(path) as tmp:
+    write_settings(run, settings, name)
+
+
+def check_settings(
+    run: Path,
+    old: dict,
+    settings: dict,
+    hint: str = RESUME_HINT,
+    defaults: Mapping[str, Any] | None = None,
+    changes: Sequence[str] = (),
+) -> None:
+    """ValueError unless `settings` are the `old` ones recorded in the run folder `run`.
+
+    `hint` ends the error message: what the user can do instead. `defaults` holds the values
+    of the settings recorded only when not their default: the message shows a missing one as
+    its default (`frame_step: 2 -> 1`), not as None. `changes` are differences the caller
+    found and described itself (`KEY: ...`, of keys left out of `old` and `settings`), listed
+    with the others in the order of their keys.
+
+    Raises:
+        ValueError: the folder was made with other settings; the message names every key.
+    """
+    defaults = defaults or {}
+    differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    detail = [
+        f"{k}: {old.get(k, defaults.get(k))!r} -> {settings.get(k, defaults.get(k))!r}"
+        for k in differ
+    ]
+    if detail or changes:
+        listed = ", ".join(sorted([*detail, *changes]))
+        raise ValueError(
+            f"run folder {run} was made with other settings ({listed}); its frames are kept: "
+            f"{hint} to resume"
+        )
+
+
+def write_settings(run: Path, settings: dict, name: str = "settings.json") -> None:
+    """Write `run/settings.json` (or `run/<name>`) atomically."""
+    with atomic_output(run / name) as tmp:
         tmp.write_text(json.dumps(settings, indent=1))

@@ -72,17 +72,16 @@ def _short_checkpoint_hash(model: str | os.PathLike | None) -> str | None:
     from pilot.weights.hashes import SHORT_MODEL_HASH, checkpoint_hash
     from pilot.weights.hub import resolve
 
-    digest = None if model is None else checkpoint_hash(resolve(model), _say_hashing)
+    digest = None if model is None else checkpoint_hash(resolve(model), say_hashing)
     return None if digest is None else digest[:SHORT_MODEL_HASH]
 
 
-def _say_hashing(path: Path, size: int) -> None:
+def say_hashing(path: Path, size: int, purpose: str = "for the A1111 text's Model hash") -> None:
     """A `note:` before a large file is hashed (once: the hash is cached), so the wait has a
-    reason."""
+    reason: `purpose`."""
     if size >= HASH_NOTE_BYTES:
         print(
-            f"note: hashing {path.name} ({size / 2**30:.1f} GiB) once for the A1111 text's "
-            "Model hash; it is cached",
+            f"note: hashing {path.name} ({size / 2**30:.1f} GiB) once {purpose}; it is cached",
             file=sys.stderr,
         )
 

@@ -11,8 +11,14 @@ Run settings beyond the arguments:
   video, with the frame count and size. A changed source is refused like any other setting.
 - `dtype` holds the resolved dtype (fp16 on CUDA, fp32 otherwise, unless --dtype says), so a
   CPU run resumed on a GPU is refused, and `--dtype float32` resumes a default CPU run.
-- `lora` holds each --lora as `FILE:SCALE` (recorded when given), so a re-run with another LoRA,
-  scale or order is refused; the file is named as given, like --model.
+- `model`, `lora` (each --lora as `FILE:SCALE`, recorded when given), `vae` and `embedding`
+  (recorded when given) name their files by resolved path (the same file named by another path
+  resumes; a packaged model's name or a repo id, which is no local path, as given), and
+  `weights_sha256` holds each single file's SHA-256 (first 16 digits; whole file, so its first
+  10 are civitai's AutoV2), by setting and path: a file replaced under the same name is refused
+  as `lora: style.safetensors changed (sha256 OLD -> NEW)`. A folder (diffusers model or VAE)
+  is not hashed, as A1111 hashes none; an embedding's concept folder is, by its embedding file.
+  Hashes are cached (`pilot.weights.hashes`), so a checkpoint is read in full once.
 - `frame_step` holds the --frames STEP (recorded when not 1). Frames keep their source numbers
   and frame k is made from frame k - STEP, so a frame's pixels depend on the step: a re-run
   with another step is refused (render it into another --run folder). The range itself is not a
@@ -20,8 +26,10 @@ Run settings beyond the arguments:
   `0::2`: frames 0 to STEP - 1 each start a chain of their own).
 
 Folders made before these keys resume as before: without `source_fingerprint` the recorded
-path is compared resolved from the current folder, and a recorded `dtype` of null stands for
-the default of the device resuming the run (what it meant then; the device was not recorded).
+source path, and without `weights_sha256` the recorded weights paths, are compared resolved
+from the current folder (their content was not recorded, so it is not checked), and a recorded
+`dtype` of null stands for the default of the device resuming the run (what it meant then; the
+device was not recorded).
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ import argparse
 import hashlib
 import json
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands import default_dtype
-from pilot.commands._lora import lora_settings
+from pilot.commands._a1111 import say_hashing
+from pilot.commands._lora import parse_lora
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import torch
@@ -164,13 +174,48 @@ def run_settings(
         if chosen[name] is not None:
             chosen[name] = str(Path(chosen[name]).resolve())
     chosen.update(dtype=dtype, source_fingerprint=source_fingerprint(args, frames))
-    chosen["lora"] = lora_settings(args.lora)  # "FILE:SCALE": a.safetensors resumes a.safetensors:1
     chosen = {k: v for k, v in chosen.items() if k not in ("vae", "embedding")}
-    chosen.update(vae_embeddings.recorded(args))  # only when given
+    chosen.update(weights_settings(args))  # --vae and --embedding only when given
     for name, default in RECORDED_DEFAULTS.items():
         if name in chosen and chosen[name] == default:
             del chosen[name]
     return json.loads(json.dumps(chosen, default=str))
+
+
+def weights_settings(args: argparse.Namespace) -> dict:
+    """--model, --lora, --vae and --embedding by resolved path, and `weights_sha256`: the
+    hash of each single file (module docstring)."""
+    from pilot.weights.hashes import cached_sha256, checkpoint_hash, embedding_hash
+
+    hashes: dict[str, dict[str, str]] = {}
+
+    def named(setting: str, given: str | Path, digest: Callable[[Path], str | None]) -> str:
+        path = Path(given).expanduser()
+        if not path.exists():  # a packaged model's name or a repo id (checked by the loader)
+            return str(given)
+        path = path.resolve()
+        try:
+            sha256 = digest(path)
+        except ValueError as e:  # an embedding folder without its file
+            raise ValueError(f"--{setting} {e}") from e
+        except OSError as e:
+            raise ValueError(f"--{setting} {given}: cannot be read ({e.strerror})") from e
+        if sha256 is not None:
+            hashes.setdefault(setting, {})[str(path)] = sha256[:16]
+        return str(path)
+
+    def weights_hash(path: Path) -> str | None:  # None for a folder
+        return checkpoint_hash(path, partial(say_hashing, purpose="to fingerprint the run"))
+
+    chosen = {"model": named("model", args.model, weights_hash)}
+    # "FILE:SCALE": a.safetensors resumes a.safetensors:1
+    chosen["lora"] = [f"{named('lora', path, cached_sha256)}:{scale!r}"
+                      for path, scale in map(parse_lora, args.lora)]  # fmt: skip
+    if args.vae is not None:
+        chosen["vae"] = named("vae", args.vae, weights_hash)
+    if args.embedding:
+        chosen["embedding"] = [named("embedding", path, embedding_hash) for path in args.embedding]
+    return {**chosen, "weights_sha256": hashes}
 
 
 def as_recorded(old: dict, chosen: dict, device: torch.device) -> dict:
@@ -179,12 +224,64 @@ def as_recorded(old: dict, chosen: dict, device: torch.device) -> dict:
     if "source_fingerprint" not in old:
         del chosen["source_fingerprint"]
         for name in ("shot", "video"):
-            was = old.get(name)
-            if was is not None and chosen[name] == str(Path(was).resolve()):
-                chosen[name] = was
+            chosen[name] = _as_given(old.get(name), chosen[name])
+    if "weights_sha256" not in old:
+        del chosen["weights_sha256"]
+        for name in ("model", "vae"):
+            if name in chosen:
+                chosen[name] = _as_given(old.get(name), chosen[name])
+        for name, same in (("embedding", _as_given), ("lora", _lora_as_given)):
+            was, now = old.get(name), chosen.get(name)
+            if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+                chosen[name] = [same(a, b) for a, b in zip(was, now, strict=True)]
     if "dtype" in old and old["dtype"] is None and chosen["dtype"] == default_dtype(device):
         chosen["dtype"] = None
     return chosen
+
+
+def _as_given(was: object, now: str | None) -> str | None:
+    """`was` (a path recorded as given) where it names the resolved path `now`, else `now`."""
+    if isinstance(was, str) and now is not None and str(Path(was).expanduser().resolve()) == now:
+        return was
+    return now
+
+
+def _lora_as_given(was: object, now: str) -> str:
+    """`_as_given` of a recorded `FILE:SCALE`, the scale compared as a number."""
+    if not isinstance(was, str):
+        return now
+    (was_path, was_scale), (path, scale) = parse_lora(was), parse_lora(now)
+    return was if was_scale == scale and _as_given(was_path, path) == was_path else now
+
+
+def check_settings(run: Path, old: dict, chosen: dict) -> None:
+    """ValueError unless `chosen` (`as_recorded`) are the `old` settings of the run folder
+    `run`, naming every key that differs, and each weights file changed in place as
+    `lora: style.safetensors changed (sha256 OLD -> NEW)`."""
+    from pilot.animation.inputs import check_settings as check
+
+    was, now = old.get("weights_sha256"), chosen.get("weights_sha256")
+    old, chosen = ({k: v for k, v in d.items() if k != "weights_sha256"} for d in (old, chosen))
+    changes = _changed_files(was, now)
+    if was != now and not changes and all(old.get(k) == chosen.get(k) for k in old | chosen):
+        changes = [f"weights_sha256: {was!r} -> {now!r}"]  # a hand-edited key: as a value
+    check(run, old, chosen, defaults=RECORDED_DEFAULTS, changes=changes)
+
+
+def _changed_files(was: object, now: object) -> list[str]:
+    """`SETTING: NAME changed (sha256 OLD -> NEW)` per file hashed in both `weights_sha256`."""
+    if not (isinstance(was, dict) and isinstance(now, dict)):
+        return []
+    changes = []
+    for setting in sorted(set(was) & set(now)):
+        old, new = was[setting], now[setting]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += [
+                f"{setting}: {Path(path).name} changed (sha256 {old[path]} -> {new[path]})"
+                for path in sorted(set(old) & set(new))
+                if old[path] != new[path]
+            ]
+    return changes
 
 
 def check_range_start(run: Path, config: FeedbackConfig, todo: range) -> None:

@@ -2,8 +2,10 @@
 
 Run folder (default: the output path without its suffix, plus `.run`)::
 
-    settings.json        everything that decides the pixels, the source's fingerprint and the
-                         resolved dtype included (`_animate_checks`); a re-run must match it
+    settings.json        everything that decides the pixels, the source's fingerprint, the
+                         weights files' hashes and the resolved dtype included
+                         (`_animate_checks`); a re-run must match it, checked before any model
+                         loads; written once the models have loaded
     frames/NNNNNN.png    every frame, written atomically as soon as it is made
     state/NNNNNN.npy     per-frame noise (only with --noise warped)
     metrics.json         warp error and flicker index (a shot's geometry flow whatever --flow
@@ -246,7 +248,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
     import pilot
     from pilot.animation.feedback import check_prompts
-    from pilot.animation.inputs import FrameStore, check_run_folder, read_settings
+    from pilot.animation.inputs import FrameStore, read_settings, write_settings
     from pilot.commands import _animate_checks as checks
     from pilot.commands import default_dtype
     from pilot.diffusion.speed import optimize
@@ -258,12 +260,14 @@ def cmd_animate(args: argparse.Namespace) -> int:
     dtype = getattr(torch, dtype_name)
     run = args.run or args.out.with_suffix(".run")
     with folder_lock(run):  # one process per run folder (`pilot.locks`), before any loading
+        loras = read_loras(args.lora)  # a missing file fails here, not in its hashing
         chosen = checks.run_settings(args, frames, dtype_name, todo.step)
-        old = read_settings(run)  # a corrupt file: before the slow loading
-        chosen = chosen if old is None else checks.as_recorded(old, chosen, device)
+        old = read_settings(run)  # settings are checked before the slow loading
+        if old is not None:
+            chosen = checks.as_recorded(old, chosen, device)
+            checks.check_settings(run, old, chosen)
         checks.check_range_start(run, config, todo)
         preview = load_preview(args.preview_decoder, device, dtype)  # small: before the model
-        loras = read_loras(args.lora)
         sd = pilot.load_pipeline(args.model, dtype=dtype, device=device, vae=args.vae)
         apply_loras(sd, loras)
         vae_embeddings.load_embeddings(sd, args)
@@ -272,7 +276,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
         check_preview(preview, sd, args.preview_decoder)
         tracks = load_tracks(args, frames, sd, device, dtype, speed)
         check_prompts(sd.tokenizer, prompts, args.negative_prompt, todo)
-        check_run_folder(run, chosen, defaults=checks.RECORDED_DEFAULTS)
+        if old is None:  # recorded once everything loaded: a failed load records nothing
+            write_settings(run, chosen)
         remove_run_temps(run, args.out)
         with FrameStore(run, write_behind=True) as store:  # a crash still writes the frames made
             seconds = render_frames(

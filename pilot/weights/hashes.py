@@ -19,7 +19,8 @@ The LoRA and TI entries show the first `SHORT_HASH` (12) hex digits.
 Hashing a 2-7 GB checkpoint takes seconds, so each SHA-256 is cached as A1111 caches them, in a
 small JSON file (`hash_cache_path`: `$PILOT_HASH_CACHE`, else `$XDG_CACHE_HOME/pilot/hashes.json`,
 else `~/.cache/pilot/hashes.json`) keyed by the file's resolved path and holding its size and
-modification time: a file changed in place is hashed again. The cache is written atomically; one
+modification time: a file changed in place is hashed again, and the entries of deleted files
+are dropped whenever the cache is written. The cache is written atomically; one
 that is unreadable or corrupt is ignored and rewritten, and one that cannot be written is
 skipped (the hash is then computed each time): it is never an error.
 """
@@ -154,11 +155,15 @@ def _read_cache() -> dict[str, dict]:
 
 def _write_cache(kind: str, key: str, entry: dict) -> None:
     """Add `entry` to the cache file, read again just before (another process may have added
-    entries meanwhile), written atomically; skipped where it cannot be written."""
+    entries meanwhile), less the entries of files that no longer exist, written atomically;
+    skipped where it cannot be written."""
     from pilot.imageio import atomic_output, remove_stale_temps
 
     path = hash_cache_path()
-    cache = _read_cache()
+    cache = {
+        name: {file: e for file, e in entries.items() if os.path.exists(file)}
+        for name, entries in _read_cache().items()
+    }
     cache.setdefault(kind, {})[key] = entry
     try:
         # the temporary files of cache writes a kill cut (one another process writes now goes

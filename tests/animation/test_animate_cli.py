@@ -120,14 +120,15 @@ def test_bad_input_is_a_clear_error_and_keeps_finished_frames(
     cases = [
         (["--strength", "0:(0.5), 10:(0.4 +)"], "at character 19:"),
         (["--frames", "20:30"], "--frames '20:30' is outside the source's frames 0:24"),
-        (["--controlnet", f"depth={sd2_controlnet}"],
-         "cross_attention_dim: ControlNet 64 vs model 32"),
+        (["--controlnet", f"depth={sd2_controlnet}", "--run", str(tmp_path / "new.run")],
+         "cross_attention_dim: ControlNet 64 vs model 32"),  # a new folder: no settings refusal
         (["--cfg", "3"], "was made with other settings (cfg: '1' -> '3')"),
         (["--controlnet", f"canny{controlnet_folder}"], "expected KIND=PATH"),
     ]  # fmt: skip
     for extra, message in cases:
         assert animate(model_folder, small_shot, out, "--cfg", "1", *extra) == 2, extra
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "new.run" / "settings.json").exists()  # a failed load records nothing
     argv = ["animate", "--model", str(model_folder), "--video", str(video), "--prompt", "x",
             "--controlnet", f"depth={controlnet_folder}", "--out", str(out)]  # fmt: skip
     assert main(argv) == 2

@@ -92,3 +92,16 @@ def test_lora_and_embedding_hashes_come_from_the_cache(cache, tmp_path, monkeypa
     assert set(json.loads(cache.read_text())) == {"sha256", "safetensors_data_sha256"}
     no_hashing(monkeypatch)
     assert (hashes.lora_hash(lora), hashes.embedding_hash(embedding)) == first
+
+
+def test_entries_of_deleted_files_are_dropped_when_the_cache_is_written(cache, tmp_path):
+    kept, gone, new = (tmp_path / f"{n}.ckpt" for n in ("kept", "gone", "new"))
+    for path in (kept, gone, new):
+        path.write_bytes(path.name.encode())
+    for path in (kept, gone):
+        checkpoint_hash(path)
+    gone.unlink()
+    assert str(gone.resolve()) in json.loads(cache.read_text())["sha256"]  # until the next write
+    checkpoint_hash(new)  # a write: pruned
+    assert set(json.loads(cache.read_text())["sha256"]) == {str(kept.resolve()), str(new.resolve())}
+    assert list(cache.parent.iterdir()) == [cache]  # written atomically: no temporary file left
