@@ -22,6 +22,10 @@ weights are refused, naming what differs. A non-empty folder that is not a demo 
 refused too, and so is a folder another demo process is writing (`pilot.locks`; the hidden
 `.pilot-lock` is there while a demo runs).
 
+Frames are written as they are made and none is kept: the metrics, videos and contact sheet
+are made reading them back one at a time (`pilot.demo_outputs`, whose public names import
+from here too), so the memory does not grow with the number of frames.
+
 Weights: `<weights>/pipeline` (`pilot.load_pipeline`) and `<weights>/controlnet_depth`
 (`pilot.load_controlnet`); by default the ones shipped in `pilot/assets/tiny_sd`.
 """
@@ -40,11 +44,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.demo_outputs import OUTPUTS as OUTPUTS
+from pilot.demo_outputs import SHEET_SIDE as SHEET_SIDE
+from pilot.demo_outputs import VIDEO_SIDE as VIDEO_SIDE
+from pilot.demo_outputs import measure as measure
+from pilot.demo_outputs import summary as summary
+from pilot.demo_outputs import upscale as upscale
+from pilot.demo_outputs import write_outputs as write_outputs
 from pilot.locks import LOCK_FILE
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `pilot --help` stays light
     import torch
-    from torch import Tensor
 
     from pilot.animation.feedback import FeedbackConfig
     from pilot.animation.inputs import ControlTrack
@@ -56,9 +66,6 @@ TRAIN_HINT = (
     "train the tiny SD with experiments/tiny_sd/train.sh (it exports to runs/tiny_sd/export) "
     "and pass --weights runs/tiny_sd/export"
 )
-VIDEO_SIDE = 256  # frames are upscaled (nearest) to this side in the videos
-SHEET_SIDE = 128  # and to this side in the contact sheet
-OUTPUTS = ("demo.mp4", "side_by_side.mp4", "contact_sheet.png", "metrics.json")
 
 
 @dataclass(frozen=True)
@@ -209,9 +216,9 @@ def run_demo(
             load_start = time.perf_counter()
             sd, tracks = load_models(folders, config, device)
             seconds["load"] = time.perf_counter() - load_start
-            videos, timing = animate_passes(out, sd, tracks, dials, config, progress)
-            metrics = measure(out, videos, config)
-            write_outputs(out, videos, config)
+            timing = animate_passes(out, sd, tracks, dials, config, progress)
+            metrics = measure(out, config)  # both read the frames from disk one at a time
+            write_outputs(out, config)
         seconds.update({k: v for k, v in timing.items() if k != "rendered_now"})
         seconds["total"] = time.perf_counter() - start
         metrics.update(
@@ -353,95 +360,33 @@ def animate_passes(
     dials: tuple[SamplingSettings, FeedbackConfig, PromptSchedule],
     config: DemoConfig,
     progress: bool,
-) -> tuple[dict[str, Tensor], dict[str, float | None]]:
-    """Both passes over the shot `out/shot`, resumably, same seeds (frame k: seed + k).
+) -> dict[str, float | None]:
+    """Both passes over the shot `out/shot` into `out/<pass>/frames`, resumably, same seeds
+    (frame k: seed + k).
 
-    Independent frames are sampled `config.batch` at a time. Returns name -> (N, 3, H, W)
-    video in [0, 1], and the frames made now and their mean seconds per pass
-    (`{name}_per_frame`: None if every frame was on disk already).
+    Each frame is written as it is made and none is kept (`render_to_store`); independent
+    frames are sampled `config.batch` at a time. Returns the frames made now and their mean
+    seconds per pass (`{name}_per_frame`: None if every frame was on disk already).
     """
-    from pilot.animation.compare import independent, render_video
+    from pilot.animation.compare import independent, render_to_store
     from pilot.animation.feedback import FeedbackSampler
     from pilot.animation.inputs import FrameStore, ShotFrames
     from pilot.scenes.shot import Shot
 
     settings, feedback, prompts = dials
     frames = ShotFrames(Shot(out / "shot"), depth_per=config.depth_per)
-    videos, timing = {}, {"rendered_now": 0}
+    timing = {"rendered_now": 0}
     for name, dials in (("independent", independent(feedback)), ("feedback", feedback)):
         with FrameStore(out / name, write_behind=True) as store:
             sampler = FeedbackSampler(
                 sd, settings, dials, frames, prompts, store, tracks=tracks, base_seed=config.seed
             )
-            videos[name], seconds = render_video(
+            seconds = render_to_store(
                 sampler, len(frames), batch=config.batch, progress=progress, desc=name
             )
         timing[f"{name}_per_frame"] = sum(seconds) / len(seconds) if seconds else None
         timing["rendered_now"] += len(seconds)
-    return videos, timing
-
-
-def measure(out: Path, videos: dict[str, Tensor], config: DemoConfig) -> dict:
-    """Warp error and flicker of both passes with the shot's exact flow, and their ratios."""
-    from pilot.animation.compare import disoccluded_distance
-    from pilot.animation.flow import GeometryFlow
-    from pilot.animation.metrics import temporal_metrics
-    from pilot.scenes.shot import Shot
-
-    flow = GeometryFlow(Shot(out / "shot"))
-    passes = {name: temporal_metrics(video, flow) for name, video in videos.items()}
-    ind, fb = passes["independent"], passes["feedback"]
-    return {
-        "warp_error": {"independent": ind["warp_error"], "feedback": fb["warp_error"],
-                       "ratio": fb["warp_error"] / ind["warp_error"]},
-        "flicker": {"independent": ind["flicker"], "feedback": fb["flicker"],
-                    "ratio": fb["flicker"] / ind["flicker"]},
-        "disoccluded_distance": disoccluded_distance(videos["feedback"], videos["independent"],
-                                                     flow),
-        "per_frame": {name: {"warp_error": m["warp_error_per_frame"],
-                             "flicker": m["flicker_per_frame"]} for name, m in passes.items()},
-        "frames": config.frames,
-        "outputs": {name: str(out / name) for name in OUTPUTS},
-    }  # fmt: skip
-
-
-def upscale(images: Tensor, side: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, side, side * W / H), nearest neighbour (pixels stay honest)."""
-    import torch.nn.functional as F
-
-    h, w = images.shape[-2:]
-    return F.interpolate(images, size=(side, round(side * w / h)), mode="nearest")
-
-
-def write_outputs(out: Path, videos: dict[str, Tensor], config: DemoConfig) -> None:
-    """demo.mp4, side_by_side.mp4 and contact_sheet.png (all atomic)."""
-    import torch
-
-    from pilot.animation.inputs import ShotFrames
-    from pilot.animation.video import write_frame, write_mp4
-    from pilot.imageio import to_uint8
-    from pilot.scenes.preview import contact_sheet, pass_columns
-    from pilot.scenes.shot import Shot
-
-    shot = Shot(out / "shot")
-    frames = ShotFrames(shot, depth_per=config.depth_per)
-    control = torch.cat([frames.control_image("depth", k) for k in range(len(shot))])
-    feedback = upscale(videos["feedback"], VIDEO_SIDE)
-    write_mp4([to_uint8(image) for image in feedback], out / "demo.mp4", fps=shot.fps)
-    columns = {"depth control": control, **videos}
-    sheets = [
-        contact_sheet({name: upscale(v[k : k + 1], VIDEO_SIDE) for name, v in columns.items()})
-        for k in range(len(shot))
-    ]
-    write_mp4(sheets, out / "side_by_side.mp4", fps=shot.fps)
-    picks = torch.linspace(0, len(shot) - 1, min(config.rows, len(shot))).round().long().tolist()
-    passes = pass_columns([shot[k] for k in picks], shot.far)
-    passes.pop("hatched", None)  # the renderer's line drawing: the conditioners' input, not SD's
-    rows = {"render" if name == "image" else name: v for name, v in passes.items()}
-    rows["hatch"] = torch.cat([frames.control_image("hatch", k) for k in picks])
-    rows.update({name: video[picks] for name, video in videos.items()})
-    sheet = contact_sheet({name: upscale(v, SHEET_SIDE) for name, v in rows.items()})
-    write_frame(sheet, out / "contact_sheet.png")
+    return timing
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -449,15 +394,3 @@ def _write_json(path: Path, data: dict) -> None:
 
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1))
-
-
-def summary(out: Path, metrics: dict) -> str:
-    """The lines printed at the end: the warp-error figure and where the results are."""
-    w, n, made = metrics["warp_error"], metrics["frames"], metrics["rendered_now"]
-    resumed = f", {2 * n - made} of them resumed from disk" if made < 2 * n else ""
-    return (
-        f"warp error: feedback {w['feedback']:.4f} vs independent {w['independent']:.4f} "
-        f"(ratio {w['ratio']:.2f}; lower = steadier)\n"
-        f"{n} frames x 2 passes{resumed}, {metrics['seconds']['total']:.0f} s; "
-        f"results in {out}/: " + ", ".join(OUTPUTS)
-    )

@@ -93,6 +93,49 @@ def test_batch_does_not_change_the_demo(weights, tmp_path):
     assert again["rendered_now"] == 0
 
 
+def test_demo_uses_each_frame_as_it_reads_it_back(weights, tmp_path, monkeypatch):
+    """The metrics and both videos take the passes' frames one at a time as they are read back
+    from disk: frame k is scored and written before frame k + 1 is read, so the demo's memory
+    does not grow with --frames (it used to read both passes whole into tensors first)."""
+    from pilot.animation import video
+    from pilot.animation.inputs import FrameStore
+    from pilot.animation.metrics import TemporalMetrics
+
+    events = []
+    read, add, write_mp4 = FrameStore.read, TemporalMetrics.add, video.write_mp4
+
+    def spy_read(self, k):
+        events.append(("read", self.root.name, k))
+        return read(self, k)
+
+    def spy_add(self, frame):
+        events.append(("scored", "metrics", self.frames))
+        add(self, frame)
+
+    def spy_write(frames, path, **kwargs):
+        def drawn():
+            for i, frame in enumerate(frames):
+                events.append(("written", path.name, i))
+                yield frame
+
+        return write_mp4(drawn(), path, **kwargs)
+
+    monkeypatch.setattr(FrameStore, "read", spy_read)
+    monkeypatch.setattr(TemporalMetrics, "add", spy_add)
+    monkeypatch.setattr(video, "write_mp4", spy_write)
+    run_demo(tmp_path / "demo", weights=weights, config=SMALL, progress=False, log=None)
+    last_read, used = {}, {"metrics": [], "demo.mp4": [], "side_by_side.mp4": []}
+    for kind, name, k in events:
+        if kind == "read":
+            last_read[name] = k
+        else:  # each pass's last frame read is the one being used
+            used[name].append((k, dict(last_read)))
+    both = ("independent", "feedback")
+    assert used["metrics"] == [(k, dict.fromkeys(both, k)) for k in range(3) for _ in both]
+    assert used["side_by_side.mp4"] == [(k, dict.fromkeys(both, k)) for k in range(3)]
+    assert [(k, read["feedback"]) for k, read in used["demo.mp4"]] == [(k, k) for k in range(3)]
+
+
 def test_demo_refuses_other_settings_and_foreign_folders(weights, tmp_path):
     out = tmp_path / "demo"
     run_demo(out, weights=weights, config=SMALL, progress=False, log=None)

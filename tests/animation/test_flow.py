@@ -1,9 +1,12 @@
 """Flow sources (shot geometry, motion pass, DIS), consistency masks and temporal metrics."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pilot.animation.compare import DisoccludedDistance, disoccluded_distance
 from pilot.animation.flow import (
     EstimatedFlow,
     FlowField,
@@ -16,6 +19,7 @@ from pilot.animation.flow import (
 from pilot.animation.metrics import (
     TemporalMetrics,
     flicker_indices,
+    masked_mean,
     temporal_metrics,
     warp_errors,
 )
@@ -188,6 +192,33 @@ def test_metrics_of_frames_one_at_a_time_are_those_of_the_stack_bit_for_bit():
     assert TemporalMetrics(fields.__getitem__).result()["warp_error"] is None
     with pytest.raises(ValueError, match=r"frame of shape \(1, 3, 24, 32\)"):
         streamed.add(frames[:1])
+
+
+def test_disoccluded_distance_one_frame_at_a_time_is_that_of_the_stack_bit_for_bit():
+    g = torch.Generator().manual_seed(1)
+    video, reference = torch.rand(2, 5, 3, 16, 20, generator=g)
+    fields = {  # frame 2 sees all of frame 1: nothing disoccluded there (a NaN frame)
+        k: FlowField(
+            torch.zeros(1, 2, 16, 20),
+            torch.rand(1, 1, 16, 20, generator=g) > (0.0 if k == 2 else 0.6),
+        )
+        for k in range(1, 5)
+    }
+    before = torch.stack(  # what `disoccluded_distance` computed before it took frame pairs
+        [
+            masked_mean((video[k] - reference[k]).abs()[None], ~fields[k].visible)
+            for k in range(1, 5)
+        ]
+    ).nanmean()
+    streamed = DisoccludedDistance(fields.__getitem__)
+    for frame, reference_frame in zip(video, reference, strict=True):
+        streamed.add(frame, reference_frame)
+    assert streamed.result() == float(before)  # bit for bit
+    assert disoccluded_distance(video, reference, fields.__getitem__) == float(before)
+    assert math.isnan(streamed.distances[1])  # the NaN frame: left out by nanmean
+    one = DisoccludedDistance(fields.__getitem__)
+    one.add(video[0], reference[0])
+    assert math.isnan(one.result())  # no pair yet
 
 
 def test_flow_sources_take_a_step_back_to_frame_k_minus_step(small_shot):

@@ -45,6 +45,35 @@ def test_round_trip_and_motion(shot_dir):
         shot[4]
 
 
+def test_fly_through_shot_writes_each_batch_before_rendering_the_next(tmp_path, monkeypatch):
+    """A fly-through is rendered `batch` frames at a time, each written before the next batch
+    is rendered (its memory does not grow with the frames; it used to render them all first),
+    and its frames are those of the whole render, motion across batches included."""
+    from pilot.scenes import procedural
+
+    events, render, add = [], procedural.render, ShotWriter.add
+
+    def spy_render(*args, **kwargs):
+        events.append("render")
+        return render(*args, **kwargs)
+
+    def spy_add(self, *args, **kwargs):
+        events.append("add")
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(procedural, "render", spy_render)
+    monkeypatch.setattr(ShotWriter, "add", spy_add)
+    fly_through_shot(tmp_path / "s", seed=3, n_frames=5, width=16, height=16, batch=2)
+    assert events == ["render", "add", "add", "render", "add", "add", "render", "add"]
+    whole = procedural.render_fly_through(3, 5, 16, 16, batch=5)
+    shot = Shot(tmp_path / "s")
+    for k in range(5):
+        assert torch.equal(shot[k].motion, whole["motion"][k]), k
+        assert torch.equal(shot[k].depth, whole["depth"][k]), k
+    with pytest.raises(ValueError, match="batch .* must be >= 1, got 0"):
+        procedural.fly_through_batches(0, 3, 16, 16, batch=0)  # before any frame is drawn
+
+
 def test_frame_reads_only_the_passes_asked_for(shot_dir, tmp_path):
     root = _copy(shot_dir, tmp_path / "s")
     (root / "image" / "000001.png").write_bytes(b"not a png")
