@@ -389,7 +389,9 @@ def sample(
     """Run `settings.sampler` from `x` over `sigmas`; returns the final latents."""
     sampler = get_sampler(settings.sampler)
     kwargs = {} if settings.eta is None else {"eta": settings.eta}
-    if callback is not None:  # a sampler without one raises: the callback is not dropped
+    # passed when given (a sampler without one raises: the callback is not dropped) or taken:
+    # the documented signature may declare `callback` with no default
+    if callback is not None or takes(sampler, "callback"):
         kwargs["callback"] = callback
     if takes(sampler, "noise"):  # k-diffusion's samplers draw their own noise
         kwargs["noise"] = noise

@@ -423,3 +423,23 @@ def test_a_sampler_and_a_schedule_of_your_own_plug_into_generate(tiny_sd):
         SamplingSettings(my_euler, eta=0.5)
     with pytest.raises(ValueError, match="expected finite, decreasing"):
         generate_latents(tiny_sd, request(), SamplingSettings("euler", lambda n, s: grid.flip(0)))
+
+
+def test_a_sampler_written_as_documented_runs_without_a_callback(tiny_sd, init_images):
+    """`my_sampler(denoiser, x, sigmas, *, extra_args, callback, noise)`, keywords without
+    defaults as the README writes it: `generate` used to leave `callback` out when none was
+    given, a TypeError; txt2img, img2img (also at strength 0: no step) and with a callback."""
+    from pilot.diffusion.samplers import sample_euler
+
+    def my_euler(denoiser, x, sigmas, *, extra_args, callback, noise):
+        return sample_euler(denoiser, x, sigmas, extra_args=extra_args, callback=callback)
+
+    settings = SamplingSettings(my_euler, "karras", steps=3, cfg=2.0)
+    named = generate_latents(tiny_sd, request(), replace(settings, sampler="euler"))
+    assert torch.equal(generate_latents(tiny_sd, request(), settings), named)
+    for strength in (0.5, 0.0):
+        img2img = request(init_images=init_images, strength=strength)
+        generate_latents(tiny_sd, img2img, settings)
+    steps = []
+    generate_latents(tiny_sd, request(), settings, callback=steps.append)
+    assert [s["i"] for s in steps] == [0, 1, 2]
