@@ -431,8 +431,12 @@ class Request:
             raise ValueError("at least one prompt is needed")
         negative = self.negative_prompts or [""] * len(self.prompts)
         object.__setattr__(self, "negative_prompts", list(negative))
-        if isinstance(self.seeds, int) or len(self.seeds) != len(self.prompts):
-            n = 1 if isinstance(self.seeds, int) else len(self.seeds)
+        if not hasattr(self.seeds, "__len__"):  # an int: "1 seeds for 1 prompts" said nothing
+            raise ValueError(
+                f"seeds={self.seeds!r}: pass a list, one seed per prompt (seeds=[{self.seeds!r}])"
+            )
+        if len(self.seeds) != len(self.prompts):
+            n = len(self.seeds)
             raise ValueError(f"{n} seeds for {len(self.prompts)} prompts: one seed per prompt")
         for seed in self.seeds:
             check_seed(seed)

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,7 +207,11 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
         # mistakes that used to pass silently or fail with messages naming nothing
         (dict(prompts="a red wall", seeds=[1]), "prompts is a str: pass a list of strings"),
         (dict(negative_prompts="blurry"), "negative_prompts is a str: pass a list of strings"),
-        (dict(prompts=["a"], seeds=0), "1 seeds for 1 prompts: one seed per prompt"),
+        (
+            dict(prompts=["a"], seeds=0),
+            r"seeds=0: pass a list, one seed per prompt \(seeds=\[0\]\)",
+        ),
+        (dict(seeds=np.int64(3)), r"seeds=(np.int64\()?3\)?: pass a list"),  # any numpy
         (dict(seeds=[1, 2**64]), r"seed 18446744073709551616: expected an int in \[-2\*\*63"),
         (dict(seeds=[1, 2.5]), "seed 2.5: expected an int"),
         (dict(strength=0.5), "strength 0.5 needs init images"),
