@@ -23,6 +23,7 @@ and under CFG applied to the conditional half only, the unconditional half getti
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,6 +63,11 @@ class Control:
     guess_mode: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (numbers.Real, Tensor)):
+            raise ValueError(
+                f"control scale={self.scale!r}: expected a number (keyframed scales: "
+                "pilot.animation.inputs.ControlTrack)"
+            )
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(
                 f"control start={self.start}, end={self.end}: need 0 <= start <= end <= 1"

@@ -14,6 +14,7 @@ the models run in their own dtype; masks are 1 where the image is repainted.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from pilot.diffusion.control import Control, check_controls, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
-from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
+from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser, check_cfg
 from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import (
     BatchedNoise,
@@ -82,8 +83,11 @@ class SamplingSettings:
         sampler = get_sampler(self.sampler)  # raise early, naming the valid choices
         if not callable(self.schedule):
             get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_cfg(self.cfg)
         if not 0.0 <= self.rescale <= 1.0:
             raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
         if self.clip_skip < 0:

@@ -184,6 +184,9 @@ def test_bad_input_raises_clear_errors(unet, controlnet):
         Control(controlnet, image, start=0.7, end=0.2)
     with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
         Control(controlnet, image[:, :1])
+    for scale in ("0.5", None):  # used to fail inside the first step, naming nothing
+        with pytest.raises(ValueError, match=rf"control scale={scale!r}: expected a number"):
+            Control(controlnet, image, scale=scale)
     with pytest.raises(TypeError, match="CFGDenoiser"):
         ControlDenoiser(CFGDenoiser(inner), [], s)
     small = ControlDenoiser(inner, [Control(controlnet, image[..., :32, :32])], s)

@@ -259,6 +259,8 @@ def test_init_images_slightly_off_0_1_pass():
         (dict(sampler="eulr"), "unknown sampler 'eulr'; valid: .*euler_ancestral"),
         (dict(schedule="cosine"), "unknown schedule 'cosine'; valid: .*karras"),
         (dict(steps=0), "steps must be"),
+        (dict(steps=4.0), r"steps must be an int >= 1, got 4.0"),  # was a linspace error
+        (dict(cfg="3"), r"cfg='3': expected a number"),  # was an error at the first step
         (
             dict(sampler="dpmpp_2m", eta=0.5),
             "'dpmpp_2m' takes no eta .*with eta: ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_sde$",
