@@ -93,8 +93,10 @@ class SamplingSettings:
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and not takes(sampler, "eta"):
+            own = getattr(sampler, "__name__", type(sampler).__name__)  # not its repr's address
+            name = self.sampler if isinstance(self.sampler, str) else own
             raise ValueError(
-                f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
+                f"sampler {name!r} takes no eta (got eta={self.eta}); samplers with "
                 f"eta: {', '.join(samplers_with('eta'))}"
             )
 

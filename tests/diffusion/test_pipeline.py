@@ -426,10 +426,12 @@ def test_a_sampler_and_a_schedule_of_your_own_plug_into_generate(tiny_sd):
             generate_latents(tiny_sd, request(), settings, callback=steps.append), named
         )
     assert len(steps) == 6
-    with pytest.raises(ValueError, match="takes no eta"):
+    with pytest.raises(ValueError, match="^sampler 'my_euler' takes no eta"):
         SamplingSettings(my_euler, eta=0.5)
     with pytest.raises(ValueError, match="expected finite, decreasing"):
-        generate_latents(tiny_sd, request(), SamplingSettings("euler", lambda n, s: grid.flip(0)))
+        generate_latents(
+            tiny_sd, request(), SamplingSettings("euler", lambda n, s: grid.flip(0), 3)
+        )
 
 
 def test_a_sampler_written_as_documented_runs_without_a_callback(tiny_sd, init_images):
@@ -450,3 +452,16 @@ def test_a_sampler_written_as_documented_runs_without_a_callback(tiny_sd, init_i
     steps = []
     generate_latents(tiny_sd, request(), settings, callback=steps.append)
     assert [s["i"] for s in steps] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("returned", [4, 2])
+def test_a_schedule_of_your_own_returning_another_length_is_named(tiny_sd, returned):
+    """A schedule of 3 steps must return 4 sigmas; 2 used to run 1 step with no word (and 4
+    for steps=2, 3 steps)."""
+
+    def my_grid(n, schedule):
+        return torch.linspace(schedule.sigma_max, 0, returned)
+
+    settings = SamplingSettings("euler", my_grid, steps=3 if returned == 2 else 2, cfg=1.0)
+    with pytest.raises(ValueError, match=r"^schedule my_grid returned sigmas of shape \(\d,\)"):
+        generate_latents(tiny_sd, request(), settings)
