@@ -241,6 +241,9 @@ class EstimatedFlow:
         frames: `frames(k)` gives frame k as (3, H, W) in [0, 1] (a video's source frames).
         n_frames: Number of frames.
         preset: DIS preset, "ultrafast", "fast" or "medium".
+        estimator: Another optical flow estimator in place of DIS (RAFT, say):
+            `estimator(image_i, image_j) -> flow i -> j`, (1, 2, H, W) pixels from two (3, H,
+            W) images in [0, 1], as `dis_flow`; it runs both ways for the consistency mask.
     """
 
     def __init__(
@@ -251,18 +254,33 @@ class EstimatedFlow:
         preset: Literal["ultrafast", "fast", "medium"] = "medium",
         alpha: float = 0.01,
         beta: float = 0.5,
+        estimator: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         self.frames, self.n_frames, self.preset = frames, n_frames, preset
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.beta, self.estimator = alpha, beta, estimator
 
     def __call__(self, k: int, step: int = 1) -> FlowField:
-        """Flow from frame k back to frame k - step (DIS between those two frames)."""
+        """Flow from frame k back to frame k - step (the estimator between those two frames)."""
         _check_index(k, self.n_frames, "video", step)
         cur, prev = self.frames(k), self.frames(k - step)
-        to_prev = dis_flow(cur, prev, self.preset)
-        to_next = dis_flow(prev, cur, self.preset)
+        to_prev, to_next = self.estimate(cur, prev), self.estimate(prev, cur)
         visible = consistency_mask(to_prev, to_next, alpha=self.alpha, beta=self.beta)
         return FlowField(to_prev, visible)
+
+    def estimate(self, image_i: Tensor, image_j: Tensor) -> Tensor:
+        """Flow i -> j (1, 2, H, W) float32 on the CPU: DIS, or `estimator` (its result checked,
+        a ValueError naming it)."""
+        if self.estimator is None:
+            return dis_flow(image_i, image_j, self.preset)
+        flow = self.estimator(image_i, image_j)
+        H, W = image_i.shape[-2:]
+        if not isinstance(flow, Tensor) or tuple(flow.shape) != (1, 2, H, W):
+            got = tuple(flow.shape) if isinstance(flow, Tensor) else type(flow).__name__
+            raise ValueError(
+                f"flow estimator {source_name(self.estimator)} returned {got}: expected flow "
+                f"(1, 2, {H}, {W}) in pixels between two (3, {H}, {W}) images"
+            )
+        return flow.detach().float().cpu()
 
 
 def downsample_flow(field: FlowField, factor: int) -> FlowField:

@@ -259,3 +259,32 @@ def test_a_flow_source_of_your_own_is_checked_naming_it():
     check_flow_step(lambda k: good, 1)
     with pytest.raises(ValueError, match="frame step 2: flow source <lambda> takes one argument"):
         check_flow_step(lambda k: good, 2)
+
+
+def test_another_flow_estimator_in_place_of_dis():
+    """`EstimatedFlow(..., estimator=)`: a function of your own runs both ways and gets the
+    consistency mask (here the exact flow of an integer shift); a wrong shape is named."""
+    prev = texture()
+    frames = [prev, shifted(prev, 3, 2)]
+    calls = []
+
+    def exact(image_i, image_j):  # content moved (+3, +2) from frame 0 to frame 1
+        calls.append(1)
+        forward = torch.equal(image_i, frames[0])
+        return (
+            torch.tensor([3.0, 2.0] if forward else [-3.0, -2.0])
+            .view(1, 2, 1, 1)
+            .expand(1, 2, 48, 64)
+        )
+
+    field = EstimatedFlow(frames.__getitem__, 2, estimator=exact)(1)
+    assert len(calls) == 2 and torch.equal(field.flow, exact(frames[1], frames[0]))
+    assert field.visible[..., 8:-8, 8:-8].all() and not field.visible[..., :, :3].any()
+    dis = EstimatedFlow(frames.__getitem__, 2, estimator=dis_flow)(1)
+    assert torch.equal(dis.flow, EstimatedFlow(frames.__getitem__, 2)(1).flow)
+
+    def my_raft(image_i, image_j):
+        return torch.zeros(2, 48, 64)
+
+    with pytest.raises(ValueError, match=r"^flow estimator my_raft returned \(2, 48, 64\)"):
+        EstimatedFlow(frames.__getitem__, 2, estimator=my_raft)(1)
