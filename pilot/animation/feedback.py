@@ -67,6 +67,7 @@ from pilot.animation.flow import (
     FlowSource,
     VectorFlow,
     backward_flow,
+    check_flow_step,
     downsample_flow,
 )
 from pilot.animation.inputs import ControlTrack, FrameSource, FrameStore, VideoFrames
@@ -111,7 +112,9 @@ class FeedbackSampler:
         tracks: ControlNets with their control kinds and scales.
         store: Where frames are read back from and written to.
         base_seed: Seed of frame 0 (frame k: base_seed + k unless `config.seed`).
-        flow: Flow source, default the frame source's own (`frames.flow`).
+        flow: Flow source, default the frame source's own (`frames.flow`); one of your own is
+            a function `flow(k) -> FlowField` (`flow(k, step)` with a `frame_step`), its result
+            checked each frame (`pilot.animation.flow.check_flow_field`).
         vae_upcast: float32 rule of a half-precision VAE decode (`decode_latents`).
         vae_batch: Frames per VAE call when a batch of frames is encoded or decoded (VAE
             slicing, `decode_latents(batch=)`); None: the whole batch at once.
@@ -159,6 +162,7 @@ class FeedbackSampler:
                 f"frame_step={frame_step}: {frames.name}'s motion pass (vector flow) links "
                 "adjacent frames only; use geometry or estimated flow"
             )
+        check_flow_step(self.flow, frame_step)  # a one-argument source of your own
         self.frame_step = frame_step
         if vae_batch is not None and vae_batch < 1:
             raise ValueError(f"vae_batch must be >= 1 (None: a batch at once), got {vae_batch}")
@@ -222,7 +226,7 @@ class FeedbackSampler:
         step = self.frame_step
         has_prev = not self.independent(k) and self.store.has(k - step)  # k - step >= 0
         if has_prev and flow is None:
-            flow = backward_flow(self.flow, k, step)
+            flow = backward_flow(self.flow, k, step, (self.frames.height, self.frames.width))
         init = self.init_image(k, flow if has_prev else None)
         image = self.sample_frames([k], [params], init, flow if has_prev else None)
         self.store.write(k, image)

@@ -24,6 +24,7 @@ Three sources, all swappable:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -65,10 +66,68 @@ class FlowSource(Protocol):
     def __call__(self, k: int) -> FlowField: ...
 
 
-def backward_flow(source: FlowSource, k: int, step: int = 1) -> FlowField:
+def backward_flow(
+    source: FlowSource, k: int, step: int = 1, size: tuple[int, int] | None = None
+) -> FlowField:
     """`source`'s flow from frame k back to frame k - step: `source(k)` for step 1 (any flow
-    source, a one-argument callable of your own included), else `source(k, step)`."""
-    return source(k) if step == 1 else source(k, step)  # type: ignore[call-arg]
+    source, a one-argument callable of your own included), else `source(k, step)`.
+
+    Args:
+        size: The frames' (height, width): the result is checked against it
+            (`check_flow_field`), a ValueError naming the source and frame k.
+    """
+    field = source(k) if step == 1 else source(k, step)  # type: ignore[call-arg]
+    if size is not None:
+        check_flow_field(field, *size, f"flow source {source_name(source)} at frame {k}")
+    return field
+
+
+def source_name(source: object) -> str:
+    """A flow source's name for messages: a function's name, else its class's."""
+    return getattr(source, "__name__", type(source).__name__)
+
+
+def check_flow_field(field: object, height: int, width: int, what: str) -> None:
+    """ValueError unless `field` is a `FlowField` of a `height` x `width` frame: flow (1, 2, H,
+    W) floats and visible (1, 1, H, W) bool. `what` names the source and frame in the message
+    (a flow source of your own, say, that returns a tuple, (2, H, W) or a float mask)."""
+    if not isinstance(field, FlowField):
+        raise ValueError(
+            f"{what} returned a {type(field).__name__}: expected a FlowField(flow, visible)"
+        )
+
+    def describe(t: object) -> str:
+        return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+
+    flow, visible = field.flow, field.visible
+    if not (
+        isinstance(flow, Tensor)
+        and isinstance(visible, Tensor)
+        and tuple(flow.shape) == (1, 2, height, width)
+        and flow.is_floating_point()
+        and tuple(visible.shape) == (1, 1, height, width)
+        and visible.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"{what} gave flow {describe(flow)} and visible {describe(visible)}: expected flow "
+            f"(1, 2, {height}, {width}) float (pixels) and visible (1, 1, {height}, {width}) bool"
+        )
+
+
+def check_flow_step(source: FlowSource, step: int) -> None:
+    """ValueError if `step` > 1 and `source` takes one argument (`source(k)`: the flow to
+    frame k - 1 only); sources whose signature cannot be read pass."""
+    try:
+        params = list(inspect.signature(source).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    if step > 1 and not varargs and sum(p.kind in positional for p in params) < 2:
+        raise ValueError(
+            f"frame step {step}: flow source {source_name(source)} takes one argument (k: the "
+            "flow to frame k - 1); take (k, step) for the flow to frame k - step"
+        )
 
 
 def _check_index(k: int, n: int, name: str, step: int = 1) -> None:
@@ -182,6 +241,9 @@ class EstimatedFlow:
         frames: `frames(k)` gives frame k as (3, H, W) in [0, 1] (a video's source frames).
         n_frames: Number of frames.
         preset: DIS preset, "ultrafast", "fast" or "medium".
+        estimator: Another optical flow estimator in place of DIS (RAFT, say):
+            `estimator(image_i, image_j) -> flow i -> j`, (1, 2, H, W) pixels from two (3, H,
+            W) images in [0, 1], as `dis_flow`; it runs both ways for the consistency mask.
     """
 
     def __init__(
@@ -192,18 +254,33 @@ class EstimatedFlow:
         preset: Literal["ultrafast", "fast", "medium"] = "medium",
         alpha: float = 0.01,
         beta: float = 0.5,
+        estimator: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         self.frames, self.n_frames, self.preset = frames, n_frames, preset
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.beta, self.estimator = alpha, beta, estimator
 
     def __call__(self, k: int, step: int = 1) -> FlowField:
-        """Flow from frame k back to frame k - step (DIS between those two frames)."""
+        """Flow from frame k back to frame k - step (the estimator between those two frames)."""
         _check_index(k, self.n_frames, "video", step)
         cur, prev = self.frames(k), self.frames(k - step)
-        to_prev = dis_flow(cur, prev, self.preset)
-        to_next = dis_flow(prev, cur, self.preset)
+        to_prev, to_next = self.estimate(cur, prev), self.estimate(prev, cur)
         visible = consistency_mask(to_prev, to_next, alpha=self.alpha, beta=self.beta)
         return FlowField(to_prev, visible)
+
+    def estimate(self, image_i: Tensor, image_j: Tensor) -> Tensor:
+        """Flow i -> j (1, 2, H, W) float32 on the CPU: DIS, or `estimator` (its result checked,
+        a ValueError naming it)."""
+        if self.estimator is None:
+            return dis_flow(image_i, image_j, self.preset)
+        flow = self.estimator(image_i, image_j)
+        H, W = image_i.shape[-2:]
+        if not isinstance(flow, Tensor) or tuple(flow.shape) != (1, 2, H, W):
+            got = tuple(flow.shape) if isinstance(flow, Tensor) else type(flow).__name__
+            raise ValueError(
+                f"flow estimator {source_name(self.estimator)} returned {got}: expected flow "
+                f"(1, 2, {H}, {W}) in pixels between two (3, {H}, {W}) images"
+            )
+        return flow.detach().float().cpu()
 
 
 def downsample_flow(field: FlowField, factor: int) -> FlowField:

@@ -23,6 +23,7 @@ and under CFG applied to the conditional half only, the unconditional half getti
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,6 +63,11 @@ class Control:
     guess_mode: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (numbers.Real, Tensor)):
+            raise ValueError(
+                f"control scale={self.scale!r}: expected a number (keyframed scales: "
+                "pilot.animation.inputs.ControlTrack)"
+            )
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(
                 f"control start={self.start}, end={self.end}: need 0 <= start <= end <= 1"
@@ -90,7 +96,8 @@ class ControlDenoiser:
         denoiser: The inner denoiser: a `DiscreteDenoiser` (`EpsDenoiser`, `VDenoiser`) whose
             UNet takes `down_residuals` and `mid_residual`.
         controls: The ControlNets with their images, scales, step windows and modes.
-        sigmas: The (n + 1,) sigmas the sampler runs (img2img: the sliced ones), for start / end.
+        sigmas: The (n + 1,) sigmas the sampler runs (img2img: the sliced ones), for start / end
+            (a tensor or a list).
         cfg_batch: True when called by a guiding `CFGDenoiser`: the batch is `[uncond, cond]`
             halves and guess-mode controls act on the second half only. `controlled_cfg` sets it.
     """
@@ -99,7 +106,7 @@ class ControlDenoiser:
         self,
         denoiser: DiscreteDenoiser,
         controls: Sequence[Control],
-        sigmas: Tensor,
+        sigmas: Tensor | Sequence[float],
         *,
         cfg_batch: bool = False,
     ) -> None:
@@ -109,6 +116,7 @@ class ControlDenoiser:
                 f"{type(denoiser).__name__}: put CFG and inpainting outside it"
             )
         self.denoiser, self.controls, self.cfg_batch = denoiser, tuple(controls), cfg_batch
+        sigmas = torch.as_tensor(sigmas)  # a list too, as the samplers take
         grid = sigmas[:-1].double()  # where the steps start; the last sigma ends the last step
         if grid.numel() == 0 or not (grid > 0).all():
             raise ValueError(f"sigmas {sigmas.tolist()}: need positive noise levels, then the end")

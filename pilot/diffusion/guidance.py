@@ -7,6 +7,8 @@ per-item wrappers go outside it, `InpaintDenoiser(CFGDenoiser(EpsDenoiser(unet),
 and ControlNet (which must see both branches) inside.
 """
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -39,6 +41,7 @@ class CFGDenoiser:
 
     @renamed_keywords(scale="cfg")
     def __init__(self, denoiser: Denoiser, cfg: float | Tensor = 7.5, *, rescale: float = 0.0):
+        check_cfg(cfg)
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
         self.denoiser, self.scale, self.rescale = denoiser, cfg, rescale
@@ -64,6 +67,13 @@ class CFGDenoiser:
         if self.rescale > 0:
             denoised = _rescale(x, sigma, cond, denoised, self.rescale)
         return denoised
+
+
+def check_cfg(cfg: object, name: str = "cfg") -> None:
+    """ValueError unless a guidance scale is a number or a tensor of per-item scales (a string,
+    e.g. a `FeedbackConfig` schedule, would fail deep inside sampling)."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (numbers.Real, Tensor)):
+        raise ValueError(f"{name}={cfg!r}: expected a number (or a (B,) tensor of scales)")
 
 
 def _as_batch(value: float | Tensor, x: Tensor) -> float | Tensor:

@@ -14,6 +14,7 @@ the models run in their own dtype; masks are 1 where the image is repainted.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from pilot.diffusion.control import Control, check_controls, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
-from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser
+from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser, check_cfg
 from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import (
     BatchedNoise,
@@ -82,15 +83,20 @@ class SamplingSettings:
         sampler = get_sampler(self.sampler)  # raise early, naming the valid choices
         if not callable(self.schedule):
             get_sigmas(self.schedule, 1, DiscreteSchedule.scaled_linear())
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_cfg(self.cfg)
         if not 0.0 <= self.rescale <= 1.0:
             raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and not takes(sampler, "eta"):
+            own = getattr(sampler, "__name__", type(sampler).__name__)  # not its repr's address
+            name = self.sampler if isinstance(self.sampler, str) else own
             raise ValueError(
-                f"sampler {self.sampler!r} takes no eta (got eta={self.eta}); samplers with "
+                f"sampler {name!r} takes no eta (got eta={self.eta}); samplers with "
                 f"eta: {', '.join(samplers_with('eta'))}"
             )
 
@@ -389,7 +395,9 @@ def sample(
     """Run `settings.sampler` from `x` over `sigmas`; returns the final latents."""
     sampler = get_sampler(settings.sampler)
     kwargs = {} if settings.eta is None else {"eta": settings.eta}
-    if callback is not None:  # a sampler without one raises: the callback is not dropped
+    # passed when given (a sampler without one raises: the callback is not dropped) or taken:
+    # the documented signature may declare `callback` with no default
+    if callback is not None or takes(sampler, "callback"):
         kwargs["callback"] = callback
     if takes(sampler, "noise"):  # k-diffusion's samplers draw their own noise
         kwargs["noise"] = noise
@@ -429,8 +437,12 @@ class Request:
             raise ValueError("at least one prompt is needed")
         negative = self.negative_prompts or [""] * len(self.prompts)
         object.__setattr__(self, "negative_prompts", list(negative))
-        if isinstance(self.seeds, int) or len(self.seeds) != len(self.prompts):
-            n = 1 if isinstance(self.seeds, int) else len(self.seeds)
+        if not hasattr(self.seeds, "__len__"):  # an int: "1 seeds for 1 prompts" said nothing
+            raise ValueError(
+                f"seeds={self.seeds!r}: pass a list, one seed per prompt (seeds=[{self.seeds!r}])"
+            )
+        if len(self.seeds) != len(self.prompts):
+            n = len(self.seeds)
             raise ValueError(f"{n} seeds for {len(self.prompts)} prompts: one seed per prompt")
         for seed in self.seeds:
             check_seed(seed)

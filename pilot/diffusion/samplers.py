@@ -6,7 +6,8 @@ call: img2img is `sample(denoiser, init + noise * sigmas[k], sigmas[k:])`. Argum
     denoiser: `D(x, sigma, **extra_args) -> denoised`, sigma of shape (B,).
     x: Latents at noise level `sigmas[0]`, (B, C, H, W), in the VE parameterisation
         (`x = x0 + sigma * eps`); initial latents are `noise * prior_std(sigmas[0])`.
-    sigmas: (n + 1,) decreasing noise levels (see `pilot.diffusion.schedules`).
+    sigmas: (n + 1,) decreasing noise levels (see `pilot.diffusion.schedules`), a tensor or a
+        list.
     extra_args: Keyword arguments for the denoiser (text context, ...).
     callback: Called once per step with `{"i", "x", "sigma", "denoised"}`: the latents entering
         step i, its sigma and the denoiser's estimate there.
@@ -103,16 +104,18 @@ def get_ancestral_step(
 
 
 def _prepare(
-    x: Tensor, sigmas: Tensor, extra_args: dict | None, noise: NoiseSampler | None
+    x: Tensor, sigmas: Tensor | Sequence[float], extra_args: dict | None, noise: NoiseSampler | None
 ) -> tuple[Tensor, Tensor, dict, NoiseSampler, list[float]]:
-    """Sigmas on x's device, the (B,) ones to broadcast a sigma, extra args, noise sampler, and
-    the sigmas as Python floats.
+    """Sigmas (a tensor, or a list as `generate(sigmas=)` takes) on x's device, the (B,) ones to
+    broadcast a sigma, extra args, noise sampler, and the sigmas as Python floats.
 
     The steps' branches (last step? churn?) read the floats: a branch on a GPU tensor waits for
     the GPU to finish the work queued so far, every step. Sigmas given on the CPU (as the
     schedules make them) cost nothing to read; on a GPU, one wait here.
     """
     noise = noise if noise is not None else (lambda sigma, sigma_next: torch.randn_like(x))
+    if not isinstance(sigmas, Tensor):
+        sigmas = torch.tensor(sigmas, dtype=torch.float32)
     levels = sigmas.tolist()
     return queued_copy(sigmas, x.device), x.new_ones(x.shape[0]), extra_args or {}, noise, levels
 

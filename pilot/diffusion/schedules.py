@@ -314,10 +314,19 @@ def get_sigmas(name: str | ScheduleFn, n: int, schedule: DiscreteSchedule) -> Te
     a function of your own with the same signature, `(n, schedule) -> (n + 1,) sigmas`.
 
     Raises:
-        ValueError: `name` is not in `SCHEDULES` (the message lists the valid names).
+        ValueError: `name` is not in `SCHEDULES` (the message lists the valid names), or your
+            function returned another number of sigmas than `n + 1`.
     """
     if callable(name):
-        return name(n, schedule)
+        sigmas = name(n, schedule)
+        shape = tuple(torch.as_tensor(sigmas).shape)
+        if shape != (n + 1,):  # else fewer steps than asked, with no word
+            label = getattr(name, "__name__", repr(name))
+            raise ValueError(
+                f"schedule {label} returned sigmas of shape {shape} for {n} steps: expected "
+                f"({n + 1},), the steps' starts and the final sigma (0)"
+            )
+        return sigmas
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
     return SCHEDULES[name](n, schedule)

@@ -1,6 +1,8 @@
 """The feedback sampler on a procedural fly-through: the acceptance figures, determinism,
 the occlusion modes and the parts (schedules per frame, colour matching)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -363,3 +365,43 @@ def test_with_a_frame_step_the_colour_reference_serves_its_own_chain(
     for k, calls in [(0, 0), (1, 0), (3, 0), (2, 1)]:
         sampler.render(k)
         assert len(matched) == calls, k
+
+
+def test_a_flow_source_and_a_sampler_of_your_own(animation_sd, small_shot, tmp_path):
+    """`flow=` takes a function `flow(k) -> FlowField` and `SamplingSettings` a sampler written
+    with the README's signature (keywords without defaults): the frames equal the built-in
+    ones'. A source returning something else is named at the frame, a one-argument source
+    with a frame step when the sampler is made (both used to fail deep inside, naming
+    neither)."""
+    from pilot.diffusion.samplers import sample_euler
+
+    frames = ShotFrames(small_shot)
+
+    def my_flow(k):
+        return frames.flow(k)
+
+    def my_euler(denoiser, x, sigmas, *, extra_args, callback, noise):
+        return sample_euler(denoiser, x, sigmas, extra_args=extra_args, callback=callback)
+
+    def sampler(name, flow, settings=SETTINGS, **kwargs):
+        return FeedbackSampler(
+            animation_sd, settings, FeedbackConfig(strength="0.3", cfg="1"), frames,
+            parse_prompt_schedule("a red corridor"), FrameStore(tmp_path / name), base_seed=3,
+            flow=flow, **kwargs,
+        )  # fmt: skip
+
+    built_in = sampler("built_in", None)
+    own = sampler("own", my_flow, replace(SETTINGS, sampler=my_euler))
+    for k in range(2):
+        assert torch.equal(own.render(k), built_in.render(k))
+
+    def my_tuple_flow(k):
+        field = frames.flow(k)
+        return field.flow, field.visible
+
+    tupled = sampler("tuple", my_tuple_flow)
+    tupled.render(0)
+    with pytest.raises(ValueError, match="^flow source my_tuple_flow at frame 1 returned a tuple"):
+        tupled.render(1)
+    with pytest.raises(ValueError, match="frame step 2: flow source my_flow takes one argument"):
+        sampler("step", my_flow, frame_step=2)

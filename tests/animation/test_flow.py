@@ -12,6 +12,8 @@ from pilot.animation.flow import (
     FlowField,
     GeometryFlow,
     VectorFlow,
+    backward_flow,
+    check_flow_step,
     consistency_mask,
     dis_flow,
     downsample_flow,
@@ -262,3 +264,58 @@ def test_metrics_with_a_step_score_each_frame_against_frame_k_minus_step():
     assert asked == [(2, 1), (3, 1)]
     with pytest.raises(ValueError, match="step must be an int >= 1, got 0"):
         TemporalMetrics(flow, step=0)
+
+
+def test_a_flow_source_of_your_own_is_checked_naming_it():
+    """A tuple, a field without its batch dimension or of another size, or a float mask used to
+    fail inside `warp` or at `~visible`, naming neither the source nor the frame."""
+    flow, visible = torch.zeros(1, 2, 8, 12), torch.ones(1, 1, 8, 12, dtype=torch.bool)
+    good = FlowField(flow, visible)
+    assert backward_flow(lambda k: good, 3, size=(8, 12)) is good
+    bad = [
+        ((flow, visible), "returned a tuple: expected a FlowField"),
+        (FlowField(flow[0], visible[0]), r"gave flow \(2, 8, 12\) torch.float32"),
+        (FlowField(flow[..., :4, :6], visible[..., :4, :6]), r"gave flow \(1, 2, 4, 6\)"),
+        (FlowField(flow, visible.float()), r"gave .* and visible \(1, 1, 8, 12\) torch.float32"),
+    ]
+    for field, match in bad:
+
+        def my_flow(k, *, field=field):
+            return field
+
+        with pytest.raises(ValueError, match=f"^flow source my_flow at frame 3 {match}"):
+            backward_flow(my_flow, 3, size=(8, 12))
+    check_flow_step(lambda k, step: good, 2)
+    check_flow_step(GeometryFlow.__call__.__get__(object()), 2)  # (k, step=1): a bound method
+    check_flow_step(lambda k: good, 1)
+    with pytest.raises(ValueError, match="frame step 2: flow source <lambda> takes one argument"):
+        check_flow_step(lambda k: good, 2)
+
+
+def test_another_flow_estimator_in_place_of_dis():
+    """`EstimatedFlow(..., estimator=)`: a function of your own runs both ways and gets the
+    consistency mask (here the exact flow of an integer shift); a wrong shape is named."""
+    prev = texture()
+    frames = [prev, shifted(prev, 3, 2)]
+    calls = []
+
+    def exact(image_i, image_j):  # content moved (+3, +2) from frame 0 to frame 1
+        calls.append(1)
+        forward = torch.equal(image_i, frames[0])
+        return (
+            torch.tensor([3.0, 2.0] if forward else [-3.0, -2.0])
+            .view(1, 2, 1, 1)
+            .expand(1, 2, 48, 64)
+        )
+
+    field = EstimatedFlow(frames.__getitem__, 2, estimator=exact)(1)
+    assert len(calls) == 2 and torch.equal(field.flow, exact(frames[1], frames[0]))
+    assert field.visible[..., 8:-8, 8:-8].all() and not field.visible[..., :, :3].any()
+    dis = EstimatedFlow(frames.__getitem__, 2, estimator=dis_flow)(1)
+    assert torch.equal(dis.flow, EstimatedFlow(frames.__getitem__, 2)(1).flow)
+
+    def my_raft(image_i, image_j):
+        return torch.zeros(2, 48, 64)
+
+    with pytest.raises(ValueError, match=r"^flow estimator my_raft returned \(2, 48, 64\)"):
+        EstimatedFlow(frames.__getitem__, 2, estimator=my_raft)(1)

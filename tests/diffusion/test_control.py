@@ -97,6 +97,8 @@ def test_start_end_window_acts_on_the_right_steps(unet, controlnet):
             same = torch.equal(denoiser(x, s[i], context=cond), inner(x, s[i], context=cond))
             active.append(not same)
     assert [i for i, a in enumerate(active) if a] == [3, 4, 5]  # i/n >= 0.3, (i+1)/n <= 0.6
+    listed = ControlDenoiser(inner, denoiser.controls, s.tolist())  # as the samplers take
+    assert torch.equal(listed.step_index(s[:-1]), denoiser.step_index(s[:-1]))
 
 
 def test_step_index_between_grid_points(unet, controlnet):
@@ -184,6 +186,9 @@ def test_bad_input_raises_clear_errors(unet, controlnet):
         Control(controlnet, image, start=0.7, end=0.2)
     with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
         Control(controlnet, image[:, :1])
+    for scale in ("0.5", None):  # used to fail inside the first step, naming nothing
+        with pytest.raises(ValueError, match=rf"control scale={scale!r}: expected a number"):
+            Control(controlnet, image, scale=scale)
     with pytest.raises(TypeError, match="CFGDenoiser"):
         ControlDenoiser(CFGDenoiser(inner), [], s)
     small = ControlDenoiser(inner, [Control(controlnet, image[..., :32, :32])], s)

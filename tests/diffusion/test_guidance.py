@@ -96,6 +96,10 @@ def test_cfg_bad_input():
         CFGDenoiser(Recorder())(
             torch.randn(SHAPE), torch.tensor(1.0), context=cond, uncond_context=uncond[:, :3]
         )
+    # a schedule string (FeedbackConfig's cfg) used to fail at the first step, naming nothing
+    for cfg in ("3", None, True):
+        with pytest.raises(ValueError, match=rf"cfg={cfg!r}: expected a number"):
+            CFGDenoiser(Recorder(), cfg)
 
 
 def inpaint_inputs():

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,7 +207,11 @@ def test_vae_slicing_matches_the_whole_batch(tiny_sd, monkeypatch):
         # mistakes that used to pass silently or fail with messages naming nothing
         (dict(prompts="a red wall", seeds=[1]), "prompts is a str: pass a list of strings"),
         (dict(negative_prompts="blurry"), "negative_prompts is a str: pass a list of strings"),
-        (dict(prompts=["a"], seeds=0), "1 seeds for 1 prompts: one seed per prompt"),
+        (
+            dict(prompts=["a"], seeds=0),
+            r"seeds=0: pass a list, one seed per prompt \(seeds=\[0\]\)",
+        ),
+        (dict(seeds=np.int64(3)), r"seeds=(np.int64\()?3\)?: pass a list"),  # any numpy
         (dict(seeds=[1, 2**64]), r"seed 18446744073709551616: expected an int in \[-2\*\*63"),
         (dict(seeds=[1, 2.5]), "seed 2.5: expected an int"),
         (dict(strength=0.5), "strength 0.5 needs init images"),
@@ -254,6 +259,8 @@ def test_init_images_slightly_off_0_1_pass():
         (dict(sampler="eulr"), "unknown sampler 'eulr'; valid: .*euler_ancestral"),
         (dict(schedule="cosine"), "unknown schedule 'cosine'; valid: .*karras"),
         (dict(steps=0), "steps must be"),
+        (dict(steps=4.0), r"steps must be an int >= 1, got 4.0"),  # was a linspace error
+        (dict(cfg="3"), r"cfg='3': expected a number"),  # was an error at the first step
         (
             dict(sampler="dpmpp_2m", eta=0.5),
             "'dpmpp_2m' takes no eta .*with eta: ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_sde$",
@@ -419,7 +426,42 @@ def test_a_sampler_and_a_schedule_of_your_own_plug_into_generate(tiny_sd):
             generate_latents(tiny_sd, request(), settings, callback=steps.append), named
         )
     assert len(steps) == 6
-    with pytest.raises(ValueError, match="takes no eta"):
+    with pytest.raises(ValueError, match="^sampler 'my_euler' takes no eta"):
         SamplingSettings(my_euler, eta=0.5)
     with pytest.raises(ValueError, match="expected finite, decreasing"):
-        generate_latents(tiny_sd, request(), SamplingSettings("euler", lambda n, s: grid.flip(0)))
+        generate_latents(
+            tiny_sd, request(), SamplingSettings("euler", lambda n, s: grid.flip(0), 3)
+        )
+
+
+def test_a_sampler_written_as_documented_runs_without_a_callback(tiny_sd, init_images):
+    """`my_sampler(denoiser, x, sigmas, *, extra_args, callback, noise)`, keywords without
+    defaults as the README writes it: `generate` used to leave `callback` out when none was
+    given, a TypeError; txt2img, img2img (also at strength 0: no step) and with a callback."""
+    from pilot.diffusion.samplers import sample_euler
+
+    def my_euler(denoiser, x, sigmas, *, extra_args, callback, noise):
+        return sample_euler(denoiser, x, sigmas, extra_args=extra_args, callback=callback)
+
+    settings = SamplingSettings(my_euler, "karras", steps=3, cfg=2.0)
+    named = generate_latents(tiny_sd, request(), replace(settings, sampler="euler"))
+    assert torch.equal(generate_latents(tiny_sd, request(), settings), named)
+    for strength in (0.5, 0.0):
+        img2img = request(init_images=init_images, strength=strength)
+        generate_latents(tiny_sd, img2img, settings)
+    steps = []
+    generate_latents(tiny_sd, request(), settings, callback=steps.append)
+    assert [s["i"] for s in steps] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("returned", [4, 2])
+def test_a_schedule_of_your_own_returning_another_length_is_named(tiny_sd, returned):
+    """A schedule of 3 steps must return 4 sigmas; 2 used to run 1 step with no word (and 4
+    for steps=2, 3 steps)."""
+
+    def my_grid(n, schedule):
+        return torch.linspace(schedule.sigma_max, 0, returned)
+
+    settings = SamplingSettings("euler", my_grid, steps=3 if returned == 2 else 2, cfg=1.0)
+    with pytest.raises(ValueError, match=r"^schedule my_grid returned sigmas of shape \(\d,\)"):
+        generate_latents(tiny_sd, request(), settings)

@@ -72,6 +72,21 @@ def sample(name: str, data: Gaussian, sigmas: torch.Tensor, seeds=range(BATCH), 
     return SAMPLERS[name](denoiser, x, sigmas, noise=noise, **kwargs)
 
 
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_list_of_sigmas_samples_as_its_tensor(name, data):
+    """`generate(sigmas=)` takes a list; the samplers used to fail on one with an
+    AttributeError ('list' object has no attribute 'tolist')."""
+    grid = get_sigmas_karras(4, SIGMA_MIN, SIGMA_MAX)  # float32, as the schedules make them
+    x = torch.randn(BATCH, DIMS, generator=torch.Generator().manual_seed(0))
+    denoiser = data.consistency if name == "lcm" else data.denoise
+
+    def run(sigmas):
+        noise = BatchedNoise(list(range(BATCH)), (BATCH, DIMS))
+        return SAMPLERS[name](lambda x, s: denoiser(x.double(), s).float(), x, sigmas, noise=noise)
+
+    assert torch.equal(run(grid.tolist()), run(grid))
+
+
 def moments_error(data: Gaussian, x: torch.Tensor) -> tuple[float, float]:
     """Worst |mean| and |var - 1| of the z-scores, pooled within thirds of the data std."""
     order = data.s.argsort()
