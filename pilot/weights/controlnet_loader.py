@@ -57,7 +57,7 @@ def load_controlnet(
         path: diffusers folder (or a pipeline folder with `controlnet/`), original single file
             (`control_model.*` keys, v1.0 or v1.1 layout, or without the prefix), bare diffusers
             weights file next to its `config.json`, or a cached repo id.
-        dtype: floating dtype after loading; None keeps the file's.
+        dtype: floating dtype after loading; None keeps the file's (float16 on the CPU: float32).
         device: device after loading; None keeps CPU.
         config: a `ControlNetConfig` or `CONTROLNET_PRESETS` name, overriding `config.json` or
             the config read from an original file's weight shapes. An original file whose UNet

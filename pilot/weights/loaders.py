@@ -119,7 +119,7 @@ def load_unet(
 
     Args:
         path: diffusers folder (or its `unet/`), original single file, or cached repo id.
-        dtype: floating dtype after loading; None keeps the file's.
+        dtype: floating dtype after loading; None keeps the file's (float16 on the CPU: float32).
         device: device after loading; None keeps CPU.
         config: a `UNetConfig` or `UNET_PRESETS` name, overriding `config.json` or, for single
             files, the config read from weight shapes. A single file whose shapes fit no
@@ -222,7 +222,7 @@ def load_pipeline(
 
     Args:
         path: diffusers pipeline folder, original single file, or cached repo id.
-        dtype: floating dtype of the models; None keeps the files'.
+        dtype: floating dtype of the models; None keeps the files' (float16 on the CPU: float32).
         device: device of the models; None keeps CPU.
         prediction_type: `epsilon` or `v_prediction`, overriding the folder's
             `scheduler/scheduler_config.json` or the single-file convention (see

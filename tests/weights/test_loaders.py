@@ -22,7 +22,7 @@ from pilot.models.clip import CLIP_PRESETS
 from pilot.models.tokenizer import CLIPTokenizer
 from pilot.models.unet import UNET_PRESETS
 from pilot.weights import sd_original
-from pilot.weights.io import WeightsError, load_state_dict, save_state_dict
+from pilot.weights.io import WeightsError, _cpu_float16_as_float32, load_state_dict, save_state_dict
 
 TINY_VAE = dict(
     block_out_channels=(32, 64),
@@ -71,11 +71,17 @@ def test_component_folder_and_its_weights_file(models, unet_dir):
 def test_fp16_variant_bin_and_dtype(models, tmp_path):
     copy.deepcopy(models["unet"]).half().save_pretrained(tmp_path / "fp16", variant="fp16")
     assert (tmp_path / "fp16" / "diffusion_pytorch_model.fp16.safetensors").is_file()
-    unet = pilot.load_unet(tmp_path / "fp16")
+    unet = pilot.load_unet(tmp_path / "fp16", dtype=torch.float16)
     assert unet.conv_in.weight.dtype == torch.float16
     unet = pilot.load_unet(tmp_path / "fp16", dtype=torch.float32, device="cpu")
     assert unet.conv_in.weight.dtype == torch.float32
     assert torch.equal(unet.conv_in.weight, models["unet"].conv_in.weight.half().float())
+    # no dtype: a float16 file bound for the CPU loads as float32 (CPU half kernels are slow)
+    unet = pilot.load_unet(tmp_path / "fp16")
+    assert {p.dtype for p in unet.parameters()} == {torch.float32}
+    assert torch.equal(unet.conv_in.weight, models["unet"].conv_in.weight.half().float())
+    assert _cpu_float16_as_float32(unet.half(), "cuda") is None  # kept for a GPU
+    assert _cpu_float16_as_float32(unet.bfloat16(), None) is None  # bfloat16 kept
     models["unet"].save_pretrained(tmp_path / "bin", safe_serialization=False)
     assert (tmp_path / "bin" / "diffusion_pytorch_model.bin").is_file()
     assert_weights_equal(pilot.load_unet(tmp_path / "bin"), models["unet"])
