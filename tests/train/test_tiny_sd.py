@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 pytest.importorskip("lightning")
 
@@ -401,8 +402,10 @@ def test_ship_writes_float16_weights_and_a_model_card(stages, tmp_path):
     assert "- vae: 10 steps, final l1 0.5000, held-out PSNR 24.50 dB" in card
     assert "- unet: 40 steps, final loss 0.3500" in card
     assert "- unet_anneal: 10 steps" in card and "vae_anneal" not in card
-    sd = pilot.load_pipeline(tmp_path / "out" / "pipeline")
-    assert sd.unet.conv_in.weight.dtype == torch.float16
+    pilot.load_pipeline(tmp_path / "out" / "pipeline")  # loads
+    unet_file = tmp_path / "out" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(unet_file), "pt") as f:  # the shipped files hold float16
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     (runs / "unet" / "csv" / "version_0" / "metrics.csv").write_text("epoch,loss,step\n")
     with pytest.raises(FileNotFoundError, match=r"unet/csv/\*/metrics.csv: no 'loss' rows"):
         ship.main([str(runs), "--out", str(tmp_path / "out")])
