@@ -155,7 +155,8 @@ def _take_model(
         except (WeightsError, OSError):  # the loader names it
             return []
         theirs = settings.model_hash
-        if (ours == theirs) if (ours and theirs) else (name == _model_name(args.model)):
+        same_kind = ours and theirs and len(ours) == len(theirs)  # A1111 < 1.0: 8-digit hashes
+        if (ours == theirs) if same_kind else (name == _model_name(args.model)):
             return []
         made = f"{name} (hash {theirs})" if theirs else name
         have = f"hash {ours}" if ours else "no A1111 hash (a folder)"

@@ -139,6 +139,11 @@ def test_an_a1111_png_in_pilots_terms(capsys, tmp_path):
         f"note: {png} was made with the VAE vae-ft-mse.safetensors: pass --vae FILE to use it (the "
         "model's own VAE is used)",
     ]
+    old_hash = a1111_png(
+        tmp_path / "old.png", "x\nSteps: 2, Seed: 1, Model hash: 925997e9, Model: other"
+    )
+    parsed("--from", str(old_hash), "--model", str(model))  # A1111 < 1.0's hash: by name
+    assert "note" not in capsys.readouterr().err
     args = parsed("--from", str(png), "--model", str(model), "--lora", "a/ink.pt:0.3",
                   "--lora", "b.safetensors", "--sampler", "euler_ancestral")  # fmt: skip
     assert args.lora == ["a/ink.pt:0.3", "b.safetensors"] and args.eta == 0.6
