@@ -37,7 +37,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Load a model (folder, single file or cached repo id), or read a LoRA, embedding or VAE,
-    and print what it is."""
+    and print what it is; of a PNG, the generation parameters it holds."""
     from pilot.commands._inspect import describe_model
 
     print(json.dumps(describe_model(args.path), indent=2, default=str))
@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect",
         help="describe a Stable Diffusion model, a ControlNet, a GAN checkpoint, a LoRA, a "
-        "textual inversion embedding or a VAE",
+        "textual inversion embedding or a VAE; print a PNG's generation parameters",
     )
-    p.add_argument("path", help="folder, single .safetensors/.ckpt/.pt file, or HF repo id")
+    p.add_argument("path", help="folder, single .safetensors/.ckpt/.pt file, HF repo id or PNG")
     p.set_defaults(func=cmd_inspect)
 
     import pilot.commands
@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pilot` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if "argv" in vars(args):  # a command that tells given options from defaults (`--from`)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0

@@ -1,9 +1,11 @@
 """What `pilot inspect` prints: a Stable Diffusion pipeline's components, or what another file
 pilot loads is: a ControlNet folder, a DCGAN / Pix2Pix checkpoint or exported generator, a LoRA,
-a textual inversion embedding or a standalone VAE (file or diffusers `vae/` folder)."""
+a textual inversion embedding or a standalone VAE (file or diffusers `vae/` folder); of a PNG,
+the generation parameters it holds (`describe_png`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,17 @@ from torch import nn
 
 def describe_model(path: str) -> dict[str, Any]:
     """Load `path` as a Stable Diffusion pipeline and describe its models; a ControlNet or a GAN
-    generator that `load_pipeline` refuses is described instead.
+    generator that `load_pipeline` refuses is described instead; an image, its parameters.
 
     Raises:
         WeightsError: `path` is none of these (the pipeline loader's error).
     """
     import pilot
+    from pilot.commands._png_params import is_image_file
     from pilot.weights.io import WeightsError
 
+    if is_image_file(path):
+        return describe_png(path)
     try:
         sd = pilot.load_pipeline(path)
     except WeightsError as e:
@@ -41,6 +46,43 @@ def describe_module(module: nn.Module) -> dict[str, Any]:
     """Config and parameter count of one model."""
     cfg = asdict(module.cfg) if is_dataclass(module.cfg) else vars(module.cfg)
     return {"config": cfg, "params": sum(p.numel() for p in module.parameters())}
+
+
+def describe_png(path: str) -> dict[str, Any]:
+    """What `pilot inspect IMAGE.png` prints: its size, the parameters text and pilot's JSON as
+    stored; of an A1111 text, what `pilot generate --from` takes from it, what it names only
+    and what it ignores.
+
+    Raises:
+        FileNotFoundError, ValueError: as `read_png_settings`.
+    """
+    from pilot.commands._png_params import read_png_chunks, read_png_settings
+    from pilot.weights.hub import PACKAGED
+
+    text, (width, height) = read_png_chunks(path)
+    settings = read_png_settings(path)
+    out: dict[str, Any] = {"path": str(path), "kind": "image", "width": width, "height": height}
+    if "parameters" in text:
+        out["parameters"] = text["parameters"]
+    if settings.source == "pilot":
+        out["pilot"] = json.loads(text["pilot"])  # what --from takes, as it is
+    else:
+        out["generate_from"] = settings.values | (
+            {"strength": settings.strength} if settings.img2img else {}
+        )
+        named = {"lora": [f"{name}:{scale:g}" for name, scale in settings.loras],
+                 "embedding": settings.embeddings, "vae": settings.vae,
+                 "model": settings.model, "model_hash": settings.model_hash}  # fmt: skip
+        out["named_only"] = {k: v for k, v in named.items() if v}
+    if settings.ignored:
+        out["ignored"] = settings.ignored
+    needs = {  # what the PNG names or lacks (the init image is not in it)
+        "--model MODEL": settings.source == "a1111" and settings.model not in PACKAGED,
+        "--lora FILE": bool(settings.loras),
+        "--init IMAGE": settings.img2img,
+    }
+    out["use_with"] = " ".join(["pilot generate --from", str(path), *filter(needs.get, needs)])
+    return out
 
 
 def _describe_other(path: str, error: Exception) -> dict[str, Any] | None:

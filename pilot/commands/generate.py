@@ -24,6 +24,7 @@ from pilot.commands._a1111 import (
     read_extra_networks,
     used_embeddings,
 )
+from pilot.commands._from_png import add_from_argument, apply_png_settings
 from pilot.commands._lora import add_lora_argument, apply_loras, lora_settings, read_loras
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
@@ -48,8 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="txt2img / img2img / inpainting with a Stable Diffusion model",
         description="Generate images; with --init, img2img; with --init and --mask, inpainting.",
     )
-    p.add_argument("--model", required=True, help="diffusers folder, .safetensors/.ckpt, repo id")
-    p.add_argument("--prompt", required=True, help="prompt; A1111 emphasis like (fog:1.3) works")
+    p.add_argument("--model", help="diffusers folder, .safetensors/.ckpt, repo id (required "
+                   "unless --from gives it)")  # fmt: skip
+    p.add_argument("--prompt", help="prompt; A1111 emphasis like (fog:1.3) works (required "
+                   "unless --from gives it)")  # fmt: skip
+    add_from_argument(p)
     add_lora_argument(p)
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler name (default dpmpp_2m)")
@@ -109,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_speed_arguments(p)
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, argv=None)  # argv: `pilot.cli.main`'s, for --from
 
 
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:
@@ -168,6 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pilot.diffusion.pipeline import Request, SamplingSettings, generate
     from pilot.diffusion.speed import optimize
 
+    apply_png_settings(args)  # --from IMAGE.png: its settings where no option is given
     settings = SamplingSettings(  # checks names before the (slow) model load
         sampler=args.sampler,
         schedule=args.schedule,
