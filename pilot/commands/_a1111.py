@@ -121,14 +121,31 @@ def _bare(name: str) -> str:
     return name.replace(":", "").replace(",", "")
 
 
+# pilot's sampler and schedule names -> A1111's labels (A1111 1.9+: `Schedule type` on its own).
+A1111_SAMPLER_LABELS = {"euler_ancestral": "Euler a", "euler": "Euler", "heun": "Heun",
+                        "dpmpp_2m": "DPM++ 2M", "dpmpp_sde": "DPM++ SDE",
+                        "dpmpp_2m_sde": "DPM++ 2M SDE", "ddim": "DDIM", "lcm": "LCM"}  # fmt: skip
+A1111_SCHEDULE_LABELS = {"linspace": "Uniform", "karras": "Karras", "exponential": "Exponential"}
+
+
+def a1111_sampler_fields(sampler: str, schedule: str) -> list[str]:
+    """`Sampler` and `Schedule type` as A1111 names them (`DPM++ 2M`, `Karras`), which image
+    sites read; pilot's own names where A1111 has none, and for DDIM off `leading` (A1111's
+    DDIM always steps as pilot's `leading`, so its label would read back as that).
+    `pilot generate --from` reads both back (`_png_params.a1111_sampler`)."""
+    if sampler == "ddim" and schedule != "leading":
+        return [f"Sampler: {sampler}", f"Schedule type: {schedule}"]
+    label = A1111_SAMPLER_LABELS.get(sampler, sampler)
+    return [f"Sampler: {label}", f"Schedule type: {A1111_SCHEDULE_LABELS.get(schedule, schedule)}"]
+
+
 def a1111_parameters(params: dict, seed: int, networks: ExtraNetworks | None = None) -> str:
     """The `parameters` text A1111 writes (prompt, negative prompt, then a settings line), with
     the LoRAs and used embeddings of `networks` as A1111 writes them (module docstring)."""
     networks = networks or ExtraNetworks()
     line = [
         f"Steps: {params['steps']}",
-        f"Sampler: {params['sampler']}",
-        f"Schedule type: {params['schedule']}",
+        *a1111_sampler_fields(params["sampler"], params["schedule"]),
         f"CFG scale: {params['cfg']}",
         f"Seed: {seed}",
         f"Size: {params['width']}x{params['height']}",

@@ -226,3 +226,24 @@ def test_files_without_parameters_are_one_line_errors(tmp_path):
         read_png_settings(broken)
     with pytest.raises(FileNotFoundError, match="missing.png: no such file"):
         read_png_settings(tmp_path / "missing.png")
+
+
+def test_pilot_writes_a1111_sampler_labels_that_read_back():
+    """The A1111 text names samplers and schedules as A1111 does (image sites read them), and
+    every pilot sampler x schedule reads back as itself (`--from` a PNG whose JSON was lost)."""
+    from pilot.commands._a1111 import a1111_sampler_fields
+    from pilot.diffusion.samplers import SAMPLERS
+    from pilot.diffusion.schedules import SCHEDULES
+
+    assert a1111_sampler_fields("dpmpp_2m", "karras") == [
+        "Sampler: DPM++ 2M",
+        "Schedule type: Karras",
+    ]
+    assert a1111_sampler_fields("euler_ancestral", "linspace") == [
+        "Sampler: Euler a", "Schedule type: Uniform"
+    ]  # fmt: skip
+    for sampler in SAMPLERS:
+        for schedule in SCHEDULES:
+            fields = dict(f.split(": ", 1) for f in a1111_sampler_fields(sampler, schedule))
+            back = a1111_sampler(fields["Sampler"], fields["Schedule type"])
+            assert back == (sampler, schedule), (sampler, schedule, fields)
