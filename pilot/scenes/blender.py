@@ -169,7 +169,12 @@ def plan_frames(scene, first: int, last: int) -> list[dict]:
         scene.frame_set(f)
         cam = scene.camera
         if cam is None:
-            raise ValueError(f"scene {scene.name!r} has no active camera at frame {f}")
+            cams = sorted(o.name for o in scene.objects if o.type == "CAMERA")
+            have = f"its cameras: {', '.join(map(repr, cams))}" if cams else "it has none"
+            raise ValueError(
+                f"scene {scene.name!r} has no active camera at frame {f}: set one in Scene "
+                f"Properties > Camera ({have})"
+            )
         K, _, _ = camera_intrinsics(cam, scene)  # lens, shift may be animated
         c2w = camera_pose(cam)
         check_camera(K, c2w, f"frame {f}, camera {cam.name!r}")

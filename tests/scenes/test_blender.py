@@ -309,7 +309,9 @@ def test_a_refused_export_exits_non_zero_inside_blender(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as done:
         exec(compile(path.read_text(), str(path), "exec"), namespace)
     assert done.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("has no active camera at frame 1")
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no active camera at frame 1: set one in Scene Properties > Camera "
+                        "(its cameras: 'cam')")  # fmt: skip
 
 
 def test_sky_in_the_motion_pass_moves_with_the_cameras_rotation(tmp_path):
