@@ -231,8 +231,8 @@ def test_camera_switches_and_non_pinhole_cameras_are_refused_before_rendering(tm
 
 
 def test_render_settings_of_the_file_leave_the_passes_alone(tmp_path):
-    """Depth of field, a cropped render region, stereo and Video Sequencer strips in the file
-    would blur, crop, rename or replace the passes: the export turns them off."""
+    """Depth of field, motion blur, a cropped render region, stereo and Video Sequencer strips
+    in the file would blur, crop, rename or replace the passes: the export turns them off."""
     _build_scene()
     scene = bpy.context.scene
     scene.render.resolution_x, scene.render.resolution_y = 32, 24
@@ -241,7 +241,7 @@ def test_render_settings_of_the_file_leave_the_passes_alone(tmp_path):
     dof.use_dof, dof.focus_distance, dof.aperture_fstop = True, 2.0, 0.5
     scene.render.use_border = scene.render.use_crop_to_border = True
     scene.render.border_min_x, scene.render.border_max_x = 0.25, 0.75
-    scene.render.use_multiview = True
+    scene.render.use_multiview = scene.render.use_motion_blur = True
     scene.sequence_editor_create().sequences.new_effect("red", "COLOR", 1, 1, frame_end=9)
     assert main([str(tmp_path / "file"), "--frames", "1", "2", "--samples", "1"]) == 0
     plain, file = Shot(tmp_path / "plain"), Shot(tmp_path / "file")
