@@ -16,8 +16,9 @@ films the whole range: orthographic and panoramic cameras, and a camera switch i
 (markers), are refused before anything renders.
 
 The pixel filter is shrunk to 0.01 px so every pass samples pixel centres (no blending across
-edges); motion blur is turned off (Cycles writes no Vector pass with it on), and so are depth of
-field (it blends depth across edges), a render region, stereo views and the Video Sequencer.
+edges); motion blur is turned off (Cycles' Vector pass is 0 with it on, and depth is blurred),
+and so are depth of field (it blends depth across edges), a render region, stereo views and the
+Video Sequencer.
 Only the active view layer (Blender's top bar) renders, at the export's samples: the others are
 turned off (a script's render renders every layer in use) and its own sample count is cleared.
 The open scene's render settings are changed (not saved).
@@ -80,7 +81,7 @@ def configure(scene, samples: int, view_layer=None) -> None:
     scene.cycles.samples = samples
     scene.cycles.use_denoising = False
     scene.cycles.filter_width = 0.01  # sample pixel centres: passes are not blended at edges
-    scene.render.use_motion_blur = False  # Cycles writes no Vector pass with motion blur
+    scene.render.use_motion_blur = False  # with it, Cycles' Vector pass is 0 and depth blurred
     for obj in scene.objects:  # depth of field blends depth, normals and vectors across edges
         if obj.type == "CAMERA":
             obj.data.dof.use_dof = False
