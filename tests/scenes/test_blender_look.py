@@ -86,3 +86,20 @@ def test_the_colour_pass_is_blenders_render_through_the_view_transform(tmp_path)
     assert render.shape == ours.shape == (24, 32, 3)
     assert np.array_equal(ours, render), np.abs(ours.astype(int) - render).max()
     assert Shot(out).meta["provenance"]["view_transform"] == "AgX"
+
+
+def test_a_transparent_film_leaves_a_black_background_in_the_colour_pass_only(tmp_path):
+    """Film > Transparent: the colour pass's background is black (a PNG render's RGB), the
+    surfaces keep their colour, and depth, normals and motion are those of an opaque film."""
+    scene = _small_scene()
+    args = ["--frames", "2", "2", "--samples", "1"]
+    assert main([str(tmp_path / "opaque"), *args]) == 0
+    scene.render.film_transparent = True
+    assert main([str(tmp_path / "transparent"), *args]) == 0
+    opaque, transparent = Shot(tmp_path / "opaque")[0], Shot(tmp_path / "transparent")[0]
+    for p in PASSES[:3]:
+        assert np.array_equal(getattr(opaque, p), getattr(transparent, p)), p
+    sky = opaque.depth[0] >= Shot(tmp_path / "opaque").far
+    assert sky.float().mean() > 0.05 and opaque.image[:, sky].min() > 0.2
+    assert transparent.image[:, sky].max() <= 1 / 255  # black, give or take the dither
+    assert np.array_equal(opaque.image[:, ~sky], transparent.image[:, ~sky])
