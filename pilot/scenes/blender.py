@@ -9,32 +9,39 @@ Two ways to run it, same code:
 Each frame is rendered by Cycles on the CPU into an uncompressed multilayer EXR and converted
 to our conventions (`pilot.scenes.shot`) by `pilot.scenes.blender_conventions` (numpy only, so
 Blender's own Python suffices; its names import from here too): OpenCV camera axes and
-intrinsics, metres, camera-space normals, the motion pass (the sky's too), sRGB colour, `far` at
-the clip end. One perspective camera films the whole range: orthographic and panoramic
-cameras, and a camera switch inside the range (markers), are refused before anything renders.
+intrinsics, metres, camera-space normals, the motion pass (the sky's too), `far` at the clip
+end; the colour pass is the render as Blender shows it (the scene's view transform, e.g. AgX or
+Filmic, its look and exposure) on an sRGB display (`display_image`). One perspective camera
+films the whole range: orthographic and panoramic cameras, and a camera switch inside the range
+(markers), are refused before anything renders.
 
 The pixel filter is shrunk to 0.01 px so every pass samples pixel centres (no blending across
-edges); motion blur is turned off (Cycles writes no Vector pass with it on), and so are depth of
-field (it blends depth across edges), a render region, stereo views and the Video Sequencer;
-only the active view layer renders. The open scene's render settings are changed (not saved).
+edges); motion blur is turned off (Cycles' Vector pass is 0 with it on, and depth is blurred),
+and so are depth of field (it blends depth across edges), a render region, stereo views and the
+Video Sequencer.
+Only the active view layer (Blender's top bar) renders, at the export's samples: the others are
+turned off (a script's render renders every layer in use) and its own sample count is cleared.
+The open scene's render settings are changed (not saved).
 Every frame of the range renders; a scene frame step other than 1 is refused (`check_frame_step`).
 
 Exports resume (`pilot.scenes.shot.ShotWriter` with settings): each frame's passes and camera
 are on disk as soon as it is rendered, and running the same export again over an unfinished
 shot goes on at the first missing frame. The settings compared are the .blend file's SHA-256
 and those of the files it uses (`bpy.utils.blend_paths`: textures, linked libraries...), the
-Blender version, scene, camera, frame range, size, samples, fps, units, clip end and every
-camera of the range; any difference is refused, naming it, until `--force` starts over. Over a
-finished shot of the same settings there is nothing to render. A scene never saved to a file
-cannot be compared: its exports start over only with `--force`. Unsaved changes to a saved file
-are not seen (save before exporting), nor are unbaked simulations, which a resumed export
-enters at a later frame (bake them). Each frame renders into `.shot-resume/scratch/` inside the
-shot folder, emptied by the next run if a kill leaves an EXR there.
+Blender version, scene, camera, view layer, view transform, frame range, size, samples, fps,
+units, clip end and every camera of the range; any difference is refused, naming it, until
+`--force` starts over. Over a finished shot of the same settings there is nothing to render.
+A scene never saved to a file cannot be compared: its exports start over only with `--force`.
+Unsaved changes to a saved file are not seen (save before exporting), nor are unbaked
+simulations, which a resumed export enters at a later frame (bake them). Each frame renders
+into `.shot-resume/scratch/` inside the shot folder, emptied by the next run if a kill leaves
+an EXR (or the colour pass's PNG) there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import sys
 from collections.abc import Callable
@@ -64,29 +71,45 @@ from pilot.scenes.shot_writer import START_OVER, ShotWriter, written_settings  #
 FORCE_HELP = "render every frame again, replacing the shot in OUT (default: resume it)"
 
 
-def configure(scene, samples: int) -> None:
-    """Cycles on the CPU, depth/normal/vector passes of the active view layer, uncompressed
-    multilayer EXR output; what would change the passes (motion blur, depth of field, a render
-    region, stereo, the Video Sequencer) is turned off."""
+def configure(scene, samples: int, view_layer=None) -> None:
+    """Cycles on the CPU, depth/normal/vector passes of `view_layer` (default: the scene's
+    first) and no other, uncompressed multilayer EXR output, colour for an sRGB display; what
+    would change the passes (motion blur, depth of field, a render region, stereo, the Video
+    Sequencer, the layer's own sample count) is turned off."""
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
     scene.cycles.use_denoising = False
     scene.cycles.filter_width = 0.01  # sample pixel centres: passes are not blended at edges
-    scene.render.use_motion_blur = False  # Cycles writes no Vector pass with motion blur
+    scene.render.use_motion_blur = False  # with it, Cycles' Vector pass is 0 and depth blurred
     for obj in scene.objects:  # depth of field blends depth, normals and vectors across edges
         if obj.type == "CAMERA":
             obj.data.dof.use_dof = False
     scene.render.use_border = False  # the whole frame (a render region crops the passes)
     scene.render.use_multiview = False  # one view (stereo writes a file per eye)
     scene.render.use_sequencer = False  # the render, not the Video Sequencer's strips
-    scene.render.use_single_layer = True  # the active view layer only
+    # Render Single Layer holds for F12 in Blender's window only: a script's render renders
+    # every view layer in use, so `view_layer` is left the only one in use.
+    scene.render.use_single_layer = True
+    view_layer = view_layer or scene.view_layers[0]
     for layer in scene.view_layers:
-        layer.use_pass_z = layer.use_pass_normal = layer.use_pass_vector = True
-    fmt = scene.render.image_settings
-    fmt.file_format, fmt.color_depth, fmt.exr_codec = "OPEN_EXR_MULTILAYER", "32", "NONE"
+        layer.use = layer == view_layer
+    view_layer.samples = 0  # the scene's samples (a layer's own count would override them)
+    view_layer.use_pass_z = view_layer.use_pass_normal = view_layer.use_pass_vector = True
+    view_layer.use_pass_combined = True
+    view = scene.view_settings.view_transform  # AgX, Filmic, Standard...: the scene's
+    scene.display_settings.display_device = "sRGB"  # a shot's colour pass is sRGB
+    with contextlib.suppress(TypeError):  # a view transform this display lacks
+        scene.view_settings.view_transform = view
+    _exr_output(scene.render.image_settings)
     scene.render.use_file_extension = True
     scene.render.use_compositing = False
+
+
+def _exr_output(fmt) -> None:
+    """Render output settings `fmt`: uncompressed 32-bit multilayer EXR (every pass)."""
+    fmt.file_format, fmt.color_depth, fmt.exr_codec = "OPEN_EXR_MULTILAYER", "32", "NONE"
+    fmt.color_management = "FOLLOW_SCENE"
 
 
 def open_blend(path: Path) -> None:
@@ -147,7 +170,12 @@ def plan_frames(scene, first: int, last: int) -> list[dict]:
         scene.frame_set(f)
         cam = scene.camera
         if cam is None:
-            raise ValueError(f"scene {scene.name!r} has no active camera at frame {f}")
+            cams = sorted(o.name for o in scene.objects if o.type == "CAMERA")
+            have = f"its cameras: {', '.join(map(repr, cams))}" if cams else "it has none"
+            raise ValueError(
+                f"scene {scene.name!r} has no active camera at frame {f}: set one in Scene "
+                f"Properties > Camera ({have})"
+            )
         K, _, _ = camera_intrinsics(cam, scene)  # lens, shift may be animated
         c2w = camera_pose(cam)
         check_camera(K, c2w, f"frame {f}, camera {cam.name!r}")
@@ -203,6 +231,30 @@ def render_frame(scene, frame: int, exr: Path) -> None:
     bpy.ops.render.render(write_still=True)
 
 
+def display_image(scene, png: Path) -> np.ndarray:
+    """The last render as Blender shows it: (H, W, 3) uint8 RGB through the scene's colour
+    management (view transform such as AgX or Filmic, look, exposure, gamma, curves) for an
+    sRGB display, as an 8-bit PNG render writes it. Saved to `png`, read back, removed."""
+    import bpy
+
+    fmt = scene.render.image_settings
+    fmt.file_format, fmt.color_mode, fmt.color_depth = "PNG", "RGB", "8"
+    fmt.compression, fmt.color_management = 0, "FOLLOW_SCENE"
+    try:
+        bpy.data.images["Render Result"].save_render(filepath=str(png), scene=scene)
+    finally:
+        _exr_output(fmt)
+    image = bpy.data.images.load(str(png))
+    try:
+        (W, H), C = image.size, image.channels
+        pixels = np.empty(W * H * C, np.float32)  # an 8-bit image's bytes / 255, bottom row first
+        image.pixels.foreach_get(pixels)
+    finally:
+        bpy.data.images.remove(image)
+        png.unlink()
+    return np.round(pixels.reshape(H, W, C)[::-1, :, :3] * 255).astype(np.uint8)
+
+
 def _cameras_digest(cams: list[tuple[np.ndarray, np.ndarray]]) -> str:
     """SHA-256 of the cameras (K, c2w) a shot is made from, as float64 bytes."""
     data = [np.concatenate([np.ravel(K), np.ravel(c2w)]) for K, c2w in cams]
@@ -241,7 +293,8 @@ def export_shot(
     first, last = frames or (scene.frame_start, scene.frame_end)
     if last < first:
         raise ValueError(f"frame range {first}..{last} is empty")
-    configure(scene, samples)
+    layer = bpy.context.view_layer or scene.view_layers[0]  # the active one: Blender's top bar
+    configure(scene, samples, layer)
     if size is not None:
         scene.render.resolution_x, scene.render.resolution_y = size
         scene.render.resolution_percentage = 100
@@ -254,13 +307,15 @@ def export_shot(
     cams = [_camera_at(scene, cam, first - 1)] + [(p["K"], p["c2w"]) for p in plan]
     cams.append(_camera_at(scene, cam, last + 1))  # the frames Blender's vectors point to
     blend = bpy.data.filepath or "<unsaved>"
+    view = scene.view_settings.view_transform
     provenance = {"source": "blender", "blender": bpy.app.version_string, "file": blend,
-                  "camera": cam.name, "engine": "CYCLES", "samples": samples,
+                  "camera": cam.name, "view_layer": layer.name, "engine": "CYCLES",
+                  "samples": samples, "view_transform": view,
                   "metres_per_unit": metres}  # fmt: skip
     settings = {"source": "blender", "blender": bpy.app.version_string, **source_fingerprint(),
-                "scene": scene.name, "camera": cam.name, "frames": [first, last],
-                "samples": samples, "metres_per_unit": metres,
-                "cameras_sha256": _cameras_digest(cams)}  # fmt: skip
+                "scene": scene.name, "camera": cam.name, "view_layer": layer.name,
+                "frames": [first, last], "samples": samples, "view_transform": view,
+                "metres_per_unit": metres, "cameras_sha256": _cameras_digest(cams)}  # fmt: skip
     if settings["blend_sha256"] is None and not force:
         _refuse_unsaved(Path(out))
     writer = ShotWriter(
@@ -279,7 +334,10 @@ def export_shot(
             p = plan[i]
             exr = writer.scratch() / "frame.exr"  # one frame at a time: 48 B/pixel, 100 MB at 1080p
             render_frame(scene, p["frame"], exr)
-            passes = convert_passes(exr, p["K"], p["c2w"], far, metres, [cams[i], cams[i + 2]])
+            image = display_image(scene, exr.with_suffix(".png"))
+            passes = convert_passes(
+                exr, p["K"], p["c2w"], far, metres, [cams[i], cams[i + 2]], image=image
+            )
             exr.unlink()
             c2w = p["c2w"].copy()
             c2w[:3, 3] *= metres  # the camera's position in metres

@@ -23,7 +23,9 @@ Blender's own Python suffices:
   leaves the background at 0; there the motion pass holds the motion of points at infinity
   (the cameras' rotation only), as `pilot.scenes.geometry` has it, so the sky pans with the
   camera under `--flow vector` too.
-* image: the Combined pass, linear RGB encoded with the sRGB transfer curve (no view transform).
+* image: the render as Blender shows it, through the scene's view transform (AgX, Filmic,
+  Standard...), look and exposure for an sRGB display (`pilot.scenes.blender.display_image`,
+  which needs bpy); without it, the Combined pass encoded with the sRGB curve (Standard).
 """
 
 from __future__ import annotations
@@ -141,11 +143,14 @@ def convert_passes(
     far: float,
     metres: float = 1.0,
     neighbours: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    image: np.ndarray | None = None,
 ) -> dict:
     """Read one frame's multilayer EXR and convert its passes to shot conventions (`far` in
     Blender units, `metres` per unit: depth comes out in metres). Cycles leaves the Vector
     pass 0 on the background: given the previous and next cameras (`neighbours`, (K, c2w) in
-    Blender units), background pixels move as points at infinity do (`sky_motion`)."""
+    Blender units), background pixels move as points at infinity do (`sky_motion`). `image`
+    (H, W, 3) uint8 is the colour pass as Blender's colour management made it; without it the
+    Combined pass is encoded with the sRGB curve (the Standard view transform, no look)."""
     ch = read_exr(path)
     depth = depth_in_metres(_pass(ch, "Depth", "Z", path)[..., 0], far, metres)
     n = _pass(ch, "Normal", "XYZ", path) @ c2w[:3, :3]  # world -> camera: R^T n per pixel
@@ -158,7 +163,10 @@ def convert_passes(
     if neighbours is not None:
         sky = depth >= np.float32(background_depth(far, metres))
         motion = np.where(sky[..., None], sky_motion(K, c2w, neighbours, (H, W)), motion)
-    rgb = np.clip(_pass(ch, "Combined", "RGB", path), 0, 1)
-    srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
-    image = np.round(srgb * 255).astype(np.uint8)
+    if image is None:
+        rgb = np.clip(_pass(ch, "Combined", "RGB", path), 0, 1)
+        srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
+        image = np.round(srgb * 255).astype(np.uint8)
+    elif image.shape != (H, W, 3) or image.dtype != np.uint8:
+        raise ValueError(f"image {image.shape} {image.dtype}: expected ({H}, {W}, 3) uint8")
     return {"depth": depth, "normals": n.astype(np.float32), "motion": motion, "image": image}

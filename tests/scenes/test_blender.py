@@ -231,8 +231,8 @@ def test_camera_switches_and_non_pinhole_cameras_are_refused_before_rendering(tm
 
 
 def test_render_settings_of_the_file_leave_the_passes_alone(tmp_path):
-    """Depth of field, a cropped render region, stereo and Video Sequencer strips in the file
-    would blur, crop, rename or replace the passes: the export turns them off."""
+    """Depth of field, motion blur, a cropped render region, stereo and Video Sequencer strips
+    in the file would blur, crop, rename or replace the passes: the export turns them off."""
     _build_scene()
     scene = bpy.context.scene
     scene.render.resolution_x, scene.render.resolution_y = 32, 24
@@ -241,7 +241,7 @@ def test_render_settings_of_the_file_leave_the_passes_alone(tmp_path):
     dof.use_dof, dof.focus_distance, dof.aperture_fstop = True, 2.0, 0.5
     scene.render.use_border = scene.render.use_crop_to_border = True
     scene.render.border_min_x, scene.render.border_max_x = 0.25, 0.75
-    scene.render.use_multiview = True
+    scene.render.use_multiview = scene.render.use_motion_blur = True
     scene.sequence_editor_create().sequences.new_effect("red", "COLOR", 1, 1, frame_end=9)
     assert main([str(tmp_path / "file"), "--frames", "1", "2", "--samples", "1"]) == 0
     plain, file = Shot(tmp_path / "plain"), Shot(tmp_path / "file")
@@ -309,7 +309,9 @@ def test_a_refused_export_exits_non_zero_inside_blender(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as done:
         exec(compile(path.read_text(), str(path), "exec"), namespace)
     assert done.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("has no active camera at frame 1")
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no active camera at frame 1: set one in Scene Properties > Camera "
+                        "(its cameras: 'cam')")  # fmt: skip
 
 
 def test_sky_in_the_motion_pass_moves_with_the_cameras_rotation(tmp_path):
