@@ -132,7 +132,7 @@ def a1111_sampler_fields(sampler: str, schedule: str) -> list[str]:
     """`Sampler` and `Schedule type` as A1111 names them (`DPM++ 2M`, `Karras`), which image
     sites read; pilot's own names where A1111 has none, and for DDIM off `leading` (A1111's
     DDIM always steps as pilot's `leading`, so its label would read back as that).
-    `pilot generate --from` reads both back (`_png_params.a1111_sampler`)."""
+    `pilot generate --from` reads both back (`_a1111_text.a1111_sampler`)."""
     if sampler == "ddim" and schedule != "leading":
         return [f"Sampler: {sampler}", f"Schedule type: {schedule}"]
     label = A1111_SAMPLER_LABELS.get(sampler, sampler)
