@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pilot.commands._controlnets import match_controlnets
 from pilot.commands._lora import parse_lora
 
 HASH_NOTE_BYTES = 256 << 20  # files from this size get a note before their first hash
@@ -172,7 +173,6 @@ def a1111_controlnets(params: dict) -> list[str]:
     """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries A1111's ControlNet
     extension writes, one per --control (Module: pilot's KIND[+invert]; Resize Mode: Just
     Resize, as pilot stretches the picture)."""
-    from pilot.commands.generate import match_controlnets  # generate imports this module
     from pilot.control.spec import parse_control_arg
 
     texts = params.get("control", [])

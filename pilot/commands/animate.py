@@ -47,12 +47,8 @@ from typing import TYPE_CHECKING
 
 from pilot.commands import _vae_embeddings as vae_embeddings
 from pilot.commands._lora import add_lora_argument, apply_loras, read_loras
-from pilot.commands.generate import (
-    add_speed_arguments,
-    check_preview,
-    load_preview,
-    speed_settings,
-)
+from pilot.commands._speed_args import add_speed_arguments, speed_settings
+from pilot.commands.generate import check_preview, load_preview
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import numpy as np
