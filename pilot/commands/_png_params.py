@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pilot.commands._a1111_text import A1111_SAMPLERS as A1111_SAMPLERS
+from pilot.commands._a1111_text import A1111_SCHEDULES as A1111_SCHEDULES
 from pilot.commands._a1111_text import A1111Text, a1111_sampler, parse_a1111
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

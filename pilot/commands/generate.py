@@ -24,7 +24,9 @@ from pilot.commands._a1111 import (
     read_extra_networks,
     used_embeddings,
 )
+from pilot.commands._controlnets import fit_channels as fit_channels
 from pilot.commands._controlnets import load_controls
+from pilot.commands._controlnets import match_controlnets as match_controlnets
 from pilot.commands._from_png import add_from_argument, apply_png_settings
 from pilot.commands._lora import add_lora_argument, apply_loras, lora_settings, read_loras
 from pilot.commands._speed_args import VAE_UPCASTS as VAE_UPCASTS
