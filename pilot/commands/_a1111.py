@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pilot.commands._controlnets import match_controlnets
 from pilot.commands._lora import parse_lora
 
 HASH_NOTE_BYTES = 256 << 20  # files from this size get a note before their first hash
@@ -132,7 +133,7 @@ def a1111_sampler_fields(sampler: str, schedule: str) -> list[str]:
     """`Sampler` and `Schedule type` as A1111 names them (`DPM++ 2M`, `Karras`), which image
     sites read; pilot's own names where A1111 has none, and for DDIM off `leading` (A1111's
     DDIM always steps as pilot's `leading`, so its label would read back as that).
-    `pilot generate --from` reads both back (`_png_params.a1111_sampler`)."""
+    `pilot generate --from` reads both back (`_a1111_text.a1111_sampler`)."""
     if sampler == "ddim" and schedule != "leading":
         return [f"Sampler: {sampler}", f"Schedule type: {schedule}"]
     label = A1111_SAMPLER_LABELS.get(sampler, sampler)
@@ -172,7 +173,6 @@ def a1111_controlnets(params: dict) -> list[str]:
     """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries A1111's ControlNet
     extension writes, one per --control (Module: pilot's KIND[+invert]; Resize Mode: Just
     Resize, as pilot stretches the picture)."""
-    from pilot.commands.generate import match_controlnets  # generate imports this module
     from pilot.control.spec import parse_control_arg
 
     texts = params.get("control", [])

@@ -41,21 +41,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pilot.commands import _vae_embeddings as vae_embeddings
+from pilot.commands._animate_outputs import finish, output_fps, remove_run_temps
 from pilot.commands._lora import add_lora_argument, apply_loras, read_loras
-from pilot.commands.generate import (
-    add_speed_arguments,
-    check_preview,
-    load_preview,
-    speed_settings,
-)
+from pilot.commands._speed_args import add_speed_arguments, speed_settings
+from pilot.commands.generate import check_preview, load_preview
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
-    import numpy as np
     import torch
 
     from pilot.animation.feedback import FeedbackConfig
@@ -147,12 +143,6 @@ FLAGS = {"seed": "--seed-schedule"}
 # `check_schedules`' errors by how they start, and the flag at fault
 SCHEDULE_FLAGS = {"strength schedule": "--strength", "seed schedule": "--seed-schedule",
                   "base seed": "--seed"}  # fmt: skip
-
-
-def output_fps(args: argparse.Namespace, frames: FrameSource, step: int = 1) -> float:
-    """The frame rate of the MP4 and GIF: --fps, else the source's / the --frames step (every
-    step-th frame keeps the clip's duration)."""
-    return frames.fps / step if args.fps is None else args.fps
 
 
 def feedback_config(args: argparse.Namespace) -> FeedbackConfig:
@@ -383,68 +373,3 @@ def render_frames(
             bar.set_postfix(frame=ks[-1], s_per_frame=f"{seconds[-1]:.2f}")
             bar.update(len(ks))
     return seconds
-
-
-def remove_run_temps(run: Path, out: Path) -> None:
-    """Delete the temporary files that writes killed mid-way (kill -9, a power cut) left in the
-    run folder (locked: no other process writes there) and beside the videos."""
-    from pilot.animation.video import remove_temp_files
-    from pilot.imageio import remove_stale_temps
-
-    remove_temp_files(run / "frames")
-    remove_temp_files(run / "state", suffixes=(".npy",))
-    remove_temp_files(run, suffixes=(".json",))  # settings.json, metrics.json
-    remove_stale_temps([out, out.with_suffix(".gif")])
-
-
-def finish(
-    args: argparse.Namespace,
-    frames: FrameSource,
-    store: FrameStore,
-    todo: range,
-    run: Path,
-    seconds: list[float],
-) -> dict:
-    """MP4 + GIF of the range's frames, and metrics.json: warp error and flicker of each frame
-    against the one before it in the range (frame k - STEP), scored with the shot's geometry
-    flow (DIS for a video) whatever --flow made the frames, so runs with other flow sources are
-    on one scale. Frames are read from disk one at a time, as the
-    writers take them (a 2000-frame 512 px run held as floats would take 6 GB)."""
-    from pilot.animation.flow import GeometryFlow
-    from pilot.animation.inputs import ShotFrames
-    from pilot.animation.metrics import TemporalMetrics
-    from pilot.animation.video import write_gif, write_mp4
-    from pilot.commands._animate_checks import check_frame_sizes
-    from pilot.imageio import atomic_output, to_uint8
-
-    store.flush()  # every frame on disk, for their headers
-    check_frame_sizes(todo, frames, store)  # before any video is written
-    shot = isinstance(frames, ShotFrames)
-    flow = GeometryFlow(frames.shot) if shot else frames.flow
-    scores = TemporalMetrics(flow, todo.start, todo.step)
-
-    def video(score: bool) -> Iterator[np.ndarray]:
-        for k in todo:
-            image = store.read(k)[0]  # (3, H, W) in [0, 1]
-            if score:
-                scores.add(image)
-            yield to_uint8(image)
-
-    fps = output_fps(args, frames, todo.step)
-    write_mp4(video(score=True), args.out, fps=fps)  # scored on the way: one read per frame
-    write_gif(video(score=False), args.out.with_suffix(".gif"), fps=fps)
-    metrics = scores.result()
-    metrics.update(
-        first_frame=todo.start,
-        frame_step=todo.step,
-        fps=fps,
-        flow=args.flow if args.shot is not None else "estimated",
-        scored_with="geometry" if shot else "estimated",
-        seconds_per_frame=round(sum(seconds) / len(seconds), 4) if seconds else None,
-        rendered_now=len(seconds),
-        mp4=str(args.out),
-        gif=str(args.out.with_suffix(".gif")),
-    )
-    with atomic_output(run / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
-    return metrics

@@ -24,22 +24,23 @@ from pilot.commands._a1111 import (
     read_extra_networks,
     used_embeddings,
 )
+from pilot.commands._controlnets import fit_channels as fit_channels
+from pilot.commands._controlnets import load_controls
+from pilot.commands._controlnets import match_controlnets as match_controlnets
 from pilot.commands._from_png import add_from_argument, apply_png_settings
 from pilot.commands._lora import add_lora_argument, apply_loras, lora_settings, read_loras
+from pilot.commands._speed_args import VAE_UPCASTS as VAE_UPCASTS
+from pilot.commands._speed_args import add_speed_arguments, speed_settings
 
 if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
     import torch
     from torch import Tensor
 
-    from pilot.diffusion.control import Control
     from pilot.diffusion.pipeline import Request, SamplingSettings
-    from pilot.diffusion.speed import SpeedSettings
-    from pilot.models.controlnet import ControlNet
     from pilot.models.preview import PreviewDecoder
     from pilot.weights.loaders import StableDiffusion
 
 DTYPES = ("float32", "float16", "bfloat16")
-VAE_UPCASTS = ("auto", "always", "never")  # pilot.diffusion.pipeline.VAE_UPCASTS (no torch here)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,52 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=cmd_generate, argv=None)  # argv: `pilot.cli.main`'s, for --from
-
-
-def add_speed_arguments(p: argparse.ArgumentParser) -> None:
-    """--channels-last, --compile [MODE], --cuda-graphs, --prepack, --vae-upcast, --vae-batch
-    (`pilot.diffusion.speed`, `decode_latents`)."""
-    g = p.add_argument_group("speed and memory (the same pixels up to float rounding)")
-    g.add_argument("--channels-last", action="store_true",
-                   help="NHWC where it pays: UNet, ControlNets off the CPU, VAE on it")  # fmt: skip
-    g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="torch.compile the UNet and ControlNets (static shapes); MODE default "
-                   "or max-autotune-no-cudagraphs")  # fmt: skip
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="replay UNet / ControlNet calls as CUDA graphs (CUDA only)")  # fmt: skip
-    g.add_argument("--prepack", action="store_true",
-                   help="CPU: keep the UNet's and ControlNets' conv weights in oneDNN's layout "
-                   "(faster; a second copy of those weights in memory)")  # fmt: skip
-    g.add_argument("--vae-upcast", choices=VAE_UPCASTS, default="auto",
-                   help="float32 rule of a half-precision VAE decode: auto (again in float32 "
-                   "if it overflows), always, never (default auto)")  # fmt: skip
-    g.add_argument("--vae-batch", type=int, default=None, metavar="N",
-                   help="images per VAE call (VAE slicing: the VAE's memory of N images; "
-                   "default all at once)")  # fmt: skip
-
-
-def speed_settings(args: argparse.Namespace, device: torch.device) -> SpeedSettings:
-    """`SpeedSettings` of the speed arguments, checked against the device before any work.
-
-    Raises:
-        ValueError: --cuda-graphs off CUDA, an unknown --compile mode, or --vae-batch < 1.
-    """
-    from pilot.diffusion.speed import SpeedSettings
-
-    if args.vae_batch is not None and args.vae_batch < 1:
-        raise ValueError(f"--vae-batch must be >= 1, got {args.vae_batch}")
-    if args.cuda_graphs and device.type != "cuda":
-        raise ValueError(
-            f"--cuda-graphs needs a CUDA device, but the models would run on {device} "
-            "(pass --device cuda on a machine with an NVIDIA GPU, or leave --cuda-graphs out)"
-        )
-    return SpeedSettings(
-        channels_last=args.channels_last,
-        compile=args.compile is not None,
-        compile_mode=args.compile or "default",
-        cuda_graphs=args.cuda_graphs,
-        prepack=args.prepack,
-    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -294,95 +249,6 @@ def load_inputs(args: argparse.Namespace) -> tuple[Tensor | None, Tensor | None]
             f"{init.shape[-1]}x{init.shape[-2]} (WxH); pass --width/--height to resize both"
         )
     return init, F.interpolate(mask, size=size, mode="bilinear", antialias=True)
-
-
-def load_controls(
-    args: argparse.Namespace,
-    size: tuple[int, int],
-    device: torch.device,
-    dtype: torch.dtype,
-    speed: SpeedSettings | None = None,
-    sd: StableDiffusion | None = None,
-) -> list[Control]:
-    """`Control`s from --control specs and the --controlnet weights each one uses
-    (each ControlNet sped up by `speed`, a `SpeedSettings`, if given, and checked to fit
-    the pipeline `sd`, if given: a ValueError naming its path otherwise)."""
-    import pilot
-    from pilot.control.spec import parse_control_arg
-    from pilot.diffusion.control import Control, check_controlnet_fits
-    from pilot.diffusion.speed import SpeedSettings, optimize_model
-
-    specs = [parse_control_arg(text) for text in args.control]
-    if not specs:
-        if args.controlnet:
-            raise ValueError("--controlnet needs at least one --control KIND:IMAGE")
-        return []
-    paths = match_controlnets([s.kind for s in specs], args.controlnet)
-    speed = speed or SpeedSettings()
-    loaded = {}
-    for path in dict.fromkeys(paths):  # each once, in order
-        net = pilot.load_controlnet(path, dtype=dtype, device=device)
-        if sd is not None:
-            check_controlnet_fits(sd, net, path)
-        loaded[path] = optimize_model(net, speed)
-    controls = []
-    for text, spec, path in zip(args.control, specs, paths, strict=True):
-        if note := spec.stretch_note(size):
-            print(f"note: --control {text}: {note}", file=sys.stderr)
-        image = fit_channels(spec.control_image(size), loaded[path], text, path)
-        controls.append(
-            Control(
-                loaded[path],
-                image.to(device, dtype),
-                spec.scale,
-                spec.start,
-                spec.end,
-                guess_mode=args.guess_mode,
-            )
-        )
-    return controls
-
-
-def fit_channels(image: Tensor, net: ControlNet, text: str, path: str) -> Tensor:
-    """The RGB control image (1, 3, H, W) of `--control text` as the ControlNet at `path`
-    takes it: as it is, or grey for a 1-channel one; else a ValueError naming both."""
-    from pilot.control.edges import luma
-
-    channels = net.cfg.conditioning_channels
-    if channels == 1:
-        return luma(image)
-    if channels != image.shape[1]:
-        raise ValueError(
-            f"--control {text}: ControlNet {path} takes {channels}-channel control images; "
-            f"--control makes {image.shape[1]} (RGB)"
-        )
-    return image
-
-
-def match_controlnets(kinds: list[str], entries: list[str]) -> list[str]:
-    """The ControlNet path of each control: by KIND=PATH, by position, or one for all."""
-    from pilot.control.spec import PREPROCESSORS
-
-    by_kind = {}
-    for entry in entries:
-        kind, sep, path = entry.partition("=")
-        if sep and kind in PREPROCESSORS:
-            by_kind[kind] = path
-    if by_kind and len(by_kind) != len(entries):
-        raise ValueError("--controlnet: use KIND=PATH for all of them or for none")
-    if by_kind:
-        missing = sorted(set(kinds) - set(by_kind))
-        if missing:
-            raise ValueError(f"--control kinds {missing} have no --controlnet KIND=PATH")
-        return [by_kind[k] for k in kinds]
-    if len(entries) == 1:
-        return entries * len(kinds)
-    if len(entries) != len(kinds):
-        raise ValueError(
-            f"{len(kinds)} --control but {len(entries)} --controlnet: give one ControlNet for "
-            "all, one per control in order, or KIND=PATH"
-        )
-    return list(entries)
 
 
 def check_image_size(
