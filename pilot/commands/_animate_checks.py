@@ -144,6 +144,36 @@ def check_color_reference(reference: int, n: int, todo: range) -> None:
         )
 
 
+def note_late_keys(args: argparse.Namespace, n: int) -> None:
+    """A `note:` per schedule flag keyed past the source's last frame (n - 1): frames count from
+    0, so a key at a Blender scene's frame 101 is never reached by a 48-frame shot (frames before
+    it move towards its value only by interpolation)."""
+    import sys
+
+    from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
+
+    texts = {
+        "--prompt": args.prompt,
+        "--strength": args.strength,
+        "--cfg": args.cfg,
+        "--seed-schedule": args.seed_schedule,
+        "--control-scale": args.control_scale,
+    }
+    for flag, text in texts.items():
+        if text is None:
+            continue
+        parse = parse_prompt_schedule if flag == "--prompt" else parse_schedule
+        late = [k for k in parse(text, args.interpolation).frames if k > n - 1]
+        if late:
+            keys = ", ".join(f"{k:g}" for k in late)
+            print(
+                f"note: {flag} keys frame{'s' if len(late) > 1 else ''} {keys}, past the last "
+                f"frame {n - 1} (frames count from 0): never reached, the frames before it only "
+                "move towards it",
+                file=sys.stderr,
+            )
+
+
 def source_fingerprint(args: argparse.Namespace, frames: FrameSource) -> str:
     """Frame count, size and a SHA-256 of the source's files: shot.json for a shot, the
     video file or the folder's frame images for a video."""

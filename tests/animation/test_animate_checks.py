@@ -329,3 +329,16 @@ def test_finish_reads_one_frame_at_a_time_and_scores_as_before(tmp_path, monkeyp
     write_png(run / "frames" / "000004.png", torch.rand(3, 16, 16))  # from another source
     with pytest.raises(ValueError, match=r"000004.png is 16x16, but .* is 32x32"):
         finish(args, frames, FrameStore(run), range(1, 10), run, [])
+
+
+def test_keys_past_the_last_frame_are_noted(model_folder, shot, tmp_path, capsys):
+    """Frames count from 0: a key at a Blender scene's frame 101 is never reached by the
+    24-frame shot; each such flag gets a note, and the run goes on."""
+    out = tmp_path / "late.mp4"
+    extra = ["--frames", "0:1", "--cfg", "0:(2), 30:(4)", "--strength", "0:(0.5)"]
+    prompt = ["--prompt", "0: a corridor | 101: a cave | 124: a sea"]
+    assert animate(model_folder, shot, out, *extra, *prompt) == 0
+    err = capsys.readouterr().err
+    assert "note: --prompt keys frames 101, 124, past the last frame 23 (frames count" in err
+    assert "note: --cfg keys frame 30, past the last frame 23" in err
+    assert "--strength keys" not in err
