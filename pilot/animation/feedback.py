@@ -16,8 +16,10 @@ Per frame k (Deforum / WarpFusion's loop, taken apart into small swappable parts
 5. initial noise "fresh" (a seed per frame), "fixed" (one noise for every frame) or "warped"
    (the previous frame's noise carried by the flow, fresh where disoccluded: noise that
    follows the scene);
-6. sampling with any sampler of `pilot.diffusion.SAMPLERS`, VAE decode, then the blending rule
-   (none, or a mix with the warped previous frame on visible pixels, in latent or pixel space).
+6. sampling with any sampler of `pilot.diffusion.SAMPLERS` (or your own) under CFG (or your
+   own guidance, `SamplingSettings.guidance`), each step reported to `callback`, VAE decode,
+   then the blending rule (none, or a mix with the warped previous frame on visible pixels, in
+   latent or pixel space).
 
 Frame 0 (and any frame without a previous one) is txt2img, or img2img from the source frame in
 video mode. Everything frame k needs is re-read from the run folder, and seeds derive from the
@@ -90,7 +92,7 @@ from pilot.diffusion.pipeline import (
     sample,
     start_latents,
 )
-from pilot.diffusion.samplers import BatchedNoise
+from pilot.diffusion.samplers import BatchedNoise, Callback
 from pilot.diffusion.schedules import DiscreteSchedule, get_sigmas
 from pilot.scenes.geometry import warp
 
@@ -122,6 +124,10 @@ class FeedbackSampler:
             draft; the next frame's init is still encoded by the VAE).
         frame_step: Render every frame_step-th frame: frame k is made from frame k - frame_step
             (module docstring); the flow source is called `flow(k, frame_step)` when above 1.
+        callback: Called each sampling step of each frame with the samplers' payload `{"i",
+            "x", "sigma", "denoised"}` (`generate`'s) plus `"frames"`, the frame numbers of the
+            batch items (`(k,)` in `render(k)`); i counts the frame's own steps (img2img: from
+            0 at its first sigma). An attribute: it may be swapped between frames.
     """
 
     @renamed_keywords(negative="negative_prompt")
@@ -142,6 +148,7 @@ class FeedbackSampler:
         vae_batch: int | None = None,
         decoder: torch.nn.Module | None = None,
         frame_step: int = 1,
+        callback: Callback | None = None,
     ) -> None:
         self.sd, self.settings, self.config, self.frames = sd, settings, config, frames
         # the full sampling grid, once: on the host, where the sampler's and the ControlNets'
@@ -173,6 +180,7 @@ class FeedbackSampler:
                 f"{type(frames).__name__} has none (as `pilot animate --source-mix` with a shot)"
             )
         self.vae_upcast, self.vae_batch, self.decoder = vae_upcast, vae_batch, decoder
+        self.callback = callback
         for track in self.tracks:
             frames.check_kind(track.kind)
         self.device = next(sd.unet.parameters()).device
@@ -214,7 +222,7 @@ class FeedbackSampler:
             )  # fmt: skip
             for t, scale in zip(self.tracks, params.scales, strict=True)
         ]
-        return control_wrapper(controls, sigmas, cfg=params.cfg)
+        return control_wrapper(controls, sigmas, cfg=params.cfg, guidance=self.settings.guidance)
 
     def render(self, k: int, flow: FlowField | None = None) -> Tensor:
         """Make frame k (its previous frame, k - `frame_step`, must be in the store unless frame
@@ -396,7 +404,7 @@ class FeedbackSampler:
         x = start_latents(first, sigmas, None if top == 1.0 else init_latents)
         # no step (strength below 1 / steps: the VAE round trip) has no ControlNet grid either
         wrap = self.controls(ks, params, sigmas) if len(sigmas) > 1 else None
-        denoiser = build_denoiser(self.sd, settings, wrap_model=wrap)
+        denoiser = build_denoiser(self.sd, settings, wrap_model=wrap, sigmas=sigmas)
         if mask is not None:  # carried pixels wait at their own noise level (StagedInpaint)
             x = torch.lerp(start_latents(first, sigmas, init_latents), x, mask)
             join = img2img_sigmas(full, strength)[0]
@@ -408,8 +416,16 @@ class FeedbackSampler:
             pairs = [self.context(k) for k in ks]  # (1, S, D) each
             context, uncond = (torch.cat(c) for c in zip(*pairs, strict=True))
             latents = sample(denoiser, x, sigmas, settings, context=context,
-                             uncond_context=uncond, noise=noise)  # fmt: skip
+                             uncond_context=uncond, noise=noise,
+                             callback=self.step_callback(ks))  # fmt: skip
         return latents, init_latents
+
+    def step_callback(self, ks: Sequence[int]) -> Callback | None:
+        """`callback` for the sampler of frames ks: its payload with `"frames": (k, ...)`."""
+        if self.callback is None:
+            return None
+        user, frames = self.callback, tuple(ks)
+        return lambda payload: user({**payload, "frames": frames})
 
     def decode(self, latents: Tensor) -> Tensor:
         """Frames (B, 3, H, W) in [0, 1] on the CPU, by the sampler's VAE rules."""

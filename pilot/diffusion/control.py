@@ -33,7 +33,8 @@ from torch import Tensor
 
 from pilot.deprecation import renamed_keywords
 from pilot.diffusion.denoisers import DiscreteDenoiser
-from pilot.diffusion.guidance import CFGDenoiser
+from pilot.diffusion.guidance import CFGDenoiser, Guidance, doubles_batch
+from pilot.diffusion.guidance import cfg_doubles_batch as cfg_doubles_batch
 from pilot.models.controlnet import ControlNet, ControlNetConfig
 from pilot.models.unet import UNetConfig
 
@@ -281,20 +282,19 @@ def check_controls(
             check_unit_range(control.image, f"controls[{k}]: control image")
 
 
-@renamed_keywords(scale="cfg")
-def cfg_doubles_batch(cfg: float | Tensor) -> bool:
-    """Whether `CFGDenoiser(..., cfg)` calls its inner denoiser with `[uncond, cond]` halves."""
-    return not (isinstance(cfg, (int, float)) and cfg == 1)
-
-
 @renamed_keywords(cfg_scale="cfg")
 def control_wrapper(
-    controls: Sequence[Control], sigmas: Tensor, *, cfg: float | Tensor
+    controls: Sequence[Control],
+    sigmas: Tensor,
+    *,
+    cfg: float | Tensor,
+    guidance: Guidance = CFGDenoiser,
 ) -> Callable[[DiscreteDenoiser], ControlDenoiser]:
     """`denoiser -> ControlDenoiser(denoiser, controls, sigmas, cfg_batch=...)`, for a pipeline
     that builds the model denoiser itself and puts CFG (guidance scale `cfg`; `cfg_scale=` is
-    its deprecated name) around the result."""
-    doubled = cfg_doubles_batch(cfg)
+    its deprecated name), or the `guidance` of your own, around the result (`guide`): the
+    layout is `doubles_batch(guidance, cfg)`."""
+    doubled = doubles_batch(guidance, cfg)
     return lambda denoiser: ControlDenoiser(denoiser, controls, sigmas, cfg_batch=doubled)
 
 

@@ -5,15 +5,22 @@ Each wrapper is itself a denoiser `D(x, sigma, **cond) -> denoised`, so they sta
 sampler takes them. Order matters where batches differ: CFG doubles the batch for the model, so
 per-item wrappers go outside it, `InpaintDenoiser(CFGDenoiser(EpsDenoiser(unet), 7.5), ...)`,
 and ControlNet (which must see both branches) inside.
+
+A guidance of your own goes where `CFGDenoiser` goes (`SamplingSettings(guidance=...)`): a
+function or class `guidance(denoiser, cfg, *, rescale, sigmas) -> guided denoiser`; `guide`
+builds it, held to that contract (its docstring).
 """
 
+import inspect
 import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from pilot.deprecation import renamed_keywords
 from pilot.diffusion.denoisers import Denoiser, append_dims
+from pilot.diffusion.samplers import takes
 
 
 class CFGDenoiser:
@@ -74,6 +81,144 @@ def check_cfg(cfg: object, name: str = "cfg") -> None:
     e.g. a `FeedbackConfig` schedule, would fail deep inside sampling)."""
     if isinstance(cfg, bool) or not isinstance(cfg, (numbers.Real, Tensor)):
         raise ValueError(f"{name}={cfg!r}: expected a number (or a (B,) tensor of scales)")
+
+
+@renamed_keywords(scale="cfg")
+def cfg_doubles_batch(cfg: float | Tensor) -> bool:
+    """Whether `CFGDenoiser(..., cfg)` calls its inner denoiser with `[uncond, cond]` halves."""
+    return not (isinstance(cfg, (int, float)) and cfg == 1)
+
+
+# A guidance of your own (`guide`): `guidance(denoiser, cfg, *, rescale, sigmas) -> denoiser`.
+Guidance = Callable[..., Denoiser]
+_SIGNATURE = "guidance(denoiser, cfg, *, rescale, sigmas) -> denoiser"
+
+
+def doubles_batch(guidance: Guidance, cfg: float | Tensor) -> bool:
+    """Whether the guidance calls the model denoiser on `[uncond, cond]` halves, the layout
+    ControlNets are told (`control_wrapper`): `CFGDenoiser` (a subclass too) unless `cfg` is
+    the number 1 (`cfg_doubles_batch`), a guidance of your own at every step."""
+    built_in = isinstance(guidance, type) and issubclass(guidance, CFGDenoiser)
+    return cfg_doubles_batch(cfg) if built_in else True
+
+
+def guidance_name(guidance: object) -> str:
+    """A guidance's name for messages: its `__name__` (a function, a class), else its type's."""
+    return getattr(guidance, "__name__", type(guidance).__name__)
+
+
+def check_guidance(guidance: object, rescale: float = 0.0) -> None:
+    """ValueError unless `guide` can call `guidance`: as `guidance(denoiser, cfg)`, with
+    `rescale=` and `sigmas=` where it takes them, and taking `rescale` if it is not 0."""
+    if not callable(guidance):
+        raise ValueError(f"guidance={guidance!r}: expected a function or class {_SIGNATURE}")
+    name = guidance_name(guidance)
+    keywords = {k: None for k in ("rescale", "sigmas") if takes(guidance, k)}
+    try:
+        inspect.signature(guidance).bind(None, 1.0, **keywords)
+    except TypeError as e:
+        raise ValueError(
+            f"guidance {name} does not take the arguments of {_SIGNATURE}: {e}"
+        ) from None
+    if rescale and "rescale" not in keywords:
+        raise ValueError(f"guidance {name} takes no rescale (got rescale={rescale})")
+
+
+def guide(
+    guidance: Guidance,
+    denoiser: Denoiser,
+    cfg: float | Tensor,
+    *,
+    rescale: float = 0.0,
+    sigmas: Tensor | Sequence[float] | None = None,
+    controlled: bool = False,
+) -> Denoiser:
+    """The guided denoiser `guidance(denoiser, cfg, rescale=, sigmas=)`: `CFGDenoiser` (as it
+    is) or a guidance of your own, held to the contract below, a broken term a one-line
+    ValueError naming the guidance.
+
+    Contract of `guidance(denoiser, cfg, *, rescale, sigmas) -> guided` (a function or a class):
+    `rescale` and `sigmas` are passed only if it takes them (a nonzero `rescale` otherwise is
+    refused), and `guided(x, sigma, *, context, uncond_context, **kwargs)` returns the guided
+    estimate shaped like `x` (B, C, h, w), for sigma (B,) and contexts (B, S, D). With
+    ControlNets (`controlled`), `guided` calls `denoiser` on the batch layout they are told
+    (`doubles_batch`): `[uncond, cond]` halves (`torch.cat([x, x])`, `context=torch.cat(
+    [uncond_context, context])`, 2B items) at every step, whatever `cfg` (a subclass of
+    `CFGDenoiser`: as `CFGDenoiser`, the B conditional items alone where `cfg` is 1).
+
+    Args:
+        guidance: `CFGDenoiser`, or a guidance of your own (`SamplingSettings.guidance`).
+        denoiser: The model denoiser `D(x, sigma, *, context, **kwargs)` (`EpsDenoiser`,
+            `VDenoiser`; ControlNets inside where `controlled`).
+        cfg: Guidance scale: a number, or a (B,) tensor of per-item scales.
+        rescale: Guidance rescale phi in [0, 1] (`CFGDenoiser`).
+        sigmas: The (n + 1,) sigmas the sampler runs (img2img: the sliced ones).
+        controlled: `denoiser` holds ControlNets told the layout of `doubles_batch`
+            (`control_wrapper(cfg=, guidance=)`).
+    """
+    if guidance is CFGDenoiser:  # the built-in: nothing to check, nothing added per step
+        return CFGDenoiser(denoiser, cfg, rescale=rescale)
+    check_guidance(guidance, rescale)
+    name, kwargs = guidance_name(guidance), {}
+    if takes(guidance, "rescale"):
+        kwargs["rescale"] = rescale
+    if takes(guidance, "sigmas"):
+        if sigmas is None:
+            raise ValueError(f"guidance {name} takes sigmas: pass the sampler's sigmas")
+        kwargs["sigmas"] = sigmas
+    contract = _Contract(name, doubles_batch(guidance, cfg) if controlled else None)
+    guided = guidance(contract.model(denoiser), cfg, **kwargs)
+    try:
+        inspect.signature(guided).bind(None, None, context=None, uncond_context=None)
+    except (TypeError, ValueError) as e:  # ValueError: not callable, or no signature
+        raise ValueError(
+            f"guidance {name} returned {type(guided).__name__}, not a denoiser "
+            f"guided(x, sigma, *, context, uncond_context): {e}"
+        ) from None
+    return contract.guided(guided)
+
+
+class _Contract:
+    """Checks of a guidance of your own as it runs (`guide`): the shape of its estimate and,
+    with ControlNets (`doubled` not None), the batch it calls the model denoiser on. Both are
+    read on the host: no wait for the device."""
+
+    def __init__(self, name: str, doubled: bool | None) -> None:
+        self.name, self.doubled, self.batch = name, doubled, 0
+
+    def model(self, denoiser: Denoiser) -> Denoiser:
+        """`denoiser`, checking it is called on the layout its ControlNets were told."""
+        if self.doubled is None:
+            return denoiser
+
+        def checked(x: Tensor, sigma: Tensor, **cond) -> Tensor:
+            want = self.batch * (2 if self.doubled else 1)
+            if x.shape[0] != want:
+                how = "[uncond, cond] halves" if self.doubled else "the cond items alone (cfg 1)"
+                raise ValueError(
+                    f"guidance {self.name} called the model denoiser on {x.shape[0]} items for "
+                    f"a batch of {self.batch}: with ControlNets it must call it on {how} "
+                    f"({want} items), the layout they were told"
+                )
+            return denoiser(x, sigma, **cond)
+
+        return checked
+
+    def guided(self, guided: Denoiser) -> Denoiser:
+        """`guided`, checking it returns an estimate shaped like `x`."""
+
+        def checked(x: Tensor, sigma: Tensor, **cond) -> Tensor:
+            self.batch = x.shape[0]
+            out = guided(x, sigma, **cond)
+            if not isinstance(out, Tensor) or out.shape != x.shape:
+                got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else repr(out)[:60]
+                raise ValueError(
+                    f"guidance {self.name}: its denoiser returned {got} for x of shape "
+                    f"{tuple(x.shape)}: expected the guided estimate, shaped like x"
+                )
+            return out
+
+        return checked
 
 
 def _as_batch(value: float | Tensor, x: Tensor) -> float | Tensor:

@@ -27,7 +27,14 @@ from torch import Tensor
 
 from pilot.diffusion.control import Control, check_controls, control_wrapper
 from pilot.diffusion.denoisers import Denoiser, make_denoiser
-from pilot.diffusion.guidance import CFGDenoiser, InpaintDenoiser, check_cfg
+from pilot.diffusion.guidance import (
+    CFGDenoiser,
+    Guidance,
+    InpaintDenoiser,
+    check_cfg,
+    check_guidance,
+    guide,
+)
 from pilot.diffusion.prompts import count_chunks, encode_prompts
 from pilot.diffusion.samplers import (
     BatchedNoise,
@@ -68,6 +75,12 @@ class SamplingSettings:
             Only samplers with an `eta` parameter take it (`samplers.samplers_with("eta")`).
         clip_skip: Final text encoder layers to leave out (A1111's "clip skip" minus one).
         quantize: Feed the UNet integer timesteps (diffusers' DPM-Solver with Karras sigmas).
+        guidance: How the model denoiser is guided: `CFGDenoiser`, or a function or class of
+            your own on its contract, `guidance(denoiser, cfg, *, rescale, sigmas) -> guided`
+            with `guided(x, sigma, *, context, uncond_context, **kwargs) -> denoised` like x
+            (`pilot.diffusion.guidance.guide`: `rescale` and `sigmas`, the grid the sampler
+            runs, are passed only if it takes them; with ControlNets it calls `denoiser` on
+            `[uncond, cond]` halves at every step, whatever `cfg`).
     """
 
     sampler: str | Sampler = "dpmpp_2m"
@@ -78,6 +91,7 @@ class SamplingSettings:
     eta: float | None = None
     clip_skip: int = 0
     quantize: bool = False
+    guidance: Guidance = CFGDenoiser
 
     def __post_init__(self) -> None:
         sampler = get_sampler(self.sampler)  # raise early, naming the valid choices
@@ -90,6 +104,7 @@ class SamplingSettings:
         check_cfg(self.cfg)
         if not 0.0 <= self.rescale <= 1.0:
             raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
+        check_guidance(self.guidance, self.rescale)
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and not takes(sampler, "eta"):
@@ -365,17 +380,25 @@ def build_denoiser(
     mask: Tensor | None = None,
     noise: Tensor | None = None,
     wrap_model: Callable[[Denoiser], Denoiser] | None = None,
+    sigmas: Tensor | None = None,
 ) -> Denoiser:
-    """The denoiser stack: model wrapper, [`wrap_model`, e.g. ControlNet], CFG, [inpainting].
+    """The denoiser stack: model wrapper, [`wrap_model`, e.g. ControlNet], guidance
+    (`settings.guidance`, CFG by default), [inpainting].
 
     Args:
-        wrap_model: Wraps the model denoiser inside CFG (it sees both branches).
-        init_latents, mask, noise: Given together, mask-blend inpainting outside CFG.
+        wrap_model: Wraps the model denoiser inside the guidance (it sees both branches); a
+            ControlNet wrapper is told the guidance's batch layout (`control_wrapper(cfg=,
+            guidance=)`), which a guidance of your own is then held to (`guide`).
+        init_latents, mask, noise: Given together, mask-blend inpainting outside the guidance.
+        sigmas: The sigmas the sampler runs, for a guidance taking `sigmas`.
     """
     denoiser = make_denoiser(sd.unet, sd.prediction_type, quantize=settings.quantize)
     if wrap_model is not None:
         denoiser = wrap_model(denoiser)
-    denoiser = CFGDenoiser(denoiser, settings.cfg, rescale=settings.rescale)
+    denoiser = guide(
+        settings.guidance, denoiser, settings.cfg, rescale=settings.rescale, sigmas=sigmas,
+        controlled=wrap_model is not None,
+    )  # fmt: skip
     if mask is not None:
         denoiser = InpaintDenoiser(denoiser, init_latents, mask, noise)
     return denoiser
@@ -535,9 +558,11 @@ def generate_latents(
     full_strength = request.strength == 1.0 and mask is None
     x = start_latents(first, sigmas, None if full_strength else init)
     steps = len(sigmas) - 1  # 0 for img2img at a strength below 1 / steps: the VAE round trip
-    wrap = control_wrapper(controls, sigmas, cfg=settings.cfg) if controls and steps else None
+    wrap = None
+    if controls and steps:
+        wrap = control_wrapper(controls, sigmas, cfg=settings.cfg, guidance=settings.guidance)
     denoiser = build_denoiser(
-        sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap
+        sd, settings, init_latents=init, mask=mask, noise=first, wrap_model=wrap, sigmas=sigmas
     )
     return sample(
         denoiser, x, sigmas, settings, context=context, uncond_context=uncond,
