@@ -320,7 +320,7 @@ def parameters(args: argparse.Namespace, request: Request, settings: SamplingSet
         "model": str(args.model),
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
-        **vars(settings),
+        **{k: v for k, v in vars(settings).items() if k != "guidance"},  # always CFG here
         **({"lora": lora_settings(args.lora)} if args.lora else {}),
         "seed": args.seed,
         "batch": args.batch,
