@@ -31,18 +31,14 @@ frames; frames keep their source numbers, so schedules, prompts and seeds are re
 source frame number, and frames 0 to step - 1 have no previous frame. The colour reference is
 used by the frames it precedes by a multiple of the step (the others never see it made).
 
-Frame batching: a frame whose pixels depend on no other frame (`FeedbackSampler.independent`:
-frame 0, or any frame at strength 1 with occlusion "ignore", no blend and no warped noise, as in
-`pilot.animation.compare.independent`) can be sampled together with others of its kind:
-`render_batch(ks)` runs the UNet, ControlNets and VAE on B frames at once. Each frame keeps its
-own seed (`BatchedNoise`: one generator per frame), so it equals `render(k)` up to float rounding
-whatever batch it is in.
+Frame batching: frames whose pixels depend on no other frame (frame 0, or any frame at
+strength 1 with occlusion "ignore", no blend and no warped noise) can be sampled together, each
+with its own seed (`render_batch`, `render_missing`: `pilot.animation.feedback_batches`).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -51,18 +47,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pilot.animation.color import lab_stats, match_color
+from pilot.animation.feedback_batches import FrameBatching
 from pilot.animation.feedback_config import BlendSpace as BlendSpace
 from pilot.animation.feedback_config import (
     FeedbackConfig,
     FrameParams,
     _length_error,
     frame_params,
-    independent_frame,
 )
 from pilot.animation.feedback_config import NoiseMode as NoiseMode
 from pilot.animation.feedback_config import OcclusionMode as OcclusionMode
 from pilot.animation.feedback_config import check_prompts as check_prompts
 from pilot.animation.feedback_config import check_schedules as check_schedules
+from pilot.animation.feedback_config import independent_frame as independent_frame
 from pilot.animation.feedback_config import schedule_params as schedule_params
 from pilot.animation.flow import (
     FlowField,
@@ -100,8 +97,11 @@ if TYPE_CHECKING:  # annotations only: the loaders are not imported at run time
     from pilot.weights.loaders import StableDiffusion
 
 
-class FeedbackSampler:
+class FeedbackSampler(FrameBatching):
     """The frame loop over a frame source, writing each frame to a `FrameStore`.
+
+    Frames are made one by one (`render`) or, where independent, a batch at a time
+    (`render_batch`, `render_missing`: `FrameBatching`, `pilot.animation.feedback_batches`).
 
     Args:
         sd: A `pilot.StableDiffusion`.
@@ -239,79 +239,6 @@ class FeedbackSampler:
         image = self.sample_frames([k], [params], init, flow if has_prev else None)
         self.store.write(k, image)
         return self.store.read(k)
-
-    def independent(self, k: int) -> bool:
-        """Whether frame k's pixels depend on no other frame (`independent_frame`)."""
-        return independent_frame(self.config, k, self.frame_step)
-
-    def batch_key(self, k: int) -> tuple:
-        """What frames of one batch share: strength, CFG, ControlNet scales (one sigma grid and
-        one guidance scale per call) and the text embedding's length."""
-        p = frame_params(self.config, self.tracks, self.base_seed, k)
-        return p.strength, p.cfg, p.scales, tuple(self.context(k)[0].shape)
-
-    def batches(self, ks: Sequence[int], size: int) -> list[list[int]]:
-        """`ks` in order, cut into runs of at most `size` consecutive `independent` frames with
-        one `batch_key`; every other frame is a batch of its own (it needs the one before)."""
-        if size < 1:
-            raise ValueError(f"batch size must be >= 1, got {size}")
-        out: list[list[int]] = []
-        key = None
-        for k in ks:
-            free = size > 1 and self.independent(k)
-            k_key = self.batch_key(k) if free else None
-            if free and out and key == k_key and len(out[-1]) < size:
-                out[-1].append(k)
-            else:
-                out.append([k])
-                key = k_key
-        return out
-
-    def render_missing(
-        self, ks: Sequence[int], batch: int = 1
-    ) -> Iterator[tuple[list[int], float]]:
-        """Make the frames of `ks` that the store lacks, in order: runs of `independent` frames
-        up to `batch` at a time (`render_batch`), the others one by one (`render`).
-
-        Yields:
-            (the frames just made, seconds per frame: a batch's time shared equally).
-        """
-        missing = [k for k in ks if not self.store.has(k)]
-        for group in self.batches(missing, batch):
-            start = time.perf_counter()
-            if len(group) > 1:
-                self.render_batch(group)
-            else:
-                self.render(group[0])
-            yield group, (time.perf_counter() - start) / len(group)
-        self.store.flush()
-
-    def render_batch(self, ks: Sequence[int]) -> Tensor:
-        """Make the `independent` frames ks in one batch; returns them (B, 3, H, W) in [0, 1]
-        after writing each. Each equals `render(k)` up to float rounding (per-frame seeds).
-
-        Raises:
-            ValueError: a frame depends on its previous one, or the frames differ in
-                `batch_key` (strength, CFG, ControlNet scales, prompt length).
-        """
-        ks = list(ks)
-        tied = [k for k in ks if not self.independent(k)]
-        if tied:
-            raise ValueError(
-                f"frames {tied} depend on their previous frame (strength < 1, occlusion "
-                f"{self.config.occlusion!r}, blend {self.config.blend} or noise "
-                f"{self.config.noise!r}); render them one by one"
-            )
-        keys = {k: self.batch_key(k) for k in ks}
-        if len(set(keys.values())) > 1:
-            raise ValueError(f"frames {ks} differ in (strength, cfg, scales, prompt shape): {keys}")
-        params = [frame_params(self.config, self.tracks, self.base_seed, k) for k in ks]
-        inits = [self.init_image(k, None) for k in ks]
-        init = None if inits[0] is None else torch.cat(inits)  # (B, 3, H, W)
-        images = self.sample_frames(ks, params, init, None)
-        for k, image in zip(ks, images, strict=True):
-            self.store.write(k, image[None])
-        return torch.cat([self.store.read(k) for k in ks])
 
     def init_image(self, k: int, flow: FlowField | None) -> Tensor | None:
         """The img2img start of frame k (1, 3, H, W): the warped previous frame (k -
