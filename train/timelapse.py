@@ -28,7 +28,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from pilot.animation.video import (
@@ -243,6 +243,11 @@ class Timelapse(L.Callback):
         self.history = {k: [p for p in v if p[0] <= step] for k, v in self.history.items()}
         if self.last_frame_step is not None and self.last_frame_step > step:
             self.last_frame_step = None
+        kept = f" ({len(self.frame_paths())} kept)" if step else ""
+        rank_zero_info(
+            f"Timelapse: a frame every {self.every_n_steps} global steps in "
+            f"{self.frames_dir}{kept}; videos {self.dirpath / 'timelapse.mp4'} and .gif"
+        )
 
     @rank_zero_only
     def on_train_batch_end(
@@ -315,6 +320,11 @@ class Timelapse(L.Callback):
             return
         if paths := self.write_videos():
             self._log_wandb(trainer, True, video=paths[0])
+            frames = self.frame_paths()
+            rank_zero_info(
+                f"Timelapse: {len(frames)} frames (steps {int(frames[0].stem)}-"
+                f"{int(frames[-1].stem)}) in {self.frames_dir}; videos {paths[1]}, {paths[0]}"
+            )
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error: Exception):
