@@ -31,15 +31,18 @@ Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 4 --trainer.st
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import netrc
 import os
+import re
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
@@ -247,6 +250,24 @@ class StopOnInterrupt(L.Callback):
         self.restore()
 
 
+def settings_error(error: argparse.ArgumentError, parser: Any, args: Sequence[str]) -> ValueError:
+    """One line for a bad setting (jsonargparse prints its 100-line usage above it): the
+    message, the `--config` file(s) when the key came from one, the closest known setting for a
+    misspelt key, and where the settings are listed."""
+    message = " ".join(str(error).split())
+    keys = re.findall(r"[\"']([A-Za-z_]\w*(?:\.\w+)+)[\"']|--(\w+(?:\.\w+)+)", message)
+    key = next((k for pair in keys for k in pair if k), None)  # e.g. "model.generator.norm"
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    given = any(a == f"--{key}" or a.startswith(f"--{key}=") for a in args)
+    if key is not None and configs and not given:
+        message = f"{', '.join(configs)}: {message}"
+    known = [a.dest for a in getattr(parser, "_actions", ()) if "." in a.dest]
+    if key is not None and key not in known and (close := get_close_matches(key, known, 1)):
+        message += f" (did you mean {close[0]}?)"
+    prog = getattr(parser, "prog", "pilot train SYSTEM").split(" [options]")[0]
+    return ValueError(f"{message}; `{prog} --help` lists the settings")
+
+
 class PilotCLI(LightningCLI):
     """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot.
 
@@ -277,7 +298,10 @@ class PilotCLI(LightningCLI):
         hyperparameters) so a corrupt one, or one that is no Lightning checkpoint of this system,
         is a one-line error naming it (`read_training_checkpoint`).
         """
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as e:  # the parser's `exit_on_error=False` (`run`)
+            raise settings_error(e, self._subcommand_parsers.get("fit", parser), args) from None
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
@@ -412,7 +436,7 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
             data_class,
             args=list(args),
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
-            parser_kwargs={"prog": f"pilot train {system}"},
+            parser_kwargs={"prog": f"pilot train {system}", "exit_on_error": False},
             system=system,
             locks=locks,
         )
