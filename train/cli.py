@@ -341,8 +341,8 @@ class PilotCLI(LightningCLI):
             seed = config.get("seed_everything")
             if isinstance(seed, int) and not isinstance(seed, bool):
                 # Lightning saves no random state: reseeded with the seed alone, a resumed run
-                # would draw the batch order, crops and noise of step 0 again, and sessions that
-                # stop before their epoch ends would all train on its first batches.
+                # would draw the crops and noise of step 0 again (the batch order is the
+                # training loader's state: `train.loaders.ResumableLoader`).
                 L.seed_everything((seed + int(ckpt.metadata["global_step"])) % 2**32, workers=True)
         for guard in (c for c in self.trainer.callbacks if isinstance(c, RunFolderGuard)):
             guard.check(self.trainer, config.get("ckpt_path"))
@@ -449,9 +449,6 @@ QUIET = (
     # the GAN systems step their optimisers themselves (manual optimisation): a checkpoint
     # holds the weights after the step of its global step, which is what resuming needs;
     r"Using ModelCheckpoint with manual optimization",
-    # a resume within an epoch draws the rest of it in a new order (`PilotCLI.before_fit`
-    # reseeds); the batches of the interrupted epoch are not replayed, which is what this warns of;
-    r"You're resuming from a checkpoint that ended before the epoch ended",
     # Lightning's own use of a torch API (one line per run, nothing to act on).
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

@@ -480,9 +480,10 @@ def test_resumed_training_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
     assert torch.load(last, weights_only=True)["pilot_wandb_run"] == run_id
 
 
-def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_path, monkeypatch):
-    """8 batches (16 global steps) an epoch; stopped at step 10 and resumed to 20: the epoch
-    goes on (as an unstopped run numbers it) and its batches are not those of step 0 again."""
+def test_run_stopped_mid_epoch_resumes_with_the_rest_of_that_epoch(tmp_path, monkeypatch):
+    """8 batches (16 global steps) an epoch; stopped at steps 6 and 10 (two stops inside the
+    first epoch) and resumed to 20: the epoch goes on (as an unstopped run numbers it) with the
+    batches an unstopped run draws, none of the epoch twice and none left out."""
     from train.dcgan import DCGANSystem
 
     seen = []  # (epoch, batch_idx, pixel sum) of every training batch
@@ -493,14 +494,18 @@ def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_pa
         return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(DCGANSystem, "training_step", record)
-    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=10))
-    run("dcgan", ["fit", "--config", str(cfg)])
-    first = list(seen)
+    unstopped = dcgan_config(tmp_path / "unstopped", max_steps=20)
+    run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "u.yaml", unstopped))])
+    whole = list(seen)
     seen.clear()
-    run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "20", "--ckpt_path", "last"])
-    assert [(e, i) for e, i, _ in seen] == [(0, 5), (0, 6), (0, 7), (1, 0), (1, 1)]
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=6))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    for steps in ("10", "20"):
+        run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", steps, "--ckpt_path",
+                      "last"])  # fmt: skip
+    assert [(e, i) for e, i, _ in seen[5:]] == [(0, 5), (0, 6), (0, 7), (1, 0), (1, 1)]
+    assert seen == whole
     assert (tmp_path / "ckpt" / "epoch=1-step=20.ckpt").is_file()
-    assert [b for *_, b in seen[:3]] != [b for *_, b in first[:3]]  # not a replay of step 0
 
 
 def test_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, monkeypatch):
