@@ -89,8 +89,9 @@ def make_logger(
     mode: WandbMode, project: str, save_dir: str, wandb_run: str | None = None
 ) -> list[Logger]:
     """A CSV logger (`<save_dir>/csv/version_*/metrics.csv`, always: the model cards and
-    figures are read from it) and, with wandb installed and not disabled, a W&B logger (online
-    only when asked for or logged in) that goes on with the run of id `wandb_run` when given
+    figures are read from it) and, with wandb installed and not disabled (by `mode`, or for
+    "auto" by `WANDB_MODE=disabled`; `WANDB_MODE=offline` keeps "auto" offline), a W&B logger
+    (online only when asked for or logged in) that goes on with the run of id `wandb_run` when given
     (a resumed training's, `WANDB_RUN_KEY`; Lightning's WandbLogger resumes with "allow").
 
     Raises:
@@ -98,6 +99,11 @@ def make_logger(
             "online" without W&B credentials (`wandb_logged_in`).
     """
     has_wandb = importlib.util.find_spec("wandb") is not None
+    env = os.environ.get("WANDB_MODE", "").strip().lower()  # W&B's own switch, for "auto"
+    if mode == "auto" and env == "disabled":
+        mode = "disabled"
+    elif mode == "auto" and env in ("offline", "dryrun") and has_wandb:
+        mode = "offline"
     if mode in ("online", "offline") and not has_wandb:
         raise ValueError(f"wandb={mode!r} needs the wandb package (pip install wandb)")
     if mode == "online" and not wandb_logged_in():
