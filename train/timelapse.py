@@ -170,7 +170,8 @@ class Timelapse(L.Callback):
 
     Args:
         every_n_steps: global steps between frames (a GAN step counts 2, see the module note):
-            a frame at the first step (the untrained model), then at each multiple of it, and one
+            a frame at step 0 (the untrained model, before the first update), then at each
+            multiple of it, and one
             where training stops.
         dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
             every run in that folder, so a resumed run adds to the frames of the run it resumes.
@@ -250,6 +251,13 @@ class Timelapse(L.Callback):
         )
 
     @rank_zero_only
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        if trainer.global_step == 0 and self.last_frame_step is None:  # the untrained model
+            self.make_frame(trainer, pl_module)
+
+    @rank_zero_only
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
@@ -260,8 +268,9 @@ class Timelapse(L.Callback):
                     self.history.setdefault(name, []).append((step, value.detach().item()))
                 elif isinstance(value, (float, int)) and name != "loss":
                     self.history.setdefault(name, []).append((step, float(value)))
-        # the first frame shows the untrained model; then one where the step reaches a multiple of
-        # N, so frames stay N apart across a stop (its own final frame) and a resume
+        # after the untrained model's frame (step 0, `on_train_batch_start`), one where the step
+        # reaches a multiple of N, so frames stay N apart across a stop (its own final frame)
+        # and a resume
         n = self.every_n_steps
         due = self.last_frame_step is None or step // n > self.last_frame_step // n
         if due and not trainer.sanity_checking:

@@ -39,7 +39,7 @@ def test_resume_keeps_timelapse_frames(tmp_path):
     run("dcgan", ["fit", "--config", str(cfg)])
     frames = tmp_path / "timelapse" / "frames"
     first = sorted(p.name for p in frames.glob("*.png"))
-    assert first[0] == "00000002.png" and first[-1] == "00000010.png"
+    assert first[0] == "00000000.png" and first[-1] == "00000010.png"  # 0: the untrained model
     # a run killed after step 8: its last checkpoint is step 8 and frame 10 is newer than that
     ckpt = tmp_path / "ckpt" / "epoch=0-step=8.ckpt"
     assert ckpt.is_file()
@@ -220,7 +220,7 @@ def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
     }  # checkpoints and frames untouched (config.yaml is rewritten in setup, as on resume)
     (tmp_path / "ckpt" / "last.ckpt").unlink()
     (step_ckpt,) = (tmp_path / "ckpt").glob("*.ckpt")
-    with pytest.raises(ValueError, match=f"frames holds 2 timelapse frames.* {step_ckpt} "):
+    with pytest.raises(ValueError, match=f"frames holds 3 timelapse frames.* {step_ckpt} "):
         run("dcgan", ["fit", "--config", str(cfg)])
     step_ckpt.unlink()  # as a run killed before its first checkpoint leaves it
     timelapse = tmp_path / "timelapse"
@@ -237,9 +237,9 @@ def test_default_timelapse_folder_survives_a_resume(tmp_path):
     run("dcgan", ["fit", "--config", str(cfg)])
     run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "8", "--ckpt_path", "last"])
     names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert names == ["00000002.png", "00000004.png", "00000006.png", "00000008.png"]
+    assert names == [f"{step:08d}.png" for step in (0, 2, 4, 6, 8)]
     assert not list(tmp_path.glob("csv/*/timelapse"))
-    with pytest.raises(ValueError, match="holds 4 timelapse frames"):  # the guard sees them
+    with pytest.raises(ValueError, match="holds 5 timelapse frames"):  # the guard sees them
         run("dcgan", ["fit", "--config", str(cfg), "--checkpoint.dirpath", str(tmp_path / "c2")])
 
 
@@ -303,17 +303,17 @@ def test_wandb_frames_share_the_losses_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(WandbLogger, "log_metrics", record)
     cfg = dcgan_config(tmp_path, max_steps=8, log_every_n_steps=1)  # 4 GAN steps
-    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 2 (the first), 4 and 8
+    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 0 (untrained), 4 and 8
     cfg["wandb"] = "offline"
     cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
     cli.trainer.logger.experiment.finish()
     losses = [step for step, m in logged if "g_loss" in m]
     frames = [(step, m["timelapse/global_step"]) for step, m in logged if "timelapse/frame" in m]
     assert losses == [0, 1, 2, 3]  # one per GAN step
-    assert frames == [(0, 2), (1, 4), (3, 8)]  # the frame files keep the global step
+    assert frames == [(0, 0), (1, 4), (3, 8)]  # the frame files keep the global step
     assert [step for step, m in logged if "timelapse/video" in m] == [3]
     names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert names == ["00000002.png", "00000004.png", "00000008.png"]
+    assert names == ["00000000.png", "00000004.png", "00000008.png"]
 
 
 def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):
@@ -560,10 +560,10 @@ def test_ctrl_c_through_the_pilot_command_still_saves_the_step(tmp_path, monkeyp
 
 
 def test_timelapse_frames_stay_on_multiples_of_n_across_a_resume(tmp_path):
-    """The first frame, then every multiple of N: a stop's own frame (6) shifts nothing."""
+    """Step 0, then every multiple of N: a stop's own frame (6) shifts nothing."""
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=6))  # 3 GAN steps
     run("dcgan", ["fit", "--config", str(cfg), "--timelapse.every_n_steps", "4"])
     run("dcgan", ["fit", "--config", str(cfg), "--timelapse.every_n_steps", "4",
                   "--trainer.max_steps", "12", "--ckpt_path", "last"])  # fmt: skip
     names = sorted(p.stem for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert [int(n) for n in names] == [2, 4, 6, 8, 12]
+    assert [int(n) for n in names] == [0, 4, 6, 8, 12]

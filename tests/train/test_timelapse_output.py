@@ -20,7 +20,7 @@ def test_a_training_says_where_its_timelapse_and_checkpoint_are(tmp_path, caplog
         f"{timelapse / 'timelapse.mp4'} and .gif"
     ) in caplog.text
     assert (
-        f"Timelapse: 2 frames (steps 2-4) in {timelapse / 'frames'}; videos "
+        f"Timelapse: 3 frames (steps 0-4) in {timelapse / 'frames'}; videos "
         f"{timelapse / 'timelapse.mp4'}, {timelapse / 'timelapse.gif'}"
     ) in caplog.text
     assert f"Checkpoint: {tmp_path / 'ckpt' / 'last.ckpt'} (step 4; --ckpt_path last)" in (
@@ -30,5 +30,24 @@ def test_a_training_says_where_its_timelapse_and_checkpoint_are(tmp_path, caplog
     with caplog.at_level(logging.INFO):
         run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--ckpt_path",
                       "last"])  # fmt: skip
-    assert f"in {timelapse / 'frames'} (2 kept); videos" in caplog.text
-    assert "Timelapse: 3 frames (steps 2-6)" in caplog.text
+    assert f"in {timelapse / 'frames'} (3 kept); videos" in caplog.text
+    assert "Timelapse: 4 frames (steps 0-6)" in caplog.text
+
+
+def test_the_first_frame_is_the_untrained_model(tmp_path):
+    """Frame 0 is drawn before the first update, from the weights the training starts with."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from train.timelapse import render_frame
+
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=2))
+    cli = run("dcgan", ["fit", "--config", str(cfg)])
+    frames = tmp_path / "timelapse" / "frames"
+    assert sorted(p.name for p in frames.glob("*.png")) == ["00000000.png", "00000002.png"]
+    torch.manual_seed(0)  # the config's seed_everything: the weights the training started from
+    untrained = type(cli.model)(cli.model.cfg, timelapse_samples=4)
+    with torch.no_grad():
+        expected = render_frame(untrained.timelapse_panels(), {}, 0)
+    assert np.array_equal(np.asarray(Image.open(frames / "00000000.png")), expected)

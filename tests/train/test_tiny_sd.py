@@ -94,7 +94,7 @@ def test_two_step_unet_export_loads_and_generates(stages):
     root, _, unet, _ = stages
     assert unet.trainer.global_step == 2
     frames = sorted((root / "unet" / "timelapse" / "frames").glob("*.png"))
-    assert [p.stem for p in frames] == ["00000001", "00000002"]
+    assert [p.stem for p in frames] == ["00000000", "00000001", "00000002"]
     assert len(unet.trainer.callbacks[0].history["mse"]) == 2  # drawn as a loss curve
     sd = pilot.load_pipeline(root / "export" / "unet")
     assert sd.prediction_type == "v_prediction"
