@@ -19,15 +19,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class EpochOrder(Sampler[int]):
-    """Indices 0..n-1 in the order of a permutation drawn from (`seed`, epoch); the epoch is
-    Lightning's (`set_epoch`, as for `DistributedSampler`). `skip` items at the start of the
-    next pass are left out once (the part of the epoch a resumed training already saw)."""
+    """Indices 0..n-1 in the order of a permutation drawn from (`seed`, `epoch`), `epoch` counting
+    the passes (one per training epoch). `skip` items at the start of the next pass are left out
+    once (the part of the epoch a resumed training already saw).
+
+    No `set_epoch`: the epoch Lightning would set is one behind after some resumes (a session
+    resumed from the last batch of an epoch, in a run resumed before), which would draw an
+    epoch's order twice.
+    """
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.n
@@ -35,7 +37,7 @@ class EpochOrder(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         rng = torch.Generator().manual_seed((self.seed + self.epoch) % 2**63)
         order = torch.randperm(self.n, generator=rng)[self.skip :].tolist()
-        self.skip = 0
+        self.epoch, self.skip = self.epoch + 1, 0
         return iter(order)
 
 
@@ -47,7 +49,7 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         order = self.sampler if isinstance(self.sampler, EpochOrder) else None
-        self._epoch = order.epoch if order is not None else 0
+        self._epoch = order.epoch if order is not None else 0  # the pass about to start
         self._given = order.skip // self.batch_size if order is not None and self.batch_size else 0
         for batch in super().__iter__():
             self._given += 1
