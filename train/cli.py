@@ -36,23 +36,23 @@ import contextlib
 import importlib.util
 import netrc
 import os
-import re
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from pilot.locks import folder_lock
+from train.cli_errors import section_error, settings_error
 from train.resume import (  # noqa: F401 (checkpoint_dir... are train.cli's names too)
     SETTINGS_KEY,
     SYSTEM_KEY,
@@ -256,24 +256,6 @@ class StopOnInterrupt(L.Callback):
         self.restore()
 
 
-def settings_error(error: argparse.ArgumentError, parser: Any, args: Sequence[str]) -> ValueError:
-    """One line for a bad setting (jsonargparse prints its 100-line usage above it): the
-    message, the `--config` file(s) when the key came from one, the closest known setting for a
-    misspelt key, and where the settings are listed."""
-    message = " ".join(str(error).split())
-    keys = re.findall(r"[\"']([A-Za-z_]\w*(?:\.\w+)+)[\"']|--(\w+(?:\.\w+)+)", message)
-    key = next((k for pair in keys for k in pair if k), None)  # e.g. "model.generator.norm"
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
-    given = any(a == f"--{key}" or a.startswith(f"--{key}=") for a in args)
-    if key is not None and configs and not given:
-        message = f"{', '.join(configs)}: {message}"
-    known = [a.dest for a in getattr(parser, "_actions", ()) if "." in a.dest]
-    if key is not None and key not in known and (close := get_close_matches(key, known, 1)):
-        message += f" (did you mean {close[0]}?)"
-    prog = getattr(parser, "prog", "pilot train SYSTEM").split(" [options]")[0]
-    return ValueError(f"{message}; `{prog} --help` lists the settings")
-
-
 class PilotCLI(LightningCLI):
     """LightningCLI with the timelapse, checkpoint and W&B settings of Diffusion Pilot.
 
@@ -368,6 +350,22 @@ class PilotCLI(LightningCLI):
         for folder in dict.fromkeys(Path(os.path.realpath(f)) for f in folders):
             self.locks.enter_context(folder_lock(folder, beside=True))
 
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, with an error a config class raises prefixed by its section
+        (`train.cli_errors.section_error`: `model.generator.image_size=48 must be...`)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, MisconfigurationException) as e:
+            sections = {
+                self.model_class: "model",
+                self.datamodule_class: "data",
+                Timelapse: "timelapse",
+                ModelCheckpoint: "checkpoint",
+            }
+            if (error := section_error(e, sections)) is e:
+                raise
+            raise error from e
+
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_cfg = config["trainer"]
@@ -429,7 +427,8 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
     """Run the LightningCLI of `system` (one of `SYSTEMS`) on command-line style `args`.
 
     Raises:
-        ValueError: unknown system name.
+        ValueError: unknown system name, or a bad setting (Lightning's MisconfigurationException
+            too), in one line.
     """
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
@@ -437,15 +436,18 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
     with warnings.catch_warnings(), contextlib.ExitStack() as locks:  # released when it ends
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
-        return PilotCLI(
-            model_class,
-            data_class,
-            args=list(args),
-            save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
-            parser_kwargs={"prog": f"pilot train {system}", "exit_on_error": False},
-            system=system,
-            locks=locks,
-        )
+        try:
+            return PilotCLI(
+                model_class,
+                data_class,
+                args=list(args),
+                save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
+                parser_kwargs={"prog": f"pilot train {system}", "exit_on_error": False},
+                system=system,
+                locks=locks,
+            )
+        except MisconfigurationException as e:  # Lightning's one-line complaint about a setting
+            raise ValueError(str(e).strip()) from e
 
 
 # Lightning warnings that say nothing to a `pilot train` user (regexes of their start):
