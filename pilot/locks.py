@@ -8,16 +8,18 @@ that holds it, instead of racing the first on resume records, settings and frame
 
 The lock is `fcntl.flock` on a hidden file (`LOCK_FILE` inside the folder, or `.NAME.lock`
 beside it): the kernel releases it when the holder's process ends, however it ends, so a crash
-or a kill never leaves a stale lock; the file is deleted on release (one left by a killed
-process is harmless and reused). Advisory: it only stops other pilot processes. Where the
-platform has no `fcntl` (Windows) the lock does nothing. Imports only the standard library
-(Blender's Python uses it).
+or a kill never leaves a stale lock (children it forked share the lock until they end too:
+when the recorded holder has ended, the lock is waited for, up to `ORPHAN_WAIT_S`); the file
+is deleted on release (one left by a killed process is harmless and reused). Advisory: it only
+stops other pilot processes. Where the platform has no `fcntl` (Windows) the lock does
+nothing. Imports only the standard library (Blender's Python uses it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,9 +81,29 @@ def folder_lock(
                 path.parent.rmdir()
 
 
+ORPHAN_WAIT_S = 15.0  # how long a lock left to the children of an ended holder is waited for
+
+
+def _ended(pid: str) -> bool:
+    """Whether the process of the pid a lock file records is gone (a reused pid reads alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, OSError):  # no pid recorded, or another user's process
+        return False
+    return False
+
+
 def _acquire(path: Path, what: str) -> int:
     """Open and flock `path` (exclusive, non-blocking); return its descriptor, with our pid
-    written in it."""
+    written in it.
+
+    A holder that has ended but whose forked children still hold the lock (the children share
+    the locked file: a `pilot train` killed with `kill -9` leaves its DataLoader workers for a
+    second or few) is waited for, up to `ORPHAN_WAIT_S`.
+    """
+    deadline = time.monotonic() + ORPHAN_WAIT_S
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -89,9 +111,17 @@ def _acquire(path: Path, what: str) -> int:
         except OSError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise FolderInUseError(
-                f"{what} is in use by another pilot process (pid {pid}); wait for it or stop it"
-            ) from None
+            if not _ended(pid):
+                raise FolderInUseError(
+                    f"{what} is in use by another pilot process (pid {pid}); wait for it or stop it"
+                ) from None
+            if time.monotonic() > deadline:
+                raise FolderInUseError(
+                    f"{what} is still locked by child processes of pilot process {pid}, which "
+                    "has ended; wait for them to end or stop them"
+                ) from None
+            time.sleep(0.1)
+            continue
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

@@ -160,3 +160,28 @@ def test_train_refuses_folders_another_training_writes(tmp_path, capsys):
         assert files(tmp_path) == sorted([*before, ".ckpt.lock"])  # nothing else written
     assert main(["train", "dcgan", "--config", str(cfg), "--threads", "1"]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".lock")]  # all released
+
+
+ORPHANED = """
+import os, sys, time
+from pilot.locks import folder_lock
+with folder_lock(sys.argv[1]):
+    if os.fork() == 0:  # a worker the job forked (a DataLoader's): it shares the lock
+        time.sleep(1.0)
+        os._exit(0)
+    os._exit(0)  # the job killed: its worker holds the lock a moment longer
+"""
+
+
+def test_a_lock_left_to_the_workers_of_an_ended_job_is_waited_for(tmp_path):
+    """`kill -9` of a `pilot train` leaves its DataLoader workers for a second: a resume at once
+    waits for them rather than being refused in the name of a process that has ended."""
+    import time
+
+    folder = tmp_path / "ckpt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", ORPHANED, str(folder)], env=env, check=True)
+    start = time.monotonic()
+    with folder_lock(folder) as path:
+        assert path.read_text() == f"{os.getpid()}\n"
+    assert 0.3 < time.monotonic() - start < 10

@@ -14,7 +14,8 @@ dataclasses they take (unknown keys are errors). Beyond Lightning's own `trainer
   The W&B run id is recorded in every checkpoint (`WANDB_RUN_KEY`), so a resumed training goes
   on logging into the same W&B run.
 
-`--ckpt_path last` is resolved here, as Lightning would (`find_last_checkpoint`), so a corrupt
+`--ckpt_path last` is resolved here, as Lightning would (`find_last_checkpoint`; it and the
+rest of what a resume reads and checks live in `train.resume`), so a corrupt
 `last.ckpt` is a one-line error naming it; runs from before the default folder kept their
 checkpoints in the logger's versioned folder (`old_checkpoint_dirs`), and `last` looks there too.
 With no last checkpoint a fresh training starts, which `RunFolderGuard` refuses when it would
@@ -30,8 +31,8 @@ Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 4 --trainer.st
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import glob
 import importlib.util
 import netrc
 import os
@@ -44,13 +45,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from pilot.locks import folder_lock
-from pilot.weights.io import Checkpoint, WeightsError, read_checkpoint
+from train.cli_errors import section_error, settings_error
+from train.resume import (  # noqa: F401 (checkpoint_dir... are train.cli's names too)
+    SETTINGS_KEY,
+    SYSTEM_KEY,
+    WANDB_RUN_KEY,
+    ConfigOptimiserSettings,
+    RunRecord,
+    changed_settings,
+    check_checkpoint_fits,
+    checkpoint_dir,
+    find_last_checkpoint,
+    flat_settings,
+    last_checkpoints,
+    old_checkpoint_dirs,
+    read_training_checkpoint,
+    recorded_settings,
+)
 from train.timelapse import Timelapse
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
@@ -71,8 +89,9 @@ def make_logger(
     mode: WandbMode, project: str, save_dir: str, wandb_run: str | None = None
 ) -> list[Logger]:
     """A CSV logger (`<save_dir>/csv/version_*/metrics.csv`, always: the model cards and
-    figures are read from it) and, with wandb installed and not disabled, a W&B logger (online
-    only when asked for or logged in) that goes on with the run of id `wandb_run` when given
+    figures are read from it) and, with wandb installed and not disabled (by `mode`, or for
+    "auto" by `WANDB_MODE=disabled`; `WANDB_MODE=offline` keeps "auto" offline), a W&B logger
+    (online only when asked for or logged in) that goes on with the run of id `wandb_run` when given
     (a resumed training's, `WANDB_RUN_KEY`; Lightning's WandbLogger resumes with "allow").
 
     Raises:
@@ -80,6 +99,11 @@ def make_logger(
             "online" without W&B credentials (`wandb_logged_in`).
     """
     has_wandb = importlib.util.find_spec("wandb") is not None
+    env = os.environ.get("WANDB_MODE", "").strip().lower()  # W&B's own switch, for "auto"
+    if mode == "auto" and env == "disabled":
+        mode = "disabled"
+    elif mode == "auto" and env in ("offline", "dryrun") and has_wandb:
+        mode = "offline"
     if mode in ("online", "offline") and not has_wandb:
         raise ValueError(f"wandb={mode!r} needs the wandb package (pip install wandb)")
     if mode == "online" and not wandb_logged_in():
@@ -94,55 +118,6 @@ def make_logger(
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     wandb = WandbLogger(project=project, save_dir=save_dir, offline=offline, id=wandb_run)
     return [wandb, csv]
-
-
-def checkpoint_dir(config: Any) -> Path:
-    """The checkpoint folder of a parsed `fit` config: `checkpoint.dirpath`, else
-    `<trainer.default_root_dir>/checkpoints` (what `PilotCLI` gives ModelCheckpoint)."""
-    if dirpath := config.get("checkpoint", {}).get("dirpath"):
-        return Path(dirpath)
-    return Path(config["trainer"].get("default_root_dir") or os.getcwd()) / "checkpoints"
-
-
-def last_checkpoints(folder: Path) -> list[Path]:
-    """The `last*.ckpt` files of a ModelCheckpoint folder (`last.ckpt`, `last-v1.ckpt`...)."""
-    last = ModelCheckpoint.CHECKPOINT_NAME_LAST
-    return sorted(p for p in folder.glob("*.ckpt") if p.name.startswith(last) and p.is_file())
-
-
-def old_checkpoint_dirs(config: Any) -> list[Path]:
-    """Where runs made before checkpoints had one folder kept them, for a parsed `fit` config
-    without `checkpoint.dirpath`: the first logger's versioned folder under
-    `default_root_dir`, `csv/version_*/checkpoints` (CSV logger) or
-    `<wandb_project>/*/checkpoints` (W&B logger, first when wandb was installed). With a
-    `checkpoint.dirpath` the old runs wrote there too: none."""
-    if config.get("checkpoint", {}).get("dirpath"):
-        return []
-    root = Path(config["trainer"].get("default_root_dir") or os.getcwd())
-    project = config.get("wandb_project") or "diffusion-pilot"
-    patterns = ("csv/version_*/checkpoints", f"{glob.escape(project)}/*/checkpoints")
-    return sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_dir()})
-
-
-def find_last_checkpoint(folder: Path, old_folders: Sequence[Path] = ()) -> Path | None:
-    """The file `ckpt_path="last"` names, as Lightning picks it: the newest (modification time)
-    of the `last_checkpoints` of `folder` and of `old_folders` (`old_checkpoint_dirs`, whose
-    runs a resume goes on in `folder`); None if none.
-
-    Raises:
-        ValueError: the newest are equally new in different folders, listing them.
-    """
-    found = [p for f in (folder, *old_folders) for p in last_checkpoints(f)]
-    if not found:
-        return None
-    times = {p: p.stat().st_mtime for p in found}
-    tied = [p for p in found if times[p] == max(times.values())]
-    if len({p.parent for p in tied}) > 1:
-        raise ValueError(
-            f"ckpt_path=last: {', '.join(map(str, tied))} are equally new: pass the one to "
-            "resume as --ckpt_path FILE"
-        )
-    return tied[0]
 
 
 class RunFolderGuard(L.Callback):
@@ -209,62 +184,6 @@ class RunFolderGuard(L.Callback):
         )
 
 
-SYSTEM_KEY = "pilot_system"  # checkpoint entry: the `SYSTEMS` name of the system that wrote it
-WANDB_RUN_KEY = "pilot_wandb_run"  # checkpoint entry: the id of the W&B run it logged to
-
-
-class RunRecord(L.Callback):
-    """Records in every checkpoint the system's name (one of `SYSTEMS`, under `SYSTEM_KEY`) and
-    the id of the attached W&B run (`WANDB_RUN_KEY`), else the one the resumed checkpoint had, so
-    a session without W&B does not lose the run a later resume goes on with."""
-
-    def __init__(self, system: str, wandb_run: str | None = None) -> None:
-        self.system, self.wandb_run = system, wandb_run
-
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint[SYSTEM_KEY] = self.system
-        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-        if wandb is not None and wandb.version:
-            self.wandb_run = str(wandb.version)
-        if self.wandb_run is not None:
-            checkpoint[WANDB_RUN_KEY] = self.wandb_run
-
-
-def read_training_checkpoint(path: str, system: str) -> Checkpoint:
-    """A `ckpt_path` file, read once: a Lightning checkpoint of `system` or a one-line error.
-
-    Raises:
-        WeightsError: unreadable, not a Lightning checkpoint (a `.safetensors` export, say),
-            or recorded as another system's.
-    """
-    ckpt = read_checkpoint(path)  # WeightsError naming the file when truncated or corrupt
-    if not {"pytorch-lightning_version", "global_step"} <= set(ckpt.metadata):
-        raise WeightsError(
-            f"ckpt_path={path}: not a Lightning training checkpoint (no global_step); it takes "
-            f"a .ckpt of a {system} run (its checkpoints folder), or 'last'"
-        )
-    found = ckpt.metadata.get(SYSTEM_KEY)
-    if found is not None and found != system:
-        raise WeightsError(f"ckpt_path={path} is a {found} checkpoint, not {system}")
-    return ckpt
-
-
-def check_checkpoint_fits(ckpt: Checkpoint, path: str, model: L.LightningModule) -> None:
-    """Refuse a checkpoint whose weights' top-level names (`vae`, `unet`...) lack the models
-    `model` trains or hold models it lacks: another system's (older ones record no name)."""
-    found = {key.split(".")[0] for key in ckpt.tensors}
-    trained = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
-    known = {key.split(".")[0] for key in model.state_dict()}
-    if not trained <= found <= known:
-        raise WeightsError(
-            f"ckpt_path={path} is not a checkpoint of this system: it holds "
-            f"{', '.join(sorted(found))} weights, {type(model).__name__} trains "
-            f"{', '.join(sorted(trained))}"
-        )
-
-
 class FinalCheckpoint(L.Callback):
     """Writes the `last.ckpt` of `checkpoint` when a training stops between two periodic
     checkpoints, so it loses no steps: at the end of the batch it stops after (`max_steps`,
@@ -290,6 +209,8 @@ class FinalCheckpoint(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self.start_step:
             self.save(trainer)
+        if last := self.checkpoint.last_model_path:  # where `pilot conditioner` and a resume read
+            rank_zero_info(f"Checkpoint: {last} (step {trainer.global_step}; --ckpt_path last)")
 
     def save(self, trainer: L.Trainer) -> None:
         """Save `last.ckpt` through the checkpoint callback (Lightning's private API, there since
@@ -365,7 +286,10 @@ class PilotCLI(LightningCLI):
         hyperparameters) so a corrupt one, or one that is no Lightning checkpoint of this system,
         is a one-line error naming it (`read_training_checkpoint`).
         """
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as e:  # the parser's `exit_on_error=False` (`run`)
+            raise settings_error(e, self._subcommand_parsers.get("fit", parser), args) from None
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
@@ -382,23 +306,31 @@ class PilotCLI(LightningCLI):
             self.checkpoint = (ckpt_path, read_training_checkpoint(ckpt_path, self.system))
 
     def before_fit(self) -> None:
-        """Check that the `ckpt_path` file holds this system's models (`check_checkpoint_fits`)
-        before Lightning lists every missing key, and that a fresh training does not start over
-        an earlier run in the folders the config names (`RunFolderGuard`), before the config
-        copy or a log is written. A resumed training is reseeded with `seed_everything` plus its
-        global step. First the run's folders are locked (`lock_run_folders`)."""
+        """Check that the `ckpt_path` file holds this system's models in the shapes this config
+        builds (`check_checkpoint_fits`, naming the settings changed since) before Lightning lists
+        every mismatched key, and report other changed settings (they take effect); check that a
+        fresh training does not start over an earlier run in the folders the config names
+        (`RunFolderGuard`), before the config copy or a log is written. A resumed training is
+        reseeded with `seed_everything` plus its global step. First the run's folders are locked
+        (`lock_run_folders`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.lock_run_folders()
         if self.checkpoint is not None:
             path, ckpt = self.checkpoint
-            check_checkpoint_fits(ckpt, path, self.model)
+            changes = changed_settings(recorded_settings(ckpt.metadata), flat_settings(config))
+            check_checkpoint_fits(ckpt, path, self.model, changes)
+            if changes:
+                rank_zero_info(
+                    f"ckpt_path={path}: settings changed since this checkpoint, the new values "
+                    f"apply: {', '.join(changes)}"
+                )
             # the resumed run's own checkpoints are there (`run` scopes the filter)
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
             seed = config.get("seed_everything")
             if isinstance(seed, int) and not isinstance(seed, bool):
                 # Lightning saves no random state: reseeded with the seed alone, a resumed run
-                # would draw the batch order, crops and noise of step 0 again, and sessions that
-                # stop before their epoch ends would all train on its first batches.
+                # would draw the crops and noise of step 0 again (the batch order is the
+                # training loader's state: `train.loaders.ResumableLoader`).
                 L.seed_everything((seed + int(ckpt.metadata["global_step"])) % 2**32, workers=True)
         for guard in (c for c in self.trainer.callbacks if isinstance(c, RunFolderGuard)):
             guard.check(self.trainer, config.get("ckpt_path"))
@@ -417,6 +349,22 @@ class PilotCLI(LightningCLI):
             folders.append(callback.folder(trainer))
         for folder in dict.fromkeys(Path(os.path.realpath(f)) for f in folders):
             self.locks.enter_context(folder_lock(folder, beside=True))
+
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, with an error a config class raises prefixed by its section
+        (`train.cli_errors.section_error`: `model.generator.image_size=48 must be...`)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, MisconfigurationException) as e:
+            sections = {
+                self.model_class: "model",
+                self.datamodule_class: "data",
+                Timelapse: "timelapse",
+                ModelCheckpoint: "checkpoint",
+            }
+            if (error := section_error(e, sections)) is e:
+                raise
+            raise error from e
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -438,7 +386,8 @@ class PilotCLI(LightningCLI):
             for group in ("checkpoint", "timelapse")
             if config.get(group, {}).get("dirpath")
         }
-        trainer.callbacks += [RunFolderGuard(fixed), RunRecord(self.system, wandb_run)]
+        record = RunRecord(self.system, wandb_run, flat_settings(config))
+        trainer.callbacks += [RunFolderGuard(fixed), record, ConfigOptimiserSettings()]
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
             trainer.callbacks += [FinalCheckpoint(trainer.checkpoint_callback), StopOnInterrupt()]
         return trainer
@@ -478,7 +427,8 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
     """Run the LightningCLI of `system` (one of `SYSTEMS`) on command-line style `args`.
 
     Raises:
-        ValueError: unknown system name.
+        ValueError: unknown system name, or a bad setting (Lightning's MisconfigurationException
+            too), in one line.
     """
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
@@ -486,15 +436,18 @@ def run(system: str, args: Sequence[str]) -> PilotCLI:
     with warnings.catch_warnings(), contextlib.ExitStack() as locks:  # released when it ends
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
-        return PilotCLI(
-            model_class,
-            data_class,
-            args=list(args),
-            save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
-            parser_kwargs={"prog": f"pilot train {system}"},
-            system=system,
-            locks=locks,
-        )
+        try:
+            return PilotCLI(
+                model_class,
+                data_class,
+                args=list(args),
+                save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
+                parser_kwargs={"prog": f"pilot train {system}", "exit_on_error": False},
+                system=system,
+                locks=locks,
+            )
+        except MisconfigurationException as e:  # Lightning's one-line complaint about a setting
+            raise ValueError(str(e).strip()) from e
 
 
 # Lightning warnings that say nothing to a `pilot train` user (regexes of their start):
@@ -504,9 +457,6 @@ QUIET = (
     # the GAN systems step their optimisers themselves (manual optimisation): a checkpoint
     # holds the weights after the step of its global step, which is what resuming needs;
     r"Using ModelCheckpoint with manual optimization",
-    # a resume within an epoch draws the rest of it in a new order (`PilotCLI.before_fit`
-    # reseeds); the batches of the interrupted epoch are not replayed, which is what this warns of;
-    r"You're resuming from a checkpoint that ended before the epoch ended",
     # Lightning's own use of a torch API (one line per run, nothing to act on).
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from pilot.data.triangles import ShapesConfig, ShapesDataset, TrianglesDataset
 from pilot.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+from train.loaders import make_loader
 from train.losses import GANLoss, discriminator_loss, generator_loss
 
 
@@ -47,14 +48,7 @@ class ShapesDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = (TrianglesDataset if self.kind == "triangles" else ShapesDataset)(self.cfg)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(dataset, self.batch_size, self.num_workers, train=True)
 
 
 class DCGANSystem(L.LightningModule):

@@ -28,7 +28,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from pilot.animation.video import (
@@ -170,7 +170,8 @@ class Timelapse(L.Callback):
 
     Args:
         every_n_steps: global steps between frames (a GAN step counts 2, see the module note):
-            a frame at the first step (the untrained model), then at each multiple of it, and one
+            a frame at step 0 (the untrained model, before the first update), then at each
+            multiple of it, and one
             where training stops.
         dirpath: output folder; default `<trainer.default_root_dir>/timelapse`, the same for
             every run in that folder, so a resumed run adds to the frames of the run it resumes.
@@ -243,6 +244,18 @@ class Timelapse(L.Callback):
         self.history = {k: [p for p in v if p[0] <= step] for k, v in self.history.items()}
         if self.last_frame_step is not None and self.last_frame_step > step:
             self.last_frame_step = None
+        kept = f" ({len(self.frame_paths())} kept)" if step else ""
+        rank_zero_info(
+            f"Timelapse: a frame every {self.every_n_steps} global steps in "
+            f"{self.frames_dir}{kept}; videos {self.dirpath / 'timelapse.mp4'} and .gif"
+        )
+
+    @rank_zero_only
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        if trainer.global_step == 0 and self.last_frame_step is None:  # the untrained model
+            self.make_frame(trainer, pl_module)
 
     @rank_zero_only
     def on_train_batch_end(
@@ -255,8 +268,9 @@ class Timelapse(L.Callback):
                     self.history.setdefault(name, []).append((step, value.detach().item()))
                 elif isinstance(value, (float, int)) and name != "loss":
                     self.history.setdefault(name, []).append((step, float(value)))
-        # the first frame shows the untrained model; then one where the step reaches a multiple of
-        # N, so frames stay N apart across a stop (its own final frame) and a resume
+        # after the untrained model's frame (step 0, `on_train_batch_start`), one where the step
+        # reaches a multiple of N, so frames stay N apart across a stop (its own final frame)
+        # and a resume
         n = self.every_n_steps
         due = self.last_frame_step is None or step // n > self.last_frame_step // n
         if due and not trainer.sanity_checking:
@@ -315,6 +329,11 @@ class Timelapse(L.Callback):
             return
         if paths := self.write_videos():
             self._log_wandb(trainer, True, video=paths[0])
+            frames = self.frame_paths()
+            rank_zero_info(
+                f"Timelapse: {len(frames)} frames (steps {int(frames[0].stem)}-"
+                f"{int(frames[-1].stem)}) in {self.frames_dir}; videos {paths[1]}, {paths[0]}"
+            )
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error: Exception):

@@ -39,7 +39,7 @@ def test_resume_keeps_timelapse_frames(tmp_path):
     run("dcgan", ["fit", "--config", str(cfg)])
     frames = tmp_path / "timelapse" / "frames"
     first = sorted(p.name for p in frames.glob("*.png"))
-    assert first[0] == "00000002.png" and first[-1] == "00000010.png"
+    assert first[0] == "00000000.png" and first[-1] == "00000010.png"  # 0: the untrained model
     # a run killed after step 8: its last checkpoint is step 8 and frame 10 is newer than that
     ckpt = tmp_path / "ckpt" / "epoch=0-step=8.ckpt"
     assert ckpt.is_file()
@@ -220,7 +220,7 @@ def test_fresh_run_over_a_run_folder_is_refused(tmp_path):
     }  # checkpoints and frames untouched (config.yaml is rewritten in setup, as on resume)
     (tmp_path / "ckpt" / "last.ckpt").unlink()
     (step_ckpt,) = (tmp_path / "ckpt").glob("*.ckpt")
-    with pytest.raises(ValueError, match=f"frames holds 2 timelapse frames.* {step_ckpt} "):
+    with pytest.raises(ValueError, match=f"frames holds 3 timelapse frames.* {step_ckpt} "):
         run("dcgan", ["fit", "--config", str(cfg)])
     step_ckpt.unlink()  # as a run killed before its first checkpoint leaves it
     timelapse = tmp_path / "timelapse"
@@ -237,9 +237,9 @@ def test_default_timelapse_folder_survives_a_resume(tmp_path):
     run("dcgan", ["fit", "--config", str(cfg)])
     run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "8", "--ckpt_path", "last"])
     names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert names == ["00000002.png", "00000004.png", "00000006.png", "00000008.png"]
+    assert names == [f"{step:08d}.png" for step in (0, 2, 4, 6, 8)]
     assert not list(tmp_path.glob("csv/*/timelapse"))
-    with pytest.raises(ValueError, match="holds 4 timelapse frames"):  # the guard sees them
+    with pytest.raises(ValueError, match="holds 5 timelapse frames"):  # the guard sees them
         run("dcgan", ["fit", "--config", str(cfg), "--checkpoint.dirpath", str(tmp_path / "c2")])
 
 
@@ -303,17 +303,17 @@ def test_wandb_frames_share_the_losses_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(WandbLogger, "log_metrics", record)
     cfg = dcgan_config(tmp_path, max_steps=8, log_every_n_steps=1)  # 4 GAN steps
-    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 2 (the first), 4 and 8
+    cfg["timelapse"]["every_n_steps"] = 4  # frames at global steps 0 (untrained), 4 and 8
     cfg["wandb"] = "offline"
     cli = run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
     cli.trainer.logger.experiment.finish()
     losses = [step for step, m in logged if "g_loss" in m]
     frames = [(step, m["timelapse/global_step"]) for step, m in logged if "timelapse/frame" in m]
     assert losses == [0, 1, 2, 3]  # one per GAN step
-    assert frames == [(0, 2), (1, 4), (3, 8)]  # the frame files keep the global step
+    assert frames == [(0, 0), (1, 4), (3, 8)]  # the frame files keep the global step
     assert [step for step, m in logged if "timelapse/video" in m] == [3]
     names = sorted(p.name for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert names == ["00000002.png", "00000004.png", "00000008.png"]
+    assert names == ["00000000.png", "00000004.png", "00000008.png"]
 
 
 def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):
@@ -330,12 +330,23 @@ def test_without_wandb_installed_logs_csv(tmp_path, monkeypatch):
         run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
 
 
-def test_unknown_config_key_is_rejected(tmp_path, capsys):
+def test_unknown_config_key_is_one_line_naming_the_file_and_the_key_meant(tmp_path, capsys):
+    from pilot.cli import main
+
     cfg = dcgan_config(tmp_path, fast_dev_run=True)
     cfg["model"]["generator"]["image_sise"] = 32
-    with pytest.raises(SystemExit):
-        run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))])
-    assert "image_sise" in capsys.readouterr().err
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    assert main(["train", "dcgan", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"pilot train: error: {path}: Subcommand 'fit' does not accept option "
+        "'model.generator.image_sise' (did you mean model.generator.image_size?); `pilot train "
+        "dcgan --help` lists the settings\n"
+    )  # not jsonargparse's 100-line usage above it
+    del cfg["model"]["generator"]["image_sise"]
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    with pytest.raises(ValueError, match=r'^Parser key "model.loss": Expected a .* Got value: '
+                       r"hinj; `pilot train dcgan --help`"):  # fmt: skip
+        run("dcgan", ["fit", "--config", str(path), "--model.loss", "hinj"])  # not the file's
 
 
 def test_discriminator_channels_must_fit(tmp_path):
@@ -469,9 +480,11 @@ def test_resumed_training_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
     assert torch.load(last, weights_only=True)["pilot_wandb_run"] == run_id
 
 
-def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_path, monkeypatch):
-    """8 batches (16 global steps) an epoch; stopped at step 10 and resumed to 20: the epoch
-    goes on (as an unstopped run numbers it) and its batches are not those of step 0 again."""
+def test_run_stopped_mid_epoch_resumes_with_the_rest_of_that_epoch(tmp_path, monkeypatch):
+    """8 batches (16 global steps) an epoch; stopped at steps 6 and 10 (two stops inside the
+    first epoch), 16 and 32 (the last batches of epochs 0 and 1, the second in a resumed run,
+    where Lightning's own epoch count for samplers falls one behind) and resumed to 40: every
+    epoch has the batches an unstopped run draws, none twice and none left out."""
     from train.dcgan import DCGANSystem
 
     seen = []  # (epoch, batch_idx, pixel sum) of every training batch
@@ -482,14 +495,19 @@ def test_run_stopped_by_max_steps_resumes_within_its_epoch_in_a_new_order(tmp_pa
         return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(DCGANSystem, "training_step", record)
-    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=10))
-    run("dcgan", ["fit", "--config", str(cfg)])
-    first = list(seen)
+    unstopped = dcgan_config(tmp_path / "unstopped", max_steps=40)
+    run("dcgan", ["fit", "--config", str(write_yaml(tmp_path / "u.yaml", unstopped))])
+    whole = list(seen)
     seen.clear()
-    run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", "20", "--ckpt_path", "last"])
-    assert [(e, i) for e, i, _ in seen] == [(0, 5), (0, 6), (0, 7), (1, 0), (1, 1)]
-    assert (tmp_path / "ckpt" / "epoch=1-step=20.ckpt").is_file()
-    assert [b for *_, b in seen[:3]] != [b for *_, b in first[:3]]  # not a replay of step 0
+    cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=6))
+    run("dcgan", ["fit", "--config", str(cfg)])
+    for steps in ("10", "16", "32", "40"):
+        run("dcgan", ["fit", "--config", str(cfg), "--trainer.max_steps", steps, "--ckpt_path",
+                      "last"])  # fmt: skip
+    assert [(e, i) for e, i, _ in seen[3:8]] == [(0, 3), (0, 4), (0, 5), (0, 6), (0, 7)]
+    assert seen == whole
+    assert len({b for e, _, b in seen if e == 1}) == 8  # the epoch's 8 batches, each once
+    assert (tmp_path / "ckpt" / "epoch=2-step=40.ckpt").is_file()
 
 
 def test_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, monkeypatch):
@@ -544,10 +562,10 @@ def test_ctrl_c_through_the_pilot_command_still_saves_the_step(tmp_path, monkeyp
 
 
 def test_timelapse_frames_stay_on_multiples_of_n_across_a_resume(tmp_path):
-    """The first frame, then every multiple of N: a stop's own frame (6) shifts nothing."""
+    """Step 0, then every multiple of N: a stop's own frame (6) shifts nothing."""
     cfg = write_yaml(tmp_path / "c.yaml", dcgan_config(tmp_path, max_steps=6))  # 3 GAN steps
     run("dcgan", ["fit", "--config", str(cfg), "--timelapse.every_n_steps", "4"])
     run("dcgan", ["fit", "--config", str(cfg), "--timelapse.every_n_steps", "4",
                   "--trainer.max_steps", "12", "--ckpt_path", "last"])  # fmt: skip
     names = sorted(p.stem for p in (tmp_path / "timelapse" / "frames").glob("*.png"))
-    assert [int(n) for n in names] == [2, 4, 6, 8, 12]
+    assert [int(n) for n in names] == [0, 4, 6, 8, 12]
