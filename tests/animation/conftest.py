@@ -120,3 +120,17 @@ def make_controlnet(unet, folder, **unet_changes):
 def controlnet_folder(animation_sd, tmp_path_factory):
     """A random tiny ControlNet folder for `animation_sd`."""
     return make_controlnet(animation_sd.unet, tmp_path_factory.mktemp("cn") / "depth")
+
+
+def controlnet_with_residuals(sd: StableDiffusion):
+    """A tiny ControlNet for `sd`'s UNet whose zero convolutions are not zero (seed 5), so
+    control changes the frames (`test_frame_batching`, `test_feedback_guidance`)."""
+    from pilot.models.controlnet import ControlNet, ControlNetConfig
+
+    torch.manual_seed(5)
+    net = ControlNet(ControlNetConfig(unet=sd.unet.cfg, hint_channels=(16,))).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "zero" in name or "controlnet_" in name or "conv_out" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+    return net

@@ -9,19 +9,13 @@ from pilot.animation.feedback import FeedbackConfig, FeedbackSampler, frame_para
 from pilot.animation.inputs import ControlTrack, FrameStore, ShotFrames
 from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
 from pilot.diffusion.pipeline import SamplingSettings
+from tests.animation.conftest import controlnet_with_residuals
 
 
 @pytest.fixture(scope="module")
 def track(animation_sd):
     """A tiny depth ControlNet with non-zero residuals (the batch carries B control images)."""
-    from pilot.models.controlnet import ControlNet, ControlNetConfig
-
-    torch.manual_seed(5)
-    net = ControlNet(ControlNetConfig(unet=animation_sd.unet.cfg, hint_channels=(16,))).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "zero" in name or "controlnet_" in name or "conv_out" in name:
-                p.copy_(torch.randn_like(p) * 0.2)
+    net = controlnet_with_residuals(animation_sd)
     return ControlTrack(net, "depth", parse_schedule("0.8"))
 
 
