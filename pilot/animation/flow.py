@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pilot.diffusion.samplers import callable_name
 from pilot.scenes.geometry import (
     forward_backward_error,
     pixel_grid,
@@ -78,13 +79,8 @@ def backward_flow(
     """
     field = source(k) if step == 1 else source(k, step)  # type: ignore[call-arg]
     if size is not None:
-        check_flow_field(field, *size, f"flow source {source_name(source)} at frame {k}")
+        check_flow_field(field, *size, f"flow source {callable_name(source)} at frame {k}")
     return field
-
-
-def source_name(source: object) -> str:
-    """A flow source's name for messages: a function's name, else its class's."""
-    return getattr(source, "__name__", type(source).__name__)
 
 
 def check_flow_field(field: object, height: int, width: int, what: str) -> None:
@@ -125,7 +121,7 @@ def check_flow_step(source: FlowSource, step: int) -> None:
     varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
     if step > 1 and not varargs and sum(p.kind in positional for p in params) < 2:
         raise ValueError(
-            f"frame step {step}: flow source {source_name(source)} takes one argument (k: the "
+            f"frame step {step}: flow source {callable_name(source)} takes one argument (k: the "
             "flow to frame k - 1); take (k, step) for the flow to frame k - step"
         )
 
@@ -277,7 +273,7 @@ class EstimatedFlow:
         if not isinstance(flow, Tensor) or tuple(flow.shape) != (1, 2, H, W):
             got = tuple(flow.shape) if isinstance(flow, Tensor) else type(flow).__name__
             raise ValueError(
-                f"flow estimator {source_name(self.estimator)} returned {got}: expected flow "
+                f"flow estimator {callable_name(self.estimator)} returned {got}: expected flow "
                 f"(1, 2, {H}, {W}) in pixels between two (3, {H}, {W}) images"
             )
         return flow.detach().float().cpu()

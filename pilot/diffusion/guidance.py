@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pilot.deprecation import renamed_keywords
 from pilot.diffusion.denoisers import Denoiser, append_dims
-from pilot.diffusion.samplers import takes
+from pilot.diffusion.samplers import callable_name, takes
 
 
 class CFGDenoiser:
@@ -102,17 +102,12 @@ def doubles_batch(guidance: Guidance, cfg: float | Tensor) -> bool:
     return cfg_doubles_batch(cfg) if built_in else True
 
 
-def guidance_name(guidance: object) -> str:
-    """A guidance's name for messages: its `__name__` (a function, a class), else its type's."""
-    return getattr(guidance, "__name__", type(guidance).__name__)
-
-
 def check_guidance(guidance: object, rescale: float = 0.0) -> None:
     """ValueError unless `guide` can call `guidance`: as `guidance(denoiser, cfg)`, with
     `rescale=` and `sigmas=` where it takes them, and taking `rescale` if it is not 0."""
     if not callable(guidance):
         raise ValueError(f"guidance={guidance!r}: expected a function or class {_SIGNATURE}")
-    name = guidance_name(guidance)
+    name = callable_name(guidance)
     keywords = {k: None for k in ("rescale", "sigmas") if takes(guidance, k)}
     try:
         inspect.signature(guidance).bind(None, 1.0, **keywords)
@@ -159,7 +154,7 @@ def guide(
     if guidance is CFGDenoiser:  # the built-in: nothing to check, nothing added per step
         return CFGDenoiser(denoiser, cfg, rescale=rescale)
     check_guidance(guidance, rescale)
-    name, kwargs = guidance_name(guidance), {}
+    name, kwargs = callable_name(guidance), {}
     if takes(guidance, "rescale"):
         kwargs["rescale"] = rescale
     if takes(guidance, "sigmas"):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pilot.diffusion.guidance import CFGDenoiser, Guidance, check_cfg, check_guidance
-from pilot.diffusion.samplers import Sampler, get_sampler, samplers_with, takes
+from pilot.diffusion.samplers import Sampler, callable_name, get_sampler, samplers_with, takes
 from pilot.diffusion.schedules import DiscreteSchedule, ScheduleFn, get_sigmas
 
 
@@ -79,8 +79,7 @@ class SamplingSettings:
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0 (0: the last layer), got {self.clip_skip}")
         if self.eta is not None and not takes(sampler, "eta"):
-            own = getattr(sampler, "__name__", type(sampler).__name__)  # not its repr's address
-            name = self.sampler if isinstance(self.sampler, str) else own
+            name = self.sampler if isinstance(self.sampler, str) else callable_name(sampler)
             raise ValueError(
                 f"sampler {name!r} takes no eta (got eta={self.eta}); samplers with "
                 f"eta: {', '.join(samplers_with('eta'))}"

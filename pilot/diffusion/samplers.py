@@ -451,6 +451,12 @@ def takes(sampler: Sampler, parameter: str) -> bool:
     return parameter in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def callable_name(f: object) -> str:
+    """A function of your own named in messages (sampler, schedule, guidance, flow source):
+    its `__name__` (a function, a class), else its type's; never its repr's address."""
+    return getattr(f, "__name__", type(f).__name__)
+
+
 def samplers_with(parameter: str) -> list[str]:
     """Names in `SAMPLERS` whose sampler takes the keyword `parameter` (e.g. "eta"), in order."""
     return [name for name, f in SAMPLERS.items() if takes(f, parameter)]

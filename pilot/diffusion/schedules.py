@@ -321,10 +321,11 @@ def get_sigmas(name: str | ScheduleFn, n: int, schedule: DiscreteSchedule) -> Te
         sigmas = name(n, schedule)
         shape = tuple(torch.as_tensor(sigmas).shape)
         if shape != (n + 1,):  # else fewer steps than asked, with no word
-            label = getattr(name, "__name__", repr(name))
+            from pilot.diffusion.samplers import callable_name  # samplers -> denoisers -> here
+
             raise ValueError(
-                f"schedule {label} returned sigmas of shape {shape} for {n} steps: expected "
-                f"({n + 1},), the steps' starts and the final sigma (0)"
+                f"schedule {callable_name(name)} returned sigmas of shape {shape} for {n} "
+                f"steps: expected ({n + 1},), the steps' starts and the final sigma (0)"
             )
         return sigmas
     if name not in SCHEDULES:
