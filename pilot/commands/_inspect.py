@@ -60,7 +60,7 @@ def describe_png(path: str) -> dict[str, Any]:
     from pilot.weights.hub import PACKAGED
 
     text, (width, height) = read_png_chunks(path)
-    settings = read_png_settings(path)
+    settings = read_png_settings(path, text)
     out: dict[str, Any] = {"path": str(path), "kind": "image", "width": width, "height": height}
     if "parameters" in text:
         out["parameters"] = text["parameters"]

@@ -110,7 +110,7 @@ def read_png_chunks(path: str | os.PathLike) -> tuple[dict[str, str], tuple[int,
         raise ValueError(f"{path}: not a readable PNG ({e})") from e
 
 
-def read_png_settings(path: str | os.PathLike) -> PngSettings:
+def read_png_settings(path: str | os.PathLike, text: dict[str, str] | None = None) -> PngSettings:
     """The settings of the PNG at `path`: from pilot's JSON where it has one, else from the A1111
     text; the A1111 text's `Model` and `Model hash` either way (module docstring).
 
@@ -119,7 +119,8 @@ def read_png_settings(path: str | os.PathLike) -> PngSettings:
         ValueError: naming the file: not a readable PNG, no parameters, or a value that is not
             what its key says (a `Steps` that is no number...).
     """
-    text, _ = read_png_chunks(path)
+    if text is None:  # else the chunks the caller read (`read_png_chunks`)
+        text, _ = read_png_chunks(path)
     if "pilot" not in text and "parameters" not in text:
         raise ValueError(
             f"{path}: holds no generation parameters (no `parameters` or `pilot` text chunk)"
