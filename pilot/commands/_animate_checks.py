@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # annotations only: `pilot --help` imports no torch
 
     from pilot.animation.feedback import FeedbackConfig
     from pilot.animation.inputs import FrameSource, FrameStore
+    from pilot.animation.schedules import PromptSchedule, Schedule
 
 # Arguments that do not change the pixels: excluded from the settings a re-run must match.
 NOT_SETTINGS = ("func", "command", "frames", "out", "run", "json", "device",
@@ -144,26 +145,15 @@ def check_color_reference(reference: int, n: int, todo: range) -> None:
         )
 
 
-def note_late_keys(args: argparse.Namespace, n: int) -> None:
-    """A `note:` per schedule flag keyed past the source's last frame (n - 1): frames count from
-    0, so a key at a Blender scene's frame 101 is never reached by a 48-frame shot (frames before
-    it move towards its value only by interpolation)."""
+def note_late_keys(schedules: dict[str, Schedule | PromptSchedule | None], n: int) -> None:
+    """A `note:` per flag whose parsed schedule (None: not given) keys a frame past the
+    source's last (n - 1): frames count from 0, so a key at a Blender scene's frame 101 is
+    never reached by a 48-frame shot (frames before it move towards its value only by
+    interpolation)."""
     import sys
 
-    from pilot.animation.schedules import parse_prompt_schedule, parse_schedule
-
-    texts = {
-        "--prompt": args.prompt,
-        "--strength": args.strength,
-        "--cfg": args.cfg,
-        "--seed-schedule": args.seed_schedule,
-        "--control-scale": args.control_scale,
-    }
-    for flag, text in texts.items():
-        if text is None:
-            continue
-        parse = parse_prompt_schedule if flag == "--prompt" else parse_schedule
-        late = [k for k in parse(text, args.interpolation).frames if k > n - 1]
+    for flag, schedule in schedules.items():
+        late = [] if schedule is None else [k for k in schedule.frames if k > n - 1]
         if late:
             keys = ", ".join(f"{k:g}" for k in late)
             print(

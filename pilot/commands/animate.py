@@ -311,7 +311,11 @@ def check_arguments(
     frames = open_frames(args)
     check_size(frames.height, frames.width, factor=1)  # the VAE's: `check_frame_size`
     todo = checks.frame_range(args.frames, len(frames))
-    checks.note_late_keys(args, len(frames))
+    seeds = None if config.seed is None else config.schedule("seed")
+    late = {"--prompt": prompts, "--strength": config.schedule("strength"),
+            "--cfg": config.schedule("cfg"), "--control-scale": scale,
+            "--seed-schedule": seeds}  # fmt: skip
+    checks.note_late_keys(late, len(frames))
     check_video_path(args.out, output_fps(args, frames, todo.step))  # not after the last frame
     checks.check_frame_step(args, todo)
     checks.check_color_reference(args.color_reference, len(frames), todo)
